@@ -1,0 +1,157 @@
+//! Registration, password checks and tokens (tim-server.md §2.3.1–§2.3.2).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use bytes::Bytes;
+use tim_kv::{Batch, Row, Store, StoreError, TableId};
+use tim_net::proto::ErrorCode;
+use tokio::sync::Semaphore;
+
+use crate::error::EngineError;
+use crate::ident::{Ids, UserId};
+use crate::tables::timuser;
+use crate::tokens::Tokens;
+
+/// Id candidates tried per account before giving up (each further one is needed only after a
+/// 56-bit hash collision).
+const MAX_ATTEMPTS: u8 = 8;
+
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    users: TableId,
+    ids: Ids,
+    argon2: Argon2<'static>,
+    hash_permits: Semaphore,
+    tokens: Tokens,
+}
+
+/// Where a login name stands.
+enum Lookup {
+    Found { user: UserId, pwd: String },
+    /// Not registered; `free` is the first id candidate nobody holds.
+    Missing { free: Option<UserId> },
+}
+
+impl Accounts {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ids: Ids,
+        argon2_params: Params,
+        hash_concurrency: usize,
+        tokens: Tokens,
+    ) -> Result<Self, StoreError> {
+        let users = store.table(timuser::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self {
+            store,
+            users,
+            ids,
+            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, argon2_params),
+            hash_permits: Semaphore::new(hash_concurrency.max(1)),
+            tokens,
+        })
+    }
+
+    fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
+        let name_key = self.ids.name_key(name, domain);
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(user) = self.ids.user_id(name, domain, attempt) else { continue };
+            let slot = tim_shard::slot_of(&user.to_be_bytes());
+            let Some((_, row)) = self.store.find(self.users, slot, timuser::UUID, &user.to_be_bytes())? else {
+                return Ok(Lookup::Missing { free: Some(user) });
+            };
+            if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
+                let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                return Ok(Lookup::Found { user, pwd });
+            }
+        }
+        Ok(Lookup::Missing { free: None })
+    }
+
+    /// Registers an account; its user id. An existing name gets 4101.
+    pub async fn register(&self, name: &str, pwd: &str, domain: &str) -> Result<UserId, EngineError> {
+        if name.is_empty() || pwd.is_empty() {
+            return Err(ErrorCode::ParamIncorrect.into());
+        }
+        if let Lookup::Found { .. } = self.lookup(name, domain)? {
+            return Err(ErrorCode::HasExist.into());
+        }
+        let hash = self.hash(pwd).await?;
+        let name_key = self.ids.name_key(name, domain);
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as u64;
+        loop {
+            // Another registration may have taken a candidate since the lookup: the unique
+            // index decides, and the lookup then tells whether it was this very name.
+            let free = match self.lookup(name, domain)? {
+                Lookup::Found { .. } => return Err(ErrorCode::HasExist.into()),
+                Lookup::Missing { free: None } => return Err(ErrorCode::Database.into()),
+                Lookup::Missing { free: Some(user) } => user,
+            };
+            let mut row = Row::new(timuser::DEF.columns.len());
+            row.set(timuser::UUID, Bytes::copy_from_slice(&free.to_be_bytes()))
+                .set(timuser::NAMEKEY, Bytes::copy_from_slice(&name_key))
+                .set(timuser::PWD, Bytes::from(hash.clone()))
+                .set(timuser::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()));
+            let mut batch = Batch::new();
+            batch.insert(self.users, tim_shard::slot_of(&free.to_be_bytes()), row);
+            match self.store.write(batch).await {
+                Ok(_) => return Ok(free),
+                Err(StoreError::Duplicate { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Checks a name and password: the user id, or 4105 (wrong name or password alike).
+    pub async fn verify(&self, name: &str, pwd: &str, domain: &str) -> Result<UserId, EngineError> {
+        if name.is_empty() || pwd.is_empty() {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        let Lookup::Found { user, pwd: stored } = self.lookup(name, domain)? else {
+            return Err(ErrorCode::PermissionDenied.into());
+        };
+        if self.check(pwd, stored).await? {
+            Ok(user)
+        } else {
+            Err(ErrorCode::PermissionDenied.into())
+        }
+    }
+
+    /// Issues a login token after a password check; bad credentials get 4102.
+    pub async fn issue_token(&self, name: &str, pwd: &str, domain: &str) -> Result<String, EngineError> {
+        let user = self.verify(name, pwd, domain).await.map_err(|e| match e {
+            EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
+            other => other,
+        })?;
+        self.tokens.issue(&self.ids.name_key(name, domain), user).ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
+    }
+
+    /// Consumes a token issued for this name and domain; 4115 if it is not one.
+    pub fn consume_token(&self, token: &str, name: &str, domain: &str) -> Result<UserId, EngineError> {
+        self.tokens.consume(&self.ids.name_key(name, domain), token).ok_or(EngineError::Refused(ErrorCode::Token))
+    }
+
+    async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
+        let _permit = self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let argon2 = self.argon2.clone();
+        let pwd = pwd.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            argon2.hash_password(pwd.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| EngineError::PasswordHash(e.to_string()))
+        })
+        .await?
+    }
+
+    async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
+        let _permit = self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let argon2 = self.argon2.clone();
+        let pwd = pwd.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
+            Ok(argon2.verify_password(pwd.as_bytes(), &parsed).is_ok())
+        })
+        .await?
+    }
+}

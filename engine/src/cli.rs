@@ -1,0 +1,58 @@
+//! The `tim` command line.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::ServeConfig;
+
+/// tim-rs: a decentralized instant-messaging engine that speaks TIM's client protocol.
+#[derive(Parser)]
+#[command(name = "tim", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: client listener (WebSocket /tim, HTTP /tim2) on an embedded RocksDB store.
+    Serve(ServeConfig),
+}
+
+/// Entry point of the `tim` binary.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let Some(("serve", serve_matches)) = matches.subcommand() else {
+        // clap requires a subcommand, so this is unreachable in practice.
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = Cli::from_arg_matches(&matches) {
+        e.exit();
+    }
+    let cfg = match ServeConfig::from_matches(serve_matches) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("tim serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tim: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tim serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Settings of `tim serve`: flags beat `TIM_*` environment variables, which beat the TOML
+//! file given with `--config`, which beats the defaults written here once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, FromArgMatches};
+use serde::{Deserialize, Serialize};
+
+use crate::ident::IdScheme;
+
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// TOML file with settings (keys are the long flag names with `_` for `-`).
+    #[arg(long, env = "TIM_CONFIG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the client listener (WebSocket `/tim`, HTTP `/tim2`).
+    #[arg(long, env = "TIM_LISTEN", default_value = "0.0.0.0:20003")]
+    pub listen: SocketAddr,
+
+    /// Directory of the node's store and secret key.
+    #[arg(long, env = "TIM_DATA_DIR", default_value = "./tim-data")]
+    pub data_dir: PathBuf,
+
+    /// File holding the 32-byte deployment secret (raw, or 64 hex digits). Default: `secret.key`
+    /// in the data dir, created at first start with mode 0600.
+    #[arg(long, env = "TIM_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Sync the write-ahead log before acknowledging a write (durable across crashes and power
+    /// loss). Concurrent writes share one sync.
+    #[arg(long, env = "TIM_SYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sync: bool,
+
+    /// Allowed `Origin` values for `/tim` and `/tim2` (comma separated). Empty: any. A request
+    /// without an Origin header (a non-browser client) is always accepted.
+    #[arg(long, env = "TIM_ORIGIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub origin: Vec<String>,
+
+    /// Largest frame (WebSocket message, reassembled big-data frame, or `/tim2` body) in bytes.
+    #[arg(long, env = "TIM_MAX_FRAME", default_value_t = 8 << 20)]
+    pub max_frame: usize,
+
+    /// Seconds a connection may stay unauthenticated.
+    #[arg(long, env = "TIM_AUTH_TIMEOUT", default_value_t = 10)]
+    pub auth_timeout: u64,
+
+    /// Seconds an authenticated session may go without a ping (type 13) before it is closed.
+    #[arg(long, env = "TIM_PING_TIMEOUT", default_value_t = 600)]
+    pub ping_timeout: u64,
+
+    /// Seconds a login token (from `/tim2` type 15) stays valid. Tokens are single-use.
+    #[arg(long, env = "TIM_TOKEN_TIMEOUT", default_value_t = 60)]
+    pub token_timeout: u64,
+
+    /// Most unexpired tokens held at once; past it, token requests get 5104 (heavy load).
+    #[arg(long, env = "TIM_MAX_TOKENS", default_value_t = 100_000)]
+    pub max_tokens: usize,
+
+    /// Most concurrent sessions per account.
+    #[arg(long, env = "TIM_DEVICE_LIMIT", default_value_t = 1)]
+    pub device_limit: usize,
+
+    /// Most concurrent sessions per account and device type (`termtyp`).
+    #[arg(long, env = "TIM_DEVICETYPE_LIMIT", default_value_t = 1)]
+    pub devicetype_limit: usize,
+
+    /// Seconds since the account's previous login after which a login over a device limit
+    /// closes the oldest session instead of failing with 4111.
+    #[arg(long, env = "TIM_AUTH_MIN_UNIX", default_value_t = 10)]
+    pub auth_min_unix: u64,
+
+    /// Frames queued to a session before it is cut off as a slow reader.
+    #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+
+    /// Seconds a write to a client socket may take before the session is closed.
+    #[arg(long, env = "TIM_WRITE_TIMEOUT", default_value_t = 10)]
+    pub write_timeout: u64,
+
+    /// How account ids are derived from login names.
+    #[arg(long, env = "TIM_NODE_IDS", value_enum, default_value_t = IdScheme::Keyed)]
+    pub node_ids: IdScheme,
+
+    /// Salt of the `tim` id scheme (TIM's `salt` setting).
+    #[arg(long, env = "TIM_SALT", default_value = crate::ident::TIM_DEFAULT_SALT)]
+    pub tim_salt: String,
+
+    /// argon2id memory cost per password hash, in KiB.
+    #[arg(long, env = "TIM_ARGON2_MEMORY_KIB", default_value_t = 19 * 1024)]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id passes per password hash.
+    #[arg(long, env = "TIM_ARGON2_PASSES", default_value_t = 2)]
+    pub argon2_passes: u32,
+
+    /// Password hashes computed at once (each holds its memory cost). 0: one per core.
+    #[arg(long, env = "TIM_HASH_CONCURRENCY", default_value_t = 0)]
+    pub hash_concurrency: usize,
+
+    /// RocksDB block cache, in MiB.
+    #[arg(long, env = "TIM_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: usize,
+
+    /// Table files RocksDB keeps open.
+    #[arg(long, env = "TIM_MAX_OPEN_FILES", default_value_t = 1024)]
+    pub max_open_files: i32,
+
+    /// Seconds sessions get to close at shutdown.
+    #[arg(long, env = "TIM_SHUTDOWN_GRACE", default_value_t = 5)]
+    pub shutdown_grace: u64,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `tim_engine=debug`.
+    #[arg(long, env = "TIM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting that is out of range, or a config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("setting `{field}` {problem}")]
+    Invalid { field: &'static str, problem: &'static str },
+}
+
+impl ServeConfig {
+    /// The settings from parsed arguments, with the config file (if any) under them.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let cfg = Self::from_arg_matches(matches)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let cfg = match cfg.config.clone() {
+            Some(path) => cfg.under_file(&path, matches)?,
+            None => cfg,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn under_file(self, path: &Path, matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let parse = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let file: toml::Table = text.parse().map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        let mut merged = toml::Table::try_from(&self).map_err(|e| parse(e.to_string()))?;
+        let known = <Self as clap::Args>::augment_args(clap::Command::new("tim"));
+        for (key, value) in file {
+            // Unknown keys go into the table too, where deserializing names them.
+            let is_arg = known.get_arguments().any(|a| a.get_id() == key.as_str());
+            let explicit = is_arg
+                && matches!(matches.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+            if !explicit {
+                merged.insert(key, value);
+            }
+        }
+        merged.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
+        if self.device_limit == 0 {
+            return invalid("device_limit", "must be at least 1");
+        }
+        if self.devicetype_limit == 0 {
+            return invalid("devicetype_limit", "must be at least 1");
+        }
+        if self.max_frame < 64 || self.max_frame > 1 << 30 {
+            return invalid("max_frame", "must be between 64 bytes and 1 GiB");
+        }
+        if self.outbound_queue == 0 {
+            return invalid("outbound_queue", "must be at least 1");
+        }
+        if self.auth_timeout == 0 || self.ping_timeout == 0 || self.token_timeout == 0 {
+            return invalid("auth_timeout/ping_timeout/token_timeout", "must be at least 1 second");
+        }
+        if self.argon2_memory_kib < 8 || self.argon2_passes == 0 {
+            return invalid("argon2_memory_kib/argon2_passes", "are below argon2's minimum");
+        }
+        Ok(())
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeConfig,
+    }
+
+    fn load(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        ServeConfig::from_matches(&matches)
+    }
+
+    #[test]
+    fn defaults_work_alone() {
+        let cfg = load(&["tim"]).unwrap();
+        assert_eq!(cfg.listen.to_string(), "0.0.0.0:20003");
+        assert_eq!(cfg.data_dir, PathBuf::from("./tim-data"));
+        assert!(cfg.sync);
+        assert_eq!(cfg.max_frame, 8 << 20);
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tim.toml");
+        std::fs::write(&file, "device_limit = 3\nmax_frame = 4096\nsync = false\n").unwrap();
+        let path = file.to_str().unwrap();
+        let cfg = load(&["tim", "--config", path, "--max-frame", "2048"]).unwrap();
+        assert_eq!(cfg.device_limit, 3, "file beats default");
+        assert_eq!(cfg.max_frame, 2048, "flag beats file");
+        assert!(!cfg.sync);
+        std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+        assert!(matches!(load(&["tim", "--config", path]), Err(ConfigError::Parse { .. })));
+        assert!(matches!(load(&["tim", "--device-limit", "0"]), Err(ConfigError::Invalid { field: "device_limit", .. })));
+    }
+}

@@ -1,0 +1,17 @@
+//! The IM engine of tim-rs: accounts, sessions and the client listeners, and the `tim`
+//! command line.
+
+mod accounts;
+pub mod cli;
+mod config;
+mod error;
+mod ident;
+mod listener;
+mod secret;
+mod server;
+mod session;
+mod sessions;
+mod tables;
+mod tokens;
+
+pub use config::ServeConfig;

@@ -1,0 +1,128 @@
+//! A running node: its shared state, start-up and orderly shutdown.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tim_kv::{RocksStore, SealKey, StoreConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::accounts::Accounts;
+use crate::config::ServeConfig;
+use crate::ident::{encode_base58, Ids};
+use crate::secret::Secret;
+use crate::sessions::{Limits, Sessions};
+use crate::tables;
+use crate::tokens::Tokens;
+
+/// What every connection of the node shares.
+pub struct Server {
+    pub cfg: ServeConfig,
+    pub accounts: Accounts,
+    pub sessions: Sessions,
+    /// Cancelled at shutdown; every session's token is a child of it.
+    pub shutdown: CancellationToken,
+    /// Every session task, awaited at shutdown.
+    pub tasks: TaskTracker,
+    next_conn: AtomicU64,
+    /// Connection ids are shown to clients masked, so they do not reveal the connection count.
+    conn_mask: u64,
+    /// Opaque per-process value sent as `t` in login acks.
+    pub instance_tag: i64,
+}
+
+impl Server {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The session id shown to the client (`n2` of the login ack).
+    pub fn public_session_id(&self, conn_id: u64) -> String {
+        encode_base58(conn_id ^ self.conn_mask)
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let secret = Secret::load_or_create(cfg.secret_file.as_deref(), &cfg.data_dir)?;
+    let mut store_cfg = StoreConfig::new(cfg.data_dir.join("store"));
+    store_cfg.sync = cfg.sync;
+    store_cfg.cache_bytes = cfg.cache_mb << 20;
+    store_cfg.max_open_files = cfg.max_open_files;
+    let store = Arc::new(
+        RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
+            .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
+    );
+    let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
+    let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
+        .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
+    let hash_concurrency = match cfg.hash_concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
+    let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
+    let sessions = Sessions::new(Limits {
+        device_limit: cfg.device_limit,
+        devicetype_limit: cfg.devicetype_limit,
+        auth_min: Duration::from_secs(cfg.auth_min_unix),
+    });
+    let mut rng = rand::rngs::OsRng;
+    let server = Arc::new(Server {
+        accounts,
+        sessions,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        next_conn: AtomicU64::new(0),
+        conn_mask: rng.next_u64(),
+        instance_tag: i64::from(rng.next_u32() as i32),
+        cfg,
+    });
+
+    let listener = TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
+    // One line on stdout for scripts and tests: the bound address.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "tim ready listen={addr}")?;
+    stdout.flush()?;
+
+    let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
+    shutdown_signal().await;
+    info!("shutting down");
+    server.shutdown.cancel();
+    server.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(server.cfg.shutdown_grace), server.tasks.wait()).await.is_err() {
+        warn!("sessions outlived the shutdown grace");
+    }
+    match serving.await {
+        Ok(Err(e)) => warn!(error = %e, "listener ended with an error"),
+        Err(e) => warn!(error = %e, "listener task failed"),
+        Ok(Ok(())) => {}
+    }
+    store.flush()?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,150 @@
+//! The sessions online on this node, per account, with TIM's multi-device limits
+//! (tim-server.md §2.3.2) minus its off-by-one: `device_limit` sessions per account and
+//! `devicetype_limit` per device type. A login over a limit closes the oldest sessions in the
+//! way if the account's previous login is older than `auth_min_unix`; otherwise it gets 4111.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::ident::UserId;
+
+/// A handle to one session, to close it.
+#[derive(Clone)]
+pub struct SessionHandle {
+    conn_id: u64,
+    termtyp: Option<i8>,
+    kick: CancellationToken,
+}
+
+impl SessionHandle {
+    pub fn new(conn_id: u64, termtyp: Option<i8>, kick: CancellationToken) -> Self {
+        Self { conn_id, termtyp, kick }
+    }
+
+    pub fn close(&self) {
+        self.kick.cancel();
+    }
+}
+
+struct Account {
+    /// Oldest first.
+    sessions: Vec<SessionHandle>,
+    last_login: Instant,
+}
+
+pub struct Limits {
+    pub device_limit: usize,
+    pub devicetype_limit: usize,
+    pub auth_min: Duration,
+}
+
+pub struct Sessions {
+    accounts: Mutex<HashMap<UserId, Account>>,
+    limits: Limits,
+}
+
+/// A login refused by the device limits (4111).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverEntry;
+
+impl Sessions {
+    pub fn new(limits: Limits) -> Self {
+        Self { accounts: Mutex::new(HashMap::new()), limits }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Account>> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a logged-in session, closing the oldest ones in the way when allowed.
+    pub fn admit(&self, user: UserId, session: SessionHandle) -> Result<(), OverEntry> {
+        let now = Instant::now();
+        let mut accounts = self.lock();
+        let account = accounts.entry(user).or_insert_with(|| Account { sessions: Vec::new(), last_login: now });
+        let same_type = |s: &SessionHandle| session.termtyp.is_some() && s.termtyp == session.termtyp;
+        let typed = account.sessions.iter().filter(|s| same_type(s)).count();
+        let over_type = session.termtyp.is_some() && typed >= self.limits.devicetype_limit;
+        let over_device = account.sessions.len() >= self.limits.device_limit;
+        if over_type || over_device {
+            if !account.sessions.is_empty() && now.duration_since(account.last_login) < self.limits.auth_min {
+                return Err(OverEntry);
+            }
+            let mut typed = typed;
+            while typed >= self.limits.devicetype_limit {
+                let Some(at) = account.sessions.iter().position(|s| same_type(s)) else { break };
+                account.sessions.remove(at).close();
+                typed -= 1;
+            }
+            while account.sessions.len() >= self.limits.device_limit {
+                account.sessions.remove(0).close();
+            }
+        }
+        account.sessions.push(session);
+        account.last_login = now;
+        Ok(())
+    }
+
+    /// Removes a session that ended; `true` when it was the account's last one on this node.
+    pub fn remove(&self, user: UserId, conn_id: u64) -> bool {
+        let mut accounts = self.lock();
+        let Some(account) = accounts.get_mut(&user) else { return false };
+        let before = account.sessions.len();
+        account.sessions.retain(|s| s.conn_id != conn_id);
+        let removed = account.sessions.len() < before;
+        if account.sessions.is_empty() {
+            accounts.remove(&user);
+        }
+        removed && !accounts.contains_key(&user)
+    }
+
+    #[cfg(test)]
+    fn conn_ids(&self, user: UserId) -> Vec<u64> {
+        self.lock().get(&user).map(|a| a.sessions.iter().map(|s| s.conn_id).collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(conn_id: u64, termtyp: Option<i8>) -> SessionHandle {
+        SessionHandle::new(conn_id, termtyp, CancellationToken::new())
+    }
+
+    fn user() -> UserId {
+        UserId::parse("YpzSs1zsa8j").unwrap()
+    }
+
+    #[test]
+    fn device_limit_is_exact_and_kicks_oldest_after_auth_min() {
+        let quick = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::from_secs(60) });
+        quick.admit(user(), handle(1, None)).unwrap();
+        quick.admit(user(), handle(2, None)).unwrap();
+        assert_eq!(quick.admit(user(), handle(3, None)), Err(OverEntry), "limit 2 means 2, not 3");
+
+        let kicking = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::ZERO });
+        let first = handle(1, None);
+        kicking.admit(user(), first.clone()).unwrap();
+        kicking.admit(user(), handle(2, None)).unwrap();
+        kicking.admit(user(), handle(3, None)).unwrap();
+        assert!(first.kick.is_cancelled());
+        assert_eq!(kicking.conn_ids(user()), [2, 3]);
+    }
+
+    #[test]
+    fn device_type_limit_kicks_the_same_type() {
+        let s = Sessions::new(Limits { device_limit: 5, devicetype_limit: 1, auth_min: Duration::ZERO });
+        let web = handle(1, Some(1));
+        let phone = handle(2, Some(2));
+        s.admit(user(), web.clone()).unwrap();
+        s.admit(user(), phone.clone()).unwrap();
+        s.admit(user(), handle(3, Some(1))).unwrap();
+        assert!(web.kick.is_cancelled() && !phone.kick.is_cancelled());
+        assert!(!s.remove(user(), 2));
+        assert!(s.remove(user(), 3), "last session gone");
+        assert!(s.conn_ids(user()).is_empty());
+    }
+}

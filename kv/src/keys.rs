@@ -1,0 +1,102 @@
+//! Key layout. Integers are fixed-width big-endian so byte order is numeric order.
+//!
+//! - `rows`: `slot(2) ‖ table(4) ‖ row id(8)` → row record
+//! - `idx`:  `slot(2) ‖ table(4) ‖ column(2) ‖ esc(value) ‖ row id(8)` → empty
+//! - `meta`: `slot(2) ‖ table(4)` → last issued sequence of that slot (u64); and
+//!   `GLOBAL ‖ "t" ‖ name` → table schema record
+//!
+//! Index values are escaped so that no value is a prefix of another's key: 0x00 becomes
+//! 0x00 0xFF and the value ends with 0x00 0x01 (memcomparable, keeps bytewise order).
+
+use crate::store::{RowId, Slot, TableId};
+
+/// Slot prefix of keys that belong to no slot (schema records).
+pub(crate) const GLOBAL: [u8; 2] = [0xFF, 0xFF];
+
+pub(crate) fn table_prefix(slot: Slot, table: TableId) -> [u8; 6] {
+    let s = slot.0.to_be_bytes();
+    let t = table.0.to_be_bytes();
+    [s[0], s[1], t[0], t[1], t[2], t[3]]
+}
+
+pub(crate) fn row_key(table: TableId, id: RowId) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    let (head, tail) = key.split_at_mut(6);
+    head.copy_from_slice(&table_prefix(id.slot(), table));
+    tail.copy_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+/// Everything of one index value: the prefix all its entries share.
+pub(crate) fn index_prefix(slot: Slot, table: TableId, column: u16, value: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(6 + 2 + value.len() + 4 + 8);
+    key.extend_from_slice(&table_prefix(slot, table));
+    key.extend_from_slice(&column.to_be_bytes());
+    for &b in value {
+        key.push(b);
+        if b == 0 {
+            key.push(0xFF);
+        }
+    }
+    key.extend_from_slice(&[0x00, 0x01]);
+    key
+}
+
+pub(crate) fn index_key(prefix: &[u8], id: RowId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+/// The row id at the end of an index key.
+pub(crate) fn index_key_id(key: &[u8]) -> Option<RowId> {
+    let tail = key.len().checked_sub(8).and_then(|at| key.get(at..))?;
+    let raw: [u8; 8] = tail.try_into().ok()?;
+    Some(RowId(u64::from_be_bytes(raw)))
+}
+
+pub(crate) fn counter_key(slot: Slot, table: TableId) -> [u8; 6] {
+    table_prefix(slot, table)
+}
+
+pub(crate) fn schema_key(name: &str) -> Vec<u8> {
+    let mut key = GLOBAL.to_vec();
+    key.push(b't');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_values_never_prefix_each_other() {
+        let t = TableId(1);
+        let s = Slot(7);
+        let a = index_prefix(s, t, 0, b"ab");
+        let b = index_prefix(s, t, 0, b"abc");
+        let z = index_prefix(s, t, 0, b"ab\0");
+        assert!(!b.starts_with(&a) && !a.starts_with(&b) && !z.starts_with(&a));
+        assert!(a < z && z < b, "bytewise order of values is kept");
+    }
+
+    #[test]
+    fn prefix_end_carries() {
+        assert_eq!(prefix_end(&[1, 0xFF]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! The TLDB-compatible table store of tim-rs on RocksDB (reference/tldb.md §5).
+//!
+//! Tables of named columns with auto-increment row ids, single-column equality indexes (plain
+//! or unique), ordered paging by index, partial updates, deletes and atomic batches. Every key
+//! starts with its slot (big-endian `u16`), so one slot is one contiguous key range; sealed
+//! columns are encrypted with AES-256-GCM. Writes go through one writer thread that commits
+//! concurrent batches together (group commit), so a synced write costs one fsync per group.
+
+mod keys;
+mod rocks;
+mod schema;
+mod seal;
+mod store;
+mod writer;
+
+pub use rocks::{RocksStore, StoreConfig};
+pub use schema::{ColumnDef, IndexKind, TableDef};
+pub use seal::SealKey;
+pub use store::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId, WriteFuture};

@@ -1,0 +1,377 @@
+//! The RocksDB-backed [`Store`]: the only module that names `rocksdb`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, ReadOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::keys;
+use crate::schema::{IndexKind, TableDef};
+use crate::seal::SealKey;
+use crate::store::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId, WriteFuture};
+use crate::writer::{self, WriteRequest};
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_ROWS: &str = "rows";
+pub(crate) const CF_IDX: &str = "idx";
+
+/// Version byte in front of every row record.
+const ROW_FORMAT: u8 = 1;
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the RocksDB files.
+    pub path: PathBuf,
+    /// Sync the WAL before a write is acknowledged (durable across power loss and `kill -9`).
+    pub sync: bool,
+    /// Block cache shared by all column families, in bytes.
+    pub cache_bytes: usize,
+    /// Memtable budget across column families, in bytes.
+    pub memtable_bytes: usize,
+    /// Table files RocksDB keeps open (the process has a hard limit on open files).
+    pub max_open_files: i32,
+    /// Write batches queued for the writer before callers wait.
+    pub write_queue: usize,
+    /// Most write batches committed together in one group.
+    pub max_group: usize,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            sync: true,
+            cache_bytes: 64 << 20,
+            memtable_bytes: 64 << 20,
+            max_open_files: 1024,
+            write_queue: 4096,
+            max_group: 512,
+        }
+    }
+}
+
+/// The table store on RocksDB. Cheap to share behind an `Arc`; the writer thread stops when
+/// the store is dropped.
+pub struct RocksStore {
+    inner: Arc<Inner>,
+    /// `None` only while dropping.
+    write_tx: Option<mpsc::Sender<WriteRequest>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RocksStore {
+    /// Stops the writer after the queued batches and waits for it, so the database is closed
+    /// (its lock released) when the drop returns.
+    fn drop(&mut self) {
+        self.write_tx = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: DB,
+    tables: HashMap<TableId, TableDef>,
+    by_name: HashMap<&'static str, TableId>,
+    seal: SealKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSchema {
+    id: u32,
+    columns: Vec<String>,
+}
+
+fn rocks(e: rocksdb::Error) -> StoreError {
+    StoreError::Rocks(e.into_string())
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store and declares its tables. A declared table may add columns
+    /// at the end of a stored one; any other difference is refused.
+    pub fn open(config: &StoreConfig, seal: SealKey, tables: &[TableDef]) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        let cache = Cache::new_lru_cache(config.cache_bytes);
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&cache);
+        block.set_bloom_filter(10.0, false);
+        block.set_cache_index_and_filter_blocks(true);
+        let mut cf_opts = Options::default();
+        cf_opts.set_compression_type(DBCompressionType::Lz4);
+        cf_opts.set_block_based_table_factory(&block);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(config.max_open_files);
+        db_opts.set_db_write_buffer_size(config.memtable_bytes);
+        db_opts.set_keep_log_file_num(4);
+        let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
+
+        let (tables, by_name) = declare_tables(&db, tables)?;
+        let inner = Arc::new(Inner { db, tables, by_name, seal });
+        let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
+        let writer_inner = Arc::clone(&inner);
+        let (sync, max_group) = (config.sync, config.max_group.max(1));
+        let writer = std::thread::Builder::new()
+            .name("tim-kv-writer".into())
+            .spawn(move || writer::run(writer_inner, write_rx, sync, max_group))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Self { inner, write_tx: Some(write_tx), writer: Some(writer) })
+    }
+
+    /// Writes memtables and the WAL to disk (at shutdown, and before files are inspected).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_wal(true).map_err(rocks)?;
+        for name in [CF_META, CF_ROWS, CF_IDX] {
+            self.inner.db.flush_cf(self.inner.cf(name)?).map_err(rocks)?;
+        }
+        Ok(())
+    }
+}
+
+fn declare_tables(
+    db: &DB,
+    defs: &[TableDef],
+) -> Result<(HashMap<TableId, TableDef>, HashMap<&'static str, TableId>), StoreError> {
+    let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
+    let schema_prefix = keys::schema_key("");
+    let mut next_id = 1u32;
+    for item in db.prefix_iterator_cf(meta, &schema_prefix) {
+        let (key, value) = item.map_err(rocks)?;
+        if !key.starts_with(&schema_prefix) {
+            break;
+        }
+        let stored: StoredSchema =
+            postcard::from_bytes(&value).map_err(|_| StoreError::SchemaMismatch(String::from_utf8_lossy(&key).into()))?;
+        next_id = next_id.max(stored.id + 1);
+    }
+    let mut tables = HashMap::new();
+    let mut by_name = HashMap::new();
+    for def in defs {
+        let key = keys::schema_key(def.name);
+        let declared: Vec<String> = def.columns.iter().map(|c| c.name.to_owned()).collect();
+        let id = match db.get_cf(meta, &key).map_err(rocks)? {
+            Some(raw) => {
+                let stored: StoredSchema =
+                    postcard::from_bytes(&raw).map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+                if !declared.starts_with(&stored.columns) {
+                    return Err(StoreError::SchemaMismatch(def.name.into()));
+                }
+                stored.id
+            }
+            None => {
+                next_id += 1;
+                next_id - 1
+            }
+        };
+        let record = postcard::to_stdvec(&StoredSchema { id, columns: declared })
+            .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+        db.put_cf(meta, &key, record).map_err(rocks)?;
+        tables.insert(TableId(id), *def);
+        by_name.insert(def.name, TableId(id));
+    }
+    Ok((tables, by_name))
+}
+
+impl Inner {
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Rocks(format!("column family {name} missing")))
+    }
+
+    pub(crate) fn def(&self, table: TableId) -> Result<&TableDef, StoreError> {
+        self.tables.get(&table).ok_or(StoreError::UnknownTable(table.0))
+    }
+
+    /// The index column id of `column`, checked against the table's declaration.
+    pub(crate) fn indexed_column(&self, def: &TableDef, column: usize) -> Result<u16, StoreError> {
+        match def.columns.get(column) {
+            Some(c) if c.index != IndexKind::None => {
+                u16::try_from(column).map_err(|_| StoreError::UnknownColumn { table: def.name, column })
+            }
+            _ => Err(StoreError::UnknownColumn { table: def.name, column }),
+        }
+    }
+
+    fn place(table: TableId, id: RowId, column: usize) -> [u8; 14] {
+        let mut place = [0u8; 14];
+        let (t, rest) = place.split_at_mut(4);
+        let (i, c) = rest.split_at_mut(8);
+        t.copy_from_slice(&table.0.to_be_bytes());
+        i.copy_from_slice(&id.0.to_be_bytes());
+        c.copy_from_slice(&(column as u16).to_be_bytes());
+        place
+    }
+
+    /// Encodes a row record, sealing the sealed columns.
+    pub(crate) fn encode_row(&self, table: TableId, def: &TableDef, id: RowId, row: &Row) -> Result<Vec<u8>, StoreError> {
+        if row.cols.len() > def.columns.len() {
+            return Err(StoreError::UnknownColumn { table: def.name, column: row.cols.len() - 1 });
+        }
+        let mut sealed = Vec::new();
+        for (column, (value, col)) in row.cols.iter().zip(def.columns).enumerate() {
+            if let (Some(value), true) = (value, col.sealed) {
+                let ct = self.seal.seal(&Self::place(table, id, column), value).ok_or(StoreError::Seal { table: def.name })?;
+                sealed.push((column, ct));
+            }
+        }
+        let cols: Vec<Option<&[u8]>> = row
+            .cols
+            .iter()
+            .enumerate()
+            .map(|(column, value)| match sealed.iter().find(|(c, _)| *c == column) {
+                Some((_, ct)) => Some(ct.as_slice()),
+                None => value.as_deref(),
+            })
+            .collect();
+        let mut out = vec![ROW_FORMAT];
+        postcard::to_io(&cols, &mut out).map_err(|_| StoreError::Corrupt { table: def.name, id: id.0 })?;
+        Ok(out)
+    }
+
+    /// Decodes a row record, opening the sealed columns.
+    pub(crate) fn decode_row(&self, table: TableId, def: &TableDef, id: RowId, raw: &[u8]) -> Result<Row, StoreError> {
+        let corrupt = || StoreError::Corrupt { table: def.name, id: id.0 };
+        let Some((&ROW_FORMAT, body)) = raw.split_first() else { return Err(corrupt()) };
+        let cols: Vec<Option<&[u8]>> = postcard::from_bytes(body).map_err(|_| corrupt())?;
+        let mut row = Row::new(def.columns.len().max(cols.len()));
+        for (column, value) in cols.into_iter().enumerate() {
+            let Some(value) = value else { continue };
+            let sealed = def.columns.get(column).is_some_and(|c| c.sealed);
+            let plain = if sealed {
+                self.seal.open(&Self::place(table, id, column), value).ok_or(StoreError::Unseal { table: def.name, id: id.0 })?
+            } else {
+                value.to_vec()
+            };
+            row.set(column, Bytes::from(plain));
+        }
+        Ok(row)
+    }
+
+    pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
+        let def = self.def(table)?;
+        let raw = self.db.get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id)).map_err(rocks)?;
+        raw.map(|raw| self.decode_row(table, def, id, &raw)).transpose()
+    }
+
+    /// Whether any index entry starts with `prefix`, skipping the keys `skip` rejects.
+    pub(crate) fn index_has(&self, prefix: &[u8], skip: impl Fn(&[u8]) -> bool) -> Result<bool, StoreError> {
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        for item in self.db.iterator_cf_opt(self.cf(CF_IDX)?, opts, IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, _) = item.map_err(rocks)?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !skip(&key) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The last sequence issued for `(slot, table)`. The counter is written in the same atomic
+    /// batch as each insert; the newest row is consulted too, so ids are never reissued even
+    /// if the counter key were lost.
+    pub(crate) fn load_counter(&self, table: TableId, slot: Slot) -> Result<u64, StoreError> {
+        let stored = self
+            .db
+            .get_cf(self.cf(CF_META)?, keys::counter_key(slot, table))
+            .map_err(rocks)?
+            .and_then(|raw| raw.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let prefix = keys::table_prefix(slot, table);
+        let mut newest = 0;
+        if let Some(end) = keys::prefix_end(&prefix) {
+            let mut iter = self.db.iterator_cf(self.cf(CF_ROWS)?, IteratorMode::From(&end, Direction::Reverse));
+            if let Some(item) = iter.next() {
+                let (key, _) = item.map_err(rocks)?;
+                if key.starts_with(&prefix) {
+                    newest = keys::index_key_id(&key).map_or(0, RowId::seq);
+                }
+            }
+        }
+        Ok(stored.max(newest))
+    }
+}
+
+impl Store for RocksStore {
+    fn table(&self, name: &str) -> Option<TableId> {
+        self.inner.by_name.get(name).copied()
+    }
+
+    fn get(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
+        self.inner.read_row(table, id)
+    }
+
+    fn page(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<(RowId, Row)>, StoreError> {
+        let inner = &*self.inner;
+        let def = inner.def(table)?;
+        let column = inner.indexed_column(def, column)?;
+        let prefix = keys::index_prefix(slot, table, column, value);
+        let mut opts = ReadOptions::default();
+        let (start, direction) = match cursor {
+            Cursor::Asc(from) => {
+                if let Some(end) = keys::prefix_end(&prefix) {
+                    opts.set_iterate_upper_bound(end);
+                }
+                (keys::index_key(&prefix, from), Direction::Forward)
+            }
+            Cursor::Desc(from) => {
+                opts.set_iterate_lower_bound(prefix.clone());
+                (keys::index_key(&prefix, from), Direction::Reverse)
+            }
+        };
+        let mut ids = Vec::with_capacity(limit.min(1024));
+        for item in inner.db.iterator_cf_opt(inner.cf(CF_IDX)?, opts, IteratorMode::From(&start, direction)) {
+            if ids.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(rocks)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if let Some(id) = keys::index_key_id(&key) {
+                ids.push(id);
+            }
+        }
+        let rows_cf = inner.cf(CF_ROWS)?;
+        let raws = inner.db.multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, raw) in ids.into_iter().zip(raws) {
+            if let Some(raw) = raw.map_err(rocks)? {
+                out.push((id, inner.decode_row(table, def, id, &raw)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: Batch) -> WriteFuture {
+        let write_tx = self.write_tx.clone();
+        Box::pin(async move {
+            let write_tx = write_tx.ok_or(StoreError::Closed)?;
+            let (reply, done) = oneshot::channel();
+            write_tx.send(WriteRequest { batch, reply }).await.map_err(|_| StoreError::Closed)?;
+            done.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}

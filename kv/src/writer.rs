@@ -1,0 +1,287 @@
+//! The writer thread: applies batches in arrival order and commits every batch that is
+//! waiting as one RocksDB write (group commit), so `--sync` costs one fsync per group rather
+//! than one per message. It alone issues row ids, so ids increase in commit order and the
+//! read-modify-write of updates and unique checks need no locks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::keys;
+use crate::rocks::{Inner, CF_IDX, CF_META, CF_ROWS};
+use crate::schema::IndexKind;
+use crate::store::{Batch, Op, Row, RowId, Slot, StoreError, TableId};
+
+pub(crate) struct WriteRequest {
+    pub(crate) batch: Batch,
+    pub(crate) reply: oneshot::Sender<Result<Vec<RowId>, StoreError>>,
+}
+
+#[derive(Clone, Copy)]
+enum Cf {
+    Meta,
+    Rows,
+    Idx,
+}
+
+/// A write staged by one request, applied to the group's batch only if the request succeeds.
+enum Staged {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+}
+
+/// What the group's earlier requests changed, visible to the later ones before the commit.
+#[derive(Default)]
+struct Overlay {
+    rows: HashMap<(TableId, RowId), Option<Row>>,
+    /// Index keys put (`true`) or deleted (`false`).
+    idx: BTreeMap<Vec<u8>, bool>,
+}
+
+/// Previous overlay and counter values, restored when a request fails half-way.
+#[derive(Default)]
+struct Undo {
+    rows: Vec<((TableId, RowId), Option<Option<Row>>)>,
+    idx: Vec<(Vec<u8>, Option<bool>)>,
+    counters: Vec<((TableId, Slot), Option<u64>)>,
+}
+
+struct Writer<'a> {
+    inner: &'a Inner,
+    counters: HashMap<(TableId, Slot), u64>,
+}
+
+pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>, sync: bool, max_group: usize) {
+    let mut writer = Writer { inner: &inner, counters: HashMap::new() };
+    let mut options = WriteOptions::default();
+    options.set_sync(sync);
+    while let Some(first) = requests.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut overlay = Overlay::default();
+        let mut staged = Vec::new();
+        let results: Vec<_> = group
+            .iter()
+            .map(|request| {
+                let mut undo = Undo::default();
+                let mut mine = Vec::new();
+                match writer.apply(&request.batch, &mut overlay, &mut undo, &mut mine) {
+                    Ok(ids) => {
+                        staged.append(&mut mine);
+                        Ok(ids)
+                    }
+                    Err(e) => {
+                        writer.revert(undo, &mut overlay);
+                        Err(e)
+                    }
+                }
+            })
+            .collect();
+        let commit = writer.commit(staged, &options);
+        for (request, result) in group.into_iter().zip(results) {
+            let result = match &commit {
+                Ok(()) => result,
+                Err(e) => {
+                    // The group's ids were not persisted: forget the counters so they are
+                    // reloaded from disk.
+                    writer.counters.clear();
+                    Err(e.clone())
+                }
+            };
+            // A caller that stopped waiting does not undo the write.
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+impl Writer<'_> {
+    fn commit(&self, staged: Vec<Staged>, options: &WriteOptions) -> Result<(), StoreError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let (meta, rows, idx) = (self.inner.cf(CF_META)?, self.inner.cf(CF_ROWS)?, self.inner.cf(CF_IDX)?);
+        let cf = |c: Cf| match c {
+            Cf::Meta => meta,
+            Cf::Rows => rows,
+            Cf::Idx => idx,
+        };
+        let mut batch = WriteBatch::default();
+        for s in staged {
+            match s {
+                Staged::Put(c, k, v) => batch.put_cf(cf(c), k, v),
+                Staged::Delete(c, k) => batch.delete_cf(cf(c), k),
+            }
+        }
+        self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()))
+    }
+
+    fn apply(
+        &mut self,
+        batch: &Batch,
+        overlay: &mut Overlay,
+        undo: &mut Undo,
+        staged: &mut Vec<Staged>,
+    ) -> Result<Vec<RowId>, StoreError> {
+        let mut ids = Vec::new();
+        for op in &batch.ops {
+            match op {
+                Op::Insert { table, slot, row } => {
+                    let id = self.next_id(*table, *slot, undo, staged)?;
+                    self.put_row(*table, id, None, row.clone(), overlay, undo, staged)?;
+                    ids.push(id);
+                }
+                Op::Update { table, id, changes } => {
+                    let def = self.inner.def(*table)?;
+                    let old = self.row(*table, *id, overlay)?.ok_or(StoreError::NotFound { table: def.name, id: id.0 })?;
+                    let mut new = old.clone();
+                    for (column, value) in changes {
+                        if *column >= def.columns.len() {
+                            return Err(StoreError::UnknownColumn { table: def.name, column: *column });
+                        }
+                        match value {
+                            Some(v) => {
+                                new.set(*column, v.clone());
+                            }
+                            None => {
+                                if let Some(c) = new.cols.get_mut(*column) {
+                                    *c = None;
+                                }
+                            }
+                        }
+                    }
+                    self.put_row(*table, *id, Some(&old), new, overlay, undo, staged)?;
+                }
+                Op::Delete { table, id } => {
+                    let Some(old) = self.row(*table, *id, overlay)? else { continue };
+                    let def = self.inner.def(*table)?;
+                    for (column, col) in def.columns.iter().enumerate() {
+                        if let (IndexKind::Plain | IndexKind::Unique, Some(v)) = (col.index, old.get(column)) {
+                            let prefix = keys::index_prefix(id.slot(), *table, column as u16, v);
+                            Self::set_idx(keys::index_key(&prefix, *id), false, overlay, undo, staged);
+                        }
+                    }
+                    staged.push(Staged::Delete(Cf::Rows, keys::row_key(*table, *id).to_vec()));
+                    Self::set_row(*table, *id, None, overlay, undo);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes `new` as row `id`, moving the index entries of the columns that changed from
+    /// `old` and enforcing unique indexes.
+    #[allow(clippy::too_many_arguments)]
+    fn put_row(
+        &mut self,
+        table: TableId,
+        id: RowId,
+        old: Option<&Row>,
+        new: Row,
+        overlay: &mut Overlay,
+        undo: &mut Undo,
+        staged: &mut Vec<Staged>,
+    ) -> Result<(), StoreError> {
+        let def = self.inner.def(table)?;
+        let record = self.inner.encode_row(table, def, id, &new)?;
+        for (column, col) in def.columns.iter().enumerate() {
+            if col.index == IndexKind::None {
+                continue;
+            }
+            let before = old.and_then(|r| r.get(column));
+            let after = new.get(column);
+            if before == after {
+                continue;
+            }
+            if let Some(v) = before {
+                let prefix = keys::index_prefix(id.slot(), table, column as u16, v);
+                Self::set_idx(keys::index_key(&prefix, id), false, overlay, undo, staged);
+            }
+            if let Some(v) = after {
+                let prefix = keys::index_prefix(id.slot(), table, column as u16, v);
+                if col.index == IndexKind::Unique && self.index_taken(&prefix, overlay)? {
+                    return Err(StoreError::Duplicate { table: def.name, column: col.name });
+                }
+                Self::set_idx(keys::index_key(&prefix, id), true, overlay, undo, staged);
+            }
+        }
+        staged.push(Staged::Put(Cf::Rows, keys::row_key(table, id).to_vec(), record));
+        Self::set_row(table, id, Some(new), overlay, undo);
+        Ok(())
+    }
+
+    fn row(&self, table: TableId, id: RowId, overlay: &Overlay) -> Result<Option<Row>, StoreError> {
+        match overlay.rows.get(&(table, id)) {
+            Some(row) => Ok(row.clone()),
+            None => self.inner.read_row(table, id),
+        }
+    }
+
+    fn index_taken(&self, prefix: &[u8], overlay: &Overlay) -> Result<bool, StoreError> {
+        let staged_put = overlay.idx.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).any(|(_, put)| *put);
+        if staged_put {
+            return Ok(true);
+        }
+        self.inner.index_has(prefix, |key| overlay.idx.get(key) == Some(&false))
+    }
+
+    fn next_id(
+        &mut self,
+        table: TableId,
+        slot: Slot,
+        undo: &mut Undo,
+        staged: &mut Vec<Staged>,
+    ) -> Result<RowId, StoreError> {
+        let last = match self.counters.get(&(table, slot)) {
+            Some(last) => *last,
+            None => self.inner.load_counter(table, slot)?,
+        };
+        let seq = last + 1;
+        if seq > RowId::MAX_SEQ {
+            let name = self.inner.def(table)?.name;
+            return Err(StoreError::SequenceExhausted { table: name, slot: slot.0 });
+        }
+        let previous = self.counters.insert((table, slot), seq);
+        undo.counters.push(((table, slot), previous));
+        staged.push(Staged::Put(Cf::Meta, keys::counter_key(slot, table).to_vec(), seq.to_be_bytes().to_vec()));
+        Ok(RowId::new(slot, seq))
+    }
+
+    fn set_idx(key: Vec<u8>, put: bool, overlay: &mut Overlay, undo: &mut Undo, staged: &mut Vec<Staged>) {
+        staged.push(if put { Staged::Put(Cf::Idx, key.clone(), Vec::new()) } else { Staged::Delete(Cf::Idx, key.clone()) });
+        let previous = overlay.idx.insert(key.clone(), put);
+        undo.idx.push((key, previous));
+    }
+
+    fn set_row(table: TableId, id: RowId, row: Option<Row>, overlay: &mut Overlay, undo: &mut Undo) {
+        let previous = overlay.rows.insert((table, id), row);
+        undo.rows.push(((table, id), previous));
+    }
+
+    fn revert(&mut self, undo: Undo, overlay: &mut Overlay) {
+        for (key, previous) in undo.rows.into_iter().rev() {
+            match previous {
+                Some(row) => overlay.rows.insert(key, row),
+                None => overlay.rows.remove(&key),
+            };
+        }
+        for (key, previous) in undo.idx.into_iter().rev() {
+            match previous {
+                Some(put) => overlay.idx.insert(key, put),
+                None => overlay.idx.remove(&key),
+            };
+        }
+        for (key, previous) in undo.counters.into_iter().rev() {
+            match previous {
+                Some(seq) => self.counters.insert(key, seq),
+                None => self.counters.remove(&key),
+            };
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! TIM's client protocol: the frame codec (thrift compact and JSON), and a Rust client that
+//! tests and the load generator use to talk to a server.
+
+pub mod client;
+pub mod codec;
+pub mod frame;
+pub mod proto;
+
+pub use codec::{DecodeError, Encoding};
+pub use frame::{ClientFrame, FrameType, ServerFrame};
+
+#[cfg(test)]
+mod golden_tests;

@@ -1,0 +1,29 @@
+//! Placement of users and conversations: every partition key maps to one of [`SLOTS`] slots.
+//! (Replicas and rebalancing across nodes build on this mapping.)
+
+use tim_kv::Slot;
+
+/// Number of slots. Fixed for the life of a deployment: it is part of every stored key.
+pub const SLOTS: u16 = 4096;
+
+/// The slot of a partition key (a user id, a conversation id, a group id).
+pub fn slot_of(partition_key: &[u8]) -> Slot {
+    Slot((xxhash_rust::xxh3::xxh3_64(partition_key) % u64::from(SLOTS)) as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_stable_and_spread() {
+        assert_eq!(slot_of(b"alice"), slot_of(b"alice"));
+        let mut seen = std::collections::HashSet::new();
+        for i in 0u32..10_000 {
+            let slot = slot_of(&i.to_be_bytes());
+            assert!(slot.0 < SLOTS);
+            seen.insert(slot);
+        }
+        assert!(seen.len() > 3_500, "10k keys cover most of the 4096 slots, got {}", seen.len());
+    }
+}
