@@ -93,6 +93,12 @@ impl Client {
         Ok(())
     }
 
+    /// Sends text as one text WebSocket message (TIM accepts text frames too).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
     /// Sends bytes as one WebSocket message split into continuation frames of `chunk` bytes.
     pub async fn send_fragmented(&mut self, frame: &[u8], chunk: usize) -> Result<(), ClientError> {
         use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};

@@ -1,0 +1,115 @@
+//! Starts `tim serve` as a child process and cleans up after it, even when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tim_net::client::{post_tim2, Client};
+use tim_net::proto::{TimAck, TimAuth};
+use tim_net::{Encoding, FrameType};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TestNode {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl TestNode {
+    /// A node on a fresh data dir with extra `serve` flags.
+    pub fn start(args: &[&str]) -> TestNode {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), args)
+    }
+
+    /// A node on an existing data dir (a restart).
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("tim.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tim"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("TIM_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tim");
+        let mut node = TestNode { child, dir, addr: ([127, 0, 0, 1], 0).into() };
+        let stdout = node.child.stdout.take().expect("stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tim ready listen=") {
+                    let _ = ready_tx.send(addr.parse::<SocketAddr>());
+                }
+            }
+        });
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(addr)) => node.addr = addr,
+            other => panic!("tim did not get ready: {other:?}; log:\n{}", node.log()),
+        }
+        node
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tim.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then reap; returns the data dir for a restart.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        assert_eq!(send_signal(pid, libc::SIGTERM), 0);
+        self.child.wait().expect("wait")
+    }
+
+    pub async fn register(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {
+        post_tim2(self.addr, FrameType::Register, encoding, &auth(name, pwd)).await.expect("register")
+    }
+
+    pub async fn token(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {
+        post_tim2(self.addr, FrameType::Token, encoding, &auth(name, pwd)).await.expect("token")
+    }
+
+    /// A connected, logged-in client.
+    pub async fn login(&self, name: &str, pwd: &str, encoding: Encoding) -> (Client, TimAck) {
+        let mut client = Client::connect(self.addr, encoding).await.expect("connect");
+        let ack = client.login(&auth(name, pwd), WAIT).await.expect("login reply");
+        (client, ack)
+    }
+}
+
+#[allow(unsafe_code)]
+fn send_signal(pid: libc::pid_t, signal: libc::c_int) -> libc::c_int {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, signal) }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn auth(name: &str, pwd: &str) -> TimAuth {
+    TimAuth { name: Some(name.into()), pwd: Some(pwd.into()), domain: Some("test".into()), ..TimAuth::default() }
+}
