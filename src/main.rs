@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { tim_engine::cli::main() }
+fn main() -> std::process::ExitCode {
+    tim_engine::cli::main()
+}

@@ -30,9 +30,14 @@ pub struct Accounts {
 
 /// Where a login name stands.
 enum Lookup {
-    Found { user: UserId, pwd: String },
+    Found {
+        user: UserId,
+        pwd: String,
+    },
     /// Not registered; `free` is the first id candidate nobody holds.
-    Missing { free: Option<UserId> },
+    Missing {
+        free: Option<UserId>,
+    },
 }
 
 impl Accounts {
@@ -43,7 +48,9 @@ impl Accounts {
         hash_concurrency: usize,
         tokens: Tokens,
     ) -> Result<Self, StoreError> {
-        let users = store.table(timuser::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        let users = store
+            .table(timuser::DEF.name)
+            .ok_or(StoreError::UnknownTable(0))?;
         Ok(Self {
             store,
             users,
@@ -57,13 +64,21 @@ impl Accounts {
     fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
         let name_key = self.ids.name_key(name, domain);
         for attempt in 0..MAX_ATTEMPTS {
-            let Some(user) = self.ids.user_id(name, domain, attempt) else { continue };
+            let Some(user) = self.ids.user_id(name, domain, attempt) else {
+                continue;
+            };
             let slot = tim_shard::slot_of(&user.to_be_bytes());
-            let Some((_, row)) = self.store.find(self.users, slot, timuser::UUID, &user.to_be_bytes())? else {
+            let Some((_, row)) =
+                self.store
+                    .find(self.users, slot, timuser::UUID, &user.to_be_bytes())?
+            else {
                 return Ok(Lookup::Missing { free: Some(user) });
             };
             if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
-                let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                let pwd = row
+                    .get(timuser::PWD)
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default();
                 return Ok(Lookup::Found { user, pwd });
             }
         }
@@ -71,7 +86,12 @@ impl Accounts {
     }
 
     /// Registers an account; its user id. An existing name gets 4101.
-    pub async fn register(&self, name: &str, pwd: &str, domain: &str) -> Result<UserId, EngineError> {
+    pub async fn register(
+        &self,
+        name: &str,
+        pwd: &str,
+        domain: &str,
+    ) -> Result<UserId, EngineError> {
         if name.is_empty() || pwd.is_empty() {
             return Err(ErrorCode::ParamIncorrect.into());
         }
@@ -80,7 +100,10 @@ impl Accounts {
         }
         let hash = self.hash(pwd).await?;
         let name_key = self.ids.name_key(name, domain);
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as u64;
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos() as u64;
         loop {
             // Another registration may have taken a candidate since the lookup: the unique
             // index decides, and the lookup then tells whether it was this very name.
@@ -93,7 +116,10 @@ impl Accounts {
             row.set(timuser::UUID, Bytes::copy_from_slice(&free.to_be_bytes()))
                 .set(timuser::NAMEKEY, Bytes::copy_from_slice(&name_key))
                 .set(timuser::PWD, Bytes::from(hash.clone()))
-                .set(timuser::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()));
+                .set(
+                    timuser::CREATETIME,
+                    Bytes::copy_from_slice(&created.to_be_bytes()),
+                );
             let mut batch = Batch::new();
             batch.insert(self.users, tim_shard::slot_of(&free.to_be_bytes()), row);
             match self.store.write(batch).await {
@@ -120,36 +146,62 @@ impl Accounts {
     }
 
     /// Issues a login token after a password check; bad credentials get 4102.
-    pub async fn issue_token(&self, name: &str, pwd: &str, domain: &str) -> Result<String, EngineError> {
+    pub async fn issue_token(
+        &self,
+        name: &str,
+        pwd: &str,
+        domain: &str,
+    ) -> Result<String, EngineError> {
         let user = self.verify(name, pwd, domain).await.map_err(|e| match e {
             EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
             other => other,
         })?;
-        self.tokens.issue(&self.ids.name_key(name, domain), user).ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
+        self.tokens
+            .issue(&self.ids.name_key(name, domain), user)
+            .ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
     }
 
     /// Consumes a token issued for this name and domain; 4115 if it is not one.
-    pub fn consume_token(&self, token: &str, name: &str, domain: &str) -> Result<UserId, EngineError> {
-        self.tokens.consume(&self.ids.name_key(name, domain), token).ok_or(EngineError::Refused(ErrorCode::Token))
+    pub fn consume_token(
+        &self,
+        token: &str,
+        name: &str,
+        domain: &str,
+    ) -> Result<UserId, EngineError> {
+        self.tokens
+            .consume(&self.ids.name_key(name, domain), token)
+            .ok_or(EngineError::Refused(ErrorCode::Token))
     }
 
     async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
-        let _permit = self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
         let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2.hash_password(pwd.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| EngineError::PasswordHash(e.to_string()))
+            argon2
+                .hash_password(pwd.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| EngineError::PasswordHash(e.to_string()))
         })
         .await?
     }
 
     async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
-        let _permit = self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
         let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
         tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
+            let parsed =
+                PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
             Ok(argon2.verify_password(pwd.as_bytes(), &parsed).is_ok())
         })
         .await?

@@ -29,9 +29,12 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) -> std::io::Resul
         .route("/tim2", post(tim2))
         .layer(DefaultBodyLimit::max(server.cfg.max_frame))
         .with_state(server);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 /// With an allow-list configured, a present Origin must be on it; a missing one (non-browser
@@ -42,7 +45,11 @@ fn origin_allowed(server: &Server, headers: &HeaderMap) -> bool {
     }
     match headers.get("origin") {
         None => true,
-        Some(origin) => server.cfg.origin.iter().any(|allowed| origin.as_bytes() == allowed.as_bytes()),
+        Some(origin) => server
+            .cfg
+            .origin
+            .iter()
+            .any(|allowed| origin.as_bytes() == allowed.as_bytes()),
     }
 }
 
@@ -85,18 +92,31 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
         return StatusCode::OK.into_response();
     }
     let result = match frame.decode::<TimAuth>() {
-        Err(_) => Err(EngineError::Refused(tim_net::proto::ErrorCode::ParamIncorrect)),
+        Err(_) => Err(EngineError::Refused(
+            tim_net::proto::ErrorCode::ParamIncorrect,
+        )),
         Ok(auth) => {
-            let (name, pwd, domain) = (auth.name.unwrap_or_default(), auth.pwd.unwrap_or_default(), auth.domain.unwrap_or_default());
+            let (name, pwd, domain) = (
+                auth.name.unwrap_or_default(),
+                auth.pwd.unwrap_or_default(),
+                auth.domain.unwrap_or_default(),
+            );
             if kind == FrameType::Register {
-                server.accounts.register(&name, &pwd, &domain).await.map(|user| user.node())
+                server
+                    .accounts
+                    .register(&name, &pwd, &domain)
+                    .await
+                    .map(|user| user.node())
             } else {
                 server.accounts.issue_token(&name, &pwd, &domain).await
             }
         }
     };
     let ack = match result {
-        Ok(n) => TimAck { n: Some(n), ..TimAck::ok(kind as u8) },
+        Ok(n) => TimAck {
+            n: Some(n),
+            ..TimAck::ok(kind as u8)
+        },
         Err(e) => {
             if e.is_internal() {
                 warn!(error = %e, ?kind, "tim2 request failed");
@@ -104,5 +124,9 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
             TimAck::error(kind as u8, e.wire_code())
         }
     };
-    ([("content-type", "application/octet-stream")], encode_server(FrameType::Ack, frame.encoding, &ack)).into_response()
+    (
+        [("content-type", "application/octet-stream")],
+        encode_server(FrameType::Ack, frame.encoding, &ack),
+    )
+        .into_response()
 }

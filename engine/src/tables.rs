@@ -28,13 +28,26 @@ pub mod timuser {
 
 const TIMMESSAGE: TableDef = TableDef {
     name: "timmessage",
-    columns: &[ColumnDef::indexed("chatid"), ColumnDef::plain("fid"), ColumnDef::sealed("stanza"), ColumnDef::plain("timeseries")],
+    columns: &[
+        ColumnDef::indexed("chatid"),
+        ColumnDef::plain("fid"),
+        ColumnDef::sealed("stanza"),
+        ColumnDef::plain("timeseries"),
+    ],
 };
 const TIMOFFLINE: TableDef = TableDef {
     name: "timoffline",
-    columns: &[ColumnDef::indexed("uuid"), ColumnDef::plain("chatid"), ColumnDef::sealed("stanza"), ColumnDef::plain("mid")],
+    columns: &[
+        ColumnDef::indexed("uuid"),
+        ColumnDef::plain("chatid"),
+        ColumnDef::sealed("stanza"),
+        ColumnDef::plain("mid"),
+    ],
 };
-const TIMRELATE: TableDef = TableDef { name: "timrelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
+const TIMRELATE: TableDef = TableDef {
+    name: "timrelate",
+    columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")],
+};
 const TIMGROUP: TableDef = TableDef {
     name: "timgroup",
     columns: &[
@@ -46,7 +59,11 @@ const TIMGROUP: TableDef = TableDef {
     ],
 };
 /// The pair tables (roster, membership, blocks) share one shape.
-const PAIR_COLUMNS: &[ColumnDef] = &[ColumnDef::unique("unikid"), ColumnDef::indexed("uuid"), ColumnDef::plain("tuuid")];
+const PAIR_COLUMNS: &[ColumnDef] = &[
+    ColumnDef::unique("unikid"),
+    ColumnDef::indexed("uuid"),
+    ColumnDef::plain("tuuid"),
+];
 
 /// Every table the engine declares at open.
 pub const ALL: &[TableDef] = &[
@@ -54,9 +71,21 @@ pub const ALL: &[TableDef] = &[
     TIMMESSAGE,
     TIMOFFLINE,
     TIMRELATE,
-    TableDef { name: "timroster", columns: PAIR_COLUMNS },
+    TableDef {
+        name: "timroster",
+        columns: PAIR_COLUMNS,
+    },
     TIMGROUP,
-    TableDef { name: "timmucroster", columns: PAIR_COLUMNS },
-    TableDef { name: "timblock", columns: PAIR_COLUMNS },
-    TableDef { name: "timblockroom", columns: PAIR_COLUMNS },
+    TableDef {
+        name: "timmucroster",
+        columns: PAIR_COLUMNS,
+    },
+    TableDef {
+        name: "timblock",
+        columns: PAIR_COLUMNS,
+    },
+    TableDef {
+        name: "timblockroom",
+        columns: PAIR_COLUMNS,
+    },
 ];

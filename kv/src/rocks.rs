@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, ReadOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -98,7 +98,11 @@ fn rocks(e: rocksdb::Error) -> StoreError {
 impl RocksStore {
     /// Opens (or creates) the store and declares its tables. A declared table may add columns
     /// at the end of a stored one; any other difference is refused.
-    pub fn open(config: &StoreConfig, seal: SealKey, tables: &[TableDef]) -> Result<Self, StoreError> {
+    pub fn open(
+        config: &StoreConfig,
+        seal: SealKey,
+        tables: &[TableDef],
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
         let cache = Cache::new_lru_cache(config.cache_bytes);
         let mut block = BlockBasedOptions::default();
@@ -114,11 +118,17 @@ impl RocksStore {
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_db_write_buffer_size(config.memtable_bytes);
         db_opts.set_keep_log_file_num(4);
-        let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let cfs = [CF_META, CF_ROWS, CF_IDX]
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
         let (tables, by_name) = declare_tables(&db, tables)?;
-        let inner = Arc::new(Inner { db, tables, by_name, seal });
+        let inner = Arc::new(Inner {
+            db,
+            tables,
+            by_name,
+            seal,
+        });
         let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
         let writer_inner = Arc::clone(&inner);
         let (sync, max_group) = (config.sync, config.max_group.max(1));
@@ -126,14 +136,21 @@ impl RocksStore {
             .name("tim-kv-writer".into())
             .spawn(move || writer::run(writer_inner, write_rx, sync, max_group))
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(Self { inner, write_tx: Some(write_tx), writer: Some(writer) })
+        Ok(Self {
+            inner,
+            write_tx: Some(write_tx),
+            writer: Some(writer),
+        })
     }
 
     /// Writes memtables and the WAL to disk (at shutdown, and before files are inspected).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush_wal(true).map_err(rocks)?;
         for name in [CF_META, CF_ROWS, CF_IDX] {
-            self.inner.db.flush_cf(self.inner.cf(name)?).map_err(rocks)?;
+            self.inner
+                .db
+                .flush_cf(self.inner.cf(name)?)
+                .map_err(rocks)?;
         }
         Ok(())
     }
@@ -143,7 +160,9 @@ fn declare_tables(
     db: &DB,
     defs: &[TableDef],
 ) -> Result<(HashMap<TableId, TableDef>, HashMap<&'static str, TableId>), StoreError> {
-    let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
     let schema_prefix = keys::schema_key("");
     let mut next_id = 1u32;
     for item in db.prefix_iterator_cf(meta, &schema_prefix) {
@@ -151,8 +170,8 @@ fn declare_tables(
         if !key.starts_with(&schema_prefix) {
             break;
         }
-        let stored: StoredSchema =
-            postcard::from_bytes(&value).map_err(|_| StoreError::SchemaMismatch(String::from_utf8_lossy(&key).into()))?;
+        let stored: StoredSchema = postcard::from_bytes(&value)
+            .map_err(|_| StoreError::SchemaMismatch(String::from_utf8_lossy(&key).into()))?;
         next_id = next_id.max(stored.id + 1);
     }
     let mut tables = HashMap::new();
@@ -162,8 +181,8 @@ fn declare_tables(
         let declared: Vec<String> = def.columns.iter().map(|c| c.name.to_owned()).collect();
         let id = match db.get_cf(meta, &key).map_err(rocks)? {
             Some(raw) => {
-                let stored: StoredSchema =
-                    postcard::from_bytes(&raw).map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+                let stored: StoredSchema = postcard::from_bytes(&raw)
+                    .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
                 if !declared.starts_with(&stored.columns) {
                     return Err(StoreError::SchemaMismatch(def.name.into()));
                 }
@@ -174,8 +193,11 @@ fn declare_tables(
                 next_id - 1
             }
         };
-        let record = postcard::to_stdvec(&StoredSchema { id, columns: declared })
-            .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+        let record = postcard::to_stdvec(&StoredSchema {
+            id,
+            columns: declared,
+        })
+        .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
         db.put_cf(meta, &key, record).map_err(rocks)?;
         tables.insert(TableId(id), *def);
         by_name.insert(def.name, TableId(id));
@@ -185,20 +207,30 @@ fn declare_tables(
 
 impl Inner {
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
-        self.db.cf_handle(name).ok_or_else(|| StoreError::Rocks(format!("column family {name} missing")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Rocks(format!("column family {name} missing")))
     }
 
     pub(crate) fn def(&self, table: TableId) -> Result<&TableDef, StoreError> {
-        self.tables.get(&table).ok_or(StoreError::UnknownTable(table.0))
+        self.tables
+            .get(&table)
+            .ok_or(StoreError::UnknownTable(table.0))
     }
 
     /// The index column id of `column`, checked against the table's declaration.
     pub(crate) fn indexed_column(&self, def: &TableDef, column: usize) -> Result<u16, StoreError> {
         match def.columns.get(column) {
             Some(c) if c.index != IndexKind::None => {
-                u16::try_from(column).map_err(|_| StoreError::UnknownColumn { table: def.name, column })
+                u16::try_from(column).map_err(|_| StoreError::UnknownColumn {
+                    table: def.name,
+                    column,
+                })
             }
-            _ => Err(StoreError::UnknownColumn { table: def.name, column }),
+            _ => Err(StoreError::UnknownColumn {
+                table: def.name,
+                column,
+            }),
         }
     }
 
@@ -213,14 +245,26 @@ impl Inner {
     }
 
     /// Encodes a row record, sealing the sealed columns.
-    pub(crate) fn encode_row(&self, table: TableId, def: &TableDef, id: RowId, row: &Row) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn encode_row(
+        &self,
+        table: TableId,
+        def: &TableDef,
+        id: RowId,
+        row: &Row,
+    ) -> Result<Vec<u8>, StoreError> {
         if row.cols.len() > def.columns.len() {
-            return Err(StoreError::UnknownColumn { table: def.name, column: row.cols.len() - 1 });
+            return Err(StoreError::UnknownColumn {
+                table: def.name,
+                column: row.cols.len() - 1,
+            });
         }
         let mut sealed = Vec::new();
         for (column, (value, col)) in row.cols.iter().zip(def.columns).enumerate() {
             if let (Some(value), true) = (value, col.sealed) {
-                let ct = self.seal.seal(&Self::place(table, id, column), value).ok_or(StoreError::Seal { table: def.name })?;
+                let ct = self
+                    .seal
+                    .seal(&Self::place(table, id, column), value)
+                    .ok_or(StoreError::Seal { table: def.name })?;
                 sealed.push((column, ct));
             }
         }
@@ -228,27 +272,48 @@ impl Inner {
             .cols
             .iter()
             .enumerate()
-            .map(|(column, value)| match sealed.iter().find(|(c, _)| *c == column) {
-                Some((_, ct)) => Some(ct.as_slice()),
-                None => value.as_deref(),
-            })
+            .map(
+                |(column, value)| match sealed.iter().find(|(c, _)| *c == column) {
+                    Some((_, ct)) => Some(ct.as_slice()),
+                    None => value.as_deref(),
+                },
+            )
             .collect();
         let mut out = vec![ROW_FORMAT];
-        postcard::to_io(&cols, &mut out).map_err(|_| StoreError::Corrupt { table: def.name, id: id.0 })?;
+        postcard::to_io(&cols, &mut out).map_err(|_| StoreError::Corrupt {
+            table: def.name,
+            id: id.0,
+        })?;
         Ok(out)
     }
 
     /// Decodes a row record, opening the sealed columns.
-    pub(crate) fn decode_row(&self, table: TableId, def: &TableDef, id: RowId, raw: &[u8]) -> Result<Row, StoreError> {
-        let corrupt = || StoreError::Corrupt { table: def.name, id: id.0 };
-        let Some((&ROW_FORMAT, body)) = raw.split_first() else { return Err(corrupt()) };
+    pub(crate) fn decode_row(
+        &self,
+        table: TableId,
+        def: &TableDef,
+        id: RowId,
+        raw: &[u8],
+    ) -> Result<Row, StoreError> {
+        let corrupt = || StoreError::Corrupt {
+            table: def.name,
+            id: id.0,
+        };
+        let Some((&ROW_FORMAT, body)) = raw.split_first() else {
+            return Err(corrupt());
+        };
         let cols: Vec<Option<&[u8]>> = postcard::from_bytes(body).map_err(|_| corrupt())?;
         let mut row = Row::new(def.columns.len().max(cols.len()));
         for (column, value) in cols.into_iter().enumerate() {
             let Some(value) = value else { continue };
             let sealed = def.columns.get(column).is_some_and(|c| c.sealed);
             let plain = if sealed {
-                self.seal.open(&Self::place(table, id, column), value).ok_or(StoreError::Unseal { table: def.name, id: id.0 })?
+                self.seal
+                    .open(&Self::place(table, id, column), value)
+                    .ok_or(StoreError::Unseal {
+                        table: def.name,
+                        id: id.0,
+                    })?
             } else {
                 value.to_vec()
             };
@@ -259,17 +324,29 @@ impl Inner {
 
     pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
         let def = self.def(table)?;
-        let raw = self.db.get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id)).map_err(rocks)?;
-        raw.map(|raw| self.decode_row(table, def, id, &raw)).transpose()
+        let raw = self
+            .db
+            .get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id))
+            .map_err(rocks)?;
+        raw.map(|raw| self.decode_row(table, def, id, &raw))
+            .transpose()
     }
 
     /// Whether any index entry starts with `prefix`, skipping the keys `skip` rejects.
-    pub(crate) fn index_has(&self, prefix: &[u8], skip: impl Fn(&[u8]) -> bool) -> Result<bool, StoreError> {
+    pub(crate) fn index_has(
+        &self,
+        prefix: &[u8],
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> Result<bool, StoreError> {
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
         }
-        for item in self.db.iterator_cf_opt(self.cf(CF_IDX)?, opts, IteratorMode::From(prefix, Direction::Forward)) {
+        for item in self.db.iterator_cf_opt(
+            self.cf(CF_IDX)?,
+            opts,
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
             let (key, _) = item.map_err(rocks)?;
             if !key.starts_with(prefix) {
                 break;
@@ -294,7 +371,10 @@ impl Inner {
         let prefix = keys::table_prefix(slot, table);
         let mut newest = 0;
         if let Some(end) = keys::prefix_end(&prefix) {
-            let mut iter = self.db.iterator_cf(self.cf(CF_ROWS)?, IteratorMode::From(&end, Direction::Reverse));
+            let mut iter = self.db.iterator_cf(
+                self.cf(CF_ROWS)?,
+                IteratorMode::From(&end, Direction::Reverse),
+            );
             if let Some(item) = iter.next() {
                 let (key, _) = item.map_err(rocks)?;
                 if key.starts_with(&prefix) {
@@ -342,7 +422,11 @@ impl Store for RocksStore {
             }
         };
         let mut ids = Vec::with_capacity(limit.min(1024));
-        for item in inner.db.iterator_cf_opt(inner.cf(CF_IDX)?, opts, IteratorMode::From(&start, direction)) {
+        for item in inner.db.iterator_cf_opt(
+            inner.cf(CF_IDX)?,
+            opts,
+            IteratorMode::From(&start, direction),
+        ) {
             if ids.len() >= limit {
                 break;
             }
@@ -355,7 +439,9 @@ impl Store for RocksStore {
             }
         }
         let rows_cf = inner.cf(CF_ROWS)?;
-        let raws = inner.db.multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
+        let raws = inner
+            .db
+            .multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
         let mut out = Vec::with_capacity(ids.len());
         for (id, raw) in ids.into_iter().zip(raws) {
             if let Some(raw) = raw.map_err(rocks)? {
@@ -370,7 +456,10 @@ impl Store for RocksStore {
         Box::pin(async move {
             let write_tx = write_tx.ok_or(StoreError::Closed)?;
             let (reply, done) = oneshot::channel();
-            write_tx.send(WriteRequest { batch, reply }).await.map_err(|_| StoreError::Closed)?;
+            write_tx
+                .send(WriteRequest { batch, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?
         })
     }

@@ -13,7 +13,8 @@ async fn acknowledged_registrations_survive_kill_9() {
         let addr = node.addr;
         tasks.push(tokio::spawn(async move {
             let auth = crate::node::auth(&format!("durable-{i}"), "pw");
-            tim_net::client::post_tim2(addr, tim_net::FrameType::Register, Encoding::Compact, &auth).await
+            tim_net::client::post_tim2(addr, tim_net::FrameType::Register, Encoding::Compact, &auth)
+                .await
         }));
     }
     for task in tasks {
@@ -26,8 +27,14 @@ async fn acknowledged_registrations_survive_kill_9() {
     assert!(data.join("store").is_dir());
     let node = TestNode::start_in(dir, &[]);
     for (i, user_node) in nodes.iter().enumerate() {
-        let (_client, ack) = node.login(&format!("durable-{i}"), "pw", Encoding::Json).await;
+        let (_client, ack) = node
+            .login(&format!("durable-{i}"), "pw", Encoding::Json)
+            .await;
         assert!(ack.ok, "user {i} lost after kill -9: {ack:?}");
-        assert_eq!(ack.n.as_deref(), Some(user_node.as_str()), "same id after restart");
+        assert_eq!(
+            ack.n.as_deref(),
+            Some(user_node.as_str()),
+            "same id after restart"
+        );
     }
 }
