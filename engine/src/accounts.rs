@@ -48,9 +48,7 @@ impl Accounts {
         hash_concurrency: usize,
         tokens: Tokens,
     ) -> Result<Self, StoreError> {
-        let users = store
-            .table(timuser::DEF.name)
-            .ok_or(StoreError::UnknownTable(0))?;
+        let users = store.table(timuser::DEF.name).ok_or(StoreError::UnknownTable(0))?;
         Ok(Self {
             store,
             users,
@@ -68,17 +66,11 @@ impl Accounts {
                 continue;
             };
             let slot = tim_shard::slot_of(&user.to_be_bytes());
-            let Some((_, row)) =
-                self.store
-                    .find(self.users, slot, timuser::UUID, &user.to_be_bytes())?
-            else {
+            let Some((_, row)) = self.store.find(self.users, slot, timuser::UUID, &user.to_be_bytes())? else {
                 return Ok(Lookup::Missing { free: Some(user) });
             };
             if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
-                let pwd = row
-                    .get(timuser::PWD)
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .unwrap_or_default();
+                let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
                 return Ok(Lookup::Found { user, pwd });
             }
         }
@@ -86,12 +78,7 @@ impl Accounts {
     }
 
     /// Registers an account; its user id. An existing name gets 4101.
-    pub async fn register(
-        &self,
-        name: &str,
-        pwd: &str,
-        domain: &str,
-    ) -> Result<UserId, EngineError> {
+    pub async fn register(&self, name: &str, pwd: &str, domain: &str) -> Result<UserId, EngineError> {
         if name.is_empty() || pwd.is_empty() {
             return Err(ErrorCode::ParamIncorrect.into());
         }
@@ -100,10 +87,7 @@ impl Accounts {
         }
         let hash = self.hash(pwd).await?;
         let name_key = self.ids.name_key(name, domain);
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos() as u64;
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as u64;
         loop {
             // Another registration may have taken a candidate since the lookup: the unique
             // index decides, and the lookup then tells whether it was this very name.
@@ -116,10 +100,7 @@ impl Accounts {
             row.set(timuser::UUID, Bytes::copy_from_slice(&free.to_be_bytes()))
                 .set(timuser::NAMEKEY, Bytes::copy_from_slice(&name_key))
                 .set(timuser::PWD, Bytes::from(hash.clone()))
-                .set(
-                    timuser::CREATETIME,
-                    Bytes::copy_from_slice(&created.to_be_bytes()),
-                );
+                .set(timuser::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()));
             let mut batch = Batch::new();
             batch.insert(self.users, tim_shard::slot_of(&free.to_be_bytes()), row);
             match self.store.write(batch).await {
@@ -146,39 +127,22 @@ impl Accounts {
     }
 
     /// Issues a login token after a password check; bad credentials get 4102.
-    pub async fn issue_token(
-        &self,
-        name: &str,
-        pwd: &str,
-        domain: &str,
-    ) -> Result<String, EngineError> {
+    pub async fn issue_token(&self, name: &str, pwd: &str, domain: &str) -> Result<String, EngineError> {
         let user = self.verify(name, pwd, domain).await.map_err(|e| match e {
             EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
             other => other,
         })?;
-        self.tokens
-            .issue(&self.ids.name_key(name, domain), user)
-            .ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
+        self.tokens.issue(&self.ids.name_key(name, domain), user).ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
     }
 
     /// Consumes a token issued for this name and domain; 4115 if it is not one.
-    pub fn consume_token(
-        &self,
-        token: &str,
-        name: &str,
-        domain: &str,
-    ) -> Result<UserId, EngineError> {
-        self.tokens
-            .consume(&self.ids.name_key(name, domain), token)
-            .ok_or(EngineError::Refused(ErrorCode::Token))
+    pub fn consume_token(&self, token: &str, name: &str, domain: &str) -> Result<UserId, EngineError> {
+        self.tokens.consume(&self.ids.name_key(name, domain), token).ok_or(EngineError::Refused(ErrorCode::Token))
     }
 
     async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let _permit =
+            self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
         let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -192,18 +156,77 @@ impl Accounts {
     }
 
     async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let _permit =
+            self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
         let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
         tokio::task::spawn_blocking(move || {
-            let parsed =
-                PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
+            let parsed = PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
             Ok(argon2.verify_password(pwd.as_bytes(), &parsed).is_ok())
         })
         .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ident::IdScheme;
+    use std::time::Duration;
+    use tim_kv::{RocksStore, SealKey, StoreConfig};
+
+    fn accounts(dir: &std::path::Path) -> Accounts {
+        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
+        let ids = Ids::new(IdScheme::Keyed, [5; 32], String::new());
+        let params = Params::new(64, 1, 1, None).unwrap();
+        Accounts::new(Arc::new(store), ids, params, 1, Tokens::new(Duration::from_secs(60), 10)).unwrap()
+    }
+
+    /// An id already held by another name is a collision: the new account takes the next
+    /// candidate, and neither account is touched by the other.
+    #[tokio::test]
+    async fn id_collision_is_detected_never_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = accounts(dir.path());
+        let first = accounts.ids.user_id("bob", "d", 0).unwrap();
+        let mut squatter = Row::new(timuser::DEF.columns.len());
+        squatter
+            .set(timuser::UUID, Bytes::copy_from_slice(&first.to_be_bytes()))
+            .set(timuser::NAMEKEY, Bytes::copy_from_slice(&accounts.ids.name_key("someone-else", "d")))
+            .set(timuser::PWD, Bytes::from_static(b"not-a-hash"));
+        let mut batch = Batch::new();
+        batch.insert(accounts.users, tim_shard::slot_of(&first.to_be_bytes()), squatter);
+        accounts.store.write(batch).await.unwrap();
+
+        let bob = accounts.register("bob", "pw", "d").await.unwrap();
+        assert_ne!(bob, first, "the held id is not shared");
+        assert_eq!(Some(bob), accounts.ids.user_id("bob", "d", 1));
+        assert_eq!(accounts.verify("bob", "pw", "d").await.unwrap(), bob);
+        assert!(matches!(accounts.register("bob", "pw2", "d").await, Err(EngineError::Refused(ErrorCode::HasExist))));
+        assert!(matches!(
+            accounts.verify("bob", "wrong", "d").await,
+            Err(EngineError::Refused(ErrorCode::PermissionDenied))
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_registrations_of_one_name_make_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = Arc::new(accounts(dir.path()));
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let accounts = accounts.clone();
+                tokio::spawn(async move { accounts.register("carol", "pw", "d").await })
+            })
+            .collect();
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(EngineError::Refused(ErrorCode::HasExist)) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(ok, 1);
     }
 }

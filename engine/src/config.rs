@@ -77,10 +77,6 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_AUTH_MIN_UNIX", default_value_t = 10)]
     pub auth_min_unix: u64,
 
-    /// Frames queued to a session before it is cut off as a slow reader.
-    #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
-    pub outbound_queue: usize,
-
     /// Seconds a write to a client socket may take before the session is closed.
     #[arg(long, env = "TIM_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout: u64,
@@ -126,26 +122,18 @@ pub struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("setting `{field}` {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: &'static str,
-    },
+    Invalid { field: &'static str, problem: &'static str },
 }
 
 impl ServeConfig {
     /// The settings from parsed arguments, with the config file (if any) under them.
     pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
-        let cfg = Self::from_arg_matches(matches).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
+        let cfg = Self::from_arg_matches(matches)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
         let cfg = match cfg.config.clone() {
             Some(path) => cfg.under_file(&path, matches)?,
             None => cfg,
@@ -155,34 +143,22 @@ impl ServeConfig {
     }
 
     fn under_file(self, path: &Path, matches: &ArgMatches) -> Result<Self, ConfigError> {
-        let parse = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let file: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        let parse = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let file: toml::Table = text.parse().map_err(|e: toml::de::Error| parse(e.to_string()))?;
         let mut merged = toml::Table::try_from(&self).map_err(|e| parse(e.to_string()))?;
         let known = <Self as clap::Args>::augment_args(clap::Command::new("tim"));
         for (key, value) in file {
             // Unknown keys go into the table too, where deserializing names them.
             let is_arg = known.get_arguments().any(|a| a.get_id() == key.as_str());
             let explicit = is_arg
-                && matches!(
-                    matches.value_source(&key),
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                );
+                && matches!(matches.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
             if !explicit {
                 merged.insert(key, value);
             }
         }
-        merged
-            .try_into()
-            .map_err(|e: toml::de::Error| parse(e.to_string()))
+        merged.try_into().map_err(|e: toml::de::Error| parse(e.to_string()))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -196,20 +172,11 @@ impl ServeConfig {
         if self.max_frame < 64 || self.max_frame > 1 << 30 {
             return invalid("max_frame", "must be between 64 bytes and 1 GiB");
         }
-        if self.outbound_queue == 0 {
-            return invalid("outbound_queue", "must be at least 1");
-        }
         if self.auth_timeout == 0 || self.ping_timeout == 0 || self.token_timeout == 0 {
-            return invalid(
-                "auth_timeout/ping_timeout/token_timeout",
-                "must be at least 1 second",
-            );
+            return invalid("auth_timeout/ping_timeout/token_timeout", "must be at least 1 second");
         }
         if self.argon2_memory_kib < 8 || self.argon2_passes == 0 {
-            return invalid(
-                "argon2_memory_kib/argon2_passes",
-                "are below argon2's minimum",
-            );
+            return invalid("argon2_memory_kib/argon2_passes", "are below argon2's minimum");
         }
         Ok(())
     }
@@ -261,16 +228,10 @@ mod tests {
         assert_eq!(cfg.max_frame, 2048, "flag beats file");
         assert!(!cfg.sync);
         std::fs::write(&file, "no_such_setting = 1\n").unwrap();
-        assert!(matches!(
-            load(&["tim", "--config", path]),
-            Err(ConfigError::Parse { .. })
-        ));
+        assert!(matches!(load(&["tim", "--config", path]), Err(ConfigError::Parse { .. })));
         assert!(matches!(
             load(&["tim", "--device-limit", "0"]),
-            Err(ConfigError::Invalid {
-                field: "device_limit",
-                ..
-            })
+            Err(ConfigError::Invalid { field: "device_limit", .. })
         ));
     }
 }

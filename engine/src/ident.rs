@@ -71,9 +71,7 @@ pub fn encode_base58(mut v: u64) -> String {
 }
 
 /// How user ids are derived from login names.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdScheme {
     /// HMAC-SHA256 under the deployment secret: ids cannot be computed from names by others.
@@ -92,11 +90,7 @@ pub struct Ids {
 
 impl Ids {
     pub fn new(scheme: IdScheme, key: [u8; 32], tim_salt: String) -> Self {
-        Self {
-            scheme,
-            key,
-            tim_salt,
-        }
+        Self { scheme, key, tim_salt }
     }
 
     fn mac(&self, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -117,10 +111,7 @@ impl Ids {
     pub fn user_id(&self, name: &str, domain: &str, attempt: u8) -> Option<UserId> {
         let raw = match self.scheme {
             IdScheme::Keyed => {
-                let mac = self.mac(
-                    b"tim-rs user id",
-                    &[domain.as_bytes(), name.as_bytes(), &[attempt]],
-                );
+                let mac = self.mac(b"tim-rs user id", &[domain.as_bytes(), name.as_bytes(), &[attempt]]);
                 u64::from_be_bytes(*mac.first_chunk::<8>()?)
             }
             IdScheme::Tim => {
@@ -188,10 +179,6 @@ mod tests {
         assert_ne!(Some(id), a.user_id("u1", "d", 1));
         assert_ne!(Some(id), a.user_id("u1", "", 0));
         assert_eq!(UserId::parse(&id.node()), Some(id));
-        assert_ne!(
-            a.name_key("u1", "d"),
-            a.name_key("u1d", ""),
-            "domain and name are length-framed"
-        );
+        assert_ne!(a.name_key("u1", "d"), a.name_key("u1d", ""), "domain and name are length-framed");
     }
 }

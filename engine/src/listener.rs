@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tim_net::frame::encode_server;
 use tim_net::proto::{TimAck, TimAuth};
@@ -29,12 +30,15 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) -> std::io::Resul
         .route("/tim2", post(tim2))
         .layer(DefaultBodyLimit::max(server.cfg.max_frame))
         .with_state(server);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
+    // Frames are small and latency matters: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
 
 /// With an allow-list configured, a present Origin must be on it; a missing one (non-browser
@@ -45,11 +49,7 @@ fn origin_allowed(server: &Server, headers: &HeaderMap) -> bool {
     }
     match headers.get("origin") {
         None => true,
-        Some(origin) => server
-            .cfg
-            .origin
-            .iter()
-            .any(|allowed| origin.as_bytes() == allowed.as_bytes()),
+        Some(origin) => server.cfg.origin.iter().any(|allowed| origin.as_bytes() == allowed.as_bytes()),
     }
 }
 
@@ -64,14 +64,12 @@ async fn upgrade(
         return StatusCode::FORBIDDEN.into_response();
     }
     let max = server.cfg.max_frame;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
+    ws.max_message_size(max).max_frame_size(max).read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).on_upgrade(
+        move |socket| {
             let tasks = server.tasks.clone();
             tasks.track_future(crate::session::run(server, socket, peer))
-        })
+        },
+    )
 }
 
 /// `POST /tim2`: register (14) and token (15); the reply is `0C` + TimAck in the request's
@@ -92,31 +90,19 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
         return StatusCode::OK.into_response();
     }
     let result = match frame.decode::<TimAuth>() {
-        Err(_) => Err(EngineError::Refused(
-            tim_net::proto::ErrorCode::ParamIncorrect,
-        )),
+        Err(_) => Err(EngineError::Refused(tim_net::proto::ErrorCode::ParamIncorrect)),
         Ok(auth) => {
-            let (name, pwd, domain) = (
-                auth.name.unwrap_or_default(),
-                auth.pwd.unwrap_or_default(),
-                auth.domain.unwrap_or_default(),
-            );
+            let (name, pwd, domain) =
+                (auth.name.unwrap_or_default(), auth.pwd.unwrap_or_default(), auth.domain.unwrap_or_default());
             if kind == FrameType::Register {
-                server
-                    .accounts
-                    .register(&name, &pwd, &domain)
-                    .await
-                    .map(|user| user.node())
+                server.accounts.register(&name, &pwd, &domain).await.map(|user| user.node())
             } else {
                 server.accounts.issue_token(&name, &pwd, &domain).await
             }
         }
     };
     let ack = match result {
-        Ok(n) => TimAck {
-            n: Some(n),
-            ..TimAck::ok(kind as u8)
-        },
+        Ok(n) => TimAck { n: Some(n), ..TimAck::ok(kind as u8) },
         Err(e) => {
             if e.is_internal() {
                 warn!(error = %e, ?kind, "tim2 request failed");
@@ -124,9 +110,6 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
             TimAck::error(kind as u8, e.wire_code())
         }
     };
-    (
-        [("content-type", "application/octet-stream")],
-        encode_server(FrameType::Ack, frame.encoding, &ack),
-    )
+    ([("content-type", "application/octet-stream")], encode_server(FrameType::Ack, frame.encoding, &ack))
         .into_response()
 }

@@ -15,15 +15,9 @@ const FILE_NAME: &str = "secret.key";
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read secret file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot create secret file {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
     #[error("secret file {0} must hold 32 bytes, or 64 hex digits")]
     Format(PathBuf),
 }
@@ -43,44 +37,26 @@ impl Secret {
         }
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let create = |source| SecretError::Create {
-            path: path.clone(),
-            source,
-        };
+        let create = |source| SecretError::Create { path: path.clone(), source };
         std::fs::create_dir_all(data_dir).map_err(create)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(create)?;
-        f.write_all(&key)
-            .and_then(|()| f.sync_all())
-            .map_err(create)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(create)?;
+        f.write_all(&key).and_then(|()| f.sync_all()).map_err(create)?;
         Ok(Self(key))
     }
 
     fn read(path: &Path) -> Result<Self, SecretError> {
-        let raw = std::fs::read(path).map_err(|source| SecretError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let raw = std::fs::read(path).map_err(|source| SecretError::Read { path: path.to_owned(), source })?;
         if let Ok(key) = <[u8; 32]>::try_from(raw.as_slice()) {
             return Ok(Self(key));
         }
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| SecretError::Format(path.to_owned()))?
-            .trim();
+        let text = std::str::from_utf8(&raw).map_err(|_| SecretError::Format(path.to_owned()))?.trim();
         let mut key = [0u8; 32];
         if text.len() != 64 {
             return Err(SecretError::Format(path.to_owned()));
         }
         for (i, byte) in key.iter_mut().enumerate() {
-            let pair = text
-                .get(2 * i..2 * i + 2)
-                .ok_or_else(|| SecretError::Format(path.to_owned()))?;
-            *byte =
-                u8::from_str_radix(pair, 16).map_err(|_| SecretError::Format(path.to_owned()))?;
+            let pair = text.get(2 * i..2 * i + 2).ok_or_else(|| SecretError::Format(path.to_owned()))?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| SecretError::Format(path.to_owned()))?;
         }
         Ok(Self(key))
     }
@@ -104,10 +80,7 @@ mod tests {
     fn created_once_with_mode_0600_then_reused() {
         let dir = tempfile::tempdir().unwrap();
         let a = Secret::load_or_create(None, dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = Secret::load_or_create(None, dir.path()).unwrap();
         assert_eq!(a.0, b.0);
@@ -119,14 +92,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hex = dir.path().join("hex");
         std::fs::write(&hex, format!("{}\n", "ab".repeat(32))).unwrap();
-        assert_eq!(
-            Secret::load_or_create(Some(&hex), dir.path()).unwrap().0,
-            [0xAB; 32]
-        );
+        assert_eq!(Secret::load_or_create(Some(&hex), dir.path()).unwrap().0, [0xAB; 32]);
         std::fs::write(&hex, "short").unwrap();
-        assert!(matches!(
-            Secret::load_or_create(Some(&hex), dir.path()),
-            Err(SecretError::Format(_))
-        ));
+        assert!(matches!(Secret::load_or_create(Some(&hex), dir.path()), Err(SecretError::Format(_))));
     }
 }

@@ -56,18 +56,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     store_cfg.cache_bytes = cfg.cache_mb << 20;
     store_cfg.max_open_files = cfg.max_open_files;
     let store = Arc::new(
-        RocksStore::open(
-            &store_cfg,
-            SealKey::new(&secret.derive("tim-rs seal")),
-            tables::ALL,
-        )
-        .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
+        RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
+            .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
     );
-    let ids = Ids::new(
-        cfg.node_ids,
-        secret.derive("tim-rs ids"),
-        cfg.tim_salt.clone(),
-    );
+    let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
     let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
         .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
     let hash_concurrency = match cfg.hash_concurrency {
@@ -93,9 +85,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg,
     });
 
-    let listener = TcpListener::bind(server.cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", server.cfg.listen))?;
+    let listener =
+        TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
     // One line on stdout for scripts and tests: the bound address.
@@ -108,13 +99,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     info!("shutting down");
     server.shutdown.cancel();
     server.tasks.close();
-    if tokio::time::timeout(
-        Duration::from_secs(server.cfg.shutdown_grace),
-        server.tasks.wait(),
-    )
-    .await
-    .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(server.cfg.shutdown_grace), server.tasks.wait()).await.is_err() {
         warn!("sessions outlived the shutdown grace");
     }
     match serving.await {

@@ -60,15 +60,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
     let span = info_span!("conn", id = conn_id, %peer, uid = tracing::field::Empty);
     let kick = server.shutdown.child_token();
     let deadline = Instant::now() + server.cfg.auth_timeout();
-    let session = Session {
-        server,
-        ws,
-        conn_id,
-        login: None,
-        kick,
-        deadline,
-        big: None,
-    };
+    let session = Session { server, ws, conn_id, login: None, kick, deadline, big: None };
     session.serve().instrument(span).await;
 }
 
@@ -96,15 +88,10 @@ impl Session {
             Close::Kicked => debug!("closed by the server (shutdown or newer login)"),
             Close::AuthTimeout => info!("closing: no login within the auth timeout"),
             Close::PingTimeout => info!("closing: no ping within the ping timeout"),
-            Close::FrameBeforeLogin(code) => info!(
-                frame_type = code,
-                "closing: frame other than auth or ping before login"
-            ),
-            Close::Oversize(len) => warn!(
-                len,
-                max = self.server.cfg.max_frame,
-                "closing: frame over the size limit"
-            ),
+            Close::FrameBeforeLogin(code) => {
+                info!(frame_type = code, "closing: frame other than auth or ping before login")
+            }
+            Close::Oversize(len) => warn!(len, max = self.server.cfg.max_frame, "closing: frame over the size limit"),
             Close::ReadError(error) => info!(%error, "closing: websocket read failed"),
             Close::WriteFailed => info!("closing: write failed or timed out"),
         }
@@ -115,12 +102,7 @@ impl Session {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), Close> {
-        match tokio::time::timeout(
-            self.server.cfg.write_timeout(),
-            self.ws.send(Message::Binary(frame)),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Binary(frame))).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Close::WriteFailed),
         }
@@ -137,27 +119,15 @@ impl Session {
         self.send(encode_server(kind, encoding, body)).await
     }
 
-    async fn refuse(
-        &mut self,
-        tim_type: u8,
-        encoding: Encoding,
-        code: ErrorCode,
-    ) -> Result<(), Close> {
-        self.reply(FrameType::Ack, encoding, &TimAck::error(tim_type, code))
-            .await
+    async fn refuse(&mut self, tim_type: u8, encoding: Encoding, code: ErrorCode) -> Result<(), Close> {
+        self.reply(FrameType::Ack, encoding, &TimAck::error(tim_type, code)).await
     }
 
     async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
         let max = self.server.cfg.max_frame;
         if let Some(mut big) = self.big.take() {
             if big.buf.len() + data.len() > big.declared {
-                return self
-                    .refuse(
-                        FrameType::BigBinary as u8,
-                        Encoding::Compact,
-                        ErrorCode::BigData,
-                    )
-                    .await;
+                return self.refuse(FrameType::BigBinary as u8, Encoding::Compact, ErrorCode::BigData).await;
             }
             big.buf.extend_from_slice(&data);
             if big.buf.len() < big.declared {
@@ -178,9 +148,7 @@ impl Session {
                 if self.login.is_none() {
                     return Err(Close::FrameBeforeLogin(code));
                 }
-                return self
-                    .refuse(code, encoding_of(head), ErrorCode::ParamIncorrect)
-                    .await;
+                return self.refuse(code, encoding_of(head), ErrorCode::ParamIncorrect).await;
             }
         };
         match (frame.kind, self.login.is_some()) {
@@ -195,9 +163,7 @@ impl Session {
             (FrameType::Ack, true) => Ok(()),
             (kind, true) if kind.is_big_data() => match big_data_length(&data) {
                 BigDataLength::Legacy | BigDataLength::Complete => self.on_big_data(data).await,
-                BigDataLength::Incomplete(declared) if declared > max => {
-                    Err(Close::Oversize(declared))
-                }
+                BigDataLength::Incomplete(declared) if declared > max => Err(Close::Oversize(declared)),
                 BigDataLength::Incomplete(declared) => {
                     let mut buf = BytesMut::with_capacity(declared.min(data.len() * 4));
                     buf.extend_from_slice(&data);
@@ -205,55 +171,36 @@ impl Session {
                     Ok(())
                 }
                 BigDataLength::Overrun => {
-                    self.refuse(
-                        FrameType::BigBinary as u8,
-                        frame.encoding,
-                        ErrorCode::BigData,
-                    )
-                    .await
+                    self.refuse(FrameType::BigBinary as u8, frame.encoding, ErrorCode::BigData).await
                 }
             },
             (FrameType::Register | FrameType::Token, true) => {
-                self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect)
-                    .await
+                self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
             }
-            (_, true) => {
-                self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect)
-                    .await
-            }
+            (_, true) => self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect).await,
         }
     }
 
     /// A complete big-data frame. Delivery of big data is not built yet: the sender learns so
     /// with 4107; a malformed frame gets 4104.
     async fn on_big_data(&mut self, frame: Bytes) -> Result<(), Close> {
-        let code = frame
-            .first()
-            .map_or(FrameType::BigBinary as u8, |h| h & 0x7F);
+        let code = frame.first().map_or(FrameType::BigBinary as u8, |h| h & 0x7F);
         match BigData::parse(frame) {
             Ok(big) => {
                 debug!(kind = ?big.kind, len = big.data.len(), "big data frame");
-                self.refuse(code, Encoding::Compact, ErrorCode::InterfaceIncorrect)
-                    .await
+                self.refuse(code, Encoding::Compact, ErrorCode::InterfaceIncorrect).await
             }
-            Err(_) => {
-                self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect)
-                    .await
-            }
+            Err(_) => self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect).await,
         }
     }
 
     async fn on_auth(&mut self, frame: &ClientFrame) -> Result<(), Close> {
         const AUTH: u8 = FrameType::Auth as u8;
         if self.login.is_some() {
-            return self
-                .reply(FrameType::Ack, frame.encoding, &TimAck::ok(AUTH))
-                .await;
+            return self.reply(FrameType::Ack, frame.encoding, &TimAck::ok(AUTH)).await;
         }
         let Ok(auth) = frame.decode::<TimAuth>() else {
-            return self
-                .refuse(AUTH, frame.encoding, ErrorCode::ParamIncorrect)
-                .await;
+            return self.refuse(AUTH, frame.encoding, ErrorCode::ParamIncorrect).await;
         };
         let user = match authenticate(&self.server, &auth).await {
             Ok(user) => user,
@@ -266,16 +213,11 @@ impl Session {
         };
         let handle = SessionHandle::new(self.conn_id, auth.termtyp, self.kick.clone());
         if self.server.sessions.admit(user, handle) == Err(OverEntry) {
-            return self
-                .refuse(AUTH, frame.encoding, ErrorCode::OverEntry)
-                .await;
+            return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await;
         }
         Span::current().record("uid", user.node());
         info!(termtyp = ?auth.termtyp, "logged in");
-        self.login = Some(Login {
-            user,
-            encoding: frame.encoding,
-        });
+        self.login = Some(Login { user, encoding: frame.encoding });
         self.deadline = Instant::now() + self.server.cfg.ping_timeout();
         let ack = TimAck {
             t: Some(self.server.instance_tag),
@@ -293,12 +235,7 @@ async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineE
     let domain = auth.domain.as_deref().unwrap_or_default();
     match auth.token.as_deref() {
         Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain),
-        _ => {
-            server
-                .accounts
-                .verify(name, auth.pwd.as_deref().unwrap_or_default(), domain)
-                .await
-        }
+        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
     }
 }
 

@@ -21,11 +21,7 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     pub fn new(conn_id: u64, termtyp: Option<i8>, kick: CancellationToken) -> Self {
-        Self {
-            conn_id,
-            termtyp,
-            kick,
-        }
+        Self { conn_id, termtyp, kick }
     }
 
     pub fn close(&self) {
@@ -56,10 +52,7 @@ pub struct OverEntry;
 
 impl Sessions {
     pub fn new(limits: Limits) -> Self {
-        Self {
-            accounts: Mutex::new(HashMap::new()),
-            limits,
-        }
+        Self { accounts: Mutex::new(HashMap::new()), limits }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Account>> {
@@ -70,24 +63,18 @@ impl Sessions {
     pub fn admit(&self, user: UserId, session: SessionHandle) -> Result<(), OverEntry> {
         let now = Instant::now();
         let mut accounts = self.lock();
-        let account = accounts.entry(user).or_insert_with(|| Account {
-            sessions: Vec::new(),
-            last_login: now,
-        });
-        let same_type =
-            |s: &SessionHandle| session.termtyp.is_some() && s.termtyp == session.termtyp;
+        let account = accounts.entry(user).or_insert_with(|| Account { sessions: Vec::new(), last_login: now });
+        let same_type = |s: &SessionHandle| session.termtyp.is_some() && s.termtyp == session.termtyp;
         let typed = account.sessions.iter().filter(|s| same_type(s)).count();
         let over_type = session.termtyp.is_some() && typed >= self.limits.devicetype_limit;
         let over_device = account.sessions.len() >= self.limits.device_limit;
         if over_type || over_device {
-            if !account.sessions.is_empty()
-                && now.duration_since(account.last_login) < self.limits.auth_min
-            {
+            if !account.sessions.is_empty() && now.duration_since(account.last_login) < self.limits.auth_min {
                 return Err(OverEntry);
             }
             let mut typed = typed;
             while typed >= self.limits.devicetype_limit {
-                let Some(at) = account.sessions.iter().position(|s| same_type(s)) else {
+                let Some(at) = account.sessions.iter().position(same_type) else {
                     break;
                 };
                 account.sessions.remove(at).close();
@@ -119,10 +106,7 @@ impl Sessions {
 
     #[cfg(test)]
     fn conn_ids(&self, user: UserId) -> Vec<u64> {
-        self.lock()
-            .get(&user)
-            .map(|a| a.sessions.iter().map(|s| s.conn_id).collect())
-            .unwrap_or_default()
+        self.lock().get(&user).map(|a| a.sessions.iter().map(|s| s.conn_id).collect()).unwrap_or_default()
     }
 }
 
@@ -140,24 +124,12 @@ mod tests {
 
     #[test]
     fn device_limit_is_exact_and_kicks_oldest_after_auth_min() {
-        let quick = Sessions::new(Limits {
-            device_limit: 2,
-            devicetype_limit: 5,
-            auth_min: Duration::from_secs(60),
-        });
+        let quick = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::from_secs(60) });
         quick.admit(user(), handle(1, None)).unwrap();
         quick.admit(user(), handle(2, None)).unwrap();
-        assert_eq!(
-            quick.admit(user(), handle(3, None)),
-            Err(OverEntry),
-            "limit 2 means 2, not 3"
-        );
+        assert_eq!(quick.admit(user(), handle(3, None)), Err(OverEntry), "limit 2 means 2, not 3");
 
-        let kicking = Sessions::new(Limits {
-            device_limit: 2,
-            devicetype_limit: 5,
-            auth_min: Duration::ZERO,
-        });
+        let kicking = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::ZERO });
         let first = handle(1, None);
         kicking.admit(user(), first.clone()).unwrap();
         kicking.admit(user(), handle(2, None)).unwrap();
@@ -168,11 +140,7 @@ mod tests {
 
     #[test]
     fn device_type_limit_kicks_the_same_type() {
-        let s = Sessions::new(Limits {
-            device_limit: 5,
-            devicetype_limit: 1,
-            auth_min: Duration::ZERO,
-        });
+        let s = Sessions::new(Limits { device_limit: 5, devicetype_limit: 1, auth_min: Duration::ZERO });
         let web = handle(1, Some(1));
         let phone = handle(2, Some(2));
         s.admit(user(), web.clone()).unwrap();

@@ -44,10 +44,8 @@ const TIMOFFLINE: TableDef = TableDef {
         ColumnDef::plain("mid"),
     ],
 };
-const TIMRELATE: TableDef = TableDef {
-    name: "timrelate",
-    columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")],
-};
+const TIMRELATE: TableDef =
+    TableDef { name: "timrelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
 const TIMGROUP: TableDef = TableDef {
     name: "timgroup",
     columns: &[
@@ -59,11 +57,8 @@ const TIMGROUP: TableDef = TableDef {
     ],
 };
 /// The pair tables (roster, membership, blocks) share one shape.
-const PAIR_COLUMNS: &[ColumnDef] = &[
-    ColumnDef::unique("unikid"),
-    ColumnDef::indexed("uuid"),
-    ColumnDef::plain("tuuid"),
-];
+const PAIR_COLUMNS: &[ColumnDef] =
+    &[ColumnDef::unique("unikid"), ColumnDef::indexed("uuid"), ColumnDef::plain("tuuid")];
 
 /// Every table the engine declares at open.
 pub const ALL: &[TableDef] = &[
@@ -71,21 +66,9 @@ pub const ALL: &[TableDef] = &[
     TIMMESSAGE,
     TIMOFFLINE,
     TIMRELATE,
-    TableDef {
-        name: "timroster",
-        columns: PAIR_COLUMNS,
-    },
+    TableDef { name: "timroster", columns: PAIR_COLUMNS },
     TIMGROUP,
-    TableDef {
-        name: "timmucroster",
-        columns: PAIR_COLUMNS,
-    },
-    TableDef {
-        name: "timblock",
-        columns: PAIR_COLUMNS,
-    },
-    TableDef {
-        name: "timblockroom",
-        columns: PAIR_COLUMNS,
-    },
+    TableDef { name: "timmucroster", columns: PAIR_COLUMNS },
+    TableDef { name: "timblock", columns: PAIR_COLUMNS },
+    TableDef { name: "timblockroom", columns: PAIR_COLUMNS },
 ];

@@ -32,11 +32,7 @@ fn entry_key(name_key: &[u8; 32], token: &str) -> [u8; 32] {
 
 impl Tokens {
     pub fn new(lifetime: Duration, cap: usize) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            lifetime,
-            cap,
-        }
+        Self { entries: Mutex::new(HashMap::new()), lifetime, cap }
     }
 
     /// A new token for `user`, or `None` when `cap` unexpired tokens are outstanding.
@@ -52,13 +48,7 @@ impl Tokens {
                 return None;
             }
         }
-        entries.insert(
-            entry_key(name_key, &token),
-            Entry {
-                user,
-                expires: now + self.lifetime,
-            },
-        );
+        entries.insert(entry_key(name_key, &token), Entry { user, expires: now + self.lifetime });
         Some(token)
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    IteratorMode, Options, ReadOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, ReadOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -80,9 +80,14 @@ impl Drop for RocksStore {
 
 pub(crate) struct Inner {
     pub(crate) db: DB,
+    catalog: Catalog,
+    seal: SealKey,
+}
+
+/// The declared tables, by id and by name.
+struct Catalog {
     tables: HashMap<TableId, TableDef>,
     by_name: HashMap<&'static str, TableId>,
-    seal: SealKey,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,11 +103,7 @@ fn rocks(e: rocksdb::Error) -> StoreError {
 impl RocksStore {
     /// Opens (or creates) the store and declares its tables. A declared table may add columns
     /// at the end of a stored one; any other difference is refused.
-    pub fn open(
-        config: &StoreConfig,
-        seal: SealKey,
-        tables: &[TableDef],
-    ) -> Result<Self, StoreError> {
+    pub fn open(config: &StoreConfig, seal: SealKey, tables: &[TableDef]) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
         let cache = Cache::new_lru_cache(config.cache_bytes);
         let mut block = BlockBasedOptions::default();
@@ -118,17 +119,11 @@ impl RocksStore {
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_db_write_buffer_size(config.memtable_bytes);
         db_opts.set_keep_log_file_num(4);
-        let cfs = [CF_META, CF_ROWS, CF_IDX]
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
-        let (tables, by_name) = declare_tables(&db, tables)?;
-        let inner = Arc::new(Inner {
-            db,
-            tables,
-            by_name,
-            seal,
-        });
+        let catalog = declare_tables(&db, tables)?;
+        let inner = Arc::new(Inner { db, catalog, seal });
         let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
         let writer_inner = Arc::clone(&inner);
         let (sync, max_group) = (config.sync, config.max_group.max(1));
@@ -136,33 +131,21 @@ impl RocksStore {
             .name("tim-kv-writer".into())
             .spawn(move || writer::run(writer_inner, write_rx, sync, max_group))
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(Self {
-            inner,
-            write_tx: Some(write_tx),
-            writer: Some(writer),
-        })
+        Ok(Self { inner, write_tx: Some(write_tx), writer: Some(writer) })
     }
 
     /// Writes memtables and the WAL to disk (at shutdown, and before files are inspected).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush_wal(true).map_err(rocks)?;
         for name in [CF_META, CF_ROWS, CF_IDX] {
-            self.inner
-                .db
-                .flush_cf(self.inner.cf(name)?)
-                .map_err(rocks)?;
+            self.inner.db.flush_cf(self.inner.cf(name)?).map_err(rocks)?;
         }
         Ok(())
     }
 }
 
-fn declare_tables(
-    db: &DB,
-    defs: &[TableDef],
-) -> Result<(HashMap<TableId, TableDef>, HashMap<&'static str, TableId>), StoreError> {
-    let meta = db
-        .cf_handle(CF_META)
-        .ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
+fn declare_tables(db: &DB, defs: &[TableDef]) -> Result<Catalog, StoreError> {
+    let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
     let schema_prefix = keys::schema_key("");
     let mut next_id = 1u32;
     for item in db.prefix_iterator_cf(meta, &schema_prefix) {
@@ -181,8 +164,8 @@ fn declare_tables(
         let declared: Vec<String> = def.columns.iter().map(|c| c.name.to_owned()).collect();
         let id = match db.get_cf(meta, &key).map_err(rocks)? {
             Some(raw) => {
-                let stored: StoredSchema = postcard::from_bytes(&raw)
-                    .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+                let stored: StoredSchema =
+                    postcard::from_bytes(&raw).map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
                 if !declared.starts_with(&stored.columns) {
                     return Err(StoreError::SchemaMismatch(def.name.into()));
                 }
@@ -193,44 +176,31 @@ fn declare_tables(
                 next_id - 1
             }
         };
-        let record = postcard::to_stdvec(&StoredSchema {
-            id,
-            columns: declared,
-        })
-        .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
+        let record = postcard::to_stdvec(&StoredSchema { id, columns: declared })
+            .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
         db.put_cf(meta, &key, record).map_err(rocks)?;
         tables.insert(TableId(id), *def);
         by_name.insert(def.name, TableId(id));
     }
-    Ok((tables, by_name))
+    Ok(Catalog { tables, by_name })
 }
 
 impl Inner {
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StoreError::Rocks(format!("column family {name} missing")))
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Rocks(format!("column family {name} missing")))
     }
 
     pub(crate) fn def(&self, table: TableId) -> Result<&TableDef, StoreError> {
-        self.tables
-            .get(&table)
-            .ok_or(StoreError::UnknownTable(table.0))
+        self.catalog.tables.get(&table).ok_or(StoreError::UnknownTable(table.0))
     }
 
     /// The index column id of `column`, checked against the table's declaration.
     pub(crate) fn indexed_column(&self, def: &TableDef, column: usize) -> Result<u16, StoreError> {
         match def.columns.get(column) {
             Some(c) if c.index != IndexKind::None => {
-                u16::try_from(column).map_err(|_| StoreError::UnknownColumn {
-                    table: def.name,
-                    column,
-                })
+                u16::try_from(column).map_err(|_| StoreError::UnknownColumn { table: def.name, column })
             }
-            _ => Err(StoreError::UnknownColumn {
-                table: def.name,
-                column,
-            }),
+            _ => Err(StoreError::UnknownColumn { table: def.name, column }),
         }
     }
 
@@ -253,10 +223,7 @@ impl Inner {
         row: &Row,
     ) -> Result<Vec<u8>, StoreError> {
         if row.cols.len() > def.columns.len() {
-            return Err(StoreError::UnknownColumn {
-                table: def.name,
-                column: row.cols.len() - 1,
-            });
+            return Err(StoreError::UnknownColumn { table: def.name, column: row.cols.len() - 1 });
         }
         let mut sealed = Vec::new();
         for (column, (value, col)) in row.cols.iter().zip(def.columns).enumerate() {
@@ -272,33 +239,19 @@ impl Inner {
             .cols
             .iter()
             .enumerate()
-            .map(
-                |(column, value)| match sealed.iter().find(|(c, _)| *c == column) {
-                    Some((_, ct)) => Some(ct.as_slice()),
-                    None => value.as_deref(),
-                },
-            )
+            .map(|(column, value)| match sealed.iter().find(|(c, _)| *c == column) {
+                Some((_, ct)) => Some(ct.as_slice()),
+                None => value.as_deref(),
+            })
             .collect();
         let mut out = vec![ROW_FORMAT];
-        postcard::to_io(&cols, &mut out).map_err(|_| StoreError::Corrupt {
-            table: def.name,
-            id: id.0,
-        })?;
+        postcard::to_io(&cols, &mut out).map_err(|_| StoreError::Corrupt { table: def.name, id: id.0 })?;
         Ok(out)
     }
 
     /// Decodes a row record, opening the sealed columns.
-    pub(crate) fn decode_row(
-        &self,
-        table: TableId,
-        def: &TableDef,
-        id: RowId,
-        raw: &[u8],
-    ) -> Result<Row, StoreError> {
-        let corrupt = || StoreError::Corrupt {
-            table: def.name,
-            id: id.0,
-        };
+    pub(crate) fn decode_row(&self, table: TableId, def: &TableDef, id: RowId, raw: &[u8]) -> Result<Row, StoreError> {
+        let corrupt = || StoreError::Corrupt { table: def.name, id: id.0 };
         let Some((&ROW_FORMAT, body)) = raw.split_first() else {
             return Err(corrupt());
         };
@@ -310,10 +263,7 @@ impl Inner {
             let plain = if sealed {
                 self.seal
                     .open(&Self::place(table, id, column), value)
-                    .ok_or(StoreError::Unseal {
-                        table: def.name,
-                        id: id.0,
-                    })?
+                    .ok_or(StoreError::Unseal { table: def.name, id: id.0 })?
             } else {
                 value.to_vec()
             };
@@ -324,29 +274,17 @@ impl Inner {
 
     pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
         let def = self.def(table)?;
-        let raw = self
-            .db
-            .get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id))
-            .map_err(rocks)?;
-        raw.map(|raw| self.decode_row(table, def, id, &raw))
-            .transpose()
+        let raw = self.db.get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id)).map_err(rocks)?;
+        raw.map(|raw| self.decode_row(table, def, id, &raw)).transpose()
     }
 
     /// Whether any index entry starts with `prefix`, skipping the keys `skip` rejects.
-    pub(crate) fn index_has(
-        &self,
-        prefix: &[u8],
-        skip: impl Fn(&[u8]) -> bool,
-    ) -> Result<bool, StoreError> {
+    pub(crate) fn index_has(&self, prefix: &[u8], skip: impl Fn(&[u8]) -> bool) -> Result<bool, StoreError> {
         let mut opts = ReadOptions::default();
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
         }
-        for item in self.db.iterator_cf_opt(
-            self.cf(CF_IDX)?,
-            opts,
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
+        for item in self.db.iterator_cf_opt(self.cf(CF_IDX)?, opts, IteratorMode::From(prefix, Direction::Forward)) {
             let (key, _) = item.map_err(rocks)?;
             if !key.starts_with(prefix) {
                 break;
@@ -371,10 +309,7 @@ impl Inner {
         let prefix = keys::table_prefix(slot, table);
         let mut newest = 0;
         if let Some(end) = keys::prefix_end(&prefix) {
-            let mut iter = self.db.iterator_cf(
-                self.cf(CF_ROWS)?,
-                IteratorMode::From(&end, Direction::Reverse),
-            );
+            let mut iter = self.db.iterator_cf(self.cf(CF_ROWS)?, IteratorMode::From(&end, Direction::Reverse));
             if let Some(item) = iter.next() {
                 let (key, _) = item.map_err(rocks)?;
                 if key.starts_with(&prefix) {
@@ -388,7 +323,7 @@ impl Inner {
 
 impl Store for RocksStore {
     fn table(&self, name: &str) -> Option<TableId> {
-        self.inner.by_name.get(name).copied()
+        self.inner.catalog.by_name.get(name).copied()
     }
 
     fn get(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
@@ -422,11 +357,7 @@ impl Store for RocksStore {
             }
         };
         let mut ids = Vec::with_capacity(limit.min(1024));
-        for item in inner.db.iterator_cf_opt(
-            inner.cf(CF_IDX)?,
-            opts,
-            IteratorMode::From(&start, direction),
-        ) {
+        for item in inner.db.iterator_cf_opt(inner.cf(CF_IDX)?, opts, IteratorMode::From(&start, direction)) {
             if ids.len() >= limit {
                 break;
             }
@@ -439,9 +370,7 @@ impl Store for RocksStore {
             }
         }
         let rows_cf = inner.cf(CF_ROWS)?;
-        let raws = inner
-            .db
-            .multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
+        let raws = inner.db.multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
         let mut out = Vec::with_capacity(ids.len());
         for (id, raw) in ids.into_iter().zip(raws) {
             if let Some(raw) = raw.map_err(rocks)? {
@@ -456,10 +385,7 @@ impl Store for RocksStore {
         Box::pin(async move {
             let write_tx = write_tx.ok_or(StoreError::Closed)?;
             let (reply, done) = oneshot::channel();
-            write_tx
-                .send(WriteRequest { batch, reply })
-                .await
-                .map_err(|_| StoreError::Closed)?;
+            write_tx.send(WriteRequest { batch, reply }).await.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?
         })
     }

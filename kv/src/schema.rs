@@ -21,32 +21,16 @@ pub struct ColumnDef {
 
 impl ColumnDef {
     pub const fn plain(name: &'static str) -> Self {
-        Self {
-            name,
-            index: IndexKind::None,
-            sealed: false,
-        }
+        Self { name, index: IndexKind::None, sealed: false }
     }
     pub const fn indexed(name: &'static str) -> Self {
-        Self {
-            name,
-            index: IndexKind::Plain,
-            sealed: false,
-        }
+        Self { name, index: IndexKind::Plain, sealed: false }
     }
     pub const fn unique(name: &'static str) -> Self {
-        Self {
-            name,
-            index: IndexKind::Unique,
-            sealed: false,
-        }
+        Self { name, index: IndexKind::Unique, sealed: false }
     }
     pub const fn sealed(name: &'static str) -> Self {
-        Self {
-            name,
-            index: IndexKind::None,
-            sealed: true,
-        }
+        Self { name, index: IndexKind::None, sealed: true }
     }
 }
 

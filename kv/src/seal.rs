@@ -22,25 +22,14 @@ impl std::fmt::Debug for SealKey {
 
 impl SealKey {
     pub fn new(key: &[u8; 32]) -> Self {
-        Self {
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-        }
+        Self { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)) }
     }
 
     /// `nonce ‖ ciphertext ‖ tag`; `None` only for inputs over 64 GiB.
     pub(crate) fn seal(&self, place: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: place,
-                },
-            )
-            .ok()?;
+        let ct = self.cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: place }).ok()?;
         let mut out = Vec::with_capacity(NONCE + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -49,15 +38,7 @@ impl SealKey {
 
     pub(crate) fn open(&self, place: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         let (nonce, ct) = sealed.split_at_checked(NONCE)?;
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: place,
-                },
-            )
-            .ok()
+        self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: place }).ok()
     }
 }
 
@@ -69,10 +50,7 @@ mod tests {
     fn sealed_values_open_only_in_place() {
         let key = SealKey::new(&[7; 32]);
         let sealed = key.seal(b"place-a", b"secret").unwrap();
-        assert_eq!(
-            key.open(b"place-a", &sealed).as_deref(),
-            Some(&b"secret"[..])
-        );
+        assert_eq!(key.open(b"place-a", &sealed).as_deref(), Some(&b"secret"[..]));
         assert_eq!(key.open(b"place-b", &sealed), None);
         assert_eq!(SealKey::new(&[8; 32]).open(b"place-a", &sealed), None);
         assert_eq!(key.open(b"place-a", &sealed[..5]), None);

@@ -45,9 +45,7 @@ pub struct Row {
 impl Row {
     /// A row with every column absent.
     pub fn new(columns: usize) -> Self {
-        Self {
-            cols: vec![None; columns],
-        }
+        Self { cols: vec![None; columns] }
     }
 
     /// Sets a column; a column beyond the row's width widens it.
@@ -80,20 +78,9 @@ impl Cursor {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Insert {
-        table: TableId,
-        slot: Slot,
-        row: Row,
-    },
-    Update {
-        table: TableId,
-        id: RowId,
-        changes: Vec<(usize, Option<Bytes>)>,
-    },
-    Delete {
-        table: TableId,
-        id: RowId,
-    },
+    Insert { table: TableId, slot: Slot, row: Row },
+    Update { table: TableId, id: RowId, changes: Vec<(usize, Option<Bytes>)> },
+    Delete { table: TableId, id: RowId },
 }
 
 /// Writes applied atomically: all of them or none.
@@ -114,12 +101,7 @@ impl Batch {
     }
 
     /// Sets the given columns of an existing row (`None` clears one); others stay.
-    pub fn update(
-        &mut self,
-        table: TableId,
-        id: RowId,
-        changes: Vec<(usize, Option<Bytes>)>,
-    ) -> &mut Self {
+    pub fn update(&mut self, table: TableId, id: RowId, changes: Vec<(usize, Option<Bytes>)>) -> &mut Self {
         self.ops.push(Op::Update { table, id, changes });
         self
     }
@@ -149,10 +131,7 @@ pub enum StoreError {
     #[error("row {id} of table `{table}` not found")]
     NotFound { table: &'static str, id: u64 },
     #[error("value of unique column `{column}` of table `{table}` already exists")]
-    Duplicate {
-        table: &'static str,
-        column: &'static str,
-    },
+    Duplicate { table: &'static str, column: &'static str },
     #[error("row {id} of table `{table}` is corrupt")]
     Corrupt { table: &'static str, id: u64 },
     #[error("sealed column of row {id} of table `{table}` does not open with this key")]
@@ -188,10 +167,7 @@ pub trait Store: Send + Sync + 'static {
         column: usize,
         value: &[u8],
     ) -> Result<Option<(RowId, Row)>, StoreError> {
-        Ok(self
-            .page(table, slot, column, value, Cursor::OLDEST, 1)?
-            .into_iter()
-            .next())
+        Ok(self.page(table, slot, column, value, Cursor::OLDEST, 1)?.into_iter().next())
     }
 
     /// Up to `limit` rows of `slot` whose indexed `column` equals `value`, in id order from

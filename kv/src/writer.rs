@@ -32,10 +32,14 @@ enum Staged {
     Delete(Cf, Vec<u8>),
 }
 
+type RowKey = (TableId, RowId);
+/// A row as the group left it: `None` once deleted.
+type StagedRow = Option<Row>;
+
 /// What the group's earlier requests changed, visible to the later ones before the commit.
 #[derive(Default)]
 struct Overlay {
-    rows: HashMap<(TableId, RowId), Option<Row>>,
+    rows: HashMap<RowKey, StagedRow>,
     /// Index keys put (`true`) or deleted (`false`).
     idx: BTreeMap<Vec<u8>, bool>,
 }
@@ -43,7 +47,7 @@ struct Overlay {
 /// Previous overlay and counter values, restored when a request fails half-way.
 #[derive(Default)]
 struct Undo {
-    rows: Vec<((TableId, RowId), Option<Option<Row>>)>,
+    rows: Vec<(RowKey, Option<StagedRow>)>,
     idx: Vec<(Vec<u8>, Option<bool>)>,
     counters: Vec<((TableId, Slot), Option<u64>)>,
 }
@@ -53,16 +57,8 @@ struct Writer<'a> {
     counters: HashMap<(TableId, Slot), u64>,
 }
 
-pub(crate) fn run(
-    inner: Arc<Inner>,
-    mut requests: mpsc::Receiver<WriteRequest>,
-    sync: bool,
-    max_group: usize,
-) {
-    let mut writer = Writer {
-        inner: &inner,
-        counters: HashMap::new(),
-    };
+pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>, sync: bool, max_group: usize) {
+    let mut writer = Writer { inner: &inner, counters: HashMap::new() };
     let mut options = WriteOptions::default();
     options.set_sync(sync);
     while let Some(first) = requests.blocking_recv() {
@@ -114,11 +110,7 @@ impl Writer<'_> {
         if staged.is_empty() {
             return Ok(());
         }
-        let (meta, rows, idx) = (
-            self.inner.cf(CF_META)?,
-            self.inner.cf(CF_ROWS)?,
-            self.inner.cf(CF_IDX)?,
-        );
+        let (meta, rows, idx) = (self.inner.cf(CF_META)?, self.inner.cf(CF_ROWS)?, self.inner.cf(CF_IDX)?);
         let cf = |c: Cf| match c {
             Cf::Meta => meta,
             Cf::Rows => rows,
@@ -131,10 +123,7 @@ impl Writer<'_> {
                 Staged::Delete(c, k) => batch.delete_cf(cf(c), k),
             }
         }
-        self.inner
-            .db
-            .write_opt(batch, options)
-            .map_err(|e| StoreError::Rocks(e.into_string()))
+        self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()))
     }
 
     fn apply(
@@ -154,19 +143,12 @@ impl Writer<'_> {
                 }
                 Op::Update { table, id, changes } => {
                     let def = self.inner.def(*table)?;
-                    let old = self
-                        .row(*table, *id, overlay)?
-                        .ok_or(StoreError::NotFound {
-                            table: def.name,
-                            id: id.0,
-                        })?;
+                    let old =
+                        self.row(*table, *id, overlay)?.ok_or(StoreError::NotFound { table: def.name, id: id.0 })?;
                     let mut new = old.clone();
                     for (column, value) in changes {
                         if *column >= def.columns.len() {
-                            return Err(StoreError::UnknownColumn {
-                                table: def.name,
-                                column: *column,
-                            });
+                            return Err(StoreError::UnknownColumn { table: def.name, column: *column });
                         }
                         match value {
                             Some(v) => {
@@ -187,23 +169,12 @@ impl Writer<'_> {
                     };
                     let def = self.inner.def(*table)?;
                     for (column, col) in def.columns.iter().enumerate() {
-                        if let (IndexKind::Plain | IndexKind::Unique, Some(v)) =
-                            (col.index, old.get(column))
-                        {
+                        if let (IndexKind::Plain | IndexKind::Unique, Some(v)) = (col.index, old.get(column)) {
                             let prefix = keys::index_prefix(id.slot(), *table, column as u16, v);
-                            Self::set_idx(
-                                keys::index_key(&prefix, *id),
-                                false,
-                                overlay,
-                                undo,
-                                staged,
-                            );
+                            Self::set_idx(keys::index_key(&prefix, *id), false, overlay, undo, staged);
                         }
                     }
-                    staged.push(Staged::Delete(
-                        Cf::Rows,
-                        keys::row_key(*table, *id).to_vec(),
-                    ));
+                    staged.push(Staged::Delete(Cf::Rows, keys::row_key(*table, *id).to_vec()));
                     Self::set_row(*table, *id, None, overlay, undo);
                 }
             }
@@ -242,19 +213,12 @@ impl Writer<'_> {
             if let Some(v) = after {
                 let prefix = keys::index_prefix(id.slot(), table, column as u16, v);
                 if col.index == IndexKind::Unique && self.index_taken(&prefix, overlay)? {
-                    return Err(StoreError::Duplicate {
-                        table: def.name,
-                        column: col.name,
-                    });
+                    return Err(StoreError::Duplicate { table: def.name, column: col.name });
                 }
                 Self::set_idx(keys::index_key(&prefix, id), true, overlay, undo, staged);
             }
         }
-        staged.push(Staged::Put(
-            Cf::Rows,
-            keys::row_key(table, id).to_vec(),
-            record,
-        ));
+        staged.push(Staged::Put(Cf::Rows, keys::row_key(table, id).to_vec(), record));
         Self::set_row(table, id, Some(new), overlay, undo);
         Ok(())
     }
@@ -267,16 +231,12 @@ impl Writer<'_> {
     }
 
     fn index_taken(&self, prefix: &[u8], overlay: &Overlay) -> Result<bool, StoreError> {
-        let staged_put = overlay
-            .idx
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .any(|(_, put)| *put);
+        let staged_put =
+            overlay.idx.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).any(|(_, put)| *put);
         if staged_put {
             return Ok(true);
         }
-        self.inner
-            .index_has(prefix, |key| overlay.idx.get(key) == Some(&false))
+        self.inner.index_has(prefix, |key| overlay.idx.get(key) == Some(&false))
     }
 
     fn next_id(
@@ -293,28 +253,15 @@ impl Writer<'_> {
         let seq = last + 1;
         if seq > RowId::MAX_SEQ {
             let name = self.inner.def(table)?.name;
-            return Err(StoreError::SequenceExhausted {
-                table: name,
-                slot: slot.0,
-            });
+            return Err(StoreError::SequenceExhausted { table: name, slot: slot.0 });
         }
         let previous = self.counters.insert((table, slot), seq);
         undo.counters.push(((table, slot), previous));
-        staged.push(Staged::Put(
-            Cf::Meta,
-            keys::counter_key(slot, table).to_vec(),
-            seq.to_be_bytes().to_vec(),
-        ));
+        staged.push(Staged::Put(Cf::Meta, keys::counter_key(slot, table).to_vec(), seq.to_be_bytes().to_vec()));
         Ok(RowId::new(slot, seq))
     }
 
-    fn set_idx(
-        key: Vec<u8>,
-        put: bool,
-        overlay: &mut Overlay,
-        undo: &mut Undo,
-        staged: &mut Vec<Staged>,
-    ) {
+    fn set_idx(key: Vec<u8>, put: bool, overlay: &mut Overlay, undo: &mut Undo, staged: &mut Vec<Staged>) {
         staged.push(if put {
             Staged::Put(Cf::Idx, key.clone(), Vec::new())
         } else {
@@ -324,13 +271,7 @@ impl Writer<'_> {
         undo.idx.push((key, previous));
     }
 
-    fn set_row(
-        table: TableId,
-        id: RowId,
-        row: Option<Row>,
-        overlay: &mut Overlay,
-        undo: &mut Undo,
-    ) {
+    fn set_row(table: TableId, id: RowId, row: Option<Row>, overlay: &mut Overlay, undo: &mut Undo) {
         let previous = overlay.rows.insert((table, id), row);
         undo.rows.push(((table, id), previous));
     }

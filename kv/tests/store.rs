@@ -1,23 +1,17 @@
 //! The store against real RocksDB files in a temp dir.
+// Test code: a failed unwrap or assertion is a failed test, which is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use bytes::Bytes;
 use tim_kv::{
-    Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig,
-    StoreError, TableDef,
+    Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig, StoreError, TableDef,
 };
 
 const MSG: TableDef = TableDef {
     name: "timmessage",
-    columns: &[
-        ColumnDef::indexed("chatid"),
-        ColumnDef::plain("fid"),
-        ColumnDef::sealed("stanza"),
-    ],
+    columns: &[ColumnDef::indexed("chatid"), ColumnDef::plain("fid"), ColumnDef::sealed("stanza")],
 };
-const USER: TableDef = TableDef {
-    name: "timuser",
-    columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("pwd")],
-};
+const USER: TableDef = TableDef { name: "timuser", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("pwd")] };
 const KEY: [u8; 32] = [42; 32];
 
 fn open(dir: &std::path::Path) -> RocksStore {
@@ -33,9 +27,7 @@ fn msg(chat: &[u8], body: &str) -> Row {
 }
 
 fn bodies(rows: &[(RowId, Row)]) -> Vec<String> {
-    rows.iter()
-        .map(|(_, r)| String::from_utf8(r.get(2).unwrap().to_vec()).unwrap())
-        .collect()
+    rows.iter().map(|(_, r)| String::from_utf8(r.get(2).unwrap().to_vec()).unwrap()).collect()
 }
 
 #[tokio::test]
@@ -55,57 +47,24 @@ async fn index_paging_both_directions() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase");
     assert!(ids.iter().all(|id| id.slot() == slot && id.0 < 1 << 53));
 
-    let first = store
-        .page(t, slot, 0, b"chat-a", Cursor::OLDEST, 10)
-        .unwrap();
-    assert_eq!(
-        bodies(&first),
-        (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>()
-    );
-    let next = store
-        .page(
-            t,
-            slot,
-            0,
-            b"chat-a",
-            Cursor::Asc(RowId(first[9].0 .0 + 1)),
-            100,
-        )
-        .unwrap();
+    let first = store.page(t, slot, 0, b"chat-a", Cursor::OLDEST, 10).unwrap();
+    assert_eq!(bodies(&first), (0..10).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    let next = store.page(t, slot, 0, b"chat-a", Cursor::Asc(RowId(first[9].0 .0 + 1)), 100).unwrap();
     assert_eq!(next.len(), 15);
 
-    let newest = store
-        .page(t, slot, 0, b"chat-a", Cursor::NEWEST, 10)
-        .unwrap();
-    assert_eq!(
-        bodies(&newest),
-        (15..25).rev().map(|i| format!("a{i}")).collect::<Vec<_>>()
-    );
+    let newest = store.page(t, slot, 0, b"chat-a", Cursor::NEWEST, 10).unwrap();
+    assert_eq!(bodies(&newest), (15..25).rev().map(|i| format!("a{i}")).collect::<Vec<_>>());
     // Desc cursor is inclusive.
     let from = newest[9].0;
-    let older = store
-        .page(t, slot, 0, b"chat-a", Cursor::Desc(from), 100)
-        .unwrap();
+    let older = store.page(t, slot, 0, b"chat-a", Cursor::Desc(from), 100).unwrap();
     assert_eq!(older.len(), 16);
     assert_eq!(older[0].0, from);
     // Other slots and values are separate.
-    assert!(store
-        .page(t, Slot(10), 0, b"chat-a", Cursor::OLDEST, 10)
-        .unwrap()
-        .is_empty());
-    assert!(store
-        .page(t, slot, 0, b"chat", Cursor::OLDEST, 10)
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        store.find(t, slot, 0, b"chat-a").unwrap().unwrap().0,
-        ids[0]
-    );
+    assert!(store.page(t, Slot(10), 0, b"chat-a", Cursor::OLDEST, 10).unwrap().is_empty());
+    assert!(store.page(t, slot, 0, b"chat", Cursor::OLDEST, 10).unwrap().is_empty());
+    assert_eq!(store.find(t, slot, 0, b"chat-a").unwrap().unwrap().0, ids[0]);
     // Only indexed columns can be paged.
-    assert!(matches!(
-        store.page(t, slot, 1, b"f", Cursor::OLDEST, 1),
-        Err(StoreError::UnknownColumn { .. })
-    ));
+    assert!(matches!(store.page(t, slot, 1, b"f", Cursor::OLDEST, 1), Err(StoreError::UnknownColumn { .. })));
 }
 
 #[tokio::test]
@@ -115,8 +74,7 @@ async fn update_delete_and_unique() {
     let u = store.table("timuser").unwrap();
     let slot = Slot(1);
     let mut row = Row::new(2);
-    row.set(0, Bytes::from_static(b"alice"))
-        .set(1, Bytes::from_static(b"h1"));
+    row.set(0, Bytes::from_static(b"alice")).set(1, Bytes::from_static(b"h1"));
     let id = store
         .write({
             let mut b = Batch::new();
@@ -129,19 +87,9 @@ async fn update_delete_and_unique() {
     let mut dup = Batch::new();
     let mut other = Row::new(2);
     other.set(0, Bytes::from_static(b"bob"));
-    dup.insert(u, slot, other.clone())
-        .insert(u, slot, row.clone());
-    assert_eq!(
-        store.write(dup).await,
-        Err(StoreError::Duplicate {
-            table: "timuser",
-            column: "uuid"
-        })
-    );
-    assert!(
-        store.find(u, slot, 0, b"bob").unwrap().is_none(),
-        "failed batch left nothing"
-    );
+    dup.insert(u, slot, other.clone()).insert(u, slot, row.clone());
+    assert_eq!(store.write(dup).await, Err(StoreError::Duplicate { table: "timuser", column: "uuid" }));
+    assert!(store.find(u, slot, 0, b"bob").unwrap().is_none(), "failed batch left nothing");
     // Same value in another slot is another key space.
     let mut b = Batch::new();
     b.insert(u, Slot(2), row.clone());
@@ -164,20 +112,14 @@ async fn update_delete_and_unique() {
     });
     let new_id = store.write(b).await.unwrap()[0];
     assert!(store.get(u, id).unwrap().is_none());
-    assert_eq!(
-        store.find(u, slot, 0, b"alice2").unwrap().unwrap().0,
-        new_id
-    );
+    assert_eq!(store.find(u, slot, 0, b"alice2").unwrap().unwrap().0, new_id);
     // Deleting a missing row is fine; updating one is NotFound.
     let mut b = Batch::new();
     b.delete(u, RowId::new(slot, 999));
     store.write(b).await.unwrap();
     let mut b = Batch::new();
     b.update(u, RowId::new(slot, 999), vec![]);
-    assert!(matches!(
-        store.write(b).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.write(b).await, Err(StoreError::NotFound { .. })));
 }
 
 #[tokio::test]
@@ -201,22 +143,13 @@ async fn concurrent_writers_get_distinct_increasing_ids() {
     let mut all = Vec::new();
     for task in tasks {
         let ids = task.await.unwrap();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "each writer sees its ids increase"
-        );
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each writer sees its ids increase");
         all.extend(ids);
     }
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 400);
-    assert_eq!(
-        store
-            .page(t, Slot(3), 0, b"c", Cursor::OLDEST, 1000)
-            .unwrap()
-            .len(),
-        400
-    );
+    assert_eq!(store.page(t, Slot(3), 0, b"c", Cursor::OLDEST, 1000).unwrap().len(), 400);
 }
 
 #[tokio::test]
@@ -228,34 +161,20 @@ async fn reopen_keeps_rows_and_continues_ids() {
         let store = open(dir.path());
         t = store.table("timmessage").unwrap();
         let mut b = Batch::new();
-        b.insert(t, Slot(5), msg(b"c", "one"))
-            .insert(t, Slot(5), msg(b"c", "two"));
+        b.insert(t, Slot(5), msg(b"c", "one")).insert(t, Slot(5), msg(b"c", "two"));
         last = store.write(b).await.unwrap()[1];
     }
     let store = open(dir.path());
     assert_eq!(store.table("timmessage"), Some(t), "table ids are stable");
-    assert_eq!(
-        bodies(&store.page(t, Slot(5), 0, b"c", Cursor::OLDEST, 10).unwrap()),
-        ["one", "two"]
-    );
+    assert_eq!(bodies(&store.page(t, Slot(5), 0, b"c", Cursor::OLDEST, 10).unwrap()), ["one", "two"]);
     let mut b = Batch::new();
     b.insert(t, Slot(5), msg(b"c", "three"));
-    assert!(
-        store.write(b).await.unwrap()[0] > last,
-        "ids are never reissued"
-    );
+    assert!(store.write(b).await.unwrap()[0] > last, "ids are never reissued");
     // A table stored with other columns is refused.
     drop(store);
-    const CHANGED: TableDef = TableDef {
-        name: "timmessage",
-        columns: &[ColumnDef::plain("other")],
-    };
+    const CHANGED: TableDef = TableDef { name: "timmessage", columns: &[ColumnDef::plain("other")] };
     assert!(matches!(
-        RocksStore::open(
-            &StoreConfig::new(dir.path()),
-            SealKey::new(&KEY),
-            &[CHANGED]
-        ),
+        RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&KEY), &[CHANGED]),
         Err(StoreError::SchemaMismatch(_))
     ));
 }
@@ -278,25 +197,11 @@ async fn sealed_columns_are_not_plaintext_on_disk() {
     b.insert(t, Slot(1), row);
     let id = store.write(b).await.unwrap()[0];
     store.flush().unwrap();
-    assert!(
-        files_contain(dir.path(), b"plain-fid-marker"),
-        "the scan sees unsealed columns"
-    );
-    assert!(
-        !files_contain(dir.path(), b"sealed-body-marker"),
-        "sealed column leaked to disk"
-    );
-    assert_eq!(
-        bodies(&[(id, store.get(t, id).unwrap().unwrap())]),
-        ["sealed-body-marker-0123456789"]
-    );
+    assert!(files_contain(dir.path(), b"plain-fid-marker"), "the scan sees unsealed columns");
+    assert!(!files_contain(dir.path(), b"sealed-body-marker"), "sealed column leaked to disk");
+    assert_eq!(bodies(&[(id, store.get(t, id).unwrap().unwrap())]), ["sealed-body-marker-0123456789"]);
     drop(store);
     // Another key cannot open it.
-    let other = RocksStore::open(
-        &StoreConfig::new(dir.path()),
-        SealKey::new(&[1; 32]),
-        &[MSG, USER],
-    )
-    .unwrap();
+    let other = RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&[1; 32]), &[MSG, USER]).unwrap();
     assert!(matches!(other.get(t, id), Err(StoreError::Unseal { .. })));
 }

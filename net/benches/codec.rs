@@ -16,10 +16,7 @@ fn chat() -> TimMessage {
         ms_type: 2,
         od_type: 1,
         id: Some(1_700_000_000_123),
-        to_tid: Some(Tid {
-            node: "LPabwAA4mm4".into(),
-            ..Tid::default()
-        }),
+        to_tid: Some(Tid { node: "LPabwAA4mm4".into(), ..Tid::default() }),
         data_string: Some("hello there, this is a short chat message of typical size".into()),
         ..TimMessage::default()
     }
@@ -59,23 +56,15 @@ fn bench_decode(c: &mut Criterion) {
         let msg = encode_client(FrameType::Message, encoding, &chat());
         group.throughput(Throughput::Elements(1));
         group.bench_function(format!("message/{name}"), |b| {
-            b.iter(|| {
-                ClientFrame::parse(black_box(msg.clone()), MAX_FRAME)
-                    .and_then(|f| f.decode::<TimMessage>())
-            })
+            b.iter(|| ClientFrame::parse(black_box(msg.clone()), MAX_FRAME).and_then(|f| f.decode::<TimMessage>()))
         });
         let auth = encode_client(FrameType::Auth, encoding, &login());
         group.bench_function(format!("auth/{name}"), |b| {
-            b.iter(|| {
-                ClientFrame::parse(black_box(auth.clone()), MAX_FRAME)
-                    .and_then(|f| f.decode::<TimAuth>())
-            })
+            b.iter(|| ClientFrame::parse(black_box(auth.clone()), MAX_FRAME).and_then(|f| f.decode::<TimAuth>()))
         });
     }
     let ping = Bytes::from_static(&[0x0D]);
-    group.bench_function("ping", |b| {
-        b.iter(|| ClientFrame::parse(black_box(ping.clone()), MAX_FRAME))
-    });
+    group.bench_function("ping", |b| b.iter(|| ClientFrame::parse(black_box(ping.clone()), MAX_FRAME)));
     group.finish();
 }
 

@@ -66,18 +66,14 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let mut request: Request<()> = format!("ws://{addr}/tim").into_client_request()?;
         if let Some(origin) = origin {
-            let value = HeaderValue::from_str(origin).map_err(|e| {
-                ClientError::Ws(tokio_tungstenite::tungstenite::Error::HttpFormat(e.into()))
-            })?;
+            let value = HeaderValue::from_str(origin)
+                .map_err(|e| ClientError::Ws(tokio_tungstenite::tungstenite::Error::HttpFormat(e.into())))?;
             request.headers_mut().insert("origin", value);
         }
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_INBOUND))
-            .max_frame_size(Some(MAX_INBOUND));
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+        let config = WebSocketConfig::default().max_message_size(Some(MAX_INBOUND)).max_frame_size(Some(MAX_INBOUND));
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
         Ok(Self { ws, encoding })
     }
 
@@ -87,13 +83,8 @@ impl Client {
     }
 
     /// Sends `value` as a frame of type `kind` in the client's encoding.
-    pub async fn send<T: TimStruct>(
-        &mut self,
-        kind: FrameType,
-        value: &T,
-    ) -> Result<(), ClientError> {
-        self.send_raw(encode_client(kind, self.encoding, value))
-            .await
+    pub async fn send<T: TimStruct>(&mut self, kind: FrameType, value: &T) -> Result<(), ClientError> {
+        self.send_raw(encode_client(kind, self.encoding, value)).await
     }
 
     /// Sends bytes as one binary WebSocket message, as they are.
@@ -115,11 +106,7 @@ impl Client {
         let mut parts = frame.chunks(chunk.max(1)).peekable();
         let mut first = true;
         while let Some(part) = parts.next() {
-            let opcode = if first {
-                OpCode::Data(Data::Binary)
-            } else {
-                OpCode::Data(Data::Continue)
-            };
+            let opcode = if first { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Continue) };
             let fin = parts.peek().is_none();
             let piece = Frame::message(Bytes::copy_from_slice(part), opcode, fin);
             self.ws.send(Message::Frame(piece)).await?;
@@ -130,23 +117,13 @@ impl Client {
 
     /// Sends a ping frame (type 13).
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        let head = FrameType::Ping as u8
-            | if self.encoding == Encoding::Json {
-                0x80
-            } else {
-                0
-            };
+        let head = FrameType::Ping as u8 | if self.encoding == Encoding::Json { 0x80 } else { 0 };
         self.send_raw(Bytes::copy_from_slice(&[head])).await
     }
 
     /// Acknowledges a frame that asked for an ack (type 12 + the 4 id bytes).
     pub async fn ack(&mut self, id: u32) -> Result<(), ClientError> {
-        let head = FrameType::Ack as u8
-            | if self.encoding == Encoding::Json {
-                0x80
-            } else {
-                0
-            };
+        let head = FrameType::Ack as u8 | if self.encoding == Encoding::Json { 0x80 } else { 0 };
         let mut frame = vec![head];
         frame.extend_from_slice(&id.to_be_bytes());
         self.send_raw(Bytes::from(frame)).await
@@ -179,10 +156,7 @@ impl Client {
     pub async fn recv_ack(&mut self, wait: Duration) -> Result<TimAck, ClientError> {
         let frame = self.recv_within(wait).await?;
         if frame.kind != FrameType::Ack {
-            return Err(ClientError::Unexpected {
-                expected: FrameType::Ack,
-                got: frame.kind,
-            });
+            return Err(ClientError::Unexpected { expected: FrameType::Ack, got: frame.kind });
         }
         Ok(frame.decode(self.encoding)?)
     }
@@ -204,9 +178,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(wait, drain)
-            .await
-            .map_err(|_| ClientError::Timeout(wait))
+        tokio::time::timeout(wait, drain).await.map_err(|_| ClientError::Timeout(wait))
     }
 }
 
@@ -250,10 +222,8 @@ pub async fn post_raw(
         .map_err(|e| ClientError::Ws(tokio_tungstenite::tungstenite::Error::HttpFormat(e)))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let collected = Limited::new(response.into_body(), MAX_INBOUND)
-        .collect()
-        .await
-        .map_err(|_| ClientError::Status(status))?;
+    let collected =
+        Limited::new(response.into_body(), MAX_INBOUND).collect().await.map_err(|_| ClientError::Status(status))?;
     conn_task.abort();
     Ok((status, collected.to_bytes()))
 }

@@ -85,9 +85,7 @@ pub trait TimStruct: WireValue + Serialize + DeserializeOwned {}
 pub fn decode_body<T: TimStruct>(body: Bytes, encoding: Encoding) -> Result<T, DecodeError> {
     match encoding {
         Encoding::Compact => T::read(&mut Reader::new(body), 0),
-        Encoding::Json => {
-            serde_json::from_slice(&body).map_err(|e| DecodeError::Json(e.to_string()))
-        }
+        Encoding::Json => serde_json::from_slice(&body).map_err(|e| DecodeError::Json(e.to_string())),
     }
 }
 
@@ -102,25 +100,13 @@ pub fn encode_body<T: TimStruct>(w: &mut Writer, value: &T, encoding: Encoding) 
 impl WireValue for bool {
     const CTYPE: u8 = compact::BOOL_TRUE;
     fn write(&self, w: &mut Writer) {
-        w.byte(if *self {
-            compact::BOOL_TRUE
-        } else {
-            compact::BOOL_FALSE
-        });
+        w.byte(if *self { compact::BOOL_TRUE } else { compact::BOOL_FALSE });
     }
     fn read(r: &mut Reader, _depth: u8) -> Result<Self, DecodeError> {
         Ok(r.byte()? == compact::BOOL_TRUE)
     }
     fn write_field(&self, w: &mut Writer, id: i16, last_id: &mut i16) {
-        w.field_header(
-            if *self {
-                compact::BOOL_TRUE
-            } else {
-                compact::BOOL_FALSE
-            },
-            id,
-            last_id,
-        );
+        w.field_header(if *self { compact::BOOL_TRUE } else { compact::BOOL_FALSE }, id, last_id);
     }
     fn read_field(r: &mut Reader, ctype: u8, depth: u8) -> Result<Option<Self>, DecodeError> {
         match ctype {
@@ -220,8 +206,7 @@ impl<V: WireValue> WireValue for std::collections::BTreeMap<String, V> {
 /// A collection's declared element type must be the one the field holds; in a list a bool
 /// may be declared as either bool type.
 fn check_elem(expected: u8, found: u8, len: usize) -> Result<(), DecodeError> {
-    let same =
-        found == expected || (expected == compact::BOOL_TRUE && found == compact::BOOL_FALSE);
+    let same = found == expected || (expected == compact::BOOL_TRUE && found == compact::BOOL_FALSE);
     if same || len == 0 {
         Ok(())
     } else {

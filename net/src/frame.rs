@@ -68,10 +68,7 @@ impl TryFrom<u8> for FrameType {
 impl FrameType {
     /// Big-data frames carry raw bytes and may be split over several WebSocket messages.
     pub fn is_big_data(self) -> bool {
-        matches!(
-            self,
-            Self::BigString | Self::BigBinary | Self::BigBinaryStream
-        )
+        matches!(self, Self::BigString | Self::BigBinary | Self::BigBinaryStream)
     }
 }
 
@@ -90,26 +87,15 @@ impl ClientFrame {
     /// buffer). The size limit is the listener's; this checks it again for direct callers.
     pub fn parse(mut msg: Bytes, max_frame: usize) -> Result<Self, DecodeError> {
         if msg.len() > max_frame {
-            return Err(DecodeError::TooLarge {
-                len: msg.len(),
-                max: max_frame,
-            });
+            return Err(DecodeError::TooLarge { len: msg.len(), max: max_frame });
         }
         let Some(&head) = msg.first() else {
             return Err(DecodeError::Empty);
         };
         let kind = FrameType::try_from(head & !HIGH_BIT)?;
-        let encoding = if head & HIGH_BIT != 0 {
-            Encoding::Json
-        } else {
-            Encoding::Compact
-        };
+        let encoding = if head & HIGH_BIT != 0 { Encoding::Json } else { Encoding::Compact };
         msg.advance(1);
-        Ok(Self {
-            kind,
-            encoding,
-            body: msg,
-        })
+        Ok(Self { kind, encoding, body: msg })
     }
 
     /// Decodes the body as `T` in the frame's encoding.
@@ -128,12 +114,7 @@ impl ClientFrame {
 
 /// Encodes a client frame: `kind` with the JSON bit when `encoding` is JSON, then the body.
 pub fn encode_client<T: TimStruct>(kind: FrameType, encoding: Encoding, value: &T) -> Bytes {
-    let head = kind as u8
-        | if encoding == Encoding::Json {
-            HIGH_BIT
-        } else {
-            0
-        };
+    let head = kind as u8 | if encoding == Encoding::Json { HIGH_BIT } else { 0 };
     let mut w = Writer::with_prefix(&[head]);
     encode_body(&mut w, value, encoding);
     w.finish()
@@ -152,12 +133,7 @@ pub fn encode_server_empty(kind: FrameType) -> Bytes {
 }
 
 /// Encodes a server frame that asks for an ack: `kind | 0x80`, the ack id, then the body.
-pub fn encode_server_with_ack<T: TimStruct>(
-    kind: FrameType,
-    ack_id: u32,
-    encoding: Encoding,
-    value: &T,
-) -> Bytes {
+pub fn encode_server_with_ack<T: TimStruct>(kind: FrameType, ack_id: u32, encoding: Encoding, value: &T) -> Bytes {
     let id = ack_id.to_be_bytes();
     let mut w = Writer::with_prefix(&[kind as u8 | HIGH_BIT, id[0], id[1], id[2], id[3]]);
     encode_body(&mut w, value, encoding);
@@ -190,11 +166,7 @@ impl ServerFrame {
         } else {
             None
         };
-        Ok(Self {
-            kind,
-            ack_id,
-            body: msg,
-        })
+        Ok(Self { kind, ack_id, body: msg })
     }
 
     /// Decodes the body in the session's encoding.
@@ -229,10 +201,7 @@ pub enum BigDataLength {
 /// byte 1 for any size under 16 MiB, where a legacy frame starts its base58 target, so the two
 /// forms are told apart unambiguously (tim-protocol.md §7.3).
 pub fn big_data_length(msg: &[u8]) -> BigDataLength {
-    let declared = msg
-        .get(1..BIG_HEADER)
-        .and_then(|s| s.first_chunk::<4>())
-        .map(|b| u32::from_be_bytes(*b));
+    let declared = msg.get(1..BIG_HEADER).and_then(|s| s.first_chunk::<4>()).map(|b| u32::from_be_bytes(*b));
     match declared {
         Some(declared) if declared < 1 << 24 => {
             let declared = declared as usize;
@@ -268,9 +237,7 @@ impl BigData {
             BigDataLength::Legacy => 1,
             BigDataLength::Complete => BIG_HEADER,
             BigDataLength::Incomplete(_) => return Err(DecodeError::Truncated),
-            BigDataLength::Overrun => {
-                return Err(DecodeError::BigData("declared length too small"))
-            }
+            BigDataLength::Overrun => return Err(DecodeError::BigData("declared length too small")),
         };
         frame.advance(header);
         let is_sep = |b: &u8| match kind {
@@ -280,23 +247,15 @@ impl BigData {
         let Some(sep) = frame.iter().position(is_sep) else {
             return Err(DecodeError::BigData("no separator after the target"));
         };
-        let target = String::from_utf8(frame.split_to(sep).to_vec())
-            .map_err(|_| DecodeError::BigData("target is not text"))?;
+        let target =
+            String::from_utf8(frame.split_to(sep).to_vec()).map_err(|_| DecodeError::BigData("target is not text"))?;
         frame.advance(1);
-        Ok(Self {
-            kind,
-            target,
-            data: frame,
-        })
+        Ok(Self { kind, target, data: frame })
     }
 
     /// The server → client form: type, origin node, separator, data (no length, no ack).
     pub fn encode_delivery(kind: FrameType, origin: &str, data: &[u8]) -> Bytes {
-        let sep = if kind == FrameType::BigString {
-            BIG_STRING_SEP
-        } else {
-            BIG_BINARY_SEP
-        };
+        let sep = if kind == FrameType::BigString { BIG_STRING_SEP } else { BIG_BINARY_SEP };
         let mut w = Writer::with_prefix(&[kind as u8]);
         w.bytes(origin.as_bytes());
         w.byte(sep);

@@ -5,6 +5,8 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod proto;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 pub use codec::{DecodeError, Encoding};
 pub use frame::{ClientFrame, FrameType, ServerFrame};

@@ -171,11 +171,7 @@ wire_struct! {
 impl TimAck {
     /// A successful reply to a request of frame type `tim_type`.
     pub fn ok(tim_type: u8) -> Self {
-        Self {
-            ok: true,
-            tim_type: tim_type as i8,
-            ..Self::default()
-        }
+        Self { ok: true, tim_type: tim_type as i8, ..Self::default() }
     }
 
     /// A failed reply carrying TIM's error `code` and its info string.
@@ -183,10 +179,7 @@ impl TimAck {
         Self {
             ok: false,
             tim_type: tim_type as i8,
-            error: Some(TimError {
-                code: Some(code as i32),
-                info: Some(code.info().to_owned()),
-            }),
+            error: Some(TimError { code: Some(code as i32), info: Some(code.info().to_owned()) }),
             ..Self::default()
         }
     }

@@ -24,10 +24,6 @@ mod tests {
             assert!(slot.0 < SLOTS);
             seen.insert(slot);
         }
-        assert!(
-            seen.len() > 3_500,
-            "10k keys cover most of the 4096 slots, got {}",
-            seen.len()
-        );
+        assert!(seen.len() > 3_500, "10k keys cover most of the 4096 slots, got {}", seen.len());
     }
 }

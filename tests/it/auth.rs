@@ -20,11 +20,7 @@ async fn register_token_and_logins_in_both_encodings() {
         assert_eq!(reg.tim_type, 14);
         let user_node = reg.n.clone().expect("node in n");
         let again = node.register(&name, "other", encoding).await;
-        assert_eq!(
-            (again.ok, again.error_code()),
-            (false, Some(4101)),
-            "register again"
-        );
+        assert_eq!((again.ok, again.error_code()), (false, Some(4101)), "register again");
 
         // Token: issued for the right password only, bound to its name, single use.
         let bad = node.token(&name, "wrong", encoding).await;
@@ -32,84 +28,42 @@ async fn register_token_and_logins_in_both_encodings() {
         let token = node.token(&name, "pw-1", encoding).await;
         assert!(token.ok && token.tim_type == 15, "{token:?}");
         let token = token.n.expect("token in n");
-        let token_auth = |who: &str| TimAuth {
-            token: Some(token.clone()),
-            ..auth(who, "")
-        };
+        let token_auth = |who: &str| TimAuth { token: Some(token.clone()), ..auth(who, "") };
 
         let mut other_name = Client::connect(node.addr, encoding).await.unwrap();
-        let ack = other_name
-            .login(&token_auth("mallory"), WAIT)
-            .await
-            .unwrap();
+        let ack = other_name.login(&token_auth("mallory"), WAIT).await.unwrap();
         assert_eq!(ack.error_code(), Some(4115), "token is bound to its name");
 
         let mut by_token = Client::connect(node.addr, encoding).await.unwrap();
         let ack = by_token.login(&token_auth(&name), WAIT).await.unwrap();
         assert!(ack.ok, "{ack:?}");
-        assert_eq!(
-            (ack.tim_type, ack.n.as_deref()),
-            (16, Some(user_node.as_str()))
-        );
+        assert_eq!((ack.tim_type, ack.n.as_deref()), (16, Some(user_node.as_str())));
         assert!(ack.n2.is_some() && ack.t.is_some());
 
         let mut reuse = Client::connect(node.addr, encoding).await.unwrap();
-        assert_eq!(
-            reuse
-                .login(&token_auth(&name), WAIT)
-                .await
-                .unwrap()
-                .error_code(),
-            Some(4115),
-            "token reuse"
-        );
+        assert_eq!(reuse.login(&token_auth(&name), WAIT).await.unwrap().error_code(), Some(4115), "token reuse");
 
         // Password logins; a failed one leaves the socket open for another try.
         let (mut client, ack) = node.login(&name, "nope", encoding).await;
-        assert_eq!(
-            (ack.ok, ack.tim_type, ack.error_code()),
-            (false, 16, Some(4105))
-        );
-        let ack = client
-            .login(&auth("nobody-at-all", "pw-1"), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(
-            ack.error_code(),
-            Some(4105),
-            "unknown name looks like a wrong password"
-        );
+        assert_eq!((ack.ok, ack.tim_type, ack.error_code()), (false, 16, Some(4105)));
+        let ack = client.login(&auth("nobody-at-all", "pw-1"), WAIT).await.unwrap();
+        assert_eq!(ack.error_code(), Some(4105), "unknown name looks like a wrong password");
         let ack = client.login(&auth(&name, "pw-1"), WAIT).await.unwrap();
-        assert!(
-            ack.ok && ack.n.as_deref() == Some(user_node.as_str()),
-            "{ack:?}"
-        );
+        assert!(ack.ok && ack.n.as_deref() == Some(user_node.as_str()), "{ack:?}");
         // Repeated auth on a logged-in socket re-acks without a node.
         let again = client.login(&auth(&name, "pw-1"), WAIT).await.unwrap();
         assert!(again.ok && again.n.is_none(), "{again:?}");
         // Missing credentials.
         let mut empty = Client::connect(node.addr, encoding).await.unwrap();
-        assert_eq!(
-            empty
-                .login(&TimAuth::default(), WAIT)
-                .await
-                .unwrap()
-                .error_code(),
-            Some(4105)
-        );
+        assert_eq!(empty.login(&TimAuth::default(), WAIT).await.unwrap().error_code(), Some(4105));
     }
     // Names are per domain, and long passwords are fine.
     let long_pwd = "p".repeat(10_000);
     let mut other_domain = auth("alice-Json", &long_pwd);
     other_domain.domain = Some("elsewhere".into());
-    let ack = tim_net::client::post_tim2(
-        node.addr,
-        tim_net::FrameType::Register,
-        Encoding::Json,
-        &other_domain,
-    )
-    .await
-    .unwrap();
+    let ack = tim_net::client::post_tim2(node.addr, tim_net::FrameType::Register, Encoding::Json, &other_domain)
+        .await
+        .unwrap();
     assert!(ack.ok, "same name in another domain registers: {ack:?}");
     let mut client = Client::connect(node.addr, Encoding::Json).await.unwrap();
     assert!(client.login(&other_domain, WAIT).await.unwrap().ok);
@@ -122,11 +76,7 @@ async fn device_limit_refuses_then_kicks_the_oldest() {
     let (mut first, ack) = node.login("bob", "pw", Encoding::Compact).await;
     assert!(ack.ok);
     let (_second, ack) = node.login("bob", "pw", Encoding::Json).await;
-    assert_eq!(
-        (ack.ok, ack.error_code()),
-        (false, Some(4111)),
-        "within auth_min_unix"
-    );
+    assert_eq!((ack.ok, ack.error_code()), (false, Some(4111)), "within auth_min_unix");
 
     // Once auth_min_unix has passed since the last successful login, the newest login wins.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -139,53 +89,28 @@ async fn device_limit_refuses_then_kicks_the_oldest() {
         assert!(Instant::now() < deadline, "no kick-oldest within 10 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    first
-        .closed_within(WAIT)
-        .await
-        .expect("oldest session closed");
+    first.closed_within(WAIT).await.expect("oldest session closed");
     newest.ping().await.unwrap();
-    assert_eq!(
-        newest.recv_within(WAIT).await.unwrap().kind,
-        tim_net::FrameType::Ping,
-        "newest session alive"
-    );
+    assert_eq!(newest.recv_within(WAIT).await.unwrap().kind, tim_net::FrameType::Ping, "newest session alive");
 }
 
 #[tokio::test]
 async fn device_type_limit_counts_per_termtyp() {
-    let node = TestNode::start(&[
-        "--device-limit",
-        "3",
-        "--devicetype-limit",
-        "1",
-        "--auth-min-unix",
-        "60",
-    ]);
+    let node = TestNode::start(&["--device-limit", "3", "--devicetype-limit", "1", "--auth-min-unix", "60"]);
     assert!(node.register("carol", "pw", Encoding::Json).await.ok);
-    let typed = |t: i8| TimAuth {
-        termtyp: Some(t),
-        ..auth("carol", "pw")
-    };
+    let typed = |t: i8| TimAuth { termtyp: Some(t), ..auth("carol", "pw") };
     let mut web = Client::connect(node.addr, Encoding::Json).await.unwrap();
     assert!(web.login(&typed(1), WAIT).await.unwrap().ok);
     let mut phone = Client::connect(node.addr, Encoding::Json).await.unwrap();
-    assert!(
-        phone.login(&typed(2), WAIT).await.unwrap().ok,
-        "another device type fits"
-    );
+    assert!(phone.login(&typed(2), WAIT).await.unwrap().ok, "another device type fits");
     let mut web2 = Client::connect(node.addr, Encoding::Json).await.unwrap();
-    assert_eq!(
-        web2.login(&typed(1), WAIT).await.unwrap().error_code(),
-        Some(4111),
-        "second web session"
-    );
+    assert_eq!(web2.login(&typed(1), WAIT).await.unwrap().error_code(), Some(4111), "second web session");
 }
 
 #[tokio::test]
 async fn origin_allow_list() {
     let node = TestNode::start(&["--origin", "https://good.example"]);
-    let bad =
-        Client::connect_with_origin(node.addr, Encoding::Json, Some("https://evil.example")).await;
+    let bad = Client::connect_with_origin(node.addr, Encoding::Json, Some("https://evil.example")).await;
     match bad {
         Err(ClientError::Ws(tokio_tungstenite::tungstenite::Error::Http(response))) => {
             assert_eq!(response.status(), 403);
@@ -193,20 +118,10 @@ async fn origin_allow_list() {
         Err(other) => panic!("expected 403, got {other:?}"),
         Ok(_) => panic!("expected 403, got a session"),
     }
-    Client::connect_with_origin(node.addr, Encoding::Json, Some("https://good.example"))
-        .await
-        .expect("allowed origin");
-    Client::connect_with_origin(node.addr, Encoding::Json, None)
-        .await
-        .expect("no origin: non-browser client");
-    let body = tim_net::frame::encode_client(
-        tim_net::FrameType::Register,
-        Encoding::Json,
-        &auth("x", "y"),
-    );
-    let (status, _) = post_raw(node.addr, "/tim2", Some("https://evil.example"), body)
-        .await
-        .unwrap();
+    Client::connect_with_origin(node.addr, Encoding::Json, Some("https://good.example")).await.expect("allowed origin");
+    Client::connect_with_origin(node.addr, Encoding::Json, None).await.expect("no origin: non-browser client");
+    let body = tim_net::frame::encode_client(tim_net::FrameType::Register, Encoding::Json, &auth("x", "y"));
+    let (status, _) = post_raw(node.addr, "/tim2", Some("https://evil.example"), body).await.unwrap();
     assert_eq!(status, 403);
 }
 
@@ -214,9 +129,7 @@ async fn origin_allow_list() {
 async fn tim2_answers_other_types_and_garbage_with_an_empty_200() {
     let node = TestNode::start(&[]);
     for body in [vec![0x0D], vec![], vec![0xFF, 1, 2], vec![0x0E, 0xFF, 0xFF]] {
-        let (status, reply) = post_raw(node.addr, "/tim2", None, body.clone().into())
-            .await
-            .unwrap();
+        let (status, reply) = post_raw(node.addr, "/tim2", None, body.clone().into()).await.unwrap();
         if body.first() == Some(&0x0E) {
             // A register frame whose body does not decode gets 4104.
             assert_eq!(status, 200);

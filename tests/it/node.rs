@@ -27,11 +27,8 @@ impl TestNode {
 
     /// A node on an existing data dir (a restart).
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> TestNode {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("tim.log"))
-            .expect("log file");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("tim.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tim"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
@@ -41,11 +38,7 @@ impl TestNode {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn tim");
-        let mut node = TestNode {
-            child,
-            dir,
-            addr: ([127, 0, 0, 1], 0).into(),
-        };
+        let mut node = TestNode { child, dir, addr: ([127, 0, 0, 1], 0).into() };
         let stdout = node.child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -64,10 +57,6 @@ impl TestNode {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tim.log")).unwrap_or_default()
-    }
-
-    pub fn data_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("data")
     }
 
     /// Whether the process is still running.
@@ -90,24 +79,17 @@ impl TestNode {
     }
 
     pub async fn register(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {
-        post_tim2(self.addr, FrameType::Register, encoding, &auth(name, pwd))
-            .await
-            .expect("register")
+        post_tim2(self.addr, FrameType::Register, encoding, &auth(name, pwd)).await.expect("register")
     }
 
     pub async fn token(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {
-        post_tim2(self.addr, FrameType::Token, encoding, &auth(name, pwd))
-            .await
-            .expect("token")
+        post_tim2(self.addr, FrameType::Token, encoding, &auth(name, pwd)).await.expect("token")
     }
 
     /// A connected, logged-in client.
     pub async fn login(&self, name: &str, pwd: &str, encoding: Encoding) -> (Client, TimAck) {
         let mut client = Client::connect(self.addr, encoding).await.expect("connect");
-        let ack = client
-            .login(&auth(name, pwd), WAIT)
-            .await
-            .expect("login reply");
+        let ack = client.login(&auth(name, pwd), WAIT).await.expect("login reply");
         (client, ack)
     }
 }
@@ -126,10 +108,5 @@ impl Drop for TestNode {
 }
 
 pub fn auth(name: &str, pwd: &str) -> TimAuth {
-    TimAuth {
-        name: Some(name.into()),
-        pwd: Some(pwd.into()),
-        domain: Some("test".into()),
-        ..TimAuth::default()
-    }
+    TimAuth { name: Some(name.into()), pwd: Some(pwd.into()), domain: Some("test".into()), ..TimAuth::default() }
 }

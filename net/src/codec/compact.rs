@@ -154,10 +154,7 @@ impl Reader {
     }
 
     /// Reads a field header: `None` at STOP, else `(ctype, field id)`.
-    pub(crate) fn field_header(
-        &mut self,
-        last_id: &mut i16,
-    ) -> Result<Option<(u8, i16)>, DecodeError> {
+    pub(crate) fn field_header(&mut self, last_id: &mut i16) -> Result<Option<(u8, i16)>, DecodeError> {
         let b = self.byte()?;
         if b == STOP {
             return Ok(None);
@@ -167,9 +164,7 @@ impl Reader {
         let id = if delta == 0 {
             i16::try_from(self.zigzag()?).map_err(|_| DecodeError::BadFieldId)?
         } else {
-            last_id
-                .checked_add(i16::from(delta))
-                .ok_or(DecodeError::BadFieldId)?
+            last_id.checked_add(i16::from(delta)).ok_or(DecodeError::BadFieldId)?
         };
         *last_id = id;
         Ok(Some((ctype, id)))
@@ -205,12 +200,7 @@ impl Reader {
 
     /// Skips one value of wire type `ctype`. `in_collection` marks list/map elements, where a
     /// bool takes a byte (as a field its value lives in the header).
-    pub(crate) fn skip(
-        &mut self,
-        ctype: u8,
-        in_collection: bool,
-        depth: u8,
-    ) -> Result<(), DecodeError> {
+    pub(crate) fn skip(&mut self, ctype: u8, in_collection: bool, depth: u8) -> Result<(), DecodeError> {
         if depth >= MAX_DEPTH {
             return Err(DecodeError::TooDeep);
         }

@@ -34,10 +34,7 @@ impl<'de> Deserialize<'de> for Binary {
                 f.write_str("a base64 string")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Binary, E> {
-                BASE64
-                    .decode(v)
-                    .map(|b| Binary(Bytes::from(b)))
-                    .map_err(E::custom)
+                BASE64.decode(v).map(|b| Binary(Bytes::from(b))).map_err(E::custom)
             }
         }
         d.deserialize_str(B64)
@@ -53,10 +50,7 @@ impl FieldKey {
         if let Some(i) = self.0.iter().position(|k| *k == key) {
             return Some((i, true));
         }
-        self.0
-            .iter()
-            .position(|k| k.eq_ignore_ascii_case(key))
-            .map(|i| (i, false))
+        self.0.iter().position(|k| k.eq_ignore_ascii_case(key)).map(|i| (i, false))
     }
 }
 
