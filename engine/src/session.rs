@@ -73,7 +73,7 @@ impl Session {
                 _ = sleep_until(self.deadline) => Err(if self.login.is_some() { Close::PingTimeout } else { Close::AuthTimeout }),
                 inbound = self.ws.recv() => match inbound {
                     None | Some(Ok(Message::Close(_))) => Err(Close::ClientClosed),
-                    Some(Err(e)) => Err(read_error(e, self.server.cfg.max_frame)),
+                    Some(Err(e)) => Err(read_error(e)),
                     Some(Ok(Message::Binary(data))) => self.on_message(data).await,
                     Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
@@ -98,7 +98,8 @@ impl Session {
         if let Some(login) = &self.login {
             self.server.sessions.remove(login.user, self.conn_id);
         }
-        let _ = self.ws.send(Message::Close(None)).await;
+        // Best effort: a peer that stopped reading does not hold the task past the timeout.
+        let _ = tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Close(None))).await;
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), Close> {
@@ -248,13 +249,13 @@ fn encoding_of(head: u8) -> Encoding {
 }
 
 /// A read error; an over-long message is told apart so the log says what happened.
-fn read_error(e: axum::Error, max_frame: usize) -> Close {
+fn read_error(e: axum::Error) -> Close {
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
     match e.into_inner().downcast::<WsError>() {
         Ok(ws) => match *ws {
             WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => Close::Oversize(size),
             other => Close::ReadError(other.to_string()),
         },
-        Err(other) => Close::ReadError(format!("{other} (limit {max_frame})")),
+        Err(other) => Close::ReadError(other.to_string()),
     }
 }
