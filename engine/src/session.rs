@@ -149,7 +149,7 @@ impl Session {
                 if self.login.is_none() {
                     return Err(Close::FrameBeforeLogin(code));
                 }
-                return self.refuse(code, encoding_of(head), ErrorCode::ParamIncorrect).await;
+                return self.refuse(code, Encoding::of_client_head(head), ErrorCode::ParamIncorrect).await;
             }
         };
         match (frame.kind, self.login.is_some()) {
@@ -237,14 +237,6 @@ async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineE
     match auth.token.as_deref() {
         Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain),
         _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
-    }
-}
-
-fn encoding_of(head: u8) -> Encoding {
-    if head & 0x80 != 0 {
-        Encoding::Json
-    } else {
-        Encoding::Compact
     }
 }
 

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::codec::{decode_body, DecodeError, Encoding, TimStruct};
-use crate::frame::{encode_client, FrameType, ServerFrame};
+use crate::frame::{client_head, encode_client, FrameType, ServerFrame};
 use crate::proto::{TimAck, TimAuth};
 
 /// The Origin the official clients send.
@@ -117,14 +117,12 @@ impl Client {
 
     /// Sends a ping frame (type 13).
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        let head = FrameType::Ping as u8 | if self.encoding == Encoding::Json { 0x80 } else { 0 };
-        self.send_raw(Bytes::copy_from_slice(&[head])).await
+        self.send_raw(Bytes::copy_from_slice(&[client_head(FrameType::Ping, self.encoding)])).await
     }
 
     /// Acknowledges a frame that asked for an ack (type 12 + the 4 id bytes).
     pub async fn ack(&mut self, id: u32) -> Result<(), ClientError> {
-        let head = FrameType::Ack as u8 | if self.encoding == Encoding::Json { 0x80 } else { 0 };
-        let mut frame = vec![head];
+        let mut frame = vec![client_head(FrameType::Ack, self.encoding)];
         frame.extend_from_slice(&id.to_be_bytes());
         self.send_raw(Bytes::from(frame)).await
     }

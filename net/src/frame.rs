@@ -74,6 +74,25 @@ impl FrameType {
 
 const HIGH_BIT: u8 = 0x80;
 
+/// The frame type of byte 0 and whether its high bit is set.
+fn head(msg: &[u8]) -> Result<(FrameType, bool), DecodeError> {
+    let Some(&head) = msg.first() else {
+        return Err(DecodeError::Empty);
+    };
+    Ok((FrameType::try_from(head & !HIGH_BIT)?, head & HIGH_BIT != 0))
+}
+
+impl Encoding {
+    /// The body encoding a client frame declares in its first byte.
+    pub fn of_client_head(head: u8) -> Self {
+        if head & HIGH_BIT != 0 {
+            Encoding::Json
+        } else {
+            Encoding::Compact
+        }
+    }
+}
+
 /// A frame as a client sent it: its type, its body's encoding and the body bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientFrame {
@@ -89,11 +108,8 @@ impl ClientFrame {
         if msg.len() > max_frame {
             return Err(DecodeError::TooLarge { len: msg.len(), max: max_frame });
         }
-        let Some(&head) = msg.first() else {
-            return Err(DecodeError::Empty);
-        };
-        let kind = FrameType::try_from(head & !HIGH_BIT)?;
-        let encoding = if head & HIGH_BIT != 0 { Encoding::Json } else { Encoding::Compact };
+        let (kind, json) = head(&msg)?;
+        let encoding = if json { Encoding::Json } else { Encoding::Compact };
         msg.advance(1);
         Ok(Self { kind, encoding, body: msg })
     }
@@ -112,10 +128,14 @@ impl ClientFrame {
     }
 }
 
-/// Encodes a client frame: `kind` with the JSON bit when `encoding` is JSON, then the body.
+/// Byte 0 of a client frame: `kind` with the JSON bit when `encoding` is JSON.
+pub fn client_head(kind: FrameType, encoding: Encoding) -> u8 {
+    kind as u8 | if encoding == Encoding::Json { HIGH_BIT } else { 0 }
+}
+
+/// Encodes a client frame: its head byte, then the body.
 pub fn encode_client<T: TimStruct>(kind: FrameType, encoding: Encoding, value: &T) -> Bytes {
-    let head = kind as u8 | if encoding == Encoding::Json { HIGH_BIT } else { 0 };
-    let mut w = Writer::with_prefix(&[head]);
+    let mut w = Writer::with_prefix(&[client_head(kind, encoding)]);
     encode_body(&mut w, value, encoding);
     w.finish()
 }
@@ -151,12 +171,9 @@ pub struct ServerFrame {
 
 impl ServerFrame {
     pub fn parse(mut msg: Bytes) -> Result<Self, DecodeError> {
-        let Some(&head) = msg.first() else {
-            return Err(DecodeError::Empty);
-        };
-        let kind = FrameType::try_from(head & !HIGH_BIT)?;
+        let (kind, ack_requested) = head(&msg)?;
         msg.advance(1);
-        let ack_id = if head & HIGH_BIT != 0 {
+        let ack_id = if ack_requested {
             let Some(id) = msg.first_chunk::<4>() else {
                 return Err(DecodeError::Truncated);
             };
@@ -226,10 +243,7 @@ pub struct BigData {
 impl BigData {
     /// Parses a whole (reassembled) big-data frame in either form.
     pub fn parse(mut frame: Bytes) -> Result<Self, DecodeError> {
-        let Some(&head) = frame.first() else {
-            return Err(DecodeError::Empty);
-        };
-        let kind = FrameType::try_from(head & !HIGH_BIT)?;
+        let (kind, _) = head(&frame)?;
         if !kind.is_big_data() {
             return Err(DecodeError::BigData("not a big-data frame type"));
         }
