@@ -59,22 +59,12 @@ impl Accounts {
         })
     }
 
-    fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
-        let name_key = self.ids.name_key(name, domain);
-        for attempt in 0..MAX_ATTEMPTS {
-            let Some(user) = self.ids.user_id(name, domain, attempt) else {
-                continue;
-            };
-            let slot = tim_shard::slot_of(&user.to_be_bytes());
-            let Some((_, row)) = self.store.find(self.users, slot, timuser::UUID, &user.to_be_bytes())? else {
-                return Ok(Lookup::Missing { free: Some(user) });
-            };
-            if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
-                let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-                return Ok(Lookup::Found { user, pwd });
-            }
-        }
-        Ok(Lookup::Missing { free: None })
+    /// Finds the account of a login name. Runs on the blocking pool: up to `MAX_ATTEMPTS`
+    /// store reads that may touch the disk.
+    async fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
+        let (store, users, ids) = (self.store.clone(), self.users, self.ids.clone());
+        let (name, domain) = (name.to_owned(), domain.to_owned());
+        tokio::task::spawn_blocking(move || lookup(&*store, users, &ids, &name, &domain)).await?
     }
 
     /// Registers an account; its user id. An existing name gets 4101.
@@ -82,7 +72,7 @@ impl Accounts {
         if name.is_empty() || pwd.is_empty() {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        if let Lookup::Found { .. } = self.lookup(name, domain)? {
+        if let Lookup::Found { .. } = self.lookup(name, domain).await? {
             return Err(ErrorCode::HasExist.into());
         }
         let hash = self.hash(pwd).await?;
@@ -91,7 +81,7 @@ impl Accounts {
         loop {
             // Another registration may have taken a candidate since the lookup: the unique
             // index decides, and the lookup then tells whether it was this very name.
-            let free = match self.lookup(name, domain)? {
+            let free = match self.lookup(name, domain).await? {
                 Lookup::Found { .. } => return Err(ErrorCode::HasExist.into()),
                 Lookup::Missing { free: None } => return Err(ErrorCode::Database.into()),
                 Lookup::Missing { free: Some(user) } => user,
@@ -116,7 +106,7 @@ impl Accounts {
         if name.is_empty() || pwd.is_empty() {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let Lookup::Found { user, pwd: stored } = self.lookup(name, domain)? else {
+        let Lookup::Found { user, pwd: stored } = self.lookup(name, domain).await? else {
             return Err(ErrorCode::PermissionDenied.into());
         };
         if self.check(pwd, stored).await? {
@@ -166,6 +156,22 @@ impl Accounts {
         })
         .await?
     }
+}
+
+fn lookup(store: &dyn Store, users: TableId, ids: &Ids, name: &str, domain: &str) -> Result<Lookup, EngineError> {
+    let name_key = ids.name_key(name, domain);
+    for attempt in 0..MAX_ATTEMPTS {
+        let Some(user) = ids.user_id(name, domain, attempt) else { continue };
+        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let Some((_, row)) = store.find(users, slot, timuser::UUID, &user.to_be_bytes())? else {
+            return Ok(Lookup::Missing { free: Some(user) });
+        };
+        if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
+            let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+            return Ok(Lookup::Found { user, pwd });
+        }
+    }
+    Ok(Lookup::Missing { free: None })
 }
 
 #[cfg(test)]
