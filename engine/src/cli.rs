@@ -9,7 +9,7 @@ use crate::config::ServeConfig;
 
 /// tim-rs: a decentralized instant-messaging engine that speaks TIM's client protocol.
 #[derive(Parser)]
-#[command(name = "tim", version, about, long_about = None)]
+#[command(name = "tim", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
