@@ -116,6 +116,29 @@ impl Accounts {
         }
     }
 
+    /// Changes a logged-in user's password after checking the old one: 4112 when the old
+    /// password is wrong or the new one empty.
+    pub async fn change_password(&self, user: UserId, old: &str, new: &str) -> Result<(), EngineError> {
+        const FAILED: EngineError = EngineError::Refused(ErrorCode::ModifyAuthFailed);
+        if new.is_empty() {
+            return Err(FAILED);
+        }
+        let (store, users) = (self.store.clone(), self.users);
+        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let found =
+            tokio::task::spawn_blocking(move || store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await??;
+        let Some((row_id, row)) = found else { return Err(FAILED) };
+        let stored = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        if !self.check(old, stored).await? {
+            return Err(FAILED);
+        }
+        let hash = self.hash(new).await?;
+        let mut batch = Batch::new();
+        batch.update(self.users, row_id, vec![(timuser::PWD, Some(Bytes::from(hash)))]);
+        self.store.write(batch).await?;
+        Ok(())
+    }
+
     /// Issues a login token after a password check; bad credentials get 4102.
     pub async fn issue_token(&self, name: &str, pwd: &str, domain: &str) -> Result<String, EngineError> {
         let user = self.verify(name, pwd, domain).await.map_err(|e| match e {

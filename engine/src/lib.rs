@@ -2,6 +2,7 @@
 //! command line.
 
 mod accounts;
+mod business;
 pub mod cli;
 mod config;
 mod error;

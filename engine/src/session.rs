@@ -10,7 +10,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, TimAck, TimAuth};
+use tim_net::proto::{ErrorCode, TimAck, TimAuth, TimReq};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -175,6 +175,13 @@ impl Session {
                     self.refuse(FrameType::BigBinary as u8, frame.encoding, ErrorCode::BigData).await
                 }
             },
+            (FrameType::Business, true) => {
+                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
+                };
+                let ack = crate::business::handle(&self.server, login.user, &req).await;
+                self.reply(FrameType::Ack, frame.encoding, &ack).await
+            }
             (FrameType::Register | FrameType::Token, true) => {
                 self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
             }

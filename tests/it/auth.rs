@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use tim_net::client::{post_raw, Client, ClientError};
-use tim_net::proto::TimAuth;
-use tim_net::Encoding;
+use tim_net::proto::{TimAuth, TimReq};
+use tim_net::{Encoding, FrameType};
 
 use crate::node::{auth, TestNode, WAIT};
 
@@ -61,9 +61,7 @@ async fn register_token_and_logins_in_both_encodings() {
     let long_pwd = "p".repeat(10_000);
     let mut other_domain = auth("alice-Json", &long_pwd);
     other_domain.domain = Some("elsewhere".into());
-    let ack = tim_net::client::post_tim2(node.addr, tim_net::FrameType::Register, Encoding::Json, &other_domain)
-        .await
-        .unwrap();
+    let ack = tim_net::client::post_tim2(node.addr, FrameType::Register, Encoding::Json, &other_domain).await.unwrap();
     assert!(ack.ok, "same name in another domain registers: {ack:?}");
     let mut client = Client::connect(node.addr, Encoding::Json).await.unwrap();
     assert!(client.login(&other_domain, WAIT).await.unwrap().ok);
@@ -91,7 +89,7 @@ async fn device_limit_refuses_then_kicks_the_oldest() {
     };
     first.closed_within(WAIT).await.expect("oldest session closed");
     newest.ping().await.unwrap();
-    assert_eq!(newest.recv_within(WAIT).await.unwrap().kind, tim_net::FrameType::Ping, "newest session alive");
+    assert_eq!(newest.recv_within(WAIT).await.unwrap().kind, FrameType::Ping, "newest session alive");
 }
 
 #[tokio::test]
@@ -120,7 +118,7 @@ async fn origin_allow_list() {
     }
     Client::connect_with_origin(node.addr, Encoding::Json, Some("https://good.example")).await.expect("allowed origin");
     Client::connect_with_origin(node.addr, Encoding::Json, None).await.expect("no origin: non-browser client");
-    let body = tim_net::frame::encode_client(tim_net::FrameType::Register, Encoding::Json, &auth("x", "y"));
+    let body = tim_net::frame::encode_client(FrameType::Register, Encoding::Json, &auth("x", "y"));
     let (status, _) = post_raw(node.addr, "/tim2", Some("https://evil.example"), body).await.unwrap();
     assert_eq!(status, 403);
 }
@@ -137,5 +135,41 @@ async fn tim2_answers_other_types_and_garbage_with_an_empty_200() {
         } else {
             assert_eq!((status, reply.len()), (200, 0), "body {body:?}");
         }
+    }
+}
+
+#[tokio::test]
+async fn modify_auth_changes_the_password() {
+    let node = TestNode::start(&["--device-limit", "20", "--devicetype-limit", "20"]);
+    for encoding in ENCODINGS {
+        let name = format!("dave-{encoding:?}");
+        assert!(node.register(&name, "old-pw", encoding).await.ok);
+        let (mut client, ack) = node.login(&name, "old-pw", encoding).await;
+        assert!(ack.ok);
+        let change = |old: Option<&str>, new: Option<&str>| TimReq {
+            rtype: Some(21),
+            req_str: old.map(str::to_owned),
+            req_str2: new.map(str::to_owned),
+            ..TimReq::default()
+        };
+        client.send(FrameType::Business, &change(Some("wrong"), Some("new-pw"))).await.unwrap();
+        let ack = client.recv_ack(WAIT).await.unwrap();
+        assert_eq!((ack.ok, ack.tim_type, ack.t, ack.error_code()), (false, 41, Some(21), Some(4112)));
+        client.send(FrameType::Business, &change(Some("old-pw"), None)).await.unwrap();
+        let ack = client.recv_ack(WAIT).await.unwrap();
+        assert_eq!((ack.ok, ack.t, ack.error_code()), (false, None, Some(4104)), "missing field");
+        client.send(FrameType::Business, &change(Some("old-pw"), Some("new-pw"))).await.unwrap();
+        let ack = client.recv_ack(WAIT).await.unwrap();
+        assert_eq!((ack.ok, ack.tim_type, ack.t), (true, 41, Some(21)), "{ack:?}");
+
+        let (_, ack) = node.login(&name, "old-pw", encoding).await;
+        assert_eq!(ack.error_code(), Some(4105), "old password no longer works");
+        let (_, ack) = node.login(&name, "new-pw", encoding).await;
+        assert!(ack.ok, "new password works");
+        // Operations not offered yet, and no operation at all.
+        client.send(FrameType::Business, &TimReq { rtype: Some(1), ..TimReq::default() }).await.unwrap();
+        assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4107));
+        client.send(FrameType::Business, &TimReq { rtype: Some(99), ..TimReq::default() }).await.unwrap();
+        assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4104));
     }
 }
