@@ -77,6 +77,19 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_AUTH_MIN_UNIX", default_value_t = 10)]
     pub auth_min_unix: u64,
 
+    /// Frames queued to a session, and frames awaiting its acks, before it is cut off as a
+    /// slow reader (its undelivered messages then go to the offline queue).
+    #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+
+    /// Seconds to wait for a client's ack of a message or offline batch before re-sending.
+    #[arg(long, env = "TIM_ACK_TIMEOUT", default_value_t = 10)]
+    pub ack_timeout: u64,
+
+    /// Sends of a message or offline batch to a session before it counts as not delivered.
+    #[arg(long, env = "TIM_ACK_TRIES", default_value_t = 3)]
+    pub ack_tries: u32,
+
     /// Seconds a write to a client socket may take before the session is closed.
     #[arg(long, env = "TIM_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout: u64,
@@ -172,6 +185,12 @@ impl ServeConfig {
         if self.max_frame < 64 || self.max_frame > 1 << 30 {
             return invalid("max_frame", "must be between 64 bytes and 1 GiB");
         }
+        if self.outbound_queue == 0 {
+            return invalid("outbound_queue", "must be at least 1");
+        }
+        if self.ack_timeout == 0 || self.ack_tries == 0 {
+            return invalid("ack_timeout/ack_tries", "must be at least 1");
+        }
         if self.auth_timeout == 0 || self.ping_timeout == 0 || self.token_timeout == 0 {
             return invalid("auth_timeout/ping_timeout/token_timeout", "must be at least 1 second");
         }
@@ -186,6 +205,9 @@ impl ServeConfig {
     }
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_secs(self.ping_timeout)
+    }
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_secs(self.ack_timeout)
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout)

@@ -11,7 +11,6 @@ use sha2::Sha256;
 
 const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 /// Longest node string accepted (`node_maxlength`).
-#[cfg(test)]
 const NODE_MAX_LEN: usize = 64;
 /// TIM's default salt (`sys/var.go`), used by the TIM-compatible id scheme.
 pub const TIM_DEFAULT_SALT: &str = "#@*=+-<>?:|$&()%$#{]aQkLIPM79643028U'TRKF_}";
@@ -34,9 +33,7 @@ impl UserId {
         (id != 0).then_some(Self(id))
     }
 
-    /// Parses a node string: base58 of a non-zero id whose check byte holds. (Product code
-    /// needs it once messages name target nodes; until then tests use it.)
-    #[cfg(test)]
+    /// Parses a node string: base58 of a non-zero id whose check byte holds.
     pub fn parse(node: &str) -> Option<Self> {
         if node.is_empty() || node.len() > NODE_MAX_LEN {
             return None;
@@ -51,6 +48,11 @@ impl UserId {
 
     pub fn node(self) -> String {
         encode_base58(self.0)
+    }
+
+    /// An id as stored (8 bytes big-endian); only for ids the store holds.
+    pub fn from_be_bytes(bytes: [u8; 8]) -> Self {
+        Self(u64::from_be_bytes(bytes))
     }
 
     pub fn to_be_bytes(self) -> [u8; 8] {

@@ -1,7 +1,7 @@
 //! A running node: its shared state, start-up and orderly shutdown.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use tracing::{info, warn};
 use crate::accounts::Accounts;
 use crate::config::ServeConfig;
 use crate::ident::{encode_base58, Ids};
+use crate::offline::OfflineQueue;
+use crate::roster::Rosters;
 use crate::secret::Secret;
 use crate::sessions::{Limits, Sessions};
 use crate::tables;
@@ -26,11 +28,14 @@ pub struct Server {
     pub cfg: ServeConfig,
     pub accounts: Accounts,
     pub sessions: Sessions,
+    pub offline: OfflineQueue,
+    pub rosters: Rosters,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
     /// Every session task, awaited at shutdown.
     pub tasks: TaskTracker,
     next_conn: AtomicU64,
+    next_ack: AtomicU32,
     /// Connection ids are shown to clients masked, so they do not reveal the connection count.
     conn_mask: u64,
     /// Opaque per-process value sent as `t` in login acks.
@@ -40,6 +45,16 @@ pub struct Server {
 impl Server {
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A fresh ack id (never 0), for one send attempt of a frame that asks for an ack.
+    pub fn next_ack_id(&self) -> u32 {
+        loop {
+            let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
     }
 
     /// The session id shown to the client (`n2` of the login ack).
@@ -68,6 +83,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
     let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
+    let offline = OfflineQueue::new(store.clone())?;
+    let rosters = Rosters::new(store.clone())?;
     let sessions = Sessions::new(Limits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
@@ -77,9 +94,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = Arc::new(Server {
         accounts,
         sessions,
+        offline,
+        rosters,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
+        next_ack: AtomicU32::new(1),
         conn_mask: rng.next_u64(),
         instance_tag: i64::from(rng.next_u32() as i32),
         cfg,

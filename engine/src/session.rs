@@ -2,24 +2,34 @@
 //!
 //! Before login only auth (16) and ping (13) are accepted; anything else closes the socket, and
 //! so does the auth timeout. After login the ping timeout applies, refreshed by pings only.
+//! Other tasks reach the session through its bounded outbound queue; frames that ask for an
+//! ack are tracked here, re-sent with a fresh ack id on timeout, and reported when acked or
+//! given up.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, TimAck, TimAuth, TimReq};
+use tim_net::proto::{ErrorCode, TimAck, TimAuth, TimMessage, TimMessageList, TimReq};
 use tim_net::{ClientFrame, DecodeError, FrameType};
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
+use crate::business::Reply;
+use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::server::Server;
-use crate::sessions::{OverEntry, SessionHandle};
+use crate::sessions::{Outbound, OverEntry, SessionHandle};
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -32,6 +42,8 @@ enum Close {
     Oversize(usize),
     ReadError(String),
     WriteFailed,
+    /// More frames awaiting acks than the outbound queue holds.
+    TooManyUnacked,
 }
 
 /// A big-data frame arriving over several WebSocket messages.
@@ -43,6 +55,17 @@ struct Reassembly {
 struct Login {
     user: UserId,
     encoding: Encoding,
+    /// This session's own handle, for tasks that push to it (the offline drain).
+    handle: SessionHandle,
+    /// Set while an offline drain runs, so a second request does not start another.
+    draining: Arc<AtomicBool>,
+}
+
+/// A frame sent with an ack request, waiting for the client's ack.
+struct Pending {
+    delivery: Arc<Delivery>,
+    attempt: u32,
+    timer: delay_queue::Key,
 }
 
 struct Session {
@@ -53,6 +76,10 @@ struct Session {
     kick: CancellationToken,
     deadline: Instant,
     big: Option<Reassembly>,
+    out_tx: mpsc::Sender<Outbound>,
+    out_rx: mpsc::Receiver<Outbound>,
+    pending: HashMap<u32, Pending>,
+    ack_timers: DelayQueue<u32>,
 }
 
 pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
@@ -60,7 +87,20 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
     let span = info_span!("conn", id = conn_id, %peer, uid = tracing::field::Empty);
     let kick = server.shutdown.child_token();
     let deadline = Instant::now() + server.cfg.auth_timeout();
-    let session = Session { server, ws, conn_id, login: None, kick, deadline, big: None };
+    let (out_tx, out_rx) = mpsc::channel(server.cfg.outbound_queue);
+    let session = Session {
+        server,
+        ws,
+        conn_id,
+        login: None,
+        kick,
+        deadline,
+        big: None,
+        out_tx,
+        out_rx,
+        pending: HashMap::new(),
+        ack_timers: DelayQueue::new(),
+    };
     session.serve().instrument(span).await;
 }
 
@@ -78,6 +118,10 @@ impl Session {
                     Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 },
+                Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
+                Some(expired) = self.ack_timers.next(), if !self.ack_timers.is_empty() => {
+                    self.on_ack_timeout(expired.into_inner()).await
+                }
             };
             if let Err(close) = result {
                 break close;
@@ -94,6 +138,7 @@ impl Session {
             Close::Oversize(len) => warn!(len, max = self.server.cfg.max_frame, "closing: frame over the size limit"),
             Close::ReadError(error) => info!(%error, "closing: websocket read failed"),
             Close::WriteFailed => info!("closing: write failed or timed out"),
+            Close::TooManyUnacked => info!("closing: too many frames waiting for acks"),
         }
         if let Some(login) = &self.login {
             self.server.sessions.remove(login.user, self.conn_id);
@@ -160,8 +205,16 @@ impl Session {
                 self.send(encode_server_empty(FrameType::Ping)).await
             }
             (_, false) => Err(Close::FrameBeforeLogin(code)),
-            // No frame of ours awaits an ack yet: late or unknown acks are dropped.
-            (FrameType::Ack, true) => Ok(()),
+            (FrameType::Ack, true) => {
+                if let Ok(id) = frame.ack_id() {
+                    self.on_ack(id);
+                }
+                Ok(())
+            }
+            (FrameType::OfflineMsg, true) => {
+                self.start_offline_drain();
+                Ok(())
+            }
             (kind, true) if kind.is_big_data() => match big_data_length(&data) {
                 BigDataLength::Legacy | BigDataLength::Complete => self.on_big_data(data).await,
                 BigDataLength::Incomplete(declared) if declared > max => Err(Close::Oversize(declared)),
@@ -179,14 +232,69 @@ impl Session {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                let ack = crate::business::handle(&self.server, login.user, &req).await;
-                self.reply(FrameType::Ack, frame.encoding, &ack).await
+                match crate::business::handle(&self.server, login.user, &req).await {
+                    Reply::Ack(ack) => self.reply(FrameType::Ack, frame.encoding, &ack).await,
+                    Reply::Nodes(nodes) => self.reply(FrameType::Nodes, frame.encoding, &nodes).await,
+                    Reply::Nothing => Ok(()),
+                }
             }
             (FrameType::Register | FrameType::Token, true) => {
                 self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
             }
             (_, true) => self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect).await,
         }
+    }
+
+    async fn on_outbound(&mut self, out: Outbound) -> Result<(), Close> {
+        match out {
+            Outbound::Frame(frame) => self.send(frame).await,
+            Outbound::Delivery(delivery) => self.send_for_ack(delivery, 1).await,
+        }
+    }
+
+    /// Sends attempt `attempt` of a delivery under a fresh ack id.
+    async fn send_for_ack(&mut self, delivery: Arc<Delivery>, attempt: u32) -> Result<(), Close> {
+        let Some(login) = &self.login else { return Ok(()) };
+        if self.pending.len() >= self.server.cfg.outbound_queue {
+            return Err(Close::TooManyUnacked);
+        }
+        let id = self.server.next_ack_id();
+        let frame = delivery.frame(id, login.encoding);
+        let timer = self.ack_timers.insert(id, self.server.cfg.ack_timeout());
+        self.pending.insert(id, Pending { delivery, attempt, timer });
+        self.send(frame).await
+    }
+
+    fn on_ack(&mut self, id: u32) {
+        if let Some(pending) = self.pending.remove(&id) {
+            self.ack_timers.remove(&pending.timer);
+            pending.delivery.report(true);
+        }
+    }
+
+    async fn on_ack_timeout(&mut self, id: u32) -> Result<(), Close> {
+        let Some(pending) = self.pending.remove(&id) else { return Ok(()) };
+        if pending.attempt < self.server.cfg.ack_tries {
+            self.send_for_ack(pending.delivery, pending.attempt + 1).await
+        } else {
+            pending.delivery.report(false);
+            Ok(())
+        }
+    }
+
+    /// Frame 17: sends the offline queue in batches, each acked before it is deleted and the
+    /// next is sent, then the end frame 18. An unacked batch stays for the next request.
+    fn start_offline_drain(&self) {
+        let Some(login) = &self.login else { return };
+        if login.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (server, user, me, draining) =
+            (self.server.clone(), login.user, login.handle.clone(), login.draining.clone());
+        self.server.tasks.spawn(async move {
+            drain_offline(&server, user, &me).await;
+            draining.store(false, Ordering::Release);
+        });
     }
 
     /// A complete big-data frame. Delivery of big data is not built yet: the sender learns so
@@ -219,13 +327,14 @@ impl Session {
                 return self.refuse(AUTH, frame.encoding, e.wire_code()).await;
             }
         };
-        let handle = SessionHandle::new(self.conn_id, auth.termtyp, self.kick.clone());
-        if self.server.sessions.admit(user, handle) == Err(OverEntry) {
+        let handle =
+            SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.out_tx.clone(), self.kick.clone());
+        if self.server.sessions.admit(user, handle.clone()) == Err(OverEntry) {
             return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await;
         }
         Span::current().record("uid", user.node());
         info!(termtyp = ?auth.termtyp, "logged in");
-        self.login = Some(Login { user, encoding: frame.encoding });
+        self.login = Some(Login { user, encoding: frame.encoding, handle, draining: Arc::default() });
         self.deadline = Instant::now() + self.server.cfg.ping_timeout();
         let ack = TimAck {
             t: Some(self.server.instance_tag),
@@ -234,6 +343,38 @@ impl Session {
             ..TimAck::ok(AUTH)
         };
         self.reply(FrameType::Ack, frame.encoding, &ack).await
+    }
+}
+
+/// Most messages in one offline batch (TIM's batch size).
+const OFFLINE_BATCH: usize = 10;
+
+async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
+    loop {
+        let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "reading the offline queue failed");
+                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.wire_code());
+                let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
+                return;
+            }
+        };
+        if rows.is_empty() {
+            let _ = me.push(Outbound::Frame(encode_server_empty(FrameType::OfflineMsgEnd)));
+            return;
+        }
+        let ids: Vec<_> = rows.iter().map(|(id, _)| *id).collect();
+        let batch_id = ids.first().map(|id| id.0 as i64);
+        let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
+        let list = TimMessageList { id: batch_id, message_list: Some(messages) };
+        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list)).await {
+            return;
+        }
+        if let Err(e) = server.offline.remove(&ids).await {
+            warn!(error = %e, "deleting an acked offline batch failed");
+            return;
+        }
     }
 }
 

@@ -7,21 +7,61 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tim_net::Encoding;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Delivery;
 use crate::ident::UserId;
 
-/// A handle to one session, to close it.
+/// What other tasks hand a session to send.
+pub enum Outbound {
+    /// A frame already encoded in the session's encoding, sent without ack request.
+    Frame(Bytes),
+    /// A frame to send with ack requests and retries.
+    Delivery(Arc<Delivery>),
+}
+
+/// A handle to one session: queue frames to it, or close it.
 #[derive(Clone)]
 pub struct SessionHandle {
     conn_id: u64,
     termtyp: Option<i8>,
+    encoding: Encoding,
+    out_tx: mpsc::Sender<Outbound>,
     kick: CancellationToken,
 }
 
 impl SessionHandle {
-    pub fn new(conn_id: u64, termtyp: Option<i8>, kick: CancellationToken) -> Self {
-        Self { conn_id, termtyp, kick }
+    pub fn new(
+        conn_id: u64,
+        termtyp: Option<i8>,
+        encoding: Encoding,
+        out_tx: mpsc::Sender<Outbound>,
+        kick: CancellationToken,
+    ) -> Self {
+        Self { conn_id, termtyp, encoding, out_tx, kick }
+    }
+
+    /// The encoding frames to this session must use.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Queues without waiting. A full queue means a slow reader: the session is cut off (its
+    /// undelivered frames then take the offline path) and the push fails.
+    pub fn push(&self, out: Outbound) -> Result<(), Outbound> {
+        self.out_tx.try_send(out).map_err(|e| {
+            self.kick.cancel();
+            e.into_inner()
+        })
+    }
+
+    pub fn push_delivery(&self, delivery: Arc<Delivery>) -> Result<(), Outbound> {
+        self.push(Outbound::Delivery(delivery))
     }
 
     pub fn close(&self) {
@@ -104,9 +144,14 @@ impl Sessions {
         removed && !accounts.contains_key(&user)
     }
 
+    /// The sessions of an account on this node, oldest first.
+    pub fn of(&self, user: UserId) -> Vec<SessionHandle> {
+        self.lock().get(&user).map(|a| a.sessions.clone()).unwrap_or_default()
+    }
+
     #[cfg(test)]
     fn conn_ids(&self, user: UserId) -> Vec<u64> {
-        self.lock().get(&user).map(|a| a.sessions.iter().map(|s| s.conn_id).collect()).unwrap_or_default()
+        self.of(user).iter().map(|s| s.conn_id).collect()
     }
 }
 
@@ -115,7 +160,8 @@ mod tests {
     use super::*;
 
     fn handle(conn_id: u64, termtyp: Option<i8>) -> SessionHandle {
-        SessionHandle::new(conn_id, termtyp, CancellationToken::new())
+        let (out_tx, _) = mpsc::channel(1);
+        SessionHandle::new(conn_id, termtyp, Encoding::Compact, out_tx, CancellationToken::new())
     }
 
     fn user() -> UserId {

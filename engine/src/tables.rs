@@ -1,12 +1,11 @@
 //! TIM's tables, with TIM's names (tim-server.md §3.2). Profiles, message bodies and offline
-//! stanzas are sealed at rest.
+//! stanzas are sealed at rest. User ids are stored as 8 bytes big-endian.
 
 use tim_kv::{ColumnDef, TableDef};
 
 /// Accounts, in the slot of their user id.
 pub mod timuser {
     use super::*;
-    /// User id, 8 bytes big-endian.
     pub const UUID: usize = 0;
     /// Keyed hash of domain + login name (names are never stored).
     pub const NAMEKEY: usize = 1;
@@ -26,6 +25,53 @@ pub mod timuser {
     };
 }
 
+/// Offline queues, in the slot of the recipient.
+pub mod timoffline {
+    use super::*;
+    /// Recipient.
+    pub const UUID: usize = 0;
+    /// The message, thrift-compact encoded.
+    pub const STANZA: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        name: "timoffline",
+        columns: &[
+            ColumnDef::indexed("uuid"),
+            ColumnDef::plain("chatid"),
+            ColumnDef::sealed("stanza"),
+            ColumnDef::plain("mid"),
+        ],
+    };
+}
+
+/// One row per user pair holding the relation status byte (tim-server.md §3.3), in the slot
+/// of the pair id.
+pub mod timrelate {
+    use super::*;
+    /// Pair id: the larger user id, then the smaller.
+    pub const UUID: usize = 0;
+    pub const STATUS: usize = 1;
+    pub const DEF: TableDef =
+        TableDef { name: "timrelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
+}
+
+/// The pair tables (friends, group membership, blocks): one row per owner and other party, in
+/// the owner's slot.
+pub mod pair {
+    use super::*;
+    /// Owner id then other id: one row per direction.
+    pub const UNIKID: usize = 0;
+    /// Owner.
+    pub const UUID: usize = 1;
+    /// The other party.
+    pub const TUUID: usize = 2;
+    pub const COLUMNS: &[ColumnDef] =
+        &[ColumnDef::unique("unikid"), ColumnDef::indexed("uuid"), ColumnDef::plain("tuuid")];
+    /// Friends.
+    pub const TIMROSTER: TableDef = TableDef { name: "timroster", columns: COLUMNS };
+    /// Users a user blocked.
+    pub const TIMBLOCK: TableDef = TableDef { name: "timblock", columns: COLUMNS };
+}
+
 const TIMMESSAGE: TableDef = TableDef {
     name: "timmessage",
     columns: &[
@@ -35,17 +81,6 @@ const TIMMESSAGE: TableDef = TableDef {
         ColumnDef::plain("timeseries"),
     ],
 };
-const TIMOFFLINE: TableDef = TableDef {
-    name: "timoffline",
-    columns: &[
-        ColumnDef::indexed("uuid"),
-        ColumnDef::plain("chatid"),
-        ColumnDef::sealed("stanza"),
-        ColumnDef::plain("mid"),
-    ],
-};
-const TIMRELATE: TableDef =
-    TableDef { name: "timrelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
 const TIMGROUP: TableDef = TableDef {
     name: "timgroup",
     columns: &[
@@ -56,19 +91,16 @@ const TIMGROUP: TableDef = TableDef {
         ColumnDef::sealed("rbean"),
     ],
 };
-/// The pair tables (roster, membership, blocks) share one shape.
-const PAIR_COLUMNS: &[ColumnDef] =
-    &[ColumnDef::unique("unikid"), ColumnDef::indexed("uuid"), ColumnDef::plain("tuuid")];
 
 /// Every table the engine declares at open.
 pub const ALL: &[TableDef] = &[
     timuser::DEF,
     TIMMESSAGE,
-    TIMOFFLINE,
-    TIMRELATE,
-    TableDef { name: "timroster", columns: PAIR_COLUMNS },
+    timoffline::DEF,
+    timrelate::DEF,
+    pair::TIMROSTER,
     TIMGROUP,
-    TableDef { name: "timmucroster", columns: PAIR_COLUMNS },
-    TableDef { name: "timblock", columns: PAIR_COLUMNS },
-    TableDef { name: "timblockroom", columns: PAIR_COLUMNS },
+    TableDef { name: "timmucroster", columns: pair::COLUMNS },
+    pair::TIMBLOCK,
+    TableDef { name: "timblockroom", columns: pair::COLUMNS },
 ];

@@ -89,6 +89,13 @@ pub fn decode_body<T: TimStruct>(body: Bytes, encoding: Encoding) -> Result<T, D
     }
 }
 
+/// The encoded body of `value` alone.
+pub fn body_bytes<T: TimStruct>(value: &T, encoding: Encoding) -> Bytes {
+    let mut w = Writer::default();
+    encode_body(&mut w, value, encoding);
+    w.finish()
+}
+
 /// Appends the encoded body of `value` to `w`.
 pub fn encode_body<T: TimStruct>(w: &mut Writer, value: &T, encoding: Encoding) {
     match encoding {

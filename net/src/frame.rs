@@ -154,10 +154,22 @@ pub fn encode_server_empty(kind: FrameType) -> Bytes {
 
 /// Encodes a server frame that asks for an ack: `kind | 0x80`, the ack id, then the body.
 pub fn encode_server_with_ack<T: TimStruct>(kind: FrameType, ack_id: u32, encoding: Encoding, value: &T) -> Bytes {
-    let id = ack_id.to_be_bytes();
-    let mut w = Writer::with_prefix(&[kind as u8 | HIGH_BIT, id[0], id[1], id[2], id[3]]);
+    let mut w = Writer::with_prefix(&ack_head(kind, ack_id));
     encode_body(&mut w, value, encoding);
     w.finish()
+}
+
+/// A frame that asks for an ack around an already encoded body (fan-out encodes a body once
+/// and sends it under a new ack id per session and attempt).
+pub fn ack_frame(kind: FrameType, ack_id: u32, body: &[u8]) -> Bytes {
+    let mut w = Writer::with_prefix(&ack_head(kind, ack_id));
+    w.bytes(body);
+    w.finish()
+}
+
+fn ack_head(kind: FrameType, ack_id: u32) -> [u8; 5] {
+    let id = ack_id.to_be_bytes();
+    [kind as u8 | HIGH_BIT, id[0], id[1], id[2], id[3]]
 }
 
 /// A frame as the server sent it (client side of the codec).

@@ -167,7 +167,7 @@ async fn modify_auth_changes_the_password() {
         let (_, ack) = node.login(&name, "new-pw", encoding).await;
         assert!(ack.ok, "new password works");
         // Operations not offered yet, and no operation at all.
-        client.send(FrameType::Business, &TimReq { rtype: Some(1), ..TimReq::default() }).await.unwrap();
+        client.send(FrameType::Business, &TimReq { rtype: Some(2), ..TimReq::default() }).await.unwrap();
         assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4107));
         client.send(FrameType::Business, &TimReq { rtype: Some(99), ..TimReq::default() }).await.unwrap();
         assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4104));

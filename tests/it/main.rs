@@ -7,3 +7,4 @@ mod auth;
 mod durability;
 mod frames;
 mod node;
+mod roster;

@@ -1,0 +1,77 @@
+//! Frames that ask the client for an ack (tim-protocol.md §2.3): chat deliveries and offline
+//! batches. A [`Delivery`] is handed to each target session; each session sends it with a fresh
+//! ack id per attempt, retries on timeout, and reports whether the client acked. [`deliver`]
+//! waits for the first ack, or for every session to give up (or to end, which drops its copy).
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tim_net::codec::{body_bytes, Encoding};
+use tim_net::frame::ack_frame;
+use tim_net::proto::{TimMessage, TimMessageList};
+use tim_net::FrameType;
+use tokio::sync::mpsc;
+
+use crate::sessions::SessionHandle;
+
+/// What a delivery carries.
+pub enum Payload {
+    Message(Box<TimMessage>),
+    Batch(TimMessageList),
+}
+
+pub struct Delivery {
+    kind: FrameType,
+    payload: Payload,
+    /// The body, encoded once per encoding however many sessions and attempts need it.
+    compact: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+    report_tx: mpsc::Sender<bool>,
+}
+
+impl Delivery {
+    fn body(&self, encoding: Encoding) -> &Bytes {
+        let cell = match encoding {
+            Encoding::Compact => &self.compact,
+            Encoding::Json => &self.json,
+        };
+        cell.get_or_init(|| match &self.payload {
+            Payload::Message(m) => body_bytes(&**m, encoding),
+            Payload::Batch(b) => body_bytes(b, encoding),
+        })
+    }
+
+    /// The frame for one attempt: type with the ack bit, the ack id, the body.
+    pub fn frame(&self, ack_id: u32, encoding: Encoding) -> Bytes {
+        ack_frame(self.kind, ack_id, self.body(encoding))
+    }
+
+    /// A session's outcome: acked, or given up after its last attempt.
+    pub fn report(&self, acked: bool) {
+        // The channel holds one report per target session, so it cannot be full; a closed
+        // channel means the outcome is already decided.
+        let _ = self.report_tx.try_send(acked);
+    }
+}
+
+/// Sends `payload` with ack requests to `sessions`; whether any of them acked.
+pub async fn deliver(sessions: &[SessionHandle], kind: FrameType, payload: Payload) -> bool {
+    if sessions.is_empty() {
+        return false;
+    }
+    let (report_tx, mut reports) = mpsc::channel(sessions.len());
+    let delivery = Arc::new(Delivery { kind, payload, compact: OnceLock::new(), json: OnceLock::new(), report_tx });
+    for session in sessions {
+        // A session whose queue is full is cut off; it simply does not report.
+        let _ = session.push_delivery(delivery.clone());
+    }
+    // From here only the sessions hold the delivery: when the last one reports or drops it,
+    // the channel closes.
+    drop(delivery);
+    while let Some(acked) = reports.recv().await {
+        if acked {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,71 @@
+//! Offline queues: messages for users who had no session, or never acked, kept in `timoffline`
+//! in the recipient's slot and drained oldest first (frame 17).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
+use tim_net::codec::{body_bytes, decode_body, Encoding};
+use tim_net::proto::TimMessage;
+use tracing::warn;
+
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::tables::timoffline;
+
+pub struct OfflineQueue {
+    store: Arc<dyn Store>,
+    table: TableId,
+}
+
+impl OfflineQueue {
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let table = store.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self { store, table })
+    }
+
+    /// Appends a message to `user`'s queue.
+    pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<(), EngineError> {
+        let mut row = Row::new(timoffline::DEF.columns.len());
+        row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
+            .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
+        let mut batch = Batch::new();
+        batch.insert(self.table, tim_shard::slot_of(&user.to_be_bytes()), row);
+        self.store.write(batch).await?;
+        Ok(())
+    }
+
+    /// The oldest `limit` entries of `user`'s queue. An entry that no longer decodes is
+    /// dropped (logged) rather than left to block the queue.
+    pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
+        let (store, table) = (self.store.clone(), self.table);
+        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let rows = tokio::task::spawn_blocking(move || {
+            store.page(table, slot, timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+        })
+        .await??;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut broken = Vec::new();
+        for (id, row) in rows {
+            match row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact)) {
+                Some(Ok(msg)) => out.push((id, msg)),
+                _ => broken.push(id),
+            }
+        }
+        if !broken.is_empty() {
+            warn!(count = broken.len(), "dropping undecodable offline entries");
+            self.remove(&broken).await?;
+        }
+        Ok(out)
+    }
+
+    /// Deletes delivered entries.
+    pub async fn remove(&self, ids: &[RowId]) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        for id in ids {
+            batch.delete(self.table, *id);
+        }
+        self.store.write(batch).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! Friends and blocks between users (TIMBUSINESS rtypes 1, 4, 6, 7, 18).
+//!
+//! Each user pair has one `timrelate` row whose status byte holds both sides' state
+//! (tim-server.md §3.3): the high nibble is the larger user id's, the low nibble the smaller's;
+//! 0 none, 1 wants or accepted friendship, 2 blocked the other. `0x11` means friends, and only
+//! then do both `timroster` rows exist. Changes to one pair are serialized by a striped lock,
+//! so two users befriending each other at once cannot lose a half.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_net::proto::ErrorCode;
+use tokio::sync::Mutex;
+
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::tables::{pair, timrelate, timuser};
+
+const NONE: u8 = 0;
+const FRIEND: u8 = 1;
+const BLOCKED: u8 = 2;
+/// Lock stripes for pair updates.
+const STRIPES: usize = 256;
+/// Most entries a roster or block list returns.
+pub const MAX_LIST: usize = 10_000;
+
+/// What an ADDROSTER did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// A request now waits for the other side (push bnType 4).
+    Requested,
+    /// The other side had asked too: now friends (push bnType 5).
+    Friends,
+}
+
+pub struct Rosters {
+    store: Arc<dyn Store>,
+    users: TableId,
+    relate: TableId,
+    roster: TableId,
+    block: TableId,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// Both sides of a pair as stored.
+struct Relation {
+    row: Option<RowId>,
+    mine: u8,
+    theirs: u8,
+}
+
+/// The ordered pair of two users: its id, and whether `me` holds the high nibble.
+#[derive(Clone, Copy)]
+struct Pair {
+    id: [u8; 16],
+    me_high: bool,
+}
+
+impl Pair {
+    fn of(me: UserId, other: UserId) -> Self {
+        let (hi, lo) = if me > other { (me, other) } else { (other, me) };
+        let mut id = [0u8; 16];
+        let (a, b) = id.split_at_mut(8);
+        a.copy_from_slice(&hi.to_be_bytes());
+        b.copy_from_slice(&lo.to_be_bytes());
+        Self { id, me_high: me > other }
+    }
+
+    fn slot(&self) -> Slot {
+        tim_shard::slot_of(&self.id)
+    }
+
+    fn status(&self, mine: u8, theirs: u8) -> u8 {
+        if self.me_high {
+            (mine << 4) | theirs
+        } else {
+            (theirs << 4) | mine
+        }
+    }
+
+    fn split(&self, status: u8) -> (u8, u8) {
+        let (hi, lo) = (status >> 4, status & 0x0F);
+        if self.me_high {
+            (hi, lo)
+        } else {
+            (lo, hi)
+        }
+    }
+}
+
+fn unikid(owner: UserId, other: UserId) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let (a, b) = id.split_at_mut(8);
+    a.copy_from_slice(&owner.to_be_bytes());
+    b.copy_from_slice(&other.to_be_bytes());
+    id
+}
+
+fn slot_of_user(user: UserId) -> Slot {
+    tim_shard::slot_of(&user.to_be_bytes())
+}
+
+impl Rosters {
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
+        Ok(Self {
+            users: table(timuser::DEF.name)?,
+            relate: table(timrelate::DEF.name)?,
+            roster: table(pair::TIMROSTER.name)?,
+            block: table(pair::TIMBLOCK.name)?,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            store,
+        })
+    }
+
+    #[allow(clippy::indexing_slicing)]
+    fn stripe(&self, pair: &Pair) -> &Mutex<()> {
+        let index = pair.id.iter().fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(usize::from(*b)));
+        // In bounds: `stripes` has `STRIPES` entries and the index is taken modulo `STRIPES`.
+        &self.stripes[index % STRIPES]
+    }
+
+    /// Runs store reads on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&*store)).await??)
+    }
+
+    /// Whether `user` is a registered account.
+    pub async fn exists(&self, user: UserId) -> Result<bool, EngineError> {
+        let users = self.users;
+        self.read(move |s| Ok(s.find(users, slot_of_user(user), timuser::UUID, &user.to_be_bytes())?.is_some())).await
+    }
+
+    async fn relation(&self, pair: Pair) -> Result<Relation, EngineError> {
+        let relate = self.relate;
+        let found = self.read(move |s| s.find(relate, pair.slot(), timrelate::UUID, &pair.id)).await?;
+        Ok(match found {
+            Some((row, r)) => {
+                let status = r.get(timrelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0);
+                let (mine, theirs) = pair.split(status);
+                Relation { row: Some(row), mine, theirs }
+            }
+            None => Relation { row: None, mine: NONE, theirs: NONE },
+        })
+    }
+
+    /// Writes the pair's status, or deletes the row when both sides are back to none.
+    fn set_relation(&self, batch: &mut Batch, pair: Pair, rel: &Relation, mine: u8, theirs: u8) {
+        match (rel.row, mine == NONE && theirs == NONE) {
+            (Some(row), true) => {
+                batch.delete(self.relate, row);
+            }
+            (Some(row), false) => {
+                let status = Bytes::copy_from_slice(&[pair.status(mine, theirs)]);
+                batch.update(self.relate, row, vec![(timrelate::STATUS, Some(status))]);
+            }
+            (None, true) => {}
+            (None, false) => {
+                let mut row = Row::new(timrelate::DEF.columns.len());
+                row.set(timrelate::UUID, Bytes::copy_from_slice(&pair.id))
+                    .set(timrelate::STATUS, Bytes::copy_from_slice(&[pair.status(mine, theirs)]));
+                batch.insert(self.relate, pair.slot(), row);
+            }
+        }
+    }
+
+    /// The row of `owner → other` in a pair table.
+    async fn pair_row(&self, table: TableId, owner: UserId, other: UserId) -> Result<Option<RowId>, EngineError> {
+        let key = unikid(owner, other);
+        let found = self.read(move |s| s.find(table, slot_of_user(owner), pair::UNIKID, &key)).await?;
+        Ok(found.map(|(id, _)| id))
+    }
+
+    async fn add_pair_row(
+        &self,
+        batch: &mut Batch,
+        table: TableId,
+        owner: UserId,
+        other: UserId,
+    ) -> Result<(), EngineError> {
+        if self.pair_row(table, owner, other).await?.is_none() {
+            let mut row = Row::new(pair::COLUMNS.len());
+            row.set(pair::UNIKID, Bytes::copy_from_slice(&unikid(owner, other)))
+                .set(pair::UUID, Bytes::copy_from_slice(&owner.to_be_bytes()))
+                .set(pair::TUUID, Bytes::copy_from_slice(&other.to_be_bytes()));
+            batch.insert(table, slot_of_user(owner), row);
+        }
+        Ok(())
+    }
+
+    async fn remove_pair_row(
+        &self,
+        batch: &mut Batch,
+        table: TableId,
+        owner: UserId,
+        other: UserId,
+    ) -> Result<(), EngineError> {
+        if let Some(id) = self.pair_row(table, owner, other).await? {
+            batch.delete(table, id);
+        }
+        Ok(())
+    }
+
+    /// ADDROSTER: asks `other` for friendship, or accepts their request. Asking someone who
+    /// blocked me is 4110; asking a friend again 4117; asking myself 4105. Asking someone I
+    /// blocked lifts my block.
+    pub async fn add(&self, me: UserId, other: UserId) -> Result<Added, EngineError> {
+        if me == other {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        let pair = Pair::of(me, other);
+        let _guard = self.stripe(&pair).lock().await;
+        let rel = self.relation(pair).await?;
+        if rel.theirs == BLOCKED {
+            return Err(ErrorCode::Blocked.into());
+        }
+        if rel.mine == FRIEND && rel.theirs == FRIEND {
+            return Err(ErrorCode::Repetitive.into());
+        }
+        let mut batch = Batch::new();
+        if rel.mine == BLOCKED {
+            self.remove_pair_row(&mut batch, self.block, me, other).await?;
+        }
+        self.set_relation(&mut batch, pair, &rel, FRIEND, rel.theirs);
+        let added = if rel.theirs == FRIEND {
+            self.add_pair_row(&mut batch, self.roster, me, other).await?;
+            self.add_pair_row(&mut batch, self.roster, other, me).await?;
+            Added::Friends
+        } else {
+            Added::Requested
+        };
+        self.store.write(batch).await?;
+        Ok(added)
+    }
+
+    /// REMOVEROSTER: ends a friendship (or my request, or my block). The other side's block,
+    /// if any, stays. `Ok(true)` when the other side is to be told (bnType 6); no relation at
+    /// all is 4104.
+    pub async fn remove(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        let pair = Pair::of(me, other);
+        let _guard = self.stripe(&pair).lock().await;
+        let rel = self.relation(pair).await?;
+        if rel.row.is_none() {
+            return Err(ErrorCode::ParamIncorrect.into());
+        }
+        let mut batch = Batch::new();
+        self.remove_pair_row(&mut batch, self.roster, me, other).await?;
+        self.remove_pair_row(&mut batch, self.roster, other, me).await?;
+        self.remove_pair_row(&mut batch, self.block, me, other).await?;
+        let theirs = if rel.theirs == BLOCKED { BLOCKED } else { NONE };
+        self.set_relation(&mut batch, pair, &rel, NONE, theirs);
+        self.store.write(batch).await?;
+        Ok(theirs == NONE)
+    }
+
+    /// BLOCKROSTER: ends a friendship and blocks `other`. `Ok(true)` when the pair had no
+    /// relation before (TIM tells the other side, bnType 7, only then).
+    pub async fn block(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        if me == other {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        let pair = Pair::of(me, other);
+        let _guard = self.stripe(&pair).lock().await;
+        let rel = self.relation(pair).await?;
+        let mut batch = Batch::new();
+        self.remove_pair_row(&mut batch, self.roster, me, other).await?;
+        self.remove_pair_row(&mut batch, self.roster, other, me).await?;
+        self.add_pair_row(&mut batch, self.block, me, other).await?;
+        // A friendship ends on both sides; the other side's own block stays.
+        let theirs = if rel.theirs == BLOCKED { BLOCKED } else { NONE };
+        self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
+        self.store.write(batch).await?;
+        Ok(rel.row.is_none())
+    }
+
+    /// My friends.
+    pub async fn friends(&self, me: UserId) -> Result<Vec<UserId>, EngineError> {
+        self.list(self.roster, me).await
+    }
+
+    /// The users I blocked.
+    pub async fn blocked(&self, me: UserId) -> Result<Vec<UserId>, EngineError> {
+        self.list(self.block, me).await
+    }
+
+    async fn list(&self, table: TableId, owner: UserId) -> Result<Vec<UserId>, EngineError> {
+        let rows = self
+            .read(move |s| {
+                s.page(table, slot_of_user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, row)| {
+                row.get(pair::TUUID).and_then(|v| v.as_ref().try_into().ok()).map(UserId::from_be_bytes)
+            })
+            .collect())
+    }
+}

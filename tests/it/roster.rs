@@ -1,0 +1,164 @@
+//! Friends and blocks, their pushes, and the offline queue those pushes fall back to.
+
+use std::time::Duration;
+
+use tim_net::client::Client;
+use tim_net::proto::{TimMessage, TimMessageList, TimNodes, TimReq};
+use tim_net::{Encoding, FrameType};
+
+use crate::node::{TestNode, WAIT};
+
+async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Option<&str>) {
+    let req = TimReq {
+        rtype: Some(rtype),
+        node: node.map(str::to_owned),
+        req_str: text.map(str::to_owned),
+        ..TimReq::default()
+    };
+    client.send(FrameType::Business, &req).await.unwrap();
+}
+
+/// The next frame must be a pushed message asking for an ack; it is acked when `ack`.
+async fn pushed(client: &mut Client, ack: bool) -> TimMessage {
+    let frame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.kind, FrameType::Message, "{frame:?}");
+    let id = frame.ack_id.expect("a push asks for an ack");
+    if ack {
+        client.ack(id).await.unwrap();
+    }
+    frame.decode(client.encoding()).unwrap()
+}
+
+async fn roster_of(client: &mut Client, rtype: i32) -> Vec<String> {
+    business(client, rtype, None, None).await;
+    let frame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.kind, FrameType::Nodes);
+    let nodes: TimNodes = frame.decode(client.encoding()).unwrap();
+    assert_eq!(nodes.ntype, if rtype == 1 { 1 } else { 8 });
+    nodes.nodelist.unwrap_or_default()
+}
+
+async fn user(node: &TestNode, name: &str, encoding: Encoding) -> (Client, String) {
+    assert!(node.register(name, "pw", encoding).await.ok);
+    let (client, ack) = node.login(name, "pw", encoding).await;
+    assert!(ack.ok);
+    (client, ack.n.unwrap())
+}
+
+#[tokio::test]
+async fn friend_request_accept_block_and_remove() {
+    let node = TestNode::start(&[]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+
+    // Request: bob is told (bnType 4, with the text); alice gets no reply.
+    business(&mut alice, 4, Some(&bob_node), Some("hi bob")).await;
+    let push = pushed(&mut bob, true).await;
+    assert_eq!((push.ms_type, push.od_type, push.bn_type), (2, 4, Some(4)));
+    assert_eq!(push.from_tid.unwrap().node, alice_node);
+    assert_eq!(push.data_string.as_deref(), Some("hi bob"));
+    assert!(roster_of(&mut alice, 1).await.is_empty(), "not friends before the answer");
+
+    // Accept: alice is told (bnType 5); both rosters list the other.
+    business(&mut bob, 4, Some(&alice_node), Some("sure")).await;
+    let push = pushed(&mut alice, true).await;
+    assert_eq!((push.od_type, push.bn_type), (4, Some(5)));
+    assert_eq!(roster_of(&mut alice, 1).await, vec![bob_node.clone()]);
+    assert_eq!(roster_of(&mut bob, 1).await, vec![alice_node.clone()]);
+    business(&mut alice, 4, Some(&bob_node), Some("again")).await;
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4117));
+
+    // Block: the friendship ends on both sides; a blocked user cannot ask again.
+    business(&mut bob, 7, Some(&alice_node), None).await;
+    let ack = bob.recv_ack(WAIT).await.unwrap();
+    assert_eq!((ack.ok, ack.t, ack.n.as_deref()), (true, Some(7), Some(alice_node.as_str())));
+    assert_eq!(roster_of(&mut bob, 18).await, vec![alice_node.clone()]);
+    assert!(roster_of(&mut alice, 1).await.is_empty());
+    business(&mut alice, 4, Some(&bob_node), Some("please")).await;
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4110));
+
+    // Remove: bob lifts the block; the pair has no relation left and alice is told (bnType 6).
+    business(&mut bob, 6, Some(&alice_node), None).await;
+    let ack = bob.recv_ack(WAIT).await.unwrap();
+    assert_eq!((ack.ok, ack.t), (true, Some(6)));
+    assert_eq!(pushed(&mut alice, true).await.bn_type, Some(6));
+    assert!(roster_of(&mut bob, 18).await.is_empty());
+    business(&mut bob, 6, Some(&alice_node), None).await;
+    assert_eq!(bob.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "no relation left");
+
+    // Bad requests.
+    business(&mut alice, 4, Some(&bob_node), None).await;
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "request text missing");
+    business(&mut alice, 4, Some("not-a-node"), Some("x")).await;
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4106));
+    business(&mut alice, 4, Some(&alice_node), Some("me")).await;
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
+}
+
+/// The next frame must be an offline batch; it is acked when `ack`.
+async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
+    let frame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.kind, FrameType::OfflineMsg, "{frame:?}");
+    let id = frame.ack_id.expect("an offline batch asks for an ack");
+    if ack {
+        client.ack(id).await.unwrap();
+    }
+    let list: TimMessageList = frame.decode(client.encoding()).unwrap();
+    list.message_list.unwrap_or_default()
+}
+
+async fn request_offline(client: &mut Client) {
+    let head = tim_net::frame::client_head(FrameType::OfflineMsg, client.encoding());
+    client.send_raw(bytes::Bytes::copy_from_slice(&[head])).await.unwrap();
+}
+
+#[tokio::test]
+async fn pushes_to_an_offline_user_wait_in_the_offline_queue() {
+    let node = TestNode::start(&["--ack-timeout", "1", "--ack-tries", "1"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
+    let (mut dave, dave_node) = user(&node, "dave", Encoding::Json).await;
+    let carol_node = node.register("carol", "pw", Encoding::Json).await.n.unwrap();
+
+    // Pushes from different sessions are not ordered among themselves: space them out.
+    business(&mut alice, 4, Some(&carol_node), Some("from alice")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    business(&mut dave, 4, Some(&carol_node), Some("from dave")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut carol, _) = node.login("carol", "pw", Encoding::Json).await;
+    request_offline(&mut carol).await;
+    // Not acked: the batch stays queued.
+    let first = batch(&mut carol, false).await;
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|m| m.is_offline == Some(true) && m.bn_type == Some(4)));
+    let senders: Vec<_> = first.iter().map(|m| m.from_tid.clone().unwrap().node).collect();
+    assert_eq!(senders, [alice_node.clone(), dave_node.clone()], "oldest first");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    request_offline(&mut carol).await;
+    assert_eq!(batch(&mut carol, true).await, first, "the unacked batch comes again");
+    let end = carol.recv_within(WAIT).await.unwrap();
+    assert_eq!((end.kind, end.body.len()), (FrameType::OfflineMsgEnd, 0));
+    request_offline(&mut carol).await;
+    assert_eq!(carol.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "nothing more");
+}
+
+#[tokio::test]
+async fn a_push_never_acked_is_retried_then_queued_once() {
+    let node = TestNode::start(&["--ack-timeout", "1", "--ack-tries", "2", "--device-limit", "5"]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+    business(&mut alice, 4, Some(&bob_node), Some("ping me")).await;
+    let first = bob.recv_within(WAIT).await.unwrap();
+    let second = bob.recv_within(WAIT).await.unwrap();
+    assert_eq!((first.kind, second.kind), (FrameType::Message, FrameType::Message));
+    assert_ne!(first.ack_id, second.ack_id, "each attempt has its own ack id");
+    assert_eq!(first.body, second.body);
+    // Given up: now in the offline queue, exactly once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    request_offline(&mut bob).await;
+    let queued = batch(&mut bob, true).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].data_string.as_deref(), Some("ping me"));
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+}
