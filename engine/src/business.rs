@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::error::EngineError;
 use crate::ident::UserId;
-use crate::push::spawn_to_user;
+use crate::push::{spawn_to_user, Fallback};
 use crate::roster::Added;
 use crate::server::Server;
 
@@ -104,7 +104,7 @@ async fn add_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Re
         Added::Requested => notice(me, &node, ADDROSTER, Some(text)),
         Added::Friends => notice(me, &node, FRIEND, None),
     };
-    spawn_to_user(server, other, push);
+    spawn_to_user(server, other, push, Fallback::Store);
     Ok(Reply::Nothing)
 }
 
@@ -114,7 +114,7 @@ async fn remove_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result
     match server.rosters.remove(me, other).await {
         Ok(tell) => {
             if tell {
-                spawn_to_user(server, other, notice(me, &node, REMOVEROSTER, None));
+                spawn_to_user(server, other, notice(me, &node, REMOVEROSTER, None), Fallback::Store);
             }
             Ok(Reply::Ack(done))
         }
@@ -128,7 +128,7 @@ async fn block_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<
     match server.rosters.block(me, other).await {
         Ok(tell) => {
             if tell {
-                spawn_to_user(server, other, notice(me, &node, BLOCKROSTER, None));
+                spawn_to_user(server, other, notice(me, &node, BLOCKROSTER, None), Fallback::Store);
             }
             Ok(Reply::Ack(done))
         }

@@ -94,6 +94,14 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout: u64,
 
+    /// Let users message anyone, not only mutual friends.
+    #[arg(long, env = "TIM_MESSAGE_NOAUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub message_noauth: bool,
+
+    /// Most messages one history request (frame 21) returns.
+    #[arg(long, env = "TIM_MAX_HISTORY_PAGE", default_value_t = 200)]
+    pub max_history_page: usize,
+
     /// How account ids are derived from login names.
     #[arg(long, env = "TIM_NODE_IDS", value_enum, default_value_t = IdScheme::Keyed)]
     pub node_ids: IdScheme,

@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use tim_kv::RowId;
 use tim_net::codec::{body_bytes, Encoding};
 use tim_net::frame::ack_frame;
 use tim_net::proto::{TimMessage, TimMessageList};
@@ -23,6 +24,10 @@ pub enum Payload {
 pub struct Delivery {
     kind: FrameType,
     payload: Payload,
+    /// Offline-queue entries this delivery stands for: the acking session deletes them before
+    /// it reads the client's next frame, so an ack followed by an offline request cannot get
+    /// the same message twice.
+    offline_entries: Vec<RowId>,
     /// The body, encoded once per encoding however many sessions and attempts need it.
     compact: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
@@ -46,6 +51,10 @@ impl Delivery {
         ack_frame(self.kind, ack_id, self.body(encoding))
     }
 
+    pub fn offline_entries(&self) -> &[RowId] {
+        &self.offline_entries
+    }
+
     /// A session's outcome: acked, or given up after its last attempt.
     pub fn report(&self, acked: bool) {
         // The channel holds one report per target session, so it cannot be full; a closed
@@ -54,13 +63,26 @@ impl Delivery {
     }
 }
 
-/// Sends `payload` with ack requests to `sessions`; whether any of them acked.
-pub async fn deliver(sessions: &[SessionHandle], kind: FrameType, payload: Payload) -> bool {
+/// Sends `payload` with ack requests to `sessions`; whether any of them acked. An ack deletes
+/// `offline_entries` from the offline queue.
+pub async fn deliver(
+    sessions: &[SessionHandle],
+    kind: FrameType,
+    payload: Payload,
+    offline_entries: Vec<RowId>,
+) -> bool {
     if sessions.is_empty() {
         return false;
     }
     let (report_tx, mut reports) = mpsc::channel(sessions.len());
-    let delivery = Arc::new(Delivery { kind, payload, compact: OnceLock::new(), json: OnceLock::new(), report_tx });
+    let delivery = Arc::new(Delivery {
+        kind,
+        payload,
+        offline_entries,
+        compact: OnceLock::new(),
+        json: OnceLock::new(),
+        report_tx,
+    });
     for session in sessions {
         // A session whose queue is full is cut off; it simply does not report.
         let _ = session.push_delivery(delivery.clone());

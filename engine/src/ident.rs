@@ -60,6 +60,17 @@ impl UserId {
     }
 }
 
+/// The id of an unordered user pair: the larger id, then the smaller, big-endian. Keys the
+/// pair's relation and their 1:1 conversation.
+pub fn pair_id(a: UserId, b: UserId) -> [u8; 16] {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    let mut id = [0u8; 16];
+    let (first, second) = id.split_at_mut(8);
+    first.copy_from_slice(&hi.to_be_bytes());
+    second.copy_from_slice(&lo.to_be_bytes());
+    id
+}
+
 /// base58 of a u64, most significant digit first, no padding (0 is the empty string).
 /// Hand-written: the general-purpose crates work on byte arrays and would pad leading zeros.
 pub fn encode_base58(mut v: u64) -> String {

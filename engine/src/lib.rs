@@ -3,6 +3,7 @@
 
 mod accounts;
 mod business;
+mod chat;
 pub mod cli;
 mod config;
 mod delivery;

@@ -24,15 +24,15 @@ impl OfflineQueue {
         Ok(Self { store, table })
     }
 
-    /// Appends a message to `user`'s queue.
-    pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<(), EngineError> {
+    /// Appends a message to `user`'s queue; the entry's id.
+    pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<RowId, EngineError> {
         let mut row = Row::new(timoffline::DEF.columns.len());
         row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
             .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
         let mut batch = Batch::new();
         batch.insert(self.table, tim_shard::slot_of(&user.to_be_bytes()), row);
-        self.store.write(batch).await?;
-        Ok(())
+        let ids = self.store.write(batch).await?;
+        ids.first().copied().ok_or(EngineError::Refused(tim_net::proto::ErrorCode::Database))
     }
 
     /// The oldest `limit` entries of `user`'s queue. An entry that no longer decodes is

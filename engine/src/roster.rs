@@ -14,7 +14,7 @@ use tim_net::proto::ErrorCode;
 use tokio::sync::Mutex;
 
 use crate::error::EngineError;
-use crate::ident::UserId;
+use crate::ident::{pair_id, UserId};
 use crate::tables::{pair, timrelate, timuser};
 
 const NONE: u8 = 0;
@@ -59,12 +59,7 @@ struct Pair {
 
 impl Pair {
     fn of(me: UserId, other: UserId) -> Self {
-        let (hi, lo) = if me > other { (me, other) } else { (other, me) };
-        let mut id = [0u8; 16];
-        let (a, b) = id.split_at_mut(8);
-        a.copy_from_slice(&hi.to_be_bytes());
-        b.copy_from_slice(&lo.to_be_bytes());
-        Self { id, me_high: me > other }
+        Self { id: pair_id(me, other), me_high: me > other }
     }
 
     fn slot(&self) -> Slot {
@@ -276,6 +271,12 @@ impl Rosters {
         self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
         self.store.write(batch).await?;
         Ok(rel.row.is_none())
+    }
+
+    /// Whether the two are friends (both halves 1).
+    pub async fn are_friends(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        let rel = self.relation(Pair::of(me, other)).await?;
+        Ok(rel.mine == FRIEND && rel.theirs == FRIEND)
     }
 
     /// My friends.

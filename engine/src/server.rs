@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::accounts::Accounts;
+use crate::chat::History;
 use crate::config::ServeConfig;
 use crate::ident::{encode_base58, Ids};
 use crate::offline::OfflineQueue;
@@ -30,6 +31,7 @@ pub struct Server {
     pub sessions: Sessions,
     pub offline: OfflineQueue,
     pub rosters: Rosters,
+    pub history: History,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
     /// Every session task, awaited at shutdown.
@@ -85,6 +87,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
     let offline = OfflineQueue::new(store.clone())?;
     let rosters = Rosters::new(store.clone())?;
+    let history = History::new(store.clone())?;
     let sessions = Sessions::new(Limits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
@@ -96,6 +99,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         sessions,
         offline,
         rosters,
+        history,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),

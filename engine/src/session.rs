@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, TimAck, TimAuth, TimMessage, TimMessageList, TimReq};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimReq};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -25,6 +25,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::business::Reply;
+use crate::chat::Sender;
 use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
@@ -54,6 +55,8 @@ struct Reassembly {
 
 struct Login {
     user: UserId,
+    /// The session's address as the server states it in messages it sends (`fromTid`).
+    tid: Tid,
     encoding: Encoding,
     /// This session's own handle, for tasks that push to it (the offline drain).
     handle: SessionHandle,
@@ -169,6 +172,14 @@ impl Session {
         self.reply(FrameType::Ack, encoding, &TimAck::error(tim_type, code)).await
     }
 
+    /// Refuses with the code of an engine error, logging internal ones.
+    async fn refuse_with(&mut self, tim_type: u8, encoding: Encoding, e: EngineError) -> Result<(), Close> {
+        if e.is_internal() {
+            warn!(error = %e, frame_type = tim_type, "request failed");
+        }
+        self.refuse(tim_type, encoding, e.wire_code()).await
+    }
+
     async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
         let max = self.server.cfg.max_frame;
         if let Some(mut big) = self.big.take() {
@@ -207,7 +218,7 @@ impl Session {
             (_, false) => Err(Close::FrameBeforeLogin(code)),
             (FrameType::Ack, true) => {
                 if let Ok(id) = frame.ack_id() {
-                    self.on_ack(id);
+                    self.on_ack(id).await;
                 }
                 Ok(())
             }
@@ -238,6 +249,28 @@ impl Session {
                     Reply::Nothing => Ok(()),
                 }
             }
+            (FrameType::Message | FrameType::RevokeMessage | FrameType::BurnMessage, true) => {
+                let (Some(login), Ok(msg)) = (&self.login, frame.decode::<TimMessage>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
+                };
+                let sender = Sender { user: login.user, tid: login.tid.clone() };
+                match crate::chat::send(&self.server, &sender, msg).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
+                }
+            }
+            (FrameType::PullMessage, true) => {
+                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
+                };
+                match crate::chat::pull(&self.server, login.user, &req).await {
+                    Ok(messages) => {
+                        let list = TimMessageList { id: None, message_list: Some(messages) };
+                        self.reply(FrameType::PullMessage, frame.encoding, &list).await
+                    }
+                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
+                }
+            }
             (FrameType::Register | FrameType::Token, true) => {
                 self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
             }
@@ -265,11 +298,16 @@ impl Session {
         self.send(frame).await
     }
 
-    fn on_ack(&mut self, id: u32) {
-        if let Some(pending) = self.pending.remove(&id) {
-            self.ack_timers.remove(&pending.timer);
-            pending.delivery.report(true);
+    async fn on_ack(&mut self, id: u32) {
+        let Some(pending) = self.pending.remove(&id) else { return };
+        self.ack_timers.remove(&pending.timer);
+        let entries = pending.delivery.offline_entries();
+        if !entries.is_empty() {
+            if let Err(e) = self.server.offline.remove(entries).await {
+                warn!(error = %e, "deleting acked offline entries failed");
+            }
         }
+        pending.delivery.report(true);
     }
 
     async fn on_ack_timeout(&mut self, id: u32) -> Result<(), Close> {
@@ -334,7 +372,14 @@ impl Session {
         }
         Span::current().record("uid", user.node());
         info!(termtyp = ?auth.termtyp, "logged in");
-        self.login = Some(Login { user, encoding: frame.encoding, handle, draining: Arc::default() });
+        let tid = Tid {
+            node: user.node(),
+            domain: auth.domain.clone(),
+            resource: auth.resource.clone(),
+            termtyp: auth.termtyp,
+            extend: auth.extend.clone(),
+        };
+        self.login = Some(Login { user, tid, encoding: frame.encoding, handle, draining: Arc::default() });
         self.deadline = Instant::now() + self.server.cfg.ping_timeout();
         let ack = TimAck {
             t: Some(self.server.instance_tag),
@@ -368,11 +413,7 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
         let batch_id = ids.first().map(|id| id.0 as i64);
         let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
         let list = TimMessageList { id: batch_id, message_list: Some(messages) };
-        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list)).await {
-            return;
-        }
-        if let Err(e) = server.offline.remove(&ids).await {
-            warn!(error = %e, "deleting an acked offline batch failed");
+        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list), ids).await {
             return;
         }
     }

@@ -25,6 +25,26 @@ pub mod timuser {
     };
 }
 
+/// Chat history, in the slot of the conversation: the row id is the message's `mid`.
+pub mod timmessage {
+    use super::*;
+    /// Conversation id: for 1:1 chats the larger user id, then the smaller.
+    pub const CHATID: usize = 0;
+    /// Sender user id.
+    pub const FID: usize = 1;
+    /// The message, thrift-compact encoded.
+    pub const STANZA: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        name: "timmessage",
+        columns: &[
+            ColumnDef::indexed("chatid"),
+            ColumnDef::plain("fid"),
+            ColumnDef::sealed("stanza"),
+            ColumnDef::plain("timeseries"),
+        ],
+    };
+}
+
 /// Offline queues, in the slot of the recipient.
 pub mod timoffline {
     use super::*;
@@ -72,15 +92,6 @@ pub mod pair {
     pub const TIMBLOCK: TableDef = TableDef { name: "timblock", columns: COLUMNS };
 }
 
-const TIMMESSAGE: TableDef = TableDef {
-    name: "timmessage",
-    columns: &[
-        ColumnDef::indexed("chatid"),
-        ColumnDef::plain("fid"),
-        ColumnDef::sealed("stanza"),
-        ColumnDef::plain("timeseries"),
-    ],
-};
 const TIMGROUP: TableDef = TableDef {
     name: "timgroup",
     columns: &[
@@ -95,7 +106,7 @@ const TIMGROUP: TableDef = TableDef {
 /// Every table the engine declares at open.
 pub const ALL: &[TableDef] = &[
     timuser::DEF,
-    TIMMESSAGE,
+    timmessage::DEF,
     timoffline::DEF,
     timrelate::DEF,
     pair::TIMROSTER,

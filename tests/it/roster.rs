@@ -8,7 +8,7 @@ use tim_net::{Encoding, FrameType};
 
 use crate::node::{TestNode, WAIT};
 
-async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Option<&str>) {
+pub async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Option<&str>) {
     let req = TimReq {
         rtype: Some(rtype),
         node: node.map(str::to_owned),
@@ -19,7 +19,7 @@ async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Opt
 }
 
 /// The next frame must be a pushed message asking for an ack; it is acked when `ack`.
-async fn pushed(client: &mut Client, ack: bool) -> TimMessage {
+pub async fn pushed(client: &mut Client, ack: bool) -> TimMessage {
     let frame = client.recv_within(WAIT).await.unwrap();
     assert_eq!(frame.kind, FrameType::Message, "{frame:?}");
     let id = frame.ack_id.expect("a push asks for an ack");
@@ -38,7 +38,7 @@ async fn roster_of(client: &mut Client, rtype: i32) -> Vec<String> {
     nodes.nodelist.unwrap_or_default()
 }
 
-async fn user(node: &TestNode, name: &str, encoding: Encoding) -> (Client, String) {
+pub async fn user(node: &TestNode, name: &str, encoding: Encoding) -> (Client, String) {
     assert!(node.register(name, "pw", encoding).await.ok);
     let (client, ack) = node.login(name, "pw", encoding).await;
     assert!(ack.ok);
@@ -96,7 +96,7 @@ async fn friend_request_accept_block_and_remove() {
 }
 
 /// The next frame must be an offline batch; it is acked when `ack`.
-async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
+pub async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
     let frame = client.recv_within(WAIT).await.unwrap();
     assert_eq!(frame.kind, FrameType::OfflineMsg, "{frame:?}");
     let id = frame.ack_id.expect("an offline batch asks for an ack");
@@ -107,7 +107,7 @@ async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
     list.message_list.unwrap_or_default()
 }
 
-async fn request_offline(client: &mut Client) {
+pub async fn request_offline(client: &mut Client) {
     let head = tim_net::frame::client_head(FrameType::OfflineMsg, client.encoding());
     client.send_raw(bytes::Bytes::copy_from_slice(&[head])).await.unwrap();
 }

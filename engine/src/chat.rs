@@ -1,0 +1,203 @@
+//! 1:1 messages (frame 90; 92 and 93 are aliases: `odType` decides), as tim-server.md §2.3.4
+//! describes them.
+//!
+//! A normal message (odType 1) is stored in the conversation's history, which assigns its
+//! `mid`, and in the recipient's offline queue; only then is it echoed, without ack request,
+//! to every session of the sender (the sender's proof of acceptance), so an echoed message
+//! survives a crash. It is then pushed to the recipient with ack requests; an ack removes the
+//! offline entry. Streams (5) reach online sessions only;
+//! custom kinds (> 30) are pushed like normal messages but not kept in history.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::Rng;
+use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
+use tim_net::codec::{body_bytes, decode_body, Encoding};
+use tim_net::frame::encode_server;
+use tim_net::proto::{ErrorCode, Tid, TimMessage, TimReq};
+use tim_net::FrameType;
+
+use crate::error::EngineError;
+use crate::ident::{pair_id, UserId};
+use crate::push::{spawn_to_user, Fallback};
+use crate::server::Server;
+use crate::sessions::Outbound;
+use crate::tables::timmessage;
+
+const MS_USER: i8 = 2;
+const MS_ROOM: i8 = 3;
+const OD_NORMAL: i8 = 1;
+const OD_RECALL: i8 = 2;
+const OD_BURN: i8 = 3;
+const OD_STREAM: i8 = 5;
+/// `odType`s above this are application-defined.
+const OD_CUSTOM_ABOVE: i8 = 30;
+
+/// History of 1:1 conversations.
+pub struct History {
+    store: Arc<dyn Store>,
+    table: TableId,
+}
+
+impl History {
+    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let table = store.table(timmessage::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self { store, table })
+    }
+
+    /// Stores a message of the conversation `chat`; its `mid`.
+    async fn append(&self, chat: [u8; 16], from: UserId, msg: &TimMessage) -> Result<i64, EngineError> {
+        // As stored: the sender reduced to its node, no client id (TIM keeps the same).
+        let stored = TimMessage {
+            id: None,
+            from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
+            ..msg.clone()
+        };
+        let mut row = Row::new(timmessage::DEF.columns.len());
+        row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
+            .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
+            .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
+        let mut batch = Batch::new();
+        batch.insert(self.table, tim_shard::slot_of(&chat), row);
+        let ids = self.store.write(batch).await?;
+        let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
+        i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
+    }
+
+    /// Up to `limit` messages of `chat`, newest first, with `mid` at most `upto` (0: newest)
+    /// and, when given, a timestamp at most `before_ns`.
+    pub async fn page(
+        &self,
+        chat: [u8; 16],
+        upto: i64,
+        limit: usize,
+        before_ns: Option<i64>,
+    ) -> Result<Vec<TimMessage>, EngineError> {
+        let (store, table) = (self.store.clone(), self.table);
+        let cursor = if upto <= 0 { Cursor::NEWEST } else { Cursor::Desc(RowId(upto as u64)) };
+        // A time bound can skip rows, so read ahead in pages until `limit` are found.
+        let rows = tokio::task::spawn_blocking(move || -> Result<Vec<TimMessage>, StoreError> {
+            let slot = tim_shard::slot_of(&chat);
+            let mut out = Vec::new();
+            let mut cursor = cursor;
+            loop {
+                let page = store.page(table, slot, timmessage::CHATID, &chat, cursor, limit.max(1))?;
+                let Some(last) = page.last().map(|(id, _)| *id) else { break };
+                for (mid, row) in page {
+                    let Some(Ok(msg)) =
+                        row.get(timmessage::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact))
+                    else {
+                        continue;
+                    };
+                    if before_ns.is_some_and(|b| msg.timestamp.unwrap_or(0) > b) {
+                        continue;
+                    }
+                    out.push(TimMessage { mid: Some(mid.0 as i64), ..msg });
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+                if last.0 <= 1 {
+                    break;
+                }
+                cursor = Cursor::Desc(RowId(last.0 - 1));
+            }
+            Ok(out)
+        })
+        .await??;
+        Ok(rows)
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// The sender as the server states it.
+pub struct Sender {
+    pub user: UserId,
+    pub tid: Tid,
+}
+
+/// Handles a message frame; `Err` carries the code for the sender's error ack.
+pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<(), EngineError> {
+    match msg.ms_type {
+        MS_USER => {}
+        MS_ROOM => return Err(ErrorCode::InterfaceIncorrect.into()),
+        // msType 1 (system) is the server's alone.
+        _ => return Err(ErrorCode::ParamIncorrect.into()),
+    }
+    let od = msg.od_type;
+    let custom = od > OD_CUSTOM_ABOVE;
+    if !(od == OD_NORMAL || od == OD_STREAM || custom) {
+        // Recall and burn are not offered yet; 4 is server-made only; 6–30 are reserved.
+        return Err(if od == OD_RECALL || od == OD_BURN {
+            ErrorCode::InterfaceIncorrect
+        } else {
+            ErrorCode::ParamIncorrect
+        }
+        .into());
+    }
+    let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
+    let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
+    if !server.rosters.exists(to).await? {
+        return Err(ErrorCode::AccountIncorrect.into());
+    }
+    if !server.cfg.message_noauth && !server.rosters.are_friends(from.user, to).await? {
+        return Err(ErrorCode::PermissionDenied.into());
+    }
+    msg.from_tid = Some(from.tid.clone());
+    msg.timestamp = Some(now_ns());
+    if msg.id.is_none() {
+        msg.id = Some(rand::thread_rng().gen());
+    }
+    msg.mid = None;
+    msg.is_offline = None;
+    match od {
+        OD_STREAM => {
+            for session in server.sessions.of(to) {
+                let _ = session.push(Outbound::Frame(encode_server(FrameType::Message, session.encoding(), &msg)));
+            }
+        }
+        OD_NORMAL => {
+            // Durable before the echo: the history row (which gives the mid) and the
+            // recipient's offline entry, removed again once a session of the recipient acks.
+            let mid = server.history.append(pair_id(from.user, to), from.user, &msg).await?;
+            msg.mid = Some(mid);
+            let queued = server.offline.push(to, &msg).await?;
+            for session in server.sessions.of(from.user) {
+                let _ = session.push(Outbound::Frame(encode_server(FrameType::Message, session.encoding(), &msg)));
+            }
+            spawn_to_user(server, to, msg, Fallback::Queued(queued));
+        }
+        _ => spawn_to_user(server, to, msg, Fallback::Store),
+    }
+    Ok(())
+}
+
+/// PULLMESSAGE (21) of a 1:1 chat: `node` = peer, `reqInt` = newest `mid` wanted (0: the
+/// newest), `reqInt2` = how many (capped), `node2` = optional ns timestamp bound.
+pub async fn pull(server: &Server, me: UserId, req: &TimReq) -> Result<Vec<TimMessage>, EngineError> {
+    let (Some(rtype), Some(node), Some(upto), Some(limit)) =
+        (req.rtype, req.node.as_deref(), req.req_int, req.req_int2)
+    else {
+        return Err(ErrorCode::ParamIncorrect.into());
+    };
+    match rtype {
+        1 => {}
+        2 => return Err(ErrorCode::InterfaceIncorrect.into()),
+        _ => return Err(ErrorCode::ParamIncorrect.into()),
+    }
+    let peer = UserId::parse(node).ok_or(ErrorCode::AccountIncorrect)?;
+    let before_ns = match req.node2.as_deref().filter(|s| !s.is_empty()) {
+        Some(ns) => Some(ns.parse::<i64>().map_err(|_| ErrorCode::ParamIncorrect)?),
+        None => None,
+    };
+    let limit = usize::try_from(limit).unwrap_or(0).min(server.cfg.max_history_page);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    server.history.page(pair_id(me, peer), upto, limit, before_ns).await
+}

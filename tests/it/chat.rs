@@ -1,0 +1,203 @@
+//! 1:1 messages: validation, echo, delivery with ack, offline fallback, history, kinds.
+
+use std::collections::HashSet;
+
+use tim_net::client::Client;
+use tim_net::proto::{Tid, TimMessage, TimMessageList, TimReq};
+use tim_net::{Encoding, FrameType, ServerFrame};
+
+use crate::node::{TestNode, WAIT};
+use crate::roster::{batch, business, pushed, request_offline, user};
+
+fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
+    TimMessage {
+        ms_type: 2,
+        od_type,
+        to_tid: Some(Tid { node: to.into(), ..Tid::default() }),
+        data_string: Some(text.into()),
+        ..TimMessage::default()
+    }
+}
+
+/// Makes the two friends (request, accept, both notices acked).
+async fn befriend(a: &mut Client, a_node: &str, b: &mut Client, b_node: &str) {
+    business(a, 4, Some(b_node), Some("hi")).await;
+    pushed(b, true).await;
+    business(b, 4, Some(a_node), Some("ok")).await;
+    pushed(a, true).await;
+}
+
+/// The echo of a sent message: a type-90 frame without ack request, carrying the `mid`.
+async fn echo(client: &mut Client) -> TimMessage {
+    let frame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!((frame.kind, frame.ack_id), (FrameType::Message, None), "{frame:?}");
+    let msg: TimMessage = frame.decode(client.encoding()).unwrap();
+    assert!(msg.mid.is_some(), "echo carries the mid");
+    msg
+}
+
+async fn history(client: &mut Client, peer: &str, upto: i64, limit: i64) -> Vec<TimMessage> {
+    let req = TimReq {
+        rtype: Some(1),
+        node: Some(peer.into()),
+        req_int: Some(upto),
+        req_int2: Some(limit),
+        ..TimReq::default()
+    };
+    client.send(FrameType::PullMessage, &req).await.unwrap();
+    let frame: ServerFrame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.kind, FrameType::PullMessage, "{frame:?}");
+    let list: TimMessageList = frame.decode(client.encoding()).unwrap();
+    list.message_list.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn messages_are_validated_in_tim_order() {
+    let node = TestNode::start(&[]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Json).await;
+    let (_bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+    let cases = [
+        (text_to(&bob_node, "x", 1), 4105, "not friends"),
+        (text_to("0OIl", "x", 1), 4106, "malformed target"),
+        (TimMessage { ms_type: 1, ..text_to(&bob_node, "x", 1) }, 4104, "system messages are the server's"),
+        (text_to(&bob_node, "x", 4), 4104, "business notices are the server's"),
+        (text_to(&bob_node, "x", 9), 4104, "reserved kind"),
+        (TimMessage { ms_type: 3, ..text_to(&bob_node, "x", 1) }, 4107, "groups not offered yet"),
+    ];
+    for (msg, code, why) in cases {
+        alice.send(FrameType::Message, &msg).await.unwrap();
+        let ack = alice.recv_ack(WAIT).await.unwrap();
+        assert_eq!((ack.ok, ack.tim_type, ack.error_code()), (false, 90, Some(code)), "{why}");
+    }
+    alice.send_raw(bytes::Bytes::from_static(&[0x5A, 0x13])).await.unwrap();
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4113), "undecodable message");
+}
+
+#[tokio::test]
+async fn a_message_is_echoed_to_every_sender_session_and_delivered_with_ack() {
+    let node = TestNode::start(&["--device-limit", "5", "--devicetype-limit", "5"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+    befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+    let (mut alice2, _) = node.login("alice", "pw", Encoding::Compact).await;
+
+    let sent = TimMessage { id: Some(77), ..text_to(&bob_node, "hello bob", 1) };
+    alice.send(FrameType::Message, &sent).await.unwrap();
+    let mine = echo(&mut alice).await;
+    let other_device = echo(&mut alice2).await;
+    assert_eq!(mine, other_device, "both sessions of the sender get the same echo");
+    assert_eq!((mine.id, mine.data_string.as_deref()), (Some(77), Some("hello bob")));
+    let from = mine.from_tid.clone().unwrap();
+    assert_eq!((from.node.as_str(), from.domain.as_deref()), (alice_node.as_str(), Some("test")));
+    assert!(mine.timestamp.is_some());
+
+    let got = pushed(&mut bob, true).await;
+    assert_eq!((got.mid, got.data_string.as_deref()), (mine.mid, Some("hello bob")));
+    let page = history(&mut bob, &alice_node, 0, 10).await;
+    assert_eq!(page.len(), 1);
+    assert_eq!((page[0].mid, page[0].id), (mine.mid, None), "history has the mid, not the client id");
+    // Acked: nothing waits offline.
+    request_offline(&mut bob).await;
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+}
+
+#[tokio::test]
+async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
+    let bob_node = node.register("bob", "pw", Encoding::Json).await.n.unwrap();
+    for i in 0..13 {
+        alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
+        echo(&mut alice).await;
+    }
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Json).await;
+    request_offline(&mut bob).await;
+    let first = batch(&mut bob, true).await;
+    let second = batch(&mut bob, true).await;
+    assert_eq!((first.len(), second.len()), (10, 3), "batches of at most 10");
+    let texts: Vec<_> = first.iter().chain(&second).map(|m| m.data_string.clone().unwrap()).collect();
+    assert_eq!(texts, (0..13).map(|i| format!("m{i}")).collect::<Vec<_>>(), "oldest first");
+    assert!(first.iter().all(|m| m.is_offline == Some(true) && m.mid.is_some()));
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+    request_offline(&mut bob).await;
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "drained");
+}
+
+#[tokio::test]
+async fn history_pages_through_250_messages_without_gap_or_duplicate() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Json).await;
+    let mut mids = Vec::new();
+    for i in 0..250 {
+        alice.send(FrameType::Message, &text_to(&bob_node, &format!("n{i}"), 1)).await.unwrap();
+        mids.push(echo(&mut alice).await.mid.unwrap());
+        pushed(&mut bob, true).await;
+    }
+    assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids increase");
+    assert!(mids.iter().all(|m| *m > 0 && *m < 1 << 53));
+
+    let mut seen = Vec::new();
+    let mut upto = 0;
+    loop {
+        let page = history(&mut bob, &alice_node, upto, 100).await;
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 100);
+        seen.extend(page.iter().map(|m| m.mid.unwrap()));
+        upto = page.last().unwrap().mid.unwrap() - 1;
+    }
+    assert_eq!(seen.len(), 250);
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first, no duplicate");
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), mids.iter().copied().collect(), "no gap");
+    assert_eq!(history(&mut alice, &bob_node, 0, 1000).await.len(), 200, "page size is capped");
+    let upto_exact = mids[9];
+    let page = history(&mut alice, &bob_node, upto_exact, 3).await;
+    assert_eq!(page.iter().map(|m| m.mid.unwrap()).collect::<Vec<_>>(), [mids[9], mids[8], mids[7]], "inclusive bound");
+}
+
+#[tokio::test]
+async fn streams_reach_online_sessions_only_and_custom_kinds_skip_history() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+
+    alice.send(FrameType::Message, &text_to(&bob_node, "live", 5)).await.unwrap();
+    let frame = bob.recv_within(WAIT).await.unwrap();
+    assert_eq!((frame.kind, frame.ack_id), (FrameType::Message, None), "stream: no ack request");
+    let custom = text_to(&bob_node, "custom", 31);
+    alice.send(FrameType::Message, &custom).await.unwrap();
+    assert_eq!(pushed(&mut bob, true).await.od_type, 31);
+    assert!(history(&mut bob, &alice_node, 0, 10).await.is_empty(), "neither is in history");
+
+    drop(bob);
+    // Let the server see bob's session end.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Bob is offline now: a stream is dropped, a custom message waits offline.
+    alice.send(FrameType::Message, &text_to(&bob_node, "lost", 5)).await.unwrap();
+    alice.send(FrameType::Message, &text_to(&bob_node, "kept", 31)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    request_offline(&mut bob).await;
+    let queued = batch(&mut bob, true).await;
+    assert_eq!(queued.iter().map(|m| m.data_string.clone().unwrap()).collect::<Vec<_>>(), ["kept"]);
+}
+
+#[tokio::test]
+async fn an_echoed_message_survives_kill_9() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
+    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+    alice.send(FrameType::Message, &text_to(&bob_node, "durable", 1)).await.unwrap();
+    let mid = echo(&mut alice).await.mid;
+    let dir = node.kill9();
+    let node = TestNode::start_in(dir, &["--message-noauth", "true"]);
+    let (mut bob, ack) = node.login("bob", "pw", Encoding::Compact).await;
+    assert!(ack.ok);
+    let page = history(&mut bob, &alice_node, 0, 10).await;
+    assert_eq!((page.len(), page[0].mid), (1, mid));
+    request_offline(&mut bob).await;
+    let queued = batch(&mut bob, true).await;
+    assert_eq!((queued.len(), queued[0].mid), (1, mid));
+}
