@@ -98,6 +98,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_MESSAGE_NOAUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub message_noauth: bool,
 
+    /// Do not tell friends when a user's last session ends (the `offline=true` presence).
+    #[arg(long, env = "TIM_PRESENCE_OFFLINE_BLOCK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub presence_offline_block: bool,
+
     /// Most messages one history request (frame 21) returns.
     #[arg(long, env = "TIM_MAX_HISTORY_PAGE", default_value_t = 200)]
     pub max_history_page: usize,

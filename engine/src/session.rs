@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimReq};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimPresence, TimReq};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -144,7 +144,11 @@ impl Session {
             Close::TooManyUnacked => info!("closing: too many frames waiting for acks"),
         }
         if let Some(login) = &self.login {
-            self.server.sessions.remove(login.user, self.conn_id);
+            // A session closed for a newer login was already replaced: no offline presence.
+            let last = self.server.sessions.remove(login.user, self.conn_id);
+            if last && !self.server.cfg.presence_offline_block {
+                crate::presence::spawn_offline(&self.server, login.user);
+            }
         }
         // Best effort: a peer that stopped reading does not hold the task past the timeout.
         let _ = tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Close(None))).await;
@@ -255,6 +259,20 @@ impl Session {
                 };
                 let sender = Sender { user: login.user, tid: login.tid.clone() };
                 match crate::chat::send(&self.server, &sender, msg).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
+                }
+            }
+            (FrameType::Presence | FrameType::BroadPresence, true) => {
+                let (Some(login), Ok(presence)) = (&self.login, frame.decode::<TimPresence>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
+                };
+                let result = if frame.kind == FrameType::Presence {
+                    crate::presence::send(&self.server, &login.tid, presence).await
+                } else {
+                    crate::presence::broadcast(&self.server, login.user, &login.tid, presence).await
+                };
+                match result {
                     Ok(()) => Ok(()),
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }

@@ -20,7 +20,7 @@ fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
 }
 
 /// Makes the two friends (request, accept, both notices acked).
-async fn befriend(a: &mut Client, a_node: &str, b: &mut Client, b_node: &str) {
+pub async fn befriend(a: &mut Client, a_node: &str, b: &mut Client, b_node: &str) {
     business(a, 4, Some(b_node), Some("hi")).await;
     pushed(b, true).await;
     business(b, 4, Some(a_node), Some("ok")).await;

@@ -8,4 +8,5 @@ mod chat;
 mod durability;
 mod frames;
 mod node;
+mod presence;
 mod roster;

@@ -1,0 +1,99 @@
+//! Presence (frames 91 and 19): ephemeral, delivered to online sessions only, never stored
+//! (tim-server.md §2.3.5), and the `offline=true` presence sent to a user's friends when the
+//! user's last session on this node ends.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tim_net::frame::encode_server;
+use tim_net::proto::{ErrorCode, Tid, TimPresence};
+use tim_net::{Encoding, FrameType};
+use tracing::warn;
+
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::server::Server;
+use crate::sessions::Outbound;
+
+/// Sends `presence` (as frame 91) to every online session of `users`, encoding it once per
+/// encoding in use.
+fn fan_out(server: &Server, users: &[UserId], presence: &TimPresence) {
+    let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
+    for user in users {
+        for session in server.sessions.of(*user) {
+            let slot = usize::from(session.encoding() == Encoding::Json);
+            let frame = match encoded.get_mut(slot) {
+                Some(Some(frame)) => frame.clone(),
+                Some(cache) => cache.insert(encode_server(FrameType::Presence, session.encoding(), presence)).clone(),
+                None => continue,
+            };
+            let _ = session.push(Outbound::Frame(frame));
+        }
+    }
+}
+
+/// The targets named by `toTid` and `toList`.
+fn named_targets(presence: &TimPresence) -> Vec<&str> {
+    presence
+        .to_tid
+        .iter()
+        .map(|t| t.node.as_str())
+        .chain(presence.to_list.iter().flatten().map(String::as_str))
+        .collect()
+}
+
+/// Stamps a client's presence: the server's `fromTid`, an `id` when absent, never `offline`.
+fn stamp(from: &Tid, mut presence: TimPresence) -> TimPresence {
+    presence.from_tid = Some(from.clone());
+    presence.offline = None;
+    if presence.id.is_none() {
+        presence.id = Some(rand::thread_rng().gen());
+    }
+    presence
+}
+
+/// Frame 91: to `toTid` and/or `toList`, which must all be existing accounts (else 4106).
+pub async fn send(server: &Server, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
+    let names = named_targets(&presence);
+    if names.is_empty() {
+        return Err(ErrorCode::AccountIncorrect.into());
+    }
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
+        let user = UserId::parse(name).ok_or(ErrorCode::AccountIncorrect)?;
+        if !server.rosters.exists(user).await? {
+            return Err(ErrorCode::AccountIncorrect.into());
+        }
+        targets.push(user);
+    }
+    fan_out(server, &targets, &stamp(from, presence));
+    Ok(())
+}
+
+/// Frame 19: to `toTid`/`toList` when given (unchecked, as TIM), else to all my friends.
+pub async fn broadcast(server: &Server, me: UserId, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
+    let named: Vec<UserId> = named_targets(&presence).into_iter().filter_map(UserId::parse).collect();
+    let targets =
+        if presence.to_tid.is_none() && presence.to_list.is_none() { server.rosters.friends(me).await? } else { named };
+    fan_out(server, &targets, &stamp(from, presence));
+    Ok(())
+}
+
+/// Tells `user`'s friends that the user went offline (their last session here ended).
+pub fn spawn_offline(server: &Arc<Server>, user: UserId) {
+    let server_for_task = server.clone();
+    server.tasks.spawn(async move {
+        match server_for_task.rosters.friends(user).await {
+            Ok(friends) => {
+                let presence = TimPresence {
+                    id: Some(rand::thread_rng().gen()),
+                    offline: Some(true),
+                    from_tid: Some(Tid { node: user.node(), ..Tid::default() }),
+                    ..TimPresence::default()
+                };
+                fan_out(&server_for_task, &friends, &presence);
+            }
+            Err(e) => warn!(error = %e, "offline presence not sent"),
+        }
+    });
+}
