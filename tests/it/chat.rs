@@ -201,3 +201,32 @@ async fn an_echoed_message_survives_kill_9() {
     let queued = batch(&mut bob, true).await;
     assert_eq!((queued.len(), queued[0].mid), (1, mid));
 }
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing() {
+    let node = TestNode::start(&["--message-noauth", "true", "--outbound-queue", "4", "--ack-timeout", "30"]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
+    // Bob reads nothing and acks nothing; carol keeps up.
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+    let (mut carol, carol_node) = user(&node, "carol", Encoding::Json).await;
+    let big = "x".repeat(100_000);
+    for i in 0..20 {
+        alice.send(FrameType::Message, &text_to(&bob_node, &format!("{i}:{big}"), 1)).await.unwrap();
+        echo(&mut alice).await;
+        alice.send(FrameType::Message, &text_to(&carol_node, &format!("c{i}"), 1)).await.unwrap();
+        echo(&mut alice).await;
+        let got = pushed(&mut carol, true).await;
+        assert_eq!(got.data_string, Some(format!("c{i}")), "carol is served in step");
+    }
+    // Bob's session was cut off once four frames waited for his acks; nothing was lost.
+    bob.closed_within(WAIT).await.expect("slow reader cut off");
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    request_offline(&mut bob).await;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        texts.extend(batch(&mut bob, true).await.into_iter().map(|m| m.data_string.unwrap()));
+    }
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+    let expected: Vec<_> = (0..20).map(|i| format!("{i}:{big}")).collect();
+    assert_eq!(texts, expected, "every message once, in order");
+}
