@@ -6,7 +6,8 @@
 //! to every session of the sender (the sender's proof of acceptance), so an echoed message
 //! survives a crash. It is then pushed to the recipient with ack requests; an ack removes the
 //! offline entry. Streams (5) reach online sessions only;
-//! custom kinds (> 30) are pushed like normal messages but not kept in history.
+//! custom kinds (> 30) are pushed like normal messages but not kept in history; recall (2)
+//! and burn (3) delete a stored message.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,6 +65,24 @@ impl History {
         let ids = self.store.write(batch).await?;
         let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
         i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
+    }
+
+    /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when
+    /// the conversation has no such message, 4105 when someone else sent it.
+    async fn remove(&self, chat: [u8; 16], author: UserId, mid: i64) -> Result<(), EngineError> {
+        let (store, table) = (self.store.clone(), self.table);
+        let id = RowId(u64::try_from(mid).map_err(|_| ErrorCode::ParamIncorrect)?);
+        let row = tokio::task::spawn_blocking(move || store.get(table, id)).await??;
+        let Some(row) = row.filter(|r| r.get(timmessage::CHATID).is_some_and(|c| c.as_ref() == chat)) else {
+            return Err(ErrorCode::ParamIncorrect.into());
+        };
+        if row.get(timmessage::FID).is_none_or(|f| f.as_ref() != author.to_be_bytes()) {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        let mut batch = Batch::new();
+        batch.delete(self.table, id);
+        self.store.write(batch).await?;
+        Ok(())
     }
 
     /// Up to `limit` messages of `chat`, newest first, with `mid` at most `upto` (0: newest)
@@ -131,14 +150,9 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     }
     let od = msg.od_type;
     let custom = od > OD_CUSTOM_ABOVE;
-    if !(od == OD_NORMAL || od == OD_STREAM || custom) {
-        // Recall and burn are not offered yet; 4 is server-made only; 6–30 are reserved.
-        return Err(if od == OD_RECALL || od == OD_BURN {
-            ErrorCode::InterfaceIncorrect
-        } else {
-            ErrorCode::ParamIncorrect
-        }
-        .into());
+    if !(matches!(od, OD_NORMAL | OD_RECALL | OD_BURN | OD_STREAM) || custom) {
+        // 4 is server-made only; 6–30 are reserved.
+        return Err(ErrorCode::ParamIncorrect.into());
     }
     let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
     let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
@@ -153,8 +167,11 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     if msg.id.is_none() {
         msg.id = Some(rand::thread_rng().gen());
     }
-    msg.mid = None;
     msg.is_offline = None;
+    if od == OD_RECALL || od == OD_BURN {
+        return recall_or_burn(server, from, to, msg).await;
+    }
+    msg.mid = None;
     match od {
         OD_STREAM => {
             for session in server.sessions.of(to) {
@@ -174,6 +191,21 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
         }
         _ => spawn_to_user(server, to, msg, Fallback::Store),
     }
+    Ok(())
+}
+
+/// Recall (odType 2, by the message's sender) and burn-after-reading (odType 3, by its
+/// recipient): the stored message is deleted, along with copies still waiting in the
+/// recipient's offline queue (who then never receives it), and both sides are told with the
+/// same frame, offline sides included.
+async fn recall_or_burn(server: &Arc<Server>, from: &Sender, to: UserId, msg: TimMessage) -> Result<(), EngineError> {
+    let mid = msg.mid.filter(|m| *m > 0).ok_or(ErrorCode::ParamIncorrect)?;
+    // Recall: I sent it and the peer holds it; burn: the peer sent it and I hold it.
+    let (author, holder) = if msg.od_type == OD_RECALL { (from.user, to) } else { (to, from.user) };
+    server.history.remove(pair_id(from.user, to), author, mid).await?;
+    server.offline.remove_message(holder, mid).await?;
+    spawn_to_user(server, from.user, msg.clone(), Fallback::Store);
+    spawn_to_user(server, to, msg, Fallback::Store);
     Ok(())
 }
 

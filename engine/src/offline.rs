@@ -13,6 +13,9 @@ use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::tables::timoffline;
 
+/// Most queued copies of one message a user can have (one per delivery of it).
+const MAX_COPIES: usize = 64;
+
 pub struct OfflineQueue {
     store: Arc<dyn Store>,
     table: TableId,
@@ -29,6 +32,9 @@ impl OfflineQueue {
         let mut row = Row::new(timoffline::DEF.columns.len());
         row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
             .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
+        if let Some(mid) = msg.mid {
+            row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
+        }
         let mut batch = Batch::new();
         batch.insert(self.table, tim_shard::slot_of(&user.to_be_bytes()), row);
         let ids = self.store.write(batch).await?;
@@ -57,6 +63,26 @@ impl OfflineQueue {
             self.remove(&broken).await?;
         }
         Ok(out)
+    }
+
+    /// Deletes `user`'s queued copies of message `mid` (a recalled or burned message).
+    pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
+        let (store, table) = (self.store.clone(), self.table);
+        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let rows = tokio::task::spawn_blocking(move || {
+            store.page(table, slot, timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
+        })
+        .await??;
+        let owner = user.to_be_bytes();
+        let ids: Vec<RowId> = rows
+            .into_iter()
+            .filter(|(_, row)| row.get(timoffline::UUID).is_some_and(|u| u.as_ref() == owner))
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.remove(&ids).await
     }
 
     /// Deletes delivered entries.

@@ -52,13 +52,16 @@ pub mod timoffline {
     pub const UUID: usize = 0;
     /// The message, thrift-compact encoded.
     pub const STANZA: usize = 2;
+    /// The message's `mid`, when it has one (8 bytes big-endian): recall and burn find the
+    /// queued copies by it.
+    pub const MID: usize = 3;
     pub const DEF: TableDef = TableDef {
         name: "timoffline",
         columns: &[
             ColumnDef::indexed("uuid"),
             ColumnDef::plain("chatid"),
             ColumnDef::sealed("stanza"),
-            ColumnDef::plain("mid"),
+            ColumnDef::indexed("mid"),
         ],
     };
 }

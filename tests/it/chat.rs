@@ -230,3 +230,62 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing() 
     let expected: Vec<_> = (0..20).map(|i| format!("{i}:{big}")).collect();
     assert_eq!(texts, expected, "every message once, in order");
 }
+
+fn recall_or_burn(to: &str, mid: Option<i64>, od_type: i8) -> TimMessage {
+    TimMessage { mid, data_string: None, ..text_to(to, "", od_type) }
+}
+
+#[tokio::test]
+async fn recall_and_burn_delete_the_message_and_tell_both_sides() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+
+    // Recall, online: only the sender may; both sides get the notice; history loses it.
+    alice.send(FrameType::Message, &text_to(&bob_node, "oops", 1)).await.unwrap();
+    let mid = echo(&mut alice).await.mid;
+    assert_eq!(pushed(&mut bob, true).await.mid, mid);
+    bob.send(FrameType::RevokeMessage, &recall_or_burn(&alice_node, mid, 2)).await.unwrap();
+    assert_eq!(bob.recv_ack(WAIT).await.unwrap().error_code(), Some(4105), "only the sender recalls");
+    alice.send(FrameType::Message, &recall_or_burn(&bob_node, None, 2)).await.unwrap();
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "mid required");
+    alice.send(FrameType::RevokeMessage, &recall_or_burn(&bob_node, mid, 2)).await.unwrap();
+    let to_bob = pushed(&mut bob, true).await;
+    let to_alice = pushed(&mut alice, true).await;
+    assert_eq!((to_bob.od_type, to_bob.mid), (2, mid));
+    assert_eq!((to_alice.od_type, to_alice.mid), (2, mid));
+    assert!(history(&mut bob, &alice_node, 0, 10).await.is_empty());
+    alice.send(FrameType::RevokeMessage, &recall_or_burn(&bob_node, mid, 2)).await.unwrap();
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "already gone");
+
+    // Burn: only the recipient may.
+    alice.send(FrameType::Message, &text_to(&bob_node, "read once", 1)).await.unwrap();
+    let mid = echo(&mut alice).await.mid;
+    pushed(&mut bob, true).await;
+    alice.send(FrameType::BurnMessage, &recall_or_burn(&bob_node, mid, 3)).await.unwrap();
+    assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4105), "the sender cannot burn");
+    bob.send(FrameType::BurnMessage, &recall_or_burn(&alice_node, mid, 3)).await.unwrap();
+    assert_eq!((pushed(&mut bob, true).await.od_type, pushed(&mut alice, true).await.od_type), (3, 3));
+    assert!(history(&mut alice, &bob_node, 0, 10).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_recalled_message_never_reaches_an_offline_recipient() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
+    let bob_node = node.register("bob", "pw", Encoding::Json).await.n.unwrap();
+    alice.send(FrameType::Message, &text_to(&bob_node, "keep", 1)).await.unwrap();
+    echo(&mut alice).await;
+    alice.send(FrameType::Message, &text_to(&bob_node, "take back", 1)).await.unwrap();
+    let mid = echo(&mut alice).await.mid;
+    alice.send(FrameType::Message, &recall_or_burn(&bob_node, mid, 2)).await.unwrap();
+    assert_eq!(pushed(&mut alice, true).await.od_type, 2);
+
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Json).await;
+    request_offline(&mut bob).await;
+    let queued = batch(&mut bob, true).await;
+    let kinds: Vec<_> = queued.iter().map(|m| (m.od_type, m.data_string.clone())).collect();
+    assert_eq!(kinds, [(1, Some("keep".to_owned())), (2, None)], "the original is gone, the notice remains");
+    assert_eq!(queued[1].from_tid.clone().unwrap().node, alice_node);
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+}
