@@ -289,3 +289,35 @@ async fn a_recalled_message_never_reaches_an_offline_recipient() {
     assert_eq!(queued[1].from_tid.clone().unwrap().node, alice_node);
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
 }
+
+#[tokio::test]
+async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound() {
+    let node = TestNode::start(&["--message-noauth", "true", "--ack-timeout", "1", "--ack-tries", "2"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+    alice.send(FrameType::Message, &text_to(&bob_node, "unacked", 1)).await.unwrap();
+    let sent = echo(&mut alice).await;
+    // Two attempts, never acked.
+    let (a, b) = (pushed(&mut bob, false).await, pushed(&mut bob, false).await);
+    assert_eq!((a.mid, b.mid), (sent.mid, sent.mid));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    request_offline(&mut bob).await;
+    let queued = batch(&mut bob, true).await;
+    assert_eq!(queued.iter().map(|m| m.mid).collect::<Vec<_>>(), [sent.mid], "exactly one offline copy");
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+
+    // node2 bounds the timestamp: nothing is older than the first message's time minus 1 ns.
+    let before_first = (sent.timestamp.unwrap() - 1).to_string();
+    let req = TimReq {
+        rtype: Some(1),
+        node: Some(alice_node.clone()),
+        node2: Some(before_first),
+        req_int: Some(0),
+        req_int2: Some(10),
+        ..TimReq::default()
+    };
+    bob.send(FrameType::PullMessage, &req).await.unwrap();
+    let list: TimMessageList = bob.recv_within(WAIT).await.unwrap().decode(Encoding::Compact).unwrap();
+    assert!(list.message_list.unwrap_or_default().is_empty());
+    assert_eq!(history(&mut bob, &alice_node, 0, 10).await.len(), 1);
+}
