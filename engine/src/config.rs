@@ -102,6 +102,14 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_PRESENCE_OFFLINE_BLOCK", default_value_t = false, action = clap::ArgAction::Set)]
     pub presence_offline_block: bool,
 
+    /// Most entries in one user's offline queue; past it the oldest are dropped (and logged).
+    #[arg(long, env = "TIM_OFFLINE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub offline_max_entries: usize,
+
+    /// Seconds an entry may wait in an offline queue before it is dropped (and logged).
+    #[arg(long, env = "TIM_OFFLINE_MAX_AGE", default_value_t = 30 * 24 * 3600)]
+    pub offline_max_age: u64,
+
     /// Most messages one history request (frame 21) returns.
     #[arg(long, env = "TIM_MAX_HISTORY_PAGE", default_value_t = 200)]
     pub max_history_page: usize,
@@ -196,6 +204,9 @@ impl ServeConfig {
         }
         if self.max_frame < 64 || self.max_frame > 1 << 30 {
             return invalid("max_frame", "must be between 64 bytes and 1 GiB");
+        }
+        if self.offline_max_entries == 0 {
+            return invalid("offline_max_entries", "must be at least 1");
         }
         if self.outbound_queue == 0 {
             return invalid("outbound_queue", "must be at least 1");

@@ -1,12 +1,20 @@
 //! Offline queues: messages for users who had no session, or never acked, kept in `timoffline`
 //! in the recipient's slot and drained oldest first (frame 17).
+//!
+//! Each queue is capped by entry count and by age; what falls over a cap is dropped oldest
+//! first and counted in the log. Counts are cached per user (computed from the index the first
+//! time a user's queue grows after start) and checked exactly before anything is dropped, so a
+//! stale count can delay a drop but never cause a wrong one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
-use tim_net::proto::TimMessage;
+use tim_net::proto::{ErrorCode, TimMessage};
 use tracing::warn;
 
 use crate::error::EngineError;
@@ -15,19 +23,50 @@ use crate::tables::timoffline;
 
 /// Most queued copies of one message a user can have (one per delivery of it).
 const MAX_COPIES: usize = 64;
+/// Most users whose queue length is cached; past it the cache starts over.
+const MAX_TRACKED: usize = 100_000;
+
+/// Caps of each user's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineLimits {
+    pub max_entries: usize,
+    pub max_age: Duration,
+}
 
 pub struct OfflineQueue {
     store: Arc<dyn Store>,
     table: TableId,
+    limits: OfflineLimits,
+    counts: Mutex<HashMap<UserId, usize>>,
+    dropped: AtomicU64,
+}
+
+fn slot_of(user: UserId) -> Slot {
+    tim_shard::slot_of(&user.to_be_bytes())
 }
 
 impl OfflineQueue {
-    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn Store>, limits: OfflineLimits) -> Result<Self, StoreError> {
         let table = store.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { store, table })
+        Ok(Self { store, table, limits, counts: Mutex::new(HashMap::new()), dropped: AtomicU64::new(0) })
     }
 
-    /// Appends a message to `user`'s queue; the entry's id.
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `limit` entry ids of `user`'s queue, oldest first (index only, blocking pool).
+    async fn entry_ids(&self, user: UserId, limit: usize) -> Result<Vec<RowId>, EngineError> {
+        let (store, table) = (self.store.clone(), self.table);
+        let ids = tokio::task::spawn_blocking(move || {
+            store.ids(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+        })
+        .await??;
+        Ok(ids)
+    }
+
+    /// Appends a message to `user`'s queue; the entry's id. A queue over `max_entries` loses
+    /// its oldest entries.
     pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<RowId, EngineError> {
         let mut row = Row::new(timoffline::DEF.columns.len());
         row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
@@ -36,31 +75,73 @@ impl OfflineQueue {
             row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
         }
         let mut batch = Batch::new();
-        batch.insert(self.table, tim_shard::slot_of(&user.to_be_bytes()), row);
-        let ids = self.store.write(batch).await?;
-        ids.first().copied().ok_or(EngineError::Refused(tim_net::proto::ErrorCode::Database))
+        batch.insert(self.table, slot_of(user), row);
+        let entry = self.store.write(batch).await?.first().copied().ok_or(EngineError::Refused(ErrorCode::Database))?;
+
+        let cached = self.counts().get_mut(&user).map(|n| {
+            *n += 1;
+            *n
+        });
+        let count = match cached {
+            Some(n) => n,
+            None => {
+                let n = self.entry_ids(user, self.limits.max_entries + 1).await?.len();
+                let mut counts = self.counts();
+                if counts.len() >= MAX_TRACKED {
+                    counts.clear();
+                }
+                counts.insert(user, n);
+                n
+            }
+        };
+        if count > self.limits.max_entries {
+            self.trim(user).await?;
+        }
+        Ok(entry)
     }
 
-    /// The oldest `limit` entries of `user`'s queue. An entry that no longer decodes is
-    /// dropped (logged) rather than left to block the queue.
+    /// Drops the oldest entries over `max_entries`, after counting them exactly.
+    async fn trim(&self, user: UserId) -> Result<(), EngineError> {
+        let max = self.limits.max_entries;
+        let ids = self.entry_ids(user, max.saturating_add(MAX_COPIES * 16)).await?;
+        let excess = ids.len().saturating_sub(max);
+        self.counts().insert(user, ids.len().min(max));
+        if let Some(oldest) = ids.get(..excess).filter(|o| !o.is_empty()) {
+            self.delete(oldest).await?;
+            self.count_dropped(user, oldest.len(), "over the entry cap");
+        }
+        Ok(())
+    }
+
+    fn count_dropped(&self, user: UserId, n: usize, why: &'static str) {
+        let total = self.dropped.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        warn!(uid = %user.node(), dropped = n, dropped_total = total, why, "offline entries dropped");
+    }
+
+    /// The oldest `limit` entries of `user`'s queue. Entries past `max_age`, and entries that
+    /// no longer decode, are dropped (logged) rather than left to block the queue.
     pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
         let (store, table) = (self.store.clone(), self.table);
-        let slot = tim_shard::slot_of(&user.to_be_bytes());
         let rows = tokio::task::spawn_blocking(move || {
-            store.page(table, slot, timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+            store.page(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
         })
         .await??;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let oldest_kept = i64::try_from(now.saturating_sub(self.limits.max_age).as_nanos()).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(rows.len());
-        let mut broken = Vec::new();
+        let (mut expired, mut broken) = (Vec::new(), Vec::new());
         for (id, row) in rows {
             match row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact)) {
+                Some(Ok(msg)) if msg.timestamp.is_some_and(|t| t < oldest_kept) => expired.push(id),
                 Some(Ok(msg)) => out.push((id, msg)),
                 _ => broken.push(id),
             }
         }
-        if !broken.is_empty() {
-            warn!(count = broken.len(), "dropping undecodable offline entries");
-            self.remove(&broken).await?;
+        for (ids, why) in [(expired, "older than the age cap"), (broken, "undecodable")] {
+            if !ids.is_empty() {
+                self.remove(user, &ids).await?;
+                self.count_dropped(user, ids.len(), why);
+            }
         }
         Ok(out)
     }
@@ -68,9 +149,8 @@ impl OfflineQueue {
     /// Deletes `user`'s queued copies of message `mid` (a recalled or burned message).
     pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
         let (store, table) = (self.store.clone(), self.table);
-        let slot = tim_shard::slot_of(&user.to_be_bytes());
         let rows = tokio::task::spawn_blocking(move || {
-            store.page(table, slot, timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
+            store.page(table, slot_of(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
         })
         .await??;
         let owner = user.to_be_bytes();
@@ -82,11 +162,19 @@ impl OfflineQueue {
         if ids.is_empty() {
             return Ok(());
         }
-        self.remove(&ids).await
+        self.remove(user, &ids).await
     }
 
-    /// Deletes delivered entries.
-    pub async fn remove(&self, ids: &[RowId]) -> Result<(), EngineError> {
+    /// Deletes `user`'s delivered (or dropped) entries.
+    pub async fn remove(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
+        self.delete(ids).await?;
+        if let Some(n) = self.counts().get_mut(&user) {
+            *n = n.saturating_sub(ids.len());
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, ids: &[RowId]) -> Result<(), EngineError> {
         let mut batch = Batch::new();
         for id in ids {
             batch.delete(self.table, *id);

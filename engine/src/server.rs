@@ -17,7 +17,7 @@ use crate::accounts::Accounts;
 use crate::chat::History;
 use crate::config::ServeConfig;
 use crate::ident::{encode_base58, Ids};
-use crate::offline::OfflineQueue;
+use crate::offline::{OfflineLimits, OfflineQueue};
 use crate::roster::Rosters;
 use crate::secret::Secret;
 use crate::sessions::{Limits, Sessions};
@@ -85,7 +85,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
     let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
-    let offline = OfflineQueue::new(store.clone())?;
+    let offline = OfflineQueue::new(
+        store.clone(),
+        OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
+    )?;
     let rosters = Rosters::new(store.clone())?;
     let history = History::new(store.clone())?;
     let sessions = Sessions::new(Limits {

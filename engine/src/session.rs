@@ -320,8 +320,8 @@ impl Session {
         let Some(pending) = self.pending.remove(&id) else { return };
         self.ack_timers.remove(&pending.timer);
         let entries = pending.delivery.offline_entries();
-        if !entries.is_empty() {
-            if let Err(e) = self.server.offline.remove(entries).await {
+        if let (false, Some(login)) = (entries.is_empty(), &self.login) {
+            if let Err(e) = self.server.offline.remove(login.user, entries).await {
                 warn!(error = %e, "deleting acked offline entries failed");
             }
         }

@@ -330,7 +330,7 @@ impl Store for RocksStore {
         self.inner.read_row(table, id)
     }
 
-    fn page(
+    fn ids(
         &self,
         table: TableId,
         slot: Slot,
@@ -338,7 +338,7 @@ impl Store for RocksStore {
         value: &[u8],
         cursor: Cursor,
         limit: usize,
-    ) -> Result<Vec<(RowId, Row)>, StoreError> {
+    ) -> Result<Vec<RowId>, StoreError> {
         let inner = &*self.inner;
         let def = inner.def(table)?;
         let column = inner.indexed_column(def, column)?;
@@ -369,6 +369,21 @@ impl Store for RocksStore {
                 ids.push(id);
             }
         }
+        Ok(ids)
+    }
+
+    fn page(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<(RowId, Row)>, StoreError> {
+        let ids = self.ids(table, slot, column, value, cursor, limit)?;
+        let inner = &*self.inner;
+        let def = inner.def(table)?;
         let rows_cf = inner.cf(CF_ROWS)?;
         let raws = inner.db.multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
         let mut out = Vec::with_capacity(ids.len());

@@ -170,6 +170,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(self.page(table, slot, column, value, Cursor::OLDEST, 1)?.into_iter().next())
     }
 
+    /// The ids of up to `limit` rows of `slot` whose indexed `column` equals `value`, in id
+    /// order from the cursor (inclusive); reads the index only.
+    fn ids(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RowId>, StoreError>;
+
     /// Up to `limit` rows of `slot` whose indexed `column` equals `value`, in id order from
     /// the cursor (inclusive).
     fn page(

@@ -321,3 +321,31 @@ async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound()
     assert!(list.message_list.unwrap_or_default().is_empty());
     assert_eq!(history(&mut bob, &alice_node, 0, 10).await.len(), 1);
 }
+
+#[tokio::test]
+async fn offline_queues_are_capped_by_count_and_age() {
+    let node = TestNode::start(&["--message-noauth", "true", "--offline-max-entries", "5"]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
+    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+    for i in 0..8 {
+        alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
+        echo(&mut alice).await;
+    }
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    request_offline(&mut bob).await;
+    let texts: Vec<_> = batch(&mut bob, true).await.into_iter().map(|m| m.data_string.unwrap()).collect();
+    assert_eq!(texts, ["m3", "m4", "m5", "m6", "m7"], "the oldest were dropped");
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+    assert!(node.log().contains("offline entries dropped"), "drops are logged");
+
+    let node = TestNode::start(&["--message-noauth", "true", "--offline-max-age", "1"]);
+    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
+    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+    alice.send(FrameType::Message, &text_to(&bob_node, "stale", 1)).await.unwrap();
+    echo(&mut alice).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    request_offline(&mut bob).await;
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "expired entries dropped");
+    assert!(node.log().contains("older than the age cap"));
+}
