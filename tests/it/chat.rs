@@ -349,3 +349,20 @@ async fn offline_queues_are_capped_by_count_and_age() {
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "expired entries dropped");
     assert!(node.log().contains("older than the age cap"));
 }
+
+#[tokio::test]
+async fn a_message_burned_while_queued_is_never_delivered() {
+    let node = TestNode::start(&["--message-noauth", "true"]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
+    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+    alice.send(FrameType::Message, &text_to(&bob_node, "burn me", 1)).await.unwrap();
+    let mid = echo(&mut alice).await.mid;
+    // Bob logs in and burns it (he knows its mid from history) before draining his queue.
+    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    assert_eq!(history(&mut bob, &alice_node, 0, 1).await[0].mid, mid);
+    bob.send(FrameType::BurnMessage, &recall_or_burn(&alice_node, mid, 3)).await.unwrap();
+    assert_eq!(pushed(&mut bob, true).await.od_type, 3);
+    assert_eq!(pushed(&mut alice, true).await.od_type, 3);
+    request_offline(&mut bob).await;
+    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "the original is gone");
+}
