@@ -46,8 +46,7 @@ pub async fn handle(server: &Arc<Server>, user: UserId, req: &TimReq) -> Reply {
         Some(ROSTER) => list(server.rosters.friends(user).await, NTYPE_ROSTER),
         Some(BLOCKROSTERLIST) => list(server.rosters.blocked(user).await, NTYPE_BLOCKROSTERLIST),
         Some(ADDROSTER) => add_roster(server, user, req).await,
-        Some(REMOVEROSTER) => remove_roster(server, user, req).await,
-        Some(BLOCKROSTER) => block_roster(server, user, req).await,
+        Some(rtype @ (REMOVEROSTER | BLOCKROSTER)) => unfriend(server, user, req, rtype).await,
         Some(MODIFYAUTH) => modify_auth(server, user, req).await,
         Some(rtype) if NOT_YET.contains(&rtype) => Err(ErrorCode::InterfaceIncorrect.into()),
         // 5 and 10 are notification codes only; anything else is no operation at all.
@@ -108,27 +107,20 @@ async fn add_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Re
     Ok(Reply::Nothing)
 }
 
-async fn remove_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Reply, EngineError> {
+/// REMOVEROSTER (6) and BLOCKROSTER (7): answered with their own ack (`t`, `n`); the other
+/// side gets the notice with bnType = rtype when the roster says so.
+async fn unfriend(server: &Arc<Server>, me: UserId, req: &TimReq, rtype: i32) -> Result<Reply, EngineError> {
     let (other, node) = target(server, req).await?;
-    let done = TimAck { t: Some(i64::from(REMOVEROSTER)), n: Some(node.clone()), ..TimAck::ok(BUSINESS) };
-    match server.rosters.remove(me, other).await {
+    let done = TimAck { t: Some(i64::from(rtype)), n: Some(node.clone()), ..TimAck::ok(BUSINESS) };
+    let outcome = if rtype == BLOCKROSTER {
+        server.rosters.block(me, other).await
+    } else {
+        server.rosters.remove(me, other).await
+    };
+    match outcome {
         Ok(tell) => {
             if tell {
-                spawn_to_user(server, other, notice(me, &node, REMOVEROSTER, None), Fallback::Store);
-            }
-            Ok(Reply::Ack(done))
-        }
-        Err(e) => Ok(Reply::Ack(failure(Some(done), e))),
-    }
-}
-
-async fn block_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Reply, EngineError> {
-    let (other, node) = target(server, req).await?;
-    let done = TimAck { t: Some(i64::from(BLOCKROSTER)), n: Some(node.clone()), ..TimAck::ok(BUSINESS) };
-    match server.rosters.block(me, other).await {
-        Ok(tell) => {
-            if tell {
-                spawn_to_user(server, other, notice(me, &node, BLOCKROSTER, None), Fallback::Store);
+                spawn_to_user(server, other, notice(me, &node, rtype, None), Fallback::Store);
             }
             Ok(Reply::Ack(done))
         }

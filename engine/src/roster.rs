@@ -201,6 +201,20 @@ impl Rosters {
         Ok(())
     }
 
+    /// Removes both roster rows: a friendship ends on both sides. The other side's half that
+    /// remains: its block, if it blocked me, else nothing.
+    async fn end_friendship(
+        &self,
+        batch: &mut Batch,
+        me: UserId,
+        other: UserId,
+        rel: &Relation,
+    ) -> Result<u8, EngineError> {
+        self.remove_pair_row(batch, self.roster, me, other).await?;
+        self.remove_pair_row(batch, self.roster, other, me).await?;
+        Ok(if rel.theirs == BLOCKED { BLOCKED } else { NONE })
+    }
+
     /// ADDROSTER: asks `other` for friendship, or accepts their request. Asking someone who
     /// blocked me is 4110; asking a friend again 4117; asking myself 4105. Asking someone I
     /// blocked lifts my block.
@@ -244,10 +258,8 @@ impl Rosters {
             return Err(ErrorCode::ParamIncorrect.into());
         }
         let mut batch = Batch::new();
-        self.remove_pair_row(&mut batch, self.roster, me, other).await?;
-        self.remove_pair_row(&mut batch, self.roster, other, me).await?;
+        let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
         self.remove_pair_row(&mut batch, self.block, me, other).await?;
-        let theirs = if rel.theirs == BLOCKED { BLOCKED } else { NONE };
         self.set_relation(&mut batch, pair, &rel, NONE, theirs);
         self.store.write(batch).await?;
         Ok(theirs == NONE)
@@ -263,11 +275,8 @@ impl Rosters {
         let _guard = self.stripe(&pair).lock().await;
         let rel = self.relation(pair).await?;
         let mut batch = Batch::new();
-        self.remove_pair_row(&mut batch, self.roster, me, other).await?;
-        self.remove_pair_row(&mut batch, self.roster, other, me).await?;
+        let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
         self.add_pair_row(&mut batch, self.block, me, other).await?;
-        // A friendship ends on both sides; the other side's own block stays.
-        let theirs = if rel.theirs == BLOCKED { BLOCKED } else { NONE };
         self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
         self.store.write(batch).await?;
         Ok(rel.row.is_none())
