@@ -19,18 +19,31 @@ struct Cli {
 enum Command {
     /// Run a node: client listener (WebSocket /tim, HTTP /tim2) on an embedded RocksDB store.
     Serve(ServeConfig),
+    /// Load generator: measure a running node (loopback only); see benches/README.md.
+    Bench(tim_tools::bench::BenchArgs),
 }
 
 /// Entry point of the `tim` binary.
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
-    let Some(("serve", serve_matches)) = matches.subcommand() else {
-        // clap requires a subcommand, so this is unreachable in practice.
-        return ExitCode::FAILURE;
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
     };
-    if let Err(e) = Cli::from_arg_matches(&matches) {
-        e.exit();
-    }
+    let serve_matches = match (cli.command, matches.subcommand()) {
+        (Command::Serve(_), Some(("serve", serve_matches))) => serve_matches,
+        (Command::Bench(args), _) => {
+            return match tim_tools::bench::main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tim bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        // clap matched the subcommand it parsed, so this is unreachable in practice.
+        (Command::Serve(_), _) => return ExitCode::FAILURE,
+    };
     let cfg = match ServeConfig::from_matches(serve_matches) {
         Ok(cfg) => cfg,
         Err(e) => {

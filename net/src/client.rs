@@ -1,14 +1,14 @@
 //! A Rust client for TIM servers: WebSocket `/tim` sessions and HTTP `/tim2` requests.
 //! Used by the end-to-end tests and the load generator.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -64,15 +64,42 @@ impl Client {
         encoding: Encoding,
         origin: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::open(addr, None, encoding, origin).await
+    }
+
+    /// Opens `ws://addr/tim` from the local address `from` (a load generator spreads its
+    /// connections over source addresses, each good for ~28k ports).
+    pub async fn connect_from(addr: SocketAddr, from: IpAddr, encoding: Encoding) -> Result<Self, ClientError> {
+        Self::open(addr, Some(from), encoding, Some(DEFAULT_ORIGIN)).await
+    }
+
+    async fn open(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        encoding: Encoding,
+        origin: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut request: Request<()> = format!("ws://{addr}/tim").into_client_request()?;
         if let Some(origin) = origin {
             let value = HeaderValue::from_str(origin)
                 .map_err(|e| ClientError::Ws(tokio_tungstenite::tungstenite::Error::HttpFormat(e.into())))?;
             request.headers_mut().insert("origin", value);
         }
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = match from {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         tcp.set_nodelay(true)?;
-        let config = WebSocketConfig::default().max_message_size(Some(MAX_INBOUND)).max_frame_size(Some(MAX_INBOUND));
+        // Small buffers: a load generator holds thousands of these.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_INBOUND))
+            .max_frame_size(Some(MAX_INBOUND))
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0);
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
         Ok(Self { ws, encoding })
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod auth;
+mod bench;
 mod chat;
 mod durability;
 mod frames;

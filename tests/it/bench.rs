@@ -1,0 +1,52 @@
+//! `tim bench` against a real server: the scenarios run, stop by themselves, account for every
+//! message and write their JSON report.
+
+use std::process::Command;
+
+use crate::node::TestNode;
+
+fn bench(node: &TestNode, json: &std::path::Path, scenario: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["bench", "--server", &node.addr.to_string(), "--json"])
+        .arg(json)
+        .args(scenario)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "tim bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
+
+fn figure(report: &serde_json::Value, name: &str) -> f64 {
+    report["figures"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap()["value"].as_f64().unwrap()
+}
+
+#[test]
+fn connect_and_chat_scenarios_report_every_message() {
+    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let connect = bench(&node, &dir.path().join("connect.json"), &["connect", "--connections", "20", "--settle", "0"]);
+    assert_eq!(connect["scenario"], "connect");
+    assert_eq!(figure(&connect, "connections"), 20.0);
+    assert!(connect["machine"]["cores"].as_u64().unwrap() >= 1);
+
+    let args = ["chat", "--pairs", "3", "--duration", "1", "--rate", "300"];
+    let chat = bench(&node, &dir.path().join("chat.json"), &args);
+    let sent = figure(&chat, "messages sent");
+    assert!(sent > 100.0, "about 300 offered, {sent} sent");
+    assert_eq!(figure(&chat, "messages delivered"), sent);
+    assert_eq!(figure(&chat, "messages echoed"), sent);
+    assert_eq!(figure(&chat, "messages lost") + figure(&chat, "messages duplicated"), 0.0);
+    // A second run finds the accounts and friendships of the first.
+    let again = bench(&node, &dir.path().join("again.json"), &args);
+    assert_eq!(figure(&again, "messages lost"), 0.0);
+}
+
+#[test]
+fn bench_refuses_non_loopback_targets() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["bench", "--server", "10.0.0.1:20003", "connect"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+}

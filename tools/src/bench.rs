@@ -1,0 +1,188 @@
+//! `tim bench`: a load generator that speaks TIM's protocol through the `tim-net` client, for
+//! repeatable figures. It only targets loopback addresses, every scenario is bounded in time
+//! and connections, and with `--server-pid` it reads the server's memory and CPU time from
+//! `/proc`, figures that do not depend on how fast the generator is.
+
+mod chat;
+mod connect;
+mod machine;
+mod report;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tim_net::client::{post_tim2, Client};
+use tim_net::proto::{TimAck, TimAuth};
+use tim_net::{Encoding, FrameType};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use machine::ServerProcess;
+use report::Report;
+
+/// Password of the bench's accounts.
+const PASSWORD: &str = "bench-password";
+/// Connections per source address (an address has ~28k ephemeral ports per destination).
+const PER_SOURCE_ADDRESS: usize = 20_000;
+/// How long one connect, login or reply may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// The server's client listener; loopback addresses only.
+    #[arg(long, global = true, default_value = "127.0.0.1:20003")]
+    pub server: SocketAddr,
+    /// The server's process id, to report its memory and CPU time.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Wire encoding of the generated clients.
+    #[arg(long, global = true, value_enum, default_value_t = Wire::Compact)]
+    pub encoding: Wire,
+    /// Prefix of the bench's account names (accounts are registered when missing).
+    #[arg(long, global = true, default_value = "bench")]
+    pub prefix: String,
+    /// Registrations, connects and logins in flight at once.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, clap::Subcommand, serde::Serialize)]
+pub enum Scenario {
+    /// Open N authenticated connections and hold them idle: memory per connection, connect rate.
+    Connect(connect::ConnectArgs),
+    /// N pairs of friends exchange 1:1 messages: throughput, echo and delivery latency.
+    Chat(chat::ChatArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
+pub enum Wire {
+    Compact,
+    Json,
+}
+
+impl From<Wire> for Encoding {
+    fn from(w: Wire) -> Self {
+        match w {
+            Wire::Compact => Encoding::Compact,
+            Wire::Json => Encoding::Json,
+        }
+    }
+}
+
+/// Runs `tim bench`.
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.server.ip().is_loopback() {
+        bail!("tim bench only targets loopback addresses (127.0.0.0/8, ::1), not {}", args.server.ip());
+    }
+    machine::raise_open_files();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        match &args.scenario {
+            Scenario::Connect(c) => connect::run(&args, c).await,
+            Scenario::Chat(c) => chat::run(&args, c).await,
+        }
+    })?;
+    report.print();
+    if let Some(path) = &args.json {
+        report.write_json(path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl BenchArgs {
+    fn server_process(&self) -> Option<ServerProcess> {
+        self.server_pid.map(ServerProcess::new)
+    }
+
+    fn auth(&self, name: &str) -> TimAuth {
+        TimAuth {
+            name: Some(format!("{}-{name}", self.prefix)),
+            pwd: Some(PASSWORD.into()),
+            domain: Some("bench".into()),
+            ..TimAuth::default()
+        }
+    }
+
+    /// Registers the named accounts; an existing one (from an earlier run) is fine.
+    async fn register(&self, names: &[String]) -> anyhow::Result<()> {
+        self.in_parallel(names.iter().map(|name| {
+            let (server, auth) = (self.server, self.auth(name));
+            async move {
+                let ack = post_tim2(server, FrameType::Register, Encoding::Json, &auth).await?;
+                if ack.ok || ack.error_code() == Some(4101) {
+                    Ok(())
+                } else {
+                    bail!("registration refused: {:?}", ack.error)
+                }
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Logs each named account in on its own connection; clients and nodes, in order.
+    async fn logins(&self, names: &[String]) -> anyhow::Result<Vec<(Client, String)>> {
+        let encoding = Encoding::from(self.encoding);
+        self.in_parallel(names.iter().enumerate().map(|(i, name)| {
+            let (server, auth) = (self.server, self.auth(name));
+            async move {
+                let mut client = Client::connect_from(server, source_address(i), encoding).await?;
+                let ack = client.login(&auth, WAIT).await?;
+                let node = node_of(ack)?;
+                Ok((client, node))
+            }
+        }))
+        .await
+    }
+
+    /// Runs the futures with at most `concurrency` at once; their results in order.
+    async fn in_parallel<T, F>(&self, futures: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut set = JoinSet::new();
+        for (i, future) in futures.enumerate() {
+            let permit = permits.clone().acquire_owned().await?;
+            set.spawn(async move {
+                let out = future.await;
+                drop(permit);
+                (i, out)
+            });
+        }
+        let mut out: Vec<Option<T>> = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            let (i, result) = joined?;
+            if out.len() <= i {
+                out.resize_with(i + 1, || None);
+            }
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(result?);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// The node in a successful login ack.
+fn node_of(ack: TimAck) -> anyhow::Result<String> {
+    match (ack.ok, ack.n) {
+        (true, Some(node)) => Ok(node),
+        _ => bail!("login refused: {:?}", ack.error),
+    }
+}
+
+/// Source address of connection `i`: 127.0.0.1, then 127.0.0.2, … every `PER_SOURCE_ADDRESS`.
+fn source_address(i: usize) -> IpAddr {
+    let n = u32::try_from(i / PER_SOURCE_ADDRESS).unwrap_or(0).min(250);
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 1)) + n))
+}
