@@ -63,18 +63,29 @@ impl Delivery {
     }
 }
 
-/// Sends `payload` with ack requests to `sessions`; whether any of them acked. An ack deletes
-/// `offline_entries` from the offline queue.
-pub async fn deliver(
-    sessions: &[SessionHandle],
-    kind: FrameType,
-    payload: Payload,
-    offline_entries: Vec<RowId>,
-) -> bool {
-    if sessions.is_empty() {
-        return false;
+/// The outcome of a delivery handed to its sessions.
+pub struct Outcome {
+    reports: mpsc::Receiver<bool>,
+}
+
+impl Outcome {
+    /// Whether any session acked: waits for the first ack, or until every session gave up or
+    /// ended.
+    pub async fn acked(mut self) -> bool {
+        while let Some(acked) = self.reports.recv().await {
+            if acked {
+                return true;
+            }
+        }
+        false
     }
-    let (report_tx, mut reports) = mpsc::channel(sessions.len());
+}
+
+/// Hands `payload` to `sessions` to send with ack requests, now: deliveries started in order
+/// reach each session's queue in that order. An ack deletes `offline_entries` from the
+/// offline queue.
+pub fn start(sessions: &[SessionHandle], kind: FrameType, payload: Payload, offline_entries: Vec<RowId>) -> Outcome {
+    let (report_tx, reports) = mpsc::channel(sessions.len().max(1));
     let delivery = Arc::new(Delivery {
         kind,
         payload,
@@ -89,11 +100,15 @@ pub async fn deliver(
     }
     // From here only the sessions hold the delivery: when the last one reports or drops it,
     // the channel closes.
-    drop(delivery);
-    while let Some(acked) = reports.recv().await {
-        if acked {
-            return true;
-        }
-    }
-    false
+    Outcome { reports }
+}
+
+/// [`start`], then waits for the outcome.
+pub async fn deliver(
+    sessions: &[SessionHandle],
+    kind: FrameType,
+    payload: Payload,
+    offline_entries: Vec<RowId>,
+) -> bool {
+    start(sessions, kind, payload, offline_entries).acked().await
 }

@@ -8,7 +8,7 @@ use tim_net::proto::TimMessage;
 use tim_net::FrameType;
 use tracing::warn;
 
-use crate::delivery::{deliver, Payload};
+use crate::delivery::{start, Payload};
 use crate::ident::UserId;
 use crate::server::Server;
 
@@ -21,23 +21,23 @@ pub enum Fallback {
     Queued(RowId),
 }
 
-/// Delivers in a tracked background task, so the caller does not wait for acks.
+/// Hands the message to the user's sessions now (so pushes to one user keep their order) and
+/// waits for the outcome in a tracked background task, so the caller does not wait for acks.
 pub fn spawn_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallback: Fallback) {
-    let server_for_task = server.clone();
-    server.tasks.spawn(async move { to_user(&server_for_task, user, msg, fallback).await });
-}
-
-async fn to_user(server: &Server, user: UserId, msg: TimMessage, fallback: Fallback) {
     let sessions = server.sessions.of(user);
     let entries = match fallback {
         Fallback::Store => Vec::new(),
         Fallback::Queued(entry) => vec![entry],
     };
     let store = entries.is_empty();
-    let acked = deliver(&sessions, FrameType::Message, Payload::Message(Box::new(msg.clone())), entries).await;
-    if !acked && store {
-        if let Err(e) = server.offline.push(user, &msg).await {
-            warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
+    let payload = Payload::Message(Box::new(msg.clone()));
+    let outcome = start(&sessions, FrameType::Message, payload, entries);
+    let server_for_task = server.clone();
+    server.tasks.spawn(async move {
+        if !outcome.acked().await && store {
+            if let Err(e) = server_for_task.offline.push(user, &msg).await {
+                warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
+            }
         }
-    }
+    });
 }

@@ -36,6 +36,7 @@ fn connect_and_chat_scenarios_report_every_message() {
     assert_eq!(figure(&chat, "messages delivered"), sent);
     assert_eq!(figure(&chat, "messages echoed"), sent);
     assert_eq!(figure(&chat, "messages lost") + figure(&chat, "messages duplicated"), 0.0);
+    assert_eq!(figure(&chat, "messages reordered"), 0.0, "a conversation is delivered in order");
     // A second run finds the accounts and friendships of the first.
     let again = bench(&node, &dir.path().join("again.json"), &args);
     assert_eq!(figure(&again, "messages lost"), 0.0);

@@ -43,12 +43,7 @@ impl Machine {
         let (open_files_soft, open_files_hard) = rlimit_nofile();
         let memory_kib =
             std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| field_kib(&text, "MemTotal:")).unwrap_or(0);
-        Self {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_kib,
-            open_files_soft,
-            open_files_hard,
-        }
+        Self { cores: online_cores(), memory_kib, open_files_soft, open_files_hard }
     }
 }
 
@@ -87,6 +82,14 @@ impl ServerProcess {
         let ticks: u64 = [11usize, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
         Ok(Sample { rss_kib, cpu_secs: ticks as f64 / clock_ticks() })
     }
+}
+
+/// Cores of the machine, not of this process's CPU affinity (the bench is usually pinned).
+#[allow(unsafe_code)]
+fn online_cores() -> usize {
+    // SAFETY: sysconf reads a constant of the running system.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 #[allow(unsafe_code)]
