@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::proto::ErrorCode;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
@@ -215,6 +215,14 @@ impl Rosters {
         Ok(if rel.theirs == BLOCKED { BLOCKED } else { NONE })
     }
 
+    /// Locks the pair against concurrent changes and reads its relation.
+    async fn lock_pair(&self, me: UserId, other: UserId) -> Result<(MutexGuard<'_, ()>, Pair, Relation), EngineError> {
+        let pair = Pair::of(me, other);
+        let guard = self.stripe(&pair).lock().await;
+        let rel = self.relation(pair).await?;
+        Ok((guard, pair, rel))
+    }
+
     /// ADDROSTER: asks `other` for friendship, or accepts their request. Asking someone who
     /// blocked me is 4110; asking a friend again 4117; asking myself 4105. Asking someone I
     /// blocked lifts my block.
@@ -222,9 +230,7 @@ impl Rosters {
         if me == other {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let pair = Pair::of(me, other);
-        let _guard = self.stripe(&pair).lock().await;
-        let rel = self.relation(pair).await?;
+        let (_guard, pair, rel) = self.lock_pair(me, other).await?;
         if rel.theirs == BLOCKED {
             return Err(ErrorCode::Blocked.into());
         }
@@ -251,9 +257,7 @@ impl Rosters {
     /// if any, stays. `Ok(true)` when the other side is to be told (bnType 6); no relation at
     /// all is 4104.
     pub async fn remove(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
-        let pair = Pair::of(me, other);
-        let _guard = self.stripe(&pair).lock().await;
-        let rel = self.relation(pair).await?;
+        let (_guard, pair, rel) = self.lock_pair(me, other).await?;
         if rel.row.is_none() {
             return Err(ErrorCode::ParamIncorrect.into());
         }
@@ -271,9 +275,7 @@ impl Rosters {
         if me == other {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let pair = Pair::of(me, other);
-        let _guard = self.stripe(&pair).lock().await;
-        let rel = self.relation(pair).await?;
+        let (_guard, pair, rel) = self.lock_pair(me, other).await?;
         let mut batch = Batch::new();
         let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
         self.add_pair_row(&mut batch, self.block, me, other).await?;
