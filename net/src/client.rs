@@ -142,9 +142,14 @@ impl Client {
         Ok(())
     }
 
+    /// Sends a frame without body: ping (13), offline-message request (17).
+    pub async fn send_empty(&mut self, kind: FrameType) -> Result<(), ClientError> {
+        self.send_raw(Bytes::copy_from_slice(&[client_head(kind, self.encoding)])).await
+    }
+
     /// Sends a ping frame (type 13).
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        self.send_raw(Bytes::copy_from_slice(&[client_head(FrameType::Ping, self.encoding)])).await
+        self.send_empty(FrameType::Ping).await
     }
 
     /// Acknowledges a frame that asked for an ack (type 12 + the 4 id bytes).

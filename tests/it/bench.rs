@@ -37,6 +37,10 @@ fn connect_and_chat_scenarios_report_every_message() {
     assert_eq!(figure(&chat, "messages echoed"), sent);
     assert_eq!(figure(&chat, "messages lost") + figure(&chat, "messages duplicated"), 0.0);
     assert_eq!(figure(&chat, "messages reordered"), 0.0, "a conversation is delivered in order");
+    let offline = bench(&node, &dir.path().join("offline.json"), &["offline", "--users", "4", "--messages", "25"]);
+    assert_eq!(figure(&offline, "messages queued"), 100.0);
+    assert_eq!(figure(&offline, "messages drained"), 100.0);
+    assert_eq!(figure(&offline, "users drained completely and in order"), 4.0);
     // A second run finds the accounts and friendships of the first.
     let again = bench(&node, &dir.path().join("again.json"), &args);
     assert_eq!(figure(&again, "messages lost"), 0.0);

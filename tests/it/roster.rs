@@ -108,8 +108,7 @@ pub async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
 }
 
 pub async fn request_offline(client: &mut Client) {
-    let head = tim_net::frame::client_head(FrameType::OfflineMsg, client.encoding());
-    client.send_raw(bytes::Bytes::copy_from_slice(&[head])).await.unwrap();
+    client.send_empty(FrameType::OfflineMsg).await.unwrap();
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 mod chat;
 mod connect;
 mod machine;
+mod offline;
 mod report;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +61,8 @@ pub enum Scenario {
     Connect(connect::ConnectArgs),
     /// N pairs of friends exchange 1:1 messages: throughput, echo and delivery latency.
     Chat(chat::ChatArgs),
+    /// Fill N users' offline queues, then log them in and drain them: the drain rate.
+    Offline(offline::OfflineArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
@@ -88,6 +91,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         match &args.scenario {
             Scenario::Connect(c) => connect::run(&args, c).await,
             Scenario::Chat(c) => chat::run(&args, c).await,
+            Scenario::Offline(c) => offline::run(&args, c).await,
         }
     })?;
     report.print();

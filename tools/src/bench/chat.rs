@@ -10,7 +10,7 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use tim_net::client::Client;
 use tim_net::proto::{Tid, TimMessage, TimNodes, TimReq};
-use tim_net::FrameType;
+use tim_net::{FrameType, ServerFrame};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::{BenchArgs, Report, WAIT};
@@ -148,9 +148,9 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
 }
 
 /// Makes the two friends unless they already are (from an earlier run).
-async fn befriend(s: &mut Client, s_node: &str, r: &mut Client, r_node: &str) -> anyhow::Result<()> {
+pub(super) async fn befriend(s: &mut Client, s_node: &str, r: &mut Client, r_node: &str) -> anyhow::Result<()> {
     s.send(FrameType::Business, &TimReq { rtype: Some(1), ..TimReq::default() }).await?;
-    let roster: TimNodes = s.recv_within(WAIT).await?.decode(s.encoding())?;
+    let roster: TimNodes = next_of(s, FrameType::Nodes).await?.decode(s.encoding())?;
     if roster.nodelist.unwrap_or_default().iter().any(|n| n == r_node) {
         return Ok(());
     }
@@ -162,10 +162,22 @@ async fn befriend(s: &mut Client, s_node: &str, r: &mut Client, r_node: &str) ->
 async fn ask(asker: &mut Client, answerer: &mut Client, target: &str) -> anyhow::Result<()> {
     let req = TimReq { rtype: Some(4), node: Some(target.into()), req_str: Some("bench".into()), ..TimReq::default() };
     asker.send(FrameType::Business, &req).await?;
-    let push = answerer.recv_within(WAIT).await?;
-    let Some(id) = push.ack_id else { bail!("expected a friend notice, got {:?}", push.kind) };
+    let push = next_of(answerer, FrameType::Message).await?;
+    let Some(id) = push.ack_id else { bail!("expected a friend notice, got a message without ack request") };
     answerer.ack(id).await?;
     Ok(())
+}
+
+/// The next frame of `kind`, skipping others (presence of friends coming and going).
+pub(super) async fn next_of(client: &mut Client, kind: FrameType) -> anyhow::Result<ServerFrame> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = client.recv_within(left).await?;
+        if frame.kind == kind {
+            return Ok(frame);
+        }
+    }
 }
 
 /// What one task measured.
