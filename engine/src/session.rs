@@ -82,7 +82,9 @@ struct Session {
     out_tx: mpsc::Sender<Outbound>,
     out_rx: mpsc::Receiver<Outbound>,
     pending: HashMap<u32, Pending>,
-    ack_timers: DelayQueue<u32>,
+    /// Created at the first frame that asks for an ack: an idle session does not carry a
+    /// timer wheel (several KiB).
+    ack_timers: Option<DelayQueue<u32>>,
 }
 
 pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
@@ -102,7 +104,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
         out_tx,
         out_rx,
         pending: HashMap::new(),
-        ack_timers: DelayQueue::new(),
+        ack_timers: None,
     };
     session.serve().instrument(span).await;
 }
@@ -117,12 +119,14 @@ impl Session {
                 inbound = self.ws.recv() => match inbound {
                     None | Some(Ok(Message::Close(_))) => Err(Close::ClientClosed),
                     Some(Err(e)) => Err(read_error(e)),
-                    Some(Ok(Message::Binary(data))) => self.on_message(data).await,
-                    Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await,
+                    // Boxed: the handlers' state (a login awaits a password hash) would otherwise
+                    // be part of every idle session's future.
+                    Some(Ok(Message::Binary(data))) => Box::pin(self.on_message(data)).await,
+                    Some(Ok(Message::Text(text))) => Box::pin(self.on_message(Bytes::from(text))).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 },
                 Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
-                Some(expired) = self.ack_timers.next(), if !self.ack_timers.is_empty() => {
+                Some(expired) = next_expired(&mut self.ack_timers), if self.ack_timers.as_ref().is_some_and(|q| !q.is_empty()) => {
                     self.on_ack_timeout(expired.into_inner()).await
                 }
             };
@@ -311,14 +315,16 @@ impl Session {
         }
         let id = self.server.next_ack_id();
         let frame = delivery.frame(id, login.encoding);
-        let timer = self.ack_timers.insert(id, self.server.cfg.ack_timeout());
+        let timer = self.ack_timers.get_or_insert_with(DelayQueue::new).insert(id, self.server.cfg.ack_timeout());
         self.pending.insert(id, Pending { delivery, attempt, timer });
         self.send(frame).await
     }
 
     async fn on_ack(&mut self, id: u32) {
         let Some(pending) = self.pending.remove(&id) else { return };
-        self.ack_timers.remove(&pending.timer);
+        if let Some(timers) = &mut self.ack_timers {
+            timers.remove(&pending.timer);
+        }
         let entries = pending.delivery.offline_entries();
         if let (false, Some(login)) = (entries.is_empty(), &self.login) {
             if let Err(e) = self.server.offline.remove(login.user, entries).await {
@@ -406,6 +412,14 @@ impl Session {
             ..TimAck::ok(AUTH)
         };
         self.reply(FrameType::Ack, frame.encoding, &ack).await
+    }
+}
+
+/// The next expired ack timer; pending forever when there is no timer queue.
+async fn next_expired(timers: &mut Option<DelayQueue<u32>>) -> Option<delay_queue::Expired<u32>> {
+    match timers {
+        Some(timers) => timers.next().await,
+        None => std::future::pending().await,
     }
 }
 
