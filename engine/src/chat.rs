@@ -16,15 +16,13 @@ use bytes::Bytes;
 use rand::Rng;
 use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
-use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, Tid, TimMessage, TimReq};
 use tim_net::FrameType;
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
-use crate::push::{spawn_to_user, Fallback};
+use crate::push::{frames_to, spawn_to_user, Fallback};
 use crate::server::Server;
-use crate::sessions::Outbound;
 use crate::tables::timmessage;
 
 const MS_USER: i8 = 2;
@@ -174,9 +172,7 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     msg.mid = None;
     match od {
         OD_STREAM => {
-            for session in server.sessions.of(to) {
-                let _ = session.push(Outbound::Frame(encode_server(FrameType::Message, session.encoding(), &msg)));
-            }
+            frames_to(server.sessions.of(to), FrameType::Message, &msg);
         }
         OD_NORMAL => {
             // Durable before the echo: the history row (which gives the mid) and the
@@ -184,9 +180,7 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
             let mid = server.history.append(pair_id(from.user, to), from.user, &msg).await?;
             msg.mid = Some(mid);
             let queued = server.offline.push(to, &msg).await?;
-            for session in server.sessions.of(from.user) {
-                let _ = session.push(Outbound::Frame(encode_server(FrameType::Message, session.encoding(), &msg)));
-            }
+            frames_to(server.sessions.of(from.user), FrameType::Message, &msg);
             spawn_to_user(server, to, msg, Fallback::Queued(queued));
         }
         _ => spawn_to_user(server, to, msg, Fallback::Store),

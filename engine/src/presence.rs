@@ -5,31 +5,18 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, Tid, TimPresence};
-use tim_net::{Encoding, FrameType};
+use tim_net::FrameType;
 use tracing::warn;
 
 use crate::error::EngineError;
 use crate::ident::UserId;
+use crate::push::frames_to;
 use crate::server::Server;
-use crate::sessions::Outbound;
 
-/// Sends `presence` (as frame 91) to every online session of `users`, encoding it once per
-/// encoding in use.
+/// Sends `presence` (as frame 91) to every online session of `users`.
 fn fan_out(server: &Server, users: &[UserId], presence: &TimPresence) {
-    let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
-    for user in users {
-        for session in server.sessions.of(*user) {
-            let slot = usize::from(session.encoding() == Encoding::Json);
-            let frame = match encoded.get_mut(slot) {
-                Some(Some(frame)) => frame.clone(),
-                Some(cache) => cache.insert(encode_server(FrameType::Presence, session.encoding(), presence)).clone(),
-                None => continue,
-            };
-            let _ = session.push(Outbound::Frame(frame));
-        }
-    }
+    frames_to(users.iter().flat_map(|user| server.sessions.of(*user)), FrameType::Presence, presence);
 }
 
 /// The targets named by `toTid` and `toList`.

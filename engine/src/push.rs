@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use tim_kv::RowId;
+use tim_net::codec::TimStruct;
+use tim_net::frame::encode_server;
 use tim_net::proto::TimMessage;
-use tim_net::FrameType;
+use tim_net::{Encoding, FrameType};
 use tracing::warn;
 
 use crate::delivery::{start, Payload};
 use crate::ident::UserId;
 use crate::server::Server;
+use crate::sessions::{Outbound, SessionHandle};
 
 /// Where an undelivered message ends up.
 pub enum Fallback {
@@ -40,4 +43,17 @@ pub fn spawn_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallba
             }
         }
     });
+}
+
+/// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`; encodes it
+/// once per encoding in use. Best effort: a full queue cuts that session off (online-only
+/// frames are not kept).
+pub fn frames_to<T: TimStruct>(sessions: impl IntoIterator<Item = SessionHandle>, kind: FrameType, body: &T) {
+    let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
+    for session in sessions {
+        let slot = usize::from(session.encoding() == Encoding::Json);
+        let Some(cache) = encoded.get_mut(slot) else { continue };
+        let frame = cache.get_or_insert_with(|| encode_server(kind, session.encoding(), body)).clone();
+        let _ = session.push(Outbound::Frame(frame));
+    }
 }
