@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use bytes::Bytes;
-use tim_kv::{Batch, Row, Store, StoreError, TableId};
+use tim_kv::{Batch, Row, RowId, Store, StoreError, TableId};
 use tim_net::proto::ErrorCode;
 use tokio::sync::Semaphore;
 
@@ -123,11 +123,7 @@ impl Accounts {
         if new.is_empty() {
             return Err(FAILED);
         }
-        let (store, users) = (self.store.clone(), self.users);
-        let slot = tim_shard::slot_of(&user.to_be_bytes());
-        let found =
-            tokio::task::spawn_blocking(move || store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await??;
-        let Some((row_id, row)) = found else { return Err(FAILED) };
+        let Some((row_id, row)) = self.row_of(user).await? else { return Err(FAILED) };
         let stored = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
         if !self.check(old, stored).await? {
             return Err(FAILED);
@@ -137,6 +133,18 @@ impl Accounts {
         batch.update(self.users, row_id, vec![(timuser::PWD, Some(Bytes::from(hash)))]);
         self.store.write(batch).await?;
         Ok(())
+    }
+
+    /// Whether `user` is a registered account.
+    pub async fn exists(&self, user: UserId) -> Result<bool, EngineError> {
+        Ok(self.row_of(user).await?.is_some())
+    }
+
+    /// The account row of a user id (blocking pool).
+    async fn row_of(&self, user: UserId) -> Result<Option<(RowId, Row)>, EngineError> {
+        let (store, users) = (self.store.clone(), self.users);
+        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        Ok(tokio::task::spawn_blocking(move || store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await??)
     }
 
     /// Issues a login token after a password check; bad credentials get 4102.
@@ -154,30 +162,36 @@ impl Accounts {
     }
 
     async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
-        let _permit =
-            self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
-        let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
-        tokio::task::spawn_blocking(move || {
+        self.on_hash_pool(move |argon2| {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             argon2
                 .hash_password(pwd.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(|e| EngineError::PasswordHash(e.to_string()))
         })
-        .await?
+        .await
     }
 
     async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
-        let _permit =
-            self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
-        let argon2 = self.argon2.clone();
         let pwd = pwd.to_owned();
-        tokio::task::spawn_blocking(move || {
+        self.on_hash_pool(move |argon2| {
             let parsed = PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;
             Ok(argon2.verify_password(pwd.as_bytes(), &parsed).is_ok())
         })
-        .await?
+        .await
+    }
+
+    /// Runs password work on the blocking pool, at most `hash_concurrency` at once (each
+    /// holds argon2's memory cost).
+    async fn on_hash_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Argon2<'static>) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let _permit =
+            self.hash_permits.acquire().await.map_err(|_| EngineError::PasswordHash("shutting down".into()))?;
+        let argon2 = self.argon2.clone();
+        tokio::task::spawn_blocking(move || work(&argon2)).await?
     }
 }
 

@@ -73,7 +73,7 @@ fn list(users: Result<Vec<UserId>, EngineError>, ntype: i32) -> Result<Reply, En
 async fn target(server: &Server, req: &TimReq) -> Result<(UserId, String), EngineError> {
     let node = req.node.as_deref().filter(|n| !n.is_empty()).ok_or(ErrorCode::ParamIncorrect)?;
     let user = UserId::parse(node).ok_or(ErrorCode::AccountIncorrect)?;
-    if !server.rosters.exists(user).await? {
+    if !server.accounts.exists(user).await? {
         return Err(ErrorCode::AccountIncorrect.into());
     }
     Ok((user, node.to_owned()))

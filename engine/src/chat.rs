@@ -154,7 +154,7 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     }
     let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
     let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
-    if !server.rosters.exists(to).await? {
+    if !server.accounts.exists(to).await? {
         return Err(ErrorCode::AccountIncorrect.into());
     }
     if !server.cfg.message_noauth && !server.rosters.are_friends(from.user, to).await? {

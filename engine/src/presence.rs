@@ -48,7 +48,7 @@ pub async fn send(server: &Server, from: &Tid, presence: TimPresence) -> Result<
     let mut targets = Vec::with_capacity(names.len());
     for name in names {
         let user = UserId::parse(name).ok_or(ErrorCode::AccountIncorrect)?;
-        if !server.rosters.exists(user).await? {
+        if !server.accounts.exists(user).await? {
             return Err(ErrorCode::AccountIncorrect.into());
         }
         targets.push(user);

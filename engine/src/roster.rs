@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
-use crate::tables::{pair, timrelate, timuser};
+use crate::tables::{pair, timrelate};
 
 const NONE: u8 = 0;
 const FRIEND: u8 = 1;
@@ -36,7 +36,6 @@ pub enum Added {
 
 pub struct Rosters {
     store: Arc<dyn Store>,
-    users: TableId,
     relate: TableId,
     roster: TableId,
     block: TableId,
@@ -100,7 +99,6 @@ impl Rosters {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
-            users: table(timuser::DEF.name)?,
             relate: table(timrelate::DEF.name)?,
             roster: table(pair::TIMROSTER.name)?,
             block: table(pair::TIMBLOCK.name)?,
@@ -123,12 +121,6 @@ impl Rosters {
     ) -> Result<T, EngineError> {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || f(&*store)).await??)
-    }
-
-    /// Whether `user` is a registered account.
-    pub async fn exists(&self, user: UserId) -> Result<bool, EngineError> {
-        let users = self.users;
-        self.read(move |s| Ok(s.find(users, slot_of_user(user), timuser::UUID, &user.to_be_bytes())?.is_some())).await
     }
 
     async fn relation(&self, pair: Pair) -> Result<Relation, EngineError> {
