@@ -63,11 +63,20 @@ impl UserId {
 /// The id of an unordered user pair: the larger id, then the smaller, big-endian. Keys the
 /// pair's relation and their 1:1 conversation.
 pub fn pair_id(a: UserId, b: UserId) -> [u8; 16] {
-    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if a > b {
+        directed_pair_id(a, b)
+    } else {
+        directed_pair_id(b, a)
+    }
+}
+
+/// The id of `first` then `second`, big-endian: keys one direction of a pair (roster and
+/// block rows).
+pub fn directed_pair_id(first: UserId, second: UserId) -> [u8; 16] {
     let mut id = [0u8; 16];
-    let (first, second) = id.split_at_mut(8);
-    first.copy_from_slice(&hi.to_be_bytes());
-    second.copy_from_slice(&lo.to_be_bytes());
+    let (a, b) = id.split_at_mut(8);
+    a.copy_from_slice(&first.to_be_bytes());
+    b.copy_from_slice(&second.to_be_bytes());
     id
 }
 

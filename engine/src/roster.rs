@@ -14,7 +14,7 @@ use tim_net::proto::ErrorCode;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
-use crate::ident::{pair_id, UserId};
+use crate::ident::{directed_pair_id, pair_id, UserId};
 use crate::tables::{pair, timrelate};
 
 const NONE: u8 = 0;
@@ -81,14 +81,6 @@ impl Pair {
             (lo, hi)
         }
     }
-}
-
-fn unikid(owner: UserId, other: UserId) -> [u8; 16] {
-    let mut id = [0u8; 16];
-    let (a, b) = id.split_at_mut(8);
-    a.copy_from_slice(&owner.to_be_bytes());
-    b.copy_from_slice(&other.to_be_bytes());
-    id
 }
 
 fn slot_of_user(user: UserId) -> Slot {
@@ -158,9 +150,10 @@ impl Rosters {
 
     /// The row of `owner → other` in a pair table.
     async fn pair_row(&self, table: TableId, owner: UserId, other: UserId) -> Result<Option<RowId>, EngineError> {
-        let key = unikid(owner, other);
-        let found = self.read(move |s| s.find(table, slot_of_user(owner), pair::UNIKID, &key)).await?;
-        Ok(found.map(|(id, _)| id))
+        let key = directed_pair_id(owner, other);
+        let found =
+            self.read(move |s| s.ids(table, slot_of_user(owner), pair::UNIKID, &key, Cursor::OLDEST, 1)).await?;
+        Ok(found.first().copied())
     }
 
     async fn add_pair_row(
@@ -172,7 +165,7 @@ impl Rosters {
     ) -> Result<(), EngineError> {
         if self.pair_row(table, owner, other).await?.is_none() {
             let mut row = Row::new(pair::COLUMNS.len());
-            row.set(pair::UNIKID, Bytes::copy_from_slice(&unikid(owner, other)))
+            row.set(pair::UNIKID, Bytes::copy_from_slice(&directed_pair_id(owner, other)))
                 .set(pair::UUID, Bytes::copy_from_slice(&owner.to_be_bytes()))
                 .set(pair::TUUID, Bytes::copy_from_slice(&other.to_be_bytes()));
             batch.insert(table, slot_of_user(owner), row);
