@@ -59,12 +59,11 @@ impl Accounts {
         })
     }
 
-    /// Finds the account of a login name. Runs on the blocking pool: up to `MAX_ATTEMPTS`
-    /// store reads that may touch the disk.
+    /// Finds the account of a login name: up to `MAX_ATTEMPTS` store reads.
     async fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
-        let (store, users, ids) = (self.store.clone(), self.users, self.ids.clone());
+        let (users, ids) = (self.users, self.ids.clone());
         let (name, domain) = (name.to_owned(), domain.to_owned());
-        tokio::task::spawn_blocking(move || lookup(&*store, users, &ids, &name, &domain)).await?
+        tim_kv::read(&self.store, move |store| lookup(store, users, &ids, &name, &domain)).await
     }
 
     /// Registers an account; its user id. An existing name gets 4101.
@@ -140,11 +139,11 @@ impl Accounts {
         Ok(self.row_of(user).await?.is_some())
     }
 
-    /// The account row of a user id (blocking pool).
+    /// The account row of a user id.
     async fn row_of(&self, user: UserId) -> Result<Option<(RowId, Row)>, EngineError> {
-        let (store, users) = (self.store.clone(), self.users);
+        let users = self.users;
         let slot = tim_shard::slot_of(&user.to_be_bytes());
-        Ok(tokio::task::spawn_blocking(move || store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await??)
+        Ok(tim_kv::read(&self.store, move |store| store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await?)
     }
 
     /// Issues a login token after a password check; bad credentials get 4102.

@@ -21,6 +21,7 @@ use tim_net::FrameType;
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
+use crate::offline::OfflineQueue;
 use crate::push::{frames_to, spawn_to_user, Fallback};
 use crate::server::Server;
 use crate::tables::timmessage;
@@ -46,8 +47,15 @@ impl History {
         Ok(Self { store, table })
     }
 
-    /// Stores a message of the conversation `chat`; its `mid`.
-    async fn append(&self, chat: [u8; 16], from: UserId, msg: &TimMessage) -> Result<i64, EngineError> {
+    /// Stores a message of the conversation `chat` and, in the same batch, queues it for
+    /// `to`; its `mid` and the offline entry.
+    async fn append(
+        &self,
+        chat: [u8; 16],
+        from: UserId,
+        msg: &TimMessage,
+        queue: (&OfflineQueue, UserId),
+    ) -> Result<(i64, RowId), EngineError> {
         // As stored: the sender reduced to its node, no client id (TIM keeps the same).
         let stored = TimMessage {
             id: None,
@@ -59,18 +67,25 @@ impl History {
             .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
             .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
         let mut batch = Batch::new();
+        let history_insert = batch.inserts();
         batch.insert(self.table, tim_shard::slot_of(&chat), row);
+        let (offline, to) = queue;
+        offline.stage(&mut batch, to, msg, Some(history_insert));
         let ids = self.store.write(batch).await?;
-        let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
-        i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
+        let (Some(mid), Some(entry)) = (ids.first(), ids.get(1)) else {
+            return Err(ErrorCode::Database.into());
+        };
+        offline.pushed(to).await?;
+        let mid = i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))?;
+        Ok((mid, *entry))
     }
 
     /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when
     /// the conversation has no such message, 4105 when someone else sent it.
     async fn remove(&self, chat: [u8; 16], author: UserId, mid: i64) -> Result<(), EngineError> {
-        let (store, table) = (self.store.clone(), self.table);
+        let table = self.table;
         let id = RowId(u64::try_from(mid).map_err(|_| ErrorCode::ParamIncorrect)?);
-        let row = tokio::task::spawn_blocking(move || store.get(table, id)).await??;
+        let row = tim_kv::read(&self.store, move |store| store.get(table, id)).await?;
         let Some(row) = row.filter(|r| r.get(timmessage::CHATID).is_some_and(|c| c.as_ref() == chat)) else {
             return Err(ErrorCode::ParamIncorrect.into());
         };
@@ -92,13 +107,13 @@ impl History {
         limit: usize,
         before_ns: Option<i64>,
     ) -> Result<Vec<TimMessage>, EngineError> {
-        let (store, table) = (self.store.clone(), self.table);
-        let cursor = if upto <= 0 { Cursor::NEWEST } else { Cursor::Desc(RowId(upto as u64)) };
+        let table = self.table;
+        let start = if upto <= 0 { Cursor::NEWEST } else { Cursor::Desc(RowId(upto as u64)) };
         // A time bound can skip rows, so read ahead in pages until `limit` are found.
-        let rows = tokio::task::spawn_blocking(move || -> Result<Vec<TimMessage>, StoreError> {
+        let rows = tim_kv::read(&self.store, move |store| -> Result<Vec<TimMessage>, StoreError> {
             let slot = tim_shard::slot_of(&chat);
             let mut out = Vec::new();
-            let mut cursor = cursor;
+            let mut cursor = start;
             loop {
                 let page = store.page(table, slot, timmessage::CHATID, &chat, cursor, limit.max(1))?;
                 let Some(last) = page.last().map(|(id, _)| *id) else { break };
@@ -123,7 +138,7 @@ impl History {
             }
             Ok(out)
         })
-        .await??;
+        .await?;
         Ok(rows)
     }
 }
@@ -154,11 +169,16 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     }
     let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
     let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
-    if !server.accounts.exists(to).await? {
-        return Err(ErrorCode::AccountIncorrect.into());
-    }
-    if !server.cfg.message_noauth && !server.rosters.are_friends(from.user, to).await? {
-        return Err(ErrorCode::PermissionDenied.into());
+    // Friends exist (a roster entry is made for an existing account only), so the common case
+    // reads the relation alone; the existence check keeps TIM's order of error codes.
+    let friends = !server.cfg.message_noauth && server.rosters.are_friends(from.user, to).await?;
+    if !friends {
+        if !server.accounts.exists(to).await? {
+            return Err(ErrorCode::AccountIncorrect.into());
+        }
+        if !server.cfg.message_noauth {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
     }
     msg.from_tid = Some(from.tid.clone());
     msg.timestamp = Some(now_ns());
@@ -177,9 +197,9 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
         OD_NORMAL => {
             // Durable before the echo: the history row (which gives the mid) and the
             // recipient's offline entry, removed again once a session of the recipient acks.
-            let mid = server.history.append(pair_id(from.user, to), from.user, &msg).await?;
+            let (mid, queued) =
+                server.history.append(pair_id(from.user, to), from.user, &msg, (&server.offline, to)).await?;
             msg.mid = Some(mid);
-            let queued = server.offline.push(to, &msg).await?;
             frames_to(server.sessions.of(from.user), FrameType::Message, &msg);
             spawn_to_user(server, to, msg, Fallback::Queued(queued));
         }

@@ -24,6 +24,9 @@ use crate::server::Server;
 /// smaller; large messages still arrive whole, in more reads. 4 KiB → 1 KiB took idle memory from
 /// 10.1 to 7.0 KiB per connection with no change in chat throughput (benches/README.md).
 const WS_READ_BUFFER: usize = 1 << 10;
+/// Frames are gathered up to this many bytes before they are written: a session writes the
+/// frames queued for it with one flush (one write system call) rather than one each.
+const WS_WRITE_BUFFER: usize = 4 << 10;
 
 pub async fn serve(server: Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = server.shutdown.clone();
@@ -66,12 +69,14 @@ async fn upgrade(
         return StatusCode::FORBIDDEN.into_response();
     }
     let max = server.cfg.max_frame;
-    ws.max_message_size(max).max_frame_size(max).read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).on_upgrade(
-        move |socket| {
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .on_upgrade(move |socket| {
             let tasks = server.tasks.clone();
             tasks.track_future(crate::session::run(server, socket, peer))
-        },
-    )
+        })
 }
 
 /// `POST /tim2`: register (14) and token (15); the reply is `0C` + TimAck in the request's

@@ -55,29 +55,49 @@ impl OfflineQueue {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Up to `limit` entry ids of `user`'s queue, oldest first (index only, blocking pool).
+    /// Up to `limit` entry ids of `user`'s queue, oldest first (index only).
     async fn entry_ids(&self, user: UserId, limit: usize) -> Result<Vec<RowId>, EngineError> {
-        let (store, table) = (self.store.clone(), self.table);
-        let ids = tokio::task::spawn_blocking(move || {
+        let table = self.table;
+        let ids = tim_kv::read(&self.store, move |store| {
             store.ids(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
         })
-        .await??;
+        .await?;
         Ok(ids)
     }
 
     /// Appends a message to `user`'s queue; the entry's id. A queue over `max_entries` loses
     /// its oldest entries.
     pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<RowId, EngineError> {
+        let mut batch = Batch::new();
+        self.stage(&mut batch, user, msg, None);
+        let entry = self.store.write(batch).await?.first().copied().ok_or(EngineError::Refused(ErrorCode::Database))?;
+        self.pushed(user).await?;
+        Ok(entry)
+    }
+
+    /// Adds the insert of `msg` into `user`'s queue to `batch`. `mid_of`: the batch's insert
+    /// (by number) whose id is the message's `mid`, for a message stored in the same batch.
+    pub fn stage(&self, batch: &mut Batch, user: UserId, msg: &TimMessage, mid_of: Option<usize>) {
         let mut row = Row::new(timoffline::DEF.columns.len());
         row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
             .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
-        if let Some(mid) = msg.mid {
-            row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
+        match (mid_of, msg.mid) {
+            (Some(earlier), _) => {
+                batch.insert_referring(self.table, slot_of(user), row, timoffline::MID, earlier);
+            }
+            (None, Some(mid)) => {
+                row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
+                batch.insert(self.table, slot_of(user), row);
+            }
+            (None, None) => {
+                batch.insert(self.table, slot_of(user), row);
+            }
         }
-        let mut batch = Batch::new();
-        batch.insert(self.table, slot_of(user), row);
-        let entry = self.store.write(batch).await?.first().copied().ok_or(EngineError::Refused(ErrorCode::Database))?;
+    }
 
+    /// Counts an entry written to `user`'s queue; a queue over `max_entries` loses its oldest
+    /// entries.
+    pub async fn pushed(&self, user: UserId) -> Result<(), EngineError> {
         let cached = self.counts().get_mut(&user).map(|n| {
             *n += 1;
             *n
@@ -97,7 +117,7 @@ impl OfflineQueue {
         if count > self.limits.max_entries {
             self.trim(user).await?;
         }
-        Ok(entry)
+        Ok(())
     }
 
     /// Drops the oldest entries over `max_entries`, after counting them exactly.
@@ -121,17 +141,20 @@ impl OfflineQueue {
     /// The oldest `limit` entries of `user`'s queue. Entries past `max_age`, and entries that
     /// no longer decode, are dropped (logged) rather than left to block the queue.
     pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
-        let (store, table) = (self.store.clone(), self.table);
-        let rows = tokio::task::spawn_blocking(move || {
+        let table = self.table;
+        let rows = tim_kv::read(&self.store, move |store| {
             store.page(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
         })
-        .await??;
+        .await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let oldest_kept = i64::try_from(now.saturating_sub(self.limits.max_age).as_nanos()).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(rows.len());
         let (mut expired, mut broken) = (Vec::new(), Vec::new());
         for (id, row) in rows {
-            match row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact)) {
+            // A message stored in history with its entry has its mid in the MID column only.
+            let mid = row.get(timoffline::MID).and_then(|m| m.as_ref().try_into().ok()).map(i64::from_be_bytes);
+            let decoded = row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact));
+            match decoded.map(|d| d.map(|msg| TimMessage { mid: msg.mid.or(mid), ..msg })) {
                 Some(Ok(msg)) if msg.timestamp.is_some_and(|t| t < oldest_kept) => expired.push(id),
                 Some(Ok(msg)) => out.push((id, msg)),
                 _ => broken.push(id),
@@ -148,11 +171,11 @@ impl OfflineQueue {
 
     /// Deletes `user`'s queued copies of message `mid` (a recalled or burned message).
     pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
-        let (store, table) = (self.store.clone(), self.table);
-        let rows = tokio::task::spawn_blocking(move || {
+        let table = self.table;
+        let rows = tim_kv::read(&self.store, move |store| {
             store.page(table, slot_of(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
         })
-        .await??;
+        .await?;
         let owner = user.to_be_bytes();
         let ids: Vec<RowId> = rows
             .into_iter()

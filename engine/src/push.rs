@@ -24,25 +24,27 @@ pub enum Fallback {
     Queued(RowId),
 }
 
-/// Hands the message to the user's sessions now (so pushes to one user keep their order) and
-/// waits for the outcome in a tracked background task, so the caller does not wait for acks.
+/// Hands the message to the user's sessions now (so pushes to one user keep their order). A
+/// message that must be stored when nobody acks is watched by a tracked background task, so
+/// the caller does not wait for acks; a queued one needs no watching (an ack removes it).
 pub fn spawn_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallback: Fallback) {
     let sessions = server.sessions.of(user);
-    let entries = match fallback {
-        Fallback::Store => Vec::new(),
-        Fallback::Queued(entry) => vec![entry],
-    };
-    let store = entries.is_empty();
-    let payload = Payload::Message(Box::new(msg.clone()));
-    let outcome = start(&sessions, FrameType::Message, payload, entries);
-    let server_for_task = server.clone();
-    server.tasks.spawn(async move {
-        if !outcome.acked().await && store {
-            if let Err(e) = server_for_task.offline.push(user, &msg).await {
-                warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
-            }
+    match fallback {
+        Fallback::Queued(entry) => {
+            start(&sessions, FrameType::Message, Payload::Message(Box::new(msg)), vec![entry]);
         }
-    });
+        Fallback::Store => {
+            let outcome = start(&sessions, FrameType::Message, Payload::Message(Box::new(msg.clone())), Vec::new());
+            let server_for_task = server.clone();
+            server.tasks.spawn(async move {
+                if !outcome.acked().await {
+                    if let Err(e) = server_for_task.offline.push(user, &msg).await {
+                        warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`; encodes it

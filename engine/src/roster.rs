@@ -106,13 +106,11 @@ impl Rosters {
         &self.stripes[index % STRIPES]
     }
 
-    /// Runs store reads on the blocking pool.
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&*store)).await??)
+        Ok(tim_kv::read(&self.store, f).await?)
     }
 
     async fn relation(&self, pair: Pair) -> Result<Relation, EngineError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimPresence, TimReq};
@@ -46,6 +46,11 @@ enum Close {
     /// More frames awaiting acks than the outbound queue holds.
     TooManyUnacked,
 }
+
+/// Most queued outbound frames written with one flush; bounds how long inbound frames wait.
+const WRITE_BURST: usize = 64;
+/// Most arrived inbound messages handled in one turn; bounds how long outbound frames wait.
+const READ_BURST: usize = 64;
 
 /// A big-data frame arriving over several WebSocket messages.
 struct Reassembly {
@@ -82,6 +87,8 @@ struct Session {
     out_tx: mpsc::Sender<Outbound>,
     out_rx: mpsc::Receiver<Outbound>,
     pending: HashMap<u32, Pending>,
+    /// Acked deliveries whose offline entries are not deleted yet ([`Session::settle_acks`]).
+    acked: Vec<Arc<Delivery>>,
     /// Created at the first frame that asks for an ack: an idle session does not carry a
     /// timer wheel (several KiB).
     ack_timers: Option<DelayQueue<u32>>,
@@ -104,6 +111,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
         out_tx,
         out_rx,
         pending: HashMap::new(),
+        acked: Vec::new(),
         ack_timers: None,
     };
     session.serve().instrument(span).await;
@@ -116,15 +124,9 @@ impl Session {
             let result = tokio::select! {
                 _ = self.kick.cancelled() => Err(Close::Kicked),
                 _ = sleep_until(self.deadline) => Err(if self.login.is_some() { Close::PingTimeout } else { Close::AuthTimeout }),
-                inbound = self.ws.recv() => match inbound {
-                    None | Some(Ok(Message::Close(_))) => Err(Close::ClientClosed),
-                    Some(Err(e)) => Err(read_error(e)),
-                    // Boxed: the handlers' state (a login awaits a password hash) would otherwise
-                    // be part of every idle session's future.
-                    Some(Ok(Message::Binary(data))) => Box::pin(self.on_message(data)).await,
-                    Some(Ok(Message::Text(text))) => Box::pin(self.on_message(Bytes::from(text))).await,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                },
+                // Boxed: the handlers' state (a login awaits a password hash) would otherwise be
+                // part of every idle session's future.
+                inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
                 Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
                 Some(expired) = next_expired(&mut self.ack_timers), if self.ack_timers.as_ref().is_some_and(|q| !q.is_empty()) => {
                     self.on_ack_timeout(expired.into_inner()).await
@@ -134,6 +136,7 @@ impl Session {
                 break close;
             }
         };
+        self.settle_acks().await;
         match &close {
             Close::ClientClosed => debug!("closed by the client"),
             Close::Kicked => debug!("closed by the server (shutdown or newer login)"),
@@ -159,7 +162,20 @@ impl Session {
     }
 
     async fn send(&mut self, frame: Bytes) -> Result<(), Close> {
-        match tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Binary(frame))).await {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    /// Queues a frame in the WebSocket's write buffer (written when the buffer fills).
+    async fn feed(&mut self, frame: Bytes) -> Result<(), Close> {
+        match tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.feed(Message::Binary(frame))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Close::WriteFailed),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        match tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Close::WriteFailed),
         }
@@ -188,7 +204,33 @@ impl Session {
         self.refuse(tim_type, encoding, e.wire_code()).await
     }
 
+    /// Handles the WebSocket messages that have arrived, up to [`READ_BURST`] of them, so a
+    /// burst of acks is settled with one store write.
+    async fn on_inbound(&mut self, first: Option<Result<Message, axum::Error>>) -> Result<(), Close> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(inbound) = next {
+            match inbound {
+                None | Some(Ok(Message::Close(_))) => return Err(Close::ClientClosed),
+                Some(Err(e)) => return Err(read_error(e)),
+                Some(Ok(Message::Binary(data))) => self.on_message(data).await?,
+                Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await?,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            }
+            taken += 1;
+            next = if taken < READ_BURST { self.ws.recv().now_or_never() } else { None };
+        }
+        self.settle_acks().await;
+        Ok(())
+    }
+
     async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
+        // Offline entries of acked deliveries are deleted before any other frame of the
+        // client is handled: an ack followed by an offline request must not get them again.
+        let ack = self.big.is_none() && data.first().is_some_and(|h| h & 0x7F == FrameType::Ack as u8);
+        if !ack {
+            self.settle_acks().await;
+        }
         let max = self.server.cfg.max_frame;
         if let Some(mut big) = self.big.take() {
             if big.buf.len() + data.len() > big.declared {
@@ -226,7 +268,7 @@ impl Session {
             (_, false) => Err(Close::FrameBeforeLogin(code)),
             (FrameType::Ack, true) => {
                 if let Ok(id) = frame.ack_id() {
-                    self.on_ack(id).await;
+                    self.on_ack(id);
                 }
                 Ok(())
             }
@@ -300,16 +342,36 @@ impl Session {
         }
     }
 
-    async fn on_outbound(&mut self, out: Outbound) -> Result<(), Close> {
-        match out {
-            Outbound::Frame(frame) => self.send(frame).await,
-            Outbound::Delivery(delivery) => self.send_for_ack(delivery, 1).await,
+    /// Writes the frames queued for this session, up to [`WRITE_BURST`] of them, with one flush.
+    async fn on_outbound(&mut self, first: Outbound) -> Result<(), Close> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(out) = next {
+            let frame = match out {
+                Outbound::Frame(frame) => Some(frame),
+                Outbound::Delivery(delivery) => self.track(delivery, 1)?,
+            };
+            if let Some(frame) = frame {
+                self.feed(frame).await?;
+            }
+            taken += 1;
+            next = if taken < WRITE_BURST { self.out_rx.try_recv().ok() } else { None };
         }
+        self.flush().await
     }
 
     /// Sends attempt `attempt` of a delivery under a fresh ack id.
     async fn send_for_ack(&mut self, delivery: Arc<Delivery>, attempt: u32) -> Result<(), Close> {
-        let Some(login) = &self.login else { return Ok(()) };
+        match self.track(delivery, attempt)? {
+            Some(frame) => self.send(frame).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Registers attempt `attempt` of a delivery under a fresh ack id; the frame to write
+    /// (`None` before login).
+    fn track(&mut self, delivery: Arc<Delivery>, attempt: u32) -> Result<Option<Bytes>, Close> {
+        let Some(login) = &self.login else { return Ok(None) };
         if self.pending.len() >= self.server.cfg.outbound_queue {
             return Err(Close::TooManyUnacked);
         }
@@ -317,21 +379,33 @@ impl Session {
         let frame = delivery.frame(id, login.encoding);
         let timer = self.ack_timers.get_or_insert_with(DelayQueue::new).insert(id, self.server.cfg.ack_timeout());
         self.pending.insert(id, Pending { delivery, attempt, timer });
-        self.send(frame).await
+        Ok(Some(frame))
     }
 
-    async fn on_ack(&mut self, id: u32) {
+    fn on_ack(&mut self, id: u32) {
         let Some(pending) = self.pending.remove(&id) else { return };
         if let Some(timers) = &mut self.ack_timers {
             timers.remove(&pending.timer);
         }
-        let entries = pending.delivery.offline_entries();
+        self.acked.push(pending.delivery);
+    }
+
+    /// Deletes the offline entries of the deliveries acked since the last call, in one write,
+    /// then reports the acks (an offline drain reads its next batch only after the deletion).
+    async fn settle_acks(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let acked = std::mem::take(&mut self.acked);
+        let entries: Vec<_> = acked.iter().flat_map(|d| d.offline_entries()).copied().collect();
         if let (false, Some(login)) = (entries.is_empty(), &self.login) {
-            if let Err(e) = self.server.offline.remove(login.user, entries).await {
+            if let Err(e) = self.server.offline.remove(login.user, &entries).await {
                 warn!(error = %e, "deleting acked offline entries failed");
             }
         }
-        pending.delivery.report(true);
+        for delivery in acked {
+            delivery.report(true);
+        }
     }
 
     async fn on_ack_timeout(&mut self, id: u32) -> Result<(), Close> {

@@ -7,12 +7,14 @@
 //! concurrent batches together (group commit), so a synced write costs one fsync per group.
 
 mod keys;
+mod read;
 mod rocks;
 mod schema;
 mod seal;
 mod store;
 mod writer;
 
+pub use read::read;
 pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, ReadOptions, DB,
+    Options, ReadOptions, ReadTier, DB,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -97,7 +97,19 @@ struct StoredSchema {
 }
 
 fn rocks(e: rocksdb::Error) -> StoreError {
-    StoreError::Rocks(e.into_string())
+    match e.kind() {
+        rocksdb::ErrorKind::Incomplete if crate::read::memory_only() => crate::read::missed(),
+        _ => StoreError::Rocks(e.into_string()),
+    }
+}
+
+/// Options of a read that may come from a reader: memory-only during an in-memory attempt.
+fn read_options() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    if crate::read::memory_only() {
+        opts.set_read_tier(ReadTier::BlockCache);
+    }
+    opts
 }
 
 impl RocksStore {
@@ -274,7 +286,8 @@ impl Inner {
 
     pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
         let def = self.def(table)?;
-        let raw = self.db.get_pinned_cf(self.cf(CF_ROWS)?, keys::row_key(table, id)).map_err(rocks)?;
+        let raw =
+            self.db.get_pinned_cf_opt(self.cf(CF_ROWS)?, keys::row_key(table, id), &read_options()).map_err(rocks)?;
         raw.map(|raw| self.decode_row(table, def, id, &raw)).transpose()
     }
 
@@ -296,9 +309,10 @@ impl Inner {
         Ok(false)
     }
 
-    /// The last sequence issued for `(slot, table)`. The counter is written in the same atomic
-    /// batch as each insert; the newest row is consulted too, so ids are never reissued even
-    /// if the counter key were lost.
+    /// The last sequence that may have been issued for `(slot, table)`: the stored counter (the
+    /// end of the last reserved block, written in the same atomic batch as the insert that took
+    /// it); the newest row is consulted too, so ids are never reissued even if the counter key
+    /// were lost.
     pub(crate) fn load_counter(&self, table: TableId, slot: Slot) -> Result<u64, StoreError> {
         let stored = self
             .db
@@ -343,7 +357,7 @@ impl Store for RocksStore {
         let def = inner.def(table)?;
         let column = inner.indexed_column(def, column)?;
         let prefix = keys::index_prefix(slot, table, column, value);
-        let mut opts = ReadOptions::default();
+        let mut opts = read_options();
         let (start, direction) = match cursor {
             Cursor::Asc(from) => {
                 if let Some(end) = keys::prefix_end(&prefix) {
@@ -385,7 +399,8 @@ impl Store for RocksStore {
         let inner = &*self.inner;
         let def = inner.def(table)?;
         let rows_cf = inner.cf(CF_ROWS)?;
-        let raws = inner.db.multi_get_cf(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))));
+        let raws =
+            inner.db.multi_get_cf_opt(ids.iter().map(|id| (rows_cf, keys::row_key(table, *id))), &read_options());
         let mut out = Vec::with_capacity(ids.len());
         for (id, raw) in ids.into_iter().zip(raws) {
             if let Some(raw) = raw.map_err(rocks)? {

@@ -34,6 +34,9 @@ impl RowId {
     pub fn seq(self) -> u64 {
         self.0 & Self::MAX_SEQ
     }
+    pub fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
 }
 
 /// A row: one optional value per column, in the table's column order.
@@ -78,9 +81,22 @@ impl Cursor {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Insert { table: TableId, slot: Slot, row: Row },
-    Update { table: TableId, id: RowId, changes: Vec<(usize, Option<Bytes>)> },
-    Delete { table: TableId, id: RowId },
+    /// `id_of`: a column set to the id of the batch's insert number `.1` (0-based).
+    Insert {
+        table: TableId,
+        slot: Slot,
+        row: Row,
+        id_of: Option<(usize, usize)>,
+    },
+    Update {
+        table: TableId,
+        id: RowId,
+        changes: Vec<(usize, Option<Bytes>)>,
+    },
+    Delete {
+        table: TableId,
+        id: RowId,
+    },
 }
 
 /// Writes applied atomically: all of them or none.
@@ -96,8 +112,28 @@ impl Batch {
 
     /// Inserts a row into `slot`; its id is returned by the write, in insert order.
     pub fn insert(&mut self, table: TableId, slot: Slot, row: Row) -> &mut Self {
-        self.ops.push(Op::Insert { table, slot, row });
+        self.ops.push(Op::Insert { table, slot, row, id_of: None });
         self
+    }
+
+    /// Inserts a row whose `column` holds the id (8 bytes, big-endian) that this batch's
+    /// insert number `earlier` (0-based, in insert order) receives: rows that refer to each
+    /// other are written in one batch although ids are issued only at commit.
+    pub fn insert_referring(
+        &mut self,
+        table: TableId,
+        slot: Slot,
+        row: Row,
+        column: usize,
+        earlier: usize,
+    ) -> &mut Self {
+        self.ops.push(Op::Insert { table, slot, row, id_of: Some((column, earlier)) });
+        self
+    }
+
+    /// How many inserts the batch holds (the number the next insert gets).
+    pub fn inserts(&self) -> usize {
+        self.ops.iter().filter(|op| matches!(op, Op::Insert { .. })).count()
     }
 
     /// Sets the given columns of an existing row (`None` clears one); others stay.
@@ -144,6 +180,13 @@ pub enum StoreError {
     SchemaMismatch(String),
     #[error("the store is closed")]
     Closed,
+    /// A memory-only read ([`crate::read`]) needed the disk; it is retried where it may block.
+    #[error("an insert refers to insert number {0} of its batch, which does not precede it")]
+    NoSuchInsert(usize),
+    #[error("the data is not in memory")]
+    NotInMemory,
+    #[error("a read on the blocking pool did not finish (shutdown or a panic)")]
+    Interrupted,
 }
 
 /// The result of [`Store::write`]: the ids of the inserted rows, in insert order, once the

@@ -2,10 +2,15 @@
 //! waiting as one RocksDB write (group commit), so `--sync` costs one fsync per group rather
 //! than one per message. It alone issues row ids, so ids increase in commit order and the
 //! read-modify-write of updates and unique checks need no locks.
+//!
+//! Ids are reserved in blocks: the stored counter of a `(table, slot)` is the highest id that
+//! may have been issued, written when a block is taken rather than with every insert. A
+//! restart continues after the block, so ids are never reissued (a restart may skip some).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,12 +54,23 @@ struct Overlay {
 struct Undo {
     rows: Vec<(RowKey, Option<StagedRow>)>,
     idx: Vec<(Vec<u8>, Option<bool>)>,
-    counters: Vec<((TableId, Slot), Option<u64>)>,
+    counters: Vec<((TableId, Slot), Option<Counter>)>,
+}
+
+/// Ids reserved per stored counter write.
+const ID_BLOCK: u64 = 1024;
+
+/// The id sequence of one `(table, slot)`.
+#[derive(Clone, Copy)]
+struct Counter {
+    last: u64,
+    /// Highest sequence the stored counter covers.
+    reserved: u64,
 }
 
 struct Writer<'a> {
     inner: &'a Inner,
-    counters: HashMap<(TableId, Slot), u64>,
+    counters: HashMap<(TableId, Slot), Counter>,
 }
 
 pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>, sync: bool, max_group: usize) {
@@ -136,9 +152,14 @@ impl Writer<'_> {
         let mut ids = Vec::new();
         for op in &batch.ops {
             match op {
-                Op::Insert { table, slot, row } => {
+                Op::Insert { table, slot, row, id_of } => {
                     let id = self.next_id(*table, *slot, undo, staged)?;
-                    self.put_row(*table, id, None, row.clone(), overlay, undo, staged)?;
+                    let mut row = row.clone();
+                    if let Some((column, earlier)) = id_of {
+                        let earlier = ids.get(*earlier).ok_or(StoreError::NoSuchInsert(*earlier))?;
+                        row.set(*column, Bytes::copy_from_slice(&RowId::to_be_bytes(*earlier)));
+                    }
+                    self.put_row(*table, id, None, row, overlay, undo, staged)?;
                     ids.push(id);
                 }
                 Op::Update { table, id, changes } => {
@@ -246,18 +267,26 @@ impl Writer<'_> {
         undo: &mut Undo,
         staged: &mut Vec<Staged>,
     ) -> Result<RowId, StoreError> {
-        let last = match self.counters.get(&(table, slot)) {
-            Some(last) => *last,
-            None => self.inner.load_counter(table, slot)?,
+        let counter = match self.counters.get(&(table, slot)) {
+            Some(counter) => *counter,
+            None => {
+                let last = self.inner.load_counter(table, slot)?;
+                Counter { last, reserved: last }
+            }
         };
-        let seq = last + 1;
+        let seq = counter.last + 1;
         if seq > RowId::MAX_SEQ {
             let name = self.inner.def(table)?.name;
             return Err(StoreError::SequenceExhausted { table: name, slot: slot.0 });
         }
-        let previous = self.counters.insert((table, slot), seq);
+        let mut next = Counter { last: seq, reserved: counter.reserved };
+        if seq > counter.reserved {
+            next.reserved = (seq + ID_BLOCK - 1).min(RowId::MAX_SEQ);
+            let value = next.reserved.to_be_bytes().to_vec();
+            staged.push(Staged::Put(Cf::Meta, keys::counter_key(slot, table).to_vec(), value));
+        }
+        let previous = self.counters.insert((table, slot), next);
         undo.counters.push(((table, slot), previous));
-        staged.push(Staged::Put(Cf::Meta, keys::counter_key(slot, table).to_vec(), seq.to_be_bytes().to_vec()));
         Ok(RowId::new(slot, seq))
     }
 
@@ -291,7 +320,7 @@ impl Writer<'_> {
         }
         for (key, previous) in undo.counters.into_iter().rev() {
             match previous {
-                Some(seq) => self.counters.insert(key, seq),
+                Some(counter) => self.counters.insert(key, counter),
                 None => self.counters.remove(&key),
             };
         }

@@ -169,7 +169,17 @@ async fn reopen_keeps_rows_and_continues_ids() {
     assert_eq!(bodies(&store.page(t, Slot(5), 0, b"c", Cursor::OLDEST, 10).unwrap()), ["one", "two"]);
     let mut b = Batch::new();
     b.insert(t, Slot(5), msg(b"c", "three"));
-    assert!(store.write(b).await.unwrap()[0] > last, "ids are never reissued");
+    let three = store.write(b).await.unwrap()[0];
+    assert!(three > last, "ids are never reissued");
+    // Not even when the newest row is gone before a restart.
+    let mut b = Batch::new();
+    b.delete(t, three);
+    store.write(b).await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let mut b = Batch::new();
+    b.insert(t, Slot(5), msg(b"c", "four"));
+    assert!(store.write(b).await.unwrap()[0] > three, "a deleted newest id is not reissued");
     // A table stored with other columns is refused.
     drop(store);
     const CHANGED: TableDef = TableDef { name: "timmessage", columns: &[ColumnDef::plain("other")] };
@@ -177,6 +187,28 @@ async fn reopen_keeps_rows_and_continues_ids() {
         RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&KEY), &[CHANGED]),
         Err(StoreError::SchemaMismatch(_))
     ));
+}
+
+#[tokio::test]
+async fn an_insert_can_hold_the_id_of_an_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t, u) = (store.table("timmessage").unwrap(), store.table("timuser").unwrap());
+    let mut b = Batch::new();
+    b.insert(t, Slot(2), msg(b"c", "first"));
+    assert_eq!(b.inserts(), 1);
+    let mut user = Row::new(2);
+    user.set(0, Bytes::from_static(b"u1"));
+    b.insert_referring(u, Slot(7), user, 1, 0);
+    let ids = store.write(b).await.unwrap();
+    let row = store.get(u, ids[1]).unwrap().unwrap();
+    assert_eq!(row.get(1).unwrap().as_ref(), ids[0].to_be_bytes());
+    // A reference to an insert that does not precede it fails the whole batch.
+    let mut b = Batch::new();
+    b.insert(t, Slot(2), msg(b"c", "second"));
+    b.insert_referring(u, Slot(7), Row::new(2), 1, 1);
+    assert_eq!(store.write(b).await, Err(StoreError::NoSuchInsert(1)));
+    assert_eq!(store.page(t, Slot(2), 0, b"c", Cursor::OLDEST, 10).unwrap().len(), 1);
 }
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {

@@ -360,7 +360,7 @@ fn arb_message() -> impl Strategy<Value = TimMessage> {
 fn fuzz_corpus_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/frame");
     let mut seen = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
         crate::testsuite::exercise_decoders(&std::fs::read(entry.unwrap().path()).unwrap());
         seen += 1;
     }

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use tim_net::client::Client;
 use tim_net::proto::{Tid, TimMessage, TimNodes, TimReq};
 use tim_net::{FrameType, ServerFrame};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::{BenchArgs, Report, WAIT};
@@ -34,7 +35,8 @@ pub struct ChatArgs {
     /// Bytes of text per message.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Messages a sender may have sent but not seen echoed.
+    /// Messages a sender may have in flight: sent but not yet echoed to it, or not yet received
+    /// by its peer (so a receiver slower than the server is not cut off as a slow reader).
     #[arg(long, default_value_t = 32)]
     pub window: usize,
 }
@@ -45,6 +47,9 @@ struct PairLog {
     /// Nanoseconds since `origin` + 1; 0 = not sent.
     sent_at: Vec<AtomicU64>,
     sent: AtomicU64,
+    /// Distinct messages the receiver got; `progress` wakes a sender waiting for it.
+    delivered: AtomicU64,
+    progress: Notify,
     done: AtomicBool,
 }
 
@@ -102,6 +107,8 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
             origin: start,
             sent_at: (0..cap).map(|_| AtomicU64::new(0)).collect(),
             sent: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            progress: Notify::new(),
             done: AtomicBool::new(false),
         });
         let interval = (per_pair > 0.0).then(|| Duration::from_secs_f64(1.0 / per_pair));
@@ -215,8 +222,11 @@ impl Sending {
             if (!sending && outstanding == 0) || now > self.deadline + GRACE {
                 break;
             }
-            let may_send = sending && outstanding < self.window;
+            let undelivered = (seq as u64).saturating_sub(self.log.delivered.load(Ordering::Acquire));
+            let waits_for_peer = undelivered >= self.window as u64;
+            let may_send = sending && outstanding < self.window && !waits_for_peer;
             tokio::select! {
+                _ = self.log.progress.notified(), if sending && waits_for_peer => {}
                 _ = sleep_until(next), if may_send => {
                     message.id = Some(seq as i64);
                     let at = self.log.origin.elapsed().as_nanos() as u64 + 1;
@@ -277,6 +287,8 @@ async fn receive(mut client: Client, log: Arc<PairLog>, deadline: Instant) -> an
             Some(flag) => {
                 *flag = true;
                 part.tally.delivered += 1;
+                log.delivered.fetch_add(1, Ordering::Release);
+                log.progress.notify_one();
                 if highest.is_some_and(|h| seq < h) {
                     part.tally.reordered += 1;
                 }
