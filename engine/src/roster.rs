@@ -5,6 +5,10 @@
 //! 0 none, 1 wants or accepted friendship, 2 blocked the other. `0x11` means friends, and only
 //! then do both `timroster` rows exist. Changes to one pair are serialized by a striped lock,
 //! so two users befriending each other at once cannot lose a half.
+//!
+//! Every 1:1 message checks its pair's relation, so relations are cached. The cache is filled
+//! and invalidated only under the pair's lock, so a read racing a change cannot leave a stale
+//! entry behind.
 
 use std::sync::Arc;
 
@@ -24,6 +28,8 @@ const BLOCKED: u8 = 2;
 const STRIPES: usize = 256;
 /// Most entries a roster or block list returns.
 pub const MAX_LIST: usize = 10_000;
+/// Pairs whose relation is cached (about 50 bytes each).
+const CACHED_RELATIONS: usize = 1 << 18;
 
 /// What an ADDROSTER did.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub struct Rosters {
     roster: TableId,
     block: TableId,
     stripes: Vec<Mutex<()>>,
+    /// Pair id → its `timrelate` row and status byte (`None`: no row).
+    cache: quick_cache::sync::Cache<[u8; 16], Option<(RowId, u8)>>,
 }
 
 /// Both sides of a pair as stored.
@@ -47,6 +55,18 @@ struct Relation {
     row: Option<RowId>,
     mine: u8,
     theirs: u8,
+}
+
+impl Relation {
+    fn of(pair: Pair, stored: Option<(RowId, u8)>) -> Self {
+        match stored {
+            Some((row, status)) => {
+                let (mine, theirs) = pair.split(status);
+                Relation { row: Some(row), mine, theirs }
+            }
+            None => Relation { row: None, mine: NONE, theirs: NONE },
+        }
+    }
 }
 
 /// The ordered pair of two users: its id, and whether `me` holds the high nibble.
@@ -95,6 +115,7 @@ impl Rosters {
             roster: table(pair::TIMROSTER.name)?,
             block: table(pair::TIMBLOCK.name)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            cache: quick_cache::sync::Cache::new(CACHED_RELATIONS),
             store,
         })
     }
@@ -113,17 +134,35 @@ impl Rosters {
         Ok(tim_kv::read(&self.store, f).await?)
     }
 
-    async fn relation(&self, pair: Pair) -> Result<Relation, EngineError> {
+    /// The pair's relation; the caller holds the pair's lock (a miss fills the cache).
+    async fn locked_relation(&self, pair: Pair) -> Result<Relation, EngineError> {
+        if let Some(stored) = self.cache.get(&pair.id) {
+            return Ok(Relation::of(pair, stored));
+        }
         let relate = self.relate;
         let found = self.read(move |s| s.find(relate, pair.slot(), timrelate::UUID, &pair.id)).await?;
-        Ok(match found {
-            Some((row, r)) => {
-                let status = r.get(timrelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0);
-                let (mine, theirs) = pair.split(status);
-                Relation { row: Some(row), mine, theirs }
-            }
-            None => Relation { row: None, mine: NONE, theirs: NONE },
-        })
+        let stored =
+            found.map(|(row, r)| (row, r.get(timrelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0)));
+        self.cache.insert(pair.id, stored);
+        Ok(Relation::of(pair, stored))
+    }
+
+    /// The pair's relation, from the cache when it is there.
+    async fn relation(&self, pair: Pair) -> Result<Relation, EngineError> {
+        if let Some(stored) = self.cache.get(&pair.id) {
+            return Ok(Relation::of(pair, stored));
+        }
+        let _guard = self.stripe(&pair).lock().await;
+        self.locked_relation(pair).await
+    }
+
+    /// Commits a change of the pair (its lock held) and drops its cached relation, which
+    /// the next read takes from the store.
+    async fn commit(&self, pair: Pair, batch: Batch) -> Result<(), EngineError> {
+        let written = self.store.write(batch).await;
+        self.cache.remove(&pair.id);
+        written?;
+        Ok(())
     }
 
     /// Writes the pair's status, or deletes the row when both sides are back to none.
@@ -202,7 +241,7 @@ impl Rosters {
     async fn lock_pair(&self, me: UserId, other: UserId) -> Result<(MutexGuard<'_, ()>, Pair, Relation), EngineError> {
         let pair = Pair::of(me, other);
         let guard = self.stripe(&pair).lock().await;
-        let rel = self.relation(pair).await?;
+        let rel = self.locked_relation(pair).await?;
         Ok((guard, pair, rel))
     }
 
@@ -232,7 +271,7 @@ impl Rosters {
         } else {
             Added::Requested
         };
-        self.store.write(batch).await?;
+        self.commit(pair, batch).await?;
         Ok(added)
     }
 
@@ -248,7 +287,7 @@ impl Rosters {
         let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
         self.remove_pair_row(&mut batch, self.block, me, other).await?;
         self.set_relation(&mut batch, pair, &rel, NONE, theirs);
-        self.store.write(batch).await?;
+        self.commit(pair, batch).await?;
         Ok(theirs == NONE)
     }
 
@@ -263,7 +302,7 @@ impl Rosters {
         let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
         self.add_pair_row(&mut batch, self.block, me, other).await?;
         self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
-        self.store.write(batch).await?;
+        self.commit(pair, batch).await?;
         Ok(rel.row.is_none())
     }
 
