@@ -47,6 +47,23 @@ fn connect_and_chat_scenarios_report_every_message() {
 }
 
 #[test]
+fn connect_spreads_connections_over_worker_processes() {
+    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = node.pid().to_string();
+    let args = ["--server-pid", &pid, "connect", "--connections", "31", "--workers", "3", "--settle", "0"];
+    let report = bench(&node, &dir.path().join("connect.json"), &args);
+    assert_eq!(figure(&report, "connections"), 31.0, "every worker's share is connected and counted");
+    assert_eq!(figure(&report, "worker processes"), 3.0);
+    assert!(figure(&report, "server rss after") > 0.0);
+    let refused = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["bench", "--server", &node.addr.to_string(), "connect", "--workers", "0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--workers"));
+}
+
+#[test]
 fn bench_refuses_non_loopback_targets() {
     let output = Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["bench", "--server", "10.0.0.1:20003", "connect"])

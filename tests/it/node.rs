@@ -59,6 +59,10 @@ impl TestNode {
         std::fs::read_to_string(self.dir.path().join("tim.log")).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -87,6 +87,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     }
     machine::raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Scenario::Connect(c @ connect::ConnectArgs { first: Some(first), .. }) = &args.scenario {
+        return runtime.block_on(connect::work(&args, c, *first));
+    }
     let report = runtime.block_on(async {
         match &args.scenario {
             Scenario::Connect(c) => connect::run(&args, c).await,
@@ -132,13 +135,14 @@ impl BenchArgs {
         Ok(())
     }
 
-    /// Logs each named account in on its own connection; clients and nodes, in order.
-    async fn logins(&self, names: &[String]) -> anyhow::Result<Vec<(Client, String)>> {
+    /// Logs each named account in on its own connection; clients and nodes, in order. The
+    /// connections' source addresses are those of connections `first..` of the run.
+    async fn logins(&self, names: &[String], first: usize) -> anyhow::Result<Vec<(Client, String)>> {
         let encoding = Encoding::from(self.encoding);
         self.in_parallel(names.iter().enumerate().map(|(i, name)| {
             let (server, auth) = (self.server, self.auth(name));
             async move {
-                let mut client = Client::connect_from(server, source_address(i), encoding).await?;
+                let mut client = Client::connect_from(server, source_address(first + i), encoding).await?;
                 let ack = client.login(&auth, WAIT).await?;
                 let node = node_of(ack)?;
                 Ok((client, node))

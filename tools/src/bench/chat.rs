@@ -81,7 +81,7 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     let mut report = Report::new("chat", serde_json::to_value(args)?);
     let names: Vec<String> = (0..c.pairs).flat_map(|i| [format!("s{i}"), format!("r{i}")]).collect();
     args.register(&names).await?;
-    let mut clients = args.logins(&names).await?.into_iter();
+    let mut clients = args.logins(&names, 0).await?.into_iter();
     let mut pairs = Vec::with_capacity(c.pairs);
     while let (Some(sender), Some(receiver)) = (clients.next(), clients.next()) {
         pairs.push((sender, receiver));

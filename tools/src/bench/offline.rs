@@ -30,7 +30,7 @@ pub async fn run(args: &BenchArgs, c: &OfflineArgs) -> anyhow::Result<Report> {
     let mut names = vec!["q-sender".to_owned()];
     names.extend(receivers.iter().cloned());
     args.register(&names).await?;
-    let mut clients = args.logins(&names).await?.into_iter();
+    let mut clients = args.logins(&names, 0).await?.into_iter();
     let Some((mut sender, sender_node)) = clients.next() else { bail!("no sender") };
     let mut nodes = Vec::with_capacity(c.users);
     for (mut receiver, node) in clients {
@@ -64,7 +64,7 @@ pub async fn run(args: &BenchArgs, c: &OfflineArgs) -> anyhow::Result<Report> {
     let server = args.server_process();
     let before = server.map(|s| s.sample()).transpose()?;
     let started = Instant::now();
-    let receivers = args.logins(&receivers).await?;
+    let receivers = args.logins(&receivers, 0).await?;
     let counts = args
         .in_parallel(receivers.into_iter().map(|(mut client, _)| async move {
             client.send_empty(FrameType::OfflineMsg).await?;
