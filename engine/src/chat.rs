@@ -47,37 +47,42 @@ impl History {
         Ok(Self { store, table })
     }
 
-    /// Stores a message of the conversation `chat` and, in the same batch, queues it for
-    /// `to`; its `mid` and the offline entry.
+    /// Stores normal messages of `from` in their conversations' history and queues each for
+    /// its recipient, all in one batch; each message's `mid` and offline entry, in order.
     async fn append(
         &self,
-        chat: [u8; 16],
         from: UserId,
-        msg: &TimMessage,
-        queue: (&OfflineQueue, UserId),
-    ) -> Result<(i64, RowId), EngineError> {
-        // As stored: the sender reduced to its node, no client id (TIM keeps the same).
-        let stored = TimMessage {
-            id: None,
-            from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
-            ..msg.clone()
-        };
-        let mut row = Row::new(timmessage::DEF.columns.len());
-        row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
-            .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
-            .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
+        accepted: &[Accepted],
+        offline: &OfflineQueue,
+    ) -> Result<Vec<(i64, RowId)>, EngineError> {
         let mut batch = Batch::new();
-        let history_insert = batch.inserts();
-        batch.insert(self.table, tim_shard::slot_of(&chat), row);
-        let (offline, to) = queue;
-        offline.stage(&mut batch, to, msg, Some(history_insert));
+        for Accepted { to, msg } in accepted {
+            // As stored: the sender reduced to its node, no client id (TIM keeps the same).
+            let stored = TimMessage {
+                id: None,
+                from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
+                ..msg.clone()
+            };
+            let chat = pair_id(from, *to);
+            let mut row = Row::new(timmessage::DEF.columns.len());
+            row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
+                .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
+                .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
+            let history_insert = batch.inserts();
+            batch.insert(self.table, tim_shard::slot_of(&chat), row);
+            offline.stage(&mut batch, *to, msg, Some(history_insert));
+        }
         let ids = self.store.write(batch).await?;
-        let (Some(mid), Some(entry)) = (ids.first(), ids.get(1)) else {
+        if ids.len() != accepted.len() * 2 {
             return Err(ErrorCode::Database.into());
-        };
-        offline.pushed(to).await?;
-        let mid = i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))?;
-        Ok((mid, *entry))
+        }
+        let mut out = Vec::with_capacity(accepted.len());
+        for (pair, Accepted { to, .. }) in ids.chunks_exact(2).zip(accepted) {
+            let (Some(mid), Some(entry)) = (pair.first(), pair.get(1)) else { continue };
+            offline.pushed(*to).await?;
+            out.push((i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))?, *entry));
+        }
+        Ok(out)
     }
 
     /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when
@@ -153,8 +158,17 @@ pub struct Sender {
     pub tid: Tid,
 }
 
-/// Handles a message frame; `Err` carries the code for the sender's error ack.
-pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<(), EngineError> {
+/// A normal 1:1 message (odType 1) that passed every check, to be stored with the others of
+/// its sender's burst ([`store_and_push`]).
+pub struct Accepted {
+    to: UserId,
+    msg: TimMessage,
+}
+
+/// Checks and stamps a message frame; `Err` carries the code for the sender's error ack. A
+/// normal message is returned for [`store_and_push`]; other kinds are handled here, so the
+/// caller stores the normal messages before it hands over a frame that could refer to them.
+pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Option<Accepted>, EngineError> {
     match msg.ms_type {
         MS_USER => {}
         MS_ROOM => return Err(ErrorCode::InterfaceIncorrect.into()),
@@ -187,23 +201,34 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     }
     msg.is_offline = None;
     if od == OD_RECALL || od == OD_BURN {
-        return recall_or_burn(server, from, to, msg).await;
+        recall_or_burn(server, from, to, msg).await?;
+        return Ok(None);
     }
     msg.mid = None;
     match od {
-        OD_STREAM => {
-            frames_to(server.sessions.of(to), FrameType::Message, &msg);
-        }
-        OD_NORMAL => {
-            // Durable before the echo: the history row (which gives the mid) and the
-            // recipient's offline entry, removed again once a session of the recipient acks.
-            let (mid, queued) =
-                server.history.append(pair_id(from.user, to), from.user, &msg, (&server.offline, to)).await?;
-            msg.mid = Some(mid);
-            frames_to(server.sessions.of(from.user), FrameType::Message, &msg);
-            spawn_to_user(server, to, msg, Fallback::Queued(queued));
-        }
+        OD_NORMAL => return Ok(Some(Accepted { to, msg })),
+        OD_STREAM => frames_to(server.sessions.of(to), FrameType::Message, &msg),
         _ => spawn_to_user(server, to, msg, Fallback::Store),
+    }
+    Ok(None)
+}
+
+/// Whether a message frame may join a burst of normal messages: it cannot refer to them.
+pub fn joins_burst(msg: &TimMessage) -> bool {
+    msg.od_type == OD_NORMAL
+}
+
+/// Stores accepted messages of one sender in one write, then echoes each to the sender's
+/// sessions and pushes it to its recipient, in order. Durable before the echo: the history
+/// row (which gives the mid) and the recipient's offline entry, which an ack removes. A failed
+/// write refuses all of them.
+pub async fn store_and_push(server: &Arc<Server>, from: UserId, accepted: Vec<Accepted>) -> Result<(), EngineError> {
+    let stored = server.history.append(from, &accepted, &server.offline).await?;
+    let senders = server.sessions.of(from);
+    for (Accepted { to, mut msg }, (mid, queued)) in accepted.into_iter().zip(stored) {
+        msg.mid = Some(mid);
+        frames_to(senders.iter().cloned(), FrameType::Message, &msg);
+        spawn_to_user(server, to, msg, Fallback::Queued(queued));
     }
     Ok(())
 }

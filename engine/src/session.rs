@@ -25,7 +25,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::business::Reply;
-use crate::chat::Sender;
+use crate::chat::{self, Accepted, Sender};
 use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
@@ -89,6 +89,9 @@ struct Session {
     pending: HashMap<u32, Pending>,
     /// Acked deliveries whose offline entries are not deleted yet ([`Session::settle_acks`]).
     acked: Vec<Arc<Delivery>>,
+    /// Chat messages accepted in this inbound burst, not stored yet ([`Session::store_burst`]),
+    /// with their frame type and encoding for a refusal.
+    burst: Vec<(u8, Encoding, Accepted)>,
     /// Created at the first frame that asks for an ack: an idle session does not carry a
     /// timer wheel (several KiB).
     ack_timers: Option<DelayQueue<u32>>,
@@ -112,6 +115,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
         out_rx,
         pending: HashMap::new(),
         acked: Vec::new(),
+        burst: Vec::new(),
         ack_timers: None,
     };
     session.serve().instrument(span).await;
@@ -205,34 +209,54 @@ impl Session {
     }
 
     /// Handles the WebSocket messages that have arrived, up to [`READ_BURST`] of them, so a
-    /// burst of acks is settled with one store write.
+    /// burst of chat messages is stored with one write and a burst of acks settled with one.
     async fn on_inbound(&mut self, first: Option<Result<Message, axum::Error>>) -> Result<(), Close> {
         let mut next = Some(first);
         let mut taken = 0;
-        while let Some(inbound) = next {
-            match inbound {
-                None | Some(Ok(Message::Close(_))) => return Err(Close::ClientClosed),
-                Some(Err(e)) => return Err(read_error(e)),
-                Some(Ok(Message::Binary(data))) => self.on_message(data).await?,
-                Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await?,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+        let handled = loop {
+            let Some(inbound) = next else { break Ok(()) };
+            let result = match inbound {
+                None | Some(Ok(Message::Close(_))) => Err(Close::ClientClosed),
+                Some(Err(e)) => Err(read_error(e)),
+                Some(Ok(Message::Binary(data))) => self.on_message(data).await,
+                Some(Ok(Message::Text(text))) => self.on_message(Bytes::from(text)).await,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            };
+            if result.is_err() {
+                break result;
             }
             taken += 1;
             next = if taken < READ_BURST { self.ws.recv().now_or_never() } else { None };
-        }
+        };
+        // Messages accepted before the socket closed are still stored and delivered.
+        let stored = self.store_burst().await;
         self.settle_acks().await;
+        handled.and(stored)
+    }
+
+    /// Stores the burst's accepted chat messages in one write, then echoes and pushes them;
+    /// a failed write refuses each of them.
+    async fn store_burst(&mut self) -> Result<(), Close> {
+        let Some(login) = &self.login else { return Ok(()) };
+        if self.burst.is_empty() {
+            return Ok(());
+        }
+        let (refusals, accepted): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.burst).into_iter().map(|(code, encoding, a)| ((code, encoding), a)).unzip();
+        if let Err(e) = chat::store_and_push(&self.server, login.user, accepted).await {
+            warn!(error = %e, messages = refusals.len(), "storing messages failed");
+            for (code, encoding) in refusals {
+                self.refuse(code, encoding, e.wire_code()).await?;
+            }
+        }
         Ok(())
     }
 
     async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
-        // Offline entries of acked deliveries are deleted before any other frame of the
-        // client is handled: an ack followed by an offline request must not get them again.
-        let ack = self.big.is_none() && data.first().is_some_and(|h| h & 0x7F == FrameType::Ack as u8);
-        if !ack {
-            self.settle_acks().await;
-        }
         let max = self.server.cfg.max_frame;
         if let Some(mut big) = self.big.take() {
+            self.settle_acks().await;
+            self.store_burst().await?;
             if big.buf.len() + data.len() > big.declared {
                 return self.refuse(FrameType::BigBinary as u8, Encoding::Compact, ErrorCode::BigData).await;
             }
@@ -247,6 +271,15 @@ impl Session {
             return Ok(());
         };
         let code = head & 0x7F;
+        // Offline entries of acked deliveries are deleted before any other frame of the
+        // client is handled: an ack followed by an offline request must not get them again.
+        if code != FrameType::Ack as u8 {
+            self.settle_acks().await;
+        }
+        // Frames other than messages may refer to the burst's messages: store those first.
+        if ![FrameType::Message, FrameType::RevokeMessage, FrameType::BurnMessage].map(|k| k as u8).contains(&code) {
+            self.store_burst().await?;
+        }
         let frame = match ClientFrame::parse(data.clone(), max) {
             Ok(frame) => frame,
             Err(DecodeError::TooLarge { len, .. }) => return Err(Close::Oversize(len)),
@@ -300,12 +333,23 @@ impl Session {
                 }
             }
             (FrameType::Message | FrameType::RevokeMessage | FrameType::BurnMessage, true) => {
-                let (Some(login), Ok(msg)) = (&self.login, frame.decode::<TimMessage>()) else {
+                let Ok(msg) = frame.decode::<TimMessage>() else {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
+                if !chat::joins_burst(&msg) {
+                    self.store_burst().await?;
+                }
+                let Some(login) = &self.login else { return Ok(()) };
                 let sender = Sender { user: login.user, tid: login.tid.clone() };
-                match crate::chat::send(&self.server, &sender, msg).await {
-                    Ok(()) => Ok(()),
+                match chat::accept(&self.server, &sender, msg).await {
+                    Ok(Some(accepted)) => {
+                        self.burst.push((code, frame.encoding, accepted));
+                        if self.burst.len() >= READ_BURST {
+                            self.store_burst().await?;
+                        }
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }

@@ -102,6 +102,52 @@ async fn a_message_is_echoed_to_every_sender_session_and_delivered_with_ack() {
 }
 
 #[tokio::test]
+async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_order() {
+    let node = TestNode::start(&[]);
+    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = user(&node, "bob", Encoding::Json).await;
+    let (_carol, carol_node) = user(&node, "carol", Encoding::Compact).await;
+    befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+    // Sent without waiting, so the server reads them as one burst: a refused message in the
+    // middle, then a history request that must see every message before it.
+    for i in 0..30 {
+        let to = if i == 10 { &carol_node } else { &bob_node };
+        let msg = TimMessage { id: Some(i), ..text_to(to, &format!("m{i}"), 1) };
+        alice.send(FrameType::Message, &msg).await.unwrap();
+    }
+    let req = TimReq {
+        rtype: Some(1),
+        node: Some(bob_node.clone()),
+        req_int: Some(0),
+        req_int2: Some(50),
+        ..TimReq::default()
+    };
+    alice.send(FrameType::PullMessage, &req).await.unwrap();
+    let (mut echoes, mut refused, mut page) = (Vec::new(), Vec::new(), None);
+    while echoes.len() < 29 || refused.is_empty() || page.is_none() {
+        let frame = alice.recv_within(WAIT).await.unwrap();
+        match frame.kind {
+            FrameType::Message => echoes.push(frame.decode::<TimMessage>(Encoding::Compact).unwrap()),
+            FrameType::Ack => refused.push(frame.decode::<tim_net::proto::TimAck>(Encoding::Compact).unwrap()),
+            FrameType::PullMessage => page = Some(frame.decode::<TimMessageList>(Encoding::Compact).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].error_code(), Some(4105), "the message to a stranger alone is refused");
+    let ids: Vec<i64> = echoes.iter().map(|m| m.id.unwrap()).collect();
+    assert_eq!(ids, (0..30).filter(|i| *i != 10).collect::<Vec<_>>(), "echoed in the order sent");
+    let mids: Vec<i64> = echoes.iter().map(|m| m.mid.unwrap()).collect();
+    assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids increase in the order sent");
+    let stored = page.unwrap().message_list.unwrap_or_default();
+    assert_eq!(stored.len(), 29, "the history request sees every message sent before it");
+    for i in 0..29 {
+        let got = pushed(&mut bob, true).await;
+        assert_eq!(got.mid, Some(mids[i]), "delivered in order");
+    }
+}
+
+#[tokio::test]
 async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order() {
     let node = TestNode::start(&["--message-noauth", "true"]);
     let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
