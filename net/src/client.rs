@@ -89,6 +89,9 @@ impl Client {
             None => TcpStream::connect(addr).await?,
             Some(ip) => {
                 let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                // A bound port of an earlier connection may still be in TIME_WAIT (a load
+                // generator run after run): without this, bind fails once they run out.
+                socket.set_reuseaddr(true)?;
                 socket.bind(SocketAddr::new(ip, 0))?;
                 socket.connect(addr).await?
             }

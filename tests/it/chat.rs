@@ -141,9 +141,9 @@ async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_orde
     assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids increase in the order sent");
     let stored = page.unwrap().message_list.unwrap_or_default();
     assert_eq!(stored.len(), 29, "the history request sees every message sent before it");
-    for i in 0..29 {
+    for mid in mids {
         let got = pushed(&mut bob, true).await;
-        assert_eq!(got.mid, Some(mids[i]), "delivered in order");
+        assert_eq!(got.mid, Some(mid), "delivered in order");
     }
 }
 
