@@ -11,6 +11,7 @@ mod error;
 mod ident;
 mod listener;
 mod offline;
+mod pairs;
 mod presence;
 mod push;
 mod roster;

@@ -13,12 +13,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::proto::ErrorCode;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
-use crate::ident::{directed_pair_id, pair_id, UserId};
+use crate::ident::{pair_id, UserId};
+use crate::pairs::PairTable;
 use crate::tables::{pair, timrelate};
 
 const NONE: u8 = 0;
@@ -26,8 +27,6 @@ const FRIEND: u8 = 1;
 const BLOCKED: u8 = 2;
 /// Lock stripes for pair updates.
 const STRIPES: usize = 256;
-/// Most entries a roster or block list returns.
-pub const MAX_LIST: usize = 10_000;
 /// Pairs whose relation is cached (about 50 bytes each).
 const CACHED_RELATIONS: usize = 1 << 18;
 
@@ -43,8 +42,8 @@ pub enum Added {
 pub struct Rosters {
     store: Arc<dyn Store>,
     relate: TableId,
-    roster: TableId,
-    block: TableId,
+    roster: PairTable,
+    block: PairTable,
     stripes: Vec<Mutex<()>>,
     /// Pair id → its `timrelate` row and status byte (`None`: no row).
     cache: quick_cache::sync::Cache<[u8; 16], Option<(RowId, u8)>>,
@@ -103,17 +102,13 @@ impl Pair {
     }
 }
 
-fn slot_of_user(user: UserId) -> Slot {
-    tim_shard::slot_of(&user.to_be_bytes())
-}
-
 impl Rosters {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
             relate: table(timrelate::DEF.name)?,
-            roster: table(pair::TIMROSTER.name)?,
-            block: table(pair::TIMBLOCK.name)?,
+            roster: PairTable::new(store.clone(), &pair::TIMROSTER)?,
+            block: PairTable::new(store.clone(), &pair::TIMBLOCK)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache: quick_cache::sync::Cache::new(CACHED_RELATIONS),
             store,
@@ -185,44 +180,6 @@ impl Rosters {
         }
     }
 
-    /// The row of `owner → other` in a pair table.
-    async fn pair_row(&self, table: TableId, owner: UserId, other: UserId) -> Result<Option<RowId>, EngineError> {
-        let key = directed_pair_id(owner, other);
-        let found =
-            self.read(move |s| s.ids(table, slot_of_user(owner), pair::UNIKID, &key, Cursor::OLDEST, 1)).await?;
-        Ok(found.first().copied())
-    }
-
-    async fn add_pair_row(
-        &self,
-        batch: &mut Batch,
-        table: TableId,
-        owner: UserId,
-        other: UserId,
-    ) -> Result<(), EngineError> {
-        if self.pair_row(table, owner, other).await?.is_none() {
-            let mut row = Row::new(pair::COLUMNS.len());
-            row.set(pair::UNIKID, Bytes::copy_from_slice(&directed_pair_id(owner, other)))
-                .set(pair::UUID, Bytes::copy_from_slice(&owner.to_be_bytes()))
-                .set(pair::TUUID, Bytes::copy_from_slice(&other.to_be_bytes()));
-            batch.insert(table, slot_of_user(owner), row);
-        }
-        Ok(())
-    }
-
-    async fn remove_pair_row(
-        &self,
-        batch: &mut Batch,
-        table: TableId,
-        owner: UserId,
-        other: UserId,
-    ) -> Result<(), EngineError> {
-        if let Some(id) = self.pair_row(table, owner, other).await? {
-            batch.delete(table, id);
-        }
-        Ok(())
-    }
-
     /// Removes both roster rows: a friendship ends on both sides. The other side's half that
     /// remains: its block, if it blocked me, else nothing.
     async fn end_friendship(
@@ -232,8 +189,8 @@ impl Rosters {
         other: UserId,
         rel: &Relation,
     ) -> Result<u8, EngineError> {
-        self.remove_pair_row(batch, self.roster, me, other).await?;
-        self.remove_pair_row(batch, self.roster, other, me).await?;
+        self.roster.stage_remove(batch, me, other).await?;
+        self.roster.stage_remove(batch, other, me).await?;
         Ok(if rel.theirs == BLOCKED { BLOCKED } else { NONE })
     }
 
@@ -261,12 +218,12 @@ impl Rosters {
         }
         let mut batch = Batch::new();
         if rel.mine == BLOCKED {
-            self.remove_pair_row(&mut batch, self.block, me, other).await?;
+            self.block.stage_remove(&mut batch, me, other).await?;
         }
         self.set_relation(&mut batch, pair, &rel, FRIEND, rel.theirs);
         let added = if rel.theirs == FRIEND {
-            self.add_pair_row(&mut batch, self.roster, me, other).await?;
-            self.add_pair_row(&mut batch, self.roster, other, me).await?;
+            self.roster.stage_add(&mut batch, me, other).await?;
+            self.roster.stage_add(&mut batch, other, me).await?;
             Added::Friends
         } else {
             Added::Requested
@@ -285,7 +242,7 @@ impl Rosters {
         }
         let mut batch = Batch::new();
         let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
-        self.remove_pair_row(&mut batch, self.block, me, other).await?;
+        self.block.stage_remove(&mut batch, me, other).await?;
         self.set_relation(&mut batch, pair, &rel, NONE, theirs);
         self.commit(pair, batch).await?;
         Ok(theirs == NONE)
@@ -300,7 +257,7 @@ impl Rosters {
         let (_guard, pair, rel) = self.lock_pair(me, other).await?;
         let mut batch = Batch::new();
         let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
-        self.add_pair_row(&mut batch, self.block, me, other).await?;
+        self.block.stage_add(&mut batch, me, other).await?;
         self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
         self.commit(pair, batch).await?;
         Ok(rel.row.is_none())
@@ -314,25 +271,11 @@ impl Rosters {
 
     /// My friends.
     pub async fn friends(&self, me: UserId) -> Result<Vec<UserId>, EngineError> {
-        self.list(self.roster, me).await
+        self.roster.list(me).await
     }
 
     /// The users I blocked.
     pub async fn blocked(&self, me: UserId) -> Result<Vec<UserId>, EngineError> {
-        self.list(self.block, me).await
-    }
-
-    async fn list(&self, table: TableId, owner: UserId) -> Result<Vec<UserId>, EngineError> {
-        let rows = self
-            .read(move |s| {
-                s.page(table, slot_of_user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
-            })
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(_, row)| {
-                row.get(pair::TUUID).and_then(|v| v.as_ref().try_into().ok()).map(UserId::from_be_bytes)
-            })
-            .collect())
+        self.block.list(me).await
     }
 }
