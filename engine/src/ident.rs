@@ -60,6 +60,43 @@ impl UserId {
     }
 }
 
+/// A group id: the shape of a user id (a node string with its check byte), drawn at random.
+/// Groups and users share the pair tables, as owners and other parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(UserId);
+
+impl GroupId {
+    pub fn random() -> Self {
+        loop {
+            if let Some(id) = UserId::with_check(rand::random()) {
+                return Self(id);
+            }
+        }
+    }
+
+    pub fn parse(node: &str) -> Option<Self> {
+        UserId::parse(node).map(Self)
+    }
+
+    pub fn node(self) -> String {
+        self.0.node()
+    }
+
+    pub fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+
+    /// The group as a party of the pair tables.
+    pub fn party(self) -> UserId {
+        self.0
+    }
+
+    /// A group id as stored.
+    pub fn from_party(id: UserId) -> Self {
+        Self(id)
+    }
+}
+
 /// The id of an unordered user pair: the larger id, then the smaller, big-endian. Keys the
 /// pair's relation and their 1:1 conversation.
 pub fn pair_id(a: UserId, b: UserId) -> [u8; 16] {

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::accounts::Accounts;
 use crate::chat::History;
 use crate::config::ServeConfig;
+use crate::groups::Groups;
 use crate::ident::{encode_base58, Ids};
 use crate::offline::{OfflineLimits, OfflineQueue};
 use crate::roster::Rosters;
@@ -31,6 +32,7 @@ pub struct Server {
     pub sessions: Sessions,
     pub offline: OfflineQueue,
     pub rosters: Rosters,
+    pub groups: Groups,
     pub history: History,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
@@ -90,6 +92,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
     )?;
     let rosters = Rosters::new(store.clone())?;
+    let groups = Groups::new(store.clone())?;
     let history = History::new(store.clone())?;
     let sessions = Sessions::new(Limits {
         device_limit: cfg.device_limit,
@@ -102,6 +105,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         sessions,
         offline,
         rosters,
+        groups,
         history,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

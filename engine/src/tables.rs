@@ -93,18 +93,47 @@ pub mod pair {
     pub const TIMROSTER: TableDef = TableDef { name: "timroster", columns: COLUMNS };
     /// Users a user blocked.
     pub const TIMBLOCK: TableDef = TableDef { name: "timblock", columns: COLUMNS };
+    /// Group membership, both directions: group → member and member → group.
+    pub const TIMMUCROSTER: TableDef = TableDef { name: "timmucroster", columns: COLUMNS };
+    /// Group blocks: user → group (the user blocked it) and group → user (it blocked them).
+    pub const TIMBLOCKROOM: TableDef = TableDef { name: "timblockroom", columns: COLUMNS };
 }
 
-const TIMGROUP: TableDef = TableDef {
-    name: "timgroup",
-    columns: &[
-        ColumnDef::plain("gtype"),
-        ColumnDef::unique("uuid"),
-        ColumnDef::plain("createtime"),
-        ColumnDef::plain("status"),
-        ColumnDef::sealed("rbean"),
-    ],
-};
+/// Groups, in the slot of the group id.
+pub mod timgroup {
+    use super::*;
+    /// 1 private (joining needs approval), 2 open.
+    pub const GTYPE: usize = 0;
+    pub const UUID: usize = 1;
+    pub const CREATETIME: usize = 2;
+    /// 0 active, 1 cancelled.
+    pub const STATUS: usize = 3;
+    /// The group's profile, a thrift-compact `TimRoomBean` (founder, managers, topic, …).
+    pub const RBEAN: usize = 4;
+    pub const DEF: TableDef = TableDef {
+        name: "timgroup",
+        columns: &[
+            ColumnDef::plain("gtype"),
+            ColumnDef::unique("uuid"),
+            ColumnDef::plain("createtime"),
+            ColumnDef::plain("status"),
+            ColumnDef::sealed("rbean"),
+        ],
+    };
+}
+
+/// One row per group–user pair holding its status byte (tim-server.md §3.3): low nibble the
+/// user's side (1 asked or joined, 2 blocked the group), high nibble the group's (1 accepted,
+/// 2 blocked the user). Apart from `timrelate`, so group and user ids can never meet in one
+/// key. In the slot of the pair id.
+pub mod timgrouprelate {
+    use super::*;
+    /// Group id then user id.
+    pub const UUID: usize = 0;
+    pub const STATUS: usize = 1;
+    pub const DEF: TableDef =
+        TableDef { name: "timgrouprelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
+}
 
 /// Every table the engine declares at open.
 pub const ALL: &[TableDef] = &[
@@ -113,8 +142,9 @@ pub const ALL: &[TableDef] = &[
     timoffline::DEF,
     timrelate::DEF,
     pair::TIMROSTER,
-    TIMGROUP,
-    TableDef { name: "timmucroster", columns: pair::COLUMNS },
+    timgroup::DEF,
+    pair::TIMMUCROSTER,
     pair::TIMBLOCK,
-    TableDef { name: "timblockroom", columns: pair::COLUMNS },
+    pair::TIMBLOCKROOM,
+    timgrouprelate::DEF,
 ];

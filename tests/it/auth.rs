@@ -166,10 +166,10 @@ async fn modify_auth_changes_the_password() {
         assert_eq!(ack.error_code(), Some(4105), "old password no longer works");
         let (_, ack) = node.login(&name, "new-pw", encoding).await;
         assert!(ack.ok, "new password works");
-        // Operations not offered yet, and no operation at all.
-        client.send(FrameType::Business, &TimReq { rtype: Some(2), ..TimReq::default() }).await.unwrap();
-        assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4107));
-        client.send(FrameType::Business, &TimReq { rtype: Some(99), ..TimReq::default() }).await.unwrap();
-        assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4104));
+        // Notification codes (FRIEND, PASSROOM) and no operation at all.
+        for rtype in [5, 10, 99] {
+            client.send(FrameType::Business, &TimReq { rtype: Some(rtype), ..TimReq::default() }).await.unwrap();
+            assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "rtype {rtype}");
+        }
     }
 }

@@ -8,6 +8,7 @@ mod bench;
 mod chat;
 mod durability;
 mod frames;
+mod groups;
 mod node;
 mod presence;
 mod roster;
