@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
-use tim_net::proto::{ErrorCode, Tid, TimMessage, TimReq};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
 use tim_net::FrameType;
 
 use crate::error::EngineError;
@@ -28,12 +28,12 @@ use crate::tables::timmessage;
 
 const MS_USER: i8 = 2;
 const MS_ROOM: i8 = 3;
-const OD_NORMAL: i8 = 1;
-const OD_RECALL: i8 = 2;
-const OD_BURN: i8 = 3;
-const OD_STREAM: i8 = 5;
+pub(crate) const OD_NORMAL: i8 = 1;
+pub(crate) const OD_RECALL: i8 = 2;
+pub(crate) const OD_BURN: i8 = 3;
+pub(crate) const OD_STREAM: i8 = 5;
 /// `odType`s above this are application-defined.
-const OD_CUSTOM_ABOVE: i8 = 30;
+pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 
 /// History of 1:1 conversations.
 pub struct History {
@@ -47,6 +47,46 @@ impl History {
         Ok(Self { store, table })
     }
 
+    /// Adds the insert of `msg` into the history of `chat` to `batch`; the insert's number.
+    fn stage(&self, batch: &mut Batch, chat: [u8; 16], from: UserId, msg: &TimMessage) -> usize {
+        // As stored: the sender reduced to its node, no client id (TIM keeps the same).
+        let stored = TimMessage {
+            id: None,
+            from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
+            ..msg.clone()
+        };
+        let mut row = Row::new(timmessage::DEF.columns.len());
+        row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
+            .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
+            .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
+        let number = batch.inserts();
+        batch.insert(self.table, tim_shard::slot_of(&chat), row);
+        number
+    }
+
+    /// Stores a group message in the group's history and queues it for `absent` (members
+    /// without a session), in one batch; its `mid`.
+    pub async fn append_to_group(
+        &self,
+        chat: [u8; 16],
+        from: UserId,
+        msg: &TimMessage,
+        absent: &[UserId],
+        offline: &OfflineQueue,
+    ) -> Result<i64, EngineError> {
+        let mut batch = Batch::new();
+        let history_insert = self.stage(&mut batch, chat, from, msg);
+        for user in absent {
+            offline.stage(&mut batch, *user, msg, Some(history_insert));
+        }
+        let ids = self.store.write(batch).await?;
+        let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
+        for user in absent {
+            offline.pushed(*user).await?;
+        }
+        i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
+    }
+
     /// Stores normal messages of `from` in their conversations' history and queues each for
     /// its recipient, all in one batch; each message's `mid` and offline entry, in order.
     async fn append(
@@ -57,19 +97,7 @@ impl History {
     ) -> Result<Vec<(i64, RowId)>, EngineError> {
         let mut batch = Batch::new();
         for Accepted { to, msg } in accepted {
-            // As stored: the sender reduced to its node, no client id (TIM keeps the same).
-            let stored = TimMessage {
-                id: None,
-                from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
-                ..msg.clone()
-            };
-            let chat = pair_id(from, *to);
-            let mut row = Row::new(timmessage::DEF.columns.len());
-            row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
-                .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
-                .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
-            let history_insert = batch.inserts();
-            batch.insert(self.table, tim_shard::slot_of(&chat), row);
+            let history_insert = self.stage(&mut batch, pair_id(from, *to), from, msg);
             offline.stage(&mut batch, *to, msg, Some(history_insert));
         }
         let ids = self.store.write(batch).await?;
@@ -87,7 +115,7 @@ impl History {
 
     /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when
     /// the conversation has no such message, 4105 when someone else sent it.
-    async fn remove(&self, chat: [u8; 16], author: UserId, mid: i64) -> Result<(), EngineError> {
+    pub async fn remove(&self, chat: [u8; 16], author: UserId, mid: i64) -> Result<(), EngineError> {
         let table = self.table;
         let id = RowId(u64::try_from(mid).map_err(|_| ErrorCode::ParamIncorrect)?);
         let row = tim_kv::read(&self.store, move |store| store.get(table, id)).await?;
@@ -165,24 +193,42 @@ pub struct Accepted {
     msg: TimMessage,
 }
 
-/// Checks and stamps a message frame; `Err` carries the code for the sender's error ack. A
-/// normal message is returned for [`store_and_push`]; other kinds are handled here, so the
-/// caller stores the normal messages before it hands over a frame that could refer to them.
-pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Option<Accepted>, EngineError> {
+/// What became of an accepted message frame.
+pub enum Next {
+    /// A normal 1:1 message, to be stored with the others of the burst ([`store_and_push`]).
+    Store(Box<Accepted>),
+    /// Handled.
+    Done,
+    /// Handled; the sending session gets this ack (a group recall).
+    Reply(TimAck),
+}
+
+/// Checks and stamps a message frame; `Err` carries the code for the sender's error ack.
+/// Normal 1:1 messages are returned for [`store_and_push`]; other kinds are handled here, so
+/// the caller stores the normal messages before it hands over a frame that could refer to them.
+pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Next, EngineError> {
+    let od = msg.od_type;
+    let custom = od > OD_CUSTOM_ABOVE;
     match msg.ms_type {
-        MS_USER => {}
-        MS_ROOM => return Err(ErrorCode::InterfaceIncorrect.into()),
+        MS_USER | MS_ROOM => {}
         // msType 1 (system) is the server's alone.
         _ => return Err(ErrorCode::ParamIncorrect.into()),
     }
-    let od = msg.od_type;
-    let custom = od > OD_CUSTOM_ABOVE;
     if !(matches!(od, OD_NORMAL | OD_RECALL | OD_BURN | OD_STREAM) || custom) {
         // 4 is server-made only; 6–30 are reserved.
         return Err(ErrorCode::ParamIncorrect.into());
     }
+    if msg.ms_type == MS_ROOM {
+        stamp(&mut msg, from);
+        return crate::group_chat::send(server, from, msg).await;
+    }
     let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
     let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
+    // A private message inside a group (roomTid set) needs both in the group, not friendship.
+    if let Some(room) = msg.room_tid.as_ref().map(|t| t.node.clone()) {
+        crate::group_chat::check_private(server, &room, from.user, to).await?;
+        return accepted(server, from, to, msg).await;
+    }
     // Friends exist (a roster entry is made for an existing account only), so the common case
     // reads the relation alone; the existence check keeps TIM's order of error codes.
     let friends = !server.cfg.message_noauth && server.rosters.are_friends(from.user, to).await?;
@@ -194,28 +240,39 @@ pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) ->
             return Err(ErrorCode::PermissionDenied.into());
         }
     }
+    accepted(server, from, to, msg).await
+}
+
+/// The server's stamp on an accepted message: sender, time, and an id when the client gave none.
+pub fn stamp(msg: &mut TimMessage, from: &Sender) {
     msg.from_tid = Some(from.tid.clone());
     msg.timestamp = Some(now_ns());
     if msg.id.is_none() {
         msg.id = Some(rand::thread_rng().gen());
     }
     msg.is_offline = None;
+}
+
+/// A 1:1 message that passed its checks.
+async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimMessage) -> Result<Next, EngineError> {
+    stamp(&mut msg, from);
+    let od = msg.od_type;
     if od == OD_RECALL || od == OD_BURN {
         recall_or_burn(server, from, to, msg).await?;
-        return Ok(None);
+        return Ok(Next::Done);
     }
     msg.mid = None;
     match od {
-        OD_NORMAL => return Ok(Some(Accepted { to, msg })),
+        OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg }))),
         OD_STREAM => frames_to(server.sessions.of(to), FrameType::Message, &msg),
         _ => spawn_to_user(server, to, msg, Fallback::Store),
     }
-    Ok(None)
+    Ok(Next::Done)
 }
 
-/// Whether a message frame may join a burst of normal messages: it cannot refer to them.
+/// Whether a message frame may join a burst of normal 1:1 messages: it cannot refer to them.
 pub fn joins_burst(msg: &TimMessage) -> bool {
-    msg.od_type == OD_NORMAL
+    msg.od_type == OD_NORMAL && msg.ms_type == MS_USER
 }
 
 /// Stores accepted messages of one sender in one write, then echoes each to the sender's
@@ -256,12 +313,11 @@ pub async fn pull(server: &Server, me: UserId, req: &TimReq) -> Result<Vec<TimMe
     else {
         return Err(ErrorCode::ParamIncorrect.into());
     };
-    match rtype {
-        1 => {}
-        2 => return Err(ErrorCode::InterfaceIncorrect.into()),
+    let chat = match rtype {
+        1 => pair_id(me, UserId::parse(node).ok_or(ErrorCode::AccountIncorrect)?),
+        2 => crate::group_chat::history_of(server, node, me).await?,
         _ => return Err(ErrorCode::ParamIncorrect.into()),
-    }
-    let peer = UserId::parse(node).ok_or(ErrorCode::AccountIncorrect)?;
+    };
     let before_ns = match req.node2.as_deref().filter(|s| !s.is_empty()) {
         Some(ns) => Some(ns.parse::<i64>().map_err(|_| ErrorCode::ParamIncorrect)?),
         None => None,
@@ -270,5 +326,5 @@ pub async fn pull(server: &Server, me: UserId, req: &TimReq) -> Result<Vec<TimMe
     if limit == 0 {
         return Ok(Vec::new());
     }
-    server.history.page(pair_id(me, peer), upto, limit, before_ns).await
+    server.history.page(chat, upto, limit, before_ns).await
 }

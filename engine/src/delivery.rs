@@ -21,21 +21,20 @@ pub enum Payload {
     Batch(TimMessageList),
 }
 
-pub struct Delivery {
-    kind: FrameType,
+/// A payload with its encodings, made once per encoding however many users, sessions and
+/// attempts need it (a group message shares one among all members).
+pub struct Body {
     payload: Payload,
-    /// Offline-queue entries this delivery stands for: the acking session deletes them before
-    /// it reads the client's next frame, so an ack followed by an offline request cannot get
-    /// the same message twice.
-    offline_entries: Vec<RowId>,
-    /// The body, encoded once per encoding however many sessions and attempts need it.
     compact: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
-    report_tx: mpsc::Sender<bool>,
 }
 
-impl Delivery {
-    fn body(&self, encoding: Encoding) -> &Bytes {
+impl Body {
+    pub fn new(payload: Payload) -> Arc<Self> {
+        Arc::new(Self { payload, compact: OnceLock::new(), json: OnceLock::new() })
+    }
+
+    fn encoded(&self, encoding: Encoding) -> &Bytes {
         let cell = match encoding {
             Encoding::Compact => &self.compact,
             Encoding::Json => &self.json,
@@ -45,10 +44,22 @@ impl Delivery {
             Payload::Batch(b) => body_bytes(b, encoding),
         })
     }
+}
 
+pub struct Delivery {
+    kind: FrameType,
+    body: Arc<Body>,
+    /// Offline-queue entries this delivery stands for: the acking session deletes them before
+    /// it reads the client's next frame, so an ack followed by an offline request cannot get
+    /// the same message twice.
+    offline_entries: Vec<RowId>,
+    report_tx: mpsc::Sender<bool>,
+}
+
+impl Delivery {
     /// The frame for one attempt: type with the ack bit, the ack id, the body.
     pub fn frame(&self, ack_id: u32, encoding: Encoding) -> Bytes {
-        ack_frame(self.kind, ack_id, self.body(encoding))
+        ack_frame(self.kind, ack_id, self.body.encoded(encoding))
     }
 
     pub fn offline_entries(&self) -> &[RowId] {
@@ -85,15 +96,18 @@ impl Outcome {
 /// reach each session's queue in that order. An ack deletes `offline_entries` from the
 /// offline queue.
 pub fn start(sessions: &[SessionHandle], kind: FrameType, payload: Payload, offline_entries: Vec<RowId>) -> Outcome {
+    start_with(sessions, kind, Body::new(payload), offline_entries)
+}
+
+/// [`start`] with a body shared with other deliveries.
+pub fn start_with(
+    sessions: &[SessionHandle],
+    kind: FrameType,
+    body: Arc<Body>,
+    offline_entries: Vec<RowId>,
+) -> Outcome {
     let (report_tx, reports) = mpsc::channel(sessions.len().max(1));
-    let delivery = Arc::new(Delivery {
-        kind,
-        payload,
-        offline_entries,
-        compact: OnceLock::new(),
-        json: OnceLock::new(),
-        report_tx,
-    });
+    let delivery = Arc::new(Delivery { kind, body, offline_entries, report_tx });
     for session in sessions {
         // A session whose queue is full is cut off; it simply does not report.
         let _ = session.push_delivery(delivery.clone());

@@ -420,6 +420,11 @@ impl Groups {
         self.members.list(id.party()).await
     }
 
+    /// The members of a group (at most [`pairs::MAX_LIST`]).
+    pub async fn members_of(&self, id: GroupId) -> Result<Vec<UserId>, EngineError> {
+        self.members.list(id.party()).await
+    }
+
     /// BLOCKROOMLIST: the groups I blocked.
     pub async fn blocked_groups(&self, me: UserId) -> Result<Vec<GroupId>, EngineError> {
         Ok(self.blocks.list(me).await?.into_iter().map(GroupId::from_party).collect())

@@ -8,6 +8,7 @@ pub mod cli;
 mod config;
 mod delivery;
 mod error;
+mod group_chat;
 mod groups;
 mod ident;
 mod listener;

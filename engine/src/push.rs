@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tim_kv::RowId;
 use tim_net::codec::TimStruct;
 use tim_net::frame::encode_server;
@@ -10,7 +11,7 @@ use tim_net::proto::TimMessage;
 use tim_net::{Encoding, FrameType};
 use tracing::warn;
 
-use crate::delivery::{start, Payload};
+use crate::delivery::{start, start_with, Body, Payload};
 use crate::ident::UserId;
 use crate::server::Server;
 use crate::sessions::{Outbound, SessionHandle};
@@ -33,18 +34,34 @@ pub fn spawn_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallba
         Fallback::Queued(entry) => {
             start(&sessions, FrameType::Message, Payload::Message(Box::new(msg)), vec![entry]);
         }
-        Fallback::Store => {
-            let outcome = start(&sessions, FrameType::Message, Payload::Message(Box::new(msg.clone())), Vec::new());
-            let server_for_task = server.clone();
-            server.tasks.spawn(async move {
-                if !outcome.acked().await {
-                    if let Err(e) = server_for_task.offline.push(user, &msg).await {
-                        warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
-                    }
-                }
-            });
-        }
+        Fallback::Store => spawn_to_users(server, vec![(user, sessions)], msg),
     }
+}
+
+/// Pushes one message, encoded once, to the sessions of many users (a group's members) with
+/// ack requests, in one pass; one tracked task waits for the outcomes and queues the message
+/// offline for each user none of whose sessions acked (a user without sessions at once).
+pub fn spawn_to_users(server: &Arc<Server>, users: Vec<(UserId, Vec<SessionHandle>)>, msg: TimMessage) {
+    let body = Body::new(Payload::Message(Box::new(msg.clone())));
+    let outcomes: FuturesUnordered<_> = users
+        .into_iter()
+        .map(|(user, sessions)| {
+            let outcome = start_with(&sessions, FrameType::Message, body.clone(), Vec::new());
+            async move { (user, outcome.acked().await) }
+        })
+        .collect();
+    let server_for_task = server.clone();
+    server.tasks.spawn(async move {
+        let mut outcomes = outcomes;
+        while let Some((user, acked)) = outcomes.next().await {
+            if acked {
+                continue;
+            }
+            if let Err(e) = server_for_task.offline.push(user, &msg).await {
+                warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
+            }
+        }
+    });
 }
 
 /// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`; encodes it

@@ -25,7 +25,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::business::Reply;
-use crate::chat::{self, Accepted, Sender};
+use crate::chat::{self, Accepted, Next, Sender};
 use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
@@ -342,14 +342,15 @@ impl Session {
                 let Some(login) = &self.login else { return Ok(()) };
                 let sender = Sender { user: login.user, tid: login.tid.clone() };
                 match chat::accept(&self.server, &sender, msg).await {
-                    Ok(Some(accepted)) => {
-                        self.burst.push((code, frame.encoding, accepted));
+                    Ok(Next::Store(accepted)) => {
+                        self.burst.push((code, frame.encoding, *accepted));
                         if self.burst.len() >= READ_BURST {
                             self.store_burst().await?;
                         }
                         Ok(())
                     }
-                    Ok(None) => Ok(()),
+                    Ok(Next::Done) => Ok(()),
+                    Ok(Next::Reply(ack)) => self.reply(FrameType::Ack, frame.encoding, &ack).await,
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }

@@ -62,7 +62,7 @@ async fn messages_are_validated_in_tim_order() {
         (TimMessage { ms_type: 1, ..text_to(&bob_node, "x", 1) }, 4104, "system messages are the server's"),
         (text_to(&bob_node, "x", 4), 4104, "business notices are the server's"),
         (text_to(&bob_node, "x", 9), 4104, "reserved kind"),
-        (TimMessage { ms_type: 3, ..text_to(&bob_node, "x", 1) }, 4107, "groups not offered yet"),
+        (TimMessage { ms_type: 3, ..text_to(&bob_node, "x", 1) }, 4104, "a group message without roomTid"),
     ];
     for (msg, code, why) in cases {
         alice.send(FrameType::Message, &msg).await.unwrap();

@@ -1,11 +1,11 @@
 //! Groups (TIMBUSINESS 41): the whole life cycle with its pushes and error codes.
 
 use tim_net::client::Client;
-use tim_net::proto::{TimAck, TimNodes, TimReq};
+use tim_net::proto::{Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::node::{TestNode, WAIT};
-use crate::roster::{pushed, user};
+use crate::roster::{batch, pushed, request_offline, user};
 
 async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
     let req = TimReq {
@@ -147,4 +147,114 @@ async fn the_group_life_cycle_with_every_push_and_error() {
     refused(&mut ben, 9, &private, None, 4108).await;
     assert_eq!(nodes(&mut ann, 2, None).await, vec![open.clone()], "a cancelled group is not listed");
     refused_bare(&mut ann, 12, "0OIl", Some(&ben_node), 4106).await;
+}
+
+fn to_group(group: &str, text: &str, od_type: i8, mid: Option<i64>) -> TimMessage {
+    TimMessage {
+        ms_type: 3,
+        od_type,
+        mid,
+        room_tid: Some(Tid { node: group.into(), ..Tid::default() }),
+        data_string: Some(text.into()),
+        ..TimMessage::default()
+    }
+}
+
+async fn group_history(client: &mut Client, group: &str) -> Vec<TimMessage> {
+    let req =
+        TimReq { rtype: Some(2), node: Some(group.into()), req_int: Some(0), req_int2: Some(20), ..TimReq::default() };
+    client.send(FrameType::PullMessage, &req).await.unwrap();
+    let frame = client.recv_within(WAIT).await.unwrap();
+    if frame.kind == FrameType::Ack {
+        let ack: TimAck = frame.decode(client.encoding()).unwrap();
+        panic!("history refused: {ack:?}");
+    }
+    let list: TimMessageList = frame.decode(client.encoding()).unwrap();
+    list.message_list.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn group_messages_reach_members_online_and_offline_and_can_be_recalled() {
+    let node = TestNode::start(&[]);
+    let (mut ann, ann_node) = user(&node, "ann", Encoding::Json).await;
+    let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
+    let (mut cid, _) = user(&node, "cid", Encoding::Compact).await;
+    let (mut dot, dot_node) = user(&node, "dot", Encoding::Compact).await;
+    let group = new_group(&mut ann, "chat", false).await;
+    for client in [&mut ben, &mut cid] {
+        request(client, 9, Some(&group), None, None).await;
+        assert_eq!(notice(client).await.0, 10);
+    }
+    drop(cid);
+
+    // Everyone gets it with an ack request, the sender too (that copy is the echo).
+    ann.send(FrameType::Message, &TimMessage { id: Some(5), ..to_group(&group, "hello all", 1, None) }).await.unwrap();
+    let echo = pushed(&mut ann, true).await;
+    let got = pushed(&mut ben, true).await;
+    assert_eq!((echo.mid, echo.id, echo.data_string.as_deref()), (got.mid, Some(5), Some("hello all")));
+    assert_eq!(
+        (got.ms_type, got.from_tid.unwrap().node, got.room_tid.unwrap().node),
+        (3, ann_node.clone(), group.clone())
+    );
+    let mid = got.mid.expect("a stored group message has a mid");
+
+    // The member who was away finds it in the offline queue.
+    let (mut cid, _) = node.login("cid", "pw", Encoding::Compact).await;
+    request_offline(&mut cid).await;
+    let queued = batch(&mut cid, true).await;
+    assert_eq!((queued.len(), queued[0].mid, queued[0].data_string.as_deref()), (1, Some(mid), Some("hello all")));
+    assert_eq!(cid.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+
+    // Outsiders may neither post nor read.
+    dot.send(FrameType::Message, &to_group(&group, "let me in", 1, None)).await.unwrap();
+    assert_eq!(dot.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
+    let req =
+        TimReq { rtype: Some(2), node: Some(group.clone()), req_int: Some(0), req_int2: Some(20), ..TimReq::default() };
+    dot.send(FrameType::PullMessage, &req).await.unwrap();
+    assert_eq!(dot.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
+    let page = group_history(&mut ben, &group).await;
+    assert_eq!((page.len(), page[0].mid, page[0].id), (1, Some(mid), None));
+
+    // A private message inside the group needs no friendship, only both in the group.
+    let private = TimMessage {
+        room_tid: Some(Tid { node: group.clone(), ..Tid::default() }),
+        ..TimMessage {
+            ms_type: 2,
+            to_tid: Some(Tid { node: ann_node.clone(), ..Tid::default() }),
+            ..to_group(&group, "psst", 1, None)
+        }
+    };
+    ben.send(FrameType::Message, &private).await.unwrap();
+    let echoed = ben.recv_within(WAIT).await.unwrap();
+    assert_eq!((echoed.kind, echoed.ack_id), (FrameType::Message, None), "the 1:1 echo");
+    assert_eq!(pushed(&mut ann, true).await.data_string.as_deref(), Some("psst"));
+    let to_outsider = TimMessage { to_tid: Some(Tid { node: dot_node.clone(), ..Tid::default() }), ..private };
+    ben.send(FrameType::Message, &to_outsider).await.unwrap();
+    assert_eq!(ben.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
+
+    // Only its sender recalls it; every member is told and the history forgets it.
+    ben.send(FrameType::RevokeMessage, &to_group(&group, "", 2, Some(mid))).await.unwrap();
+    assert_eq!(ben.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
+    ann.send(FrameType::RevokeMessage, &to_group(&group, "", 2, Some(mid))).await.unwrap();
+    let mut acked = None;
+    let mut told_ann = None;
+    while acked.is_none() || told_ann.is_none() {
+        let frame = ann.recv_within(WAIT).await.unwrap();
+        match frame.kind {
+            FrameType::Ack => acked = Some(frame.decode::<TimAck>(ann.encoding()).unwrap()),
+            FrameType::Message => {
+                ann.ack(frame.ack_id.unwrap()).await.unwrap();
+                told_ann = Some(frame.decode::<TimMessage>(ann.encoding()).unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let ack = acked.unwrap();
+    assert_eq!(
+        (ack.ok, ack.tim_type, ack.n.as_deref(), ack.t, ack.t2),
+        (true, 92, Some(group.as_str()), Some(3), Some(mid))
+    );
+    assert_eq!((told_ann.unwrap().od_type, pushed(&mut ben, true).await.od_type), (2, 2));
+    assert_eq!(pushed(&mut cid, true).await.mid, Some(mid), "the recall reaches every member");
+    assert!(group_history(&mut ben, &group).await.is_empty());
 }

@@ -1,0 +1,107 @@
+//! Group messages (msType 3 with `roomTid`), group history and group recall, and the checks
+//! of private messages inside a group (tim-protocol.md §3.4).
+//!
+//! A normal group message is stored in the group's history and, in the same write, in the
+//! offline queue of every member without a session; then it is pushed, encoded once, with ack
+//! requests to every session of the other members, the sender's included (that copy is the
+//! sender's echo). A member none of whose sessions acks gets it offline.
+
+use std::sync::Arc;
+
+use tim_net::proto::{ErrorCode, TimAck, TimMessage};
+use tim_net::FrameType;
+
+use crate::chat::{Next, Sender, OD_BURN, OD_NORMAL, OD_RECALL, OD_STREAM};
+use crate::error::EngineError;
+use crate::ident::{GroupId, UserId};
+use crate::push::{frames_to, spawn_to_users};
+use crate::server::Server;
+
+/// The conversation id of a group: its id, then eight zero bytes (TIM's layout).
+fn chat_of(group: GroupId) -> [u8; 16] {
+    let mut chat = [0u8; 16];
+    let (id, _) = chat.split_at_mut(8);
+    id.copy_from_slice(&group.to_be_bytes());
+    chat
+}
+
+/// The group named by `node`, for one of its members: malformed or unknown 4106, cancelled
+/// 4108, not a member 4105.
+async fn member_of(server: &Server, node: &str, user: UserId) -> Result<GroupId, EngineError> {
+    let group = GroupId::parse(node).ok_or(ErrorCode::AccountIncorrect)?;
+    let found = server.groups.get(group).await?.ok_or(ErrorCode::AccountIncorrect)?;
+    if found.cancelled {
+        return Err(ErrorCode::Cancelled.into());
+    }
+    if !server.groups.is_member(group, user).await? {
+        return Err(ErrorCode::PermissionDenied.into());
+    }
+    Ok(group)
+}
+
+/// A private message inside a group: both sides must be members (4105).
+pub async fn check_private(server: &Server, room: &str, from: UserId, to: UserId) -> Result<(), EngineError> {
+    let group = member_of(server, room, from).await?;
+    if !server.groups.is_member(group, to).await? {
+        return Err(ErrorCode::PermissionDenied.into());
+    }
+    Ok(())
+}
+
+/// The conversation id of group `node` for history paging by a member.
+pub async fn history_of(server: &Server, node: &str, me: UserId) -> Result<[u8; 16], EngineError> {
+    Ok(chat_of(member_of(server, node, me).await?))
+}
+
+/// A stamped message of msType 3 from a member.
+pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Next, EngineError> {
+    let node = msg.room_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::ParamIncorrect)?;
+    let group = member_of(server, &node, from.user).await?;
+    let members = server.groups.members_of(group).await?;
+    match msg.od_type {
+        OD_NORMAL => {
+            msg.mid = None;
+            let (online, absent): (Vec<_>, Vec<_>) =
+                members.into_iter().map(|m| (m, server.sessions.of(m))).partition(|(_, s)| !s.is_empty());
+            let absent: Vec<UserId> = absent.into_iter().map(|(m, _)| m).collect();
+            let mid = server.history.append_to_group(chat_of(group), from.user, &msg, &absent, &server.offline).await?;
+            msg.mid = Some(mid);
+            spawn_to_users(server, online, msg);
+            Ok(Next::Done)
+        }
+        OD_RECALL => recall(server, from.user, group, node, members, msg).await,
+        OD_STREAM => {
+            msg.mid = None;
+            frames_to(members.into_iter().flat_map(|m| server.sessions.of(m)), FrameType::Message, &msg);
+            Ok(Next::Done)
+        }
+        // Burn-after-reading is between two users.
+        OD_BURN => Err(ErrorCode::ParamIncorrect.into()),
+        _ => {
+            msg.mid = None;
+            spawn_to_users(server, members.into_iter().map(|m| (m, server.sessions.of(m))).collect(), msg);
+            Ok(Next::Done)
+        }
+    }
+}
+
+/// Group recall by the message's sender: the message leaves the history and the queues of
+/// members who have not received it; every member is told, and the sender's session gets
+/// `TimAck{ok, timType 92, n: group, t: 3, t2: mid}`.
+async fn recall(
+    server: &Arc<Server>,
+    author: UserId,
+    group: GroupId,
+    node: String,
+    members: Vec<UserId>,
+    msg: TimMessage,
+) -> Result<Next, EngineError> {
+    let mid = msg.mid.filter(|m| *m > 0).ok_or(ErrorCode::ParamIncorrect)?;
+    server.history.remove(chat_of(group), author, mid).await?;
+    for member in &members {
+        server.offline.remove_message(*member, mid).await?;
+    }
+    spawn_to_users(server, members.into_iter().map(|m| (m, server.sessions.of(m))).collect(), msg);
+    let ack = TimAck { n: Some(node), t: Some(3), t2: Some(mid), ..TimAck::ok(FrameType::RevokeMessage as u8) };
+    Ok(Next::Reply(ack))
+}
