@@ -7,8 +7,9 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use bytes::Bytes;
 use tim_kv::{Batch, Row, RowId, Store, StoreError, TableId};
-use tim_net::proto::ErrorCode;
-use tokio::sync::Semaphore;
+use tim_net::codec::{body_bytes, decode_body, Encoding};
+use tim_net::proto::{ErrorCode, TimUserBean};
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::error::EngineError;
 use crate::ident::{Ids, UserId};
@@ -26,6 +27,8 @@ pub struct Accounts {
     argon2: Argon2<'static>,
     hash_permits: Semaphore,
     tokens: Tokens,
+    /// Serializes profile changes (rare) so a read-merge-write cannot lose a concurrent one.
+    profile_lock: Mutex<()>,
 }
 
 /// Where a login name stands.
@@ -56,6 +59,7 @@ impl Accounts {
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, argon2_params),
             hash_permits: Semaphore::new(hash_concurrency.max(1)),
             tokens,
+            profile_lock: Mutex::new(()),
         })
     }
 
@@ -137,6 +141,42 @@ impl Accounts {
     /// Whether `user` is a registered account.
     pub async fn exists(&self, user: UserId) -> Result<bool, EngineError> {
         Ok(self.row_of(user).await?.is_some())
+    }
+
+    /// A user's profile with its creation time; `None` for an unknown user.
+    pub async fn profile(&self, user: UserId) -> Result<Option<TimUserBean>, EngineError> {
+        let Some((id, row)) = self.row_of(user).await? else { return Ok(None) };
+        let mut bean = match row.get(timuser::UBEAN) {
+            Some(raw) => decode_body::<TimUserBean>(raw.clone(), Encoding::Compact)
+                .map_err(|_| StoreError::Corrupt { table: timuser::DEF.name, id: id.0 })?,
+            None => TimUserBean::default(),
+        };
+        bean.createtime = row.get(timuser::CREATETIME).and_then(|c| c.as_ref().try_into().ok()).map(i64::from_be_bytes);
+        Ok(Some(bean))
+    }
+
+    /// Merges the fields `changes` sets into my profile (the creation time stays the server's).
+    /// Changes of one user's profile are serialized, so two devices cannot lose each other's.
+    pub async fn modify_profile(&self, user: UserId, changes: TimUserBean) -> Result<(), EngineError> {
+        let _guard = self.profile_lock.lock().await;
+        let (id, _) = self.row_of(user).await?.ok_or(ErrorCode::AccountIncorrect)?;
+        let old = self.profile(user).await?.unwrap_or_default();
+        let merged = TimUserBean {
+            name: changes.name.or(old.name),
+            nick_name: changes.nick_name.or(old.nick_name),
+            brithday: changes.brithday.or(old.brithday),
+            gender: changes.gender.or(old.gender),
+            cover: changes.cover.or(old.cover),
+            area: changes.area.or(old.area),
+            createtime: None,
+            photo_tid_album: changes.photo_tid_album.or(old.photo_tid_album),
+            extend: changes.extend.or(old.extend),
+            extra: changes.extra.or(old.extra),
+        };
+        let mut batch = Batch::new();
+        batch.update(self.users, id, vec![(timuser::UBEAN, Some(body_bytes(&merged, Encoding::Compact)))]);
+        self.store.write(batch).await?;
+        Ok(())
     }
 
     /// The account row of a user id.

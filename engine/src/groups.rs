@@ -425,6 +425,44 @@ impl Groups {
         self.members.list(id.party()).await
     }
 
+    /// MODIFYROOM: merges the profile fields `changes` sets (cover, topic, label, kind, extend,
+    /// extra) for the founder or a manager; the managers list, members only (else 4104), for
+    /// the founder only (4105).
+    pub async fn modify(&self, me: UserId, id: GroupId, changes: TimRoomBean) -> Result<(), EngineError> {
+        let l = self.lock(id, me).await?;
+        let group = &l.group;
+        if !group.is_admin(me) || (changes.managers.is_some() && group.founder() != Some(me)) {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        let old = group.bean.clone();
+        if let Some(list) = &changes.managers {
+            // Managers are members: a stranger cannot be made one.
+            for node in list {
+                let manager = UserId::parse(node).ok_or(ErrorCode::AccountIncorrect)?;
+                if !self.is_member(id, manager).await? {
+                    return Err(ErrorCode::ParamIncorrect.into());
+                }
+            }
+        }
+        let managers = changes.managers.or(old.managers);
+        let bean = TimRoomBean {
+            founder: old.founder,
+            managers,
+            cover: changes.cover.or(old.cover),
+            topic: changes.topic.or(old.topic),
+            label: changes.label.or(old.label),
+            gtype: old.gtype,
+            kind: changes.kind.or(old.kind),
+            createtime: old.createtime,
+            extend: changes.extend.or(old.extend),
+            extra: changes.extra.or(old.extra),
+        };
+        let mut batch = Batch::new();
+        batch.update(self.groups, group.row, vec![(timgroup::RBEAN, Some(body_bytes(&bean, Encoding::Compact)))]);
+        self.store.write(batch).await?;
+        Ok(())
+    }
+
     /// BLOCKROOMLIST: the groups I blocked.
     pub async fn blocked_groups(&self, me: UserId) -> Result<Vec<GroupId>, EngineError> {
         Ok(self.blocks.list(me).await?.into_iter().map(GroupId::from_party).collect())

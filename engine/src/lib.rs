@@ -15,6 +15,7 @@ mod listener;
 mod offline;
 mod pairs;
 mod presence;
+mod profiles;
 mod push;
 mod roster;
 mod secret;

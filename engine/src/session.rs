@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimPresence, TimReq};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -196,6 +196,15 @@ impl Session {
         self.send(encode_server(kind, encoding, body)).await
     }
 
+    /// Sends a business or profile reply.
+    async fn answer(&mut self, reply: Reply, encoding: Encoding) -> Result<(), Close> {
+        match reply {
+            Reply::Ack(ack) => self.reply(FrameType::Ack, encoding, &ack).await,
+            Reply::Nodes(nodes) => self.reply(FrameType::Nodes, encoding, &nodes).await,
+            Reply::Nothing => Ok(()),
+        }
+    }
+
     async fn refuse(&mut self, tim_type: u8, encoding: Encoding, code: ErrorCode) -> Result<(), Close> {
         self.reply(FrameType::Ack, encoding, &TimAck::error(tim_type, code)).await
     }
@@ -326,11 +335,8 @@ impl Session {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                match crate::business::handle(&self.server, login.user, &req).await {
-                    Reply::Ack(ack) => self.reply(FrameType::Ack, frame.encoding, &ack).await,
-                    Reply::Nodes(nodes) => self.reply(FrameType::Nodes, frame.encoding, &nodes).await,
-                    Reply::Nothing => Ok(()),
-                }
+                let reply = crate::business::handle(&self.server, login.user, &req).await;
+                self.answer(reply, frame.encoding).await
             }
             (FrameType::Message | FrameType::RevokeMessage | FrameType::BurnMessage, true) => {
                 let Ok(msg) = frame.decode::<TimMessage>() else {
@@ -367,6 +373,13 @@ impl Session {
                     Ok(()) => Ok(()),
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
+            }
+            (FrameType::Nodes, true) => {
+                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimNodes>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
+                };
+                let reply = crate::profiles::handle(&self.server, login.user, req).await;
+                self.answer(reply, frame.encoding).await
             }
             (FrameType::PullMessage, true) => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {

@@ -13,6 +13,8 @@ pub mod timuser {
     pub const PWD: usize = 2;
     /// Creation time, ns since the epoch, 8 bytes big-endian.
     pub const CREATETIME: usize = 3;
+    /// The profile, a thrift-compact `TimUserBean` (absent until first set).
+    pub const UBEAN: usize = 4;
     pub const DEF: TableDef = TableDef {
         name: "timuser",
         columns: &[

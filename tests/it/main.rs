@@ -11,4 +11,5 @@ mod frames;
 mod groups;
 mod node;
 mod presence;
+mod profiles;
 mod roster;
