@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: client listener (WebSocket /tim, HTTP /tim2) on an embedded RocksDB store.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Load generator: measure a running node (loopback only); see benches/README.md.
     Bench(tim_tools::bench::BenchArgs),
 }

@@ -10,6 +10,7 @@ use clap::{ArgMatches, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::ident::IdScheme;
+use crate::limits::Rate;
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +111,38 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_OFFLINE_MAX_AGE", default_value_t = 30 * 24 * 3600)]
     pub offline_max_age: u64,
 
+    /// Message-class frames (90–97) one connection may send per second, on average; 0: no limit.
+    #[arg(long, env = "TIM_RATE_CONNECTION", default_value_t = 100)]
+    pub rate_connection: u32,
+
+    /// Message-class frames one connection may send at once after a quiet spell.
+    #[arg(long, env = "TIM_BURST_CONNECTION", default_value_t = 200)]
+    pub burst_connection: u32,
+
+    /// Message-class frames all sessions of one account may send per second; 0: no limit.
+    #[arg(long, env = "TIM_RATE_ACCOUNT", default_value_t = 200)]
+    pub rate_account: u32,
+
+    /// Message-class frames all sessions of one account may send at once after a quiet spell.
+    #[arg(long, env = "TIM_BURST_ACCOUNT", default_value_t = 400)]
+    pub burst_account: u32,
+
+    /// Most authenticated connections on this node; a login past it gets 5104 and is closed.
+    #[arg(long, env = "TIM_CONNECT_LIMIT", default_value_t = 100_000)]
+    pub connect_limit: usize,
+
+    /// Most members of one group.
+    #[arg(long, env = "TIM_MAX_GROUP_MEMBERS", default_value_t = 5_000)]
+    pub max_group_members: usize,
+
+    /// Most groups one user may be a member of.
+    #[arg(long, env = "TIM_MAX_GROUPS_PER_USER", default_value_t = 500)]
+    pub max_groups_per_user: usize,
+
+    /// Most friends one user may have.
+    #[arg(long, env = "TIM_MAX_ROSTER", default_value_t = 5_000)]
+    pub max_roster: usize,
+
     /// Most messages one history request (frame 21) returns.
     #[arg(long, env = "TIM_MAX_HISTORY_PAGE", default_value_t = 200)]
     pub max_history_page: usize,
@@ -205,6 +238,23 @@ impl ServeConfig {
         if self.max_frame < 64 || self.max_frame > 1 << 30 {
             return invalid("max_frame", "must be between 64 bytes and 1 GiB");
         }
+        if self.connect_limit == 0 {
+            return invalid("connect_limit", "must be at least 1");
+        }
+        for (field, value) in [
+            ("max_group_members", self.max_group_members),
+            ("max_groups_per_user", self.max_groups_per_user),
+            ("max_roster", self.max_roster),
+        ] {
+            if !(1..=crate::pairs::MAX_LIST).contains(&value) {
+                return invalid(field, "must be between 1 and 10000 (the longest list a reply carries)");
+            }
+        }
+        if (self.rate_connection > 0 && self.burst_connection == 0)
+            || (self.rate_account > 0 && self.burst_account == 0)
+        {
+            return invalid("burst_connection/burst_account", "must be at least 1 when the rate is limited");
+        }
         if self.offline_max_entries == 0 {
             return invalid("offline_max_entries", "must be at least 1");
         }
@@ -229,6 +279,14 @@ impl ServeConfig {
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_secs(self.ping_timeout)
     }
+    pub fn connection_rate(&self) -> Rate {
+        Rate { per_second: self.rate_connection, burst: self.burst_connection }
+    }
+
+    pub fn account_rate(&self) -> Rate {
+        Rate { per_second: self.rate_account, burst: self.burst_account }
+    }
+
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_secs(self.ack_timeout)
     }

@@ -2,7 +2,9 @@
 //! (`TimRoomBean`: founder, managers, topic, …), each member's relation byte, membership rows in
 //! both directions and block rows (tim-server.md §2.3.8, §3.3).
 //!
-//! Changes to one group are serialized by a striped lock on the group. TIM's gaps are closed:
+//! A group holds at most `--max-group-members` members and a user is in at most
+//! `--max-groups-per-user` groups (4105 past either). Changes to one group are serialized by a
+//! striped lock on the group. TIM's gaps are closed:
 //! only members may pull users into an open group, nobody kicks or blocks the founder, and a
 //! manager cannot kick or block another manager.
 
@@ -77,7 +79,15 @@ pub enum Joined {
     Asked(Vec<UserId>),
 }
 
+/// Capacity limits.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    pub max_members: usize,
+    pub max_groups_per_user: usize,
+}
+
 pub struct Groups {
+    limits: GroupLimits,
     store: Arc<dyn Store>,
     groups: TableId,
     relate: TableId,
@@ -104,9 +114,10 @@ fn now_ns() -> i64 {
 }
 
 impl Groups {
-    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn Store>, limits: GroupLimits) -> Result<Self, StoreError> {
         let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
+            limits,
             groups: table(timgroup::DEF.name)?,
             relate: table(timgrouprelate::DEF.name)?,
             members: PairTable::new(store.clone(), &pair::TIMMUCROSTER)?,
@@ -133,6 +144,7 @@ impl Groups {
             createtime: Some(created),
             ..TimRoomBean::default()
         };
+        self.user_has_room(founder).await?;
         loop {
             let id = GroupId::random();
             let _guard = self.stripe(id).lock().await;
@@ -208,6 +220,24 @@ impl Groups {
         Ok(self.relation(directed_pair_id(id.party(), user)).await?.1 == MEMBER)
     }
 
+    /// Refuses (4105) when `user` is in as many groups as a user may be.
+    async fn user_has_room(&self, user: UserId) -> Result<(), EngineError> {
+        let max = self.limits.max_groups_per_user;
+        if self.members.count(user, max).await? >= max {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses (4105) when the group is full, or `user` is in as many groups as a user may be.
+    async fn has_room(&self, id: GroupId, user: UserId) -> Result<(), EngineError> {
+        let max = self.limits.max_members;
+        if self.members.count(id.party(), max).await? >= max {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        self.user_has_room(user).await
+    }
+
     /// Writes a relation byte; 0 deletes the row.
     fn stage_relation(&self, batch: &mut Batch, key: [u8; 16], row: Option<RowId>, status: u8) {
         match (row, status) {
@@ -271,6 +301,7 @@ impl Groups {
             self.stage_relation(&mut batch, l.key, l.row, PENDING);
             Joined::Asked(l.group.admins())
         } else {
+            self.has_room(id, me).await?;
             self.stage_relation(&mut batch, l.key, l.row, MEMBER);
             self.stage_membership(&mut batch, id, me, true).await?;
             Joined::Member
@@ -294,6 +325,7 @@ impl Groups {
         if l.status == MEMBER {
             return Err(ErrorCode::HasExist.into());
         }
+        self.has_room(id, user).await?;
         let mut batch = Batch::new();
         self.blocks.stage_remove(&mut batch, id.party(), user).await?;
         self.stage_relation(&mut batch, l.key, l.row, MEMBER);

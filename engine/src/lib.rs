@@ -11,6 +11,7 @@ mod error;
 mod group_chat;
 mod groups;
 mod ident;
+mod limits;
 mod listener;
 mod offline;
 mod pairs;

@@ -58,6 +58,16 @@ impl PairTable {
         Ok(())
     }
 
+    /// How many rows `owner` has, counting up to `limit` (index only).
+    pub async fn count(&self, owner: UserId, limit: usize) -> Result<usize, EngineError> {
+        let table = self.table;
+        let ids = tim_kv::read(&self.store, move |s| {
+            s.ids(table, slot_of(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, limit)
+        })
+        .await?;
+        Ok(ids.len())
+    }
+
     /// The others of `owner`'s rows, oldest first, at most [`MAX_LIST`].
     pub async fn list(&self, owner: UserId) -> Result<Vec<UserId>, EngineError> {
         let table = self.table;

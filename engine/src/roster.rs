@@ -40,6 +40,8 @@ pub enum Added {
 }
 
 pub struct Rosters {
+    /// Most friends a user may have.
+    max_roster: usize,
     store: Arc<dyn Store>,
     relate: TableId,
     roster: PairTable,
@@ -103,9 +105,10 @@ impl Pair {
 }
 
 impl Rosters {
-    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn Store>, max_roster: usize) -> Result<Self, StoreError> {
         let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
+            max_roster,
             relate: table(timrelate::DEF.name)?,
             roster: PairTable::new(store.clone(), &pair::TIMROSTER)?,
             block: PairTable::new(store.clone(), &pair::TIMBLOCK)?,
@@ -222,6 +225,11 @@ impl Rosters {
         }
         self.set_relation(&mut batch, pair, &rel, FRIEND, rel.theirs);
         let added = if rel.theirs == FRIEND {
+            for user in [me, other] {
+                if self.roster.count(user, self.max_roster).await? >= self.max_roster {
+                    return Err(ErrorCode::PermissionDenied.into());
+                }
+            }
             self.roster.stage_add(&mut batch, me, other).await?;
             self.roster.stage_add(&mut batch, other, me).await?;
             Added::Friends

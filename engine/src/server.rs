@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::accounts::Accounts;
 use crate::chat::History;
 use crate::config::ServeConfig;
-use crate::groups::Groups;
+use crate::groups::{GroupLimits, Groups};
 use crate::ident::{encode_base58, Ids};
 use crate::offline::{OfflineLimits, OfflineQueue};
 use crate::roster::Rosters;
@@ -91,13 +91,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         store.clone(),
         OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
     )?;
-    let rosters = Rosters::new(store.clone())?;
-    let groups = Groups::new(store.clone())?;
+    let rosters = Rosters::new(store.clone(), cfg.max_roster)?;
+    let groups = Groups::new(
+        store.clone(),
+        GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
+    )?;
     let history = History::new(store.clone())?;
     let sessions = Sessions::new(Limits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
         auth_min: Duration::from_secs(cfg.auth_min_unix),
+        connect_limit: cfg.connect_limit,
+        account_rate: cfg.account_rate(),
     });
     let mut rng = rand::rngs::OsRng;
     let server = Arc::new(Server {

@@ -29,8 +29,9 @@ use crate::chat::{self, Accepted, Next, Sender};
 use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
+use crate::limits::Bucket;
 use crate::server::Server;
-use crate::sessions::{Outbound, OverEntry, SessionHandle};
+use crate::sessions::{Outbound, Refused, SessionHandle};
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -45,6 +46,8 @@ enum Close {
     WriteFailed,
     /// More frames awaiting acks than the outbound queue holds.
     TooManyUnacked,
+    /// A login while the node holds `connect_limit` sessions.
+    NodeFull,
 }
 
 /// Most queued outbound frames written with one flush; bounds how long inbound frames wait.
@@ -87,6 +90,8 @@ struct Session {
     out_tx: mpsc::Sender<Outbound>,
     out_rx: mpsc::Receiver<Outbound>,
     pending: HashMap<u32, Pending>,
+    /// This connection's message-class frames ([`crate::limits`]).
+    bucket: Bucket,
     /// Acked deliveries whose offline entries are not deleted yet ([`Session::settle_acks`]).
     acked: Vec<Arc<Delivery>>,
     /// Chat messages accepted in this inbound burst, not stored yet ([`Session::store_burst`]),
@@ -103,6 +108,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
     let kick = server.shutdown.child_token();
     let deadline = Instant::now() + server.cfg.auth_timeout();
     let (out_tx, out_rx) = mpsc::channel(server.cfg.outbound_queue);
+    let bucket = Bucket::full(server.cfg.connection_rate());
     let session = Session {
         server,
         ws,
@@ -115,6 +121,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
         out_rx,
         pending: HashMap::new(),
         acked: Vec::new(),
+        bucket,
         burst: Vec::new(),
         ack_timers: None,
     };
@@ -153,6 +160,9 @@ impl Session {
             Close::ReadError(error) => info!(%error, "closing: websocket read failed"),
             Close::WriteFailed => info!("closing: write failed or timed out"),
             Close::TooManyUnacked => info!("closing: too many frames waiting for acks"),
+            Close::NodeFull => {
+                warn!(limit = self.server.cfg.connect_limit, "closing: login over the node's connect limit")
+            }
         }
         if let Some(login) = &self.login {
             // A session closed for a newer login was already replaced: no offline presence.
@@ -284,6 +294,12 @@ impl Session {
         // client is handled: an ack followed by an offline request must not get them again.
         if code != FrameType::Ack as u8 {
             self.settle_acks().await;
+        }
+        if self.login.is_some() && (FrameType::Message as u8..=FrameType::BigBinaryStream as u8).contains(&code) {
+            let connection = self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std());
+            if !connection || !self.login.as_ref().is_some_and(|l| self.server.sessions.take_token(l.user)) {
+                return self.refuse(code, Encoding::of_client_head(head), ErrorCode::HeavyLoad).await;
+            }
         }
         // Frames other than messages may refer to the burst's messages: store those first.
         if ![FrameType::Message, FrameType::RevokeMessage, FrameType::BurnMessage].map(|k| k as u8).contains(&code) {
@@ -523,8 +539,13 @@ impl Session {
         };
         let handle =
             SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.out_tx.clone(), self.kick.clone());
-        if self.server.sessions.admit(user, handle.clone()) == Err(OverEntry) {
-            return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await;
+        match self.server.sessions.admit(user, handle.clone()) {
+            Ok(()) => {}
+            Err(Refused::OverEntry) => return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await,
+            Err(Refused::NodeFull) => {
+                self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
+                return Err(Close::NodeFull);
+            }
         }
         Span::current().record("uid", user.node());
         info!(termtyp = ?auth.termtyp, "logged in");

@@ -4,6 +4,7 @@
 //! way if the account's previous login is older than `auth_min_unix`; otherwise it gets 4111.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Delivery;
 use crate::ident::UserId;
+use crate::limits::{Bucket, Rate};
 
 /// What other tasks hand a session to send.
 pub enum Outbound {
@@ -73,26 +75,45 @@ struct Account {
     /// Oldest first.
     sessions: Vec<SessionHandle>,
     last_login: Instant,
+    /// The account's message-class frames, across its sessions on this node.
+    bucket: Bucket,
 }
 
 pub struct Limits {
     pub device_limit: usize,
     pub devicetype_limit: usize,
     pub auth_min: Duration,
+    /// Most sessions on the node.
+    pub connect_limit: usize,
+    pub account_rate: Rate,
 }
 
 pub struct Sessions {
     accounts: Mutex<HashMap<UserId, Account>>,
     limits: Limits,
+    /// Sessions on the node (kept with the map, under its lock).
+    online: AtomicUsize,
 }
 
-/// A login refused by the device limits (4111).
+/// Why a login is refused.
 #[derive(Debug, PartialEq, Eq)]
-pub struct OverEntry;
+pub enum Refused {
+    /// Over the account's device limits (4111).
+    OverEntry,
+    /// The node holds `connect_limit` sessions (5104).
+    NodeFull,
+}
 
 impl Sessions {
     pub fn new(limits: Limits) -> Self {
-        Self { accounts: Mutex::new(HashMap::new()), limits }
+        Self { accounts: Mutex::new(HashMap::new()), limits, online: AtomicUsize::new(0) }
+    }
+
+    /// Takes a token from the account's bucket of message-class frames; `false` when the
+    /// account is over its rate (or has no session here).
+    pub fn take_token(&self, user: UserId) -> bool {
+        let rate = self.limits.account_rate;
+        self.lock().get_mut(&user).is_some_and(|a| a.bucket.take(rate, Instant::now()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Account>> {
@@ -100,17 +121,25 @@ impl Sessions {
     }
 
     /// Admits a logged-in session, closing the oldest ones in the way when allowed.
-    pub fn admit(&self, user: UserId, session: SessionHandle) -> Result<(), OverEntry> {
+    pub fn admit(&self, user: UserId, session: SessionHandle) -> Result<(), Refused> {
         let now = Instant::now();
         let mut accounts = self.lock();
-        let account = accounts.entry(user).or_insert_with(|| Account { sessions: Vec::new(), last_login: now });
+        if self.online.load(Ordering::Relaxed) >= self.limits.connect_limit {
+            return Err(Refused::NodeFull);
+        }
+        let rate = self.limits.account_rate;
+        let account = accounts.entry(user).or_insert_with(|| Account {
+            sessions: Vec::new(),
+            last_login: now,
+            bucket: Bucket::full(rate),
+        });
         let same_type = |s: &SessionHandle| session.termtyp.is_some() && s.termtyp == session.termtyp;
         let typed = account.sessions.iter().filter(|s| same_type(s)).count();
         let over_type = session.termtyp.is_some() && typed >= self.limits.devicetype_limit;
         let over_device = account.sessions.len() >= self.limits.device_limit;
         if over_type || over_device {
             if !account.sessions.is_empty() && now.duration_since(account.last_login) < self.limits.auth_min {
-                return Err(OverEntry);
+                return Err(Refused::OverEntry);
             }
             let mut typed = typed;
             while typed >= self.limits.devicetype_limit {
@@ -118,13 +147,16 @@ impl Sessions {
                     break;
                 };
                 account.sessions.remove(at).close();
+                self.online.fetch_sub(1, Ordering::Relaxed);
                 typed -= 1;
             }
             while account.sessions.len() >= self.limits.device_limit {
                 account.sessions.remove(0).close();
+                self.online.fetch_sub(1, Ordering::Relaxed);
             }
         }
         account.sessions.push(session);
+        self.online.fetch_add(1, Ordering::Relaxed);
         account.last_login = now;
         Ok(())
     }
@@ -138,6 +170,9 @@ impl Sessions {
         let before = account.sessions.len();
         account.sessions.retain(|s| s.conn_id != conn_id);
         let removed = account.sessions.len() < before;
+        if removed {
+            self.online.fetch_sub(1, Ordering::Relaxed);
+        }
         if account.sessions.is_empty() {
             accounts.remove(&user);
         }
@@ -159,6 +194,11 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    fn limits(device_limit: usize, devicetype_limit: usize, auth_min: Duration) -> Limits {
+        let account_rate = Rate { per_second: 0, burst: 0 };
+        Limits { device_limit, devicetype_limit, auth_min, connect_limit: 100, account_rate }
+    }
+
     fn handle(conn_id: u64, termtyp: Option<i8>) -> SessionHandle {
         let (out_tx, _) = mpsc::channel(1);
         SessionHandle::new(conn_id, termtyp, Encoding::Compact, out_tx, CancellationToken::new())
@@ -170,12 +210,12 @@ mod tests {
 
     #[test]
     fn device_limit_is_exact_and_kicks_oldest_after_auth_min() {
-        let quick = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::from_secs(60) });
+        let quick = Sessions::new(limits(2, 5, Duration::from_secs(60)));
         quick.admit(user(), handle(1, None)).unwrap();
         quick.admit(user(), handle(2, None)).unwrap();
-        assert_eq!(quick.admit(user(), handle(3, None)), Err(OverEntry), "limit 2 means 2, not 3");
+        assert_eq!(quick.admit(user(), handle(3, None)), Err(Refused::OverEntry), "limit 2 means 2, not 3");
 
-        let kicking = Sessions::new(Limits { device_limit: 2, devicetype_limit: 5, auth_min: Duration::ZERO });
+        let kicking = Sessions::new(limits(2, 5, Duration::ZERO));
         let first = handle(1, None);
         kicking.admit(user(), first.clone()).unwrap();
         kicking.admit(user(), handle(2, None)).unwrap();
@@ -186,7 +226,7 @@ mod tests {
 
     #[test]
     fn device_type_limit_kicks_the_same_type() {
-        let s = Sessions::new(Limits { device_limit: 5, devicetype_limit: 1, auth_min: Duration::ZERO });
+        let s = Sessions::new(limits(5, 1, Duration::ZERO));
         let web = handle(1, Some(1));
         let phone = handle(2, Some(2));
         s.admit(user(), web.clone()).unwrap();

@@ -9,6 +9,7 @@ mod chat;
 mod durability;
 mod frames;
 mod groups;
+mod limits;
 mod node;
 mod presence;
 mod profiles;
