@@ -229,9 +229,16 @@ pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) ->
         crate::group_chat::check_private(server, &room, from.user, to).await?;
         return accepted(server, from, to, msg).await;
     }
+    may_message(server, from.user, to).await?;
+    accepted(server, from, to, msg).await
+}
+
+/// Whether `from` may send to `to`: mutual friends, or anyone existing with
+/// `--message-noauth`. Unknown target 4106, not friends 4105.
+pub async fn may_message(server: &Server, from: UserId, to: UserId) -> Result<(), EngineError> {
     // Friends exist (a roster entry is made for an existing account only), so the common case
     // reads the relation alone; the existence check keeps TIM's order of error codes.
-    let friends = !server.cfg.message_noauth && server.rosters.are_friends(from.user, to).await?;
+    let friends = !server.cfg.message_noauth && server.rosters.are_friends(from, to).await?;
     if !friends {
         if !server.accounts.exists(to).await? {
             return Err(ErrorCode::AccountIncorrect.into());
@@ -240,7 +247,7 @@ pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) ->
             return Err(ErrorCode::PermissionDenied.into());
         }
     }
-    accepted(server, from, to, msg).await
+    Ok(())
 }
 
 /// The server's stamp on an accepted message: sender, time, and an id when the client gave none.

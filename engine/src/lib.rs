@@ -2,6 +2,7 @@
 //! command line.
 
 mod accounts;
+mod big_data;
 mod business;
 mod chat;
 pub mod cli;

@@ -507,16 +507,23 @@ impl Session {
         });
     }
 
-    /// A complete big-data frame. Delivery of big data is not built yet: the sender learns so
-    /// with 4107; a malformed frame gets 4104.
+    /// A complete big-data frame; a malformed one gets 4104.
     async fn on_big_data(&mut self, frame: Bytes) -> Result<(), Close> {
         let code = frame.first().map_or(FrameType::BigBinary as u8, |h| h & 0x7F);
-        match BigData::parse(frame) {
-            Ok(big) => {
-                debug!(kind = ?big.kind, len = big.data.len(), "big data frame");
-                self.refuse(code, Encoding::Compact, ErrorCode::InterfaceIncorrect).await
+        let (Ok(big), Some(login)) = (BigData::parse(frame), &self.login) else {
+            return self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect).await;
+        };
+        debug!(kind = ?big.kind, len = big.data.len(), "big data frame");
+        let sent = match big.kind {
+            FrameType::BigString | FrameType::BigBinary => {
+                crate::big_data::send(&self.server, login.user, &login.tid.node, big).await
             }
-            Err(_) => self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect).await,
+            // Streams of virtual rooms are not offered yet.
+            _ => Err(ErrorCode::InterfaceIncorrect.into()),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => self.refuse_with(code, Encoding::Compact, e).await,
         }
     }
 

@@ -120,28 +120,71 @@ async fn fragmented_and_text_messages_are_reassembled() {
     assert_eq!(reply.kind, FrameType::Ack, "text frame accepted");
 }
 
-#[tokio::test]
-async fn big_data_is_reassembled_by_its_length() {
-    let node = TestNode::start(&[]);
-    assert!(node.register("big", "pw", Encoding::Compact).await.ok);
-    let (mut client, _) = node.login("big", "pw", Encoding::Compact).await;
-    let data = vec![7u8; 3000];
-    let mut frame = vec![0xE0];
-    frame.extend_from_slice(&((5 + 3 + 1 + data.len()) as u32).to_be_bytes());
-    frame.extend_from_slice(b"abc\x83");
-    frame.extend_from_slice(&data);
-    // Three WebSocket messages make one frame: one answer, not three.
-    for part in frame.chunks(1100) {
-        client.send_raw(Bytes::copy_from_slice(part)).await.unwrap();
+/// A client → server big-data frame; `with_length`: the form with the 4-byte total length
+/// (timjs), else the legacy form without it (timgo, atim).
+fn big_frame(kind: u8, target: &str, sep: u8, data: &[u8], with_length: bool) -> Vec<u8> {
+    let mut frame = vec![kind | 0x80];
+    if with_length {
+        frame.extend_from_slice(&((5 + target.len() + 1 + data.len()) as u32).to_be_bytes());
     }
-    let ack = client.recv_ack(WAIT).await.unwrap();
-    assert_eq!((ack.tim_type, ack.error_code()), (96, Some(4107)), "parsed whole; delivery not built yet");
+    frame.extend_from_slice(target.as_bytes());
+    frame.push(sep);
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// The next frame the client gets, as bytes: a big-data delivery `[type][origin]sep[data]`.
+async fn big_delivery(client: &mut Client) -> Vec<u8> {
+    let frame = client.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.ack_id, None, "big data asks for no ack");
+    let mut raw = vec![frame.kind as u8];
+    raw.extend_from_slice(&frame.body);
+    raw
+}
+
+#[tokio::test]
+async fn big_data_of_1_mib_reaches_a_friend_in_both_forms() {
+    let node = TestNode::start(&[]);
+    let (mut ann, ann_node) = crate::roster::user(&node, "ann", Encoding::Compact).await;
+    let (mut ben, ben_node) = crate::roster::user(&node, "ben", Encoding::Json).await;
+    let (mut cid, _) = crate::roster::user(&node, "cid", Encoding::Compact).await;
+    crate::chat::befriend(&mut ann, &ann_node, &mut ben, &ben_node).await;
+    let binary: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let text = "ünïcode ".repeat((1 << 20) / 10);
+
+    // With its length, split over several WebSocket messages: reassembled by the length.
+    let frame = big_frame(96, &ben_node, 0x83, &binary, true);
+    for part in frame.chunks(300_000) {
+        ann.send_raw(Bytes::copy_from_slice(part)).await.unwrap();
+    }
+    let mut expected = vec![0x60];
+    expected.extend_from_slice(ann_node.as_bytes());
+    expected.push(0x83);
+    expected.extend_from_slice(&binary);
+    assert!(big_delivery(&mut ben).await == expected, "the binary arrives whole");
+    // Big strings, with both separators ('|' and timjs's 0x00), in the legacy form without a
+    // length: one WebSocket message in several WebSocket frames.
+    for sep in [b'|', 0] {
+        ann.send_fragmented(&big_frame(95, &ben_node, sep, text.as_bytes(), false), 200_000).await.unwrap();
+        let got = big_delivery(&mut ben).await;
+        let mut expected = vec![0x5F];
+        expected.extend_from_slice(ann_node.as_bytes());
+        expected.push(b'|');
+        expected.extend_from_slice(text.as_bytes());
+        assert!(got == expected, "the string arrives whole (separator {sep})");
+    }
+
+    // Not to strangers (TIM lets anyone send big data to anyone), not to unknown nodes.
+    cid.send_raw(Bytes::from(big_frame(96, &ben_node, 0x83, b"hi", true))).await.unwrap();
+    let ack = cid.recv_ack(WAIT).await.unwrap();
+    assert_eq!((ack.tim_type, ack.error_code()), (96, Some(4105)));
+    cid.send_raw(Bytes::from(big_frame(95, "0OIl", b'|', b"hi", true))).await.unwrap();
+    assert_eq!(cid.recv_ack(WAIT).await.unwrap().error_code(), Some(4106));
     // Declared length smaller than what arrived: 4114, as TIM answers.
-    client.send_raw(Bytes::from_static(&[0xE0, 0, 0, 0, 6, b'a', b'b', 0x83, 1])).await.unwrap();
-    let ack = client.recv_ack(WAIT).await.unwrap();
-    assert_eq!(ack.error_code(), Some(4114));
-    client.ping().await.unwrap();
-    assert_eq!(client.recv_within(WAIT).await.unwrap().kind, FrameType::Ping);
+    ann.send_raw(Bytes::from_static(&[0xE0, 0, 0, 0, 6, b'a', b'b', 0x83, 1])).await.unwrap();
+    assert_eq!(ann.recv_ack(WAIT).await.unwrap().error_code(), Some(4114));
+    ann.ping().await.unwrap();
+    assert_eq!(ann.recv_within(WAIT).await.unwrap().kind, FrameType::Ping);
 }
 
 #[tokio::test]
