@@ -143,6 +143,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_MAX_ROSTER", default_value_t = 5_000)]
     pub max_roster: usize,
 
+    /// Seconds after its last push a virtual room without subscribers is removed.
+    #[arg(long, env = "TIM_VROOM_IDLE", default_value_t = 300)]
+    pub vroom_idle: u64,
+
     /// Most messages one history request (frame 21) returns.
     #[arg(long, env = "TIM_MAX_HISTORY_PAGE", default_value_t = 200)]
     pub max_history_page: usize,

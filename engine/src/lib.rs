@@ -26,5 +26,6 @@ mod session;
 mod sessions;
 mod tables;
 mod tokens;
+mod vrooms;
 
 pub use config::ServeConfig;

@@ -24,6 +24,7 @@ use crate::secret::Secret;
 use crate::sessions::{Limits, Sessions};
 use crate::tables;
 use crate::tokens::Tokens;
+use crate::vrooms::Rooms;
 
 /// What every connection of the node shares.
 pub struct Server {
@@ -33,6 +34,7 @@ pub struct Server {
     pub offline: OfflineQueue,
     pub rosters: Rosters,
     pub groups: Groups,
+    pub rooms: Arc<Rooms>,
     pub history: History,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
@@ -111,6 +113,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         offline,
         rosters,
         groups,
+        rooms: Arc::new(Rooms::new(Duration::from_secs(cfg.vroom_idle))),
         history,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -130,6 +133,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     writeln!(stdout, "tim ready listen={addr}")?;
     stdout.flush()?;
 
+    // Idle rooms are looked for every tenth of the idle time (at least every second).
+    let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
+    tokio::spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
     let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
     shutdown_signal().await;
     info!("shutting down");

@@ -16,7 +16,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq};
+use tim_net::proto::{
+    ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream,
+};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -32,6 +34,7 @@ use crate::ident::UserId;
 use crate::limits::Bucket;
 use crate::server::Server;
 use crate::sessions::{Outbound, Refused, SessionHandle};
+use crate::vrooms::Push;
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -390,6 +393,26 @@ impl Session {
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }
+            (FrameType::VRoom, true) => {
+                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
+                };
+                let ack = self.server.rooms.handle(login.user, &login.handle, &req);
+                self.reply(FrameType::Ack, frame.encoding, &ack).await
+            }
+            (FrameType::Stream, true) => {
+                let (Some(login), Ok(stream)) = (&self.login, frame.decode::<TimStream>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
+                };
+                let room = stream.vnode.clone();
+                match self.server.rooms.push(login.user, &room, Push::Stream(stream)) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let ack = TimAck { n: Some(room), ..TimAck::error(code, e.wire_code()) };
+                        self.reply(FrameType::Ack, frame.encoding, &ack).await
+                    }
+                }
+            }
             (FrameType::Nodes, true) => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimNodes>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
@@ -518,8 +541,7 @@ impl Session {
             FrameType::BigString | FrameType::BigBinary => {
                 crate::big_data::send(&self.server, login.user, &login.tid.node, big).await
             }
-            // Streams of virtual rooms are not offered yet.
-            _ => Err(ErrorCode::InterfaceIncorrect.into()),
+            _ => self.server.rooms.push(login.user, &big.target, Push::Raw(big.data)),
         };
         match sent {
             Ok(()) => Ok(()),

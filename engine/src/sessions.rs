@@ -62,6 +62,21 @@ impl SessionHandle {
         })
     }
 
+    /// Queues without waiting and without cutting a slow session off: `false` when the queue
+    /// is full (or the session ended) and the frame is dropped (best-effort streams).
+    pub fn offer(&self, out: Outbound) -> bool {
+        self.out_tx.try_send(out).is_ok()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.out_tx.is_closed()
+    }
+
+    pub fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
     pub fn push_delivery(&self, delivery: Arc<Delivery>) -> Result<(), Outbound> {
         self.push(Outbound::Delivery(delivery))
     }

@@ -14,3 +14,4 @@ mod node;
 mod presence;
 mod profiles;
 mod roster;
+mod vrooms;
