@@ -64,6 +64,21 @@ fn connect_spreads_connections_over_worker_processes() {
 }
 
 #[test]
+fn group_and_room_scenarios_count_every_delivery() {
+    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    for scenario in ["group", "room"] {
+        let args = [scenario, "--members", "5", "--messages", "20", "--rate", "50"];
+        let report = bench(&node, &dir.path().join(format!("{scenario}.json")), &args);
+        assert_eq!(report["scenario"], scenario);
+        assert_eq!(figure(&report, "deliveries expected"), 100.0);
+        assert_eq!(figure(&report, "deliveries"), 100.0, "{scenario}: every member got every message");
+        assert_eq!(figure(&report, "deliveries duplicated"), 0.0);
+        assert!(figure(&report, "delivery latency p50") > 0.0);
+    }
+}
+
+#[test]
 fn bench_refuses_non_loopback_targets() {
     let output = Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["bench", "--server", "10.0.0.1:20003", "connect"])

@@ -5,6 +5,7 @@
 
 mod chat;
 mod connect;
+mod fanout;
 mod machine;
 mod offline;
 mod report;
@@ -63,6 +64,10 @@ pub enum Scenario {
     Chat(chat::ChatArgs),
     /// Fill N users' offline queues, then log them in and drain them: the drain rate.
     Offline(offline::OfflineArgs),
+    /// One sender posts to an open group of N members, all online: deliveries per second, latency.
+    Group(fanout::FanoutArgs),
+    /// One pusher streams to a virtual room with N subscribers: deliveries per second, latency.
+    Room(fanout::FanoutArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
@@ -95,6 +100,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Connect(c) => connect::run(&args, c).await,
             Scenario::Chat(c) => chat::run(&args, c).await,
             Scenario::Offline(c) => offline::run(&args, c).await,
+            Scenario::Group(c) => fanout::run(&args, c, fanout::Kind::Group).await,
+            Scenario::Room(c) => fanout::run(&args, c, fanout::Kind::Room).await,
         }
     })?;
     report.print();
