@@ -368,9 +368,25 @@ impl Groups {
         if l.status != MEMBER {
             return Err(ErrorCode::ParamIncorrect.into());
         }
+        self.take_out(&l, id, user, 0, None).await
+    }
+
+    /// Takes `user` out of the group (membership rows, manager role), leaving the relation
+    /// byte `status` (0: no relation) and, when given, the block row `owner → other`.
+    async fn take_out(
+        &self,
+        l: &Locked<'_>,
+        id: GroupId,
+        user: UserId,
+        status: u8,
+        block: Option<(UserId, UserId)>,
+    ) -> Result<(), EngineError> {
         let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, 0);
+        self.stage_relation(&mut batch, l.key, l.row, status);
         self.stage_membership(&mut batch, id, user, false).await?;
+        if let Some((owner, other)) = block {
+            self.blocks.stage_add(&mut batch, owner, other).await?;
+        }
         self.stage_demotion(&mut batch, &l.group, user);
         self.store.write(batch).await?;
         Ok(())
@@ -383,13 +399,8 @@ impl Groups {
         if !Self::may_remove(&l.group, me, user) {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, GROUP_BLOCKED | (l.status & USER_BLOCKED));
-        self.stage_membership(&mut batch, id, user, false).await?;
-        self.blocks.stage_add(&mut batch, id.party(), user).await?;
-        self.stage_demotion(&mut batch, &l.group, user);
-        self.store.write(batch).await?;
-        Ok(())
+        let status = GROUP_BLOCKED | (l.status & USER_BLOCKED);
+        self.take_out(&l, id, user, status, Some((id.party(), user))).await
     }
 
     /// LEAVEROOM: the founder cannot leave (4105); not a member: 4104.
@@ -401,12 +412,7 @@ impl Groups {
         if l.status != MEMBER {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, 0);
-        self.stage_membership(&mut batch, id, me, false).await?;
-        self.stage_demotion(&mut batch, &l.group, me);
-        self.store.write(batch).await?;
-        Ok(())
+        self.take_out(&l, id, me, 0, None).await
     }
 
     /// BLOCKROOM: I block the group (leaving it); the founder cannot (4105).
@@ -415,13 +421,8 @@ impl Groups {
         if l.group.founder() == Some(me) {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, (l.status & GROUP_BLOCKED) | USER_BLOCKED);
-        self.stage_membership(&mut batch, id, me, false).await?;
-        self.blocks.stage_add(&mut batch, me, id.party()).await?;
-        self.stage_demotion(&mut batch, &l.group, me);
-        self.store.write(batch).await?;
-        Ok(())
+        let status = (l.status & GROUP_BLOCKED) | USER_BLOCKED;
+        self.take_out(&l, id, me, status, Some((me, id.party()))).await
     }
 
     /// CANCELROOM: the founder dissolves the group once they are its only member (else 4105).
