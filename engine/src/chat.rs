@@ -32,6 +32,8 @@ pub(crate) const OD_NORMAL: i8 = 1;
 pub(crate) const OD_RECALL: i8 = 2;
 pub(crate) const OD_BURN: i8 = 3;
 pub(crate) const OD_STREAM: i8 = 5;
+/// Most history rows one request looks at when a time bound skips rows.
+const MAX_SCAN: usize = 10_000;
 /// `odType`s above this are application-defined.
 pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 
@@ -82,7 +84,7 @@ impl History {
         let ids = self.store.write(batch).await?;
         let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
         for user in absent {
-            offline.pushed(*user).await?;
+            offline.pushed(*user).await;
         }
         i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
     }
@@ -107,7 +109,7 @@ impl History {
         let mut out = Vec::with_capacity(accepted.len());
         for (pair, Accepted { to, .. }) in ids.chunks_exact(2).zip(accepted) {
             let (Some(mid), Some(entry)) = (pair.first(), pair.get(1)) else { continue };
-            offline.pushed(*to).await?;
+            offline.pushed(*to).await;
             out.push((i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))?, *entry));
         }
         Ok(out)
@@ -142,14 +144,18 @@ impl History {
     ) -> Result<Vec<TimMessage>, EngineError> {
         let table = self.table;
         let start = if upto <= 0 { Cursor::NEWEST } else { Cursor::Desc(RowId(upto as u64)) };
-        // A time bound can skip rows, so read ahead in pages until `limit` are found.
+        // A time bound can skip rows, so read ahead in pages until `limit` are found, looking
+        // at no more than `MAX_SCAN` rows (a bound before the conversation began must not make
+        // one request read all of it).
         let rows = tim_kv::read(&self.store, move |store| -> Result<Vec<TimMessage>, StoreError> {
             let slot = tim_shard::slot_of(&chat);
             let mut out = Vec::new();
             let mut cursor = start;
-            loop {
+            let mut scanned = 0;
+            while scanned < MAX_SCAN {
                 let page = store.page(table, slot, timmessage::CHATID, &chat, cursor, limit.max(1))?;
                 let Some(last) = page.last().map(|(id, _)| *id) else { break };
+                scanned += page.len();
                 for (mid, row) in page {
                     let Some(Ok(msg)) =
                         row.get(timmessage::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tim_net::proto::{ErrorCode, TimAck, TimMessage};
 use tim_net::FrameType;
 
-use crate::chat::{Next, Sender, OD_BURN, OD_NORMAL, OD_RECALL, OD_STREAM};
+use crate::chat::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
 use crate::push::{frames_to, spawn_to_users};
@@ -75,13 +75,8 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
             frames_to(members.into_iter().flat_map(|m| server.sessions.of(m)), FrameType::Message, &msg);
             Ok(Next::Done)
         }
-        // Burn-after-reading is between two users.
-        OD_BURN => Err(ErrorCode::ParamIncorrect.into()),
-        _ => {
-            msg.mid = None;
-            spawn_to_users(server, members.into_iter().map(|m| (m, server.sessions.of(m))).collect(), msg);
-            Ok(Next::Done)
-        }
+        // Burn-after-reading is between two users, and custom kinds too (as TIM).
+        _ => Err(ErrorCode::ParamIncorrect.into()),
     }
 }
 

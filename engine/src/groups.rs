@@ -286,7 +286,7 @@ impl Groups {
     }
 
     /// ADDROOM: joins an open group, or asks to join a private one. Blocked by the group: 4110;
-    /// already a member: 4101. Joining lifts my own block of the group.
+    /// already a member: 4101; already asked: 4117. Joining lifts my own block of the group.
     pub async fn join(&self, me: UserId, id: GroupId) -> Result<Joined, EngineError> {
         let l = self.lock(id, me).await?;
         if l.status & 0xF0 == GROUP_BLOCKED {
@@ -294,6 +294,10 @@ impl Groups {
         }
         if l.status == MEMBER {
             return Err(ErrorCode::HasExist.into());
+        }
+        // Asking again would only notify the admins again.
+        if l.status == PENDING {
+            return Err(ErrorCode::Repetitive.into());
         }
         let mut batch = Batch::new();
         self.blocks.stage_remove(&mut batch, me, id.party()).await?;
@@ -312,7 +316,8 @@ impl Groups {
 
     /// PULLROOM: adds `user` (or approves their request). Into a private group only the
     /// founder or a manager may pull, into an open one only members (4105). A user who blocked
-    /// the group: 4110; already a member: 4101. `Ok(true)` when it approved a request.
+    /// the group, or whom the group blocked and the caller is no admin: 4110; already a member:
+    /// 4101. `Ok(true)` when it approved a request.
     pub async fn pull(&self, me: UserId, id: GroupId, user: UserId) -> Result<bool, EngineError> {
         let l = self.lock(id, user).await?;
         let allowed = if l.group.private { l.group.is_admin(me) } else { self.is_member(id, me).await? };
@@ -320,6 +325,10 @@ impl Groups {
             return Err(ErrorCode::PermissionDenied.into());
         }
         if l.status & 0x0F == USER_BLOCKED {
+            return Err(ErrorCode::Blocked.into());
+        }
+        // Only an admin lifts the group's block of a user.
+        if l.status & 0xF0 == GROUP_BLOCKED && !l.group.is_admin(me) {
             return Err(ErrorCode::Blocked.into());
         }
         if l.status == MEMBER {

@@ -71,7 +71,7 @@ impl OfflineQueue {
         let mut batch = Batch::new();
         self.stage(&mut batch, user, msg, None);
         let entry = self.store.write(batch).await?.first().copied().ok_or(EngineError::Refused(ErrorCode::Database))?;
-        self.pushed(user).await?;
+        self.pushed(user).await;
         Ok(entry)
     }
 
@@ -96,8 +96,15 @@ impl OfflineQueue {
     }
 
     /// Counts an entry written to `user`'s queue; a queue over `max_entries` loses its oldest
-    /// entries.
-    pub async fn pushed(&self, user: UserId) -> Result<(), EngineError> {
+    /// entries. The entry is written already, so a failure here is logged, not returned: the
+    /// cap is then enforced at the next push.
+    pub async fn pushed(&self, user: UserId) {
+        if let Err(e) = self.count_and_trim(user).await {
+            warn!(error = %e, uid = %user.node(), "offline queue cap not checked");
+        }
+    }
+
+    async fn count_and_trim(&self, user: UserId) -> Result<(), EngineError> {
         let cached = self.counts().get_mut(&user).map(|n| {
             *n += 1;
             *n

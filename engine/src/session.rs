@@ -298,11 +298,10 @@ impl Session {
         if code != FrameType::Ack as u8 {
             self.settle_acks().await;
         }
-        if self.login.is_some() && (FrameType::Message as u8..=FrameType::BigBinaryStream as u8).contains(&code) {
-            let connection = self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std());
-            if !connection || !self.login.as_ref().is_some_and(|l| self.server.sessions.take_token(l.user)) {
-                return self.refuse(code, Encoding::of_client_head(head), ErrorCode::HeavyLoad).await;
-            }
+        // Message frames are rate-limited here; big data once it is whole (its continuation
+        // messages must still be taken as such).
+        if (FrameType::Message as u8..=FrameType::Stream as u8).contains(&code) && self.over_rate() {
+            return self.refuse(code, Encoding::of_client_head(head), ErrorCode::HeavyLoad).await;
         }
         // Frames other than messages may refer to the burst's messages: store those first.
         if ![FrameType::Message, FrameType::RevokeMessage, FrameType::BurnMessage].map(|k| k as u8).contains(&code) {
@@ -530,9 +529,20 @@ impl Session {
         });
     }
 
+    /// Whether a message-class frame of the logged-in client is over the connection's or the
+    /// account's rate (it then gets 5104); takes a token from both otherwise.
+    fn over_rate(&mut self) -> bool {
+        let Some(login) = &self.login else { return false };
+        !(self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std())
+            && self.server.sessions.take_token(login.user))
+    }
+
     /// A complete big-data frame; a malformed one gets 4104.
     async fn on_big_data(&mut self, frame: Bytes) -> Result<(), Close> {
         let code = frame.first().map_or(FrameType::BigBinary as u8, |h| h & 0x7F);
+        if self.over_rate() {
+            return self.refuse(code, Encoding::Compact, ErrorCode::HeavyLoad).await;
+        }
         let (Ok(big), Some(login)) = (BigData::parse(frame), &self.login) else {
             return self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect).await;
         };

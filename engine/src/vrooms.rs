@@ -29,8 +29,9 @@ const SUB: i32 = 5;
 const UNSUB: i32 = 6;
 /// `reqInt` of SUB asking for raw (97) deliveries.
 const RAW: i64 = 1;
-/// Most rooms a node holds; NEW past it gets 5104.
+/// Most rooms a node holds, and one user founds; NEW past either gets 5104.
 const MAX_ROOMS: usize = 100_000;
+const MAX_ROOMS_PER_USER: usize = 100;
 
 const VROOM: u8 = FrameType::VRoom as u8;
 
@@ -102,7 +103,7 @@ impl Rooms {
 
     fn create(&self, founder: UserId) -> Result<String, EngineError> {
         let mut rooms = self.lock();
-        if rooms.len() >= MAX_ROOMS {
+        if rooms.len() >= MAX_ROOMS || rooms.values().filter(|r| r.founder == founder).count() >= MAX_ROOMS_PER_USER {
             return Err(ErrorCode::HeavyLoad.into());
         }
         loop {

@@ -5,6 +5,10 @@ use std::process::Command;
 
 use crate::node::TestNode;
 
+/// A server as the bench guide starts one: cheap password hashing, no message-rate limits.
+const BENCH_SERVER: &[&str] =
+    &["--argon2-memory-kib", "8", "--argon2-passes", "1", "--rate-connection", "0", "--rate-account", "0"];
+
 fn bench(node: &TestNode, json: &std::path::Path, scenario: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_tim"))
         .args(["bench", "--server", &node.addr.to_string(), "--json"])
@@ -22,7 +26,7 @@ fn figure(report: &serde_json::Value, name: &str) -> f64 {
 
 #[test]
 fn connect_and_chat_scenarios_report_every_message() {
-    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let node = TestNode::start(BENCH_SERVER);
     let dir = tempfile::tempdir().unwrap();
     let connect = bench(&node, &dir.path().join("connect.json"), &["connect", "--connections", "20", "--settle", "0"]);
     assert_eq!(connect["scenario"], "connect");
@@ -48,7 +52,7 @@ fn connect_and_chat_scenarios_report_every_message() {
 
 #[test]
 fn connect_spreads_connections_over_worker_processes() {
-    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let node = TestNode::start(BENCH_SERVER);
     let dir = tempfile::tempdir().unwrap();
     let pid = node.pid().to_string();
     let args = ["--server-pid", &pid, "connect", "--connections", "31", "--workers", "3", "--settle", "0"];
@@ -65,7 +69,7 @@ fn connect_spreads_connections_over_worker_processes() {
 
 #[test]
 fn group_and_room_scenarios_count_every_delivery() {
-    let node = TestNode::start(&["--argon2-memory-kib", "8", "--argon2-passes", "1"]);
+    let node = TestNode::start(BENCH_SERVER);
     let dir = tempfile::tempdir().unwrap();
     for scenario in ["group", "room"] {
         let args = [scenario, "--members", "5", "--messages", "20", "--rate", "50"];

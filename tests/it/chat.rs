@@ -171,7 +171,8 @@ async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order() {
 
 #[tokio::test]
 async fn history_pages_through_250_messages_without_gap_or_duplicate() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
+    // 250 messages as fast as echoes come back: over the default message rate.
+    let node = TestNode::start(&["--message-noauth", "true", "--rate-connection", "0", "--rate-account", "0"]);
     let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
     let (mut bob, bob_node) = user(&node, "bob", Encoding::Json).await;
     let mut mids = Vec::new();

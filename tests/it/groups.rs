@@ -106,6 +106,7 @@ async fn the_group_life_cycle_with_every_push_and_error() {
     ok(&mut ann, 15, &open, Some(&dot_node)).await;
     assert_eq!(nodes(&mut ann, 20, Some(&open)).await, vec![dot_node.clone()], "BLOCKROOMMEMBERLIST");
     refused_bare(&mut ben, 20, &open, None, 4105).await;
+    refused(&mut ben, 12, &open, Some(&dot_node), 4110).await;
     request(&mut dot, 9, Some(&open), None, None).await;
     let ack = dot.recv_ack(WAIT).await.unwrap();
     assert_eq!((ack.ok, ack.t, ack.error_code(), ack.n.as_deref()), (false, Some(9), Some(4110), Some(open.as_str())));
@@ -130,6 +131,9 @@ async fn the_group_life_cycle_with_every_push_and_error() {
     assert_eq!(asked.from_tid.unwrap().node, ben_node);
     request(&mut cid, 9, Some(&private), None, None).await;
     assert_eq!(notice(&mut ann).await, (9, cid_node.clone(), private.clone()));
+    request(&mut cid, 9, Some(&private), None, None).await;
+    let again = cid.recv_ack(WAIT).await.unwrap();
+    assert_eq!((again.t, again.error_code()), (Some(9), Some(4117)), "asking again notifies nobody");
     refused(&mut ben, 12, &private, Some(&cid_node), 4105).await;
     ok(&mut ann, 12, &private, Some(&ben_node)).await;
     assert_eq!(notice(&mut ben).await, (10, ann_node.clone(), private.clone()), "approved: PASSROOM");
@@ -204,6 +208,10 @@ async fn group_messages_reach_members_online_and_offline_and_can_be_recalled() {
     let queued = batch(&mut cid, true).await;
     assert_eq!((queued.len(), queued[0].mid, queued[0].data_string.as_deref()), (1, Some(mid), Some("hello all")));
     assert_eq!(cid.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+
+    // Custom kinds are for users, not groups (as TIM).
+    ann.send(FrameType::Message, &to_group(&group, "custom", 31, None)).await.unwrap();
+    assert_eq!(ann.recv_ack(WAIT).await.unwrap().error_code(), Some(4104));
 
     // Outsiders may neither post nor read.
     dot.send(FrameType::Message, &to_group(&group, "let me in", 1, None)).await.unwrap();
