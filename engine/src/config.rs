@@ -83,6 +83,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 
+    /// Bytes of encoded frames queued to a session before it counts as a slow reader (its
+    /// pushes are then refused; best-effort stream frames are dropped). At least `max_frame`.
+    #[arg(long, env = "TIM_OUTBOUND_BYTES", default_value_t = 16 << 20)]
+    pub outbound_bytes: usize,
+
     /// Seconds to wait for a client's ack of a message or offline batch before re-sending.
     #[arg(long, env = "TIM_ACK_TIMEOUT", default_value_t = 10)]
     pub ack_timeout: u64,
@@ -261,6 +266,9 @@ impl ServeConfig {
         }
         if self.offline_max_entries == 0 {
             return invalid("offline_max_entries", "must be at least 1");
+        }
+        if self.outbound_bytes < self.max_frame {
+            return invalid("outbound_bytes", "must be at least max_frame");
         }
         if self.outbound_queue == 0 {
             return invalid("outbound_queue", "must be at least 1");

@@ -15,6 +15,7 @@ mod ident;
 mod limits;
 mod listener;
 mod offline;
+mod outbound;
 mod pairs;
 mod presence;
 mod profiles;

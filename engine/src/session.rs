@@ -20,7 +20,6 @@ use tim_net::proto::{
     ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream,
 };
 use tim_net::{ClientFrame, DecodeError, FrameType};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
@@ -32,6 +31,7 @@ use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::limits::Bucket;
+use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
 use crate::sessions::{Outbound, Refused, SessionHandle};
 use crate::vrooms::Push;
@@ -90,8 +90,8 @@ struct Session {
     kick: CancellationToken,
     deadline: Instant,
     big: Option<Reassembly>,
-    out_tx: mpsc::Sender<Outbound>,
-    out_rx: mpsc::Receiver<Outbound>,
+    outlet: Outlet,
+    inlet: Inlet,
     pending: HashMap<u32, Pending>,
     /// This connection's message-class frames ([`crate::limits`]).
     bucket: Bucket,
@@ -110,7 +110,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
     let span = info_span!("conn", id = conn_id, %peer, uid = tracing::field::Empty);
     let kick = server.shutdown.child_token();
     let deadline = Instant::now() + server.cfg.auth_timeout();
-    let (out_tx, out_rx) = mpsc::channel(server.cfg.outbound_queue);
+    let (outlet, inlet) = crate::outbound::queue(server.cfg.outbound_queue, server.cfg.outbound_bytes);
     let bucket = Bucket::full(server.cfg.connection_rate());
     let session = Session {
         server,
@@ -120,8 +120,8 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
         kick,
         deadline,
         big: None,
-        out_tx,
-        out_rx,
+        outlet,
+        inlet,
         pending: HashMap::new(),
         acked: Vec::new(),
         bucket,
@@ -141,7 +141,7 @@ impl Session {
                 // Boxed: the handlers' state (a login awaits a password hash) would otherwise be
                 // part of every idle session's future.
                 inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
-                Some(out) = self.out_rx.recv() => self.on_outbound(out).await,
+                Some(out) = self.inlet.recv() => self.on_outbound(out).await,
                 Some(expired) = next_expired(&mut self.ack_timers), if self.ack_timers.as_ref().is_some_and(|q| !q.is_empty()) => {
                     self.on_ack_timeout(expired.into_inner()).await
                 }
@@ -451,7 +451,7 @@ impl Session {
                 self.feed(frame).await?;
             }
             taken += 1;
-            next = if taken < WRITE_BURST { self.out_rx.try_recv().ok() } else { None };
+            next = if taken < WRITE_BURST { self.inlet.try_recv() } else { None };
         }
         self.flush().await
     }
@@ -577,7 +577,7 @@ impl Session {
             }
         };
         let handle =
-            SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.out_tx.clone(), self.kick.clone());
+            SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
         match self.server.sessions.admit(user, handle.clone()) {
             Ok(()) => {}
             Err(Refused::OverEntry) => return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await,

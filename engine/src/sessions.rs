@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tim_net::Encoding;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Delivery;
 use crate::ident::UserId;
 use crate::limits::{Bucket, Rate};
+use crate::outbound::Outlet;
 
 /// What other tasks hand a session to send.
 pub enum Outbound {
@@ -33,19 +33,13 @@ pub struct SessionHandle {
     conn_id: u64,
     termtyp: Option<i8>,
     encoding: Encoding,
-    out_tx: mpsc::Sender<Outbound>,
+    outlet: Outlet,
     kick: CancellationToken,
 }
 
 impl SessionHandle {
-    pub fn new(
-        conn_id: u64,
-        termtyp: Option<i8>,
-        encoding: Encoding,
-        out_tx: mpsc::Sender<Outbound>,
-        kick: CancellationToken,
-    ) -> Self {
-        Self { conn_id, termtyp, encoding, out_tx, kick }
+    pub fn new(conn_id: u64, termtyp: Option<i8>, encoding: Encoding, outlet: Outlet, kick: CancellationToken) -> Self {
+        Self { conn_id, termtyp, encoding, outlet, kick }
     }
 
     /// The encoding frames to this session must use.
@@ -56,21 +50,18 @@ impl SessionHandle {
     /// Queues without waiting. A full queue means a slow reader: the session is cut off (its
     /// undelivered frames then take the offline path) and the push fails.
     pub fn push(&self, out: Outbound) -> Result<(), Outbound> {
-        self.out_tx.try_send(out).map_err(|e| {
-            self.kick.cancel();
-            e.into_inner()
-        })
+        self.outlet.try_send(out).inspect_err(|_| self.kick.cancel())
     }
 
     /// Queues without waiting and without cutting a slow session off: `false` when the queue
     /// is full (or the session ended) and the frame is dropped (best-effort streams).
     pub fn offer(&self, out: Outbound) -> bool {
-        self.out_tx.try_send(out).is_ok()
+        self.outlet.try_send(out).is_ok()
     }
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.out_tx.is_closed()
+        self.outlet.is_closed()
     }
 
     pub fn conn_id(&self) -> u64 {
@@ -215,8 +206,8 @@ mod tests {
     }
 
     fn handle(conn_id: u64, termtyp: Option<i8>) -> SessionHandle {
-        let (out_tx, _) = mpsc::channel(1);
-        SessionHandle::new(conn_id, termtyp, Encoding::Compact, out_tx, CancellationToken::new())
+        let (outlet, _) = crate::outbound::queue(1, 1);
+        SessionHandle::new(conn_id, termtyp, Encoding::Compact, outlet, CancellationToken::new())
     }
 
     fn user() -> UserId {

@@ -132,16 +132,17 @@ async fn an_idle_room_expires_only_without_subscribers() {
 
 #[tokio::test]
 async fn a_subscriber_that_does_not_read_misses_frames_without_slowing_the_room() {
-    let node = TestNode::start(&["--outbound-queue", "4"]);
+    // Its queue holds 1 MiB of frames (and 256 frames, the default).
+    let node = TestNode::start(&["--max-frame", "1048576", "--outbound-bytes", "1048576"]);
     let (mut ann, _) = user(&node, "ann", Encoding::Compact).await;
     let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
     let (mut sleepy, _) = user(&node, "sleepy", Encoding::Compact).await;
     let room = vroom(&mut ann, 1, None, None, false).await.n.unwrap();
     assert!(vroom(&mut ben, 5, Some(&room), None, true).await.ok);
     assert!(vroom(&mut sleepy, 5, Some(&room), None, true).await.ok);
-    // 40 pushes of 256 KiB: far more than the sleeper's socket buffers and queue hold.
+    // 80 pushes of 256 KiB: far more than the sleeper's socket buffers and queue hold.
     let body = vec![9u8; 256 << 10];
-    for _ in 0..40 {
+    for _ in 0..80 {
         ann.send_raw(raw_push(&room, &body)).await.unwrap();
         assert_eq!(got_raw(&mut ben, &room).await.len(), body.len(), "the reader keeps up");
     }
@@ -152,7 +153,7 @@ async fn a_subscriber_that_does_not_read_misses_frames_without_slowing_the_room(
         assert_eq!(frame.kind, FrameType::BigBinaryStream);
         kept += 1;
     }
-    assert!(kept < 40, "frames over its queue were dropped ({kept} kept)");
+    assert!(kept < 80, "frames over its queue were dropped ({kept} kept)");
     ann.send_raw(raw_push(&room, b"after")).await.unwrap();
     assert_eq!(got_raw(&mut sleepy, &room).await, b"after");
 }
