@@ -94,6 +94,9 @@ pub struct Groups {
     members: PairTable,
     blocks: PairTable,
     stripes: Vec<Mutex<()>>,
+    /// Serialize joining groups per user, so the groups-per-user cap holds under concurrent
+    /// joins to different groups. Taken after a group's stripe, never before one.
+    user_stripes: Vec<Mutex<()>>,
 }
 
 /// A group and its relation to one user, read under the group's lock.
@@ -123,6 +126,7 @@ impl Groups {
             members: PairTable::new(store.clone(), &pair::TIMMUCROSTER)?,
             blocks: PairTable::new(store.clone(), &pair::TIMBLOCKROOM)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             store,
         })
     }
@@ -131,6 +135,12 @@ impl Groups {
     fn stripe(&self, group: GroupId) -> &Mutex<()> {
         // In bounds: the index is taken modulo `STRIPES`, the length of `stripes`.
         &self.stripes[(u64::from_be_bytes(group.to_be_bytes()) % STRIPES as u64) as usize]
+    }
+
+    #[allow(clippy::indexing_slicing)]
+    fn user_stripe(&self, user: UserId) -> &Mutex<()> {
+        // In bounds: the index is taken modulo `STRIPES`, the length of `user_stripes`.
+        &self.user_stripes[(u64::from_be_bytes(user.to_be_bytes()) % STRIPES as u64) as usize]
     }
 
     /// NEWROOM: a group founded by `founder`, who is its first member.
@@ -144,10 +154,10 @@ impl Groups {
             createtime: Some(created),
             ..TimRoomBean::default()
         };
-        self.user_has_room(founder).await?;
+        let _founder = self.user_has_room(founder).await?;
         loop {
+            // A fresh id needs no group lock: the unique index refuses a duplicate.
             let id = GroupId::random();
-            let _guard = self.stripe(id).lock().await;
             if self.get(id).await?.is_some() {
                 continue;
             }
@@ -164,7 +174,7 @@ impl Groups {
             self.stage_membership(&mut batch, id, founder, true).await?;
             match self.store.write(batch).await {
                 Ok(_) => return Ok(id),
-                // Drawn by a concurrent creation on another stripe between the check and the write.
+                // Drawn by a concurrent creation between the check and the write.
                 Err(StoreError::Duplicate { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -220,17 +230,20 @@ impl Groups {
         Ok(self.relation(directed_pair_id(id.party(), user)).await?.1 == MEMBER)
     }
 
-    /// Refuses (4105) when `user` is in as many groups as a user may be.
-    async fn user_has_room(&self, user: UserId) -> Result<(), EngineError> {
+    /// Locks `user`'s joining and refuses (4105) when they are in as many groups as a user may
+    /// be; the guard is held until the joining write is done.
+    async fn user_has_room(&self, user: UserId) -> Result<MutexGuard<'_, ()>, EngineError> {
+        let guard = self.user_stripe(user).lock().await;
         let max = self.limits.max_groups_per_user;
         if self.members.count(user, max).await? >= max {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        Ok(())
+        Ok(guard)
     }
 
-    /// Refuses (4105) when the group is full, or `user` is in as many groups as a user may be.
-    async fn has_room(&self, id: GroupId, user: UserId) -> Result<(), EngineError> {
+    /// As [`Groups::user_has_room`], and refuses (4105) when the group is full; the caller
+    /// holds the group's lock.
+    async fn has_room(&self, id: GroupId, user: UserId) -> Result<MutexGuard<'_, ()>, EngineError> {
         let max = self.limits.max_members;
         if self.members.count(id.party(), max).await? >= max {
             return Err(ErrorCode::PermissionDenied.into());
@@ -301,14 +314,14 @@ impl Groups {
         }
         let mut batch = Batch::new();
         self.blocks.stage_remove(&mut batch, me, id.party()).await?;
-        let joined = if l.group.private {
+        let (joined, _user) = if l.group.private {
             self.stage_relation(&mut batch, l.key, l.row, PENDING);
-            Joined::Asked(l.group.admins())
+            (Joined::Asked(l.group.admins()), None)
         } else {
-            self.has_room(id, me).await?;
+            let guard = self.has_room(id, me).await?;
             self.stage_relation(&mut batch, l.key, l.row, MEMBER);
             self.stage_membership(&mut batch, id, me, true).await?;
-            Joined::Member
+            (Joined::Member, Some(guard))
         };
         self.store.write(batch).await?;
         Ok(joined)
@@ -334,7 +347,7 @@ impl Groups {
         if l.status == MEMBER {
             return Err(ErrorCode::HasExist.into());
         }
-        self.has_room(id, user).await?;
+        let _user = self.has_room(id, user).await?;
         let mut batch = Batch::new();
         self.blocks.stage_remove(&mut batch, id.party(), user).await?;
         self.stage_relation(&mut batch, l.key, l.row, MEMBER);

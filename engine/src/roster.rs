@@ -47,6 +47,8 @@ pub struct Rosters {
     roster: PairTable,
     block: PairTable,
     stripes: Vec<Mutex<()>>,
+    /// Per-user locks of roster growth ([`Rosters::lock_users`]).
+    user_stripes: Vec<Mutex<()>>,
     /// Pair id → its `timrelate` row and status byte (`None`: no row).
     cache: quick_cache::sync::Cache<[u8; 16], Option<(RowId, u8)>>,
 }
@@ -113,9 +115,26 @@ impl Rosters {
             roster: PairTable::new(store.clone(), &pair::TIMROSTER)?,
             block: PairTable::new(store.clone(), &pair::TIMBLOCK)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache: quick_cache::sync::Cache::new(CACHED_RELATIONS),
             store,
         })
+    }
+
+    /// Locks the roster growth of two users, so the roster cap holds under concurrent
+    /// friendships of one user with different people: one lock when both users share a
+    /// stripe, else both in stripe order. Taken after the pair's lock, never before one.
+    async fn lock_users(&self, a: UserId, b: UserId) -> Vec<MutexGuard<'_, ()>> {
+        let index = |u: UserId| (u64::from_be_bytes(u.to_be_bytes()) % STRIPES as u64) as usize;
+        let mut order = vec![index(a).min(index(b)), index(a).max(index(b))];
+        order.dedup();
+        let mut guards = Vec::with_capacity(order.len());
+        for i in order {
+            if let Some(stripe) = self.user_stripes.get(i) {
+                guards.push(stripe.lock().await);
+            }
+        }
+        guards
     }
 
     #[allow(clippy::indexing_slicing)]
@@ -224,7 +243,9 @@ impl Rosters {
             self.block.stage_remove(&mut batch, me, other).await?;
         }
         self.set_relation(&mut batch, pair, &rel, FRIEND, rel.theirs);
+        let mut _users = Vec::new();
         let added = if rel.theirs == FRIEND {
+            _users = self.lock_users(me, other).await;
             for user in [me, other] {
                 if self.roster.count(user, self.max_roster).await? >= self.max_roster {
                     return Err(ErrorCode::PermissionDenied.into());

@@ -121,3 +121,43 @@ async fn groups_and_rosters_have_capacities() {
     business(&mut ann, 4, Some(&cid_node), Some("ok")).await;
     assert_eq!(ann.recv_ack(WAIT).await.unwrap().error_code(), Some(4105), "ann's roster is full");
 }
+
+#[tokio::test]
+async fn the_groups_per_user_cap_holds_under_concurrent_joins() {
+    let node = TestNode::start(&["--max-groups-per-user", "2", "--device-limit", "6", "--devicetype-limit", "6"]);
+    let mut groups = Vec::new();
+    for i in 0..5 {
+        let (mut founder, _) = user(&node, &format!("f{i}"), Encoding::Compact).await;
+        let req = TimReq { rtype: Some(8), node: Some(format!("g{i}")), req_int: Some(2), ..TimReq::default() };
+        founder.send(FrameType::Business, &req).await.unwrap();
+        groups.push(founder.recv_ack(WAIT).await.unwrap().n.unwrap());
+    }
+    let (first, _) = user(&node, "joiner", Encoding::Compact).await;
+    let mut sessions = vec![first];
+    for _ in 1..5 {
+        sessions.push(node.login("joiner", "pw", Encoding::Compact).await.0);
+    }
+    // Five sessions of one user join five groups at once: two may succeed.
+    let joins = sessions.into_iter().zip(&groups).map(|(mut session, group)| {
+        let group = group.clone();
+        tokio::spawn(async move {
+            business(&mut session, 9, Some(&group), Some("hi")).await;
+            session
+        })
+    });
+    let mut sessions = Vec::new();
+    for join in joins.collect::<Vec<_>>() {
+        sessions.push(join.await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (mut check, _) = node.login("joiner", "pw", Encoding::Compact).await;
+    check.send(FrameType::Business, &TimReq { rtype: Some(2), ..TimReq::default() }).await.unwrap();
+    let listed = loop {
+        let frame = check.recv_within(WAIT).await.unwrap();
+        if frame.kind == FrameType::Nodes {
+            break frame.decode::<tim_net::proto::TimNodes>(Encoding::Compact).unwrap().nodelist.unwrap_or_default();
+        }
+    };
+    assert_eq!(listed.len(), 2, "in exactly as many groups as the cap allows: {listed:?}");
+    drop(sessions);
+}
