@@ -16,6 +16,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
+use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
 use tim_net::FrameType;
 
@@ -292,15 +293,26 @@ pub fn joins_burst(msg: &TimMessage) -> bool {
 /// sessions and pushes it to its recipient, in order. Durable before the echo: the history
 /// row (which gives the mid) and the recipient's offline entry, which an ack removes. A failed
 /// write refuses all of them.
-pub async fn store_and_push(server: &Arc<Server>, from: UserId, accepted: Vec<Accepted>) -> Result<(), EngineError> {
+///
+/// The sending session (`own`, in `encoding`) gets its echoes back to write itself rather than
+/// through its own outbound queue, which it does not drain while it handles a burst.
+pub async fn store_and_push(
+    server: &Arc<Server>,
+    from: UserId,
+    own: u64,
+    encoding: Encoding,
+    accepted: Vec<Accepted>,
+) -> Result<Vec<Bytes>, EngineError> {
     let stored = server.history.append(from, &accepted, &server.offline).await?;
-    let senders = server.sessions.of(from);
+    let others: Vec<_> = server.sessions.of(from).into_iter().filter(|s| s.conn_id() != own).collect();
+    let mut echoes = Vec::with_capacity(accepted.len());
     for (Accepted { to, mut msg }, (mid, queued)) in accepted.into_iter().zip(stored) {
         msg.mid = Some(mid);
-        frames_to(senders.iter().cloned(), FrameType::Message, &msg);
+        echoes.push(encode_server(FrameType::Message, encoding, &msg));
+        frames_to(others.iter().cloned(), FrameType::Message, &msg);
         spawn_to_user(server, to, msg, Fallback::Queued(queued));
     }
-    Ok(())
+    Ok(echoes)
 }
 
 /// Recall (odType 2, by the message's sender) and burn-after-reading (odType 3, by its

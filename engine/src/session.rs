@@ -265,13 +265,21 @@ impl Session {
         }
         let (refusals, accepted): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.burst).into_iter().map(|(code, encoding, a)| ((code, encoding), a)).unzip();
-        if let Err(e) = chat::store_and_push(&self.server, login.user, accepted).await {
-            warn!(error = %e, messages = refusals.len(), "storing messages failed");
-            for (code, encoding) in refusals {
-                self.refuse(code, encoding, e.wire_code()).await?;
+        match chat::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
+            Ok(echoes) => {
+                for echo in echoes {
+                    self.feed(echo).await?;
+                }
+                self.flush().await
+            }
+            Err(e) => {
+                warn!(error = %e, messages = refusals.len(), "storing messages failed");
+                for (code, encoding) in refusals {
+                    self.refuse(code, encoding, e.wire_code()).await?;
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
