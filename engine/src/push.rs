@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tim_kv::RowId;
 use tim_net::codec::TimStruct;
@@ -64,15 +65,28 @@ pub fn spawn_to_users(server: &Arc<Server>, users: Vec<(UserId, Vec<SessionHandl
     });
 }
 
-/// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`; encodes it
-/// once per encoding in use. Best effort: a full queue cuts that session off (online-only
-/// frames are not kept).
+/// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`. Best
+/// effort: a full queue cuts that session off (online-only frames are not kept).
 pub fn frames_to<T: TimStruct>(sessions: impl IntoIterator<Item = SessionHandle>, kind: FrameType, body: &T) {
-    let mut encoded: [Option<bytes::Bytes>; 2] = [None, None];
-    for session in sessions {
-        let slot = usize::from(session.encoding() == Encoding::Json);
-        let Some(cache) = encoded.get_mut(slot) else { continue };
-        let frame = cache.get_or_insert_with(|| encode_server(kind, session.encoding(), body)).clone();
+    for (session, frame) in encoded_for(sessions, kind, body) {
         let _ = session.push(Outbound::Frame(frame));
     }
+}
+
+/// Each of `sessions` with `body` as a frame of `kind` (no ack request) in its encoding,
+/// encoded once per encoding in use.
+pub fn encoded_for<'a, T: TimStruct, S: IntoIterator<Item = SessionHandle>>(
+    sessions: S,
+    kind: FrameType,
+    body: &'a T,
+) -> impl Iterator<Item = (SessionHandle, Bytes)> + 'a
+where
+    S::IntoIter: 'a,
+{
+    let mut encoded: [Option<Bytes>; 2] = [None, None];
+    sessions.into_iter().filter_map(move |session| {
+        let cache = encoded.get_mut(usize::from(session.encoding() == Encoding::Json))?;
+        let frame = cache.get_or_insert_with(|| encode_server(kind, session.encoding(), body)).clone();
+        Some((session, frame))
+    })
 }

@@ -19,6 +19,7 @@ use tracing::info;
 
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
+use crate::push::encoded_for;
 use crate::sessions::{Outbound, SessionHandle};
 
 const NEW: i32 = 1;
@@ -134,14 +135,9 @@ impl Rooms {
         let Some(room) = rooms.remove(node) else { return Ok(()) };
         drop(rooms);
         let gone = TimAck { t: Some(i64::from(REMOVE)), n: Some(node.to_owned()), ..TimAck::ok(VROOM) };
-        let mut frames: [Option<Bytes>; 2] = [None, None];
-        for (session, _) in room.subscribers.into_values() {
-            let encoding = session.encoding();
-            let slot = usize::from(encoding == Encoding::Json);
-            if let Some(cache) = frames.get_mut(slot) {
-                let frame = cache.get_or_insert_with(|| encode_server(FrameType::Ack, encoding, &gone)).clone();
-                self.offer(&session, frame);
-            }
+        let subscribers = room.subscribers.into_values().map(|(session, _)| session);
+        for (session, frame) in encoded_for(subscribers, FrameType::Ack, &gone) {
+            self.offer(&session, frame);
         }
         Ok(())
     }
