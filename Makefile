@@ -1,6 +1,6 @@
-# The two set-up commands of README.md: `make run` and `make test`.
-# Both install the system packages the build needs (Debian: libclang for the rocksdb crate,
-# a C++ compiler) when they are missing.
+# The two set-up commands of README.md: `make run` and `make test`. Both build the same (dev)
+# profile, so RocksDB's C++ is compiled once for both, and both first install the system
+# packages the build needs when they are missing (scripts/deps.sh).
 
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
@@ -8,19 +8,20 @@ export CARGO_TARGET_DIR
 # Arguments for `tim serve` given to `make run`, e.g. make run ARGS="--listen 127.0.0.1:20003".
 ARGS ?=
 
-.PHONY: run test deps build check
+.PHONY: run test deps deps-test build check
 
 deps:
-	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then \
-		echo "installing build packages (libclang-dev, g++, make)"; \
-		apt-get update -qq && apt-get install -y -qq libclang-dev g++ make; \
-	fi
+	@scripts/deps.sh
+
+# The detection itself, against directory layouts of machines with and without libclang.
+deps-test:
+	@scripts/deps_test.sh
 
 build: deps
-	cargo build --release --bin tim
+	cargo build --bin tim
 
 run: build
-	$(CARGO_TARGET_DIR)/release/tim serve $(ARGS)
+	$(CARGO_TARGET_DIR)/debug/tim serve $(ARGS)
 
 test: deps
 	cargo test --workspace --all-targets
