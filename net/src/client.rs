@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::codec::{decode_body, DecodeError, Encoding, TimStruct};
+use crate::codec::{decode_server_body, DecodeError, Encoding, TimStruct};
 use crate::frame::{client_head, encode_client, FrameType, ServerFrame};
 use crate::proto::{TimAck, TimAuth};
 
@@ -145,6 +145,20 @@ impl Client {
         Ok(())
     }
 
+    /// Writes the start of one binary WebSocket frame that announces `announced` payload
+    /// bytes but carries only `sent` of them (zeros, unmasked by a zero mask key): a sender
+    /// that stalls mid-frame, for tests of the server's large-frame timeout.
+    pub async fn send_partial(&mut self, announced: u64, sent: usize) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut raw = vec![0x82, 0x80 | 127];
+        raw.extend_from_slice(&announced.to_be_bytes());
+        raw.extend_from_slice(&[0; 4]);
+        raw.resize(raw.len() + sent, 0);
+        self.ws.flush().await?;
+        self.ws.get_mut().write_all(&raw).await?;
+        Ok(())
+    }
+
     /// Sends a frame without body: ping (13), offline-message request (17).
     pub async fn send_empty(&mut self, kind: FrameType) -> Result<(), ClientError> {
         self.send_raw(Bytes::copy_from_slice(&[client_head(kind, self.encoding)])).await
@@ -233,7 +247,7 @@ pub async fn post_tim2(
     if head != FrameType::Ack as u8 {
         return Err(ClientError::Decode(DecodeError::UnknownType(head)));
     }
-    Ok(decode_body(Bytes::copy_from_slice(rest), encoding)?)
+    Ok(decode_server_body(Bytes::copy_from_slice(rest), encoding)?)
 }
 
 /// Sends one HTTP POST with the given body and returns the status and the response body.

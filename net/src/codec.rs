@@ -6,13 +6,15 @@
 pub(crate) mod compact;
 mod json;
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use compact::{Reader, Writer};
-pub use json::Binary;
-pub(crate) use json::FieldKey;
+pub use json::{Binary, JsonValue};
+pub(crate) use json::{FieldKey, Seed};
 
 /// How a frame body is encoded: chosen per frame by the 0x80 bit of its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +52,69 @@ pub enum DecodeError {
     Json(String),
     #[error("big-data frame is malformed: {0}")]
     BigData(&'static str),
+    #[error("decoded body would take more than {limit} bytes of memory")]
+    OverBudget { limit: usize },
+}
+
+/// Most heap a decoded body may take: this many times its encoded size, plus
+/// [`DECODE_FLOOR`]. A compact list header may announce one element per byte left, and an
+/// element may be a 24-byte `String` or a 552-byte `TimMessage` in memory: unbounded, one
+/// 8 MiB frame of empty strings made the decoder allocate 192 MiB.
+const DECODE_RATIO: usize = 4;
+/// The allowance of small bodies, which real clients fill with lists of short node ids.
+const DECODE_FLOOR: usize = 64 << 10;
+/// The floor of frames from a server, whose pages hold hundreds of messages of ~550 bytes
+/// each in memory ([`decode_server_body`]).
+const SERVER_DECODE_FLOOR: usize = 16 << 20;
+/// What an entry of a `BTreeMap` costs beyond its key and value (its share of a node).
+const MAP_ENTRY_OVERHEAD: usize = 16;
+
+/// What is left of one decode's heap allowance. Charged before each allocation whose size a
+/// peer chooses (collections, strings), so a hostile body fails instead of allocating.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    left: Cell<usize>,
+}
+
+impl Budget {
+    /// The allowance of a body of `len` encoded bytes.
+    pub(crate) fn for_body(len: usize) -> Self {
+        Self::with_floor(len, DECODE_FLOOR)
+    }
+
+    fn with_floor(len: usize, floor: usize) -> Self {
+        let limit = len.saturating_mul(DECODE_RATIO).saturating_add(floor);
+        Self { limit, left: Cell::new(limit) }
+    }
+
+    pub(crate) fn charge(&self, bytes: usize) -> Result<(), DecodeError> {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => {
+                self.left.set(0);
+                Err(DecodeError::OverBudget { limit: self.limit })
+            }
+        }
+    }
+
+    /// Charges `count` values of `T` (`count` is a peer's claim: the product saturates).
+    pub(crate) fn charge_values<T>(&self, count: usize) -> Result<(), DecodeError> {
+        self.charge(count.saturating_mul(std::mem::size_of::<T>()))
+    }
+
+    /// Charges `count` entries of a map from `String` to `V`.
+    pub(crate) fn charge_map_entries<V>(&self, count: usize) -> Result<(), DecodeError> {
+        let entry = std::mem::size_of::<(String, V)>() + MAP_ENTRY_OVERHEAD;
+        self.charge(count.saturating_mul(entry))
+    }
+
+    fn exhausted(&self) -> bool {
+        self.left.get() == 0
+    }
 }
 
 /// A value that has a thrift-compact form.
@@ -78,14 +143,37 @@ pub trait WireValue: Sized {
 }
 
 /// A top-level TIM struct: a frame body in either encoding.
-pub trait TimStruct: WireValue + Serialize + DeserializeOwned {}
+pub trait TimStruct: WireValue + JsonValue + Serialize {}
 
-/// Decodes a frame body. Compact decoding stops at the struct's STOP byte and ignores what
-/// follows (atim pads frames with zeros); JSON keys match case-insensitively, `null` = absent.
+/// Decodes a frame body, within the heap allowance of its size ([`DECODE_RATIO`]). Compact
+/// decoding stops at the struct's STOP byte and ignores what follows (atim pads frames with
+/// zeros); JSON keys match case-insensitively, `null` = absent.
 pub fn decode_body<T: TimStruct>(body: Bytes, encoding: Encoding) -> Result<T, DecodeError> {
+    let budget = Budget::for_body(body.len());
+    decode_within(body, encoding, budget)
+}
+
+/// Decodes a body a server sent (a client's view): as [`decode_body`], with room for the
+/// pages of messages servers send.
+pub fn decode_server_body<T: TimStruct>(body: Bytes, encoding: Encoding) -> Result<T, DecodeError> {
+    let budget = Budget::with_floor(body.len(), SERVER_DECODE_FLOOR);
+    decode_within(body, encoding, budget)
+}
+
+fn decode_within<T: TimStruct>(body: Bytes, encoding: Encoding, budget: Budget) -> Result<T, DecodeError> {
     match encoding {
-        Encoding::Compact => T::read(&mut Reader::new(body), 0),
-        Encoding::Json => serde_json::from_slice(&body).map_err(|e| DecodeError::Json(e.to_string())),
+        Encoding::Compact => T::read(&mut Reader::with_budget(body, budget), 0),
+        Encoding::Json => {
+            let mut de = serde_json::Deserializer::from_slice(&body);
+            let decoded = T::from_json(&mut de, &budget).and_then(|value| de.end().map(|()| value));
+            decoded.map_err(|e| {
+                if budget.exhausted() {
+                    DecodeError::OverBudget { limit: budget.limit }
+                } else {
+                    DecodeError::Json(e.to_string())
+                }
+            })
+        }
     }
 }
 
@@ -155,7 +243,9 @@ impl WireValue for String {
         w.binary(self.as_bytes());
     }
     fn read(r: &mut Reader, _depth: u8) -> Result<Self, DecodeError> {
-        String::from_utf8(r.binary()?.to_vec()).map_err(|_| DecodeError::Utf8)
+        let raw = r.binary()?;
+        r.budget().charge(raw.len())?;
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::Utf8)
     }
 }
 
@@ -180,6 +270,7 @@ impl<T: WireValue> WireValue for Vec<T> {
     fn read(r: &mut Reader, depth: u8) -> Result<Self, DecodeError> {
         let (elem, len) = r.list_header()?;
         check_elem(T::CTYPE, elem, len)?;
+        r.budget().charge_values::<T>(len)?;
         let mut out = Vec::with_capacity(len);
         for _ in 0..len {
             out.push(T::read(r, depth + 1)?);
@@ -188,7 +279,7 @@ impl<T: WireValue> WireValue for Vec<T> {
     }
 }
 
-impl<V: WireValue> WireValue for std::collections::BTreeMap<String, V> {
+impl<V: WireValue> WireValue for BTreeMap<String, V> {
     const CTYPE: u8 = compact::MAP;
     fn write(&self, w: &mut Writer) {
         w.map_header(compact::BINARY, V::CTYPE, self.len());
@@ -201,7 +292,8 @@ impl<V: WireValue> WireValue for std::collections::BTreeMap<String, V> {
         let (kt, vt, len) = r.map_header()?;
         check_elem(compact::BINARY, kt, len)?;
         check_elem(V::CTYPE, vt, len)?;
-        let mut out = std::collections::BTreeMap::new();
+        r.budget().charge_map_entries::<V>(len)?;
+        let mut out = BTreeMap::new();
         for _ in 0..len {
             let k = String::read(r, depth + 1)?;
             out.insert(k, V::read(r, depth + 1)?);
@@ -292,10 +384,13 @@ macro_rules! wire_struct {
             }
         }
 
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct Fields;
-                impl<'de> serde::de::Visitor<'de> for Fields {
+        impl $crate::codec::JsonValue for $name {
+            fn from_json<'de, D: serde::Deserializer<'de>>(
+                d: D,
+                budget: &$crate::codec::Budget,
+            ) -> Result<Self, D::Error> {
+                struct Fields<'b>(&'b $crate::codec::Budget);
+                impl<'de> serde::de::Visitor<'de> for Fields<'_> {
                     type Value = $name;
                     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                         f.write_str(concat!("a ", stringify!($name), " object"))
@@ -323,7 +418,8 @@ macro_rules! wire_struct {
                             }
                             match KEYS.get(index).copied() {
                                 $( Some($key) => {
-                                    if let Some(v) = map.next_value::<Option<$ty>>()? {
+                                    let seed = $crate::codec::Seed::<Option<$ty>>::new(self.0);
+                                    if let Some(v) = map.next_value_seed(seed)? {
                                         wire_struct!(@set $kind out.$field, v);
                                     }
                                 } )*
@@ -335,9 +431,51 @@ macro_rules! wire_struct {
                         Ok(out)
                     }
                 }
-                d.deserialize_map(Fields)
+                d.deserialize_map(Fields(budget))
             }
         }
     };
 }
 pub(crate) use wire_struct;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{TimMessageList, TimNodes};
+
+    /// A compact TimNodes body whose `nodelist` holds `n` strings of `len` bytes.
+    fn nodelist_compact(n: usize, len: usize) -> Bytes {
+        let nodes = TimNodes { nodelist: Some(vec!["x".repeat(len); n]), ..TimNodes::default() };
+        body_bytes(&nodes, Encoding::Compact)
+    }
+
+    #[test]
+    fn a_list_of_empty_values_is_refused_before_it_is_allocated() {
+        let body = nodelist_compact(1 << 20, 0);
+        let limit = body.len() * DECODE_RATIO + DECODE_FLOOR;
+        assert_eq!(decode_body::<TimNodes>(body, Encoding::Compact), Err(DecodeError::OverBudget { limit }));
+        let json = body_bytes(
+            &TimNodes { nodelist: Some(vec![String::new(); 1 << 20]), ..TimNodes::default() },
+            Encoding::Json,
+        );
+        assert!(matches!(decode_body::<TimNodes>(json, Encoding::Json), Err(DecodeError::OverBudget { .. })));
+        // Empty structs: one byte (compact) or three (JSON) on the wire, hundreds in memory.
+        let many = TimMessageList { message_list: Some(vec![Default::default(); 10_000]), ..Default::default() };
+        for encoding in [Encoding::Compact, Encoding::Json] {
+            let body = body_bytes(&many, encoding);
+            assert!(matches!(decode_body::<TimMessageList>(body, encoding), Err(DecodeError::OverBudget { .. })));
+        }
+    }
+
+    #[test]
+    fn real_lists_fit_their_budget() {
+        // A presence list of 10,000 ten-character node ids, in both encodings.
+        let nodes = TimNodes { nodelist: Some(vec!["abcdefghij".to_string(); 10_000]), ..TimNodes::default() };
+        for encoding in [Encoding::Compact, Encoding::Json] {
+            let decoded = decode_body::<TimNodes>(body_bytes(&nodes, encoding), encoding).unwrap();
+            assert_eq!(decoded, nodes);
+        }
+        // A small body keeps its floor: a few empty strings decode.
+        assert!(decode_body::<TimNodes>(nodelist_compact(100, 0), Encoding::Compact).is_ok());
+    }
+}

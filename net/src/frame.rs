@@ -5,7 +5,7 @@
 
 use bytes::{Buf, Bytes};
 
-use crate::codec::{decode_body, encode_body, DecodeError, Encoding, TimStruct, Writer};
+use crate::codec::{decode_body, decode_server_body, encode_body, DecodeError, Encoding, TimStruct, Writer};
 
 /// Frame type codes (`sys/timEg.go`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,7 +200,7 @@ impl ServerFrame {
 
     /// Decodes the body in the session's encoding.
     pub fn decode<T: TimStruct>(&self, encoding: Encoding) -> Result<T, DecodeError> {
-        decode_body(self.body.clone(), encoding)
+        decode_server_body(self.body.clone(), encoding)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::DecodeError;
+use super::{Budget, DecodeError};
 
 pub(crate) const STOP: u8 = 0;
 pub(crate) const BOOL_TRUE: u8 = 1;
@@ -101,15 +101,22 @@ impl Writer {
     }
 }
 
-/// Reads compact values from a shared buffer; every read checks the bytes left first.
+/// Reads compact values from a shared buffer; every read checks the bytes left first, and
+/// every allocation is charged to the body's [`Budget`] before it is made.
 pub struct Reader {
     buf: Bytes,
     pos: usize,
+    budget: Budget,
 }
 
 impl Reader {
-    pub fn new(buf: Bytes) -> Self {
-        Self { buf, pos: 0 }
+    pub(crate) fn with_budget(buf: Bytes, budget: Budget) -> Self {
+        Self { buf, pos: 0, budget }
+    }
+
+    /// The decode's heap allowance.
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     pub(crate) fn remaining(&self) -> usize {

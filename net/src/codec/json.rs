@@ -1,13 +1,16 @@
 //! JSON details that Go's `encoding/json` fixes and serde leaves open: base64 binaries and
-//! case-insensitive struct keys.
+//! case-insensitive struct keys; and decoding within a heap allowance ([`JsonValue`]).
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use bytes::Bytes;
-use serde::de::{DeserializeSeed, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{DecodeError, Writer};
+use super::{Budget, DecodeError, Writer};
 
 /// Standard alphabet; emits padding, accepts input with or without it.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -83,5 +86,129 @@ impl Writer {
 impl From<serde_json::Error> for DecodeError {
     fn from(e: serde_json::Error) -> Self {
         DecodeError::Json(e.to_string())
+    }
+}
+
+/// A value decoded from JSON within a [`Budget`]: serde's own `Vec` and map impls grow as
+/// far as the input asks, so frame bodies decode through this trait instead of `Deserialize`.
+pub trait JsonValue: Sized {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error>;
+}
+
+/// Decodes a `T` within `budget` wherever serde asks for a seed (elements, map values).
+pub struct Seed<'b, T>(pub &'b Budget, pub PhantomData<T>);
+
+impl<'b, T> Seed<'b, T> {
+    pub fn new(budget: &'b Budget) -> Self {
+        Self(budget, PhantomData)
+    }
+}
+
+impl<'de, T: JsonValue> DeserializeSeed<'de> for Seed<'_, T> {
+    type Value = T;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        T::from_json(d, self.0)
+    }
+}
+
+fn charged<E: serde::de::Error>(result: Result<(), DecodeError>) -> Result<(), E> {
+    result.map_err(E::custom)
+}
+
+macro_rules! json_scalar {
+    ($($ty:ty),*) => {$(
+        impl JsonValue for $ty {
+            fn from_json<'de, D: Deserializer<'de>>(d: D, _budget: &Budget) -> Result<Self, D::Error> {
+                <$ty>::deserialize(d)
+            }
+        }
+    )*};
+}
+json_scalar!(bool, i8, i16, i32, i64);
+
+impl JsonValue for String {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        charged(budget.charge(s.len()))?;
+        Ok(s)
+    }
+}
+
+impl JsonValue for Binary {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error> {
+        let b = Binary::deserialize(d)?;
+        charged(budget.charge(b.0.len()))?;
+        Ok(b)
+    }
+}
+
+impl<T: JsonValue> JsonValue for Option<T> {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error> {
+        struct Opt<'b, T>(&'b Budget, PhantomData<T>);
+        impl<'de, T: JsonValue> Visitor<'de> for Opt<'_, T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a value or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+                T::from_json(d, self.0).map(Some)
+            }
+        }
+        d.deserialize_option(Opt(budget, PhantomData))
+    }
+}
+
+impl<T: JsonValue> JsonValue for Vec<T> {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error> {
+        struct List<'b, T>(&'b Budget, PhantomData<T>);
+        impl<'de, T: JsonValue> Visitor<'de> for List<'_, T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                // The length is unknown up front: capacity doubles, and each growth is
+                // charged before it is made.
+                while let Some(value) = seq.next_element_seed(Seed::<T>::new(self.0))? {
+                    if out.len() == out.capacity() {
+                        let grow = out.capacity().max(4);
+                        charged(self.0.charge_values::<T>(grow))?;
+                        out.reserve_exact(grow);
+                    }
+                    out.push(value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(List(budget, PhantomData))
+    }
+}
+
+impl<V: JsonValue> JsonValue for BTreeMap<String, V> {
+    fn from_json<'de, D: Deserializer<'de>>(d: D, budget: &Budget) -> Result<Self, D::Error> {
+        struct Map<'b, V>(&'b Budget, PhantomData<V>);
+        impl<'de, V: JsonValue> Visitor<'de> for Map<'_, V> {
+            type Value = BTreeMap<String, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key_seed(Seed::<String>::new(self.0))? {
+                    charged(self.0.charge_map_entries::<V>(1))?;
+                    let value = map.next_value_seed(Seed::<V>::new(self.0))?;
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Map(budget, PhantomData))
     }
 }
