@@ -86,7 +86,9 @@ impl Accounts {
             // index decides, and the lookup then tells whether it was this very name.
             let free = match self.lookup(name, domain).await? {
                 Lookup::Found { .. } => return Err(ErrorCode::HasExist.into()),
-                Lookup::Missing { free: None } => return Err(ErrorCode::Database.into()),
+                Lookup::Missing { free: None } => {
+                    return Err(EngineError::Internal("every id candidate of the name is taken"))
+                }
                 Lookup::Missing { free: Some(user) } => user,
             };
             let mut row = Row::new(timuser::DEF.columns.len());

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimNodes, TimReq};
 use tim_net::FrameType;
-use tracing::warn;
 
 use crate::error::EngineError;
 use crate::groups::{Joined, PRIVATE};
@@ -82,10 +81,7 @@ pub async fn handle(server: &Arc<Server>, user: UserId, req: &TimReq) -> Reply {
 
 /// A failed reply; `done` is the operation's own ack (with `t`, `n`) when it has one.
 fn failure(done: Option<TimAck>, e: EngineError) -> TimAck {
-    if e.is_internal() {
-        warn!(error = %e, "business operation failed");
-    }
-    let error = TimAck::error(BUSINESS, e.wire_code()).error;
+    let error = TimAck::error(BUSINESS, e.answer("business")).error;
     TimAck { ok: false, error, ..done.unwrap_or_else(|| TimAck::ok(BUSINESS)) }
 }
 

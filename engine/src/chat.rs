@@ -83,11 +83,11 @@ impl History {
             offline.stage(&mut batch, *user, msg, Some(history_insert));
         }
         let ids = self.store.write(batch).await?;
-        let mid = ids.first().ok_or(EngineError::Refused(ErrorCode::Database))?;
+        let mid = ids.first().ok_or(EngineError::Internal("a message write returned no id"))?;
         for user in absent {
             offline.pushed(*user).await;
         }
-        i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))
+        mid_of(*mid)
     }
 
     /// Stores normal messages of `from` in their conversations' history and queues each for
@@ -105,13 +105,13 @@ impl History {
         }
         let ids = self.store.write(batch).await?;
         if ids.len() != accepted.len() * 2 {
-            return Err(ErrorCode::Database.into());
+            return Err(EngineError::Internal("a message write returned fewer ids than it inserted"));
         }
         let mut out = Vec::with_capacity(accepted.len());
         for (pair, Accepted { to, .. }) in ids.chunks_exact(2).zip(accepted) {
             let (Some(mid), Some(entry)) = (pair.first(), pair.get(1)) else { continue };
             offline.pushed(*to).await;
-            out.push((i64::try_from(mid.0).map_err(|_| EngineError::Refused(ErrorCode::Database))?, *entry));
+            out.push((mid_of(*mid)?, *entry));
         }
         Ok(out)
     }
@@ -352,4 +352,9 @@ pub async fn pull(server: &Server, me: UserId, req: &TimReq) -> Result<Vec<TimMe
         return Ok(Vec::new());
     }
     server.history.page(chat, upto, limit, before_ns).await
+}
+
+/// A stored message's `mid` as the wire carries it; ids stay below 2^53 by construction.
+fn mid_of(id: RowId) -> Result<i64, EngineError> {
+    i64::try_from(id.0).map_err(|_| EngineError::Internal("a message id is out of the wire's range"))
 }

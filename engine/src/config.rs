@@ -49,6 +49,17 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_MAX_FRAME", default_value_t = 8 << 20)]
     pub max_frame: usize,
 
+    /// Inbound messages over 64 KiB received and handled at once on the node; a connection
+    /// sending one more waits for a slot. Bounds the memory of large frames (a decoded frame
+    /// takes at most about four times its size).
+    #[arg(long, env = "TIM_LARGE_FRAMES", default_value_t = 8)]
+    pub large_frames: usize,
+
+    /// Seconds a connection holding a large-frame slot may take to deliver its message
+    /// before it is closed.
+    #[arg(long, env = "TIM_LARGE_FRAME_TIMEOUT", default_value_t = 60)]
+    pub large_frame_timeout: u64,
+
     /// Seconds a connection may stay unauthenticated.
     #[arg(long, env = "TIM_AUTH_TIMEOUT", default_value_t = 10)]
     pub auth_timeout: u64,
@@ -246,6 +257,12 @@ impl ServeConfig {
         }
         if self.max_frame < 64 || self.max_frame > 1 << 30 {
             return invalid("max_frame", "must be between 64 bytes and 1 GiB");
+        }
+        if self.large_frames == 0 {
+            return invalid("large_frames", "must be at least 1");
+        }
+        if self.large_frame_timeout == 0 {
+            return invalid("large_frame_timeout", "must be at least 1");
         }
         if self.connect_limit == 0 {
             return invalid("connect_limit", "must be at least 1");

@@ -2,6 +2,8 @@
 
 use tim_kv::StoreError;
 use tim_net::proto::ErrorCode;
+use tim_net::report::ErrorChain;
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -14,15 +16,19 @@ pub enum EngineError {
     PasswordHash(String),
     #[error("a blocking task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// A state the server's own logic should never reach (a write returning fewer ids than it
+    /// inserted, an id space used up).
+    #[error("internal fault: {0}")]
+    Internal(&'static str),
 }
 
 impl EngineError {
     /// The code the client sees. Internal failures read as TIM's "database error" (5103);
-    /// their cause goes to the log, not the wire.
-    pub fn wire_code(&self) -> ErrorCode {
+    /// their cause goes to the log ([`Self::answer`]), not the wire.
+    fn wire_code(&self) -> ErrorCode {
         match self {
             Self::Refused(code) => *code,
-            Self::Store(_) | Self::PasswordHash(_) | Self::Join(_) => ErrorCode::Database,
+            Self::Store(_) | Self::PasswordHash(_) | Self::Join(_) | Self::Internal(_) => ErrorCode::Database,
         }
     }
 
@@ -30,10 +36,70 @@ impl EngineError {
     pub fn is_internal(&self) -> bool {
         !matches!(self, Self::Refused(_))
     }
+
+    /// The code to answer `op` with. Every refusal goes through here, so an internal fault
+    /// answered as a database error is always logged, with its whole cause chain.
+    pub fn answer(&self, op: &'static str) -> ErrorCode {
+        if self.is_internal() {
+            warn!(error = %ErrorChain(self), op, "internal fault answered as a database error");
+        }
+        self.wire_code()
+    }
 }
 
 impl From<ErrorCode> for EngineError {
     fn from(code: ErrorCode) -> Self {
         Self::Refused(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Runs `f` with a subscriber that writes the log into the returned buffer.
+    fn logged(f: impl FnOnce()) -> String {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || Sink(sink.clone())).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_store_failure_is_answered_as_database_and_logged_with_its_cause() {
+        let e = EngineError::Store(StoreError::Rocks("IO error: No space left on device".into()));
+        let log = logged(|| assert_eq!(e.answer("login"), ErrorCode::Database));
+        assert!(log.contains("internal fault"), "{log}");
+        assert!(log.contains("store failed: rocksdb failed: IO error: No space left on device"), "{log}");
+        assert!(log.contains("op=\"login\""), "{log}");
+    }
+
+    #[test]
+    fn a_refusal_is_not_logged() {
+        let refused = EngineError::Refused(ErrorCode::PermissionDenied);
+        let internal = EngineError::Internal("a message write returned no id");
+        // Positive control in the same capture: the internal fault is logged.
+        let log = logged(|| {
+            assert_eq!(refused.answer("request"), ErrorCode::PermissionDenied);
+            assert_eq!(internal.answer("request"), ErrorCode::Database);
+        });
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("internal fault: a message write returned no id"), "{log}");
     }
 }

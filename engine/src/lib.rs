@@ -12,6 +12,7 @@ mod error;
 mod group_chat;
 mod groups;
 mod ident;
+mod inbound;
 mod limits;
 mod listener;
 mod offline;

@@ -1,6 +1,5 @@
 //! The client listener: WebSocket `/tim` and HTTP `POST /tim2` on one port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -9,15 +8,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tim_net::frame::encode_server;
 use tim_net::proto::{TimAck, TimAuth};
 use tim_net::{ClientFrame, FrameType};
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::EngineError;
+use crate::inbound::{ConnInfo, MeteredListener, LARGE_FRAME};
 use crate::server::Server;
 
 /// Read buffer of a WebSocket. Every idle connection keeps one, and most TIM frames are far
@@ -28,20 +26,15 @@ const WS_READ_BUFFER: usize = 1 << 10;
 /// frames queued for it with one flush (one write system call) rather than one each.
 const WS_WRITE_BUFFER: usize = 4 << 10;
 
-pub async fn serve(server: Arc<Server>, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve(server: Arc<Server>, listener: MeteredListener) -> std::io::Result<()> {
     let shutdown = server.shutdown.clone();
+    // `/tim2` carries registrations and token requests only: a few hundred bytes.
+    let tim2_limit = server.cfg.max_frame.min(LARGE_FRAME);
     let app = Router::new()
         .route("/tim", get(upgrade))
-        .route("/tim2", post(tim2))
-        .layer(DefaultBodyLimit::max(server.cfg.max_frame))
+        .route("/tim2", post(tim2).layer(DefaultBodyLimit::max(tim2_limit)))
         .with_state(server);
-    // Frames are small and latency matters: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(listener, app.into_make_service_with_connect_info::<ConnInfo>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
@@ -60,12 +53,12 @@ fn origin_allowed(server: &Server, headers: &HeaderMap) -> bool {
 
 async fn upgrade(
     State(server): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&server, &headers) {
-        debug!(%peer, "websocket refused: origin not allowed");
+        debug!(peer = %conn.peer, "websocket refused: origin not allowed");
         return StatusCode::FORBIDDEN.into_response();
     }
     let max = server.cfg.max_frame;
@@ -75,7 +68,7 @@ async fn upgrade(
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let tasks = server.tasks.clone();
-            tasks.track_future(crate::session::run(server, socket, peer))
+            tasks.track_future(crate::session::run(server, socket, conn))
         })
 }
 
@@ -110,12 +103,7 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
     };
     let ack = match result {
         Ok(n) => TimAck { n: Some(n), ..TimAck::ok(kind as u8) },
-        Err(e) => {
-            if e.is_internal() {
-                warn!(error = %e, ?kind, "tim2 request failed");
-            }
-            TimAck::error(kind as u8, e.wire_code())
-        }
+        Err(e) => TimAck::error(kind as u8, e.answer("tim2")),
     };
     ([("content-type", "application/octet-stream")], encode_server(FrameType::Ack, frame.encoding, &ack))
         .into_response()

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
-use tim_net::proto::{ErrorCode, TimMessage};
+use tim_net::proto::TimMessage;
+use tim_net::report::ErrorChain;
 use tracing::warn;
 
 use crate::error::EngineError;
@@ -70,7 +71,13 @@ impl OfflineQueue {
     pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<RowId, EngineError> {
         let mut batch = Batch::new();
         self.stage(&mut batch, user, msg, None);
-        let entry = self.store.write(batch).await?.first().copied().ok_or(EngineError::Refused(ErrorCode::Database))?;
+        let entry = self
+            .store
+            .write(batch)
+            .await?
+            .first()
+            .copied()
+            .ok_or(EngineError::Internal("an offline write returned no id"))?;
         self.pushed(user).await;
         Ok(entry)
     }
@@ -100,7 +107,7 @@ impl OfflineQueue {
     /// cap is then enforced at the next push.
     pub async fn pushed(&self, user: UserId) {
         if let Err(e) = self.count_and_trim(user).await {
-            warn!(error = %e, uid = %user.node(), "offline queue cap not checked");
+            warn!(error = %ErrorChain(&e), uid = %user.node(), "offline queue cap not checked");
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 use tim_net::proto::{ErrorCode, Tid, TimPresence};
+use tim_net::report::ErrorChain;
 use tim_net::FrameType;
 use tracing::warn;
 
@@ -80,7 +81,7 @@ pub fn spawn_offline(server: &Arc<Server>, user: UserId) {
                 };
                 fan_out(&server_for_task, &friends, &presence);
             }
-            Err(e) => warn!(error = %e, "offline presence not sent"),
+            Err(e) => warn!(error = %ErrorChain(&e), "offline presence not sent"),
         }
     });
 }

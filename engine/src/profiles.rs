@@ -41,7 +41,7 @@ pub async fn handle(server: &Server, me: UserId, req: TimNodes) -> Reply {
         _ => Err(ErrorCode::ParamIncorrect.into()),
     };
     result.unwrap_or_else(|e| {
-        let mut ack = TimAck::error(NODES, e.wire_code());
+        let mut ack = TimAck::error(NODES, e.answer("profiles"));
         if matches!(req.ntype, MODIFYUSER | MODIFYROOM) {
             ack.t = Some(i64::from(req.ntype));
         }

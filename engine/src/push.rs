@@ -9,6 +9,7 @@ use tim_kv::RowId;
 use tim_net::codec::TimStruct;
 use tim_net::frame::encode_server;
 use tim_net::proto::TimMessage;
+use tim_net::report::ErrorChain;
 use tim_net::{Encoding, FrameType};
 use tracing::warn;
 
@@ -59,7 +60,7 @@ pub fn spawn_to_users(server: &Arc<Server>, users: Vec<(UserId, Vec<SessionHandl
                 continue;
             }
             if let Err(e) = server_for_task.offline.push(user, &msg).await {
-                warn!(error = %e, uid = %user.node(), "message lost: not delivered and not stored offline");
+                warn!(error = %ErrorChain(&e), uid = %user.node(), "message lost: not delivered and not stored offline");
             }
         }
     });

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
+use tim_net::report::ErrorChain;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +19,7 @@ use crate::chat::History;
 use crate::config::ServeConfig;
 use crate::groups::{GroupLimits, Groups};
 use crate::ident::{encode_base58, Ids};
+use crate::inbound::{LargeFrames, MeteredListener};
 use crate::offline::{OfflineLimits, OfflineQueue};
 use crate::roster::Rosters;
 use crate::secret::Secret;
@@ -127,6 +129,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
     let addr = listener.local_addr()?;
+    let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
+    let listener = MeteredListener::new(listener, large_frames);
     info!(%addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
     // One line on stdout for scripts and tests: the bound address.
     let mut stdout = std::io::stdout();
@@ -145,8 +149,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         warn!("sessions outlived the shutdown grace");
     }
     match serving.await {
-        Ok(Err(e)) => warn!(error = %e, "listener ended with an error"),
-        Err(e) => warn!(error = %e, "listener task failed"),
+        Ok(Err(e)) => warn!(error = %ErrorChain(&e), "listener ended with an error"),
+        Err(e) => warn!(error = %ErrorChain(&e), "listener task failed"),
         Ok(Ok(())) => {}
     }
     store.flush()?;
@@ -159,7 +163,7 @@ async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            warn!(error = %ErrorChain(&e), "cannot watch SIGTERM; stopping on SIGINT only");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }

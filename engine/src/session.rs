@@ -7,7 +7,6 @@
 //! given up.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigDat
 use tim_net::proto::{
     ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream,
 };
+use tim_net::report::ErrorChain;
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::chat::{self, Accepted, Next, Sender};
 use crate::delivery::{deliver, Delivery, Payload};
 use crate::error::EngineError;
 use crate::ident::UserId;
+use crate::inbound::{ConnInfo, Inflight};
 use crate::limits::Bucket;
 use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
@@ -85,6 +86,8 @@ struct Pending {
 struct Session {
     server: Arc<Server>,
     ws: WebSocket,
+    /// Tells the socket when a message is handled ([`crate::inbound`]).
+    inflight: Arc<Inflight>,
     conn_id: u64,
     login: Option<Login>,
     kick: CancellationToken,
@@ -105,9 +108,10 @@ struct Session {
     ack_timers: Option<DelayQueue<u32>>,
 }
 
-pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
+pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
     let conn_id = server.next_conn_id();
-    let span = info_span!("conn", id = conn_id, %peer, uid = tracing::field::Empty);
+    let span = info_span!("conn", id = conn_id, peer = %conn.peer, uid = tracing::field::Empty);
+    conn.inflight.arm();
     let kick = server.shutdown.child_token();
     let deadline = Instant::now() + server.cfg.auth_timeout();
     let (outlet, inlet) = crate::outbound::queue(server.cfg.outbound_queue, server.cfg.outbound_bytes);
@@ -115,6 +119,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, peer: SocketAddr) {
     let session = Session {
         server,
         ws,
+        inflight: conn.inflight,
         conn_id,
         login: None,
         kick,
@@ -224,10 +229,7 @@ impl Session {
 
     /// Refuses with the code of an engine error, logging internal ones.
     async fn refuse_with(&mut self, tim_type: u8, encoding: Encoding, e: EngineError) -> Result<(), Close> {
-        if e.is_internal() {
-            warn!(error = %e, frame_type = tim_type, "request failed");
-        }
-        self.refuse(tim_type, encoding, e.wire_code()).await
+        self.refuse(tim_type, encoding, e.answer("request")).await
     }
 
     /// Handles the WebSocket messages that have arrived, up to [`READ_BURST`] of them, so a
@@ -246,6 +248,10 @@ impl Session {
             };
             if result.is_err() {
                 break result;
+            }
+            // A big-data frame still being reassembled keeps counting as one message.
+            if self.big.is_none() {
+                self.inflight.message_done();
             }
             taken += 1;
             next = if taken < READ_BURST { self.ws.recv().now_or_never() } else { None };
@@ -273,9 +279,10 @@ impl Session {
                 self.flush().await
             }
             Err(e) => {
-                warn!(error = %e, messages = refusals.len(), "storing messages failed");
-                for (code, encoding) in refusals {
-                    self.refuse(code, encoding, e.wire_code()).await?;
+                warn!(messages = refusals.len(), "storing messages failed");
+                let code = e.answer("store messages");
+                for (tim_type, encoding) in refusals {
+                    self.refuse(tim_type, encoding, code).await?;
                 }
                 Ok(())
             }
@@ -415,7 +422,7 @@ impl Session {
                 match self.server.rooms.push(login.user, &room, Push::Stream(stream)) {
                     Ok(()) => Ok(()),
                     Err(e) => {
-                        let ack = TimAck { n: Some(room), ..TimAck::error(code, e.wire_code()) };
+                        let ack = TimAck { n: Some(room), ..TimAck::error(code, e.answer("stream")) };
                         self.reply(FrameType::Ack, frame.encoding, &ack).await
                     }
                 }
@@ -504,7 +511,7 @@ impl Session {
         let entries: Vec<_> = acked.iter().flat_map(|d| d.offline_entries()).copied().collect();
         if let (false, Some(login)) = (entries.is_empty(), &self.login) {
             if let Err(e) = self.server.offline.remove(login.user, &entries).await {
-                warn!(error = %e, "deleting acked offline entries failed");
+                warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
             }
         }
         for delivery in acked {
@@ -577,12 +584,7 @@ impl Session {
         };
         let user = match authenticate(&self.server, &auth).await {
             Ok(user) => user,
-            Err(e) => {
-                if e.is_internal() {
-                    warn!(error = %e, "login failed");
-                }
-                return self.refuse(AUTH, frame.encoding, e.wire_code()).await;
-            }
+            Err(e) => return self.refuse(AUTH, frame.encoding, e.answer("login")).await,
         };
         let handle =
             SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
@@ -595,6 +597,7 @@ impl Session {
             }
         }
         Span::current().record("uid", user.node());
+        self.inflight.logged_in();
         info!(termtyp = ?auth.termtyp, "logged in");
         let tid = Tid {
             node: user.node(),
@@ -631,8 +634,7 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
         let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
             Ok(rows) => rows,
             Err(e) => {
-                warn!(error = %e, "reading the offline queue failed");
-                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.wire_code());
+                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
                 let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
                 return;
             }

@@ -99,7 +99,7 @@ impl Rooms {
             }
             _ => Err(ErrorCode::ParamIncorrect.into()),
         };
-        result.unwrap_or_else(|e| TimAck { ok: false, error: TimAck::error(VROOM, e.wire_code()).error, ..done })
+        result.unwrap_or_else(|e| TimAck { ok: false, error: TimAck::error(VROOM, e.answer("vroom")).error, ..done })
     }
 
     fn create(&self, founder: UserId) -> Result<String, EngineError> {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 pub mod proto;
+pub mod report;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 

@@ -10,6 +10,7 @@ mod durability;
 mod frames;
 mod groups;
 mod limits;
+mod memory;
 mod node;
 mod presence;
 mod profiles;
