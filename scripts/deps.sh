@@ -99,7 +99,7 @@ if [ -z "$gaps" ]; then
 	exit 0
 fi
 echo "build dependencies missing:"
-printf '  %s\n' "$gaps"
+printf '%s\n' "$gaps" | sed 's/^/  /'
 [ "$check_only" = 1 ] && exit 1
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -113,7 +113,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev g++ >/dev/nul
 gaps=$(missing)
 if [ -n "$gaps" ]; then
 	echo "still missing after installing:" >&2
-	printf '  %s\n' "$gaps" >&2
+	printf '%s\n' "$gaps" | sed 's/^/  /' >&2
 	exit 1
 fi
 echo "build dependencies: installed"
