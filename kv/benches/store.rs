@@ -13,6 +13,7 @@ use tim_kv::{Batch, ColumnDef, Cursor, RocksStore, Row, SealKey, Slot, Store, St
 
 /// The shape of the engine's history table: indexed conversation id, sender, sealed body.
 const MESSAGES: TableDef = TableDef {
+    id: 1,
     name: "timmessage",
     columns: &[ColumnDef::indexed("chatid"), ColumnDef::plain("fid"), ColumnDef::sealed("stanza")],
 };
@@ -31,8 +32,8 @@ fn message(chat: &[u8; 16]) -> Row {
 
 fn one_message(store: &RocksStore, n: u64) -> Batch {
     let chat = u128::from(n % 1000).to_be_bytes();
-    let mut batch = Batch::new();
-    batch.insert(store.table("timmessage").unwrap(), tim_shard::slot_of(&chat), message(&chat));
+    let mut batch = Batch::new(tim_shard::slot_of(&chat));
+    batch.insert(store.table("timmessage").unwrap(), message(&chat));
     batch
 }
 
@@ -89,9 +90,9 @@ fn page(c: &mut Criterion) {
     let slot: Slot = tim_shard::slot_of(&chat);
     runtime.block_on(async {
         for _ in 0..HISTORY / 100 {
-            let mut batch = Batch::new();
+            let mut batch = Batch::new(slot);
             for _ in 0..100 {
-                batch.insert(table, slot, message(&chat));
+                batch.insert(table, message(&chat));
             }
             store.write(batch).await.unwrap();
         }

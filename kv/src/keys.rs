@@ -3,7 +3,7 @@
 //! - `rows`: `slot(2) ‖ table(4) ‖ row id(8)` → row record
 //! - `idx`:  `slot(2) ‖ table(4) ‖ column(2) ‖ esc(value) ‖ row id(8)` → empty
 //! - `meta`: `slot(2) ‖ table(4)` → last issued sequence of that slot (u64); and
-//!   `GLOBAL ‖ "t" ‖ name` → table schema record
+//!   `GLOBAL ‖ "t" ‖ name` → table schema record; `GLOBAL ‖ "l" ‖ name` → node-local record
 //!
 //! Index values are escaped so that no value is a prefix of another's key: 0x00 becomes
 //! 0x00 0xFF and the value ends with 0x00 0x01 (memcomparable, keeps bytewise order).
@@ -58,6 +58,19 @@ pub(crate) fn index_key_id(key: &[u8]) -> Option<RowId> {
 
 pub(crate) fn counter_key(slot: Slot, table: TableId) -> [u8; 6] {
     table_prefix(slot, table)
+}
+
+/// Every key of a slot starts with this.
+pub(crate) fn slot_prefix(slot: Slot) -> [u8; 2] {
+    slot.0.to_be_bytes()
+}
+
+/// A node-local record (outside every slot).
+pub(crate) fn local_key(name: &str) -> Vec<u8> {
+    let mut key = GLOBAL.to_vec();
+    key.push(b'l');
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 pub(crate) fn schema_key(name: &str) -> Vec<u8> {

@@ -18,4 +18,7 @@ pub use read::read;
 pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
-pub use store::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId, WriteFuture};
+pub use store::{
+    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, Store, StoreError, TableId,
+    WriteFuture,
+};

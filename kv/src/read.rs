@@ -80,7 +80,7 @@ mod tests {
     use super::*;
     use crate::{Batch, ColumnDef, RocksStore, Row, SealKey, Slot, StoreConfig, TableDef};
 
-    const T: TableDef = TableDef { name: "t", columns: &[ColumnDef::indexed("k")] };
+    const T: TableDef = TableDef { id: 1, name: "t", columns: &[ColumnDef::indexed("k")] };
 
     fn open(dir: &std::path::Path) -> Arc<dyn Store> {
         Arc::new(RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[7; 32]), &[T]).unwrap())
@@ -92,10 +92,10 @@ mod tests {
         let id = {
             let store = open(dir.path());
             let t = store.table("t").unwrap();
-            let mut b = Batch::new();
+            let mut b = Batch::new(Slot(1));
             let mut row = Row::new(1);
             row.set(0, Bytes::from_static(b"v"));
-            b.insert(t, Slot(1), row);
+            b.insert(t, row);
             store.write(b).await.unwrap()[0]
         };
         // Reopened: the row is in a table file only, not in a memtable or the block cache.

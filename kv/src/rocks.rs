@@ -15,8 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::keys;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
-use crate::store::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId, WriteFuture};
-use crate::writer::{self, WriteRequest};
+use crate::store::{
+    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, Store, StoreError, TableId,
+    WriteFuture,
+};
+use crate::writer::{self, Work, WriteRequest};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_ROWS: &str = "rows";
@@ -156,37 +159,41 @@ impl RocksStore {
     }
 }
 
+/// Declares the tables: a stored table must keep its id and may only gain columns at the
+/// end; a new table's id must not be another stored table's.
 fn declare_tables(db: &DB, defs: &[TableDef]) -> Result<Catalog, StoreError> {
     let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::Rocks("meta column family missing".into()))?;
     let schema_prefix = keys::schema_key("");
-    let mut next_id = 1u32;
+    let mut stored_ids = HashMap::new();
     for item in db.prefix_iterator_cf(meta, &schema_prefix) {
         let (key, value) = item.map_err(rocks)?;
         if !key.starts_with(&schema_prefix) {
             break;
         }
-        let stored: StoredSchema = postcard::from_bytes(&value)
-            .map_err(|_| StoreError::SchemaMismatch(String::from_utf8_lossy(&key).into()))?;
-        next_id = next_id.max(stored.id + 1);
+        let name = String::from_utf8_lossy(key.get(schema_prefix.len()..).unwrap_or_default()).into_owned();
+        let stored: StoredSchema =
+            postcard::from_bytes(&value).map_err(|_| StoreError::SchemaMismatch(name.clone()))?;
+        stored_ids.insert(stored.id, name);
     }
     let mut tables = HashMap::new();
     let mut by_name = HashMap::new();
     for def in defs {
         let key = keys::schema_key(def.name);
         let declared: Vec<String> = def.columns.iter().map(|c| c.name.to_owned()).collect();
+        if tables.contains_key(&TableId(def.id)) {
+            return Err(StoreError::SchemaMismatch(def.name.into()));
+        }
         let id = match db.get_cf(meta, &key).map_err(rocks)? {
             Some(raw) => {
                 let stored: StoredSchema =
                     postcard::from_bytes(&raw).map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
-                if !declared.starts_with(&stored.columns) {
+                if stored.id != def.id || !declared.starts_with(&stored.columns) {
                     return Err(StoreError::SchemaMismatch(def.name.into()));
                 }
                 stored.id
             }
-            None => {
-                next_id += 1;
-                next_id - 1
-            }
+            None if stored_ids.contains_key(&def.id) => return Err(StoreError::SchemaMismatch(def.name.into())),
+            None => def.id,
         };
         let record = postcard::to_stdvec(&StoredSchema { id, columns: declared })
             .map_err(|_| StoreError::SchemaMismatch(def.name.into()))?;
@@ -411,11 +418,71 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: Batch) -> WriteFuture {
+        self.submit(Work::Batch(batch))
+    }
+
+    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError> {
+        let inner = &*self.inner;
+        let prefix = keys::slot_prefix(slot);
+        let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
+        let mut chunk = SlotChunk::default();
+        let mut bytes = 0;
+        for region in Region::ALL {
+            let start = match from {
+                Some(cursor) if cursor.region > region => continue,
+                Some(cursor) if cursor.region == region => {
+                    // Just after the cursor's key: the key with a zero byte appended.
+                    let mut after = cursor.after.clone();
+                    after.push(0);
+                    after
+                }
+                _ => prefix.to_vec(),
+            };
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(end.clone());
+            let iter = inner.db.iterator_cf_opt(
+                inner.cf(cf_name(region))?,
+                opts,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item.map_err(rocks)?;
+                bytes += key.len() + value.len();
+                if bytes >= max_bytes {
+                    chunk.next = Some(SlotCursor { region, after: key.to_vec() });
+                    chunk.entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
+                    return Ok(chunk);
+                }
+                chunk.entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
+            }
+        }
+        Ok(chunk)
+    }
+
+    fn write_raw(&self, write: RawWrite) -> WriteFuture {
+        self.submit(Work::Raw(write))
+    }
+
+    fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.db.get_cf(self.inner.cf(CF_META)?, keys::local_key(name)).map_err(rocks)
+    }
+}
+
+fn cf_name(region: Region) -> &'static str {
+    match region {
+        Region::Meta => CF_META,
+        Region::Rows => CF_ROWS,
+        Region::Idx => CF_IDX,
+    }
+}
+
+impl RocksStore {
+    fn submit(&self, work: Work) -> WriteFuture {
         let write_tx = self.write_tx.clone();
         Box::pin(async move {
             let write_tx = write_tx.ok_or(StoreError::Closed)?;
             let (reply, done) = oneshot::channel();
-            write_tx.send(WriteRequest { batch, reply }).await.map_err(|_| StoreError::Closed)?;
+            write_tx.send(WriteRequest { work, reply }).await.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?
         })
     }

@@ -34,9 +34,12 @@ impl ColumnDef {
     }
 }
 
-/// A table: a name and its columns, in a fixed order (the column ids).
+/// A table: a number, a name and its columns, in a fixed order (the column ids).
 #[derive(Debug, Clone, Copy)]
 pub struct TableDef {
+    /// Part of every key of the table: fixed in the declaration, so every node of a cluster
+    /// lays out a slot's keys alike and a slot's raw data can move between them.
+    pub id: u32,
     pub name: &'static str,
     pub columns: &'static [ColumnDef],
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// A slot: the unit of placement. Every key of the store starts with one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,12 +82,16 @@ impl Cursor {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    /// `id_of`: a column set to the id of the batch's insert number `.1` (0-based).
     Insert {
         table: TableId,
-        slot: Slot,
         row: Row,
-        id_of: Option<(usize, usize)>,
+    },
+    /// A row with an id given by the caller (copied from elsewhere): written as it is, and the
+    /// slot's id counter moved past it.
+    Put {
+        table: TableId,
+        id: RowId,
+        row: Row,
     },
     Update {
         table: TableId,
@@ -99,41 +104,36 @@ pub(crate) enum Op {
     },
 }
 
-/// Writes applied atomically: all of them or none.
-#[derive(Debug, Clone, Default)]
+/// Writes to one slot, applied atomically: all of them or none. A batch never spans two
+/// slots (a row of another slot is refused with [`StoreError::OtherSlot`]), so every slot can
+/// live on a different node; writes that touch several slots are sequences of batches.
+#[derive(Debug, Clone)]
 pub struct Batch {
+    slot: Slot,
     pub(crate) ops: Vec<Op>,
 }
 
 impl Batch {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(slot: Slot) -> Self {
+        Self { slot, ops: Vec::new() }
     }
 
-    /// Inserts a row into `slot`; its id is returned by the write, in insert order.
-    pub fn insert(&mut self, table: TableId, slot: Slot, row: Row) -> &mut Self {
-        self.ops.push(Op::Insert { table, slot, row, id_of: None });
+    /// The slot every row of the batch belongs to.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// Inserts a row; its id is returned by the write, in insert order.
+    pub fn insert(&mut self, table: TableId, row: Row) -> &mut Self {
+        self.ops.push(Op::Insert { table, row });
         self
     }
 
-    /// Inserts a row whose `column` holds the id (8 bytes, big-endian) that this batch's
-    /// insert number `earlier` (0-based, in insert order) receives: rows that refer to each
-    /// other are written in one batch although ids are issued only at commit.
-    pub fn insert_referring(
-        &mut self,
-        table: TableId,
-        slot: Slot,
-        row: Row,
-        column: usize,
-        earlier: usize,
-    ) -> &mut Self {
-        self.ops.push(Op::Insert { table, slot, row, id_of: Some((column, earlier)) });
+    /// Writes a row under an id it already has (a row copied from another store): inserted,
+    /// or replacing the row of that id; later inserts of the slot get larger ids.
+    pub fn put(&mut self, table: TableId, id: RowId, row: Row) -> &mut Self {
+        self.ops.push(Op::Put { table, id, row });
         self
-    }
-
-    /// How many inserts the batch holds (the number the next insert gets).
-    pub fn inserts(&self) -> usize {
-        self.ops.iter().filter(|op| matches!(op, Op::Insert { .. })).count()
     }
 
     /// Sets the given columns of an existing row (`None` clears one); others stay.
@@ -181,12 +181,60 @@ pub enum StoreError {
     #[error("the store is closed")]
     Closed,
     /// A memory-only read ([`crate::read`]) needed the disk; it is retried where it may block.
-    #[error("an insert refers to insert number {0} of its batch, which does not precede it")]
-    NoSuchInsert(usize),
     #[error("the data is not in memory")]
     NotInMemory,
+    #[error("row {id} belongs to another slot than its batch's ({slot})")]
+    OtherSlot { slot: u16, id: u64 },
     #[error("a read on the blocking pool did not finish (shutdown or a panic)")]
     Interrupted,
+}
+
+/// The column family of a raw entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Region {
+    Meta,
+    Rows,
+    Idx,
+}
+
+impl Region {
+    pub(crate) const ALL: [Region; 3] = [Region::Meta, Region::Rows, Region::Idx];
+}
+
+/// One stored key and value as they are on disk (sealed columns still sealed): what moves
+/// when a slot moves to another store of the same deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawEntry {
+    pub region: Region,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A part of a slot's data, in key order, and where the next part starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotChunk {
+    pub entries: Vec<RawEntry>,
+    /// `None` when the slot has nothing after this chunk.
+    pub next: Option<SlotCursor>,
+}
+
+/// Where an export of a slot goes on: after this key of this region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCursor {
+    pub region: Region,
+    pub after: Vec<u8>,
+}
+
+/// A write of raw entries into one slot, with node-local records, applied atomically.
+#[derive(Debug, Clone)]
+pub struct RawWrite {
+    pub slot: Slot,
+    /// Delete everything the store holds of the slot first.
+    pub clear: bool,
+    /// Entries of the slot (each key must be in it).
+    pub entries: Vec<RawEntry>,
+    /// Node-local records (outside every slot) set (`Some`) or deleted (`None`).
+    pub local: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// The result of [`Store::write`]: the ids of the inserted rows, in insert order, once the
@@ -239,4 +287,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch atomically.
     fn write(&self, batch: Batch) -> WriteFuture;
+
+    /// Up to about `max_bytes` of the slot's raw entries, from `from` on (`None`: the start).
+    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError>;
+
+    /// Applies a raw write atomically, in order with the batches (the writer forgets what it
+    /// cached of the slot). Returns no ids.
+    fn write_raw(&self, write: RawWrite) -> WriteFuture;
+
+    /// A node-local record written by [`Store::write_raw`].
+    fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }

@@ -10,31 +10,32 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
 use crate::rocks::{Inner, CF_IDX, CF_META, CF_ROWS};
 use crate::schema::IndexKind;
-use crate::store::{Batch, Op, Row, RowId, Slot, StoreError, TableId};
+use crate::store::{Batch, Op, RawWrite, Row, RowId, Slot, StoreError, TableId};
 
 pub(crate) struct WriteRequest {
-    pub(crate) batch: Batch,
+    pub(crate) work: Work,
     pub(crate) reply: oneshot::Sender<Result<Vec<RowId>, StoreError>>,
 }
 
-#[derive(Clone, Copy)]
-enum Cf {
-    Meta,
-    Rows,
-    Idx,
+pub(crate) enum Work {
+    Batch(Batch),
+    Raw(RawWrite),
 }
+
+use crate::store::Region as Cf;
 
 /// A write staged by one request, applied to the group's batch only if the request succeeds.
 enum Staged {
     Put(Cf, Vec<u8>, Vec<u8>),
     Delete(Cf, Vec<u8>),
+    /// Every key from the first to (not including) the second.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
 type RowKey = (TableId, RowId);
@@ -77,10 +78,23 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
     let mut writer = Writer { inner: &inner, counters: HashMap::new() };
     let mut options = WriteOptions::default();
     options.set_sync(sync);
-    while let Some(first) = requests.blocking_recv() {
+    // A raw write that ended the previous group starts the next one.
+    let mut held: Option<WriteRequest> = None;
+    loop {
+        let Some(first) = held.take().or_else(|| requests.blocking_recv()) else { break };
+        if let Work::Raw(raw) = &first.work {
+            let result = writer.raw(raw, &options).map(|()| Vec::new());
+            let _ = first.reply.send(result);
+            continue;
+        }
         let mut group = vec![first];
         while group.len() < max_group {
             match requests.try_recv() {
+                // A raw write drops what the writer caches of its slot: it goes alone.
+                Ok(request) if matches!(request.work, Work::Raw(_)) => {
+                    held = Some(request);
+                    break;
+                }
                 Ok(request) => group.push(request),
                 Err(_) => break,
             }
@@ -90,9 +104,12 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
         let results: Vec<_> = group
             .iter()
             .map(|request| {
+                let Work::Batch(batch) = &request.work else {
+                    return Err(StoreError::Interrupted);
+                };
                 let mut undo = Undo::default();
                 let mut mine = Vec::new();
-                match writer.apply(&request.batch, &mut overlay, &mut undo, &mut mine) {
+                match writer.apply(batch, &mut overlay, &mut undo, &mut mine) {
                     Ok(ids) => {
                         staged.append(&mut mine);
                         Ok(ids)
@@ -137,9 +154,42 @@ impl Writer<'_> {
             match s {
                 Staged::Put(c, k, v) => batch.put_cf(cf(c), k, v),
                 Staged::Delete(c, k) => batch.delete_cf(cf(c), k),
+                Staged::DeleteRange(c, from, to) => batch.delete_range_cf(cf(c), from, to),
             }
         }
         self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()))
+    }
+
+    /// Writes raw entries of one slot (and node-local records) in one commit. The cached id
+    /// counters of the slot are dropped: the slot's counters may have come with the entries.
+    fn raw(&mut self, raw: &RawWrite, options: &WriteOptions) -> Result<(), StoreError> {
+        if keys::slot_prefix(raw.slot) == keys::GLOBAL {
+            return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
+        }
+        let prefix = keys::slot_prefix(raw.slot);
+        let mut staged = Vec::with_capacity(raw.entries.len() + raw.local.len() + 3);
+        if raw.clear {
+            let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: raw.slot.0, id: 0 })?;
+            for region in Cf::ALL {
+                staged.push(Staged::DeleteRange(region, prefix.to_vec(), end.clone()));
+            }
+        }
+        for entry in &raw.entries {
+            // Slot keys only: a raw write cannot reach schema records or another slot.
+            if !entry.key.starts_with(&prefix) || entry.key.len() <= prefix.len() {
+                return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
+            }
+            staged.push(Staged::Put(entry.region, entry.key.clone(), entry.value.clone()));
+        }
+        for (name, value) in &raw.local {
+            let key = keys::local_key(name);
+            staged.push(match value {
+                Some(v) => Staged::Put(Cf::Meta, key, v.clone()),
+                None => Staged::Delete(Cf::Meta, key),
+            });
+        }
+        self.counters.retain(|(_, slot), _| *slot != raw.slot);
+        self.commit(staged, options)
     }
 
     fn apply(
@@ -150,19 +200,29 @@ impl Writer<'_> {
         staged: &mut Vec<Staged>,
     ) -> Result<Vec<RowId>, StoreError> {
         let mut ids = Vec::new();
+        let slot = batch.slot();
+        let in_slot = |id: &RowId| {
+            if id.slot() == slot {
+                Ok(())
+            } else {
+                Err(StoreError::OtherSlot { slot: slot.0, id: id.0 })
+            }
+        };
         for op in &batch.ops {
             match op {
-                Op::Insert { table, slot, row, id_of } => {
-                    let id = self.next_id(*table, *slot, undo, staged)?;
-                    let mut row = row.clone();
-                    if let Some((column, earlier)) = id_of {
-                        let earlier = ids.get(*earlier).ok_or(StoreError::NoSuchInsert(*earlier))?;
-                        row.set(*column, Bytes::copy_from_slice(&RowId::to_be_bytes(*earlier)));
-                    }
-                    self.put_row(*table, id, None, row, overlay, undo, staged)?;
+                Op::Insert { table, row } => {
+                    let id = self.next_id(*table, slot, undo, staged)?;
+                    self.put_row(*table, id, None, row.clone(), overlay, undo, staged)?;
                     ids.push(id);
                 }
+                Op::Put { table, id, row } => {
+                    in_slot(id)?;
+                    self.pass_id(*table, *id, undo, staged)?;
+                    let old = self.row(*table, *id, overlay)?;
+                    self.put_row(*table, *id, old.as_ref(), row.clone(), overlay, undo, staged)?;
+                }
                 Op::Update { table, id, changes } => {
+                    in_slot(id)?;
                     let def = self.inner.def(*table)?;
                     let old =
                         self.row(*table, *id, overlay)?.ok_or(StoreError::NotFound { table: def.name, id: id.0 })?;
@@ -185,6 +245,7 @@ impl Writer<'_> {
                     self.put_row(*table, *id, Some(&old), new, overlay, undo, staged)?;
                 }
                 Op::Delete { table, id } => {
+                    in_slot(id)?;
                     let Some(old) = self.row(*table, *id, overlay)? else {
                         continue;
                     };
@@ -260,6 +321,42 @@ impl Writer<'_> {
         self.inner.index_has(prefix, |key| overlay.idx.get(key) == Some(&false))
     }
 
+    fn counter(&self, table: TableId, slot: Slot) -> Result<Counter, StoreError> {
+        match self.counters.get(&(table, slot)) {
+            Some(counter) => Ok(*counter),
+            None => {
+                let last = self.inner.load_counter(table, slot)?;
+                Ok(Counter { last, reserved: last })
+            }
+        }
+    }
+
+    /// Moves the counter of `id`'s slot past a given id, so no insert reissues it.
+    fn pass_id(
+        &mut self,
+        table: TableId,
+        id: RowId,
+        undo: &mut Undo,
+        staged: &mut Vec<Staged>,
+    ) -> Result<(), StoreError> {
+        let slot = id.slot();
+        let counter = self.counter(table, slot)?;
+        if id.seq() <= counter.last {
+            return Ok(());
+        }
+        let next = Counter { last: id.seq(), reserved: counter.reserved.max(id.seq()) };
+        if next.reserved > counter.reserved {
+            staged.push(Staged::Put(
+                Cf::Meta,
+                keys::counter_key(slot, table).to_vec(),
+                next.reserved.to_be_bytes().to_vec(),
+            ));
+        }
+        let previous = self.counters.insert((table, slot), next);
+        undo.counters.push(((table, slot), previous));
+        Ok(())
+    }
+
     fn next_id(
         &mut self,
         table: TableId,
@@ -267,13 +364,7 @@ impl Writer<'_> {
         undo: &mut Undo,
         staged: &mut Vec<Staged>,
     ) -> Result<RowId, StoreError> {
-        let counter = match self.counters.get(&(table, slot)) {
-            Some(counter) => *counter,
-            None => {
-                let last = self.inner.load_counter(table, slot)?;
-                Counter { last, reserved: last }
-            }
-        };
+        let counter = self.counter(table, slot)?;
         let seq = counter.last + 1;
         if seq > RowId::MAX_SEQ {
             let name = self.inner.def(table)?.name;

@@ -4,14 +4,17 @@
 
 use bytes::Bytes;
 use tim_kv::{
-    Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig, StoreError, TableDef,
+    Batch, ColumnDef, Cursor, RawEntry, RawWrite, Region, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig,
+    StoreError, TableDef,
 };
 
 const MSG: TableDef = TableDef {
+    id: 1,
     name: "timmessage",
     columns: &[ColumnDef::indexed("chatid"), ColumnDef::plain("fid"), ColumnDef::sealed("stanza")],
 };
-const USER: TableDef = TableDef { name: "timuser", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("pwd")] };
+const USER: TableDef =
+    TableDef { id: 2, name: "timuser", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("pwd")] };
 const KEY: [u8; 32] = [42; 32];
 
 fn open(dir: &std::path::Path) -> RocksStore {
@@ -38,9 +41,9 @@ async fn index_paging_both_directions() {
     let slot = Slot(9);
     let mut ids = Vec::new();
     for i in 0..25 {
-        let mut b = Batch::new();
-        b.insert(t, slot, msg(b"chat-a", &format!("a{i}")));
-        b.insert(t, slot, msg(b"chat-a\0", &format!("x{i}"))); // a value that extends "chat-a"
+        let mut b = Batch::new(slot);
+        b.insert(t, msg(b"chat-a", &format!("a{i}")));
+        b.insert(t, msg(b"chat-a\0", &format!("x{i}"))); // a value that extends "chat-a"
         let got = store.write(b).await.unwrap();
         ids.push(got[0]);
     }
@@ -77,26 +80,26 @@ async fn update_delete_and_unique() {
     row.set(0, Bytes::from_static(b"alice")).set(1, Bytes::from_static(b"h1"));
     let id = store
         .write({
-            let mut b = Batch::new();
-            b.insert(u, slot, row.clone());
+            let mut b = Batch::new(slot);
+            b.insert(u, row.clone());
             b
         })
         .await
         .unwrap()[0];
     // A second row with the same unique value fails, and so does the whole batch with it.
-    let mut dup = Batch::new();
+    let mut dup = Batch::new(slot);
     let mut other = Row::new(2);
     other.set(0, Bytes::from_static(b"bob"));
-    dup.insert(u, slot, other.clone()).insert(u, slot, row.clone());
+    dup.insert(u, other.clone()).insert(u, row.clone());
     assert_eq!(store.write(dup).await, Err(StoreError::Duplicate { table: "timuser", column: "uuid" }));
     assert!(store.find(u, slot, 0, b"bob").unwrap().is_none(), "failed batch left nothing");
     // Same value in another slot is another key space.
-    let mut b = Batch::new();
-    b.insert(u, Slot(2), row.clone());
+    let mut b = Batch::new(Slot(2));
+    b.insert(u, row.clone());
     store.write(b).await.unwrap();
 
     // Partial update keeps other columns and moves the index entry.
-    let mut b = Batch::new();
+    let mut b = Batch::new(id.slot());
     b.update(u, id, vec![(0, Some(Bytes::from_static(b"alice2")))]);
     store.write(b).await.unwrap();
     let got = store.get(u, id).unwrap().unwrap();
@@ -104,8 +107,8 @@ async fn update_delete_and_unique() {
     assert!(store.find(u, slot, 0, b"alice").unwrap().is_none());
     assert_eq!(store.find(u, slot, 0, b"alice2").unwrap().unwrap().0, id);
     // The freed value can be taken again, in the same batch that frees it.
-    let mut b = Batch::new();
-    b.delete(u, id).insert(u, slot, {
+    let mut b = Batch::new(slot);
+    b.delete(u, id).insert(u, {
         let mut r = Row::new(2);
         r.set(0, Bytes::from_static(b"alice2"));
         r
@@ -114,12 +117,19 @@ async fn update_delete_and_unique() {
     assert!(store.get(u, id).unwrap().is_none());
     assert_eq!(store.find(u, slot, 0, b"alice2").unwrap().unwrap().0, new_id);
     // Deleting a missing row is fine; updating one is NotFound.
-    let mut b = Batch::new();
+    let mut b = Batch::new(slot);
     b.delete(u, RowId::new(slot, 999));
     store.write(b).await.unwrap();
-    let mut b = Batch::new();
+    let mut b = Batch::new(slot);
     b.update(u, RowId::new(slot, 999), vec![]);
     assert!(matches!(store.write(b).await, Err(StoreError::NotFound { .. })));
+    // A batch stays inside its slot: a row of another slot fails the whole batch.
+    let mut b = Batch::new(slot);
+    b.insert(u, Row::new(2)).delete(u, RowId::new(Slot(slot.0 + 1), 1));
+    assert_eq!(
+        store.write(b).await,
+        Err(StoreError::OtherSlot { slot: slot.0, id: RowId::new(Slot(slot.0 + 1), 1).0 })
+    );
 }
 
 #[tokio::test]
@@ -133,8 +143,8 @@ async fn concurrent_writers_get_distinct_increasing_ids() {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in 0..50 {
-                let mut b = Batch::new();
-                b.insert(t, Slot(3), msg(b"c", &format!("{w}-{i}")));
+                let mut b = Batch::new(Slot(3));
+                b.insert(t, msg(b"c", &format!("{w}-{i}")));
                 ids.push(store.write(b).await.unwrap()[0]);
             }
             ids
@@ -160,55 +170,33 @@ async fn reopen_keeps_rows_and_continues_ids() {
     {
         let store = open(dir.path());
         t = store.table("timmessage").unwrap();
-        let mut b = Batch::new();
-        b.insert(t, Slot(5), msg(b"c", "one")).insert(t, Slot(5), msg(b"c", "two"));
+        let mut b = Batch::new(Slot(5));
+        b.insert(t, msg(b"c", "one")).insert(t, msg(b"c", "two"));
         last = store.write(b).await.unwrap()[1];
     }
     let store = open(dir.path());
     assert_eq!(store.table("timmessage"), Some(t), "table ids are stable");
     assert_eq!(bodies(&store.page(t, Slot(5), 0, b"c", Cursor::OLDEST, 10).unwrap()), ["one", "two"]);
-    let mut b = Batch::new();
-    b.insert(t, Slot(5), msg(b"c", "three"));
+    let mut b = Batch::new(Slot(5));
+    b.insert(t, msg(b"c", "three"));
     let three = store.write(b).await.unwrap()[0];
     assert!(three > last, "ids are never reissued");
     // Not even when the newest row is gone before a restart.
-    let mut b = Batch::new();
+    let mut b = Batch::new(three.slot());
     b.delete(t, three);
     store.write(b).await.unwrap();
     drop(store);
     let store = open(dir.path());
-    let mut b = Batch::new();
-    b.insert(t, Slot(5), msg(b"c", "four"));
+    let mut b = Batch::new(Slot(5));
+    b.insert(t, msg(b"c", "four"));
     assert!(store.write(b).await.unwrap()[0] > three, "a deleted newest id is not reissued");
     // A table stored with other columns is refused.
     drop(store);
-    const CHANGED: TableDef = TableDef { name: "timmessage", columns: &[ColumnDef::plain("other")] };
+    const CHANGED: TableDef = TableDef { id: 1, name: "timmessage", columns: &[ColumnDef::plain("other")] };
     assert!(matches!(
         RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&KEY), &[CHANGED]),
         Err(StoreError::SchemaMismatch(_))
     ));
-}
-
-#[tokio::test]
-async fn an_insert_can_hold_the_id_of_an_earlier_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let (t, u) = (store.table("timmessage").unwrap(), store.table("timuser").unwrap());
-    let mut b = Batch::new();
-    b.insert(t, Slot(2), msg(b"c", "first"));
-    assert_eq!(b.inserts(), 1);
-    let mut user = Row::new(2);
-    user.set(0, Bytes::from_static(b"u1"));
-    b.insert_referring(u, Slot(7), user, 1, 0);
-    let ids = store.write(b).await.unwrap();
-    let row = store.get(u, ids[1]).unwrap().unwrap();
-    assert_eq!(row.get(1).unwrap().as_ref(), ids[0].to_be_bytes());
-    // A reference to an insert that does not precede it fails the whole batch.
-    let mut b = Batch::new();
-    b.insert(t, Slot(2), msg(b"c", "second"));
-    b.insert_referring(u, Slot(7), Row::new(2), 1, 1);
-    assert_eq!(store.write(b).await, Err(StoreError::NoSuchInsert(1)));
-    assert_eq!(store.page(t, Slot(2), 0, b"c", Cursor::OLDEST, 10).unwrap().len(), 1);
 }
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
@@ -225,8 +213,8 @@ async fn sealed_columns_are_not_plaintext_on_disk() {
     let t = store.table("timmessage").unwrap();
     let mut row = msg(b"visible-chat-marker", "sealed-body-marker-0123456789");
     row.set(1, Bytes::from_static(b"plain-fid-marker"));
-    let mut b = Batch::new();
-    b.insert(t, Slot(1), row);
+    let mut b = Batch::new(Slot(1));
+    b.insert(t, row);
     let id = store.write(b).await.unwrap()[0];
     store.flush().unwrap();
     assert!(files_contain(dir.path(), b"plain-fid-marker"), "the scan sees unsealed columns");
@@ -236,4 +224,89 @@ async fn sealed_columns_are_not_plaintext_on_disk() {
     // Another key cannot open it.
     let other = RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&[1; 32]), &[MSG, USER]).unwrap();
     assert!(matches!(other.get(t, id), Err(StoreError::Unseal { .. })));
+}
+
+#[tokio::test]
+async fn a_row_put_with_its_id_moves_the_counter_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = store.table("timmessage").unwrap();
+    let given = RowId::new(Slot(4), 500);
+    let mut b = Batch::new(Slot(4));
+    b.put(t, given, msg(b"c", "copied"));
+    assert!(store.write(b).await.unwrap().is_empty(), "a put issues no id");
+    let mut b = Batch::new(Slot(4));
+    b.insert(t, msg(b"c", "next"));
+    let next = store.write(b).await.unwrap()[0];
+    assert!(next > given, "{next:?} after {given:?}");
+    // A put over an existing row replaces it, index entries included.
+    let mut b = Batch::new(Slot(4));
+    b.put(t, given, msg(b"d", "replaced"));
+    store.write(b).await.unwrap();
+    assert_eq!(bodies(&store.page(t, Slot(4), 0, b"c", Cursor::OLDEST, 10).unwrap()), ["next"]);
+    assert_eq!(bodies(&store.page(t, Slot(4), 0, b"d", Cursor::OLDEST, 10).unwrap()), ["replaced"]);
+    // A restart continues after the put's id too.
+    drop(store);
+    let store = open(dir.path());
+    let mut b = Batch::new(Slot(4));
+    b.insert(t, msg(b"c", "after restart"));
+    assert!(store.write(b).await.unwrap()[0] > next);
+    // A put into another slot than the batch's is refused.
+    let mut b = Batch::new(Slot(4));
+    b.put(t, RowId::new(Slot(5), 1), msg(b"c", "x"));
+    assert!(matches!(store.write(b).await, Err(StoreError::OtherSlot { .. })));
+}
+
+#[tokio::test]
+async fn a_slot_moves_between_stores_in_chunks() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let t = a.table("timmessage").unwrap();
+    let mut last = RowId(0);
+    for i in 0..50 {
+        for slot in [Slot(3), Slot(4)] {
+            let mut batch = Batch::new(slot);
+            batch.insert(t, msg(b"chat", &format!("m{i}")));
+            let id = a.write(batch).await.unwrap()[0];
+            if slot == Slot(3) {
+                last = id;
+            }
+        }
+    }
+    // Leftovers of an earlier, broken copy in the receiver are cleared by the first chunk.
+    let mut junk = Batch::new(Slot(3));
+    junk.insert(t, msg(b"junk", "stale"));
+    b.write(junk).await.unwrap();
+
+    let mut cursor = None;
+    let mut first = true;
+    let mut chunks = 0;
+    loop {
+        let chunk = a.export_slot(Slot(3), cursor.as_ref(), 300).unwrap();
+        let done = chunk.next.is_none();
+        let local = if done { vec![("owner-3".to_string(), Some(b"me".to_vec()))] } else { vec![] };
+        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, local }).await.unwrap();
+        first = false;
+        chunks += 1;
+        cursor = chunk.next;
+        if done {
+            break;
+        }
+    }
+    assert!(chunks > 5, "small chunks: {chunks}");
+    let want = a.page(t, Slot(3), 0, b"chat", Cursor::OLDEST, 100).unwrap();
+    let got = b.page(t, Slot(3), 0, b"chat", Cursor::OLDEST, 100).unwrap();
+    assert_eq!(bodies(&got), bodies(&want));
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), want.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+    assert!(b.page(t, Slot(3), 0, b"junk", Cursor::OLDEST, 10).unwrap().is_empty(), "leftovers cleared");
+    assert!(b.page(t, Slot(4), 0, b"chat", Cursor::OLDEST, 10).unwrap().is_empty(), "other slots stay");
+    assert_eq!(b.local("owner-3").unwrap().as_deref(), Some(&b"me"[..]));
+    // The receiver's ids continue after the sender's.
+    let mut batch = Batch::new(Slot(3));
+    batch.insert(t, msg(b"chat", "on b"));
+    assert!(b.write(batch).await.unwrap()[0] > last);
+    // A raw entry outside the slot is refused.
+    let stray = RawEntry { region: Region::Rows, key: vec![0, 4, 1], value: vec![] };
+    let raw = RawWrite { slot: Slot(3), clear: false, entries: vec![stray], local: vec![] };
+    assert!(matches!(b.write_raw(raw).await, Err(StoreError::OtherSlot { .. })));
 }
