@@ -13,6 +13,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::error::EngineError;
 use crate::ident::{Ids, UserId};
+use crate::partition;
 use crate::tables::timuser;
 use crate::tokens::Tokens;
 
@@ -96,8 +97,8 @@ impl Accounts {
                 .set(timuser::NAMEKEY, Bytes::copy_from_slice(&name_key))
                 .set(timuser::PWD, Bytes::from(hash.clone()))
                 .set(timuser::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()));
-            let mut batch = Batch::new();
-            batch.insert(self.users, tim_shard::slot_of(&free.to_be_bytes()), row);
+            let mut batch = Batch::new(partition::user(free));
+            batch.insert(self.users, row);
             match self.store.write(batch).await {
                 Ok(_) => return Ok(free),
                 Err(StoreError::Duplicate { .. }) => continue,
@@ -134,7 +135,7 @@ impl Accounts {
             return Err(FAILED);
         }
         let hash = self.hash(new).await?;
-        let mut batch = Batch::new();
+        let mut batch = Batch::new(partition::user(user));
         batch.update(self.users, row_id, vec![(timuser::PWD, Some(Bytes::from(hash)))]);
         self.store.write(batch).await?;
         Ok(())
@@ -175,7 +176,7 @@ impl Accounts {
             extend: changes.extend.or(old.extend),
             extra: changes.extra.or(old.extra),
         };
-        let mut batch = Batch::new();
+        let mut batch = Batch::new(partition::user(user));
         batch.update(self.users, id, vec![(timuser::UBEAN, Some(body_bytes(&merged, Encoding::Compact)))]);
         self.store.write(batch).await?;
         Ok(())
@@ -184,7 +185,7 @@ impl Accounts {
     /// The account row of a user id.
     async fn row_of(&self, user: UserId) -> Result<Option<(RowId, Row)>, EngineError> {
         let users = self.users;
-        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let slot = partition::user(user);
         Ok(tim_kv::read(&self.store, move |store| store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await?)
     }
 
@@ -240,7 +241,7 @@ fn lookup(store: &dyn Store, users: TableId, ids: &Ids, name: &str, domain: &str
     let name_key = ids.name_key(name, domain);
     for attempt in 0..MAX_ATTEMPTS {
         let Some(user) = ids.user_id(name, domain, attempt) else { continue };
-        let slot = tim_shard::slot_of(&user.to_be_bytes());
+        let slot = partition::user(user);
         let Some((_, row)) = store.find(users, slot, timuser::UUID, &user.to_be_bytes())? else {
             return Ok(Lookup::Missing { free: Some(user) });
         };
@@ -278,8 +279,8 @@ mod tests {
             .set(timuser::UUID, Bytes::copy_from_slice(&first.to_be_bytes()))
             .set(timuser::NAMEKEY, Bytes::copy_from_slice(&accounts.ids.name_key("someone-else", "d")))
             .set(timuser::PWD, Bytes::from_static(b"not-a-hash"));
-        let mut batch = Batch::new();
-        batch.insert(accounts.users, tim_shard::slot_of(&first.to_be_bytes()), squatter);
+        let mut batch = Batch::new(partition::user(first));
+        batch.insert(accounts.users, squatter);
         accounts.store.write(batch).await.unwrap();
 
         let bob = accounts.register("bob", "pw", "d").await.unwrap();

@@ -23,6 +23,7 @@ use tim_net::FrameType;
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::offline::OfflineQueue;
+use crate::partition::{self, Inserts};
 use crate::push::{frames_to, spawn_to_user, Fallback};
 use crate::server::Server;
 use crate::tables::timmessage;
@@ -50,8 +51,8 @@ impl History {
         Ok(Self { store, table })
     }
 
-    /// Adds the insert of `msg` into the history of `chat` to `batch`; the insert's number.
-    fn stage(&self, batch: &mut Batch, chat: [u8; 16], from: UserId, msg: &TimMessage) -> usize {
+    /// The history row of `msg` in conversation `chat`.
+    fn row(chat: [u8; 16], from: UserId, msg: &TimMessage) -> Row {
         // As stored: the sender reduced to its node, no client id (TIM keeps the same).
         let stored = TimMessage {
             id: None,
@@ -62,13 +63,11 @@ impl History {
         row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
             .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
             .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
-        let number = batch.inserts();
-        batch.insert(self.table, tim_shard::slot_of(&chat), row);
-        number
+        row
     }
 
-    /// Stores a group message in the group's history and queues it for `absent` (members
-    /// without a session), in one batch; its `mid`.
+    /// Stores a group message in the group's history, then queues it for `absent` (members
+    /// without a session); its `mid`.
     pub async fn append_to_group(
         &self,
         chat: [u8; 16],
@@ -77,41 +76,40 @@ impl History {
         absent: &[UserId],
         offline: &OfflineQueue,
     ) -> Result<i64, EngineError> {
-        let mut batch = Batch::new();
-        let history_insert = self.stage(&mut batch, chat, from, msg);
-        for user in absent {
-            offline.stage(&mut batch, *user, msg, Some(history_insert));
-        }
-        let ids = self.store.write(batch).await?;
-        let mid = ids.first().ok_or(EngineError::Internal("a message write returned no id"))?;
-        for user in absent {
-            offline.pushed(*user).await;
-        }
-        mid_of(*mid)
+        let mut inserts = Inserts::default();
+        inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
+        let ids = inserts.write(&self.store).await?;
+        let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
+        let queued = TimMessage { mid: Some(mid), ..msg.clone() };
+        let entries: Vec<_> = absent.iter().map(|user| (*user, queued.clone())).collect();
+        offline.push_all(&entries).await?;
+        Ok(mid)
     }
 
-    /// Stores normal messages of `from` in their conversations' history and queues each for
-    /// its recipient, all in one batch; each message's `mid` and offline entry, in order.
+    /// Stores normal messages of `from` in two steps: in their conversations' histories (one
+    /// write per conversation slot, all at once), which gives each its `mid`; then in their
+    /// recipients' offline queues (one write per recipient slot). Each message's `mid` and
+    /// offline entry, in order.
     async fn append(
         &self,
         from: UserId,
         accepted: &[Accepted],
         offline: &OfflineQueue,
     ) -> Result<Vec<(i64, RowId)>, EngineError> {
-        let mut batch = Batch::new();
+        let mut inserts = Inserts::default();
         for Accepted { to, msg } in accepted {
-            let history_insert = self.stage(&mut batch, pair_id(from, *to), from, msg);
-            offline.stage(&mut batch, *to, msg, Some(history_insert));
+            let chat = pair_id(from, *to);
+            inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
         }
-        let ids = self.store.write(batch).await?;
-        if ids.len() != accepted.len() * 2 {
-            return Err(EngineError::Internal("a message write returned fewer ids than it inserted"));
+        let mids = inserts.write(&self.store).await?;
+        let mut entries = Vec::with_capacity(accepted.len());
+        for (Accepted { to, msg }, mid) in accepted.iter().zip(&mids) {
+            entries.push((*to, TimMessage { mid: Some(mid_of(*mid)?), ..msg.clone() }));
         }
-        let mut out = Vec::with_capacity(accepted.len());
-        for (pair, Accepted { to, .. }) in ids.chunks_exact(2).zip(accepted) {
-            let (Some(mid), Some(entry)) = (pair.first(), pair.get(1)) else { continue };
-            offline.pushed(*to).await;
-            out.push((mid_of(*mid)?, *entry));
+        let queued = offline.push_all(&entries).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for ((_, msg), entry) in entries.iter().zip(queued) {
+            out.push((msg.mid.unwrap_or_default(), entry));
         }
         Ok(out)
     }
@@ -121,6 +119,10 @@ impl History {
     pub async fn remove(&self, chat: [u8; 16], author: UserId, mid: i64) -> Result<(), EngineError> {
         let table = self.table;
         let id = RowId(u64::try_from(mid).map_err(|_| ErrorCode::ParamIncorrect)?);
+        // A conversation's mids are ids of its slot.
+        if id.slot() != partition::conversation(&chat) {
+            return Err(ErrorCode::ParamIncorrect.into());
+        }
         let row = tim_kv::read(&self.store, move |store| store.get(table, id)).await?;
         let Some(row) = row.filter(|r| r.get(timmessage::CHATID).is_some_and(|c| c.as_ref() == chat)) else {
             return Err(ErrorCode::ParamIncorrect.into());
@@ -128,7 +130,7 @@ impl History {
         if row.get(timmessage::FID).is_none_or(|f| f.as_ref() != author.to_be_bytes()) {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let mut batch = Batch::new();
+        let mut batch = Batch::new(id.slot());
         batch.delete(self.table, id);
         self.store.write(batch).await?;
         Ok(())
@@ -149,7 +151,7 @@ impl History {
         // at no more than `MAX_SCAN` rows (a bound before the conversation began must not make
         // one request read all of it).
         let rows = tim_kv::read(&self.store, move |store| -> Result<Vec<TimMessage>, StoreError> {
-            let slot = tim_shard::slot_of(&chat);
+            let slot = partition::conversation(&chat);
             let mut out = Vec::new();
             let mut cursor = start;
             let mut scanned = 0;

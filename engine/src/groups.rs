@@ -4,7 +4,16 @@
 //!
 //! A group holds at most `--max-group-members` members and a user is in at most
 //! `--max-groups-per-user` groups (4105 past either). Changes to one group are serialized by a
-//! striped lock on the group. TIM's gaps are closed:
+//! striped lock on the group.
+//!
+//! The group row and its member and block rows live in the group's slot, a user's member and
+//! block rows in the user's slot, and each group–user relation byte in the slot of that pair.
+//! A change of a relation is three single-slot steps, as for friends ([`crate::roster`]): the
+//! relation row marked pending, both sides' rows derived from the relation byte alone (member
+//! rows while a member, block rows while blocked, no manager role unless a member), then the
+//! mark cleared or the row deleted. [`Groups::repair`] finishes changes cut short; the founder's
+//! relation ends only by CANCELROOM, so a repair that finds it ended cancels the group. TIM's
+//! gaps are closed:
 //! only members may pull users into an open group, nobody kicks or blocks the founder, and a
 //! manager cannot kick or block another manager.
 
@@ -12,14 +21,15 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::proto::{ErrorCode, TimRoomBean};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, GroupId, UserId};
-use crate::pairs::{self, PairTable};
+use crate::pairs::PairTable;
+use crate::partition;
 use crate::tables::{pair, timgroup, timgrouprelate};
 
 /// The group's side (high nibble) and the user's side (low nibble) of a relation byte.
@@ -38,6 +48,10 @@ pub const PRIVATE: i8 = 1;
 const OPEN: i8 = 2;
 
 const STRIPES: usize = 256;
+/// The value of the `pending` column of a relation whose change is not finished.
+const PENDING_CHANGE: &[u8] = &[1];
+/// Most unfinished changes one [`Groups::repair`] finishes.
+const REPAIR_BATCH: usize = 1000;
 
 /// A group as stored.
 pub struct Group {
@@ -108,10 +122,6 @@ struct Locked<'a> {
     status: u8,
 }
 
-fn slot_of_key(key: &[u8]) -> Slot {
-    tim_shard::slot_of(key)
-}
-
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -167,27 +177,30 @@ impl Groups {
                 .set(timgroup::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()))
                 .set(timgroup::STATUS, Bytes::copy_from_slice(&[ACTIVE]))
                 .set(timgroup::RBEAN, body_bytes(&bean, Encoding::Compact));
-            let mut batch = Batch::new();
-            batch.insert(self.groups, pairs::slot_of(id.party()), row);
-            let key = directed_pair_id(id.party(), founder);
-            self.stage_relation(&mut batch, key, None, MEMBER);
-            self.stage_membership(&mut batch, id, founder, true).await?;
+            let mut batch = Batch::new(partition::group(id));
+            batch.insert(self.groups, row);
             match self.store.write(batch).await {
-                Ok(_) => return Ok(id),
+                // The group row first: a creation cut short leaves a group nobody knows the id
+                // of, never a member of a group that does not exist.
+                Ok(_) => {}
                 // Drawn by a concurrent creation between the check and the write.
                 Err(StoreError::Duplicate { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
+            let _guard = self.stripe(id).lock().await;
+            let group = self.get(id).await?.ok_or(EngineError::Internal("a created group is not found"))?;
+            let key = directed_pair_id(id.party(), founder);
+            self.change(&group, id, founder, key, None, MEMBER).await?;
+            return Ok(id);
         }
     }
 
     /// A group by id.
     pub async fn get(&self, id: GroupId) -> Result<Option<Group>, EngineError> {
         let table = self.groups;
-        let found = tim_kv::read(&self.store, move |s| {
-            s.find(table, pairs::slot_of(id.party()), timgroup::UUID, &id.to_be_bytes())
-        })
-        .await?;
+        let found =
+            tim_kv::read(&self.store, move |s| s.find(table, partition::group(id), timgroup::UUID, &id.to_be_bytes()))
+                .await?;
         let Some((row, r)) = found else { return Ok(None) };
         let byte = |c: usize| r.get(c).and_then(|v| v.first().copied()).unwrap_or(0);
         let bean = match r.get(timgroup::RBEAN) {
@@ -217,8 +230,10 @@ impl Groups {
 
     async fn relation(&self, key: [u8; 16]) -> Result<(Option<RowId>, u8), EngineError> {
         let relate = self.relate;
-        let found =
-            tim_kv::read(&self.store, move |s| s.find(relate, slot_of_key(&key), timgrouprelate::UUID, &key)).await?;
+        let found = tim_kv::read(&self.store, move |s| {
+            s.find(relate, partition::group_relation(&key), timgrouprelate::UUID, &key)
+        })
+        .await?;
         Ok(match found {
             Some((row, r)) => (Some(row), r.get(timgrouprelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0)),
             None => (None, 0),
@@ -251,51 +266,138 @@ impl Groups {
         self.user_has_room(user).await
     }
 
-    /// Writes a relation byte; 0 deletes the row.
-    fn stage_relation(&self, batch: &mut Batch, key: [u8; 16], row: Option<RowId>, status: u8) {
-        match (row, status) {
-            (Some(row), 0) => {
-                batch.delete(self.relate, row);
-            }
-            (Some(row), status) => {
-                batch.update(self.relate, row, vec![(timgrouprelate::STATUS, Some(Bytes::copy_from_slice(&[status])))]);
-            }
-            (None, 0) => {}
-            (None, status) => {
-                let mut r = Row::new(timgrouprelate::DEF.columns.len());
-                r.set(timgrouprelate::UUID, Bytes::copy_from_slice(&key))
-                    .set(timgrouprelate::STATUS, Bytes::copy_from_slice(&[status]));
-                batch.insert(self.relate, slot_of_key(&key), r);
-            }
-        }
-    }
-
-    /// Adds (or removes) both membership rows of `user` in the group.
-    async fn stage_membership(
+    /// Sets the relation byte of `user` in the group (the group's lock held): the relation
+    /// row, marked pending; both sides' rows; then the mark cleared, or the row deleted at 0.
+    async fn change(
         &self,
-        batch: &mut Batch,
+        group: &Group,
         id: GroupId,
         user: UserId,
-        add: bool,
+        key: [u8; 16],
+        row: Option<RowId>,
+        status: u8,
     ) -> Result<(), EngineError> {
-        for (owner, other) in [(id.party(), user), (user, id.party())] {
-            if add {
-                self.members.stage_add(batch, owner, other).await?;
-            } else {
-                self.members.stage_remove(batch, owner, other).await?;
+        let mut batch = Batch::new(partition::group_relation(&key));
+        let value = Bytes::copy_from_slice(&[status]);
+        match row {
+            Some(row) => {
+                let pending = Some(Bytes::from_static(PENDING_CHANGE));
+                batch.update(
+                    self.relate,
+                    row,
+                    vec![(timgrouprelate::STATUS, Some(value)), (timgrouprelate::PENDING, pending)],
+                );
+            }
+            None => {
+                let mut r = Row::new(timgrouprelate::DEF.columns.len());
+                r.set(timgrouprelate::UUID, Bytes::copy_from_slice(&key))
+                    .set(timgrouprelate::STATUS, value)
+                    .set(timgrouprelate::PENDING, Bytes::from_static(PENDING_CHANGE));
+                batch.insert(self.relate, r);
             }
         }
+        let written = self.store.write(batch).await?;
+        let row = match (row, written.first()) {
+            (Some(row), _) | (None, Some(&row)) => row,
+            (None, None) => return Err(EngineError::Internal("a relation write returned no id")),
+        };
+        self.derive(group, id, user, row, status).await
+    }
+
+    /// Steps two and three of a change: the group's and the user's rows from the relation
+    /// byte, then the relation row unmarked (or deleted at 0). Idempotent.
+    async fn derive(
+        &self,
+        group: &Group,
+        id: GroupId,
+        user: UserId,
+        row: RowId,
+        status: u8,
+    ) -> Result<(), EngineError> {
+        let member = status == MEMBER;
+        let mut on_group = Batch::new(partition::group(id));
+        self.sync_rows(&mut on_group, id.party(), user, member, status & 0xF0 == GROUP_BLOCKED).await?;
+        if !member && group.is_manager(user) {
+            let managers = group.bean.managers.iter().flatten().filter(|m| UserId::parse(m) != Some(user)).cloned();
+            let bean = TimRoomBean { managers: Some(managers.collect()), ..group.bean.clone() };
+            on_group.update(
+                self.groups,
+                group.row,
+                vec![(timgroup::RBEAN, Some(body_bytes(&bean, Encoding::Compact)))],
+            );
+        }
+        let mut on_user = Batch::new(partition::user(user));
+        self.sync_rows(&mut on_user, user, id.party(), member, status & 0x0F == USER_BLOCKED).await?;
+        for batch in [on_group, on_user] {
+            if !batch.is_empty() {
+                self.store.write(batch).await?;
+            }
+        }
+        let mut finish = Batch::new(partition::group_relation(&directed_pair_id(id.party(), user)));
+        if status == 0 {
+            finish.delete(self.relate, row);
+        } else {
+            finish.update(self.relate, row, vec![(timgrouprelate::PENDING, None)]);
+        }
+        self.store.write(finish).await?;
         Ok(())
     }
 
-    /// Removes `user` from the managers, when they are one.
-    fn stage_demotion(&self, batch: &mut Batch, group: &Group, user: UserId) {
-        if !group.is_manager(user) {
-            return;
+    /// Stages `owner`'s member and block rows about `other` to match the relation.
+    async fn sync_rows(
+        &self,
+        batch: &mut Batch,
+        owner: UserId,
+        other: UserId,
+        member: bool,
+        blocked: bool,
+    ) -> Result<(), EngineError> {
+        if member {
+            self.members.stage_add(batch, owner, other).await?;
+        } else {
+            self.members.stage_remove(batch, owner, other).await?;
         }
-        let managers = group.bean.managers.iter().flatten().filter(|m| UserId::parse(m) != Some(user)).cloned();
-        let bean = TimRoomBean { managers: Some(managers.collect()), ..group.bean.clone() };
-        batch.update(self.groups, group.row, vec![(timgroup::RBEAN, Some(body_bytes(&bean, Encoding::Compact)))]);
+        if blocked {
+            self.blocks.stage_add(batch, owner, other).await
+        } else {
+            self.blocks.stage_remove(batch, owner, other).await
+        }
+    }
+
+    /// Finishes the relation changes of `slot` that were cut short (rows still marked
+    /// pending), under each group's lock; a founder's relation found ended completes the
+    /// group's cancellation. Returns how many.
+    pub async fn repair(&self, slot: Slot) -> Result<usize, EngineError> {
+        let relate = self.relate;
+        let pending = tim_kv::read(&self.store, move |s| {
+            s.page(relate, slot, timgrouprelate::PENDING, PENDING_CHANGE, Cursor::OLDEST, REPAIR_BATCH)
+        })
+        .await?;
+        let mut repaired = 0;
+        for (_, row) in pending {
+            let Some(key) = row.get(timgrouprelate::UUID).and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()) else {
+                continue;
+            };
+            let (party, user) = key.split_at(8);
+            let id = GroupId::from_party(UserId::from_be_bytes(party.try_into().unwrap_or_default()));
+            let user = UserId::from_be_bytes(user.try_into().unwrap_or_default());
+            let _guard = self.stripe(id).lock().await;
+            let Some(group) = self.get(id).await? else { continue };
+            let (Some(row), status) = self.relation(key).await? else { continue };
+            if status == 0 && group.founder() == Some(user) && !group.cancelled {
+                self.mark_cancelled(&group, id).await?;
+            }
+            self.derive(&group, id, user, row, status).await?;
+            repaired += 1;
+        }
+        Ok(repaired)
+    }
+
+    async fn mark_cancelled(&self, group: &Group, id: GroupId) -> Result<(), EngineError> {
+        let mut batch = Batch::new(partition::group(id));
+        batch.update(self.groups, group.row, vec![(timgroup::STATUS, Some(Bytes::copy_from_slice(&[CANCELLED])))]);
+        self.store.write(batch).await?;
+        Ok(())
     }
 
     /// ADDROOM: joins an open group, or asks to join a private one. Blocked by the group: 4110;
@@ -312,18 +414,13 @@ impl Groups {
         if l.status == PENDING {
             return Err(ErrorCode::Repetitive.into());
         }
-        let mut batch = Batch::new();
-        self.blocks.stage_remove(&mut batch, me, id.party()).await?;
-        let (joined, _user) = if l.group.private {
-            self.stage_relation(&mut batch, l.key, l.row, PENDING);
-            (Joined::Asked(l.group.admins()), None)
+        // Asking or joining lifts my own block of the group (the low nibble is replaced).
+        let (joined, status, _user) = if l.group.private {
+            (Joined::Asked(l.group.admins()), PENDING, None)
         } else {
-            let guard = self.has_room(id, me).await?;
-            self.stage_relation(&mut batch, l.key, l.row, MEMBER);
-            self.stage_membership(&mut batch, id, me, true).await?;
-            (Joined::Member, Some(guard))
+            (Joined::Member, MEMBER, Some(self.has_room(id, me).await?))
         };
-        self.store.write(batch).await?;
+        self.change(&l.group, id, me, l.key, l.row, status).await?;
         Ok(joined)
     }
 
@@ -348,11 +445,7 @@ impl Groups {
             return Err(ErrorCode::HasExist.into());
         }
         let _user = self.has_room(id, user).await?;
-        let mut batch = Batch::new();
-        self.blocks.stage_remove(&mut batch, id.party(), user).await?;
-        self.stage_relation(&mut batch, l.key, l.row, MEMBER);
-        self.stage_membership(&mut batch, id, user, true).await?;
-        self.store.write(batch).await?;
+        self.change(&l.group, id, user, l.key, l.row, MEMBER).await?;
         Ok(l.status == PENDING)
     }
 
@@ -365,10 +458,7 @@ impl Groups {
         if l.status != PENDING {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, 0);
-        self.store.write(batch).await?;
-        Ok(())
+        self.change(&l.group, id, user, l.key, l.row, 0).await
     }
 
     /// Whether `me` may remove `user` from the group (kick or block): the founder anyone but
@@ -390,28 +480,7 @@ impl Groups {
         if l.status != MEMBER {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        self.take_out(&l, id, user, 0, None).await
-    }
-
-    /// Takes `user` out of the group (membership rows, manager role), leaving the relation
-    /// byte `status` (0: no relation) and, when given, the block row `owner → other`.
-    async fn take_out(
-        &self,
-        l: &Locked<'_>,
-        id: GroupId,
-        user: UserId,
-        status: u8,
-        block: Option<(UserId, UserId)>,
-    ) -> Result<(), EngineError> {
-        let mut batch = Batch::new();
-        self.stage_relation(&mut batch, l.key, l.row, status);
-        self.stage_membership(&mut batch, id, user, false).await?;
-        if let Some((owner, other)) = block {
-            self.blocks.stage_add(&mut batch, owner, other).await?;
-        }
-        self.stage_demotion(&mut batch, &l.group, user);
-        self.store.write(batch).await?;
-        Ok(())
+        self.change(&l.group, id, user, l.key, l.row, 0).await
     }
 
     /// BLOCKROOMMEMBER: the group blocks `user` (removed if a member; may not join or be
@@ -422,7 +491,7 @@ impl Groups {
             return Err(ErrorCode::PermissionDenied.into());
         }
         let status = GROUP_BLOCKED | (l.status & USER_BLOCKED);
-        self.take_out(&l, id, user, status, Some((id.party(), user))).await
+        self.change(&l.group, id, user, l.key, l.row, status).await
     }
 
     /// LEAVEROOM: the founder cannot leave (4105); not a member: 4104.
@@ -434,7 +503,7 @@ impl Groups {
         if l.status != MEMBER {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        self.take_out(&l, id, me, 0, None).await
+        self.change(&l.group, id, me, l.key, l.row, 0).await
     }
 
     /// BLOCKROOM: I block the group (leaving it); the founder cannot (4105).
@@ -444,7 +513,7 @@ impl Groups {
             return Err(ErrorCode::PermissionDenied.into());
         }
         let status = (l.status & GROUP_BLOCKED) | USER_BLOCKED;
-        self.take_out(&l, id, me, status, Some((me, id.party()))).await
+        self.change(&l.group, id, me, l.key, l.row, status).await
     }
 
     /// CANCELROOM: the founder dissolves the group once they are its only member (else 4105).
@@ -453,12 +522,18 @@ impl Groups {
         if l.group.founder() != Some(me) || self.members.list(id.party()).await? != [me] {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let mut batch = Batch::new();
-        batch.update(self.groups, l.group.row, vec![(timgroup::STATUS, Some(Bytes::copy_from_slice(&[CANCELLED])))]);
-        self.stage_relation(&mut batch, l.key, l.row, 0);
-        self.stage_membership(&mut batch, id, me, false).await?;
+        // The founder's relation ends first: a cancellation cut short is finished by a repair.
+        let mut batch = Batch::new(partition::group_relation(&l.key));
+        let Some(row) = l.row else { return Err(EngineError::Internal("a founder without a relation row")) };
+        let pending = Some(Bytes::from_static(PENDING_CHANGE));
+        batch.update(
+            self.relate,
+            row,
+            vec![(timgrouprelate::STATUS, Some(Bytes::copy_from_slice(&[0]))), (timgrouprelate::PENDING, pending)],
+        );
         self.store.write(batch).await?;
-        Ok(())
+        self.mark_cancelled(&l.group, id).await?;
+        self.derive(&l.group, id, me, row, 0).await
     }
 
     /// USERROOM: my groups.
@@ -512,7 +587,7 @@ impl Groups {
             extend: changes.extend.or(old.extend),
             extra: changes.extra.or(old.extra),
         };
-        let mut batch = Batch::new();
+        let mut batch = Batch::new(partition::group(id));
         batch.update(self.groups, group.row, vec![(timgroup::RBEAN, Some(body_bytes(&bean, Encoding::Compact)))]);
         self.store.write(batch).await?;
         Ok(())
@@ -530,5 +605,46 @@ impl Groups {
             return Err(ErrorCode::PermissionDenied.into());
         }
         self.blocks.list(id.party()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tim_kv::{RocksStore, SealKey, StoreConfig};
+
+    use super::*;
+
+    fn groups(dir: &std::path::Path) -> Groups {
+        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
+        Groups::new(Arc::new(store), GroupLimits { max_members: 10, max_groups_per_user: 10 }).unwrap()
+    }
+
+    /// A CANCELROOM cut short after its first step (the founder's relation ended, marked
+    /// pending): the repair cancels the group and removes the founder's rows.
+    #[tokio::test]
+    async fn a_cancel_cut_short_is_finished_by_the_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = groups(dir.path());
+        let founder = GroupId::random().party();
+        let id = groups.create(founder, "topic".into(), OPEN).await.unwrap();
+        assert_eq!(groups.groups_of(founder).await.unwrap(), [id]);
+        let key = directed_pair_id(id.party(), founder);
+        let (Some(row), MEMBER) = groups.relation(key).await.unwrap() else { panic!("the founder is a member") };
+        assert_eq!(groups.repair(partition::group_relation(&key)).await.unwrap(), 0, "a finished creation");
+
+        let mut batch = Batch::new(partition::group_relation(&key));
+        let ended = vec![
+            (timgrouprelate::STATUS, Some(Bytes::from_static(&[0]))),
+            (timgrouprelate::PENDING, Some(Bytes::from_static(PENDING_CHANGE))),
+        ];
+        batch.update(groups.relate, row, ended);
+        groups.store.write(batch).await.unwrap();
+        assert!(!groups.get(id).await.unwrap().unwrap().cancelled);
+
+        assert_eq!(groups.repair(partition::group_relation(&key)).await.unwrap(), 1);
+        assert!(groups.get(id).await.unwrap().unwrap().cancelled, "the cancellation is finished");
+        assert!(groups.groups_of(founder).await.unwrap().is_empty());
+        assert!(groups.members_of(id).await.unwrap().is_empty());
+        assert_eq!(groups.relation(key).await.unwrap(), (None, 0), "the relation row is gone");
     }
 }

@@ -15,9 +15,11 @@ mod ident;
 mod inbound;
 mod limits;
 mod listener;
+mod node;
 mod offline;
 mod outbound;
 mod pairs;
+mod partition;
 mod presence;
 mod profiles;
 mod push;
@@ -31,3 +33,4 @@ mod tokens;
 mod vrooms;
 
 pub use config::ServeConfig;
+pub use node::{start, NodeHandle};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::proto::TimMessage;
 use tim_net::report::ErrorChain;
@@ -20,6 +20,7 @@ use tracing::warn;
 
 use crate::error::EngineError;
 use crate::ident::UserId;
+use crate::partition::{self, Inserts};
 use crate::tables::timoffline;
 
 /// Most queued copies of one message a user can have (one per delivery of it).
@@ -42,10 +43,6 @@ pub struct OfflineQueue {
     dropped: AtomicU64,
 }
 
-fn slot_of(user: UserId) -> Slot {
-    tim_shard::slot_of(&user.to_be_bytes())
-}
-
 impl OfflineQueue {
     pub fn new(store: Arc<dyn Store>, limits: OfflineLimits) -> Result<Self, StoreError> {
         let table = store.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
@@ -60,7 +57,7 @@ impl OfflineQueue {
     async fn entry_ids(&self, user: UserId, limit: usize) -> Result<Vec<RowId>, EngineError> {
         let table = self.table;
         let ids = tim_kv::read(&self.store, move |store| {
-            store.ids(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+            store.ids(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
         })
         .await?;
         Ok(ids)
@@ -69,37 +66,28 @@ impl OfflineQueue {
     /// Appends a message to `user`'s queue; the entry's id. A queue over `max_entries` loses
     /// its oldest entries.
     pub async fn push(&self, user: UserId, msg: &TimMessage) -> Result<RowId, EngineError> {
-        let mut batch = Batch::new();
-        self.stage(&mut batch, user, msg, None);
-        let entry = self
-            .store
-            .write(batch)
-            .await?
-            .first()
-            .copied()
-            .ok_or(EngineError::Internal("an offline write returned no id"))?;
-        self.pushed(user).await;
-        Ok(entry)
+        let entries = self.push_all(&[(user, msg.clone())]).await?;
+        entries.first().copied().ok_or(EngineError::Internal("an offline write returned no id"))
     }
 
-    /// Adds the insert of `msg` into `user`'s queue to `batch`. `mid_of`: the batch's insert
-    /// (by number) whose id is the message's `mid`, for a message stored in the same batch.
-    pub fn stage(&self, batch: &mut Batch, user: UserId, msg: &TimMessage, mid_of: Option<usize>) {
-        let mut row = Row::new(timoffline::DEF.columns.len());
-        row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
-            .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
-        match (mid_of, msg.mid) {
-            (Some(earlier), _) => {
-                batch.insert_referring(self.table, slot_of(user), row, timoffline::MID, earlier);
-            }
-            (None, Some(mid)) => {
+    /// Appends each message to its user's queue, one write per user slot, all at once; the
+    /// entries' ids, in order.
+    pub async fn push_all(&self, entries: &[(UserId, TimMessage)]) -> Result<Vec<RowId>, EngineError> {
+        let mut inserts = Inserts::default();
+        for (user, msg) in entries {
+            let mut row = Row::new(timoffline::DEF.columns.len());
+            row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
+                .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
+            if let Some(mid) = msg.mid {
                 row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
-                batch.insert(self.table, slot_of(user), row);
             }
-            (None, None) => {
-                batch.insert(self.table, slot_of(user), row);
-            }
+            inserts.add(partition::user(*user), self.table, row);
         }
+        let ids = inserts.write(&self.store).await?;
+        for (user, _) in entries {
+            self.pushed(*user).await;
+        }
+        Ok(ids)
     }
 
     /// Counts an entry written to `user`'s queue; a queue over `max_entries` loses its oldest
@@ -141,7 +129,7 @@ impl OfflineQueue {
         let excess = ids.len().saturating_sub(max);
         self.counts().insert(user, ids.len().min(max));
         if let Some(oldest) = ids.get(..excess).filter(|o| !o.is_empty()) {
-            self.delete(oldest).await?;
+            self.delete(user, oldest).await?;
             self.count_dropped(user, oldest.len(), "over the entry cap");
         }
         Ok(())
@@ -157,7 +145,7 @@ impl OfflineQueue {
     pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
         let table = self.table;
         let rows = tim_kv::read(&self.store, move |store| {
-            store.page(table, slot_of(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+            store.page(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
         })
         .await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -187,7 +175,7 @@ impl OfflineQueue {
     pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
         let table = self.table;
         let rows = tim_kv::read(&self.store, move |store| {
-            store.page(table, slot_of(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
+            store.page(table, partition::user(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
         })
         .await?;
         let owner = user.to_be_bytes();
@@ -204,15 +192,15 @@ impl OfflineQueue {
 
     /// Deletes `user`'s delivered (or dropped) entries.
     pub async fn remove(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
-        self.delete(ids).await?;
+        self.delete(user, ids).await?;
         if let Some(n) = self.counts().get_mut(&user) {
             *n = n.saturating_sub(ids.len());
         }
         Ok(())
     }
 
-    async fn delete(&self, ids: &[RowId]) -> Result<(), EngineError> {
-        let mut batch = Batch::new();
+    async fn delete(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
+        let mut batch = Batch::new(partition::user(user));
         for id in ids {
             batch.delete(self.table, *id);
         }

@@ -5,18 +5,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableDef, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableDef, TableId};
 
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, UserId};
+use crate::partition;
 use crate::tables::pair;
 
 /// Most entries a list returns.
 pub const MAX_LIST: usize = 10_000;
-
-pub fn slot_of(owner: UserId) -> Slot {
-    tim_shard::slot_of(&owner.to_be_bytes())
-}
 
 pub struct PairTable {
     store: Arc<dyn Store>,
@@ -32,20 +29,21 @@ impl PairTable {
     /// The row of `owner → other`, if any (index only).
     pub async fn row(&self, owner: UserId, other: UserId) -> Result<Option<RowId>, EngineError> {
         let (table, key) = (self.table, directed_pair_id(owner, other));
-        let found =
-            tim_kv::read(&self.store, move |s| s.ids(table, slot_of(owner), pair::UNIKID, &key, Cursor::OLDEST, 1))
-                .await?;
+        let found = tim_kv::read(&self.store, move |s| {
+            s.ids(table, partition::user(owner), pair::UNIKID, &key, Cursor::OLDEST, 1)
+        })
+        .await?;
         Ok(found.first().copied())
     }
 
-    /// Adds the insert of `owner → other` to `batch` unless the row exists.
+    /// Adds the insert of `owner → other` to `batch` (of the owner's slot) unless the row exists.
     pub async fn stage_add(&self, batch: &mut Batch, owner: UserId, other: UserId) -> Result<(), EngineError> {
         if self.row(owner, other).await?.is_none() {
             let mut row = Row::new(pair::COLUMNS.len());
             row.set(pair::UNIKID, Bytes::copy_from_slice(&directed_pair_id(owner, other)))
                 .set(pair::UUID, Bytes::copy_from_slice(&owner.to_be_bytes()))
                 .set(pair::TUUID, Bytes::copy_from_slice(&other.to_be_bytes()));
-            batch.insert(self.table, slot_of(owner), row);
+            batch.insert(self.table, row);
         }
         Ok(())
     }
@@ -62,7 +60,7 @@ impl PairTable {
     pub async fn count(&self, owner: UserId, limit: usize) -> Result<usize, EngineError> {
         let table = self.table;
         let ids = tim_kv::read(&self.store, move |s| {
-            s.ids(table, slot_of(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, limit)
+            s.ids(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, limit)
         })
         .await?;
         Ok(ids.len())
@@ -72,7 +70,7 @@ impl PairTable {
     pub async fn list(&self, owner: UserId) -> Result<Vec<UserId>, EngineError> {
         let table = self.table;
         let rows = tim_kv::read(&self.store, move |s| {
-            s.page(table, slot_of(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
+            s.page(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
         })
         .await?;
         Ok(rows

@@ -6,6 +6,12 @@
 //! then do both `timroster` rows exist. Changes to one pair are serialized by a striped lock,
 //! so two users befriending each other at once cannot lose a half.
 //!
+//! The relation row lives in the pair's slot, each side's roster and block rows in that user's
+//! slot, so a change is three single-slot writes: the relation row, marked pending; each side's
+//! rows, derived from the relation alone (so writing them again changes nothing); then the mark
+//! cleared, or the row deleted when both sides are back to none. A change cut short leaves the
+//! mark, and [`Rosters::repair`] derives the rows again.
+//!
 //! Every 1:1 message checks its pair's relation, so relations are cached. The cache is filled
 //! and invalidated only under the pair's lock, so a read racing a change cannot leave a stale
 //! entry behind.
@@ -13,13 +19,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tim_kv::{Batch, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::proto::ErrorCode;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::pairs::PairTable;
+use crate::partition;
 use crate::tables::{pair, timrelate};
 
 const NONE: u8 = 0;
@@ -29,6 +36,10 @@ const BLOCKED: u8 = 2;
 const STRIPES: usize = 256;
 /// Pairs whose relation is cached (about 50 bytes each).
 const CACHED_RELATIONS: usize = 1 << 18;
+/// The value of the `pending` column of a relation whose change is not finished.
+const PENDING: &[u8] = &[1];
+/// Most unfinished changes one [`Rosters::repair`] finishes.
+const REPAIR_BATCH: usize = 1000;
 
 /// What an ADDROSTER did.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,8 +95,15 @@ impl Pair {
         Self { id: pair_id(me, other), me_high: me > other }
     }
 
+    /// The two users of a stored pair id: the larger, then the smaller.
+    fn users(id: &[u8; 16]) -> (UserId, UserId) {
+        let (high, low) = id.split_at(8);
+        let read = |b: &[u8]| UserId::from_be_bytes(b.try_into().unwrap_or_default());
+        (read(high), read(low))
+    }
+
     fn slot(&self) -> Slot {
-        tim_shard::slot_of(&self.id)
+        partition::pair(&self.id)
     }
 
     fn status(&self, mine: u8, theirs: u8) -> u8 {
@@ -173,47 +191,106 @@ impl Rosters {
         self.locked_relation(pair).await
     }
 
-    /// Commits a change of the pair (its lock held) and drops its cached relation, which
-    /// the next read takes from the store.
-    async fn commit(&self, pair: Pair, batch: Batch) -> Result<(), EngineError> {
+    /// Applies the pair's new relation (its lock held): the relation row, marked pending; both
+    /// sides' rows; then the mark cleared (or the row deleted when both sides are none). The
+    /// cached relation is dropped after each write, so the next read takes it from the store.
+    async fn change(
+        &self,
+        pair: Pair,
+        me: UserId,
+        other: UserId,
+        rel: &Relation,
+        mine: u8,
+        theirs: u8,
+    ) -> Result<(), EngineError> {
+        let status = Bytes::copy_from_slice(&[pair.status(mine, theirs)]);
+        let mut batch = Batch::new(pair.slot());
+        match rel.row {
+            Some(row) => {
+                let pending = Some(Bytes::from_static(PENDING));
+                batch.update(self.relate, row, vec![(timrelate::STATUS, Some(status)), (timrelate::PENDING, pending)]);
+            }
+            None => {
+                let mut row = Row::new(timrelate::DEF.columns.len());
+                row.set(timrelate::UUID, Bytes::copy_from_slice(&pair.id))
+                    .set(timrelate::STATUS, status)
+                    .set(timrelate::PENDING, Bytes::from_static(PENDING));
+                batch.insert(self.relate, row);
+            }
+        }
+        let written = self.store.write(batch).await;
+        self.cache.remove(&pair.id);
+        let row = match (rel.row, written?.first()) {
+            (Some(row), _) | (None, Some(&row)) => row,
+            (None, None) => return Err(EngineError::Internal("a relation write returned no id")),
+        };
+        self.derive(pair, me, other, row, mine, theirs).await
+    }
+
+    /// Steps two and three of a change: both sides' rows from the relation, then the relation
+    /// row unmarked, or deleted when both sides are none.
+    async fn derive(
+        &self,
+        pair: Pair,
+        me: UserId,
+        other: UserId,
+        row: RowId,
+        mine: u8,
+        theirs: u8,
+    ) -> Result<(), EngineError> {
+        let friends = mine == FRIEND && theirs == FRIEND;
+        self.sync_side(me, other, mine, friends).await?;
+        self.sync_side(other, me, theirs, friends).await?;
+        let mut batch = Batch::new(pair.slot());
+        if mine == NONE && theirs == NONE {
+            batch.delete(self.relate, row);
+        } else {
+            batch.update(self.relate, row, vec![(timrelate::PENDING, None)]);
+        }
         let written = self.store.write(batch).await;
         self.cache.remove(&pair.id);
         written?;
         Ok(())
     }
 
-    /// Writes the pair's status, or deletes the row when both sides are back to none.
-    fn set_relation(&self, batch: &mut Batch, pair: Pair, rel: &Relation, mine: u8, theirs: u8) {
-        match (rel.row, mine == NONE && theirs == NONE) {
-            (Some(row), true) => {
-                batch.delete(self.relate, row);
-            }
-            (Some(row), false) => {
-                let status = Bytes::copy_from_slice(&[pair.status(mine, theirs)]);
-                batch.update(self.relate, row, vec![(timrelate::STATUS, Some(status))]);
-            }
-            (None, true) => {}
-            (None, false) => {
-                let mut row = Row::new(timrelate::DEF.columns.len());
-                row.set(timrelate::UUID, Bytes::copy_from_slice(&pair.id))
-                    .set(timrelate::STATUS, Bytes::copy_from_slice(&[pair.status(mine, theirs)]));
-                batch.insert(self.relate, pair.slot(), row);
-            }
+    /// Makes `owner`'s rows about `other` match the relation: a roster row while they are
+    /// friends, a block row while `owner` blocks `other`. Idempotent.
+    async fn sync_side(&self, owner: UserId, other: UserId, side: u8, friends: bool) -> Result<(), EngineError> {
+        let mut batch = Batch::new(partition::user(owner));
+        if friends {
+            self.roster.stage_add(&mut batch, owner, other).await?;
+        } else {
+            self.roster.stage_remove(&mut batch, owner, other).await?;
         }
+        if side == BLOCKED {
+            self.block.stage_add(&mut batch, owner, other).await?;
+        } else {
+            self.block.stage_remove(&mut batch, owner, other).await?;
+        }
+        if !batch.is_empty() {
+            self.store.write(batch).await?;
+        }
+        Ok(())
     }
 
-    /// Removes both roster rows: a friendship ends on both sides. The other side's half that
-    /// remains: its block, if it blocked me, else nothing.
-    async fn end_friendship(
-        &self,
-        batch: &mut Batch,
-        me: UserId,
-        other: UserId,
-        rel: &Relation,
-    ) -> Result<u8, EngineError> {
-        self.roster.stage_remove(batch, me, other).await?;
-        self.roster.stage_remove(batch, other, me).await?;
-        Ok(if rel.theirs == BLOCKED { BLOCKED } else { NONE })
+    /// Finishes the changes of `slot`'s pairs that were cut short (their relation rows still
+    /// marked pending): derives both sides' rows again under each pair's lock. Returns how many.
+    pub async fn repair(&self, slot: Slot) -> Result<usize, EngineError> {
+        let relate = self.relate;
+        let pending =
+            self.read(move |s| s.page(relate, slot, timrelate::PENDING, PENDING, Cursor::OLDEST, REPAIR_BATCH)).await?;
+        let mut repaired = 0;
+        for (_, row) in pending {
+            let Some(id) = row.get(timrelate::UUID).and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()) else {
+                continue;
+            };
+            let (high, low) = Pair::users(&id);
+            let (_guard, pair, rel) = self.lock_pair(high, low).await?;
+            let Some(row) = rel.row else { continue };
+            self.derive(pair, high, low, row, rel.mine, rel.theirs).await?;
+            repaired += 1;
+        }
+        Ok(repaired)
     }
 
     /// Locks the pair against concurrent changes and reads its relation.
@@ -238,11 +315,6 @@ impl Rosters {
         if rel.mine == FRIEND && rel.theirs == FRIEND {
             return Err(ErrorCode::Repetitive.into());
         }
-        let mut batch = Batch::new();
-        if rel.mine == BLOCKED {
-            self.block.stage_remove(&mut batch, me, other).await?;
-        }
-        self.set_relation(&mut batch, pair, &rel, FRIEND, rel.theirs);
         let mut _users = Vec::new();
         let added = if rel.theirs == FRIEND {
             _users = self.lock_users(me, other).await;
@@ -251,13 +323,11 @@ impl Rosters {
                     return Err(ErrorCode::PermissionDenied.into());
                 }
             }
-            self.roster.stage_add(&mut batch, me, other).await?;
-            self.roster.stage_add(&mut batch, other, me).await?;
             Added::Friends
         } else {
             Added::Requested
         };
-        self.commit(pair, batch).await?;
+        self.change(pair, me, other, &rel, FRIEND, rel.theirs).await?;
         Ok(added)
     }
 
@@ -269,11 +339,8 @@ impl Rosters {
         if rel.row.is_none() {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        let mut batch = Batch::new();
-        let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
-        self.block.stage_remove(&mut batch, me, other).await?;
-        self.set_relation(&mut batch, pair, &rel, NONE, theirs);
-        self.commit(pair, batch).await?;
+        let theirs = Self::after_end(&rel);
+        self.change(pair, me, other, &rel, NONE, theirs).await?;
         Ok(theirs == NONE)
     }
 
@@ -284,12 +351,17 @@ impl Rosters {
             return Err(ErrorCode::PermissionDenied.into());
         }
         let (_guard, pair, rel) = self.lock_pair(me, other).await?;
-        let mut batch = Batch::new();
-        let theirs = self.end_friendship(&mut batch, me, other, &rel).await?;
-        self.block.stage_add(&mut batch, me, other).await?;
-        self.set_relation(&mut batch, pair, &rel, BLOCKED, theirs);
-        self.commit(pair, batch).await?;
+        self.change(pair, me, other, &rel, BLOCKED, Self::after_end(&rel)).await?;
         Ok(rel.row.is_none())
+    }
+
+    /// The other side's half once I end our relation: its block, if it blocked me, else none.
+    fn after_end(rel: &Relation) -> u8 {
+        if rel.theirs == BLOCKED {
+            BLOCKED
+        } else {
+            NONE
+        }
     }
 
     /// Whether the two are friends (both halves 1).
@@ -306,5 +378,51 @@ impl Rosters {
     /// The users I blocked.
     pub async fn blocked(&self, me: UserId) -> Result<Vec<UserId>, EngineError> {
         self.block.list(me).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tim_kv::{RocksStore, SealKey, StoreConfig};
+
+    use super::*;
+
+    fn rosters(dir: &std::path::Path) -> Rosters {
+        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
+        Rosters::new(Arc::new(store), 100).unwrap()
+    }
+
+    fn user(n: u64) -> UserId {
+        UserId::from_be_bytes((n << 8).to_be_bytes())
+    }
+
+    /// A friendship whose change stopped after its first step (the relation row, marked
+    /// pending): the repair writes both roster rows and clears the mark; running it again
+    /// changes nothing.
+    #[tokio::test]
+    async fn a_change_cut_short_is_finished_by_the_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let rosters = rosters(dir.path());
+        let (a, b) = (user(7), user(9));
+        let pair = Pair::of(a, b);
+        let mut row = Row::new(timrelate::DEF.columns.len());
+        row.set(timrelate::UUID, Bytes::copy_from_slice(&pair.id))
+            .set(timrelate::STATUS, Bytes::copy_from_slice(&[pair.status(FRIEND, FRIEND)]))
+            .set(timrelate::PENDING, Bytes::from_static(PENDING));
+        let mut batch = Batch::new(pair.slot());
+        batch.insert(rosters.relate, row);
+        rosters.store.write(batch).await.unwrap();
+        assert!(rosters.are_friends(a, b).await.unwrap(), "the relation decides at once");
+        assert!(rosters.friends(a).await.unwrap().is_empty(), "the derived rows are not there yet");
+
+        assert_eq!(rosters.repair(pair.slot()).await.unwrap(), 1);
+        assert_eq!(rosters.friends(a).await.unwrap(), [b]);
+        assert_eq!(rosters.friends(b).await.unwrap(), [a]);
+        assert_eq!(rosters.repair(pair.slot()).await.unwrap(), 0, "nothing left pending");
+        // A finished change leaves no mark either.
+        assert!(!rosters.block(a, b).await.unwrap(), "the pair had a relation");
+        assert_eq!(rosters.blocked(a).await.unwrap(), [b]);
+        assert!(rosters.friends(b).await.unwrap().is_empty());
+        assert_eq!(rosters.repair(pair.slot()).await.unwrap(), 0);
     }
 }

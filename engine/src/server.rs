@@ -1,31 +1,19 @@
-//! A running node: its shared state, start-up and orderly shutdown.
+//! What every connection of a node shares.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
-use rand::RngCore;
-use tim_kv::{RocksStore, SealKey, StoreConfig};
-use tim_net::report::ErrorChain;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
 use crate::accounts::Accounts;
 use crate::chat::History;
 use crate::config::ServeConfig;
-use crate::groups::{GroupLimits, Groups};
-use crate::ident::{encode_base58, Ids};
-use crate::inbound::{LargeFrames, MeteredListener};
-use crate::offline::{OfflineLimits, OfflineQueue};
+use crate::groups::Groups;
+use crate::ident::encode_base58;
+use crate::offline::OfflineQueue;
 use crate::roster::Rosters;
-use crate::secret::Secret;
-use crate::sessions::{Limits, Sessions};
-use crate::tables;
-use crate::tokens::Tokens;
+use crate::sessions::Sessions;
 use crate::vrooms::Rooms;
 
 /// What every connection of the node shares.
@@ -42,10 +30,10 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Every session task, awaited at shutdown.
     pub tasks: TaskTracker,
-    next_conn: AtomicU64,
-    next_ack: AtomicU32,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) next_ack: AtomicU32,
     /// Connection ids are shown to clients masked, so they do not reveal the connection count.
-    conn_mask: u64,
+    pub(crate) conn_mask: u64,
     /// Opaque per-process value sent as `t` in login acks.
     pub instance_tag: i64,
 }
@@ -68,108 +56,5 @@ impl Server {
     /// The session id shown to the client (`n2` of the login ack).
     pub fn public_session_id(&self, conn_id: u64) -> String {
         encode_base58(conn_id ^ self.conn_mask)
-    }
-}
-
-/// Runs a node until SIGINT or SIGTERM.
-pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
-    let secret = Secret::load_or_create(cfg.secret_file.as_deref(), &cfg.data_dir)?;
-    let mut store_cfg = StoreConfig::new(cfg.data_dir.join("store"));
-    store_cfg.sync = cfg.sync;
-    store_cfg.cache_bytes = cfg.cache_mb << 20;
-    store_cfg.max_open_files = cfg.max_open_files;
-    let store = Arc::new(
-        RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
-            .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
-    );
-    let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
-    let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
-        .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
-    let hash_concurrency = match cfg.hash_concurrency {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
-    let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
-    let offline = OfflineQueue::new(
-        store.clone(),
-        OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
-    )?;
-    let rosters = Rosters::new(store.clone(), cfg.max_roster)?;
-    let groups = Groups::new(
-        store.clone(),
-        GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
-    )?;
-    let history = History::new(store.clone())?;
-    let sessions = Sessions::new(Limits {
-        device_limit: cfg.device_limit,
-        devicetype_limit: cfg.devicetype_limit,
-        auth_min: Duration::from_secs(cfg.auth_min_unix),
-        connect_limit: cfg.connect_limit,
-        account_rate: cfg.account_rate(),
-    });
-    let mut rng = rand::rngs::OsRng;
-    let server = Arc::new(Server {
-        accounts,
-        sessions,
-        offline,
-        rosters,
-        groups,
-        rooms: Arc::new(Rooms::new(Duration::from_secs(cfg.vroom_idle))),
-        history,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        next_conn: AtomicU64::new(0),
-        next_ack: AtomicU32::new(1),
-        conn_mask: rng.next_u64(),
-        instance_tag: i64::from(rng.next_u32() as i32),
-        cfg,
-    });
-
-    let listener =
-        TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
-    let listener = MeteredListener::new(listener, large_frames);
-    info!(%addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
-    // One line on stdout for scripts and tests: the bound address.
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "tim ready listen={addr}")?;
-    stdout.flush()?;
-
-    // Idle rooms are looked for every tenth of the idle time (at least every second).
-    let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
-    tokio::spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
-    let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
-    shutdown_signal().await;
-    info!("shutting down");
-    server.shutdown.cancel();
-    server.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(server.cfg.shutdown_grace), server.tasks.wait()).await.is_err() {
-        warn!("sessions outlived the shutdown grace");
-    }
-    match serving.await {
-        Ok(Err(e)) => warn!(error = %ErrorChain(&e), "listener ended with an error"),
-        Err(e) => warn!(error = %ErrorChain(&e), "listener task failed"),
-        Ok(Ok(())) => {}
-    }
-    store.flush()?;
-    info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %ErrorChain(&e), "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -16,6 +16,7 @@ pub mod timuser {
     /// The profile, a thrift-compact `TimUserBean` (absent until first set).
     pub const UBEAN: usize = 4;
     pub const DEF: TableDef = TableDef {
+        id: 1,
         name: "timuser",
         columns: &[
             ColumnDef::unique("uuid"),
@@ -37,6 +38,7 @@ pub mod timmessage {
     /// The message, thrift-compact encoded.
     pub const STANZA: usize = 2;
     pub const DEF: TableDef = TableDef {
+        id: 2,
         name: "timmessage",
         columns: &[
             ColumnDef::indexed("chatid"),
@@ -58,6 +60,7 @@ pub mod timoffline {
     /// queued copies by it.
     pub const MID: usize = 3;
     pub const DEF: TableDef = TableDef {
+        id: 3,
         name: "timoffline",
         columns: &[
             ColumnDef::indexed("uuid"),
@@ -75,8 +78,14 @@ pub mod timrelate {
     /// Pair id: the larger user id, then the smaller.
     pub const UUID: usize = 0;
     pub const STATUS: usize = 1;
-    pub const DEF: TableDef =
-        TableDef { name: "timrelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
+    /// Set (`[1]`) while a change of the pair is not finished (its roster and block rows, in the
+    /// users' slots, may not match yet); absent otherwise.
+    pub const PENDING: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        id: 4,
+        name: "timrelate",
+        columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status"), ColumnDef::indexed("pending")],
+    };
 }
 
 /// The pair tables (friends, group membership, blocks): one row per owner and other party, in
@@ -92,13 +101,13 @@ pub mod pair {
     pub const COLUMNS: &[ColumnDef] =
         &[ColumnDef::unique("unikid"), ColumnDef::indexed("uuid"), ColumnDef::plain("tuuid")];
     /// Friends.
-    pub const TIMROSTER: TableDef = TableDef { name: "timroster", columns: COLUMNS };
+    pub const TIMROSTER: TableDef = TableDef { id: 5, name: "timroster", columns: COLUMNS };
     /// Users a user blocked.
-    pub const TIMBLOCK: TableDef = TableDef { name: "timblock", columns: COLUMNS };
+    pub const TIMBLOCK: TableDef = TableDef { id: 8, name: "timblock", columns: COLUMNS };
     /// Group membership, both directions: group → member and member → group.
-    pub const TIMMUCROSTER: TableDef = TableDef { name: "timmucroster", columns: COLUMNS };
+    pub const TIMMUCROSTER: TableDef = TableDef { id: 7, name: "timmucroster", columns: COLUMNS };
     /// Group blocks: user → group (the user blocked it) and group → user (it blocked them).
-    pub const TIMBLOCKROOM: TableDef = TableDef { name: "timblockroom", columns: COLUMNS };
+    pub const TIMBLOCKROOM: TableDef = TableDef { id: 9, name: "timblockroom", columns: COLUMNS };
 }
 
 /// Groups, in the slot of the group id.
@@ -113,6 +122,7 @@ pub mod timgroup {
     /// The group's profile, a thrift-compact `TimRoomBean` (founder, managers, topic, …).
     pub const RBEAN: usize = 4;
     pub const DEF: TableDef = TableDef {
+        id: 6,
         name: "timgroup",
         columns: &[
             ColumnDef::plain("gtype"),
@@ -133,11 +143,17 @@ pub mod timgrouprelate {
     /// Group id then user id.
     pub const UUID: usize = 0;
     pub const STATUS: usize = 1;
-    pub const DEF: TableDef =
-        TableDef { name: "timgrouprelate", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status")] };
+    /// Set (`[1]`) while a change of the relation is not finished; absent otherwise.
+    pub const PENDING: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        id: 10,
+        name: "timgrouprelate",
+        columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("status"), ColumnDef::indexed("pending")],
+    };
 }
 
-/// Every table the engine declares at open.
+/// Every table the engine declares at open. The ids are those the first release allocated in
+/// this order, so existing stores keep their keys.
 pub const ALL: &[TableDef] = &[
     timuser::DEF,
     timmessage::DEF,

@@ -1,0 +1,185 @@
+//! A node as a value: [`start`] builds it from its config and returns a [`NodeHandle`] that
+//! stops it, so one process can run several nodes (tests) and the `tim serve` command is a
+//! thin loop around one ([`run`]).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::RngCore;
+use tim_kv::{RocksStore, SealKey, StoreConfig};
+use tim_net::report::ErrorChain;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::accounts::Accounts;
+use crate::chat::History;
+use crate::config::ServeConfig;
+use crate::groups::{GroupLimits, Groups};
+use crate::ident::Ids;
+use crate::inbound::{LargeFrames, MeteredListener};
+use crate::offline::{OfflineLimits, OfflineQueue};
+use crate::roster::Rosters;
+use crate::secret::Secret;
+use crate::server::Server;
+use crate::sessions::{Limits, Sessions};
+use crate::tables;
+use crate::tokens::Tokens;
+use crate::vrooms::Rooms;
+
+/// A running node.
+pub struct NodeHandle {
+    client_addr: SocketAddr,
+    server: Arc<Server>,
+    store: Arc<RocksStore>,
+    serving: JoinHandle<std::io::Result<()>>,
+}
+
+impl NodeHandle {
+    /// The address the client listener is bound to.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Stops the node: sessions get `--shutdown-grace` to close, the listener and the node's
+    /// tasks end, and the store is flushed and closed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let NodeHandle { server, store, serving, .. } = self;
+        server.shutdown.cancel();
+        server.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(server.cfg.shutdown_grace), server.tasks.wait()).await.is_err() {
+            warn!("sessions outlived the shutdown grace");
+        }
+        match serving.await {
+            Ok(Err(e)) => warn!(error = %ErrorChain(&e), "listener ended with an error"),
+            Err(e) => warn!(error = %ErrorChain(&e), "listener task failed"),
+            Ok(Ok(())) => {}
+        }
+        store.flush()?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Opens the node's store, binds its listener and starts serving.
+pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
+    let secret = Secret::load_or_create(cfg.secret_file.as_deref(), &cfg.data_dir)?;
+    let mut store_cfg = StoreConfig::new(cfg.data_dir.join("store"));
+    store_cfg.sync = cfg.sync;
+    store_cfg.cache_bytes = cfg.cache_mb << 20;
+    store_cfg.max_open_files = cfg.max_open_files;
+    let store = Arc::new(
+        RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
+            .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
+    );
+    let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
+    let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
+        .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
+    let hash_concurrency = match cfg.hash_concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
+    let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
+    let offline = OfflineQueue::new(
+        store.clone(),
+        OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
+    )?;
+    let rosters = Rosters::new(store.clone(), cfg.max_roster)?;
+    let groups = Groups::new(
+        store.clone(),
+        GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
+    )?;
+    let history = History::new(store.clone())?;
+    let sessions = Sessions::new(Limits {
+        device_limit: cfg.device_limit,
+        devicetype_limit: cfg.devicetype_limit,
+        auth_min: Duration::from_secs(cfg.auth_min_unix),
+        connect_limit: cfg.connect_limit,
+        account_rate: cfg.account_rate(),
+    });
+    let mut rng = rand::rngs::OsRng;
+    let server = Arc::new(Server {
+        accounts,
+        sessions,
+        offline,
+        rosters,
+        groups,
+        rooms: Arc::new(Rooms::new(Duration::from_secs(cfg.vroom_idle))),
+        history,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        next_conn: AtomicU64::new(0),
+        next_ack: AtomicU32::new(1),
+        conn_mask: rng.next_u64(),
+        instance_tag: i64::from(rng.next_u32() as i32),
+        cfg,
+    });
+
+    let listener =
+        TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
+    let client_addr = listener.local_addr()?;
+    info!(addr = %client_addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
+    let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
+    let listener = MeteredListener::new(listener, large_frames);
+
+    server.tasks.spawn(repair_all(server.clone()));
+    // Idle rooms are looked for every tenth of the idle time (at least every second).
+    let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
+    server.tasks.spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
+    let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
+    Ok(NodeHandle { client_addr, server, store, serving })
+}
+
+/// Runs a node until SIGINT or SIGTERM (`tim serve`).
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let node = start(cfg).await?;
+    // One line on stdout for scripts and tests: the bound address.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "tim ready listen={}", node.client_addr())?;
+    stdout.flush()?;
+    shutdown_signal().await;
+    info!("shutting down");
+    node.shutdown().await
+}
+
+/// Finishes the relation changes a crash cut short (friends, groups), slot by slot.
+async fn repair_all(server: Arc<Server>) {
+    let mut repaired = 0;
+    for slot in (0..tim_shard::SLOTS).map(tim_kv::Slot) {
+        if server.shutdown.is_cancelled() {
+            return;
+        }
+        for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
+            match result {
+                Ok(n) => repaired += n,
+                Err(e) => warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair failed"),
+            }
+        }
+    }
+    if repaired > 0 {
+        info!(repaired, "finished relation changes cut short");
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %ErrorChain(&e), "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,94 @@
+//! Where every row lives: the slot of each table's rows, decided here and nowhere else.
+//!
+//! A slot is the unit that moves between nodes, and an atomic write never spans two slots,
+//! so these rules decide which data can be written together:
+//!
+//! | rows | placed by | function |
+//! | --- | --- | --- |
+//! | account, profile (`timuser`), offline queue (`timoffline`) | the user's id | [`user`] |
+//! | a user's pair rows: friends, blocks, groups, blocked groups | the user's id | [`user`] |
+//! | a group (`timgroup`), its member and block rows | the group's id | [`group`] |
+//! | a 1:1 conversation's history, and the pair's relation (`timrelate`) | the pair id | [`pair`] |
+//! | a group's history | the group's conversation id | [`conversation`] |
+//! | a group–user relation (`timgrouprelate`) | the group id, then the user id | [`group_relation`] |
+//!
+//! A 1:1 conversation's history and its relation row share a slot: the friendship check and
+//! the append of a message happen on one node.
+
+use std::sync::Arc;
+
+use futures_util::future::try_join_all;
+use tim_kv::{Batch, Row, RowId, Slot, Store, TableId};
+
+use crate::error::EngineError;
+use crate::ident::{GroupId, UserId};
+
+/// The slot of a user's own data, and of the rows of a pair table owned by the id (a user's,
+/// or a group's by its party id).
+pub fn user(user: UserId) -> Slot {
+    tim_shard::slot_of(&user.to_be_bytes())
+}
+
+/// The slot of a group's row and of its member and block rows. Groups and users share one id
+/// space, so a group is placed as a user of its id would be.
+pub fn group(group: GroupId) -> Slot {
+    user(group.party())
+}
+
+/// The slot of a user pair (by [`crate::ident::pair_id`]): their relation and 1:1 history.
+pub fn pair(pair: &[u8; 16]) -> Slot {
+    tim_shard::slot_of(pair)
+}
+
+/// The slot of a conversation's history (1:1: the pair id; group: its conversation id).
+pub fn conversation(chat: &[u8; 16]) -> Slot {
+    tim_shard::slot_of(chat)
+}
+
+/// The slot of a group–user relation (by the directed pair id, group first).
+pub fn group_relation(key: &[u8; 16]) -> Slot {
+    tim_shard::slot_of(key)
+}
+
+/// Inserts into several slots, one batch per slot, written all at once: the ids come back in
+/// the order the rows were added. Each slot's batch is atomic, the whole is not: a failure
+/// may leave some slots written, so callers make each slot's part safe to write again.
+#[derive(Default)]
+pub struct Inserts {
+    batches: Vec<(Batch, Vec<usize>)>,
+    rows: usize,
+}
+
+impl Inserts {
+    pub fn add(&mut self, slot: Slot, table: TableId, row: Row) {
+        let at = match self.batches.iter().position(|(b, _)| b.slot() == slot) {
+            Some(at) => at,
+            None => {
+                self.batches.push((Batch::new(slot), Vec::new()));
+                self.batches.len() - 1
+            }
+        };
+        if let Some((batch, order)) = self.batches.get_mut(at) {
+            batch.insert(table, row);
+            order.push(self.rows);
+            self.rows += 1;
+        }
+    }
+
+    pub async fn write(self, store: &Arc<dyn Store>) -> Result<Vec<RowId>, EngineError> {
+        let (batches, orders): (Vec<_>, Vec<_>) = self.batches.into_iter().unzip();
+        let written = try_join_all(batches.into_iter().map(|b| store.write(b))).await?;
+        let mut ids = vec![RowId(0); self.rows];
+        for (got, order) in written.iter().zip(&orders) {
+            if got.len() != order.len() {
+                return Err(EngineError::Internal("a write returned fewer ids than it inserted"));
+            }
+            for (id, i) in got.iter().zip(order) {
+                if let Some(slot) = ids.get_mut(*i) {
+                    *slot = *id;
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
