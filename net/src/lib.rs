@@ -6,6 +6,7 @@ pub mod codec;
 pub mod frame;
 pub mod proto;
 pub mod report;
+pub mod rpc;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 

@@ -1,0 +1,426 @@
+//! Node-to-node calls: one authenticated TCP connection per peer, many calls in flight on it.
+//!
+//! Frames are length-prefixed (`tokio_util`'s codec, bounded by `max_frame`): after the
+//! handshake ([`handshake`]) each is `kind ‖ call id (u64) ‖ body`, the body opaque here
+//! (the shard layer encodes its messages with postcard). A link's writer sends every frame
+//! queued for the peer with one flush, so calls made together travel together; its queue is
+//! bounded, so a slow peer pushes back on its callers. Every call has a deadline. A broken link
+//! fails the calls waiting on it and is made again by the next call, after a short pause when
+//! connecting failed.
+
+mod handshake;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use handshake::{Transcript, NONCE};
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RpcError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("node link handshake failed: {0}")]
+    Handshake(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the link to the peer broke")]
+    Broken,
+    #[error("frame of {0} bytes over the limit")]
+    TooLarge(usize),
+    #[error("the peer failed the call: {0}")]
+    Remote(String),
+    #[error("the node is shutting down")]
+    Closed,
+}
+
+impl RpcError {
+    /// Whether the call surely did not reach the peer's handler (so it is safe to send again
+    /// without it being idempotent).
+    pub fn not_sent(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Handshake(_) | Self::TooLarge(_))
+    }
+}
+
+/// Settings of a node's links, shared by its client and server sides.
+#[derive(Clone)]
+pub struct RpcConfig {
+    pub cluster_id: String,
+    /// This node's id.
+    pub node: u64,
+    /// The key both sides prove they hold (derived from the deployment secret).
+    pub key: [u8; 32],
+    /// Largest frame either way.
+    pub max_frame: usize,
+    pub connect_timeout: Duration,
+    /// Calls a peer may have in flight on one link before its reads wait.
+    pub max_inflight: usize,
+    /// Frames queued to a peer before callers wait.
+    pub queue: usize,
+}
+
+impl RpcConfig {
+    pub fn new(cluster_id: impl Into<String>, node: u64, key: [u8; 32]) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            node,
+            key,
+            max_frame: 16 << 20,
+            connect_timeout: Duration::from_secs(3),
+            max_inflight: 1024,
+            queue: 4096,
+        }
+    }
+
+    fn codec(&self) -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder().max_frame_length(self.max_frame).new_codec()
+    }
+}
+
+/// What a node answers calls with: the calling node's id and the body, to a body or an
+/// error text.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, from: u64, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+}
+
+const REQUEST: u8 = 1;
+const REPLY_OK: u8 = 2;
+const REPLY_ERR: u8 = 3;
+/// Kind and call id in front of every body.
+const HEADER: usize = 9;
+/// How long a peer whose connection just failed is not dialed again.
+const REDIAL_PAUSE: Duration = Duration::from_millis(200);
+/// How long the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn frame(kind: u8, id: u64, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(HEADER + body.len());
+    out.put_u8(kind);
+    out.put_u64(id);
+    out.put_slice(body);
+    out.freeze()
+}
+
+fn parse(mut raw: BytesMut) -> Option<(u8, u64, Bytes)> {
+    if raw.len() < HEADER {
+        return None;
+    }
+    let kind = raw.get_u8();
+    let id = raw.get_u64();
+    Some((kind, id, raw.freeze()))
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, RpcError>>>>>;
+
+/// One connected, authenticated link to a peer.
+struct Link {
+    out_tx: mpsc::Sender<Bytes>,
+    waiters: Waiters,
+    next_id: AtomicU64,
+    broken: CancellationToken,
+}
+
+enum Peer {
+    Up(Arc<Link>),
+    /// Connecting failed at this instant: calls fail fast until [`REDIAL_PAUSE`] has passed.
+    Down(Instant, RpcError),
+}
+
+/// The calling side: links to peers by address, made on first use and remade after a break.
+pub struct RpcClient {
+    cfg: RpcConfig,
+    peers: tokio::sync::Mutex<HashMap<SocketAddr, Peer>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RpcClient {
+    pub fn new(cfg: RpcConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Self {
+        Self { cfg, peers: tokio::sync::Mutex::new(HashMap::new()), shutdown, tasks }
+    }
+
+    /// Calls the node at `addr` (which must be `node`, when given) with `body`.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        node: Option<u64>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        if body.len() + HEADER > self.cfg.max_frame {
+            return Err(RpcError::TooLarge(body.len()));
+        }
+        let link = self.link(addr, node).await?;
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        lock(&link.waiters).insert(id, reply_tx);
+        let result = tokio::time::timeout(timeout, async {
+            link.out_tx.send(frame(REQUEST, id, &body)).await.map_err(|_| RpcError::Broken)?;
+            reply_rx.await.map_err(|_| RpcError::Broken)?
+        })
+        .await;
+        lock(&link.waiters).remove(&id);
+        result.unwrap_or(Err(RpcError::Timeout(timeout)))
+    }
+
+    async fn link(&self, addr: SocketAddr, node: Option<u64>) -> Result<Arc<Link>, RpcError> {
+        let mut peers = self.peers.lock().await;
+        match peers.get(&addr) {
+            Some(Peer::Up(link)) if !link.broken.is_cancelled() => return Ok(link.clone()),
+            Some(Peer::Down(at, e)) if at.elapsed() < REDIAL_PAUSE => return Err(e.clone()),
+            _ => {}
+        }
+        // Dialing under the map's lock: calls to any peer wait for at most one connect
+        // timeout, and a peer is never dialed twice at once.
+        match self.connect(addr, node).await {
+            Ok(link) => {
+                peers.insert(addr, Peer::Up(link.clone()));
+                Ok(link)
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "node link failed");
+                peers.insert(addr, Peer::Down(Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr, node: Option<u64>) -> Result<Arc<Link>, RpcError> {
+        let connect_error = |reason: String| RpcError::Connect { addr, reason };
+        let tcp = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_error("timed out".into()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut framed = Framed::new(tcp, self.cfg.codec());
+        let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.client_handshake(&mut framed, node))
+            .await
+            .map_err(|_| RpcError::Handshake("timed out".into()))??;
+        debug!(%addr, peer = format_args!("{peer:016x}"), "node link up");
+        let (out_tx, out_rx) = mpsc::channel(self.cfg.queue);
+        let link = Arc::new(Link {
+            out_tx,
+            waiters: Arc::default(),
+            next_id: AtomicU64::new(1),
+            broken: self.shutdown.child_token(),
+        });
+        self.tasks.spawn(run_client_link(framed, out_rx, link.clone()));
+        Ok(link)
+    }
+
+    async fn client_handshake(
+        &self,
+        framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+        expect: Option<u64>,
+    ) -> Result<u64, RpcError> {
+        let client_nonce: [u8; NONCE] = rand::random();
+        let io = |e: std::io::Error| RpcError::Handshake(e.to_string());
+        framed.send(handshake::hello(self.cfg.node, &client_nonce, &self.cfg.cluster_id)).await.map_err(io)?;
+        let raw = framed.next().await.ok_or_else(|| RpcError::Handshake("refused by the peer".into()))?.map_err(io)?;
+        let (server, server_nonce, proof) = handshake::parse_challenge(&raw)?;
+        if expect.is_some_and(|n| n != server) {
+            return Err(RpcError::Handshake(format!("the peer is node {server:016x}, not the one expected")));
+        }
+        let transcript = Transcript {
+            cluster_id: self.cfg.cluster_id.clone(),
+            client: self.cfg.node,
+            server,
+            client_nonce,
+            server_nonce,
+        };
+        if !transcript.verify(&self.cfg.key, true, &proof) {
+            return Err(RpcError::Handshake(
+                "the peer's proof is wrong (another deployment secret or cluster id?)".into(),
+            ));
+        }
+        framed.send(Bytes::copy_from_slice(&transcript.client_proof(&self.cfg.key))).await.map_err(io)?;
+        match framed.next().await {
+            Some(Ok(welcome)) if welcome.is_empty() => Ok(server),
+            _ => Err(RpcError::Handshake("refused by the peer (another deployment secret?)".into())),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes queued frames in bursts with one flush, and hands replies to their callers, until
+/// the link breaks; then fails every waiting call.
+async fn run_client_link(
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    mut out_rx: mpsc::Receiver<Bytes>,
+    link: Arc<Link>,
+) {
+    let (mut sink, mut stream) = framed.split();
+    let writer = async {
+        while let Some(first) = out_rx.recv().await {
+            if sink.feed(first).await.is_err() {
+                return;
+            }
+            while let Ok(more) = out_rx.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    };
+    let reader = async {
+        while let Some(Ok(raw)) = stream.next().await {
+            let Some((kind, id, body)) = parse(raw) else { return };
+            let reply = match kind {
+                REPLY_OK => Ok(body),
+                REPLY_ERR => Err(RpcError::Remote(String::from_utf8_lossy(&body).into_owned())),
+                _ => return,
+            };
+            if let Some(waiter) = lock(&link.waiters).remove(&id) {
+                let _ = waiter.send(reply);
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = link.broken.cancelled() => {}
+    }
+    link.broken.cancel();
+    for (_, waiter) in lock(&link.waiters).drain() {
+        let _ = waiter.send(Err(RpcError::Broken));
+    }
+}
+
+/// Serves calls on `listener` until `shutdown`: every connection is authenticated first, then
+/// its calls are handled concurrently, at most `max_inflight` at a time per connection.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: RpcConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "node link accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (cfg, handler, stop, calls) = (cfg.clone(), handler.clone(), shutdown.child_token(), tasks.clone());
+        tasks.spawn(async move {
+            let mut framed = Framed::new(tcp, cfg.codec());
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut framed, &cfg)).await {
+                Ok(Ok(node)) => {
+                    debug!(%peer, node = format_args!("{node:016x}"), "node link accepted");
+                    serve_link(framed, node, &cfg, handler, stop, calls).await;
+                }
+                Ok(Err(e)) => info!(%peer, error = %e, "node link refused"),
+                Err(_) => info!(%peer, "node link refused: handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn server_handshake(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    cfg: &RpcConfig,
+) -> Result<u64, RpcError> {
+    let io = |e: std::io::Error| RpcError::Handshake(e.to_string());
+    let raw = framed.next().await.ok_or_else(|| RpcError::Handshake("closed before hello".into()))?.map_err(io)?;
+    let (client, client_nonce, cluster_id) = handshake::parse_hello(&raw)?;
+    if cluster_id != cfg.cluster_id {
+        return Err(RpcError::Handshake(format!("cluster id `{cluster_id}`, this node is in `{}`", cfg.cluster_id)));
+    }
+    let server_nonce: [u8; NONCE] = rand::random();
+    let transcript = Transcript { cluster_id, client, server: cfg.node, client_nonce, server_nonce };
+    framed.send(handshake::challenge(cfg.node, &server_nonce, &transcript.server_proof(&cfg.key))).await.map_err(io)?;
+    let proof = framed.next().await.ok_or_else(|| RpcError::Handshake("closed before proof".into()))?.map_err(io)?;
+    if !transcript.verify(&cfg.key, false, &proof) {
+        return Err(RpcError::Handshake(format!(
+            "node {client:016x} failed to prove the deployment secret (another secret, or a forged or replayed handshake)"
+        )));
+    }
+    framed.send(Bytes::new()).await.map_err(io)?;
+    Ok(client)
+}
+
+/// Handles one authenticated connection's calls (on the node's tracker, so the node's
+/// shutdown waits for them); replies go through one writer. The connection closes when the
+/// peer closes it or the node stops, whatever calls are still running.
+async fn serve_link(
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    node: u64,
+    cfg: &RpcConfig,
+    handler: Arc<dyn Handler>,
+    stop: CancellationToken,
+    calls: TaskTracker,
+) {
+    let (mut sink, mut stream) = framed.split();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(cfg.queue);
+    let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
+    let writer = async {
+        while let Some(first) = reply_rx.recv().await {
+            if sink.feed(first).await.is_err() {
+                return;
+            }
+            while let Ok(more) = reply_rx.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    };
+    let reader = async {
+        while let Some(Ok(raw)) = stream.next().await {
+            let Some((REQUEST, id, body)) = parse(raw) else { return };
+            // At most `max_inflight` calls at once: past it the connection is not read.
+            let Ok(permit): Result<OwnedSemaphorePermit, _> = inflight.clone().acquire_owned().await else { return };
+            let (handler, reply_tx, max_frame) = (handler.clone(), reply_tx.clone(), cfg.max_frame);
+            calls.spawn(async move {
+                let reply = match handler.handle(node, body).await {
+                    Ok(body) if body.len() + HEADER <= max_frame => frame(REPLY_OK, id, &body),
+                    Ok(body) => {
+                        frame(REPLY_ERR, id, format!("reply of {} bytes over the frame limit", body.len()).as_bytes())
+                    }
+                    Err(text) => frame(REPLY_ERR, id, text.as_bytes()),
+                };
+                let _ = reply_tx.send(reply).await;
+                drop(permit);
+            });
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
