@@ -1,7 +1,11 @@
-//! Placement of users and conversations: every partition key maps to one of [`SLOTS`] slots.
-//! (Replicas and rebalancing across nodes build on this mapping.)
+//! How the nodes of a cluster share the data: every partition key maps to one of [`SLOTS`]
+//! slots, and placement maps slots to nodes (see README.md beside this crate).
+
+mod placement;
 
 use tim_kv::Slot;
+
+pub use placement::{Member, NodeId, Placement, PlacementVersion};
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.
 pub const SLOTS: u16 = 4096;
