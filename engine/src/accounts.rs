@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use bytes::Bytes;
-use tim_kv::{Batch, Row, RowId, Store, StoreError, TableId};
+use tim_kv::{Batch, Row, RowId, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::proto::{ErrorCode, TimUserBean};
+use tim_shard::Cluster;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::error::EngineError;
@@ -22,7 +23,7 @@ use crate::tokens::Tokens;
 const MAX_ATTEMPTS: u8 = 8;
 
 pub struct Accounts {
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     users: TableId,
     ids: Ids,
     argon2: Argon2<'static>,
@@ -46,15 +47,15 @@ enum Lookup {
 
 impl Accounts {
     pub fn new(
-        store: Arc<dyn Store>,
+        data: Arc<Cluster>,
         ids: Ids,
         argon2_params: Params,
         hash_concurrency: usize,
         tokens: Tokens,
     ) -> Result<Self, StoreError> {
-        let users = store.table(timuser::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        let users = data.table(timuser::DEF.name).ok_or(StoreError::UnknownTable(0))?;
         Ok(Self {
-            store,
+            data,
             users,
             ids,
             argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, argon2_params),
@@ -64,11 +65,21 @@ impl Accounts {
         })
     }
 
-    /// Finds the account of a login name: up to `MAX_ATTEMPTS` store reads.
+    /// Finds the account of a login name: up to `MAX_ATTEMPTS` reads, each in the slot of
+    /// one id candidate.
     async fn lookup(&self, name: &str, domain: &str) -> Result<Lookup, EngineError> {
-        let (users, ids) = (self.users, self.ids.clone());
-        let (name, domain) = (name.to_owned(), domain.to_owned());
-        tim_kv::read(&self.store, move |store| lookup(store, users, &ids, &name, &domain)).await
+        let name_key = self.ids.name_key(name, domain);
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(user) = self.ids.user_id(name, domain, attempt) else { continue };
+            let Some((_, row)) = self.row_of(user).await? else {
+                return Ok(Lookup::Missing { free: Some(user) });
+            };
+            if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
+                let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                return Ok(Lookup::Found { user, pwd });
+            }
+        }
+        Ok(Lookup::Missing { free: None })
     }
 
     /// Registers an account; its user id. An existing name gets 4101.
@@ -99,9 +110,9 @@ impl Accounts {
                 .set(timuser::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()));
             let mut batch = Batch::new(partition::user(free));
             batch.insert(self.users, row);
-            match self.store.write(batch).await {
+            match self.data.write(batch).await {
                 Ok(_) => return Ok(free),
-                Err(StoreError::Duplicate { .. }) => continue,
+                Err(e) if e.is_duplicate() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -137,7 +148,7 @@ impl Accounts {
         let hash = self.hash(new).await?;
         let mut batch = Batch::new(partition::user(user));
         batch.update(self.users, row_id, vec![(timuser::PWD, Some(Bytes::from(hash)))]);
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 
@@ -178,15 +189,13 @@ impl Accounts {
         };
         let mut batch = Batch::new(partition::user(user));
         batch.update(self.users, id, vec![(timuser::UBEAN, Some(body_bytes(&merged, Encoding::Compact)))]);
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 
     /// The account row of a user id.
     async fn row_of(&self, user: UserId) -> Result<Option<(RowId, Row)>, EngineError> {
-        let users = self.users;
-        let slot = partition::user(user);
-        Ok(tim_kv::read(&self.store, move |store| store.find(users, slot, timuser::UUID, &user.to_be_bytes())).await?)
+        Ok(self.data.find(self.users, partition::user(user), timuser::UUID, &user.to_be_bytes()).await?)
     }
 
     /// Issues a login token after a password check; bad credentials get 4102.
@@ -237,34 +246,17 @@ impl Accounts {
     }
 }
 
-fn lookup(store: &dyn Store, users: TableId, ids: &Ids, name: &str, domain: &str) -> Result<Lookup, EngineError> {
-    let name_key = ids.name_key(name, domain);
-    for attempt in 0..MAX_ATTEMPTS {
-        let Some(user) = ids.user_id(name, domain, attempt) else { continue };
-        let slot = partition::user(user);
-        let Some((_, row)) = store.find(users, slot, timuser::UUID, &user.to_be_bytes())? else {
-            return Ok(Lookup::Missing { free: Some(user) });
-        };
-        if row.get(timuser::NAMEKEY).map(|k| k.as_ref()) == Some(name_key.as_slice()) {
-            let pwd = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-            return Ok(Lookup::Found { user, pwd });
-        }
-    }
-    Ok(Lookup::Missing { free: None })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ident::IdScheme;
     use std::time::Duration;
-    use tim_kv::{RocksStore, SealKey, StoreConfig};
 
-    fn accounts(dir: &std::path::Path) -> Accounts {
-        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
+    async fn accounts(dir: &std::path::Path) -> Accounts {
         let ids = Ids::new(IdScheme::Keyed, [5; 32], String::new());
         let params = Params::new(64, 1, 1, None).unwrap();
-        Accounts::new(Arc::new(store), ids, params, 1, Tokens::new(Duration::from_secs(60), 10)).unwrap()
+        let data = crate::testing::standalone(dir).await;
+        Accounts::new(data, ids, params, 1, Tokens::new(Duration::from_secs(60), 10)).unwrap()
     }
 
     /// An id already held by another name is a collision: the new account takes the next
@@ -272,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn id_collision_is_detected_never_merged() {
         let dir = tempfile::tempdir().unwrap();
-        let accounts = accounts(dir.path());
+        let accounts = accounts(dir.path()).await;
         let first = accounts.ids.user_id("bob", "d", 0).unwrap();
         let mut squatter = Row::new(timuser::DEF.columns.len());
         squatter
@@ -281,7 +273,7 @@ mod tests {
             .set(timuser::PWD, Bytes::from_static(b"not-a-hash"));
         let mut batch = Batch::new(partition::user(first));
         batch.insert(accounts.users, squatter);
-        accounts.store.write(batch).await.unwrap();
+        accounts.data.write(batch).await.unwrap();
 
         let bob = accounts.register("bob", "pw", "d").await.unwrap();
         assert_ne!(bob, first, "the held id is not shared");
@@ -297,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_registrations_of_one_name_make_one_account() {
         let dir = tempfile::tempdir().unwrap();
-        let accounts = Arc::new(accounts(dir.path()));
+        let accounts = Arc::new(accounts(dir.path()).await);
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let accounts = accounts.clone();

@@ -14,11 +14,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rand::Rng;
-use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
 use tim_net::FrameType;
+use tim_shard::Cluster;
 
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
@@ -41,14 +42,14 @@ pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 
 /// History of 1:1 conversations.
 pub struct History {
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     table: TableId,
 }
 
 impl History {
-    pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let table = store.table(timmessage::DEF.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { store, table })
+    pub fn new(data: Arc<Cluster>) -> Result<Self, StoreError> {
+        let table = data.table(timmessage::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self { data, table })
     }
 
     /// The history row of `msg` in conversation `chat`.
@@ -78,7 +79,7 @@ impl History {
     ) -> Result<i64, EngineError> {
         let mut inserts = Inserts::default();
         inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
-        let ids = inserts.write(&self.store).await?;
+        let ids = inserts.write(&self.data).await?;
         let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
         let queued = TimMessage { mid: Some(mid), ..msg.clone() };
         let entries: Vec<_> = absent.iter().map(|user| (*user, queued.clone())).collect();
@@ -101,7 +102,7 @@ impl History {
             let chat = pair_id(from, *to);
             inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
         }
-        let mids = inserts.write(&self.store).await?;
+        let mids = inserts.write(&self.data).await?;
         let mut entries = Vec::with_capacity(accepted.len());
         for (Accepted { to, msg }, mid) in accepted.iter().zip(&mids) {
             entries.push((*to, TimMessage { mid: Some(mid_of(*mid)?), ..msg.clone() }));
@@ -123,7 +124,7 @@ impl History {
         if id.slot() != partition::conversation(&chat) {
             return Err(ErrorCode::ParamIncorrect.into());
         }
-        let row = tim_kv::read(&self.store, move |store| store.get(table, id)).await?;
+        let row = self.data.get(table, id).await?;
         let Some(row) = row.filter(|r| r.get(timmessage::CHATID).is_some_and(|c| c.as_ref() == chat)) else {
             return Err(ErrorCode::ParamIncorrect.into());
         };
@@ -132,7 +133,7 @@ impl History {
         }
         let mut batch = Batch::new(id.slot());
         batch.delete(self.table, id);
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 
@@ -150,38 +151,34 @@ impl History {
         // A time bound can skip rows, so read ahead in pages until `limit` are found, looking
         // at no more than `MAX_SCAN` rows (a bound before the conversation began must not make
         // one request read all of it).
-        let rows = tim_kv::read(&self.store, move |store| -> Result<Vec<TimMessage>, StoreError> {
-            let slot = partition::conversation(&chat);
-            let mut out = Vec::new();
-            let mut cursor = start;
-            let mut scanned = 0;
-            while scanned < MAX_SCAN {
-                let page = store.page(table, slot, timmessage::CHATID, &chat, cursor, limit.max(1))?;
-                let Some(last) = page.last().map(|(id, _)| *id) else { break };
-                scanned += page.len();
-                for (mid, row) in page {
-                    let Some(Ok(msg)) =
-                        row.get(timmessage::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact))
-                    else {
-                        continue;
-                    };
-                    if before_ns.is_some_and(|b| msg.timestamp.unwrap_or(0) > b) {
-                        continue;
-                    }
-                    out.push(TimMessage { mid: Some(mid.0 as i64), ..msg });
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
+        let slot = partition::conversation(&chat);
+        let mut out = Vec::new();
+        let mut cursor = start;
+        let mut scanned = 0;
+        while scanned < MAX_SCAN {
+            let page = self.data.page(table, slot, timmessage::CHATID, &chat, cursor, limit.max(1)).await?;
+            let Some(last) = page.last().map(|(id, _)| *id) else { break };
+            scanned += page.len();
+            for (mid, row) in page {
+                let Some(Ok(msg)) =
+                    row.get(timmessage::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact))
+                else {
+                    continue;
+                };
+                if before_ns.is_some_and(|b| msg.timestamp.unwrap_or(0) > b) {
+                    continue;
                 }
-                if last.0 <= 1 {
-                    break;
+                out.push(TimMessage { mid: Some(mid.0 as i64), ..msg });
+                if out.len() >= limit {
+                    return Ok(out);
                 }
-                cursor = Cursor::Desc(RowId(last.0 - 1));
             }
-            Ok(out)
-        })
-        .await?;
-        Ok(rows)
+            if last.0 <= 1 {
+                break;
+            }
+            cursor = Cursor::Desc(RowId(last.0 - 1));
+        }
+        Ok(out)
     }
 }
 

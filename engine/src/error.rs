@@ -3,7 +3,8 @@
 use tim_kv::StoreError;
 use tim_net::proto::ErrorCode;
 use tim_net::report::ErrorChain;
-use tracing::warn;
+use tim_shard::RouteError;
+use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -12,6 +13,10 @@ pub enum EngineError {
     Refused(ErrorCode),
     #[error("store failed")]
     Store(#[from] StoreError),
+    /// The data's node could not be reached, or failed: transient ones (the owner down or the
+    /// slot moving) are answered 5102, the client may retry.
+    #[error("data access failed")]
+    Route(#[from] RouteError),
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
     #[error("a blocking task failed")]
@@ -28,7 +33,10 @@ impl EngineError {
     fn wire_code(&self) -> ErrorCode {
         match self {
             Self::Refused(code) => *code,
-            Self::Store(_) | Self::PasswordHash(_) | Self::Join(_) | Self::Internal(_) => ErrorCode::Database,
+            Self::Route(e) if e.is_transient() => ErrorCode::BlockingOperation,
+            Self::Store(_) | Self::Route(_) | Self::PasswordHash(_) | Self::Join(_) | Self::Internal(_) => {
+                ErrorCode::Database
+            }
         }
     }
 
@@ -38,10 +46,17 @@ impl EngineError {
     }
 
     /// The code to answer `op` with. Every refusal goes through here, so an internal fault
-    /// answered as a database error is always logged, with its whole cause chain.
+    /// answered as a database error is always logged, with its whole cause chain; so is data
+    /// that is out of reach for a while (5102), as such.
     pub fn answer(&self, op: &'static str) -> ErrorCode {
-        if self.is_internal() {
-            warn!(error = %ErrorChain(self), op, "internal fault answered as a database error");
+        match self {
+            Self::Route(e) if e.is_transient() => {
+                info!(error = %ErrorChain(self), op, "data out of reach: answered as retryable");
+            }
+            _ if self.is_internal() => {
+                warn!(error = %ErrorChain(self), op, "internal fault answered as a database error");
+            }
+            _ => {}
         }
         self.wire_code()
     }

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::proto::{ErrorCode, TimRoomBean};
+use tim_shard::Cluster;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
@@ -102,7 +103,7 @@ pub struct GroupLimits {
 
 pub struct Groups {
     limits: GroupLimits,
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     groups: TableId,
     relate: TableId,
     members: PairTable,
@@ -127,17 +128,17 @@ fn now_ns() -> i64 {
 }
 
 impl Groups {
-    pub fn new(store: Arc<dyn Store>, limits: GroupLimits) -> Result<Self, StoreError> {
-        let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
+    pub fn new(data: Arc<Cluster>, limits: GroupLimits) -> Result<Self, StoreError> {
+        let table = |name: &str| data.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
             limits,
             groups: table(timgroup::DEF.name)?,
             relate: table(timgrouprelate::DEF.name)?,
-            members: PairTable::new(store.clone(), &pair::TIMMUCROSTER)?,
-            blocks: PairTable::new(store.clone(), &pair::TIMBLOCKROOM)?,
+            members: PairTable::new(data.clone(), &pair::TIMMUCROSTER)?,
+            blocks: PairTable::new(data.clone(), &pair::TIMBLOCKROOM)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            store,
+            data,
         })
     }
 
@@ -179,12 +180,12 @@ impl Groups {
                 .set(timgroup::RBEAN, body_bytes(&bean, Encoding::Compact));
             let mut batch = Batch::new(partition::group(id));
             batch.insert(self.groups, row);
-            match self.store.write(batch).await {
+            match self.data.write(batch).await {
                 // The group row first: a creation cut short leaves a group nobody knows the id
                 // of, never a member of a group that does not exist.
                 Ok(_) => {}
                 // Drawn by a concurrent creation between the check and the write.
-                Err(StoreError::Duplicate { .. }) => continue,
+                Err(e) if e.is_duplicate() => continue,
                 Err(e) => return Err(e.into()),
             }
             let _guard = self.stripe(id).lock().await;
@@ -198,9 +199,7 @@ impl Groups {
     /// A group by id.
     pub async fn get(&self, id: GroupId) -> Result<Option<Group>, EngineError> {
         let table = self.groups;
-        let found =
-            tim_kv::read(&self.store, move |s| s.find(table, partition::group(id), timgroup::UUID, &id.to_be_bytes()))
-                .await?;
+        let found = self.data.find(table, partition::group(id), timgroup::UUID, &id.to_be_bytes()).await?;
         let Some((row, r)) = found else { return Ok(None) };
         let byte = |c: usize| r.get(c).and_then(|v| v.first().copied()).unwrap_or(0);
         let bean = match r.get(timgroup::RBEAN) {
@@ -230,10 +229,7 @@ impl Groups {
 
     async fn relation(&self, key: [u8; 16]) -> Result<(Option<RowId>, u8), EngineError> {
         let relate = self.relate;
-        let found = tim_kv::read(&self.store, move |s| {
-            s.find(relate, partition::group_relation(&key), timgrouprelate::UUID, &key)
-        })
-        .await?;
+        let found = self.data.find(relate, partition::group_relation(&key), timgrouprelate::UUID, &key).await?;
         Ok(match found {
             Some((row, r)) => (Some(row), r.get(timgrouprelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0)),
             None => (None, 0),
@@ -296,7 +292,7 @@ impl Groups {
                 batch.insert(self.relate, r);
             }
         }
-        let written = self.store.write(batch).await?;
+        let written = self.data.write(batch).await?;
         let row = match (row, written.first()) {
             (Some(row), _) | (None, Some(&row)) => row,
             (None, None) => return Err(EngineError::Internal("a relation write returned no id")),
@@ -330,7 +326,7 @@ impl Groups {
         self.sync_rows(&mut on_user, user, id.party(), member, status & 0x0F == USER_BLOCKED).await?;
         for batch in [on_group, on_user] {
             if !batch.is_empty() {
-                self.store.write(batch).await?;
+                self.data.write(batch).await?;
             }
         }
         let mut finish = Batch::new(partition::group_relation(&directed_pair_id(id.party(), user)));
@@ -339,7 +335,7 @@ impl Groups {
         } else {
             finish.update(self.relate, row, vec![(timgrouprelate::PENDING, None)]);
         }
-        self.store.write(finish).await?;
+        self.data.write(finish).await?;
         Ok(())
     }
 
@@ -369,10 +365,8 @@ impl Groups {
     /// group's cancellation. Returns how many.
     pub async fn repair(&self, slot: Slot) -> Result<usize, EngineError> {
         let relate = self.relate;
-        let pending = tim_kv::read(&self.store, move |s| {
-            s.page(relate, slot, timgrouprelate::PENDING, PENDING_CHANGE, Cursor::OLDEST, REPAIR_BATCH)
-        })
-        .await?;
+        let pending =
+            self.data.page(relate, slot, timgrouprelate::PENDING, PENDING_CHANGE, Cursor::OLDEST, REPAIR_BATCH).await?;
         let mut repaired = 0;
         for (_, row) in pending {
             let Some(key) = row.get(timgrouprelate::UUID).and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()) else {
@@ -396,7 +390,7 @@ impl Groups {
     async fn mark_cancelled(&self, group: &Group, id: GroupId) -> Result<(), EngineError> {
         let mut batch = Batch::new(partition::group(id));
         batch.update(self.groups, group.row, vec![(timgroup::STATUS, Some(Bytes::copy_from_slice(&[CANCELLED])))]);
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 
@@ -531,7 +525,7 @@ impl Groups {
             row,
             vec![(timgrouprelate::STATUS, Some(Bytes::copy_from_slice(&[0]))), (timgrouprelate::PENDING, pending)],
         );
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         self.mark_cancelled(&l.group, id).await?;
         self.derive(&l.group, id, me, row, 0).await
     }
@@ -589,7 +583,7 @@ impl Groups {
         };
         let mut batch = Batch::new(partition::group(id));
         batch.update(self.groups, group.row, vec![(timgroup::RBEAN, Some(body_bytes(&bean, Encoding::Compact)))]);
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 
@@ -610,13 +604,11 @@ impl Groups {
 
 #[cfg(test)]
 mod tests {
-    use tim_kv::{RocksStore, SealKey, StoreConfig};
-
     use super::*;
 
-    fn groups(dir: &std::path::Path) -> Groups {
-        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
-        Groups::new(Arc::new(store), GroupLimits { max_members: 10, max_groups_per_user: 10 }).unwrap()
+    async fn groups(dir: &std::path::Path) -> Groups {
+        let data = crate::testing::standalone(dir).await;
+        Groups::new(data, GroupLimits { max_members: 10, max_groups_per_user: 10 }).unwrap()
     }
 
     /// A CANCELROOM cut short after its first step (the founder's relation ended, marked
@@ -624,7 +616,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancel_cut_short_is_finished_by_the_repair() {
         let dir = tempfile::tempdir().unwrap();
-        let groups = groups(dir.path());
+        let groups = groups(dir.path()).await;
         let founder = GroupId::random().party();
         let id = groups.create(founder, "topic".into(), OPEN).await.unwrap();
         assert_eq!(groups.groups_of(founder).await.unwrap(), [id]);
@@ -638,7 +630,7 @@ mod tests {
             (timgrouprelate::PENDING, Some(Bytes::from_static(PENDING_CHANGE))),
         ];
         batch.update(groups.relate, row, ended);
-        groups.store.write(batch).await.unwrap();
+        groups.data.write(batch).await.unwrap();
         assert!(!groups.get(id).await.unwrap().unwrap().cancelled);
 
         assert_eq!(groups.repair(partition::group_relation(&key)).await.unwrap(), 1);

@@ -29,6 +29,8 @@ mod server;
 mod session;
 mod sessions;
 mod tables;
+#[cfg(test)]
+mod testing;
 mod tokens;
 mod vrooms;
 

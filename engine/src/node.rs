@@ -12,6 +12,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_net::report::ErrorChain;
+use tim_shard::{Cluster, Member, Ownership, Placement, Timeouts};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +79,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
             .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
     );
+    let node_id = tim_shard::identity::load_or_create(&cfg.data_dir)
+        .with_context(|| format!("reading the node id in {}", cfg.data_dir.display()))?;
+    let ownership = Arc::new(Ownership::load(store.clone())?);
+    // A node running alone owns every slot from its first start.
+    if ownership.is_empty() {
+        ownership.bootstrap().await?;
+    }
+    let placement = Placement::new([Member { id: node_id, weight: 1 }], 1);
+    let data = Arc::new(Cluster::new(node_id, store.clone(), ownership, placement, None, Timeouts::default()));
     let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
     let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
         .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
@@ -86,17 +96,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         n => n,
     };
     let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
-    let accounts = Accounts::new(store.clone(), ids, argon2, hash_concurrency, tokens)?;
+    let accounts = Accounts::new(data.clone(), ids, argon2, hash_concurrency, tokens)?;
     let offline = OfflineQueue::new(
-        store.clone(),
+        data.clone(),
         OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
     )?;
-    let rosters = Rosters::new(store.clone(), cfg.max_roster)?;
+    let rosters = Rosters::new(data.clone(), cfg.max_roster)?;
     let groups = Groups::new(
-        store.clone(),
+        data.clone(),
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
     )?;
-    let history = History::new(store.clone())?;
+    let history = History::new(data.clone())?;
     let sessions = Sessions::new(Limits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
@@ -125,7 +135,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let listener =
         TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
     let client_addr = listener.local_addr()?;
-    info!(addr = %client_addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
+    info!(node = %node_id, addr = %client_addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
     let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
     let listener = MeteredListener::new(listener, large_frames);
 

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::proto::TimMessage;
 use tim_net::report::ErrorChain;
+use tim_shard::Cluster;
 use tracing::warn;
 
 use crate::error::EngineError;
@@ -36,7 +37,7 @@ pub struct OfflineLimits {
 }
 
 pub struct OfflineQueue {
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     table: TableId,
     limits: OfflineLimits,
     counts: Mutex<HashMap<UserId, usize>>,
@@ -44,9 +45,9 @@ pub struct OfflineQueue {
 }
 
 impl OfflineQueue {
-    pub fn new(store: Arc<dyn Store>, limits: OfflineLimits) -> Result<Self, StoreError> {
-        let table = store.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { store, table, limits, counts: Mutex::new(HashMap::new()), dropped: AtomicU64::new(0) })
+    pub fn new(data: Arc<Cluster>, limits: OfflineLimits) -> Result<Self, StoreError> {
+        let table = data.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self { data, table, limits, counts: Mutex::new(HashMap::new()), dropped: AtomicU64::new(0) })
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
@@ -56,10 +57,10 @@ impl OfflineQueue {
     /// Up to `limit` entry ids of `user`'s queue, oldest first (index only).
     async fn entry_ids(&self, user: UserId, limit: usize) -> Result<Vec<RowId>, EngineError> {
         let table = self.table;
-        let ids = tim_kv::read(&self.store, move |store| {
-            store.ids(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
-        })
-        .await?;
+        let ids = self
+            .data
+            .ids(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+            .await?;
         Ok(ids)
     }
 
@@ -83,7 +84,7 @@ impl OfflineQueue {
             }
             inserts.add(partition::user(*user), self.table, row);
         }
-        let ids = inserts.write(&self.store).await?;
+        let ids = inserts.write(&self.data).await?;
         for (user, _) in entries {
             self.pushed(*user).await;
         }
@@ -144,10 +145,10 @@ impl OfflineQueue {
     /// no longer decode, are dropped (logged) rather than left to block the queue.
     pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
         let table = self.table;
-        let rows = tim_kv::read(&self.store, move |store| {
-            store.page(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
-        })
-        .await?;
+        let rows = self
+            .data
+            .page(table, partition::user(user), timoffline::UUID, &user.to_be_bytes(), Cursor::OLDEST, limit)
+            .await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let oldest_kept = i64::try_from(now.saturating_sub(self.limits.max_age).as_nanos()).unwrap_or(i64::MAX);
         let mut out = Vec::with_capacity(rows.len());
@@ -174,10 +175,10 @@ impl OfflineQueue {
     /// Deletes `user`'s queued copies of message `mid` (a recalled or burned message).
     pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
         let table = self.table;
-        let rows = tim_kv::read(&self.store, move |store| {
-            store.page(table, partition::user(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
-        })
-        .await?;
+        let rows = self
+            .data
+            .page(table, partition::user(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
+            .await?;
         let owner = user.to_be_bytes();
         let ids: Vec<RowId> = rows
             .into_iter()
@@ -204,7 +205,7 @@ impl OfflineQueue {
         for id in ids {
             batch.delete(self.table, *id);
         }
-        self.store.write(batch).await?;
+        self.data.write(batch).await?;
         Ok(())
     }
 }

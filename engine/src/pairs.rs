@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Store, StoreError, TableDef, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableDef, TableId};
+use tim_shard::Cluster;
 
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, UserId};
@@ -16,23 +17,20 @@ use crate::tables::pair;
 pub const MAX_LIST: usize = 10_000;
 
 pub struct PairTable {
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     table: TableId,
 }
 
 impl PairTable {
-    pub fn new(store: Arc<dyn Store>, def: &TableDef) -> Result<Self, StoreError> {
-        let table = store.table(def.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { store, table })
+    pub fn new(data: Arc<Cluster>, def: &TableDef) -> Result<Self, StoreError> {
+        let table = data.table(def.name).ok_or(StoreError::UnknownTable(0))?;
+        Ok(Self { data, table })
     }
 
     /// The row of `owner → other`, if any (index only).
     pub async fn row(&self, owner: UserId, other: UserId) -> Result<Option<RowId>, EngineError> {
         let (table, key) = (self.table, directed_pair_id(owner, other));
-        let found = tim_kv::read(&self.store, move |s| {
-            s.ids(table, partition::user(owner), pair::UNIKID, &key, Cursor::OLDEST, 1)
-        })
-        .await?;
+        let found = self.data.ids(table, partition::user(owner), pair::UNIKID, &key, Cursor::OLDEST, 1).await?;
         Ok(found.first().copied())
     }
 
@@ -59,20 +57,20 @@ impl PairTable {
     /// How many rows `owner` has, counting up to `limit` (index only).
     pub async fn count(&self, owner: UserId, limit: usize) -> Result<usize, EngineError> {
         let table = self.table;
-        let ids = tim_kv::read(&self.store, move |s| {
-            s.ids(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, limit)
-        })
-        .await?;
+        let ids = self
+            .data
+            .ids(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, limit)
+            .await?;
         Ok(ids.len())
     }
 
     /// The others of `owner`'s rows, oldest first, at most [`MAX_LIST`].
     pub async fn list(&self, owner: UserId) -> Result<Vec<UserId>, EngineError> {
         let table = self.table;
-        let rows = tim_kv::read(&self.store, move |s| {
-            s.page(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
-        })
-        .await?;
+        let rows = self
+            .data
+            .page(table, partition::user(owner), pair::UUID, &owner.to_be_bytes(), Cursor::OLDEST, MAX_LIST)
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(_, row)| {

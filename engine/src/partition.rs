@@ -18,7 +18,8 @@
 use std::sync::Arc;
 
 use futures_util::future::try_join_all;
-use tim_kv::{Batch, Row, RowId, Slot, Store, TableId};
+use tim_kv::{Batch, Row, RowId, Slot, TableId};
+use tim_shard::Cluster;
 
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
@@ -75,9 +76,9 @@ impl Inserts {
         }
     }
 
-    pub async fn write(self, store: &Arc<dyn Store>) -> Result<Vec<RowId>, EngineError> {
+    pub async fn write(self, data: &Arc<Cluster>) -> Result<Vec<RowId>, EngineError> {
         let (batches, orders): (Vec<_>, Vec<_>) = self.batches.into_iter().unzip();
-        let written = try_join_all(batches.into_iter().map(|b| store.write(b))).await?;
+        let written = try_join_all(batches.into_iter().map(|b| data.write(b))).await?;
         let mut ids = vec![RowId(0); self.rows];
         for (got, order) in written.iter().zip(&orders) {
             if got.len() != order.len() {

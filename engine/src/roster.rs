@@ -19,8 +19,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, StoreError, TableId};
 use tim_net::proto::ErrorCode;
+use tim_shard::Cluster;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::EngineError;
@@ -53,7 +54,7 @@ pub enum Added {
 pub struct Rosters {
     /// Most friends a user may have.
     max_roster: usize,
-    store: Arc<dyn Store>,
+    data: Arc<Cluster>,
     relate: TableId,
     roster: PairTable,
     block: PairTable,
@@ -125,17 +126,17 @@ impl Pair {
 }
 
 impl Rosters {
-    pub fn new(store: Arc<dyn Store>, max_roster: usize) -> Result<Self, StoreError> {
-        let table = |name: &str| store.table(name).ok_or(StoreError::UnknownTable(0));
+    pub fn new(data: Arc<Cluster>, max_roster: usize) -> Result<Self, StoreError> {
+        let table = |name: &str| data.table(name).ok_or(StoreError::UnknownTable(0));
         Ok(Self {
             max_roster,
             relate: table(timrelate::DEF.name)?,
-            roster: PairTable::new(store.clone(), &pair::TIMROSTER)?,
-            block: PairTable::new(store.clone(), &pair::TIMBLOCK)?,
+            roster: PairTable::new(data.clone(), &pair::TIMROSTER)?,
+            block: PairTable::new(data.clone(), &pair::TIMBLOCK)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache: quick_cache::sync::Cache::new(CACHED_RELATIONS),
-            store,
+            data,
         })
     }
 
@@ -162,20 +163,12 @@ impl Rosters {
         &self.stripes[index % STRIPES]
     }
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl Fn(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, EngineError> {
-        Ok(tim_kv::read(&self.store, f).await?)
-    }
-
     /// The pair's relation; the caller holds the pair's lock (a miss fills the cache).
     async fn locked_relation(&self, pair: Pair) -> Result<Relation, EngineError> {
         if let Some(stored) = self.cache.get(&pair.id) {
             return Ok(Relation::of(pair, stored));
         }
-        let relate = self.relate;
-        let found = self.read(move |s| s.find(relate, pair.slot(), timrelate::UUID, &pair.id)).await?;
+        let found = self.data.find(self.relate, pair.slot(), timrelate::UUID, &pair.id).await?;
         let stored =
             found.map(|(row, r)| (row, r.get(timrelate::STATUS).and_then(|v| v.first().copied()).unwrap_or(0)));
         self.cache.insert(pair.id, stored);
@@ -218,7 +211,7 @@ impl Rosters {
                 batch.insert(self.relate, row);
             }
         }
-        let written = self.store.write(batch).await;
+        let written = self.data.write(batch).await;
         self.cache.remove(&pair.id);
         let row = match (rel.row, written?.first()) {
             (Some(row), _) | (None, Some(&row)) => row,
@@ -247,7 +240,7 @@ impl Rosters {
         } else {
             batch.update(self.relate, row, vec![(timrelate::PENDING, None)]);
         }
-        let written = self.store.write(batch).await;
+        let written = self.data.write(batch).await;
         self.cache.remove(&pair.id);
         written?;
         Ok(())
@@ -268,7 +261,7 @@ impl Rosters {
             self.block.stage_remove(&mut batch, owner, other).await?;
         }
         if !batch.is_empty() {
-            self.store.write(batch).await?;
+            self.data.write(batch).await?;
         }
         Ok(())
     }
@@ -277,8 +270,7 @@ impl Rosters {
     /// marked pending): derives both sides' rows again under each pair's lock. Returns how many.
     pub async fn repair(&self, slot: Slot) -> Result<usize, EngineError> {
         let relate = self.relate;
-        let pending =
-            self.read(move |s| s.page(relate, slot, timrelate::PENDING, PENDING, Cursor::OLDEST, REPAIR_BATCH)).await?;
+        let pending = self.data.page(relate, slot, timrelate::PENDING, PENDING, Cursor::OLDEST, REPAIR_BATCH).await?;
         let mut repaired = 0;
         for (_, row) in pending {
             let Some(id) = row.get(timrelate::UUID).and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok()) else {
@@ -383,13 +375,10 @@ impl Rosters {
 
 #[cfg(test)]
 mod tests {
-    use tim_kv::{RocksStore, SealKey, StoreConfig};
-
     use super::*;
 
-    fn rosters(dir: &std::path::Path) -> Rosters {
-        let store = RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap();
-        Rosters::new(Arc::new(store), 100).unwrap()
+    async fn rosters(dir: &std::path::Path) -> Rosters {
+        Rosters::new(crate::testing::standalone(dir).await, 100).unwrap()
     }
 
     fn user(n: u64) -> UserId {
@@ -402,7 +391,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_cut_short_is_finished_by_the_repair() {
         let dir = tempfile::tempdir().unwrap();
-        let rosters = rosters(dir.path());
+        let rosters = rosters(dir.path()).await;
         let (a, b) = (user(7), user(9));
         let pair = Pair::of(a, b);
         let mut row = Row::new(timrelate::DEF.columns.len());
@@ -411,7 +400,7 @@ mod tests {
             .set(timrelate::PENDING, Bytes::from_static(PENDING));
         let mut batch = Batch::new(pair.slot());
         batch.insert(rosters.relate, row);
-        rosters.store.write(batch).await.unwrap();
+        rosters.data.write(batch).await.unwrap();
         assert!(rosters.are_friends(a, b).await.unwrap(), "the relation decides at once");
         assert!(rosters.friends(a).await.unwrap().is_empty(), "the derived rows are not there yet");
 

@@ -8,16 +8,16 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A slot: the unit of placement. Every key of the store starts with one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Slot(pub u16);
 
 /// A table's stable number, allocated once when the table is first created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableId(pub u32);
 
 /// A row id: `slot << 33 | sequence`. Unique per table across the whole store, increasing
 /// within a slot, and below 2^53 (JavaScript clients keep it exact).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RowId(pub u64);
 
 const SEQ_BITS: u32 = 33;
@@ -41,7 +41,7 @@ impl RowId {
 }
 
 /// A row: one optional value per column, in the table's column order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
     pub(crate) cols: Vec<Option<Bytes>>,
 }
@@ -69,7 +69,7 @@ impl Row {
 }
 
 /// Where a paged index read starts and in which direction it goes; the start id is inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cursor {
     Asc(RowId),
     Desc(RowId),
@@ -80,7 +80,7 @@ impl Cursor {
     pub const NEWEST: Cursor = Cursor::Desc(RowId(u64::MAX));
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Op {
     Insert {
         table: TableId,
@@ -107,7 +107,7 @@ pub(crate) enum Op {
 /// Writes to one slot, applied atomically: all of them or none. A batch never spans two
 /// slots (a row of another slot is refused with [`StoreError::OtherSlot`]), so every slot can
 /// live on a different node; writes that touch several slots are sequences of batches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Batch {
     slot: Slot,
     pub(crate) ops: Vec<Op>,
@@ -225,8 +225,9 @@ pub struct SlotCursor {
     pub after: Vec<u8>,
 }
 
-/// A write of raw entries into one slot, with node-local records, applied atomically.
-#[derive(Debug, Clone)]
+/// A write of raw entries into one slot, with node-local records, applied atomically. Without
+/// entries and `clear` it writes the records alone ([`RawWrite::local`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawWrite {
     pub slot: Slot,
     /// Delete everything the store holds of the slot first.
@@ -235,6 +236,13 @@ pub struct RawWrite {
     pub entries: Vec<RawEntry>,
     /// Node-local records (outside every slot) set (`Some`) or deleted (`None`).
     pub local: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RawWrite {
+    /// Node-local records alone, no slot data.
+    pub fn local(records: Vec<(String, Option<Vec<u8>>)>) -> Self {
+        Self { slot: Slot(0), clear: false, entries: Vec::new(), local: records }
+    }
 }
 
 /// The result of [`Store::write`]: the ids of the inserted rows, in insert order, once the

@@ -163,7 +163,8 @@ impl Writer<'_> {
     /// Writes raw entries of one slot (and node-local records) in one commit. The cached id
     /// counters of the slot are dropped: the slot's counters may have come with the entries.
     fn raw(&mut self, raw: &RawWrite, options: &WriteOptions) -> Result<(), StoreError> {
-        if keys::slot_prefix(raw.slot) == keys::GLOBAL {
+        let touches_slot = raw.clear || !raw.entries.is_empty();
+        if touches_slot && keys::slot_prefix(raw.slot) == keys::GLOBAL {
             return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
         }
         let prefix = keys::slot_prefix(raw.slot);
@@ -188,7 +189,9 @@ impl Writer<'_> {
                 None => Staged::Delete(Cf::Meta, key),
             });
         }
-        self.counters.retain(|(_, slot), _| *slot != raw.slot);
+        if touches_slot {
+            self.counters.retain(|(_, slot), _| *slot != raw.slot);
+        }
         self.commit(staged, options)
     }
 

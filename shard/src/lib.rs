@@ -1,10 +1,16 @@
 //! How the nodes of a cluster share the data: every partition key maps to one of [`SLOTS`]
 //! slots, and placement maps slots to nodes (see README.md beside this crate).
 
+mod cluster;
+pub mod identity;
+mod ownership;
 mod placement;
+mod wire;
 
 use tim_kv::Slot;
 
+pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Timeouts};
+pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.

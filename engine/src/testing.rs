@@ -1,0 +1,16 @@
+//! Fixtures of the engine's unit tests.
+
+use std::sync::Arc;
+
+use tim_kv::{RocksStore, SealKey, StoreConfig};
+use tim_shard::{Cluster, Member, NodeId, Ownership, Placement, Timeouts};
+
+/// A node that runs alone on a store in `dir` and owns every slot.
+pub async fn standalone(dir: &std::path::Path) -> Arc<Cluster> {
+    let store = Arc::new(RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap());
+    let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
+    ownership.bootstrap().await.unwrap();
+    let node = NodeId(1);
+    let placement = Placement::new([Member { id: node, weight: 1 }], 1);
+    Arc::new(Cluster::new(node, store, ownership, placement, None, Timeouts::default()))
+}

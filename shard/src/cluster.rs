@@ -1,0 +1,458 @@
+//! The engine's one door to data and to other nodes: every read, write and engine operation
+//! names its slot and runs on the slot's owner: here, under the slot's guard, when this node
+//! owns it, else over the owner's link.
+//!
+//! Each node keeps a routing table (slot → owner, epoch), seeded from the owners' own lists
+//! ([`Cluster::refresh_routes`]) and corrected by refusals: a node that handed a slot over
+//! names the receiver; a slot being handed over is waited for (up to `moving_wait`); a slot
+//! nobody answers for is [`RouteError::Unavailable`], which clients get as a retryable error.
+//! Calls are sent again only when they surely did not run (refused, or not sent): a write
+//! whose answer was lost is not repeated here, so callers make writes safe to repeat.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_net::rpc::{Handler, RpcClient, RpcError};
+use tracing::debug;
+
+use crate::ownership::{Ownership, Refusal, SlotState};
+use crate::placement::{NodeId, Placement};
+use crate::wire::{self, DataOp, Reply, Request};
+
+/// Why a call to a slot's owner failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// The owner ran the operation and its store failed.
+    #[error("store failed")]
+    Store(#[source] StoreError),
+    /// Another node ran the operation and it failed there (the node's own log has the cause);
+    /// `duplicate` when a unique index refused a write.
+    #[error("node {node} failed the call: {reason}")]
+    Remote { node: NodeId, reason: String, duplicate: bool },
+    /// Nobody serves the slot now (its owner is down or unreachable, or it is moving): retry.
+    #[error("slot {slot} is unavailable: {reason}")]
+    Unavailable { slot: u16, reason: String },
+    /// The node is down or unreachable.
+    #[error("node {node} is unreachable")]
+    Unreachable {
+        node: NodeId,
+        #[source]
+        source: RpcError,
+    },
+    /// A message between nodes did not encode or decode.
+    #[error("bad node message: {0}")]
+    Wire(String),
+}
+
+impl RouteError {
+    /// Whether the client should simply try again later (no fault of the data).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Unreachable { .. })
+    }
+
+    /// Whether a unique index refused the write, here or on the owner.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Duplicate { .. }) | Self::Remote { duplicate: true, .. })
+    }
+}
+
+/// The engine's side of calls from other nodes: an operation at a slot this node owns (run
+/// under the slot's guard), or at this node.
+pub trait EngineHandler: Send + Sync + 'static {
+    fn at_slot(&self, slot: Slot, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+    fn at_node(&self, from: NodeId, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+}
+
+/// How long calls wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One call to another node.
+    pub call: Duration,
+    /// A slot being handed over, before the call fails as unavailable.
+    pub moving: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { call: Duration::from_secs(5), moving: Duration::from_secs(5) }
+    }
+}
+
+/// Most owners a call follows before it gives up (each refusal names the next one).
+const MAX_HOPS: usize = 4;
+
+pub struct Cluster {
+    node: NodeId,
+    store: Arc<dyn Store>,
+    ownership: Arc<Ownership>,
+    placement: RwLock<Arc<Placement>>,
+    /// Known owners of slots not owned here.
+    routes: Mutex<HashMap<Slot, (NodeId, u64)>>,
+    /// The link addresses of the other members.
+    peers: RwLock<HashMap<NodeId, SocketAddr>>,
+    rpc: Option<RpcClient>,
+    engine: OnceLock<Arc<dyn EngineHandler>>,
+    timeouts: Timeouts,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// A node's view of the cluster; `rpc` is `None` for a node that runs alone.
+    pub fn new(
+        node: NodeId,
+        store: Arc<dyn Store>,
+        ownership: Arc<Ownership>,
+        placement: Placement,
+        rpc: Option<RpcClient>,
+        timeouts: Timeouts,
+    ) -> Self {
+        Self {
+            node,
+            store,
+            ownership,
+            placement: RwLock::new(Arc::new(placement)),
+            routes: Mutex::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
+            rpc,
+            engine: OnceLock::new(),
+            timeouts,
+        }
+    }
+
+    /// Sets the engine's handler of calls from other nodes (once, at start-up).
+    pub fn set_engine(&self, engine: Arc<dyn EngineHandler>) {
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    pub fn placement(&self) -> Arc<Placement> {
+        read(&self.placement).clone()
+    }
+
+    pub fn set_placement(&self, placement: Placement) {
+        *write(&self.placement) = Arc::new(placement);
+    }
+
+    /// Sets the link addresses of the other members.
+    pub fn set_peers(&self, peers: HashMap<NodeId, SocketAddr>) {
+        *write(&self.peers) = peers;
+    }
+
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        read(&self.peers).get(&node).copied()
+    }
+
+    /// A table's id (the same on every node: it is part of the declarations).
+    pub fn table(&self, name: &str) -> Option<TableId> {
+        self.store.table(name)
+    }
+
+    /// The node that serves `slot`, as far as this node knows.
+    pub fn owner_of(&self, slot: Slot) -> Option<NodeId> {
+        match self.ownership.state(slot) {
+            Some(SlotState::Owned { .. }) => Some(self.node),
+            _ => lock(&self.routes).get(&slot).map(|(n, _)| *n).or_else(|| self.placement().owner(slot)),
+        }
+    }
+
+    pub async fn get(&self, table: TableId, id: RowId) -> Result<Option<Row>, RouteError> {
+        match self.at(id.slot(), Request::Data { slot: id.slot().0, op: DataOp::Get { table, id } }).await? {
+            Reply::Row(row) => Ok(row),
+            other => Err(failed(self.node, other)),
+        }
+    }
+
+    /// The ids of up to `limit` rows of `slot` whose indexed `column` equals `value`.
+    pub async fn ids(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RowId>, RouteError> {
+        let op = DataOp::Ids { table, column, value: Bytes::copy_from_slice(value), cursor, limit };
+        match self.at(slot, Request::Data { slot: slot.0, op }).await? {
+            Reply::Ids(ids) => Ok(ids),
+            other => Err(failed(self.node, other)),
+        }
+    }
+
+    /// Up to `limit` rows of `slot` whose indexed `column` equals `value`, from the cursor.
+    pub async fn page(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<(RowId, Row)>, RouteError> {
+        let op = DataOp::Page { table, column, value: Bytes::copy_from_slice(value), cursor, limit };
+        match self.at(slot, Request::Data { slot: slot.0, op }).await? {
+            Reply::Page(rows) => Ok(rows),
+            other => Err(failed(self.node, other)),
+        }
+    }
+
+    /// The oldest row of `slot` whose indexed `column` equals `value`.
+    pub async fn find(
+        &self,
+        table: TableId,
+        slot: Slot,
+        column: usize,
+        value: &[u8],
+    ) -> Result<Option<(RowId, Row)>, RouteError> {
+        Ok(self.page(table, slot, column, value, Cursor::OLDEST, 1).await?.into_iter().next())
+    }
+
+    /// Applies a batch on its slot's owner.
+    pub async fn write(&self, batch: Batch) -> Result<Vec<RowId>, RouteError> {
+        let slot = batch.slot();
+        match self.at(slot, Request::Data { slot: slot.0, op: DataOp::Write(batch) }).await? {
+            Reply::Written(ids) => Ok(ids),
+            other => Err(failed(self.node, other)),
+        }
+    }
+
+    /// Runs an engine operation on the owner of `slot`.
+    pub async fn call(&self, slot: Slot, body: Bytes) -> Result<Bytes, RouteError> {
+        match self.at(slot, Request::AtSlot { slot: slot.0, body }).await? {
+            Reply::Engine(body) => Ok(body),
+            other => Err(failed(self.node, other)),
+        }
+    }
+
+    /// Runs an engine operation on `node` (which may be this one).
+    pub async fn call_node(&self, node: NodeId, body: Bytes) -> Result<Bytes, RouteError> {
+        let request = Request::AtNode { body };
+        let reply =
+            if node == self.node { self.run(self.node, request).await } else { self.send(node, &request).await? };
+        match reply {
+            Reply::Engine(body) => Ok(body),
+            other => Err(failed(node, other)),
+        }
+    }
+
+    /// Sends part of a slot to its next owner; `Ok(false)` when it owned the slot already.
+    pub async fn send_part(
+        &self,
+        to: NodeId,
+        slot: Slot,
+        epoch: u64,
+        first: bool,
+        last: bool,
+        entries: Vec<tim_kv::RawEntry>,
+    ) -> Result<bool, RouteError> {
+        let request = Request::Import { slot: slot.0, epoch, first, last, entries };
+        match self.send(to, &request).await? {
+            Reply::Imported(done) => Ok(done),
+            other => Err(failed(to, other)),
+        }
+    }
+
+    /// Learns every member's owned slots from the member itself.
+    pub async fn refresh_routes(&self) {
+        let peers: Vec<NodeId> = read(&self.peers).keys().copied().collect();
+        for node in peers {
+            match self.send(node, &Request::Owned).await {
+                Ok(Reply::Owned(slots)) => {
+                    let mut routes = lock(&self.routes);
+                    for (slot, epoch) in slots {
+                        let known = routes.entry(Slot(slot)).or_insert((node, epoch));
+                        if epoch >= known.1 {
+                            *known = (node, epoch);
+                        }
+                    }
+                }
+                Ok(other) => debug!(%node, reply = ?other, "unexpected answer to an owned-slots request"),
+                Err(e) => debug!(%node, error = %e, "owned slots not fetched"),
+            }
+        }
+    }
+
+    /// Runs `request` on the owner of `slot`, following refusals.
+    async fn at(&self, slot: Slot, request: Request) -> Result<Reply, RouteError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        let mut hops = 0;
+        let mut refreshed = false;
+        loop {
+            let target = self.owner_of(slot);
+            let reply = match target {
+                Some(node) if node == self.node => self.run(self.node, request.clone()).await,
+                Some(node) => match self.send(node, &request).await {
+                    Ok(reply) => reply,
+                    // Not sent: nothing ran, and the route may be stale.
+                    Err(RouteError::Unreachable { source, .. }) if source.not_sent() && !refreshed => {
+                        lock(&self.routes).remove(&slot);
+                        refreshed = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => return Err(RouteError::Unavailable { slot: slot.0, reason: "no member owns it".into() }),
+            };
+            match reply {
+                Reply::Refused(Refusal::NotOwner { moved_to: Some((node, epoch)), .. }) if hops < MAX_HOPS => {
+                    hops += 1;
+                    lock(&self.routes).insert(slot, (node, epoch));
+                }
+                Reply::Refused(Refusal::NotOwner { moved_to: None, .. }) if !refreshed => {
+                    // The guess was wrong (a new member that does not hold the slot yet):
+                    // ask the members what they own.
+                    refreshed = true;
+                    lock(&self.routes).remove(&slot);
+                    self.refresh_routes().await;
+                }
+                Reply::Refused(Refusal::Moving { .. }) if started.elapsed() < self.timeouts.moving => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Reply::Refused(refusal) => {
+                    return Err(RouteError::Unavailable { slot: slot.0, reason: refusal.to_string() });
+                }
+                Reply::Failed { reason, duplicate } => {
+                    return Err(RouteError::Remote { node: target.unwrap_or(self.node), reason, duplicate });
+                }
+                Reply::StoreFailed(e) => return Err(RouteError::Store(e)),
+                reply => return Ok(reply),
+            }
+        }
+    }
+
+    /// Sends a request to another node.
+    async fn send(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
+        let Some(rpc) = &self.rpc else {
+            return Err(RouteError::Unavailable { slot: 0, reason: "this node runs alone".into() });
+        };
+        let Some(addr) = self.peer_addr(node) else {
+            return Err(RouteError::Unreachable {
+                node,
+                source: RpcError::Connect {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    reason: "address unknown".into(),
+                },
+            });
+        };
+        let body = wire::encode(request).map_err(RouteError::Wire)?;
+        let raw = rpc
+            .call(addr, Some(node.0), body, self.timeouts.call)
+            .await
+            .map_err(|source| RouteError::Unreachable { node, source })?;
+        wire::decode(&raw).map_err(RouteError::Wire)
+    }
+
+    /// Answers a request, from another node or this one.
+    async fn run(&self, from: NodeId, request: Request) -> Reply {
+        match request {
+            Request::Data { slot, op } => {
+                let served = self.ownership.serve(Slot(slot), self.data(Slot(slot), op)).await;
+                served.unwrap_or_else(Reply::Refused)
+            }
+            Request::AtSlot { slot, body } => {
+                let Some(engine) = self.engine.get() else { return not_ready() };
+                match self.ownership.serve(Slot(slot), engine.at_slot(Slot(slot), body)).await {
+                    Ok(Ok(body)) => Reply::Engine(body),
+                    Ok(Err(reason)) => Reply::Failed { reason, duplicate: false },
+                    Err(refusal) => Reply::Refused(refusal),
+                }
+            }
+            Request::AtNode { body } => {
+                let Some(engine) = self.engine.get() else { return not_ready() };
+                match engine.at_node(from, body).await {
+                    Ok(body) => Reply::Engine(body),
+                    Err(reason) => Reply::Failed { reason, duplicate: false },
+                }
+            }
+            Request::Import { slot, epoch, first, last, entries } => {
+                match self.ownership.receive(Slot(slot), epoch, first, last, entries).await {
+                    Ok(imported) => {
+                        if imported && last {
+                            lock(&self.routes).remove(&Slot(slot));
+                        }
+                        Reply::Imported(imported)
+                    }
+                    Err(e) => Reply::Failed { reason: tim_net::report::ErrorChain(&e).to_string(), duplicate: false },
+                }
+            }
+            Request::Owned => Reply::Owned(self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect()),
+        }
+    }
+
+    /// A data operation on a slot owned here (its guard held by the caller). A store error
+    /// stays typed for a caller on this node ([`Reply::StoreFailed`], never sent).
+    async fn data(&self, slot: Slot, op: DataOp) -> Reply {
+        let store = &self.store;
+        let result = match op {
+            DataOp::Get { table, id } => tim_kv::read(store, move |s| s.get(table, id)).await.map(Reply::Row),
+            DataOp::Ids { table, column, value, cursor, limit } => {
+                tim_kv::read(store, move |s| s.ids(table, slot, column, &value, cursor, limit)).await.map(Reply::Ids)
+            }
+            DataOp::Page { table, column, value, cursor, limit } => {
+                tim_kv::read(store, move |s| s.page(table, slot, column, &value, cursor, limit)).await.map(Reply::Page)
+            }
+            DataOp::Write(batch) => store.write(batch).await.map(Reply::Written),
+        };
+        result.unwrap_or_else(Reply::StoreFailed)
+    }
+}
+
+fn not_ready() -> Reply {
+    Reply::Failed { reason: "the engine is not ready".into(), duplicate: false }
+}
+
+/// The error of an answer that is not the one the call expects.
+fn failed(node: NodeId, reply: Reply) -> RouteError {
+    match reply {
+        Reply::Failed { reason, duplicate } => RouteError::Remote { node, reason, duplicate },
+        Reply::StoreFailed(e) => RouteError::Store(e),
+        Reply::Refused(refusal) => RouteError::Unavailable { slot: 0, reason: refusal.to_string() },
+        other => RouteError::Wire(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The calls of other nodes, on the node's link listener.
+pub struct Calls(pub Arc<Cluster>);
+
+impl Handler for Calls {
+    fn handle(&self, from: u64, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
+        let cluster = self.0.clone();
+        Box::pin(async move {
+            let request: Request = wire::decode(&body)?;
+            let reply = match cluster.run(NodeId(from), request).await {
+                // A store error crosses the link as text; a duplicate stays recognizable.
+                Reply::StoreFailed(e) => {
+                    Reply::Failed { duplicate: matches!(e, StoreError::Duplicate { .. }), reason: e.to_string() }
+                }
+                reply => reply,
+            };
+            wire::encode(&reply)
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! Which slots this node may serve, persisted, and the guard every request of a slot holds.
+//!
+//! A slot's state on a node is one of: absent (never held), `Owned { epoch }`, `Fenced { to,
+//! epoch }` (being handed to `to`, who will own it at `epoch`) or `Given { to, epoch }` (handed
+//! over; kept to point callers to the new owner). Only `Owned` serves. The state lives in a
+//! node-local record of the store and in memory behind a per-slot lock: requests hold it for
+//! reading while they run ([`Ownership::serve`]), a hand-over takes it for writing, so fencing
+//! waits for the requests in flight and no request starts after it. The receiver persists
+//! `Owned` in the same atomic write as the last part of the slot's data.
+//!
+//! A request that runs here may call requests of other slots, which never call further: the
+//! guards of one node are never waited for in a cycle.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tim_kv::{RawEntry, RawWrite, Slot, Store, StoreError};
+use tokio::sync::{watch, RwLock};
+
+use crate::placement::NodeId;
+use crate::SLOTS;
+
+/// A slot's ownership on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotState {
+    Owned {
+        epoch: u64,
+    },
+    /// Being handed to `to`, which owns it at `epoch` once the copy is complete.
+    Fenced {
+        to: NodeId,
+        epoch: u64,
+    },
+    /// Handed to `to` at `epoch`.
+    Given {
+        to: NodeId,
+        epoch: u64,
+    },
+}
+
+/// Why this node does not serve a slot, as the caller learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// Not here; the node it went to, and at which epoch, when this node handed it over.
+    #[error("slot {slot} is not owned here")]
+    NotOwner { slot: u16, moved_to: Option<(NodeId, u64)> },
+    /// Being handed over: try again shortly.
+    #[error("slot {slot} is moving")]
+    Moving { slot: u16 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    #[error("slot {slot} is in state {state:?}, not {wanted}")]
+    State { slot: u16, state: Option<SlotState>, wanted: &'static str },
+    #[error("slot {0} is outside the slot range")]
+    NoSuchSlot(u16),
+    #[error("ownership record of slot {0} does not decode")]
+    Record(u16),
+    #[error("store failed")]
+    Store(#[from] StoreError),
+}
+
+fn record_name(slot: Slot) -> String {
+    format!("own/{}", slot.0)
+}
+
+fn record(slot: Slot, state: SlotState) -> Result<(String, Option<Vec<u8>>), OwnershipError> {
+    let raw = postcard::to_stdvec(&state).map_err(|_| OwnershipError::Record(slot.0))?;
+    Ok((record_name(slot), Some(raw)))
+}
+
+/// Every slot's state on this node.
+pub struct Ownership {
+    store: Arc<dyn Store>,
+    guards: Vec<RwLock<()>>,
+    /// The states, for reads that must not wait (routing, status); written under the slot's
+    /// guard held for writing.
+    states: Mutex<Vec<Option<SlotState>>>,
+    /// Counts changes of the owned set: gossiped, so peers know to fetch the new list.
+    version_tx: watch::Sender<u64>,
+}
+
+impl Ownership {
+    /// Loads the states recorded in the store.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, OwnershipError> {
+        let mut states = Vec::with_capacity(usize::from(SLOTS));
+        for slot in (0..SLOTS).map(Slot) {
+            let state = match store.local(&record_name(slot))? {
+                Some(raw) => Some(postcard::from_bytes(&raw).map_err(|_| OwnershipError::Record(slot.0))?),
+                None => None,
+            };
+            states.push(state);
+        }
+        Ok(Self {
+            store,
+            guards: (0..SLOTS).map(|_| RwLock::new(())).collect(),
+            states: Mutex::new(states),
+            version_tx: watch::channel(0).0,
+        })
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, Vec<Option<SlotState>>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn guard(&self, slot: Slot) -> Result<&RwLock<()>, OwnershipError> {
+        self.guards.get(usize::from(slot.0)).ok_or(OwnershipError::NoSuchSlot(slot.0))
+    }
+
+    pub fn state(&self, slot: Slot) -> Option<SlotState> {
+        self.states().get(usize::from(slot.0)).copied().flatten()
+    }
+
+    fn set(&self, slot: Slot, state: Option<SlotState>) {
+        if let Some(s) = self.states().get_mut(usize::from(slot.0)) {
+            *s = state;
+        }
+        self.version_tx.send_modify(|v| *v += 1);
+    }
+
+    /// The slots owned here, with their epochs.
+    pub fn owned(&self) -> Vec<(Slot, u64)> {
+        self.states()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Some(SlotState::Owned { epoch }) => Some((Slot(i as u16), *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every slot this node holds any state of.
+    pub fn all(&self) -> Vec<(Slot, SlotState)> {
+        self.states().iter().enumerate().filter_map(|(i, s)| s.map(|s| (Slot(i as u16), s))).collect()
+    }
+
+    /// Watches the count of changes of the owned set.
+    pub fn version(&self) -> watch::Receiver<u64> {
+        self.version_tx.subscribe()
+    }
+
+    /// Whether this node has never held any slot (a new node, which must not claim them).
+    pub fn is_empty(&self) -> bool {
+        self.states().iter().all(Option::is_none)
+    }
+
+    /// Makes this node the owner of every slot at epoch 1: the first node of a new cluster.
+    /// Refused unless the node never held a slot.
+    pub async fn bootstrap(&self) -> Result<(), OwnershipError> {
+        if !self.is_empty() {
+            return Err(OwnershipError::State { slot: 0, state: self.state(Slot(0)), wanted: "absent" });
+        }
+        let state = SlotState::Owned { epoch: 1 };
+        let records = (0..SLOTS).map(|s| record(Slot(s), state)).collect::<Result<Vec<_>, _>>()?;
+        self.store.write_raw(RawWrite::local(records)).await?;
+        let mut states = self.states();
+        states.iter_mut().for_each(|s| *s = Some(state));
+        drop(states);
+        self.version_tx.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Runs `work` while `slot` is owned here, holding the slot's guard so no hand-over
+    /// begins meanwhile; a slot not owned here is refused with what this node knows of it.
+    pub async fn serve<T>(&self, slot: Slot, work: impl std::future::Future<Output = T>) -> Result<T, Refusal> {
+        let guard = self.guard(slot).map_err(|_| Refusal::NotOwner { slot: slot.0, moved_to: None })?;
+        let _held = guard.read().await;
+        match self.state(slot) {
+            Some(SlotState::Owned { .. }) => Ok(work.await),
+            Some(SlotState::Fenced { .. }) => Err(Refusal::Moving { slot: slot.0 }),
+            Some(SlotState::Given { to, epoch }) => {
+                Err(Refusal::NotOwner { slot: slot.0, moved_to: Some((to, epoch)) })
+            }
+            None => Err(Refusal::NotOwner { slot: slot.0, moved_to: None }),
+        }
+    }
+
+    /// Fences an owned slot for a hand-over to `to`, after the requests in flight: from now
+    /// on it is refused as moving. Returns the epoch the receiver will own it at. A slot
+    /// already fenced towards `to` (a hand-over resumed after a restart) keeps its epoch.
+    pub async fn fence(&self, slot: Slot, to: NodeId) -> Result<u64, OwnershipError> {
+        let _held = self.guard(slot)?.write().await;
+        let state = self.state(slot);
+        let epoch = match state {
+            Some(SlotState::Owned { epoch }) => epoch + 1,
+            Some(SlotState::Fenced { to: already, epoch }) if already == to => return Ok(epoch),
+            _ => return Err(OwnershipError::State { slot: slot.0, state, wanted: "owned" }),
+        };
+        let fenced = SlotState::Fenced { to, epoch };
+        self.store.write_raw(RawWrite::local(vec![record(slot, fenced)?])).await?;
+        self.set(slot, Some(fenced));
+        Ok(epoch)
+    }
+
+    /// Ends a hand-over whose receiver owns the slot now: the slot is recorded as given, and
+    /// its data here is deleted in the same write.
+    pub async fn give(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), OwnershipError> {
+        let _held = self.guard(slot)?.write().await;
+        let state = self.state(slot);
+        if state != Some(SlotState::Fenced { to, epoch }) {
+            return Err(OwnershipError::State { slot: slot.0, state, wanted: "fenced" });
+        }
+        let given = SlotState::Given { to, epoch };
+        let write = RawWrite { slot, clear: true, entries: Vec::new(), local: vec![record(slot, given)?] };
+        self.store.write_raw(write).await?;
+        self.set(slot, Some(given));
+        Ok(())
+    }
+
+    /// Takes one part of a slot handed to this node at `epoch`: the first part clears what this
+    /// node holds of the slot (left from an earlier, broken copy), the last one makes it the
+    /// owner, atomically with its data. `Ok(false)`: this node already owns the slot at that
+    /// epoch or later (the sender missed the answer to its last part), nothing is written.
+    pub async fn receive(
+        &self,
+        slot: Slot,
+        epoch: u64,
+        first: bool,
+        last: bool,
+        entries: Vec<RawEntry>,
+    ) -> Result<bool, OwnershipError> {
+        let _held = self.guard(slot)?.write().await;
+        let state = self.state(slot);
+        match state {
+            Some(SlotState::Owned { epoch: held }) if held >= epoch => return Ok(false),
+            Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => {
+                return Err(OwnershipError::State { slot: slot.0, state, wanted: "absent or given" });
+            }
+            _ => {}
+        }
+        let owned = SlotState::Owned { epoch };
+        let local = if last { vec![record(slot, owned)?] } else { Vec::new() };
+        self.store.write_raw(RawWrite { slot, clear: first, entries, local }).await?;
+        if last {
+            self.set(slot, Some(owned));
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests;

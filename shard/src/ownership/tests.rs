@@ -1,0 +1,142 @@
+use tim_kv::{Batch, ColumnDef, Cursor, RocksStore, Row, SealKey, StoreConfig, TableDef};
+use tokio::sync::oneshot;
+
+use super::*;
+
+const T: TableDef = TableDef { id: 1, name: "t", columns: &[ColumnDef::indexed("k")] };
+const A: NodeId = NodeId(0xA);
+const B: NodeId = NodeId(0xB);
+
+fn open(dir: &std::path::Path) -> Arc<dyn Store> {
+    Arc::new(RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[1; 32]), &[T]).unwrap())
+}
+
+async fn put(store: &Arc<dyn Store>, slot: Slot, value: &'static [u8]) {
+    let t = store.table("t").unwrap();
+    let mut row = Row::new(1);
+    row.set(0, bytes::Bytes::from_static(value));
+    let mut batch = Batch::new(slot);
+    batch.insert(t, row);
+    store.write(batch).await.unwrap();
+}
+
+fn values(store: &Arc<dyn Store>, slot: Slot, value: &[u8]) -> usize {
+    let t = store.table("t").unwrap();
+    store.ids(t, slot, 0, value, Cursor::OLDEST, 100).unwrap().len()
+}
+
+/// Copies a slot from `from` to `to` the way a hand-over does, in parts of ~`part` bytes.
+async fn copy(from: &Arc<dyn Store>, to: &Ownership, slot: Slot, epoch: u64, part: usize) -> bool {
+    let mut cursor = None;
+    let mut first = true;
+    loop {
+        let chunk = from.export_slot(slot, cursor.as_ref(), part).unwrap();
+        let last = chunk.next.is_none();
+        if !to.receive(slot, epoch, first, last, chunk.entries).await.unwrap() {
+            return false;
+        }
+        first = false;
+        cursor = chunk.next;
+        if last {
+            return true;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_node_serves_nothing_until_it_bootstraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = Ownership::load(open(dir.path())).unwrap();
+    assert!(own.is_empty());
+    assert_eq!(own.serve(Slot(3), async { 1 }).await, Err(Refusal::NotOwner { slot: 3, moved_to: None }));
+    own.bootstrap().await.unwrap();
+    assert_eq!(own.serve(Slot(3), async { 1 }).await, Ok(1));
+    assert_eq!(own.owned().len(), usize::from(SLOTS));
+    assert!(own.bootstrap().await.is_err(), "a node that holds slots never bootstraps again");
+}
+
+/// The whole hand-over between two stores, with a request in flight at the fence, a request
+/// during the switch on both sides, and the old owner restarted afterwards.
+#[tokio::test]
+async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store_a, store_b) = (open(dir_a.path()), open(dir_b.path()));
+    let a = Arc::new(Ownership::load(store_a.clone()).unwrap());
+    let b = Ownership::load(store_b.clone()).unwrap();
+    a.bootstrap().await.unwrap();
+    let slot = Slot(7);
+    for _ in 0..20 {
+        put(&store_a, slot, b"row").await;
+    }
+
+    // A request in flight on A when the hand-over starts: the fence waits for it.
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let in_flight = {
+        let (a, store_a) = (a.clone(), store_a.clone());
+        tokio::spawn(async move {
+            a.serve(slot, async {
+                let _ = started_tx.send(());
+                let _ = release_rx.await;
+                put(&store_a, slot, b"late").await;
+            })
+            .await
+        })
+    };
+    started_rx.await.unwrap();
+    let fence = {
+        let a = a.clone();
+        tokio::spawn(async move { a.fence(slot, B).await })
+    };
+    // The fence task gets every chance to run (single-threaded test runtime).
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!fence.is_finished(), "the fence waits for the request in flight");
+    release_tx.send(()).unwrap();
+    assert_eq!(in_flight.await.unwrap(), Ok(()));
+    let epoch = fence.await.unwrap().unwrap();
+    assert_eq!(epoch, 2);
+    // Fenced: A refuses; B does not serve it yet.
+    assert_eq!(a.serve(slot, async {}).await, Err(Refusal::Moving { slot: 7 }));
+    assert_eq!(b.serve(slot, async {}).await, Err(Refusal::NotOwner { slot: 7, moved_to: None }));
+    assert!(a.serve(Slot(8), async {}).await.is_ok(), "other slots are served");
+
+    // The copy, in small parts; B serves once the last part is in, with the late write.
+    assert!(copy(&store_a, &b, slot, epoch, 64).await);
+    assert_eq!(b.serve(slot, async {}).await, Ok(()));
+    assert_eq!(values(&store_b, slot, b"row"), 20);
+    assert_eq!(values(&store_b, slot, b"late"), 1, "the write that finished before the fence moved too");
+    // A copy that is repeated (the sender missed the answer) changes nothing.
+    assert!(!copy(&store_a, &b, slot, epoch, 64).await);
+
+    a.give(slot, B, epoch).await.unwrap();
+    assert_eq!(a.serve(slot, async {}).await, Err(Refusal::NotOwner { slot: 7, moved_to: Some((B, epoch)) }));
+    assert_eq!(values(&store_a, slot, b"row"), 0, "the old owner's copy is deleted");
+
+    // The old owner restarted (or resumed after a pause): its records still refuse the slot.
+    drop(a);
+    drop(store_a);
+    let store_a = open(dir_a.path());
+    let a = Ownership::load(store_a).unwrap();
+    assert_eq!(a.state(slot), Some(SlotState::Given { to: B, epoch }));
+    assert!(a.serve(slot, async {}).await.is_err());
+    assert_eq!(a.serve(Slot(8), async { 8 }).await, Ok(8));
+    let b = Ownership::load(store_b).unwrap();
+    assert_eq!(b.state(slot), Some(SlotState::Owned { epoch }));
+    assert_eq!(b.owned(), vec![(slot, epoch)]);
+}
+
+#[tokio::test]
+async fn a_hand_over_resumed_after_a_restart_keeps_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let own = Ownership::load(store.clone()).unwrap();
+    own.bootstrap().await.unwrap();
+    let epoch = own.fence(Slot(1), B).await.unwrap();
+    drop(own);
+    let own = Ownership::load(store).unwrap();
+    assert_eq!(own.fence(Slot(1), B).await.unwrap(), epoch, "the same hand-over");
+    assert!(own.fence(Slot(1), A).await.is_err(), "not towards another node");
+    assert!(own.give(Slot(2), B, 2).await.is_err(), "only a fenced slot is given");
+}

@@ -1,0 +1,63 @@
+//! What nodes send each other over their links, encoded with postcard.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tim_kv::{Batch, Cursor, RawEntry, Row, RowId, StoreError, TableId};
+
+use crate::ownership::Refusal;
+
+/// A call from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// A data operation, for the owner of the slot.
+    Data { slot: u16, op: DataOp },
+    /// An engine operation, for the owner of the slot.
+    AtSlot { slot: u16, body: Bytes },
+    /// An engine operation for the receiving node itself (the sessions it holds).
+    AtNode { body: Bytes },
+    /// A part of a slot handed to the receiver, which owns it at `epoch` after the last part.
+    Import { slot: u16, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
+    /// The slots the receiver owns, with their epochs.
+    Owned,
+}
+
+/// The store operations a node runs for another on a slot it owns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum DataOp {
+    Get { table: TableId, id: RowId },
+    Ids { table: TableId, column: usize, value: Bytes, cursor: Cursor, limit: usize },
+    Page { table: TableId, column: usize, value: Bytes, cursor: Cursor, limit: usize },
+    Write(Batch),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Row(Option<Row>),
+    Ids(Vec<RowId>),
+    Page(Vec<(RowId, Row)>),
+    Written(Vec<RowId>),
+    Engine(Bytes),
+    /// `false`: the receiver owned the slot already (an import repeated).
+    Imported(bool),
+    Owned(Vec<(u16, u64)>),
+    /// The slot is not served here.
+    Refused(Refusal),
+    /// The operation ran and failed (a store error, an engine error), as text; `duplicate`
+    /// when a unique index refused a write.
+    Failed {
+        reason: String,
+        duplicate: bool,
+    },
+    /// A store error on this node, for a caller on this node: never encoded.
+    #[serde(skip)]
+    StoreFailed(StoreError),
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
+    postcard::to_stdvec(value).map(Bytes::from).map_err(|e| format!("encoding failed: {e}"))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(raw).map_err(|e| format!("undecodable message: {e}"))
+}
