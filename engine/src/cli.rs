@@ -21,6 +21,15 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Load generator: measure a running node (loopback only); see benches/README.md.
     Bench(tim_tools::bench::BenchArgs),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The members as one node sees them: state, addresses, generation, slots, sessions.
+    Status(crate::status::StatusArgs),
 }
 
 /// Entry point of the `tim` binary.
@@ -32,6 +41,7 @@ pub fn main() -> ExitCode {
     };
     let serve_matches = match (cli.command, matches.subcommand()) {
         (Command::Serve(_), Some(("serve", serve_matches))) => serve_matches,
+        (Command::Cluster(ClusterCommand::Status(args)), _) => return crate::status::main(args),
         (Command::Bench(args), _) => {
             return match tim_tools::bench::main(args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -199,6 +199,40 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_SHUTDOWN_GRACE", default_value_t = 5)]
     pub shutdown_grace: u64,
 
+    /// Gossip address (UDP) of this node; setting it makes the node a cluster member. Without
+    /// it (and without `--seeds`) the node runs alone.
+    #[arg(long, env = "TIM_GOSSIP_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_listen: Option<SocketAddr>,
+
+    /// Node link address (TCP) of this node, for the other members' calls.
+    #[arg(long, env = "TIM_RPC_LISTEN", default_value = "0.0.0.0:20005")]
+    pub rpc_listen: SocketAddr,
+
+    /// Gossip addresses (`host:port`, comma separated) of members to join through. A node
+    /// without seeds that never held data founds a new cluster.
+    #[arg(long, env = "TIM_SEEDS", value_delimiter = ',')]
+    #[serde(default)]
+    pub seeds: Vec<String>,
+
+    /// The host (IP) other nodes reach this one at, when the listen addresses are not it
+    /// (listening on 0.0.0.0, behind NAT, in a container).
+    #[arg(long, env = "TIM_ADVERTISE_HOST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_host: Option<std::net::IpAddr>,
+
+    /// The cluster's name: nodes of other clusters are refused.
+    #[arg(long, env = "TIM_CLUSTER_ID", default_value = "tim")]
+    pub cluster_id: String,
+
+    /// This node's share of the slots relative to the others (1–1000).
+    #[arg(long, env = "TIM_WEIGHT", default_value_t = 1)]
+    pub weight: u16,
+
+    /// Milliseconds between gossip rounds (a dead node is noticed after about ten).
+    #[arg(long, env = "TIM_GOSSIP_INTERVAL_MS", default_value_t = 500)]
+    pub gossip_interval_ms: u64,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `tim_engine=debug`.
     #[arg(long, env = "TIM_LOG", default_value = "info")]
     pub log: String,
@@ -251,6 +285,18 @@ impl ServeConfig {
         let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
         if self.device_limit == 0 {
             return invalid("device_limit", "must be at least 1");
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return invalid("weight", "must be between 1 and 1000");
+        }
+        if self.gossip_interval_ms < 10 || self.gossip_interval_ms > 60_000 {
+            return invalid("gossip_interval_ms", "must be between 10 and 60000");
+        }
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 256 {
+            return invalid("cluster_id", "must have 1 to 256 bytes");
+        }
+        if !self.seeds.is_empty() && self.gossip_listen.is_none() {
+            return invalid("seeds", "needs --gossip-listen (a member gossips)");
         }
         if self.devicetype_limit == 0 {
             return invalid("devicetype_limit", "must be at least 1");

@@ -28,6 +28,7 @@ mod secret;
 mod server;
 mod session;
 mod sessions;
+mod status;
 mod tables;
 #[cfg(test)]
 mod testing;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_net::report::ErrorChain;
-use tim_shard::{Cluster, Member, Ownership, Placement, Timeouts};
+use tim_shard::{Cluster, ClusterNode, JoinConfig, Member, NodeId, Ownership, Placement, Timeouts};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,15 @@ pub struct NodeHandle {
     server: Arc<Server>,
     store: Arc<RocksStore>,
     serving: JoinHandle<std::io::Result<()>>,
+    /// The node's links and gossip, when it is a cluster member.
+    member: Option<Membership>,
+}
+
+/// A cluster member's parts.
+struct Membership {
+    node: ClusterNode,
+    rpc_addr: SocketAddr,
+    gossip_addr: SocketAddr,
 }
 
 impl NodeHandle {
@@ -48,10 +57,24 @@ impl NodeHandle {
         self.client_addr
     }
 
+    /// The line `tim serve` prints when the node is up: its bound addresses.
+    pub fn ready_line(&self) -> String {
+        match &self.member {
+            None => format!("tim ready listen={}", self.client_addr),
+            Some(m) => format!(
+                "tim ready listen={} rpc={} gossip={} node={}",
+                self.client_addr,
+                m.rpc_addr,
+                m.gossip_addr,
+                self.server.data.node()
+            ),
+        }
+    }
+
     /// Stops the node: sessions get `--shutdown-grace` to close, the listener and the node's
     /// tasks end, and the store is flushed and closed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let NodeHandle { server, store, serving, .. } = self;
+        let NodeHandle { server, store, serving, member, .. } = self;
         server.shutdown.cancel();
         server.tasks.close();
         if tokio::time::timeout(Duration::from_secs(server.cfg.shutdown_grace), server.tasks.wait()).await.is_err() {
@@ -61,6 +84,10 @@ impl NodeHandle {
             Ok(Err(e)) => warn!(error = %ErrorChain(&e), "listener ended with an error"),
             Err(e) => warn!(error = %ErrorChain(&e), "listener task failed"),
             Ok(Ok(())) => {}
+        }
+        // Gossip last: peers go on routing to this node until its sessions are closed.
+        if let Some(member) = member {
+            member.node.shutdown().await;
         }
         store.flush()?;
         info!("stopped");
@@ -82,12 +109,23 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let node_id = tim_shard::identity::load_or_create(&cfg.data_dir)
         .with_context(|| format!("reading the node id in {}", cfg.data_dir.display()))?;
     let ownership = Arc::new(Ownership::load(store.clone())?);
-    // A node running alone owns every slot from its first start.
-    if ownership.is_empty() {
-        ownership.bootstrap().await?;
-    }
-    let placement = Placement::new([Member { id: node_id, weight: 1 }], 1);
-    let data = Arc::new(Cluster::new(node_id, store.clone(), ownership, placement, None, Timeouts::default()));
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let client_addr = listener.local_addr()?;
+    let (data, member) = match cfg.gossip_listen {
+        None => {
+            // A node running alone owns every slot from its first start.
+            if ownership.is_empty() {
+                ownership.bootstrap().await?;
+            }
+            let placement = Placement::new([Member { id: node_id, weight: cfg.weight }], 1);
+            (Arc::new(Cluster::new(node_id, store.clone(), ownership, placement, None, Timeouts::default())), None)
+        }
+        Some(gossip_listen) => {
+            let (cluster, member) =
+                join(&cfg, &secret, node_id, gossip_listen, client_addr, store.clone(), ownership).await?;
+            (cluster, Some(member))
+        }
+    };
     let ids = Ids::new(cfg.node_ids, secret.derive("tim-rs ids"), cfg.tim_salt.clone());
     let argon2 = argon2::Params::new(cfg.argon2_memory_kib, cfg.argon2_passes, 1, None)
         .map_err(|e| anyhow::anyhow!("argon2 settings: {e}"))?;
@@ -116,6 +154,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     });
     let mut rng = rand::rngs::OsRng;
     let server = Arc::new(Server {
+        data,
         accounts,
         sessions,
         offline,
@@ -132,19 +171,63 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         cfg,
     });
 
-    let listener =
-        TcpListener::bind(server.cfg.listen).await.with_context(|| format!("binding {}", server.cfg.listen))?;
-    let client_addr = listener.local_addr()?;
     info!(node = %node_id, addr = %client_addr, data_dir = %server.cfg.data_dir.display(), sync = server.cfg.sync, "tim node listening");
     let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
     let listener = MeteredListener::new(listener, large_frames);
 
-    server.tasks.spawn(repair_all(server.clone()));
+    server.tasks.spawn(repair_owned(server.clone()));
     // Idle rooms are looked for every tenth of the idle time (at least every second).
     let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
     server.tasks.spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
     let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
-    Ok(NodeHandle { client_addr, server, store, serving })
+    Ok(NodeHandle { client_addr, server, store, serving, member })
+}
+
+/// Binds the node's gossip and link sockets and joins (or founds) the cluster.
+async fn join(
+    cfg: &ServeConfig,
+    secret: &Secret,
+    node: NodeId,
+    gossip_listen: SocketAddr,
+    client_addr: SocketAddr,
+    store: Arc<dyn tim_kv::Store>,
+    ownership: Arc<Ownership>,
+) -> anyhow::Result<(Arc<Cluster>, Membership)> {
+    let gossip_socket =
+        std::net::UdpSocket::bind(gossip_listen).with_context(|| format!("binding gossip to {gossip_listen}"))?;
+    let gossip_addr = gossip_socket.local_addr()?;
+    let rpc_listener =
+        TcpListener::bind(cfg.rpc_listen).await.with_context(|| format!("binding node links to {}", cfg.rpc_listen))?;
+    let rpc_addr = rpc_listener.local_addr()?;
+    let advertise = |bound: SocketAddr| -> anyhow::Result<SocketAddr> {
+        match cfg.advertise_host {
+            Some(host) => Ok(SocketAddr::new(host, bound.port())),
+            None if bound.ip().is_unspecified() => Err(anyhow::anyhow!(
+                "{bound} is no address other nodes can reach: set --advertise-host (or listen on a specific address)"
+            )),
+            None => Ok(bound),
+        }
+    };
+    let join = JoinConfig {
+        node,
+        generation: tim_shard::identity::generation(),
+        cluster_id: cfg.cluster_id.clone(),
+        weight: cfg.weight,
+        gossip_socket,
+        gossip_advertise: advertise(gossip_addr)?,
+        rpc_listener,
+        rpc_advertise: advertise(rpc_addr)?,
+        client_advertise: advertise(client_addr)?,
+        seeds: cfg.seeds.clone(),
+        gossip_key: secret.derive("tim-rs gossip"),
+        rpc_key: secret.derive("tim-rs rpc"),
+        gossip_interval: Duration::from_millis(cfg.gossip_interval_ms),
+        moves_at_once: 8,
+        timeouts: Timeouts::default(),
+    };
+    let (cluster_node, cluster) = ClusterNode::start(store, ownership, join).await?;
+    info!(%node, rpc = %rpc_addr, gossip = %gossip_addr, seeds = ?cfg.seeds, "cluster member");
+    Ok((cluster, Membership { node: cluster_node, rpc_addr, gossip_addr }))
 }
 
 /// Runs a node until SIGINT or SIGTERM (`tim serve`).
@@ -152,29 +235,43 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let node = start(cfg).await?;
     // One line on stdout for scripts and tests: the bound address.
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "tim ready listen={}", node.client_addr())?;
+    writeln!(stdout, "{}", node.ready_line())?;
     stdout.flush()?;
     shutdown_signal().await;
     info!("shutting down");
     node.shutdown().await
 }
 
-/// Finishes the relation changes a crash cut short (friends, groups), slot by slot.
-async fn repair_all(server: Arc<Server>) {
-    let mut repaired = 0;
-    for slot in (0..tim_shard::SLOTS).map(tim_kv::Slot) {
-        if server.shutdown.is_cancelled() {
-            return;
-        }
-        for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
-            match result {
-                Ok(n) => repaired += n,
-                Err(e) => warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair failed"),
+/// Finishes the relation changes a crash cut short (friends, groups) in every slot this node
+/// owns: at start, then in each slot as it arrives (a change cut short on its old owner came
+/// along with its data).
+async fn repair_owned(server: Arc<Server>) {
+    let ownership = server.data.ownership().clone();
+    let mut changes = ownership.version();
+    let mut done = std::collections::HashSet::new();
+    loop {
+        let mut repaired = 0;
+        for (slot, _) in ownership.owned() {
+            if server.shutdown.is_cancelled() {
+                return;
+            }
+            if !done.insert(slot) {
+                continue;
+            }
+            for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
+                match result {
+                    Ok(n) => repaired += n,
+                    Err(e) => warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair failed"),
+                }
             }
         }
-    }
-    if repaired > 0 {
-        info!(repaired, "finished relation changes cut short");
+        if repaired > 0 {
+            info!(repaired, "finished relation changes cut short");
+        }
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
     }
 }
 

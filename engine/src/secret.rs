@@ -44,6 +44,11 @@ impl Secret {
         Ok(Self(key))
     }
 
+    /// Reads `file`, or the data dir's secret; never creates one (operator tools).
+    pub fn load(file: Option<&Path>, data_dir: &Path) -> Result<Self, SecretError> {
+        Self::read(&file.map_or_else(|| data_dir.join(FILE_NAME), Path::to_path_buf))
+    }
+
     fn read(path: &Path) -> Result<Self, SecretError> {
         let raw = std::fs::read(path).map_err(|source| SecretError::Read { path: path.to_owned(), source })?;
         if let Ok(key) = <[u8; 32]>::try_from(raw.as_slice()) {

@@ -19,6 +19,8 @@ use crate::vrooms::Rooms;
 /// What every connection of the node shares.
 pub struct Server {
     pub cfg: ServeConfig,
+    /// Data and calls, routed to the owners of slots.
+    pub data: Arc<tim_shard::Cluster>,
     pub accounts: Accounts,
     pub sessions: Sessions,
     pub offline: OfflineQueue,

@@ -21,6 +21,7 @@ use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::rpc::{Handler, RpcClient, RpcError};
 use tracing::debug;
 
+use crate::membership::{MemberInfo, Membership};
 use crate::ownership::{Ownership, Refusal, SlotState};
 use crate::placement::{NodeId, Placement};
 use crate::wire::{self, DataOp, Reply, Request};
@@ -98,6 +99,7 @@ pub struct Cluster {
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     rpc: Option<RpcClient>,
     engine: OnceLock<Arc<dyn EngineHandler>>,
+    membership: OnceLock<Arc<Membership>>,
     timeouts: Timeouts,
 }
 
@@ -132,6 +134,7 @@ impl Cluster {
             peers: RwLock::new(HashMap::new()),
             rpc,
             engine: OnceLock::new(),
+            membership: OnceLock::new(),
             timeouts,
         }
     }
@@ -139,6 +142,11 @@ impl Cluster {
     /// Sets the engine's handler of calls from other nodes (once, at start-up).
     pub fn set_engine(&self, engine: Arc<dyn EngineHandler>) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Sets the node's gossip (once, at start-up), for status requests.
+    pub(crate) fn set_membership(&self, membership: Arc<Membership>) {
+        let _ = self.membership.set(membership);
     }
 
     pub fn node(&self) -> NodeId {
@@ -402,6 +410,10 @@ impl Cluster {
                 }
             }
             Request::Owned => Reply::Owned(self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect()),
+            Request::Status => match self.membership.get() {
+                Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
+                None => Reply::Failed { reason: "this node runs alone".into(), duplicate: false },
+            },
         }
     }
 
@@ -454,5 +466,20 @@ impl Handler for Calls {
             };
             wire::encode(&reply)
         })
+    }
+}
+
+/// The members as the node at `addr` sees them: for operators, who prove the deployment
+/// secret like a node (`rpc_key`), under node id 0.
+pub async fn status(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<MemberInfo>, RouteError> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rpc = RpcClient::new(tim_net::rpc::RpcConfig::new(cluster_id, 0, rpc_key), stop.clone(), Default::default());
+    let body = wire::encode(&Request::Status).map_err(RouteError::Wire)?;
+    let result = rpc.call(addr, None, body, Duration::from_secs(10)).await;
+    stop.cancel();
+    let raw = result.map_err(|source| RouteError::Unreachable { node: NodeId(0), source })?;
+    match wire::decode::<Reply>(&raw).map_err(RouteError::Wire)? {
+        Reply::Status(members) => Ok(members),
+        other => Err(failed(NodeId(0), other)),
     }
 }

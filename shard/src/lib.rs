@@ -2,14 +2,19 @@
 //! slots, and placement maps slots to nodes (see README.md beside this crate).
 
 mod cluster;
+mod gossip;
 pub mod identity;
+mod membership;
+mod node;
 mod ownership;
 mod placement;
 mod wire;
 
 use tim_kv::Slot;
 
-pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Timeouts};
+pub use cluster::{status, Calls, Cluster, EngineHandler, RouteError, Timeouts};
+pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
+pub use node::{ClusterNode, JoinConfig, JoinError};
 pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tim_kv::{Batch, Cursor, RawEntry, Row, RowId, StoreError, TableId};
 
+use crate::membership::MemberInfo;
 use crate::ownership::Refusal;
 
 /// A call from one node to another.
@@ -19,6 +20,8 @@ pub(crate) enum Request {
     Import { slot: u16, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
     /// The slots the receiver owns, with their epochs.
     Owned,
+    /// The members as the receiver sees them (`tim cluster status`).
+    Status,
 }
 
 /// The store operations a node runs for another on a slot it owns.
@@ -41,6 +44,7 @@ pub(crate) enum Reply {
     /// `false`: the receiver owned the slot already (an import repeated).
     Imported(bool),
     Owned(Vec<(u16, u64)>),
+    Status(Vec<MemberInfo>),
     /// The slot is not served here.
     Refused(Refusal),
     /// The operation ran and failed (a store error, an engine error), as text; `duplicate`

@@ -1,0 +1,183 @@
+//! Who is in the cluster and how to reach them: chitchat behind a typed view.
+//!
+//! Gossip carries a few small facts per node (the keys below): its link and client addresses,
+//! its state, the placement version it computed, a counter of changes of the slots it owns,
+//! its load. Never sessions or per-slot data. Gossip is a bus, not an authority: the right to
+//! serve a slot comes from [`crate::Ownership`], never from what gossip says.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
+use tokio::sync::watch;
+
+use crate::gossip::SealedUdp;
+use crate::placement::{NodeId, PlacementVersion};
+
+pub(crate) const KEY_RPC: &str = "rpc";
+pub(crate) const KEY_CLIENT: &str = "client";
+pub(crate) const KEY_STATE: &str = "state";
+pub(crate) const KEY_PLACEMENT: &str = "placement";
+pub(crate) const KEY_OWNED: &str = "owned";
+pub(crate) const KEY_SLOTS: &str = "slots";
+pub(crate) const KEY_SESSIONS: &str = "sessions";
+pub(crate) const KEY_WEIGHT: &str = "weight";
+
+/// A member's part in the cluster, as it says itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberState {
+    /// Started; does not take slots yet.
+    Joining,
+    /// Serves and takes slots.
+    Ready,
+    /// Stopping: takes no slots.
+    Leaving,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "joining",
+            Self::Ready => "ready",
+            Self::Leaving => "leaving",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "joining" => Some(Self::Joining),
+            "ready" => Some(Self::Ready),
+            "leaving" => Some(Self::Leaving),
+            _ => None,
+        }
+    }
+}
+
+/// One node as gossip shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    pub node: NodeId,
+    pub generation: u64,
+    pub gossip: SocketAddr,
+    pub rpc: SocketAddr,
+    pub client: SocketAddr,
+    pub state: MemberState,
+    pub weight: u16,
+    /// The placement version the node computed, once it has one.
+    pub placement: Option<PlacementVersion>,
+    /// Changes of the node's owned slots so far.
+    pub owned_version: u64,
+    pub slots: u32,
+    pub sessions: u64,
+    pub live: bool,
+}
+
+impl MemberInfo {
+    /// Reads a node's gossiped keys; `None` when a key it must have is missing or malformed.
+    fn of(id: &ChitchatId, state: &NodeState, live: bool) -> Option<Self> {
+        let num = |key: &str| state.get(key).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            node: id.node_id.parse().ok()?,
+            generation: id.generation_id,
+            gossip: id.gossip_advertise_addr,
+            rpc: state.get(KEY_RPC)?.parse().ok()?,
+            client: state.get(KEY_CLIENT)?.parse().ok()?,
+            state: MemberState::parse(state.get(KEY_STATE)?)?,
+            weight: state.get(KEY_WEIGHT).and_then(|v| v.parse().ok()).unwrap_or(1),
+            placement: state.get(KEY_PLACEMENT).and_then(|v| u64::from_str_radix(v, 16).ok()).map(PlacementVersion),
+            owned_version: num(KEY_OWNED).unwrap_or(0),
+            slots: num(KEY_SLOTS).unwrap_or(0) as u32,
+            sessions: num(KEY_SESSIONS).unwrap_or(0),
+            live,
+        })
+    }
+}
+
+/// How this node gossips.
+pub struct MembershipConfig {
+    pub node: NodeId,
+    pub generation: u64,
+    pub cluster_id: String,
+    /// Bound already (port 0 in tests).
+    pub socket: std::net::UdpSocket,
+    /// The gossip address other nodes reach this one at.
+    pub advertise: SocketAddr,
+    /// `host:port` of nodes to gossip with first.
+    pub seeds: Vec<String>,
+    /// Authenticates every datagram (derived from the deployment secret).
+    pub key: [u8; 32],
+    pub interval: Duration,
+    /// The keys this node starts with.
+    pub initial: Vec<(&'static str, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("gossip failed to start: {0:#}")]
+pub struct MembershipError(anyhow::Error);
+
+/// This node's gossip.
+pub struct Membership {
+    handle: ChitchatHandle,
+    node: NodeId,
+}
+
+impl Membership {
+    pub async fn start(cfg: MembershipConfig) -> Result<Self, MembershipError> {
+        let listen = cfg.socket.local_addr().map_err(|e| MembershipError(e.into()))?;
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(cfg.node.to_string(), cfg.generation, cfg.advertise),
+            cluster_id: cfg.cluster_id,
+            gossip_interval: cfg.interval,
+            listen_addr: listen,
+            seed_nodes: cfg.seeds,
+            // Dead in about 10 intervals without heartbeats; a dead node's state is kept for
+            // a day (it stays a member whatever gossip says).
+            failure_detector_config: FailureDetectorConfig {
+                initial_interval: cfg.interval,
+                max_interval: cfg.interval * 10,
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: Some(Box::new(|state: &NodeState| {
+                state.get(KEY_RPC).is_some() && state.get(KEY_STATE).is_some()
+            })),
+        };
+        let initial = cfg.initial.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let transport = SealedUdp::new(cfg.socket, cfg.key);
+        let handle = spawn_chitchat(chitchat_config, initial, &transport).await.map_err(MembershipError)?;
+        Ok(Self { handle, node: cfg.node })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Sets one of this node's keys.
+    pub async fn set(&self, key: &'static str, value: String) {
+        self.handle.with_chitchat(|c| c.self_node_state().set(key, value.clone())).await;
+    }
+
+    /// Every node gossip knows of, live or not, that gossips the keys of a member.
+    pub async fn members(&self) -> Vec<MemberInfo> {
+        self.handle
+            .with_chitchat(|c| {
+                let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                c.node_states()
+                    .iter()
+                    .filter_map(|(id, state)| MemberInfo::of(id, state, live.contains(id)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+    }
+
+    /// Fires when a node joins, leaves or changes a key.
+    pub async fn changes(&self) -> watch::Receiver<std::collections::BTreeMap<ChitchatId, NodeState>> {
+        self.handle.with_chitchat(|c| c.live_nodes_watcher()).await
+    }
+
+    /// Stops gossiping.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}

@@ -1,0 +1,358 @@
+//! A node's part in a cluster: its links, its gossip, and the loop that keeps its view of the
+//! members current and hands its slots to the members placement gives them to.
+//!
+//! The member set is every node this node ever saw gossiping (kept in the store), so a node
+//! that restarts or drops off for a while stays a member and nothing moves. Placement is a
+//! function of the member set; a slot moves only from its owner, only to a member that is
+//! live, ready, and computes the same placement version (members that disagree wait), by the
+//! hand-over of [`crate::Ownership`]: fence, copy in parts, switch. A hand-over cut short
+//! (either node killed, the link cut) stays fenced on the sender, which resumes it; the slot
+//! is unavailable meanwhile, never served twice.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tim_kv::{RawWrite, Slot, Store, StoreError};
+use tim_net::report::ErrorChain;
+use tim_net::rpc::{self, RpcClient, RpcConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::cluster::{Calls, Cluster, Timeouts};
+use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
+use crate::ownership::{Ownership, OwnershipError, SlotState};
+use crate::placement::{Member, NodeId, Placement};
+
+/// Bytes of a slot sent in one part of a hand-over.
+const PART_BYTES: usize = 1 << 20;
+/// How often the loop looks at the members when nothing wakes it.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a node started with seeds may hear nobody before it says so.
+const LONELY_AFTER: Duration = Duration::from_secs(10);
+/// How long a hand-over that failed waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The store record of the member set.
+const MEMBERS_RECORD: &str = "members";
+
+/// How a node joins its cluster.
+pub struct JoinConfig {
+    pub node: NodeId,
+    pub generation: u64,
+    pub cluster_id: String,
+    pub weight: u16,
+    pub gossip_socket: std::net::UdpSocket,
+    pub gossip_advertise: SocketAddr,
+    pub rpc_listener: TcpListener,
+    pub rpc_advertise: SocketAddr,
+    pub client_advertise: SocketAddr,
+    pub seeds: Vec<String>,
+    pub gossip_key: [u8; 32],
+    pub rpc_key: [u8; 32],
+    pub gossip_interval: Duration,
+    /// Slots handed over at once.
+    pub moves_at_once: usize,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the ownership records")]
+    Ownership(#[from] OwnershipError),
+    #[error("the member set record")]
+    Store(#[from] StoreError),
+    #[error("gossip")]
+    Gossip(#[from] MembershipError),
+    #[error("the addresses of the node")]
+    Io(#[from] std::io::Error),
+}
+
+/// A node in a cluster: stopped with [`ClusterNode::shutdown`].
+pub struct ClusterNode {
+    cluster: Arc<Cluster>,
+    membership: Arc<Membership>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ClusterNode {
+    /// Joins (or, for the first node, founds) the cluster: loads the member set, serves the
+    /// node's links, starts gossip and the loop. A node that never held a slot and has no
+    /// seeds founds a new cluster and owns every slot; with seeds it waits for slots.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        ownership: Arc<Ownership>,
+        cfg: JoinConfig,
+    ) -> Result<(Self, Arc<Cluster>), JoinError> {
+        if ownership.is_empty() && cfg.seeds.is_empty() {
+            info!("no seeds and no slots: founding a new cluster");
+            ownership.bootstrap().await?;
+        }
+        let mut members = load_members(&*store)?;
+        if !members.iter().any(|m| m.id == cfg.node) {
+            members.push(Member { id: cfg.node, weight: cfg.weight });
+            save_members(&*store, &members).await?;
+        }
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let rpc_cfg = RpcConfig::new(cfg.cluster_id.clone(), cfg.node.0, cfg.rpc_key);
+        let rpc = RpcClient::new(rpc_cfg.clone(), stop.clone(), tasks.clone());
+        let placement = Placement::new(members.iter().copied(), 1);
+        let cluster =
+            Arc::new(Cluster::new(cfg.node, store.clone(), ownership.clone(), placement, Some(rpc), cfg.timeouts));
+        tasks.spawn(rpc::serve(
+            cfg.rpc_listener,
+            rpc_cfg,
+            Arc::new(Calls(cluster.clone())),
+            stop.clone(),
+            tasks.clone(),
+        ));
+
+        let owned = ownership.owned().len();
+        let initial = vec![
+            (membership::KEY_RPC, cfg.rpc_advertise.to_string()),
+            (membership::KEY_CLIENT, cfg.client_advertise.to_string()),
+            (membership::KEY_STATE, MemberState::Ready.as_str().to_owned()),
+            (membership::KEY_WEIGHT, cfg.weight.to_string()),
+            (membership::KEY_PLACEMENT, cluster.placement().version().to_string()),
+            (membership::KEY_OWNED, "0".to_owned()),
+            (membership::KEY_SLOTS, owned.to_string()),
+            (membership::KEY_SESSIONS, "0".to_owned()),
+        ];
+        let membership = Arc::new(
+            Membership::start(MembershipConfig {
+                node: cfg.node,
+                generation: cfg.generation,
+                cluster_id: cfg.cluster_id,
+                socket: cfg.gossip_socket,
+                advertise: cfg.gossip_advertise,
+                seeds: cfg.seeds.clone(),
+                key: cfg.gossip_key,
+                interval: cfg.gossip_interval,
+                initial,
+            })
+            .await?,
+        );
+        cluster.set_membership(membership.clone());
+        let driver = Driver {
+            cluster: cluster.clone(),
+            membership: membership.clone(),
+            store,
+            members,
+            seeded: !cfg.seeds.is_empty(),
+            moving: Arc::default(),
+            moves_at_once: cfg.moves_at_once.max(1),
+            stop: stop.clone(),
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(driver.run().instrument(tracing::info_span!("cluster", node = %cfg.node)));
+        Ok((Self { cluster: cluster.clone(), membership, stop, tasks }, cluster))
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The members as gossip shows them.
+    pub async fn members(&self) -> Vec<MemberInfo> {
+        newest(self.membership.members().await)
+    }
+
+    /// Sets a gossiped figure of this node (its sessions).
+    pub async fn set_sessions(&self, sessions: u64) {
+        self.membership.set(membership::KEY_SESSIONS, sessions.to_string()).await;
+    }
+
+    /// Says it is leaving, stops the loop, the links and gossip.
+    pub async fn shutdown(self) {
+        self.membership.set(membership::KEY_STATE, MemberState::Leaving.as_str().to_owned()).await;
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Ok(membership) = Arc::try_unwrap(self.membership) {
+            membership.shutdown().await;
+        }
+    }
+}
+
+/// The newest generation of each node.
+pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
+    let mut by_node: HashMap<NodeId, MemberInfo> = HashMap::new();
+    for m in members {
+        match by_node.get(&m.node) {
+            Some(known) if known.generation >= m.generation => {}
+            _ => {
+                by_node.insert(m.node, m);
+            }
+        }
+    }
+    let mut out: Vec<_> = by_node.into_values().collect();
+    out.sort_by_key(|m| m.node);
+    out
+}
+
+fn load_members(store: &dyn Store) -> Result<Vec<Member>, StoreError> {
+    match store.local(MEMBERS_RECORD)? {
+        Some(raw) => postcard::from_bytes(&raw).map_err(|_| StoreError::Corrupt { table: "members", id: 0 }),
+        None => Ok(Vec::new()),
+    }
+}
+
+async fn save_members(store: &dyn Store, members: &[Member]) -> Result<(), StoreError> {
+    let raw = postcard::to_stdvec(members).map_err(|_| StoreError::Corrupt { table: "members", id: 0 })?;
+    store.write_raw(RawWrite::local(vec![(MEMBERS_RECORD.to_owned(), Some(raw))])).await?;
+    Ok(())
+}
+
+struct Driver {
+    cluster: Arc<Cluster>,
+    membership: Arc<Membership>,
+    store: Arc<dyn Store>,
+    members: Vec<Member>,
+    seeded: bool,
+    /// Slots being handed over now.
+    moving: Arc<Mutex<HashSet<Slot>>>,
+    moves_at_once: usize,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut changes = self.membership.changes().await;
+        let mut owned = self.cluster.ownership().version();
+        let started = Instant::now();
+        let mut heard = !self.seeded;
+        let mut seen_owned: HashMap<NodeId, u64> = HashMap::new();
+        let mut retry_at: HashMap<Slot, Instant> = HashMap::new();
+        loop {
+            let members = newest(self.membership.members().await);
+            let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
+            if !heard && others.iter().any(|m| m.live) {
+                heard = true;
+            } else if !heard && started.elapsed() > LONELY_AFTER {
+                warn!(
+                    "no member answered gossip from the seeds: check that every node shares the deployment secret \
+                     (--secret-file) and --cluster-id, and that the gossip port is reachable"
+                );
+                heard = true;
+            }
+            if let Err(e) = self.learn(&members).await {
+                warn!(error = %ErrorChain(&e), "member set not saved");
+            }
+            self.cluster.set_peers(others.iter().map(|m| (m.node, m.rpc)).collect());
+            let changed_owners = others.iter().any(|m| seen_owned.get(&m.node) != Some(&m.owned_version));
+            if changed_owners {
+                seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();
+                self.cluster.refresh_routes().await;
+            }
+            self.hand_over(&members, &mut retry_at);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = owned.changed() => {
+                    let version = *owned.borrow_and_update();
+                    self.membership.set(membership::KEY_OWNED, version.to_string()).await;
+                    let slots = self.cluster.ownership().owned().len();
+                    self.membership.set(membership::KEY_SLOTS, slots.to_string()).await;
+                }
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Adds the nodes gossip shows to the member set and recomputes placement when it grew.
+    async fn learn(&mut self, seen: &[MemberInfo]) -> Result<(), StoreError> {
+        let mut grew = false;
+        for m in seen {
+            if !self.members.iter().any(|known| known.id == m.node) {
+                info!(member = %m.node, rpc = %m.rpc, "new member");
+                self.members.push(Member { id: m.node, weight: m.weight });
+                grew = true;
+            }
+        }
+        if grew {
+            save_members(&*self.store, &self.members).await?;
+            let placement = Placement::new(self.members.iter().copied(), 1);
+            info!(members = self.members.len(), version = %placement.version(), "placement changed");
+            self.membership.set(membership::KEY_PLACEMENT, placement.version().to_string()).await;
+            self.cluster.set_placement(placement);
+        }
+        Ok(())
+    }
+
+    /// Starts the hand-overs placement asks for, a few at a time: fenced ones first (cut
+    /// short before), then owned slots placement gives to a ready member that agrees on it.
+    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) {
+        let placement = self.cluster.placement();
+        let me = self.cluster.node();
+        let ready = |node: NodeId| {
+            members.iter().any(|m| {
+                m.node == node && m.live && m.state == MemberState::Ready && m.placement == Some(placement.version())
+            })
+        };
+        let now = Instant::now();
+        let mut todo = Vec::new();
+        for (slot, state) in self.cluster.ownership().all() {
+            let target = match state {
+                SlotState::Fenced { to, .. } => Some(to),
+                SlotState::Owned { .. } => placement.owner(slot).filter(|owner| *owner != me),
+                SlotState::Given { .. } => None,
+            };
+            if let Some(to) = target.filter(|to| ready(*to)) {
+                if retry_at.get(&slot).is_none_or(|at| *at <= now) {
+                    todo.push((slot, to));
+                }
+            }
+        }
+        let mut moving = self.moving.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, to) in todo {
+            if moving.len() >= self.moves_at_once {
+                break;
+            }
+            if !moving.insert(slot) {
+                continue;
+            }
+            retry_at.insert(slot, now + RETRY_AFTER);
+            let (cluster, store, moving) = (self.cluster.clone(), self.store.clone(), self.moving.clone());
+            self.tasks.spawn(async move {
+                match move_slot(&cluster, &store, slot, to).await {
+                    Ok(()) => info!(slot = slot.0, to = %to, "slot handed over"),
+                    Err(e) => warn!(slot = slot.0, to = %to, error = %ErrorChain(&*e), "hand-over stopped; it resumes"),
+                }
+                moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+            });
+        }
+    }
+}
+
+/// Hands `slot` to `to`: fence, copy in parts, switch. Resumable at every step.
+async fn move_slot(
+    cluster: &Cluster,
+    store: &Arc<dyn Store>,
+    slot: Slot,
+    to: NodeId,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let epoch = cluster.ownership().fence(slot, to).await?;
+    let mut cursor = None;
+    let mut first = true;
+    loop {
+        let from = cursor.take();
+        let read = store.clone();
+        let chunk = tokio::task::spawn_blocking(move || read.export_slot(slot, from.as_ref(), PART_BYTES)).await??;
+        let last = chunk.next.is_none();
+        if !cluster.send_part(to, slot, epoch, first, last, chunk.entries).await? {
+            break;
+        }
+        if last {
+            break;
+        }
+        first = false;
+        cursor = chunk.next;
+    }
+    cluster.ownership().give(slot, to, epoch).await?;
+    Ok(())
+}
