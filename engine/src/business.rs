@@ -12,7 +12,7 @@ use tim_net::FrameType;
 use crate::error::EngineError;
 use crate::groups::{Joined, PRIVATE};
 use crate::ident::{GroupId, UserId};
-use crate::push::{spawn_to_user, Fallback};
+use crate::push::{push_to_user, Fallback};
 use crate::roster::Added;
 use crate::server::Server;
 
@@ -145,12 +145,12 @@ async fn add_room(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Repl
     let done = TimAck { t: Some(i64::from(ADDROOM)), n: Some(node.clone()), ..TimAck::ok(BUSINESS) };
     match server.groups.join(me, group).await {
         Ok(Joined::Member) => {
-            spawn_to_user(server, me, group_notice(me, me, &node, PASSROOM, None), Fallback::Store);
+            push_to_user(server, me, group_notice(me, me, &node, PASSROOM, None), Fallback::Store).await;
         }
         Ok(Joined::Asked(admins)) => {
             for admin in admins {
                 let push = group_notice(me, admin, &node, ADDROOM, Some(text.clone()));
-                spawn_to_user(server, admin, push, Fallback::Store);
+                push_to_user(server, admin, push, Fallback::Store).await;
             }
         }
         Err(e) => return Ok(Reply::Ack(failure(Some(done), e))),
@@ -188,7 +188,7 @@ async fn on_member(server: &Arc<Server>, me: UserId, req: &TimReq, rtype: i32) -
     Ok(Reply::Ack(match outcome {
         Ok(tell) => {
             if let Some(bn_type) = tell {
-                spawn_to_user(server, user, group_notice(me, user, &node, bn_type, None), Fallback::Store);
+                push_to_user(server, user, group_notice(me, user, &node, bn_type, None), Fallback::Store).await;
             }
             done
         }
@@ -243,7 +243,7 @@ async fn add_roster(server: &Arc<Server>, me: UserId, req: &TimReq) -> Result<Re
         Added::Requested => notice(me, &node, ADDROSTER, Some(text)),
         Added::Friends => notice(me, &node, FRIEND, None),
     };
-    spawn_to_user(server, other, push, Fallback::Store);
+    push_to_user(server, other, push, Fallback::Store).await;
     Ok(Reply::Nothing)
 }
 
@@ -260,7 +260,7 @@ async fn unfriend(server: &Arc<Server>, me: UserId, req: &TimReq, rtype: i32) ->
     match outcome {
         Ok(tell) => {
             if tell {
-                spawn_to_user(server, other, notice(me, &node, rtype, None), Fallback::Store);
+                push_to_user(server, other, notice(me, &node, rtype, None), Fallback::Store).await;
             }
             Ok(Reply::Ack(done))
         }

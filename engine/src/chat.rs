@@ -25,7 +25,7 @@ use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::offline::OfflineQueue;
 use crate::partition::{self, Inserts};
-use crate::push::{frames_to, spawn_to_user, Fallback};
+use crate::push::{locate, push_frames, push_located, push_messages, push_to_user, Fallback};
 use crate::server::Server;
 use crate::tables::timmessage;
 
@@ -277,8 +277,8 @@ async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimM
     msg.mid = None;
     match od {
         OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg }))),
-        OD_STREAM => frames_to(server.sessions.of(to), FrameType::Message, &msg),
-        _ => spawn_to_user(server, to, msg, Fallback::Store),
+        OD_STREAM => push_frames(server, &[to], FrameType::Message, &msg, None).await,
+        _ => push_to_user(server, to, msg, Fallback::Store).await,
     }
     Ok(Next::Done)
 }
@@ -303,14 +303,24 @@ pub async fn store_and_push(
     accepted: Vec<Accepted>,
 ) -> Result<Vec<Bytes>, EngineError> {
     let stored = server.history.append(from, &accepted, &server.offline).await?;
-    let others: Vec<_> = server.sessions.of(from).into_iter().filter(|s| s.conn_id() != own).collect();
+    // The sender's other sessions get a copy, like the echo, without ack.
+    let mine = locate(server, &[from]).await.unwrap_or_default();
+    let others = mine.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));
     let mut echoes = Vec::with_capacity(accepted.len());
+    let mut pushes = Vec::with_capacity(accepted.len());
     for (Accepted { to, mut msg }, (mid, queued)) in accepted.into_iter().zip(stored) {
         msg.mid = Some(mid);
         echoes.push(encode_server(FrameType::Message, encoding, &msg));
-        frames_to(others.iter().cloned(), FrameType::Message, &msg);
-        spawn_to_user(server, to, msg, Fallback::Queued(queued));
+        if others {
+            let (compact, json) = (
+                encode_server(FrameType::Message, Encoding::Compact, &msg),
+                encode_server(FrameType::Message, Encoding::Json, &msg),
+            );
+            push_located(server, &mine, compact, json, Some(own)).await;
+        }
+        pushes.push((to, msg, Fallback::Queued(queued)));
     }
+    push_messages(server, pushes).await;
     Ok(echoes)
 }
 
@@ -324,8 +334,7 @@ async fn recall_or_burn(server: &Arc<Server>, from: &Sender, to: UserId, msg: Ti
     let (author, holder) = if msg.od_type == OD_RECALL { (from.user, to) } else { (to, from.user) };
     server.history.remove(pair_id(from.user, to), author, mid).await?;
     server.offline.remove_message(holder, mid).await?;
-    spawn_to_user(server, from.user, msg.clone(), Fallback::Store);
-    spawn_to_user(server, to, msg, Fallback::Store);
+    push_messages(server, vec![(from.user, msg.clone(), Fallback::Store), (to, msg, Fallback::Store)]).await;
     Ok(())
 }
 

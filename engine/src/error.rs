@@ -21,6 +21,9 @@ pub enum EngineError {
     PasswordHash(String),
     #[error("a blocking task failed")]
     Join(#[from] tokio::task::JoinError),
+    /// Another node failed an operation for this one (its log has the causes).
+    #[error("a peer node failed the operation: {0}")]
+    Peer(String),
     /// A state the server's own logic should never reach (a write returning fewer ids than it
     /// inserted, an id space used up).
     #[error("internal fault: {0}")]
@@ -34,9 +37,12 @@ impl EngineError {
         match self {
             Self::Refused(code) => *code,
             Self::Route(e) if e.is_transient() => ErrorCode::BlockingOperation,
-            Self::Store(_) | Self::Route(_) | Self::PasswordHash(_) | Self::Join(_) | Self::Internal(_) => {
-                ErrorCode::Database
-            }
+            Self::Store(_)
+            | Self::Route(_)
+            | Self::Peer(_)
+            | Self::PasswordHash(_)
+            | Self::Join(_)
+            | Self::Internal(_) => ErrorCode::Database,
         }
     }
 

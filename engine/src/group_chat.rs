@@ -14,7 +14,7 @@ use tim_net::FrameType;
 use crate::chat::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
-use crate::push::{frames_to, spawn_to_users};
+use crate::push::{locate, push_frames, push_messages, Fallback};
 use crate::server::Server;
 
 /// The conversation id of a group: its id, then eight zero bytes (TIM's layout).
@@ -61,18 +61,18 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     match msg.od_type {
         OD_NORMAL => {
             msg.mid = None;
-            let (online, absent): (Vec<_>, Vec<_>) =
-                members.into_iter().map(|m| (m, server.sessions.of(m))).partition(|(_, s)| !s.is_empty());
-            let absent: Vec<UserId> = absent.into_iter().map(|(m, _)| m).collect();
+            let located = locate(server, &members).await?;
+            let (online, absent): (Vec<UserId>, Vec<UserId>) =
+                members.into_iter().partition(|m| located.get(m).is_some_and(|l| !l.is_empty()));
             let mid = server.history.append_to_group(chat_of(group), from.user, &msg, &absent, &server.offline).await?;
             msg.mid = Some(mid);
-            spawn_to_users(server, online, msg);
+            push_messages(server, online.into_iter().map(|m| (m, msg.clone(), Fallback::Store)).collect()).await;
             Ok(Next::Done)
         }
         OD_RECALL => recall(server, from.user, group, node, members, msg).await,
         OD_STREAM => {
             msg.mid = None;
-            frames_to(members.into_iter().flat_map(|m| server.sessions.of(m)), FrameType::Message, &msg);
+            push_frames(server, &members, FrameType::Message, &msg, None).await;
             Ok(Next::Done)
         }
         // Burn-after-reading is between two users, and custom kinds too (as TIM).
@@ -96,7 +96,7 @@ async fn recall(
     for member in &members {
         server.offline.remove_message(*member, mid).await?;
     }
-    spawn_to_users(server, members.into_iter().map(|m| (m, server.sessions.of(m))).collect(), msg);
+    push_messages(server, members.into_iter().map(|m| (m, msg.clone(), Fallback::Store)).collect()).await;
     let ack = TimAck { n: Some(node), t: Some(3), t2: Some(mid), ..TimAck::ok(FrameType::RevokeMessage as u8) };
     Ok(Next::Reply(ack))
 }

@@ -4,10 +4,12 @@
 mod accounts;
 mod big_data;
 mod business;
+mod calls;
 mod chat;
 pub mod cli;
 mod config;
 mod delivery;
+mod directory;
 mod error;
 mod group_chat;
 mod groups;

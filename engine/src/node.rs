@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::accounts::Accounts;
 use crate::chat::History;
 use crate::config::ServeConfig;
+use crate::directory::{DeviceLimits, Directory};
 use crate::groups::{GroupLimits, Groups};
 use crate::ident::Ids;
 use crate::inbound::{LargeFrames, MeteredListener};
@@ -118,7 +119,18 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
                 ownership.bootstrap().await?;
             }
             let placement = Placement::new([Member { id: node_id, weight: cfg.weight }], 1);
-            (Arc::new(Cluster::new(node_id, store.clone(), ownership, placement, None, Timeouts::default())), None)
+            (
+                Arc::new(Cluster::new(
+                    node_id,
+                    tim_shard::identity::generation(),
+                    store.clone(),
+                    ownership,
+                    placement,
+                    None,
+                    Timeouts::default(),
+                )),
+                None,
+            )
         }
         Some(gossip_listen) => {
             let (cluster, member) =
@@ -145,18 +157,18 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
     )?;
     let history = History::new(data.clone())?;
-    let sessions = Sessions::new(Limits {
+    let sessions = Sessions::new(Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() });
+    let directory = Directory::new(DeviceLimits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
         auth_min: Duration::from_secs(cfg.auth_min_unix),
-        connect_limit: cfg.connect_limit,
-        account_rate: cfg.account_rate(),
     });
     let mut rng = rand::rngs::OsRng;
     let server = Arc::new(Server {
         data,
         accounts,
         sessions,
+        directory,
         offline,
         rosters,
         groups,
@@ -175,10 +187,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
     let listener = MeteredListener::new(listener, large_frames);
 
-    server.tasks.spawn(repair_owned(server.clone()));
+    server.data.set_engine(Arc::new(crate::calls::Handler(Arc::downgrade(&server))));
+    server.tasks.spawn(follow_slots(server.clone()));
     // Idle rooms are looked for every tenth of the idle time (at least every second).
     let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
     server.tasks.spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
+    if let Some(member) = &member {
+        let counted = Arc::downgrade(&server);
+        member.node.gossip_sessions(Duration::from_secs(2), move || {
+            counted.upgrade().map_or(0, |server| server.sessions.online() as u64)
+        });
+    }
     let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
     Ok(NodeHandle { client_addr, server, store, serving, member })
 }
@@ -242,23 +261,36 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     node.shutdown().await
 }
 
-/// Finishes the relation changes a crash cut short (friends, groups) in every slot this node
-/// owns: at start, then in each slot as it arrives (a change cut short on its old owner came
-/// along with its data).
-async fn repair_owned(server: Arc<Server>) {
+/// Follows the slots this node owns: for each slot that arrives, finishes the relation
+/// changes a crash cut short there (friends, groups; a change cut short on the old owner came
+/// along with the data) and fills the directory with the sessions of its users; for each slot
+/// that leaves, drops its directory and the relation cache (it is valid only on the owner).
+async fn follow_slots(server: Arc<Server>) {
     let ownership = server.data.ownership().clone();
     let mut changes = ownership.version();
-    let mut done = std::collections::HashSet::new();
+    let mut held = std::collections::HashSet::new();
+    let mut first = true;
     loop {
+        let owned: std::collections::HashSet<tim_kv::Slot> = ownership.owned().into_iter().map(|(s, _)| s).collect();
+        let arrived: Vec<_> = owned.difference(&held).copied().collect();
+        let left: Vec<_> = held.difference(&owned).copied().collect();
+        if !left.is_empty() {
+            for slot in &left {
+                server.directory.forget(*slot);
+            }
+            server.rosters.forget_cache();
+        }
+        // At start the directory is empty everywhere: nobody is connected yet.
+        if !arrived.is_empty() && !first {
+            server.rosters.forget_cache();
+            server.restore_directory(&arrived).await;
+        }
         let mut repaired = 0;
-        for (slot, _) in ownership.owned() {
+        for slot in &arrived {
             if server.shutdown.is_cancelled() {
                 return;
             }
-            if !done.insert(slot) {
-                continue;
-            }
-            for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
+            for result in [server.rosters.repair(*slot).await, server.groups.repair(*slot).await] {
                 match result {
                     Ok(n) => repaired += n,
                     Err(e) => warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair failed"),
@@ -268,6 +300,8 @@ async fn repair_owned(server: Arc<Server>) {
         if repaired > 0 {
             info!(repaired, "finished relation changes cut short");
         }
+        held = owned;
+        first = false;
         tokio::select! {
             _ = server.shutdown.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },

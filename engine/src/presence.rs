@@ -1,6 +1,6 @@
 //! Presence (frames 91 and 19): ephemeral, delivered to online sessions only, never stored
 //! (tim-server.md §2.3.5), and the `offline=true` presence sent to a user's friends when the
-//! user's last session on this node ends.
+//! user's last session in the cluster ends.
 
 use std::sync::Arc;
 
@@ -12,12 +12,12 @@ use tracing::warn;
 
 use crate::error::EngineError;
 use crate::ident::UserId;
-use crate::push::frames_to;
+use crate::push::push_frames;
 use crate::server::Server;
 
 /// Sends `presence` (as frame 91) to every online session of `users`.
-fn fan_out(server: &Server, users: &[UserId], presence: &TimPresence) {
-    frames_to(users.iter().flat_map(|user| server.sessions.of(*user)), FrameType::Presence, presence);
+async fn fan_out(server: &Arc<Server>, users: &[UserId], presence: &TimPresence) {
+    push_frames(server, users, FrameType::Presence, presence, None).await;
 }
 
 /// The targets named by `toTid` and `toList`.
@@ -41,7 +41,7 @@ fn stamp(from: &Tid, mut presence: TimPresence) -> TimPresence {
 }
 
 /// Frame 91: to `toTid` and/or `toList`, which must all be existing accounts (else 4106).
-pub async fn send(server: &Server, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
+pub async fn send(server: &Arc<Server>, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
     let names = named_targets(&presence);
     if names.is_empty() {
         return Err(ErrorCode::AccountIncorrect.into());
@@ -54,20 +54,20 @@ pub async fn send(server: &Server, from: &Tid, presence: TimPresence) -> Result<
         }
         targets.push(user);
     }
-    fan_out(server, &targets, &stamp(from, presence));
+    fan_out(server, &targets, &stamp(from, presence)).await;
     Ok(())
 }
 
 /// Frame 19: to `toTid`/`toList` when given (unchecked, as TIM), else to all my friends.
-pub async fn broadcast(server: &Server, me: UserId, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
+pub async fn broadcast(server: &Arc<Server>, me: UserId, from: &Tid, presence: TimPresence) -> Result<(), EngineError> {
     let named: Vec<UserId> = named_targets(&presence).into_iter().filter_map(UserId::parse).collect();
     let targets =
         if presence.to_tid.is_none() && presence.to_list.is_none() { server.rosters.friends(me).await? } else { named };
-    fan_out(server, &targets, &stamp(from, presence));
+    fan_out(server, &targets, &stamp(from, presence)).await;
     Ok(())
 }
 
-/// Tells `user`'s friends that the user went offline (their last session here ended).
+/// Tells `user`'s friends that the user went offline (their last session anywhere ended).
 pub fn spawn_offline(server: &Arc<Server>, user: UserId) {
     let server_for_task = server.clone();
     server.tasks.spawn(async move {
@@ -79,7 +79,7 @@ pub fn spawn_offline(server: &Arc<Server>, user: UserId) {
                     from_tid: Some(Tid { node: user.node(), ..Tid::default() }),
                     ..TimPresence::default()
                 };
-                fan_out(&server_for_task, &friends, &presence);
+                fan_out(&server_for_task, &friends, &presence).await;
             }
             Err(e) => warn!(error = %ErrorChain(&e), "offline presence not sent"),
         }

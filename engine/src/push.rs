@@ -1,24 +1,37 @@
-//! Pushing messages to users: every session of the user gets the frame with an ack request;
-//! when none acks (or the user has none), the message waits in the user's offline queue, once.
+//! Pushing to users wherever their sessions are. The sessions are looked up in the directory
+//! of each user's slot owner ([`locate`]), then each node that holds some gets one ordered call
+//! with everything for it, in order ([`crate::calls::NodeCall`]); this node's sessions get
+//! theirs directly. Messages ask for acks: when none of a user's sessions acks (or the user
+//! has none), the message waits in the user's offline queue, once. Frames without ack
+//! (presence, echoes to other devices, streams, big data) are best effort.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tim_kv::RowId;
-use tim_net::codec::TimStruct;
+use serde::{Deserialize, Serialize};
+use tim_kv::{RowId, Slot};
+use tim_net::codec::{body_bytes, decode_body, TimStruct};
 use tim_net::frame::encode_server;
 use tim_net::proto::TimMessage;
 use tim_net::report::ErrorChain;
 use tim_net::{Encoding, FrameType};
-use tracing::warn;
+use tim_shard::NodeId;
+use tracing::{debug, warn};
 
+use crate::calls::{at_slot, NodeCall, SlotCall};
 use crate::delivery::{start, start_with, Body, Payload};
+use crate::directory::Lease;
+use crate::error::EngineError;
 use crate::ident::UserId;
+use crate::partition;
 use crate::server::Server;
-use crate::sessions::{Outbound, SessionHandle};
+use crate::sessions::Outbound;
 
 /// Where an undelivered message ends up.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Fallback {
     /// Stored in the offline queue if no session acks.
     Store,
@@ -27,38 +40,117 @@ pub enum Fallback {
     Queued(RowId),
 }
 
-/// Hands the message to the user's sessions now (so pushes to one user keep their order). A
-/// message that must be stored when nobody acks is watched by a tracked background task, so
-/// the caller does not wait for acks; a queued one needs no watching (an ack removes it).
-pub fn spawn_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallback: Fallback) {
-    let sessions = server.sessions.of(user);
-    match fallback {
-        Fallback::Queued(entry) => {
-            start(&sessions, FrameType::Message, Payload::Message(Box::new(msg)), vec![entry]);
-        }
-        Fallback::Store => spawn_to_users(server, vec![(user, sessions)], msg),
-    }
+/// A message for one user's sessions on one node, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Shipped {
+    pub user: UserId,
+    pub conns: Vec<u64>,
+    /// The message, thrift-compact encoded.
+    pub msg: Bytes,
+    pub fallback: Fallback,
 }
 
-/// Pushes one message, encoded once, to the sessions of many users (a group's members) with
-/// ack requests, in one pass; one tracked task waits for the outcomes and queues the message
-/// offline for each user none of whose sessions acked (a user without sessions at once).
-pub fn spawn_to_users(server: &Arc<Server>, users: Vec<(UserId, Vec<SessionHandle>)>, msg: TimMessage) {
-    let body = Body::new(Payload::Message(Box::new(msg.clone())));
-    let outcomes: FuturesUnordered<_> = users
-        .into_iter()
-        .map(|(user, sessions)| {
-            let outcome = start_with(&sessions, FrameType::Message, body.clone(), Vec::new());
-            async move { (user, outcome.acked().await) }
-        })
-        .collect();
+/// Frames without ack for some sessions on one node, encoded once per encoding.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frames {
+    pub targets: Vec<(UserId, Vec<u64>)>,
+    pub compact: Bytes,
+    pub json: Bytes,
+}
+
+/// Where `users`' sessions are: one lookup per slot owner, all at once.
+pub async fn locate(server: &Server, users: &[UserId]) -> Result<HashMap<UserId, Vec<Lease>>, EngineError> {
+    let mut by_slot: HashMap<Slot, Vec<UserId>> = HashMap::new();
+    for user in users {
+        let list = by_slot.entry(partition::user(*user)).or_default();
+        if !list.contains(user) {
+            list.push(*user);
+        }
+    }
+    let lookups = by_slot.into_iter().map(|(slot, users)| async move {
+        let here = async { Ok(server.locate_here(users.clone())) };
+        let leases = at_slot(&server.data, slot, here, SlotCall::Locate { users: users.clone() }).await?;
+        Ok::<_, EngineError>(users.into_iter().zip(leases))
+    });
+    let mut out = HashMap::new();
+    for found in join_all(lookups).await {
+        out.extend(found?);
+    }
+    Ok(out)
+}
+
+/// Pushes messages with ack requests, in order: to each user's sessions everywhere (but the
+/// session `except` names, which writes its copy itself), falling back as each says.
+pub async fn push_messages(server: &Arc<Server>, items: Vec<(UserId, TimMessage, Fallback)>) {
+    let users: Vec<UserId> = items.iter().map(|(u, _, _)| *u).collect();
+    let located = match locate(server, &users).await {
+        Ok(located) => located,
+        Err(e) => {
+            // Nobody known: the messages that are not queued yet are stored.
+            warn!(error = %ErrorChain(&e), "sessions not found; messages go to the offline queue");
+            HashMap::new()
+        }
+    };
+    let me = server.data.node();
+    let mut here = Vec::new();
+    let mut by_node: HashMap<NodeId, Vec<Shipped>> = HashMap::new();
+    let mut absent = Vec::new();
+    for (user, msg, fallback) in items {
+        let leases = located.get(&user).map(Vec::as_slice).unwrap_or_default();
+        if leases.is_empty() {
+            if let Fallback::Store = fallback {
+                absent.push((user, msg));
+            }
+            continue;
+        }
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for lease in leases {
+            if !nodes.contains(&lease.node) {
+                nodes.push(lease.node);
+            }
+        }
+        for node in nodes {
+            let conns: Vec<u64> = leases.iter().filter(|l| l.node == node).map(|l| l.conn).collect();
+            if node == me {
+                here.push((user, conns, msg.clone(), fallback));
+            } else {
+                let shipped = Shipped { user, conns, msg: body_bytes(&msg, Encoding::Compact), fallback };
+                by_node.entry(node).or_default().push(shipped);
+            }
+        }
+    }
+    deliver_here(server, here);
+    store_offline(server, absent);
+    let calls = by_node.into_iter().map(|(node, shipped)| async move {
+        let fallbacks: Vec<_> = shipped.iter().map(|s| (s.user, s.msg.clone(), s.fallback)).collect();
+        if let Err(e) = server.call_node(node, NodeCall::Deliver(shipped)).await {
+            // The link broke: what the node did not take is stored (a message it did take
+            // and whose answer was lost may then come twice; clients drop duplicates by mid).
+            debug!(%node, error = %ErrorChain(&e), "delivery to a node failed; storing offline");
+            let stored = fallbacks
+                .into_iter()
+                .filter(|(_, _, f)| matches!(f, Fallback::Store))
+                .filter_map(|(user, raw, _)| decode_body::<TimMessage>(raw, Encoding::Compact).ok().map(|m| (user, m)))
+                .collect();
+            store_offline(server, stored);
+        }
+    });
+    join_all(calls).await;
+}
+
+/// [`push_messages`] of one message.
+pub async fn push_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, fallback: Fallback) {
+    push_messages(server, vec![(user, msg, fallback)]).await;
+}
+
+/// Stores messages for users who got none of them, in the background.
+fn store_offline(server: &Arc<Server>, messages: Vec<(UserId, TimMessage)>) {
+    if messages.is_empty() {
+        return;
+    }
     let server_for_task = server.clone();
     server.tasks.spawn(async move {
-        let mut outcomes = outcomes;
-        while let Some((user, acked)) = outcomes.next().await {
-            if acked {
-                continue;
-            }
+        for (user, msg) in messages {
             if let Err(e) = server_for_task.offline.push(user, &msg).await {
                 warn!(error = %ErrorChain(&e), uid = %user.node(), "message lost: not delivered and not stored offline");
             }
@@ -66,21 +158,117 @@ pub fn spawn_to_users(server: &Arc<Server>, users: Vec<(UserId, Vec<SessionHandl
     });
 }
 
-/// Queues `body` as a frame of `kind`, without ack request, to each of `sessions`. Best
-/// effort: a full queue cuts that session off (online-only frames are not kept).
-pub fn frames_to<T: TimStruct>(sessions: impl IntoIterator<Item = SessionHandle>, kind: FrameType, body: &T) {
-    for (session, frame) in encoded_for(sessions, kind, body) {
-        let _ = session.push(Outbound::Frame(frame));
+/// Hands messages to this node's sessions now, in order; a message none of whose sessions
+/// acks is stored by a tracked background task, when it is not queued already.
+pub fn deliver_here(server: &Arc<Server>, items: Vec<(UserId, Vec<u64>, TimMessage, Fallback)>) {
+    let mut watched = Vec::new();
+    let mut absent = Vec::new();
+    for (user, conns, msg, fallback) in items {
+        let sessions = server.sessions.handles(user, &conns);
+        match fallback {
+            Fallback::Queued(entry) => {
+                start(&sessions, FrameType::Message, Payload::Message(Box::new(msg)), vec![entry]);
+            }
+            Fallback::Store if sessions.is_empty() => absent.push((user, msg)),
+            Fallback::Store => {
+                let body = Body::new(Payload::Message(Box::new(msg.clone())));
+                let outcome = start_with(&sessions, FrameType::Message, body, Vec::new());
+                watched.push(async move { (user, msg, outcome.acked().await) });
+            }
+        }
+    }
+    store_offline(server, absent);
+    if watched.is_empty() {
+        return;
+    }
+    let server_for_task = server.clone();
+    server.tasks.spawn(async move {
+        let mut outcomes: FuturesUnordered<_> = watched.into_iter().collect();
+        let mut unacked = Vec::new();
+        while let Some((user, msg, acked)) = outcomes.next().await {
+            if !acked {
+                unacked.push((user, msg));
+            }
+        }
+        store_offline(&server_for_task, unacked);
+    });
+}
+
+/// Sends `body` as a frame of `kind`, without ack request, to every session of `users` (but
+/// `except`, a connection of this node), encoded once per encoding. Best effort.
+pub async fn push_frames<T: TimStruct>(
+    server: &Arc<Server>,
+    users: &[UserId],
+    kind: FrameType,
+    body: &T,
+    except: Option<u64>,
+) {
+    let compact = encode_server(kind, Encoding::Compact, body);
+    let json = encode_server(kind, Encoding::Json, body);
+    push_encoded(server, users, compact, json, except).await;
+}
+
+/// [`push_frames`] of a frame already encoded in both encodings.
+pub async fn push_encoded(server: &Arc<Server>, users: &[UserId], compact: Bytes, json: Bytes, except: Option<u64>) {
+    match locate(server, users).await {
+        Ok(located) => push_located(server, &located, compact, json, except).await,
+        Err(e) => debug!(error = %ErrorChain(&e), "sessions not found for online-only frames"),
+    }
+}
+
+/// [`push_encoded`] to sessions located already.
+pub async fn push_located(
+    server: &Arc<Server>,
+    located: &HashMap<UserId, Vec<Lease>>,
+    compact: Bytes,
+    json: Bytes,
+    except: Option<u64>,
+) {
+    let me = server.data.node();
+    let mut by_node: HashMap<NodeId, Vec<(UserId, Vec<u64>)>> = HashMap::new();
+    for (user, leases) in located {
+        let user = *user;
+        for lease in leases {
+            if lease.node == me && Some(lease.conn) == except {
+                continue;
+            }
+            let targets = by_node.entry(lease.node).or_default();
+            match targets.iter_mut().find(|(u, _)| *u == user) {
+                Some((_, conns)) => conns.push(lease.conn),
+                None => targets.push((user, vec![lease.conn])),
+            }
+        }
+    }
+    let calls = by_node.into_iter().map(|(node, targets)| {
+        let frames = Frames { targets, compact: compact.clone(), json: json.clone() };
+        async move {
+            if node == me {
+                frames_here(server, frames);
+            } else if let Err(e) = server.call_node(node, NodeCall::Frames(frames)).await {
+                debug!(%node, error = %ErrorChain(&e), "online-only frames to a node failed");
+            }
+        }
+    });
+    join_all(calls).await;
+}
+
+/// Queues frames to this node's sessions. Best effort: a full queue cuts that session off.
+pub fn frames_here(server: &Server, frames: Frames) {
+    for (user, conns) in frames.targets {
+        for session in server.sessions.handles(user, &conns) {
+            let frame = if session.encoding() == Encoding::Json { frames.json.clone() } else { frames.compact.clone() };
+            let _ = session.push(Outbound::Frame(frame));
+        }
     }
 }
 
 /// Each of `sessions` with `body` as a frame of `kind` (no ack request) in its encoding,
 /// encoded once per encoding in use.
-pub fn encoded_for<'a, T: TimStruct, S: IntoIterator<Item = SessionHandle>>(
+pub fn encoded_for<'a, T: TimStruct, S: IntoIterator<Item = crate::sessions::SessionHandle>>(
     sessions: S,
     kind: FrameType,
     body: &'a T,
-) -> impl Iterator<Item = (SessionHandle, Bytes)> + 'a
+) -> impl Iterator<Item = (crate::sessions::SessionHandle, Bytes)> + 'a
 where
     S::IntoIter: 'a,
 {

@@ -24,6 +24,7 @@ use tim_net::proto::ErrorCode;
 use tim_shard::Cluster;
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::pairs::PairTable;
@@ -43,7 +44,7 @@ const PENDING: &[u8] = &[1];
 const REPAIR_BATCH: usize = 1000;
 
 /// What an ADDROSTER did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Added {
     /// A request now waits for the other side (push bnType 4).
     Requested,
@@ -297,6 +298,12 @@ impl Rosters {
     /// blocked me is 4110; asking a friend again 4117; asking myself 4105. Asking someone I
     /// blocked lifts my block.
     pub async fn add(&self, me: UserId, other: UserId) -> Result<Added, EngineError> {
+        let here = self.add_here(me, other);
+        at_slot(&self.data, Pair::of(me, other).slot(), here, SlotCall::Befriend { me, other }).await
+    }
+
+    /// [`Rosters::add`] on the owner of the pair's slot.
+    pub async fn add_here(&self, me: UserId, other: UserId) -> Result<Added, EngineError> {
         if me == other {
             return Err(ErrorCode::PermissionDenied.into());
         }
@@ -327,6 +334,12 @@ impl Rosters {
     /// if any, stays. `Ok(true)` when the other side is to be told (bnType 6); no relation at
     /// all is 4104.
     pub async fn remove(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        let here = self.remove_here(me, other);
+        at_slot(&self.data, Pair::of(me, other).slot(), here, SlotCall::Unfriend { me, other }).await
+    }
+
+    /// [`Rosters::remove`] on the owner of the pair's slot.
+    pub async fn remove_here(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
         let (_guard, pair, rel) = self.lock_pair(me, other).await?;
         if rel.row.is_none() {
             return Err(ErrorCode::ParamIncorrect.into());
@@ -339,6 +352,12 @@ impl Rosters {
     /// BLOCKROSTER: ends a friendship and blocks `other`. `Ok(true)` when the pair had no
     /// relation before (TIM tells the other side, bnType 7, only then).
     pub async fn block(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        let here = self.block_here(me, other);
+        at_slot(&self.data, Pair::of(me, other).slot(), here, SlotCall::Block { me, other }).await
+    }
+
+    /// [`Rosters::block`] on the owner of the pair's slot.
+    pub async fn block_here(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
         if me == other {
             return Err(ErrorCode::PermissionDenied.into());
         }
@@ -356,8 +375,21 @@ impl Rosters {
         }
     }
 
-    /// Whether the two are friends (both halves 1).
+    /// Drops the cached relations: they are valid on the owner of their pair's slot only, and
+    /// slots moved.
+    pub fn forget_cache(&self) {
+        self.cache.clear();
+    }
+
+    /// Whether the two are friends (both halves 1), from the relation cache of the owner of
+    /// the pair's slot (the only node that changes the pair).
     pub async fn are_friends(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
+        let here = self.are_friends_here(me, other);
+        at_slot(&self.data, Pair::of(me, other).slot(), here, SlotCall::AreFriends { me, other }).await
+    }
+
+    /// [`Rosters::are_friends`] on the owner of the pair's slot.
+    pub async fn are_friends_here(&self, me: UserId, other: UserId) -> Result<bool, EngineError> {
         let rel = self.relation(Pair::of(me, other)).await?;
         Ok(rel.mine == FRIEND && rel.theirs == FRIEND)
     }

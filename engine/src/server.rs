@@ -23,6 +23,8 @@ pub struct Server {
     pub data: Arc<tim_shard::Cluster>,
     pub accounts: Accounts,
     pub sessions: Sessions,
+    /// The sessions of the users whose slots this node owns, wherever they are connected.
+    pub directory: crate::directory::Directory,
     pub offline: OfflineQueue,
     pub rosters: Rosters,
     pub groups: Groups,

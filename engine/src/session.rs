@@ -34,7 +34,7 @@ use crate::inbound::{ConnInfo, Inflight};
 use crate::limits::Bucket;
 use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
-use crate::sessions::{Outbound, Refused, SessionHandle};
+use crate::sessions::{Outbound, SessionHandle};
 use crate::vrooms::Push;
 
 /// Why a session ended (logged once).
@@ -173,11 +173,19 @@ impl Session {
             }
         }
         if let Some(login) = &self.login {
-            // A session closed for a newer login was already replaced: no offline presence.
-            let last = self.server.sessions.remove(login.user, self.conn_id);
-            if last && !self.server.cfg.presence_offline_block {
-                crate::presence::spawn_offline(&self.server, login.user);
-            }
+            self.server.sessions.remove(login.user, self.conn_id);
+            // The directory says whether this was the user's last session anywhere; a session
+            // closed for a newer login was replaced already, and tells nobody.
+            let (server, user, conn) = (self.server.clone(), login.user, self.conn_id);
+            self.server.tasks.spawn(async move {
+                match server.leave(user, conn).await {
+                    Ok(true) if !server.cfg.presence_offline_block => crate::presence::spawn_offline(&server, user),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = e.answer("logout");
+                    }
+                }
+            });
         }
         // Best effort: a peer that stopped reading does not hold the task past the timeout.
         let _ = tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Close(None))).await;
@@ -588,14 +596,19 @@ impl Session {
         };
         let handle =
             SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
-        match self.server.sessions.admit(user, handle.clone()) {
-            Ok(()) => {}
-            Err(Refused::OverEntry) => return self.refuse(AUTH, frame.encoding, ErrorCode::OverEntry).await,
-            Err(Refused::NodeFull) => {
-                self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
-                return Err(Close::NodeFull);
-            }
+        if self.server.sessions.add(user, handle.clone()).is_err() {
+            self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
+            return Err(Close::NodeFull);
         }
+        // The device limits hold across the cluster: the directory of the user's slot decides.
+        let replaced = match self.server.admit(user, self.conn_id, auth.termtyp).await {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                self.server.sessions.remove(user, self.conn_id);
+                return self.refuse(AUTH, frame.encoding, e.answer("login")).await;
+            }
+        };
+        self.server.kick(user, replaced).await;
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
         info!(termtyp = ?auth.termtyp, "logged in");

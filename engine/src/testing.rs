@@ -12,5 +12,5 @@ pub async fn standalone(dir: &std::path::Path) -> Arc<Cluster> {
     ownership.bootstrap().await.unwrap();
     let node = NodeId(1);
     let placement = Placement::new([Member { id: node, weight: 1 }], 1);
-    Arc::new(Cluster::new(node, store, ownership, placement, None, Timeouts::default()))
+    Arc::new(Cluster::new(node, 1, store, ownership, placement, None, Timeouts::default()))
 }

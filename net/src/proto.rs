@@ -191,7 +191,7 @@ impl TimAck {
 }
 
 /// TIM's error codes with their exact info strings (tim-protocol.md §4.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(i32)]
 pub enum ErrorCode {
     HasExist = 4101,

@@ -95,11 +95,16 @@ impl RpcConfig {
 /// error text.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, from: u64, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+
+    /// Answers an ordered call ([`RpcClient::call_in_order`]) at once, in the order the link
+    /// brought it: it must not wait for anything.
+    fn handle_in_order(&self, from: u64, body: Bytes) -> Result<Bytes, String>;
 }
 
 const REQUEST: u8 = 1;
 const REPLY_OK: u8 = 2;
 const REPLY_ERR: u8 = 3;
+const REQUEST_IN_ORDER: u8 = 4;
 /// Kind and call id in front of every body.
 const HEADER: usize = 9;
 /// How long a peer whose connection just failed is not dialed again.
@@ -153,9 +158,33 @@ impl RpcClient {
         Self { cfg, peers: tokio::sync::Mutex::new(HashMap::new()), shutdown, tasks }
     }
 
-    /// Calls the node at `addr` (which must be `node`, when given) with `body`.
+    /// Calls the node at `addr` (which must be `node`, when given) with `body`. Calls made
+    /// together are answered concurrently, in no set order.
     pub async fn call(
         &self,
+        addr: SocketAddr,
+        node: Option<u64>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        self.send(REQUEST, addr, node, body, timeout).await
+    }
+
+    /// Like [`RpcClient::call`], but the peer handles the calls of one link one after the
+    /// other, in the order they were sent (deliveries to sessions keep their order).
+    pub async fn call_in_order(
+        &self,
+        addr: SocketAddr,
+        node: Option<u64>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        self.send(REQUEST_IN_ORDER, addr, node, body, timeout).await
+    }
+
+    async fn send(
+        &self,
+        kind: u8,
         addr: SocketAddr,
         node: Option<u64>,
         body: Bytes,
@@ -169,7 +198,7 @@ impl RpcClient {
         let (reply_tx, reply_rx) = oneshot::channel();
         lock(&link.waiters).insert(id, reply_tx);
         let result = tokio::time::timeout(timeout, async {
-            link.out_tx.send(frame(REQUEST, id, &body)).await.map_err(|_| RpcError::Broken)?;
+            link.out_tx.send(frame(kind, id, &body)).await.map_err(|_| RpcError::Broken)?;
             reply_rx.await.map_err(|_| RpcError::Broken)?
         })
         .await;
@@ -398,18 +427,22 @@ async fn serve_link(
     };
     let reader = async {
         while let Some(Ok(raw)) = stream.next().await {
-            let Some((REQUEST, id, body)) = parse(raw) else { return };
+            let (id, body) = match parse(raw) {
+                Some((REQUEST, id, body)) => (id, body),
+                Some((REQUEST_IN_ORDER, id, body)) => {
+                    let reply = reply_frame(id, handler.handle_in_order(node, body), cfg.max_frame);
+                    if reply_tx.send(reply).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ => return,
+            };
             // At most `max_inflight` calls at once: past it the connection is not read.
             let Ok(permit): Result<OwnedSemaphorePermit, _> = inflight.clone().acquire_owned().await else { return };
             let (handler, reply_tx, max_frame) = (handler.clone(), reply_tx.clone(), cfg.max_frame);
             calls.spawn(async move {
-                let reply = match handler.handle(node, body).await {
-                    Ok(body) if body.len() + HEADER <= max_frame => frame(REPLY_OK, id, &body),
-                    Ok(body) => {
-                        frame(REPLY_ERR, id, format!("reply of {} bytes over the frame limit", body.len()).as_bytes())
-                    }
-                    Err(text) => frame(REPLY_ERR, id, text.as_bytes()),
-                };
+                let reply = reply_frame(id, handler.handle(node, body).await, max_frame);
                 let _ = reply_tx.send(reply).await;
                 drop(permit);
             });
@@ -419,6 +452,15 @@ async fn serve_link(
         _ = writer => {}
         _ = reader => {}
         _ = stop.cancelled() => {}
+    }
+}
+
+/// The reply frame of call `id`; a reply over the frame limit becomes an error.
+fn reply_frame(id: u64, result: Result<Bytes, String>, max_frame: usize) -> Bytes {
+    match result {
+        Ok(body) if body.len() + HEADER <= max_frame => frame(REPLY_OK, id, &body),
+        Ok(body) => frame(REPLY_ERR, id, format!("reply of {} bytes over the frame limit", body.len()).as_bytes()),
+        Err(text) => frame(REPLY_ERR, id, text.as_bytes()),
     }
 }
 

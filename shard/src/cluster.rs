@@ -68,6 +68,16 @@ impl RouteError {
 pub trait EngineHandler: Send + Sync + 'static {
     fn at_slot(&self, slot: Slot, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
     fn at_node(&self, from: NodeId, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+    /// An operation at this node that must run in the order the caller sent it (deliveries
+    /// to sessions): at once, without waiting for anything.
+    fn at_node_now(&self, from: NodeId, body: Bytes) -> Result<Bytes, String>;
+}
+
+/// What this node knows of a member: the generation gossip shows, and whether it is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub generation: u64,
+    pub live: bool,
 }
 
 /// How long calls wait.
@@ -97,6 +107,10 @@ pub struct Cluster {
     routes: Mutex<HashMap<Slot, (NodeId, u64)>>,
     /// The link addresses of the other members.
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
+    /// Every member's generation and liveness, as gossip shows them.
+    seen: RwLock<HashMap<NodeId, Seen>>,
+    /// This node's generation.
+    generation: u64,
     rpc: Option<RpcClient>,
     engine: OnceLock<Arc<dyn EngineHandler>>,
     membership: OnceLock<Arc<Membership>>,
@@ -119,6 +133,7 @@ impl Cluster {
     /// A node's view of the cluster; `rpc` is `None` for a node that runs alone.
     pub fn new(
         node: NodeId,
+        generation: u64,
         store: Arc<dyn Store>,
         ownership: Arc<Ownership>,
         placement: Placement,
@@ -132,6 +147,8 @@ impl Cluster {
             placement: RwLock::new(Arc::new(placement)),
             routes: Mutex::new(HashMap::new()),
             peers: RwLock::new(HashMap::new()),
+            seen: RwLock::new(HashMap::new()),
+            generation,
             rpc,
             engine: OnceLock::new(),
             membership: OnceLock::new(),
@@ -168,6 +185,29 @@ impl Cluster {
     /// Sets the link addresses of the other members.
     pub fn set_peers(&self, peers: HashMap<NodeId, SocketAddr>) {
         *write(&self.peers) = peers;
+    }
+
+    /// Sets what gossip shows of the members.
+    pub fn set_seen(&self, seen: HashMap<NodeId, Seen>) {
+        *write(&self.seen) = seen;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether `node` runs `generation` and is live (this node always is): sessions it
+    /// reported in an earlier generation, or while it is down, are gone.
+    pub fn runs(&self, node: NodeId, generation: u64) -> bool {
+        if node == self.node {
+            return generation == self.generation;
+        }
+        read(&self.seen).get(&node).is_some_and(|s| s.live && s.generation == generation)
+    }
+
+    /// The other members that are live.
+    pub fn live_peers(&self) -> Vec<NodeId> {
+        read(&self.seen).iter().filter(|(n, s)| s.live && **n != self.node).map(|(n, _)| *n).collect()
     }
 
     pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
@@ -267,6 +307,31 @@ impl Cluster {
         }
     }
 
+    /// Runs an engine operation on `node` in the order of this node's other ordered calls
+    /// to it ([`EngineHandler::at_node_now`]).
+    pub async fn call_node_in_order(&self, node: NodeId, body: Bytes) -> Result<Bytes, RouteError> {
+        if node == self.node {
+            let Some(engine) = self.engine.get() else { return Err(failed(node, not_ready())) };
+            return engine.at_node_now(node, body).map_err(|reason| RouteError::Remote {
+                node,
+                reason,
+                duplicate: false,
+            });
+        }
+        let (Some(rpc), Some(addr)) = (&self.rpc, self.peer_addr(node)) else {
+            return Err(unknown_peer(node));
+        };
+        let request = wire::encode(&Request::AtNodeNow { body }).map_err(RouteError::Wire)?;
+        let raw = rpc
+            .call_in_order(addr, Some(node.0), request, self.timeouts.call)
+            .await
+            .map_err(|source| RouteError::Unreachable { node, source })?;
+        match wire::decode(&raw).map_err(RouteError::Wire)? {
+            Reply::Engine(body) => Ok(body),
+            other => Err(failed(node, other)),
+        }
+    }
+
     /// Sends part of a slot to its next owner; `Ok(false)` when it owned the slot already.
     pub async fn send_part(
         &self,
@@ -360,13 +425,7 @@ impl Cluster {
             return Err(RouteError::Unavailable { slot: 0, reason: "this node runs alone".into() });
         };
         let Some(addr) = self.peer_addr(node) else {
-            return Err(RouteError::Unreachable {
-                node,
-                source: RpcError::Connect {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    reason: "address unknown".into(),
-                },
-            });
+            return Err(unknown_peer(node));
         };
         let body = wire::encode(request).map_err(RouteError::Wire)?;
         let raw = rpc
@@ -409,6 +468,7 @@ impl Cluster {
                     Err(e) => Reply::Failed { reason: tim_net::report::ErrorChain(&e).to_string(), duplicate: false },
                 }
             }
+            Request::AtNodeNow { body } => now_reply(self, from, body),
             Request::Owned => Reply::Owned(self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect()),
             Request::Status => match self.membership.get() {
                 Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
@@ -435,6 +495,22 @@ impl Cluster {
     }
 }
 
+fn unknown_peer(node: NodeId) -> RouteError {
+    let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    RouteError::Unreachable { node, source: RpcError::Connect { addr, reason: "address unknown".into() } }
+}
+
+/// The reply of an engine operation at this node.
+fn now_reply(cluster: &Cluster, from: NodeId, body: Bytes) -> Reply {
+    match cluster.engine.get() {
+        Some(engine) => match engine.at_node_now(from, body) {
+            Ok(body) => Reply::Engine(body),
+            Err(reason) => Reply::Failed { reason, duplicate: false },
+        },
+        None => not_ready(),
+    }
+}
+
 fn not_ready() -> Reply {
     Reply::Failed { reason: "the engine is not ready".into(), duplicate: false }
 }
@@ -453,6 +529,13 @@ fn failed(node: NodeId, reply: Reply) -> RouteError {
 pub struct Calls(pub Arc<Cluster>);
 
 impl Handler for Calls {
+    fn handle_in_order(&self, from: u64, body: Bytes) -> Result<Bytes, String> {
+        let Request::AtNodeNow { body } = wire::decode(&body)? else {
+            return Err("only node operations come in order".into());
+        };
+        wire::encode(&now_reply(&self.0, NodeId(from), body))
+    }
+
     fn handle(&self, from: u64, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
         let cluster = self.0.clone();
         Box::pin(async move {

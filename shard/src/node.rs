@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::cluster::{Calls, Cluster, Timeouts};
+use crate::cluster::{Calls, Cluster, Seen, Timeouts};
 use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 use crate::ownership::{Ownership, OwnershipError, SlotState};
 use crate::placement::{Member, NodeId, Placement};
@@ -101,8 +101,15 @@ impl ClusterNode {
         let rpc_cfg = RpcConfig::new(cfg.cluster_id.clone(), cfg.node.0, cfg.rpc_key);
         let rpc = RpcClient::new(rpc_cfg.clone(), stop.clone(), tasks.clone());
         let placement = Placement::new(members.iter().copied(), 1);
-        let cluster =
-            Arc::new(Cluster::new(cfg.node, store.clone(), ownership.clone(), placement, Some(rpc), cfg.timeouts));
+        let cluster = Arc::new(Cluster::new(
+            cfg.node,
+            cfg.generation,
+            store.clone(),
+            ownership.clone(),
+            placement,
+            Some(rpc),
+            cfg.timeouts,
+        ));
         tasks.spawn(rpc::serve(
             cfg.rpc_listener,
             rpc_cfg,
@@ -161,9 +168,24 @@ impl ClusterNode {
         newest(self.membership.members().await)
     }
 
-    /// Sets a gossiped figure of this node (its sessions).
-    pub async fn set_sessions(&self, sessions: u64) {
-        self.membership.set(membership::KEY_SESSIONS, sessions.to_string()).await;
+    /// Gossips this node's session count whenever `count` changes it, every `every`, until
+    /// the node stops.
+    pub fn gossip_sessions(&self, every: Duration, count: impl Fn() -> u64 + Send + 'static) {
+        let (membership, stop) = (self.membership.clone(), self.stop.clone());
+        self.tasks.spawn(async move {
+            let mut told = 0;
+            loop {
+                let now = count();
+                if now != told {
+                    membership.set(membership::KEY_SESSIONS, now.to_string()).await;
+                    told = now;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
     }
 
     /// Says it is leaving, stops the loop, the links and gossip.
@@ -244,6 +266,8 @@ impl Driver {
                 warn!(error = %ErrorChain(&e), "member set not saved");
             }
             self.cluster.set_peers(others.iter().map(|m| (m.node, m.rpc)).collect());
+            let seen = members.iter().map(|m| (m.node, Seen { generation: m.generation, live: m.live }));
+            self.cluster.set_seen(seen.collect());
             let changed_owners = others.iter().any(|m| seen_owned.get(&m.node) != Some(&m.owned_version));
             if changed_owners {
                 seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();

@@ -9,7 +9,9 @@
 //! `Owned` in the same atomic write as the last part of the slot's data.
 //!
 //! A request that runs here may call requests of other slots, which never call further: the
-//! guards of one node are never waited for in a cycle.
+//! guards of one node are never waited for in a cycle. A request that reaches its own slot
+//! again (an engine operation reading its slot's rows) runs under the guard its task holds
+//! already: taking it twice would wait behind a queued hand-over that waits for the first.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +21,11 @@ use tokio::sync::{watch, RwLock};
 
 use crate::placement::NodeId;
 use crate::SLOTS;
+
+tokio::task_local! {
+    /// The slots whose guards the current task holds.
+    static HELD: Vec<Slot>;
+}
 
 /// A slot's ownership on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,10 +172,19 @@ impl Ownership {
     /// Runs `work` while `slot` is owned here, holding the slot's guard so no hand-over
     /// begins meanwhile; a slot not owned here is refused with what this node knows of it.
     pub async fn serve<T>(&self, slot: Slot, work: impl std::future::Future<Output = T>) -> Result<T, Refusal> {
+        let held = HELD.try_with(|h| h.clone()).unwrap_or_default();
+        if held.contains(&slot) {
+            // This task holds the guard: the slot is owned and stays so until it lets go.
+            return Ok(work.await);
+        }
         let guard = self.guard(slot).map_err(|_| Refusal::NotOwner { slot: slot.0, moved_to: None })?;
         let _held = guard.read().await;
         match self.state(slot) {
-            Some(SlotState::Owned { .. }) => Ok(work.await),
+            Some(SlotState::Owned { .. }) => {
+                let mut now_held = held;
+                now_held.push(slot);
+                Ok(HELD.scope(now_held, work).await)
+            }
             Some(SlotState::Fenced { .. }) => Err(Refusal::Moving { slot: slot.0 }),
             Some(SlotState::Given { to, epoch }) => {
                 Err(Refusal::NotOwner { slot: slot.0, moved_to: Some((to, epoch)) })

@@ -16,6 +16,8 @@ pub(crate) enum Request {
     AtSlot { slot: u16, body: Bytes },
     /// An engine operation for the receiving node itself (the sessions it holds).
     AtNode { body: Bytes },
+    /// The same, handled in the order the link brought it.
+    AtNodeNow { body: Bytes },
     /// A part of a slot handed to the receiver, which owns it at `epoch` after the last part.
     Import { slot: u16, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
     /// The slots the receiver owns, with their epochs.

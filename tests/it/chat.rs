@@ -9,7 +9,7 @@ use tim_net::{Encoding, FrameType, ServerFrame};
 use crate::node::{TestNode, WAIT};
 use crate::roster::{batch, business, pushed, request_offline, user};
 
-fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
+pub fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
     TimMessage {
         ms_type: 2,
         od_type,
@@ -28,7 +28,7 @@ pub async fn befriend(a: &mut Client, a_node: &str, b: &mut Client, b_node: &str
 }
 
 /// The echo of a sent message: a type-90 frame without ack request, carrying the `mid`.
-async fn echo(client: &mut Client) -> TimMessage {
+pub async fn echo(client: &mut Client) -> TimMessage {
     let frame = client.recv_within(WAIT).await.unwrap();
     assert_eq!((frame.kind, frame.ack_id), (FrameType::Message, None), "{frame:?}");
     let msg: TimMessage = frame.decode(client.encoding()).unwrap();
@@ -36,7 +36,7 @@ async fn echo(client: &mut Client) -> TimMessage {
     msg
 }
 
-async fn history(client: &mut Client, peer: &str, upto: i64, limit: i64) -> Vec<TimMessage> {
+pub async fn history(client: &mut Client, peer: &str, upto: i64, limit: i64) -> Vec<TimMessage> {
     let req = TimReq {
         rtype: Some(1),
         node: Some(peer.into()),

@@ -6,6 +6,7 @@
 mod auth;
 mod bench;
 mod chat;
+mod cluster;
 mod durability;
 mod frames;
 mod groups;

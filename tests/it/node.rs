@@ -16,7 +16,22 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TestNode {
     child: Child,
     pub dir: tempfile::TempDir,
+    /// The client listener.
     pub addr: SocketAddr,
+    /// The node link and gossip addresses and node id of a cluster member.
+    pub rpc: Option<SocketAddr>,
+    pub gossip: Option<SocketAddr>,
+    pub id: Option<String>,
+}
+
+/// The fields of the line `tim serve` prints when it is up: `tim ready listen=… rpc=… …`.
+fn ready_fields(line: &str) -> Option<Vec<(String, String)>> {
+    let rest = line.strip_prefix("tim ready ")?;
+    Some(
+        rest.split_whitespace()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect(),
+    )
 }
 
 impl TestNode {
@@ -27,10 +42,18 @@ impl TestNode {
 
     /// A node on an existing data dir (a restart).
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        Self::start_on([127, 0, 0, 1].into(), dir, args)
+    }
+
+    /// A node whose listeners bind `host` (port 0), on an existing data dir.
+    pub fn start_on(host: std::net::IpAddr, dir: tempfile::TempDir, args: &[&str]) -> TestNode {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("tim.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tim"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .arg("--listen")
+            .arg(SocketAddr::new(host, 0).to_string())
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(args)
             .env("TIM_LOG", "debug")
@@ -38,19 +61,27 @@ impl TestNode {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn tim");
-        let mut node = TestNode { child, dir, addr: ([127, 0, 0, 1], 0).into() };
+        let mut node = TestNode { child, dir, addr: SocketAddr::new(host, 0), rpc: None, gossip: None, id: None };
         let stdout = node.child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("tim ready listen=") {
-                    let _ = ready_tx.send(addr.parse::<SocketAddr>());
+                if let Some(fields) = ready_fields(&line) {
+                    let _ = ready_tx.send(fields);
                 }
             }
         });
-        match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Ok(addr)) => node.addr = addr,
-            other => panic!("tim did not get ready: {other:?}; log:\n{}", node.log()),
+        let Ok(fields) = ready_rx.recv_timeout(READY_TIMEOUT) else {
+            panic!("tim did not get ready; log:\n{}", node.log());
+        };
+        for (key, value) in fields {
+            match key.as_str() {
+                "listen" => node.addr = value.parse().expect("listen address"),
+                "rpc" => node.rpc = Some(value.parse().expect("rpc address")),
+                "gossip" => node.gossip = Some(value.parse().expect("gossip address")),
+                "node" => node.id = Some(value),
+                _ => {}
+            }
         }
         node
     }

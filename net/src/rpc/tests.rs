@@ -4,9 +4,19 @@ use super::*;
 
 struct Echo {
     calls: AtomicUsize,
+    /// The bodies of ordered calls, in the order they were handled.
+    ordered: Mutex<Vec<Bytes>>,
 }
 
 impl Handler for Echo {
+    fn handle_in_order(&self, from: u64, body: Bytes) -> Result<Bytes, String> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        lock(&self.ordered).push(body.clone());
+        let mut out = from.to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        Ok(Bytes::from(out))
+    }
+
     fn handle(&self, from: u64, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
@@ -32,7 +42,7 @@ struct Node {
 async fn server(cfg: RpcConfig) -> Node {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let echo = Arc::new(Echo { calls: AtomicUsize::new(0) });
+    let echo = Arc::new(Echo { calls: AtomicUsize::new(0), ordered: Mutex::default() });
     let stop = CancellationToken::new();
     tokio::spawn(serve(listener, cfg, echo.clone(), stop.clone(), TaskTracker::new()));
     Node { addr, echo, stop }
@@ -146,7 +156,7 @@ async fn a_broken_link_fails_its_calls_and_is_made_again() {
             Err(_) => tokio::task::yield_now().await,
         }
     };
-    let echo = Arc::new(Echo { calls: AtomicUsize::new(0) });
+    let echo = Arc::new(Echo { calls: AtomicUsize::new(0), ordered: Mutex::default() });
     tokio::spawn(serve(listener, cfg, echo, CancellationToken::new(), TaskTracker::new()));
     let reply = loop {
         match client.call(node.addr, None, Bytes::from_static(b"again"), WAIT).await {
@@ -166,4 +176,25 @@ async fn frames_over_the_limit_are_refused_before_sending() {
     let client = client(cfg);
     let err = client.call(node.addr, None, Bytes::from(vec![0; 2000]), WAIT).await.unwrap_err();
     assert!(matches!(err, RpcError::TooLarge(2000)) && err.not_sent());
+}
+
+#[tokio::test]
+async fn ordered_calls_are_answered_in_sending_order_before_later_ones() {
+    let node = server(RpcConfig::new("c", 2, [7; 32])).await;
+    let client = Arc::new(client(RpcConfig::new("c", 1, [7; 32])));
+    // A hanging call ahead of the ordered ones does not hold them up.
+    let hanging = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(node.addr, None, Bytes::from_static(b"hang"), WAIT).await })
+    };
+    // Sent together: the link carries them in this order and the peer handles them so.
+    let calls = (0u32..200).map(|i| client.call_in_order(node.addr, None, Bytes::from(i.to_be_bytes().to_vec()), WAIT));
+    let replies = futures_util::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(&reply.unwrap()[8..], &(i as u32).to_be_bytes());
+    }
+    let handled: Vec<u32> =
+        lock(&node.echo.ordered).iter().map(|b| u32::from_be_bytes(b[..4].try_into().unwrap())).collect();
+    assert_eq!(handled, (0u32..200).collect::<Vec<_>>());
+    hanging.abort();
 }

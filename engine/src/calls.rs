@@ -1,0 +1,217 @@
+//! Engine operations that run where their state lives: on the owner of a slot (the locks that
+//! serialize a pair's or a group's changes, the relation cache, a user's session directory),
+//! or on the node that holds some sessions. The caller runs the operation itself when this
+//! node owns the slot (under the slot's guard), else sends it, encoded with postcard, to the
+//! owner, whose [`Handler`] runs the same code.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tim_kv::Slot;
+use tim_net::proto::ErrorCode;
+use tim_net::report::ErrorChain;
+use tim_shard::{Cluster, EngineHandler, NodeId, RouteError};
+use tracing::warn;
+
+use crate::directory::Lease;
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::push::{Frames, Shipped};
+use crate::server::Server;
+
+/// An operation for the owner of a slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SlotCall {
+    AreFriends {
+        me: UserId,
+        other: UserId,
+    },
+    Befriend {
+        me: UserId,
+        other: UserId,
+    },
+    Unfriend {
+        me: UserId,
+        other: UserId,
+    },
+    Block {
+        me: UserId,
+        other: UserId,
+    },
+    /// A login: the sessions it replaces.
+    Admit {
+        user: UserId,
+        lease: Lease,
+    },
+    /// A session ended: whether it was the user's last.
+    Leave {
+        user: UserId,
+        node: NodeId,
+        conn: u64,
+    },
+    /// The sessions of users of the slot.
+    Locate {
+        users: Vec<UserId>,
+    },
+}
+
+/// An operation for a node's sessions, handled in the order the caller sent it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeCall {
+    Deliver(Vec<Shipped>),
+    Frames(Frames),
+    /// Close sessions another login replaced.
+    Kick {
+        user: UserId,
+        conns: Vec<u64>,
+    },
+}
+
+/// A question for a node.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeQuery {
+    /// The node's sessions of the users of these slots (a directory being rebuilt).
+    SessionsIn { slots: Vec<u16> },
+}
+
+/// How an operation failed on another node, as its caller learns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Failure {
+    /// A refusal with TIM's code, for the client.
+    Refused(ErrorCode),
+    /// The data was out of reach for a while.
+    Transient(String),
+    /// An internal fault (logged on that node with its causes).
+    Internal(String),
+}
+
+impl Failure {
+    fn from_error(e: &EngineError, op: &'static str) -> Self {
+        match e {
+            EngineError::Refused(code) => Self::Refused(*code),
+            EngineError::Route(route) if route.is_transient() => Self::Transient(ErrorChain(e).to_string()),
+            _ => {
+                warn!(error = %ErrorChain(e), op, "internal fault in an operation for another node");
+                Self::Internal(ErrorChain(e).to_string())
+            }
+        }
+    }
+
+    fn into_error(self, slot: Slot) -> EngineError {
+        match self {
+            Self::Refused(code) => EngineError::Refused(code),
+            Self::Transient(reason) => EngineError::Route(RouteError::Unavailable { slot: slot.0, reason }),
+            Self::Internal(reason) => EngineError::Peer(reason),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, EngineError> {
+    postcard::to_stdvec(value).map(Bytes::from).map_err(|_| EngineError::Internal("an operation did not encode"))
+}
+
+/// Runs `here` if this node owns `slot` (under its guard), else `call` on the owner.
+pub async fn at_slot<T: DeserializeOwned>(
+    data: &Cluster,
+    slot: Slot,
+    here: impl Future<Output = Result<T, EngineError>>,
+    call: SlotCall,
+) -> Result<T, EngineError> {
+    match data.ownership().serve(slot, here).await {
+        Ok(result) => result,
+        Err(_) => {
+            let raw = data.call(slot, encode(&call)?).await?;
+            let answer: Result<T, Failure> =
+                postcard::from_bytes(&raw).map_err(|_| EngineError::Internal("an answer did not decode"))?;
+            answer.map_err(|f| f.into_error(slot))
+        }
+    }
+}
+
+/// Answers other nodes' operations with this node's engine.
+pub struct Handler(pub Weak<Server>);
+
+type Answer = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+
+fn answer<T: Serialize>(result: Result<T, EngineError>, op: &'static str) -> Result<Bytes, String> {
+    let result = result.map_err(|e| Failure::from_error(&e, op));
+    encode(&result).map_err(|e| e.to_string())
+}
+
+impl EngineHandler for Handler {
+    fn at_slot(&self, _slot: Slot, body: Bytes) -> Answer {
+        let server = self.0.upgrade();
+        Box::pin(async move {
+            let server = server.ok_or("the node is stopping")?;
+            let call: SlotCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
+            match call {
+                SlotCall::AreFriends { me, other } => {
+                    answer(server.rosters.are_friends_here(me, other).await, "friends")
+                }
+                SlotCall::Befriend { me, other } => answer(server.rosters.add_here(me, other).await, "befriend"),
+                SlotCall::Unfriend { me, other } => answer(server.rosters.remove_here(me, other).await, "unfriend"),
+                SlotCall::Block { me, other } => answer(server.rosters.block_here(me, other).await, "block"),
+                SlotCall::Admit { user, lease } => answer(server.admit_here(user, lease), "admit"),
+                SlotCall::Leave { user, node, conn } => answer(Ok(server.leave_here(user, node, conn)), "leave"),
+                SlotCall::Locate { users } => answer(Ok(server.locate_here(users)), "locate"),
+            }
+        })
+    }
+
+    fn at_node(&self, _from: NodeId, body: Bytes) -> Answer {
+        let server = self.0.upgrade();
+        Box::pin(async move {
+            let server = server.ok_or("the node is stopping")?;
+            let query: NodeQuery = postcard::from_bytes(&body).map_err(|e| format!("undecodable question: {e}"))?;
+            match query {
+                NodeQuery::SessionsIn { slots } => answer(Ok(server.sessions_in(&slots)), "sessions"),
+            }
+        })
+    }
+
+    fn at_node_now(&self, _from: NodeId, body: Bytes) -> Result<Bytes, String> {
+        let server = self.0.upgrade().ok_or("the node is stopping")?;
+        let call: NodeCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
+        match call {
+            NodeCall::Deliver(shipped) => {
+                let items = shipped
+                    .into_iter()
+                    .filter_map(|s| {
+                        let msg = tim_net::codec::decode_body(s.msg, tim_net::Encoding::Compact).ok()?;
+                        Some((s.user, s.conns, msg, s.fallback))
+                    })
+                    .collect();
+                crate::push::deliver_here(&server, items);
+            }
+            NodeCall::Frames(frames) => crate::push::frames_here(&server, frames),
+            NodeCall::Kick { user, conns } => {
+                for session in server.sessions.handles(user, &conns) {
+                    session.close();
+                }
+            }
+        }
+        answer(Ok(()), "node call")
+    }
+}
+
+impl Server {
+    /// Runs a node operation on `node` (this one included), in order with the others sent to it.
+    pub async fn call_node(&self, node: NodeId, call: NodeCall) -> Result<(), EngineError> {
+        let raw = self.data.call_node_in_order(node, encode(&call)?).await?;
+        let answer: Result<(), Failure> =
+            postcard::from_bytes(&raw).map_err(|_| EngineError::Internal("an answer did not decode"))?;
+        answer.map_err(|f| f.into_error(Slot(0)))
+    }
+
+    /// Asks `node` a question (this one included); the answer decoded as `T`.
+    pub async fn ask_node<T: DeserializeOwned>(&self, node: NodeId, query: NodeQuery) -> Result<T, EngineError> {
+        let raw = self.data.call_node(node, encode(&query)?).await?;
+        let answer: Result<T, Failure> =
+            postcard::from_bytes(&raw).map_err(|_| EngineError::Internal("an answer did not decode"))?;
+        answer.map_err(|f| f.into_error(Slot(0)))
+    }
+}

@@ -1,0 +1,278 @@
+//! The session directory: where each user's sessions are, kept in memory by the owner of the
+//! user's slot, so TIM's multi-device limits (tim-server.md §2.3.2, minus its off-by-one) and
+//! "the user's last session ended" hold across the cluster.
+//!
+//! A session is a lease `(node, generation, connection)`: a node that restarts runs a new
+//! generation, and a node gossip shows down is out, so their leases no longer count and are
+//! dropped as they are met. When the slot moves, the new owner asks every node for the
+//! sessions of the slot's users ([`Directory::restore`]); until it has them, a push may find
+//! fewer sessions and falls back to the offline queue.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tim_kv::Slot;
+use tim_net::proto::ErrorCode;
+use tim_net::report::ErrorChain;
+use tim_shard::NodeId;
+
+use crate::calls::{at_slot, NodeQuery, SlotCall};
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::partition;
+
+/// One session, wherever it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub node: NodeId,
+    pub generation: u64,
+    pub conn: u64,
+    pub termtyp: Option<i8>,
+}
+
+/// TIM's device limits.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceLimits {
+    /// Sessions per account.
+    pub device_limit: usize,
+    /// Sessions per account and device type.
+    pub devicetype_limit: usize,
+    /// Since the account's previous login, after which a login over a limit closes the
+    /// oldest sessions in the way rather than being refused.
+    pub auth_min: Duration,
+}
+
+struct Entry {
+    /// Oldest first.
+    leases: Vec<Lease>,
+    last_login: Instant,
+}
+
+/// The directory of the users whose slots this node owns.
+pub struct Directory {
+    users: Mutex<HashMap<UserId, Entry>>,
+    limits: DeviceLimits,
+}
+
+/// A login over the account's limits, within `auth_min` of its previous login (4111).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverEntry;
+
+impl Directory {
+    pub fn new(limits: DeviceLimits) -> Self {
+        Self { users: Mutex::new(HashMap::new()), limits }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Entry>> {
+        self.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a logged-in session; the sessions it replaces (to be closed). `live` tells
+    /// which leases still count.
+    pub fn admit(&self, user: UserId, lease: Lease, live: impl Fn(&Lease) -> bool) -> Result<Vec<Lease>, OverEntry> {
+        let now = Instant::now();
+        let mut users = self.lock();
+        let entry = users.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
+        entry.leases.retain(|l| live(l));
+        let same_type = |l: &Lease| lease.termtyp.is_some() && l.termtyp == lease.termtyp;
+        let mut typed = entry.leases.iter().filter(|l| same_type(l)).count();
+        let over_type = lease.termtyp.is_some() && typed >= self.limits.devicetype_limit;
+        let over_device = entry.leases.len() >= self.limits.device_limit;
+        let mut kicked = Vec::new();
+        if over_type || over_device {
+            if !entry.leases.is_empty() && now.duration_since(entry.last_login) < self.limits.auth_min {
+                return Err(OverEntry);
+            }
+            while typed >= self.limits.devicetype_limit {
+                let Some(at) = entry.leases.iter().position(same_type) else { break };
+                kicked.push(entry.leases.remove(at));
+                typed -= 1;
+            }
+            while entry.leases.len() >= self.limits.device_limit && !entry.leases.is_empty() {
+                kicked.push(entry.leases.remove(0));
+            }
+        }
+        entry.leases.push(lease);
+        entry.last_login = now;
+        Ok(kicked)
+    }
+
+    /// Removes an ended session; `true` when the user has no session left anywhere (a
+    /// session that was replaced is gone already, and its end says nothing).
+    pub fn leave(&self, user: UserId, node: NodeId, conn: u64, live: impl Fn(&Lease) -> bool) -> bool {
+        let mut users = self.lock();
+        let Some(entry) = users.get_mut(&user) else { return false };
+        let had = entry.leases.iter().any(|l| l.node == node && l.conn == conn);
+        entry.leases.retain(|l| !(l.node == node && l.conn == conn) && live(l));
+        let last = entry.leases.is_empty();
+        if last {
+            users.remove(&user);
+        }
+        had && last
+    }
+
+    /// The user's sessions that still count, oldest first.
+    pub fn sessions(&self, user: UserId, live: impl Fn(&Lease) -> bool) -> Vec<Lease> {
+        let mut users = self.lock();
+        let Some(entry) = users.get_mut(&user) else { return Vec::new() };
+        entry.leases.retain(|l| live(l));
+        entry.leases.clone()
+    }
+
+    /// Drops the entries of a slot's users (the slot left this node).
+    pub fn forget(&self, slot: Slot) {
+        self.lock().retain(|user, _| partition::user(*user) != slot);
+    }
+
+    /// Adds sessions that nodes reported for a slot that just arrived here.
+    pub fn restore(&self, sessions: impl IntoIterator<Item = (UserId, Lease)>) {
+        let now = Instant::now();
+        let mut users = self.lock();
+        for (user, lease) in sessions {
+            let entry = users.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
+            if !entry.leases.contains(&lease) {
+                entry.leases.push(lease);
+            }
+        }
+    }
+}
+
+impl crate::server::Server {
+    fn live(&self) -> impl Fn(&Lease) -> bool + '_ {
+        |l: &Lease| self.data.runs(l.node, l.generation)
+    }
+
+    /// Admits a login into the directory (on the owner of the user's slot): the sessions it
+    /// replaces; 4111 over the device limits within `--auth-min-unix` of the previous login.
+    pub fn admit_here(&self, user: UserId, lease: Lease) -> Result<Vec<Lease>, EngineError> {
+        self.directory.admit(user, lease, self.live()).map_err(|OverEntry| ErrorCode::OverEntry.into())
+    }
+
+    /// Takes an ended session out of the directory; whether it was the user's last.
+    pub fn leave_here(&self, user: UserId, node: NodeId, conn: u64) -> bool {
+        self.directory.leave(user, node, conn, self.live())
+    }
+
+    /// The sessions of `users` (all of one slot owned here).
+    pub fn locate_here(&self, users: Vec<UserId>) -> Vec<Vec<Lease>> {
+        users.into_iter().map(|user| self.directory.sessions(user, self.live())).collect()
+    }
+
+    /// This node's sessions of the users of `slots`, as leases.
+    pub fn sessions_in(&self, slots: &[u16]) -> Vec<(UserId, Lease)> {
+        let (node, generation) = (self.data.node(), self.data.generation());
+        self.sessions
+            .all_of(|user| slots.contains(&partition::user(user).0))
+            .into_iter()
+            .map(|(user, conn, termtyp)| (user, Lease { node, generation, conn, termtyp }))
+            .collect()
+    }
+
+    /// Admits a login of this node's session `conn` (wherever the user's directory is).
+    pub async fn admit(&self, user: UserId, conn: u64, termtyp: Option<i8>) -> Result<Vec<Lease>, EngineError> {
+        let lease = Lease { node: self.data.node(), generation: self.data.generation(), conn, termtyp };
+        let here = async { self.admit_here(user, lease) };
+        at_slot(&self.data, partition::user(user), here, SlotCall::Admit { user, lease }).await
+    }
+
+    /// Takes this node's ended session out of the user's directory; whether it was the last.
+    pub async fn leave(&self, user: UserId, conn: u64) -> Result<bool, EngineError> {
+        let node = self.data.node();
+        let here = async { Ok(self.leave_here(user, node, conn)) };
+        at_slot(&self.data, partition::user(user), here, SlotCall::Leave { user, node, conn }).await
+    }
+
+    /// Closes sessions a login replaced, wherever they are.
+    pub async fn kick(&self, user: UserId, replaced: Vec<Lease>) {
+        let me = self.data.node();
+        let mut by_node: std::collections::HashMap<NodeId, Vec<u64>> = std::collections::HashMap::new();
+        for lease in replaced {
+            by_node.entry(lease.node).or_default().push(lease.conn);
+        }
+        for (node, conns) in by_node {
+            if node == me {
+                self.sessions.handles(user, &conns).iter().for_each(crate::sessions::SessionHandle::close);
+            } else if let Err(e) = self.call_node(node, crate::calls::NodeCall::Kick { user, conns }).await {
+                tracing::debug!(%node, error = %ErrorChain(&e), "replaced sessions not closed");
+            }
+        }
+    }
+
+    /// Fills the directory of slots that just arrived with the sessions every live node
+    /// holds of their users.
+    pub async fn restore_directory(&self, slots: &[Slot]) {
+        let slots: Vec<u16> = slots.iter().map(|s| s.0).collect();
+        let mut found = self.sessions_in(&slots);
+        for node in self.data.live_peers() {
+            match self.ask_node::<Vec<(UserId, Lease)>>(node, NodeQuery::SessionsIn { slots: slots.clone() }).await {
+                Ok(sessions) => found.extend(sessions),
+                Err(e) => tracing::debug!(%node, error = %ErrorChain(&e), "sessions of arrived slots not fetched"),
+            }
+        }
+        self.directory.restore(found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(device_limit: usize, devicetype_limit: usize, auth_min: Duration) -> DeviceLimits {
+        DeviceLimits { device_limit, devicetype_limit, auth_min }
+    }
+
+    fn lease(node: u64, conn: u64, termtyp: Option<i8>) -> Lease {
+        Lease { node: NodeId(node), generation: 1, conn, termtyp }
+    }
+
+    fn user() -> UserId {
+        UserId::parse("YpzSs1zsa8j").unwrap()
+    }
+
+    fn conns(d: &Directory) -> Vec<(u64, u64)> {
+        d.sessions(user(), |_| true).iter().map(|l| (l.node.0, l.conn)).collect()
+    }
+
+    #[test]
+    fn device_limit_is_exact_across_nodes_and_kicks_oldest_after_auth_min() {
+        let quick = Directory::new(limits(2, 5, Duration::from_secs(60)));
+        quick.admit(user(), lease(1, 1, None), |_| true).unwrap();
+        quick.admit(user(), lease(2, 1, None), |_| true).unwrap();
+        assert_eq!(quick.admit(user(), lease(3, 1, None), |_| true), Err(OverEntry), "limit 2 means 2, not 3");
+
+        let kicking = Directory::new(limits(2, 5, Duration::ZERO));
+        kicking.admit(user(), lease(1, 1, None), |_| true).unwrap();
+        kicking.admit(user(), lease(2, 7, None), |_| true).unwrap();
+        assert_eq!(kicking.admit(user(), lease(3, 1, None), |_| true), Ok(vec![lease(1, 1, None)]));
+        assert_eq!(conns(&kicking), [(2, 7), (3, 1)]);
+    }
+
+    #[test]
+    fn device_type_limit_kicks_the_same_type() {
+        let d = Directory::new(limits(5, 1, Duration::ZERO));
+        d.admit(user(), lease(1, 1, Some(1)), |_| true).unwrap();
+        d.admit(user(), lease(2, 2, Some(2)), |_| true).unwrap();
+        assert_eq!(d.admit(user(), lease(3, 3, Some(1)), |_| true), Ok(vec![lease(1, 1, Some(1))]));
+        assert!(!d.leave(user(), NodeId(2), 2, |_| true));
+        assert!(d.leave(user(), NodeId(3), 3, |_| true), "last session gone");
+        assert!(conns(&d).is_empty());
+    }
+
+    #[test]
+    fn sessions_of_a_node_that_is_gone_do_not_count() {
+        let d = Directory::new(limits(1, 1, Duration::from_secs(60)));
+        d.admit(user(), lease(1, 1, None), |_| true).unwrap();
+        // Node 1 restarted: its old session is no limit and no session.
+        let restarted = |l: &Lease| l.node != NodeId(1);
+        assert_eq!(d.admit(user(), lease(2, 5, None), restarted), Ok(vec![]));
+        assert_eq!(conns(&d), [(2, 5)]);
+        // The end of a replaced session says nothing about the user's presence.
+        assert!(!d.leave(user(), NodeId(1), 1, |_| true));
+        d.forget(partition::user(user()));
+        assert!(conns(&d).is_empty());
+        d.restore([(user(), lease(4, 9, None))]);
+        assert_eq!(conns(&d), [(4, 9)]);
+    }
+}
