@@ -12,6 +12,7 @@ use tim_net::proto::{ErrorCode, TimUserBean};
 use tim_shard::Cluster;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{Ids, UserId};
 use crate::partition;
@@ -172,6 +173,12 @@ impl Accounts {
     /// Merges the fields `changes` sets into my profile (the creation time stays the server's).
     /// Changes of one user's profile are serialized, so two devices cannot lose each other's.
     pub async fn modify_profile(&self, user: UserId, changes: TimUserBean) -> Result<(), EngineError> {
+        let call = SlotCall::ProfileModify { user, changes: body_bytes(&changes, Encoding::Compact) };
+        at_slot(&self.data, partition::user(user), self.modify_profile_here(user, changes), call).await
+    }
+
+    /// [`Accounts::modify_profile`] on the owner of the user's slot, where the lock is.
+    pub async fn modify_profile_here(&self, user: UserId, changes: TimUserBean) -> Result<(), EngineError> {
         let _guard = self.profile_lock.lock().await;
         let (id, _) = self.row_of(user).await?.ok_or(ErrorCode::AccountIncorrect)?;
         let old = self.profile(user).await?.unwrap_or_default();
@@ -204,12 +211,33 @@ impl Accounts {
             EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
             other => other,
         })?;
-        self.tokens.issue(&self.ids.name_key(name, domain), user).ok_or(EngineError::Refused(ErrorCode::HeavyLoad))
+        let name_key = self.ids.name_key(name, domain);
+        let token = Tokens::draw();
+        let here = async { Ok(self.hold_token_here(name_key, token.clone(), user)) };
+        let call = SlotCall::TokenHold { name_key, token: token.clone(), user };
+        if at_slot(&self.data, partition::token(&token), here, call).await? {
+            Ok(token)
+        } else {
+            Err(EngineError::Refused(ErrorCode::HeavyLoad))
+        }
+    }
+
+    /// Holds a token on the owner of its slot; `false` when the node holds its cap of them.
+    pub fn hold_token_here(&self, name_key: [u8; 32], token: String, user: UserId) -> bool {
+        self.tokens.hold(&name_key, &token, user)
+    }
+
+    /// A token's user, once, on the owner of the token's slot.
+    pub fn consume_token_here(&self, name_key: [u8; 32], token: String) -> Option<UserId> {
+        self.tokens.consume(&name_key, &token)
     }
 
     /// Consumes a token issued for this name and domain; 4115 if it is not one.
-    pub fn consume_token(&self, token: &str, name: &str, domain: &str) -> Result<UserId, EngineError> {
-        self.tokens.consume(&self.ids.name_key(name, domain), token).ok_or(EngineError::Refused(ErrorCode::Token))
+    pub async fn consume_token(&self, token: &str, name: &str, domain: &str) -> Result<UserId, EngineError> {
+        let name_key = self.ids.name_key(name, domain);
+        let here = async { Ok(self.consume_token_here(name_key, token.to_owned())) };
+        let call = SlotCall::TokenConsume { name_key, token: token.to_owned() };
+        at_slot(&self.data, partition::token(token), here, call).await?.ok_or(EngineError::Refused(ErrorCode::Token))
     }
 
     async fn hash(&self, pwd: &str) -> Result<String, EngineError> {

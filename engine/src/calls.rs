@@ -19,9 +19,10 @@ use tracing::warn;
 
 use crate::directory::Lease;
 use crate::error::EngineError;
-use crate::ident::UserId;
+use crate::ident::{GroupId, UserId};
 use crate::push::{Frames, Shipped};
 use crate::server::Server;
+use crate::vrooms::{RoomCall, RoomFrames};
 
 /// An operation for the owner of a slot.
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +58,72 @@ pub enum SlotCall {
     Locate {
         users: Vec<UserId>,
     },
+    GroupCreate {
+        id: GroupId,
+        founder: UserId,
+        topic: String,
+        gtype: i8,
+    },
+    GroupJoin {
+        me: UserId,
+        id: GroupId,
+    },
+    GroupPull {
+        me: UserId,
+        id: GroupId,
+        user: UserId,
+    },
+    GroupReject {
+        me: UserId,
+        id: GroupId,
+        user: UserId,
+    },
+    GroupKick {
+        me: UserId,
+        id: GroupId,
+        user: UserId,
+    },
+    GroupBlockMember {
+        me: UserId,
+        id: GroupId,
+        user: UserId,
+    },
+    GroupLeave {
+        me: UserId,
+        id: GroupId,
+    },
+    GroupBlockGroup {
+        me: UserId,
+        id: GroupId,
+    },
+    GroupCancel {
+        me: UserId,
+        id: GroupId,
+    },
+    /// The changes: a thrift-compact `TimRoomBean`.
+    GroupModify {
+        me: UserId,
+        id: GroupId,
+        changes: Bytes,
+    },
+    /// The changes: a thrift-compact `TimUserBean`.
+    ProfileModify {
+        user: UserId,
+        changes: Bytes,
+    },
+    TokenHold {
+        name_key: [u8; 32],
+        token: String,
+        user: UserId,
+    },
+    Room {
+        room: String,
+        call: RoomCall,
+    },
+    TokenConsume {
+        name_key: [u8; 32],
+        token: String,
+    },
 }
 
 /// An operation for a node's sessions, handled in the order the caller sent it.
@@ -69,6 +136,8 @@ pub enum NodeCall {
         user: UserId,
         conns: Vec<u64>,
     },
+    /// A virtual room's frames, best effort.
+    Offer(RoomFrames),
 }
 
 /// A question for a node.
@@ -132,6 +201,11 @@ pub async fn at_slot<T: DeserializeOwned>(
     }
 }
 
+/// A profile bean sent in its thrift-compact form.
+fn decode_bean<T: tim_net::codec::TimStruct>(raw: Bytes) -> Result<T, String> {
+    tim_net::codec::decode_body(raw, tim_net::Encoding::Compact).map_err(|e| format!("undecodable profile: {e}"))
+}
+
 /// Answers other nodes' operations with this node's engine.
 pub struct Handler(pub Weak<Server>);
 
@@ -158,6 +232,42 @@ impl EngineHandler for Handler {
                 SlotCall::Admit { user, lease } => answer(server.admit_here(user, lease), "admit"),
                 SlotCall::Leave { user, node, conn } => answer(Ok(server.leave_here(user, node, conn)), "leave"),
                 SlotCall::Locate { users } => answer(Ok(server.locate_here(users)), "locate"),
+                SlotCall::GroupCreate { id, founder, topic, gtype } => {
+                    answer(server.groups.create_here(id, founder, topic, gtype).await, "group create")
+                }
+                SlotCall::GroupJoin { me, id } => answer(server.groups.join_here(me, id).await, "group join"),
+                SlotCall::GroupPull { me, id, user } => {
+                    answer(server.groups.pull_here(me, id, user).await, "group pull")
+                }
+                SlotCall::GroupReject { me, id, user } => {
+                    answer(server.groups.reject_here(me, id, user).await, "group reject")
+                }
+                SlotCall::GroupKick { me, id, user } => {
+                    answer(server.groups.kick_here(me, id, user).await, "group kick")
+                }
+                SlotCall::GroupBlockMember { me, id, user } => {
+                    answer(server.groups.block_member_here(me, id, user).await, "group block member")
+                }
+                SlotCall::GroupLeave { me, id } => answer(server.groups.leave_here(me, id).await, "group leave"),
+                SlotCall::GroupBlockGroup { me, id } => {
+                    answer(server.groups.block_group_here(me, id).await, "group block")
+                }
+                SlotCall::GroupCancel { me, id } => answer(server.groups.cancel_here(me, id).await, "group cancel"),
+                SlotCall::GroupModify { me, id, changes } => {
+                    let changes = decode_bean(changes)?;
+                    answer(server.groups.modify_here(me, id, changes).await, "group modify")
+                }
+                SlotCall::Room { room, call } => answer(crate::vrooms::run_here(&server, room, call).await, "vroom"),
+                SlotCall::TokenHold { name_key, token, user } => {
+                    answer(Ok(server.accounts.hold_token_here(name_key, token, user)), "token")
+                }
+                SlotCall::TokenConsume { name_key, token } => {
+                    answer(Ok(server.accounts.consume_token_here(name_key, token)), "token")
+                }
+                SlotCall::ProfileModify { user, changes } => {
+                    let changes = decode_bean(changes)?;
+                    answer(server.accounts.modify_profile_here(user, changes).await, "profile modify")
+                }
             }
         })
     }
@@ -188,6 +298,7 @@ impl EngineHandler for Handler {
                 crate::push::deliver_here(&server, items);
             }
             NodeCall::Frames(frames) => crate::push::frames_here(&server, frames),
+            NodeCall::Offer(frames) => server.rooms.offer_here(&server, frames),
             NodeCall::Kick { user, conns } => {
                 for session in server.sessions.handles(user, &conns) {
                     session.close();

@@ -27,6 +27,7 @@ use tim_net::proto::{ErrorCode, TimRoomBean};
 use tim_shard::Cluster;
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, GroupId, UserId};
 use crate::pairs::PairTable;
@@ -87,6 +88,7 @@ impl Group {
 }
 
 /// What ADDROOM did.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Joined {
     /// An open group: now a member (bnType 10 to the user).
     Member,
@@ -154,8 +156,28 @@ impl Groups {
         &self.user_stripes[(u64::from_be_bytes(user.to_be_bytes()) % STRIPES as u64) as usize]
     }
 
-    /// NEWROOM: a group founded by `founder`, who is its first member.
+    /// NEWROOM: a group founded by `founder`, who is its first member. Its id is drawn here;
+    /// the group is made on the owner of its slot, which refuses an id already taken.
     pub async fn create(&self, founder: UserId, topic: String, gtype: i8) -> Result<GroupId, EngineError> {
+        loop {
+            let id = GroupId::random();
+            let here = self.create_here(id, founder, topic.clone(), gtype);
+            let call = SlotCall::GroupCreate { id, founder, topic: topic.clone(), gtype };
+            if at_slot(&self.data, partition::group(id), here, call).await? {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// [`Groups::create`] with a drawn id, on the owner of its slot: `false` when the id is
+    /// taken.
+    pub async fn create_here(
+        &self,
+        id: GroupId,
+        founder: UserId,
+        topic: String,
+        gtype: i8,
+    ) -> Result<bool, EngineError> {
         let gtype = if gtype == PRIVATE { PRIVATE } else { OPEN };
         let created = now_ns();
         let bean = TimRoomBean {
@@ -166,34 +188,30 @@ impl Groups {
             ..TimRoomBean::default()
         };
         let _founder = self.user_has_room(founder).await?;
-        loop {
-            // A fresh id needs no group lock: the unique index refuses a duplicate.
-            let id = GroupId::random();
-            if self.get(id).await?.is_some() {
-                continue;
-            }
-            let mut row = Row::new(timgroup::DEF.columns.len());
-            row.set(timgroup::GTYPE, Bytes::copy_from_slice(&gtype.to_be_bytes()))
-                .set(timgroup::UUID, Bytes::copy_from_slice(&id.to_be_bytes()))
-                .set(timgroup::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()))
-                .set(timgroup::STATUS, Bytes::copy_from_slice(&[ACTIVE]))
-                .set(timgroup::RBEAN, body_bytes(&bean, Encoding::Compact));
-            let mut batch = Batch::new(partition::group(id));
-            batch.insert(self.groups, row);
-            match self.data.write(batch).await {
-                // The group row first: a creation cut short leaves a group nobody knows the id
-                // of, never a member of a group that does not exist.
-                Ok(_) => {}
-                // Drawn by a concurrent creation between the check and the write.
-                Err(e) if e.is_duplicate() => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let _guard = self.stripe(id).lock().await;
-            let group = self.get(id).await?.ok_or(EngineError::Internal("a created group is not found"))?;
-            let key = directed_pair_id(id.party(), founder);
-            self.change(&group, id, founder, key, None, MEMBER).await?;
-            return Ok(id);
+        if self.get(id).await?.is_some() {
+            return Ok(false);
         }
+        let mut row = Row::new(timgroup::DEF.columns.len());
+        row.set(timgroup::GTYPE, Bytes::copy_from_slice(&gtype.to_be_bytes()))
+            .set(timgroup::UUID, Bytes::copy_from_slice(&id.to_be_bytes()))
+            .set(timgroup::CREATETIME, Bytes::copy_from_slice(&created.to_be_bytes()))
+            .set(timgroup::STATUS, Bytes::copy_from_slice(&[ACTIVE]))
+            .set(timgroup::RBEAN, body_bytes(&bean, Encoding::Compact));
+        let mut batch = Batch::new(partition::group(id));
+        batch.insert(self.groups, row);
+        match self.data.write(batch).await {
+            // The group row first: a creation cut short leaves a group nobody knows the id
+            // of, never a member of a group that does not exist.
+            Ok(_) => {}
+            // Drawn by a concurrent creation between the check and the write.
+            Err(e) if e.is_duplicate() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let _guard = self.stripe(id).lock().await;
+        let group = self.get(id).await?.ok_or(EngineError::Internal("a created group is not found"))?;
+        let key = directed_pair_id(id.party(), founder);
+        self.change(&group, id, founder, key, None, MEMBER).await?;
+        Ok(true)
     }
 
     /// A group by id.
@@ -397,6 +415,12 @@ impl Groups {
     /// ADDROOM: joins an open group, or asks to join a private one. Blocked by the group: 4110;
     /// already a member: 4101; already asked: 4117. Joining lifts my own block of the group.
     pub async fn join(&self, me: UserId, id: GroupId) -> Result<Joined, EngineError> {
+        let here = self.join_here(me, id);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupJoin { me, id }).await
+    }
+
+    /// [`Groups::join`] on the owner of the group's slot.
+    pub async fn join_here(&self, me: UserId, id: GroupId) -> Result<Joined, EngineError> {
         let l = self.lock(id, me).await?;
         if l.status & 0xF0 == GROUP_BLOCKED {
             return Err(ErrorCode::Blocked.into());
@@ -423,6 +447,12 @@ impl Groups {
     /// the group, or whom the group blocked and the caller is no admin: 4110; already a member:
     /// 4101. `Ok(true)` when it approved a request.
     pub async fn pull(&self, me: UserId, id: GroupId, user: UserId) -> Result<bool, EngineError> {
+        let here = self.pull_here(me, id, user);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupPull { me, id, user }).await
+    }
+
+    /// [`Groups::pull`] on the owner of the group's slot.
+    pub async fn pull_here(&self, me: UserId, id: GroupId, user: UserId) -> Result<bool, EngineError> {
         let l = self.lock(id, user).await?;
         let allowed = if l.group.private { l.group.is_admin(me) } else { self.is_member(id, me).await? };
         if !allowed {
@@ -445,6 +475,12 @@ impl Groups {
 
     /// NOPASSROOM: the founder or a manager turns a request down; no request: 4104.
     pub async fn reject(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
+        let here = self.reject_here(me, id, user);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupReject { me, id, user }).await
+    }
+
+    /// [`Groups::reject`] on the owner of the group's slot.
+    pub async fn reject_here(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
         let l = self.lock(id, user).await?;
         if !l.group.is_admin(me) {
             return Err(ErrorCode::PermissionDenied.into());
@@ -467,6 +503,12 @@ impl Groups {
 
     /// KICKROOM: removes a member (a kicked manager is no longer one); not a member: 4104.
     pub async fn kick(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
+        let here = self.kick_here(me, id, user);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupKick { me, id, user }).await
+    }
+
+    /// [`Groups::kick`] on the owner of the group's slot.
+    pub async fn kick_here(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
         let l = self.lock(id, user).await?;
         if !Self::may_remove(&l.group, me, user) {
             return Err(ErrorCode::PermissionDenied.into());
@@ -480,6 +522,12 @@ impl Groups {
     /// BLOCKROOMMEMBER: the group blocks `user` (removed if a member; may not join or be
     /// pulled in by a member until an admin pulls them).
     pub async fn block_member(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
+        let here = self.block_member_here(me, id, user);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupBlockMember { me, id, user }).await
+    }
+
+    /// [`Groups::block_member`] on the owner of the group's slot.
+    pub async fn block_member_here(&self, me: UserId, id: GroupId, user: UserId) -> Result<(), EngineError> {
         let l = self.lock(id, user).await?;
         if !Self::may_remove(&l.group, me, user) {
             return Err(ErrorCode::PermissionDenied.into());
@@ -490,6 +538,12 @@ impl Groups {
 
     /// LEAVEROOM: the founder cannot leave (4105); not a member: 4104.
     pub async fn leave(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
+        let here = self.leave_here(me, id);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupLeave { me, id }).await
+    }
+
+    /// [`Groups::leave`] on the owner of the group's slot.
+    pub async fn leave_here(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
         let l = self.lock(id, me).await?;
         if l.group.founder() == Some(me) {
             return Err(ErrorCode::PermissionDenied.into());
@@ -502,6 +556,12 @@ impl Groups {
 
     /// BLOCKROOM: I block the group (leaving it); the founder cannot (4105).
     pub async fn block_group(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
+        let here = self.block_group_here(me, id);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupBlockGroup { me, id }).await
+    }
+
+    /// [`Groups::block_group`] on the owner of the group's slot.
+    pub async fn block_group_here(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
         let l = self.lock(id, me).await?;
         if l.group.founder() == Some(me) {
             return Err(ErrorCode::PermissionDenied.into());
@@ -512,6 +572,12 @@ impl Groups {
 
     /// CANCELROOM: the founder dissolves the group once they are its only member (else 4105).
     pub async fn cancel(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
+        let here = self.cancel_here(me, id);
+        at_slot(&self.data, partition::group(id), here, SlotCall::GroupCancel { me, id }).await
+    }
+
+    /// [`Groups::cancel`] on the owner of the group's slot.
+    pub async fn cancel_here(&self, me: UserId, id: GroupId) -> Result<(), EngineError> {
         let l = self.lock(id, me).await?;
         if l.group.founder() != Some(me) || self.members.list(id.party()).await? != [me] {
             return Err(ErrorCode::PermissionDenied.into());
@@ -553,6 +619,12 @@ impl Groups {
     /// extra) for the founder or a manager; the managers list, members only (else 4104), for
     /// the founder only (4105).
     pub async fn modify(&self, me: UserId, id: GroupId, changes: TimRoomBean) -> Result<(), EngineError> {
+        let call = SlotCall::GroupModify { me, id, changes: body_bytes(&changes, Encoding::Compact) };
+        at_slot(&self.data, partition::group(id), self.modify_here(me, id, changes), call).await
+    }
+
+    /// [`Groups::modify`] on the owner of the group's slot.
+    pub async fn modify_here(&self, me: UserId, id: GroupId, changes: TimRoomBean) -> Result<(), EngineError> {
         let l = self.lock(id, me).await?;
         let group = &l.group;
         if !group.is_admin(me) || (changes.managers.is_some() && group.founder() != Some(me)) {

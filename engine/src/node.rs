@@ -172,7 +172,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         offline,
         rosters,
         groups,
-        rooms: Arc::new(Rooms::new(Duration::from_secs(cfg.vroom_idle))),
+        rooms: Rooms::new(Duration::from_secs(cfg.vroom_idle)),
         history,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -191,7 +191,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     server.tasks.spawn(follow_slots(server.clone()));
     // Idle rooms are looked for every tenth of the idle time (at least every second).
     let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
-    server.tasks.spawn(server.rooms.clone().sweep_every(sweep_every, server.shutdown.clone()));
+    server.tasks.spawn(crate::vrooms::sweep_every(Arc::downgrade(&server), sweep_every, server.shutdown.clone()));
     if let Some(member) = &member {
         let counted = Arc::downgrade(&server);
         member.node.gossip_sessions(Duration::from_secs(2), move || {
@@ -277,6 +277,7 @@ async fn follow_slots(server: Arc<Server>) {
         if !left.is_empty() {
             for slot in &left {
                 server.directory.forget(*slot);
+                server.rooms.forget(*slot);
             }
             server.rosters.forget_cache();
         }

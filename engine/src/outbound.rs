@@ -52,10 +52,6 @@ impl Outlet {
             e.into_inner()
         })
     }
-
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
 }
 
 impl Inlet {

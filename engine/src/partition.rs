@@ -11,6 +11,7 @@
 //! | a 1:1 conversation's history, and the pair's relation (`timrelate`) | the pair id | [`pair`] |
 //! | a group's history | the group's conversation id | [`conversation`] |
 //! | a group–user relation (`timgrouprelate`) | the group id, then the user id | [`group_relation`] |
+//! | a login token (in memory) | the token | [`token`] |
 //!
 //! A 1:1 conversation's history and its relation row share a slot: the friendship check and
 //! the append of a message happen on one node.
@@ -44,6 +45,11 @@ pub fn pair(pair: &[u8; 16]) -> Slot {
 /// The slot of a conversation's history (1:1: the pair id; group: its conversation id).
 pub fn conversation(chat: &[u8; 16]) -> Slot {
     tim_shard::slot_of(chat)
+}
+
+/// The slot of a login token, whose owner holds it until it is used.
+pub fn token(token: &str) -> Slot {
+    tim_shard::slot_of(token.as_bytes())
 }
 
 /// The slot of a group–user relation (by the directed pair id, group first).

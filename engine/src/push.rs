@@ -261,21 +261,3 @@ pub fn frames_here(server: &Server, frames: Frames) {
         }
     }
 }
-
-/// Each of `sessions` with `body` as a frame of `kind` (no ack request) in its encoding,
-/// encoded once per encoding in use.
-pub fn encoded_for<'a, T: TimStruct, S: IntoIterator<Item = crate::sessions::SessionHandle>>(
-    sessions: S,
-    kind: FrameType,
-    body: &'a T,
-) -> impl Iterator<Item = (crate::sessions::SessionHandle, Bytes)> + 'a
-where
-    S::IntoIter: 'a,
-{
-    let mut encoded: [Option<Bytes>; 2] = [None, None];
-    sessions.into_iter().filter_map(move |session| {
-        let cache = encoded.get_mut(usize::from(session.encoding() == Encoding::Json))?;
-        let frame = cache.get_or_insert_with(|| encode_server(kind, session.encoding(), body)).clone();
-        Some((session, frame))
-    })
-}

@@ -28,7 +28,7 @@ pub struct Server {
     pub offline: OfflineQueue,
     pub rosters: Rosters,
     pub groups: Groups,
-    pub rooms: Arc<Rooms>,
+    pub rooms: Rooms,
     pub history: History,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,

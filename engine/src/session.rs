@@ -35,7 +35,7 @@ use crate::limits::Bucket;
 use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
 use crate::sessions::{Outbound, SessionHandle};
-use crate::vrooms::Push;
+use crate::vrooms::{stream_push, Push};
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -106,6 +106,8 @@ struct Session {
     /// Created at the first frame that asks for an ack: an idle session does not carry a
     /// timer wheel (several KiB).
     ack_timers: Option<DelayQueue<u32>>,
+    /// The virtual rooms this session is subscribed to, ended when it closes.
+    rooms: Vec<String>,
 }
 
 pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
@@ -132,6 +134,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
         bucket,
         burst: Vec::new(),
         ack_timers: None,
+        rooms: Vec::new(),
     };
     session.serve().instrument(span).await;
 }
@@ -171,6 +174,10 @@ impl Session {
             Close::NodeFull => {
                 warn!(limit = self.server.cfg.connect_limit, "closing: login over the node's connect limit")
             }
+        }
+        if !self.rooms.is_empty() {
+            let (server, conn, rooms) = (self.server.clone(), self.conn_id, std::mem::take(&mut self.rooms));
+            self.server.tasks.spawn(async move { crate::vrooms::leave_all(&server, conn, rooms).await });
         }
         if let Some(login) = &self.login {
             self.server.sessions.remove(login.user, self.conn_id);
@@ -419,7 +426,18 @@ impl Session {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                let ack = self.server.rooms.handle(login.user, &login.handle, &req);
+                let (user, termtyp, room) = (login.user, login.tid.termtyp, req.node.clone().unwrap_or_default());
+                let rtype = req.rtype.unwrap_or(0);
+                if rtype == crate::vrooms::SUB && self.rooms.len() >= crate::vrooms::MAX_SUBSCRIPTIONS {
+                    return self.refuse(code, frame.encoding, ErrorCode::HeavyLoad).await;
+                }
+                let ack = crate::vrooms::handle(&self.server, user, self.conn_id, termtyp, &req).await;
+                // Subscriptions end with the session: remember them.
+                if ack.ok && rtype == crate::vrooms::SUB && !self.rooms.contains(&room) {
+                    self.rooms.push(room);
+                } else if ack.ok && matches!(rtype, crate::vrooms::UNSUB | crate::vrooms::REMOVE) {
+                    self.rooms.retain(|r| *r != room);
+                }
                 self.reply(FrameType::Ack, frame.encoding, &ack).await
             }
             (FrameType::Stream, true) => {
@@ -427,7 +445,7 @@ impl Session {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
                 let room = stream.vnode.clone();
-                match self.server.rooms.push(login.user, &room, Push::Stream(stream)) {
+                match crate::vrooms::push(&self.server, login.user, &room, stream_push(&stream)).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let ack = TimAck { n: Some(room), ..TimAck::error(code, e.answer("stream")) };
@@ -574,7 +592,7 @@ impl Session {
             FrameType::BigString | FrameType::BigBinary => {
                 crate::big_data::send(&self.server, login.user, &login.tid.node, big).await
             }
-            _ => self.server.rooms.push(login.user, &big.target, Push::Raw(big.data)),
+            _ => crate::vrooms::push(&self.server, login.user, &big.target, Push::Raw(big.data)).await,
         };
         match sent {
             Ok(()) => Ok(()),
@@ -671,7 +689,7 @@ async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineE
     let name = auth.name.as_deref().unwrap_or_default();
     let domain = auth.domain.as_deref().unwrap_or_default();
     match auth.token.as_deref() {
-        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain),
+        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
         _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
     }
 }

@@ -56,15 +56,6 @@ impl SessionHandle {
         self.outlet.try_send(out).is_ok()
     }
 
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.outlet.is_closed()
-    }
-
-    pub fn conn_id(&self) -> u64 {
-        self.conn_id
-    }
-
     pub fn push_delivery(&self, delivery: Arc<Delivery>) -> Result<(), Outbound> {
         self.push(Outbound::Delivery(delivery))
     }

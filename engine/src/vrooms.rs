@@ -4,6 +4,11 @@
 //! by their subscription. Delivery is best effort: a subscriber whose queue is full misses the
 //! frame (counted) and the room goes on. A room with no subscribers and no push for
 //! `--vroom-idle` seconds is removed.
+//!
+//! A room lives in the memory of the owner of its slot, wherever its subscribers are
+//! connected: each push is sent once to every node that holds subscribers, encoded once per
+//! form, in order. Rooms are not stored: when the slot moves to another node (the cluster
+//! grew or shrank), the room is gone, and SUB or a push answer 5101 as for any unknown room.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,46 +16,65 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tim_net::codec::Binary;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tim_net::codec::{body_bytes, Binary};
 use tim_net::frame::{encode_server, BigData};
 use tim_net::proto::{ErrorCode, TimAck, TimReq, TimStream};
+use tim_net::report::ErrorChain;
 use tim_net::{Encoding, FrameType};
-use tracing::info;
+use tim_shard::NodeId;
+use tracing::{debug, info};
 
+use crate::calls::{at_slot, NodeCall, SlotCall};
+use crate::directory::Lease;
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
-use crate::push::encoded_for;
-use crate::sessions::{Outbound, SessionHandle};
+use crate::partition;
+use crate::server::Server;
+use crate::sessions::Outbound;
 
 const NEW: i32 = 1;
-const REMOVE: i32 = 2;
+pub const REMOVE: i32 = 2;
 const ADDAUTH: i32 = 3;
 const DELAUTH: i32 = 4;
-const SUB: i32 = 5;
-const UNSUB: i32 = 6;
+pub const SUB: i32 = 5;
+pub const UNSUB: i32 = 6;
 /// `reqInt` of SUB asking for raw (97) deliveries.
 const RAW: i64 = 1;
-/// Most rooms a node holds, and one user founds; NEW past either gets 5104.
+/// Most rooms a node holds, and one user founds on one node; NEW past either gets 5104.
 const MAX_ROOMS: usize = 100_000;
 const MAX_ROOMS_PER_USER: usize = 100;
+/// Most rooms one session is subscribed to; SUB past it gets 5104.
+pub const MAX_SUBSCRIPTIONS: usize = 1000;
 
 const VROOM: u8 = FrameType::VRoom as u8;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+/// How a subscriber gets the pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
     Stream,
     Raw,
+}
+
+/// A subscribing session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    pub user: UserId,
+    pub lease: Lease,
+    pub mode: Mode,
 }
 
 struct Room {
     founder: UserId,
     granted: HashSet<UserId>,
-    /// By connection id.
-    subscribers: HashMap<u64, (SessionHandle, Mode)>,
+    /// By node and connection.
+    subscribers: HashMap<(NodeId, u64), Subscriber>,
     last_push: Instant,
     next_id: i64,
 }
 
+/// The rooms of the slots this node owns.
 pub struct Rooms {
     rooms: Mutex<HashMap<String, Room>>,
     idle: Duration,
@@ -58,12 +82,34 @@ pub struct Rooms {
     dropped: AtomicU64,
 }
 
-/// One push, as the subscribers get it.
+/// One push, as it travels to the room's node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Push {
-    /// A `TimStream` from a client (94): the server sets `id` and `fromNode`.
-    Stream(TimStream),
+    /// A `TimStream` from a client (94), thrift-compact: the server sets `id` and `fromNode`.
+    Stream(Bytes),
     /// Raw bytes (97).
     Raw(Bytes),
+}
+
+/// The frames of one push or notice for subscribers on one node, one per form in use.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomFrames {
+    pub targets: Vec<Subscriber>,
+    pub raw: Option<Bytes>,
+    pub compact: Option<Bytes>,
+    pub json: Option<Bytes>,
+}
+
+/// A room operation, run on the owner of the room's slot. Each answers whether it did
+/// something (Create: `false` when the id is taken).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RoomCall {
+    Create { founder: UserId },
+    Remove { me: UserId },
+    Authorize { me: UserId, user: UserId, grant: bool },
+    Subscribe(Subscriber),
+    Unsubscribe { node: NodeId, conn: u64 },
+    Push { from: UserId, push: Push },
 }
 
 impl Rooms {
@@ -75,71 +121,38 @@ impl Rooms {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A VROOM request of `me`, whose session is `session`; the reply.
-    pub fn handle(&self, me: UserId, session: &SessionHandle, req: &TimReq) -> TimAck {
-        let rtype = req.rtype.unwrap_or(0);
-        let node = req.node.clone();
-        let done = TimAck { t: Some(i64::from(rtype)), n: node.clone(), ..TimAck::ok(VROOM) };
-        let result = match (rtype, node.as_deref()) {
-            (NEW, _) => self.create(me).map(|room| TimAck { n: Some(room), ..done.clone() }),
-            (REMOVE, Some(room)) => self.remove(me, room).map(|()| done.clone()),
-            (ADDAUTH | DELAUTH, Some(room)) => {
-                let user = req.node2.as_deref().and_then(UserId::parse).ok_or(ErrorCode::AccountIncorrect);
-                user.map_err(EngineError::from)
-                    .and_then(|user| self.authorize(me, room, user, rtype == ADDAUTH))
-                    .map(|()| TimAck { n2: req.node2.clone(), ..done.clone() })
-            }
-            (SUB, Some(room)) => {
-                let mode = if req.req_int == Some(RAW) { Mode::Raw } else { Mode::Stream };
-                self.subscribe(room, session, mode).map(|()| done.clone())
-            }
-            (UNSUB, Some(room)) => {
-                self.unsubscribe(room, session);
-                Ok(done.clone())
-            }
-            _ => Err(ErrorCode::ParamIncorrect.into()),
-        };
-        result.unwrap_or_else(|e| TimAck { ok: false, error: TimAck::error(VROOM, e.answer("vroom")).error, ..done })
+    /// Drops the rooms of a slot that left this node.
+    pub fn forget(&self, slot: tim_kv::Slot) {
+        self.lock().retain(|node, _| slot_of_room(node) != Some(slot));
     }
 
-    fn create(&self, founder: UserId) -> Result<String, EngineError> {
+    fn create(&self, node: &str, founder: UserId) -> Result<bool, EngineError> {
         let mut rooms = self.lock();
         if rooms.len() >= MAX_ROOMS || rooms.values().filter(|r| r.founder == founder).count() >= MAX_ROOMS_PER_USER {
             return Err(ErrorCode::HeavyLoad.into());
         }
-        loop {
-            let node = GroupId::random().node();
-            if rooms.contains_key(&node) {
-                continue;
-            }
-            let room = Room {
-                founder,
-                granted: HashSet::new(),
-                subscribers: HashMap::new(),
-                last_push: Instant::now(),
-                next_id: 1,
-            };
-            rooms.insert(node.clone(), room);
-            return Ok(node);
+        if rooms.contains_key(node) {
+            return Ok(false);
         }
+        let room = Room {
+            founder,
+            granted: HashSet::new(),
+            subscribers: HashMap::new(),
+            last_push: Instant::now(),
+            next_id: 1,
+        };
+        rooms.insert(node.to_owned(), room);
+        Ok(true)
     }
 
-    /// REMOVE: by the founder only (4105); every subscriber is told with
-    /// `TimAck{ok, timType 22, t 2, n: room}`.
-    fn remove(&self, me: UserId, node: &str) -> Result<(), EngineError> {
+    /// REMOVE: by the founder only (4105); the subscribers, to be told.
+    fn remove(&self, me: UserId, node: &str) -> Result<Vec<Subscriber>, EngineError> {
         let mut rooms = self.lock();
         let room = rooms.get(node).ok_or(ErrorCode::Undefined)?;
         if room.founder != me {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        let Some(room) = rooms.remove(node) else { return Ok(()) };
-        drop(rooms);
-        let gone = TimAck { t: Some(i64::from(REMOVE)), n: Some(node.to_owned()), ..TimAck::ok(VROOM) };
-        let subscribers = room.subscribers.into_values().map(|(session, _)| session);
-        for (session, frame) in encoded_for(subscribers, FrameType::Ack, &gone) {
-            self.offer(&session, frame);
-        }
-        Ok(())
+        Ok(rooms.remove(node).map(|r| r.subscribers.into_values().collect()).unwrap_or_default())
     }
 
     /// ADDAUTH / DELAUTH: the founder grants or revokes `user`'s right to push (4105 for others).
@@ -158,85 +171,46 @@ impl Rooms {
     }
 
     /// SUB: unknown room 5101.
-    fn subscribe(&self, node: &str, session: &SessionHandle, mode: Mode) -> Result<(), EngineError> {
+    fn subscribe(&self, node: &str, subscriber: Subscriber) -> Result<(), EngineError> {
         let mut rooms = self.lock();
         let room = rooms.get_mut(node).ok_or(ErrorCode::Undefined)?;
-        room.subscribers.insert(session.conn_id(), (session.clone(), mode));
+        room.subscribers.insert((subscriber.lease.node, subscriber.lease.conn), subscriber);
         Ok(())
     }
 
-    fn unsubscribe(&self, node: &str, session: &SessionHandle) {
+    fn unsubscribe(&self, node: &str, at: NodeId, conn: u64) {
         if let Some(room) = self.lock().get_mut(node) {
-            room.subscribers.remove(&session.conn_id());
+            room.subscribers.remove(&(at, conn));
         }
     }
 
-    /// A push to room `node` by `from`: the founder or a granted user (else 4105; unknown room
-    /// 5101). Fanned out to the subscribers, encoded once per form.
-    pub fn push(&self, from: UserId, node: &str, push: Push) -> Result<(), EngineError> {
-        let (subscribers, id) = {
-            let mut rooms = self.lock();
-            let room = rooms.get_mut(node).ok_or(ErrorCode::Undefined)?;
-            if room.founder != from && !room.granted.contains(&from) {
-                return Err(ErrorCode::PermissionDenied.into());
-            }
-            room.last_push = Instant::now();
-            room.subscribers.retain(|_, (s, _)| !s.is_closed());
-            let id = room.next_id;
-            room.next_id += 1;
-            (room.subscribers.values().cloned().collect::<Vec<_>>(), id)
-        };
-        let (stream, body) = match push {
-            Push::Stream(stream) => {
-                let body = stream.body.as_ref().map(|b| b.0.clone()).unwrap_or_default();
-                (TimStream { id, vnode: node.to_owned(), from_node: from.node(), ..stream }, body)
-            }
-            Push::Raw(body) => {
-                let stream = TimStream {
-                    id,
-                    vnode: node.to_owned(),
-                    from_node: from.node(),
-                    dtype: None,
-                    body: Some(Binary(body.clone())),
-                };
-                (stream, body)
-            }
-        };
-        // Encoded lazily: raw, compact, JSON.
-        let mut frames: [Option<Bytes>; 3] = [None, None, None];
-        for (session, mode) in subscribers {
-            let slot = match (mode, session.encoding()) {
-                (Mode::Raw, _) => 0,
-                (Mode::Stream, Encoding::Compact) => 1,
-                (Mode::Stream, Encoding::Json) => 2,
-            };
-            let Some(cache) = frames.get_mut(slot) else { continue };
-            let frame = cache
-                .get_or_insert_with(|| match mode {
-                    Mode::Raw => BigData::encode_delivery(FrameType::BigBinaryStream, node, &body),
-                    Mode::Stream => encode_server(FrameType::Stream, session.encoding(), &stream),
-                })
-                .clone();
-            self.offer(&session, frame);
+    /// A push by `from`: the founder or a granted user (else 4105; unknown room 5101). Its
+    /// id and the subscribers that still count.
+    fn push(
+        &self,
+        from: UserId,
+        node: &str,
+        live: impl Fn(&Lease) -> bool,
+    ) -> Result<(i64, Vec<Subscriber>), EngineError> {
+        let mut rooms = self.lock();
+        let room = rooms.get_mut(node).ok_or(ErrorCode::Undefined)?;
+        if room.founder != from && !room.granted.contains(&from) {
+            return Err(ErrorCode::PermissionDenied.into());
         }
-        Ok(())
+        room.last_push = Instant::now();
+        room.subscribers.retain(|_, s| live(&s.lease));
+        let id = room.next_id;
+        room.next_id += 1;
+        Ok((id, room.subscribers.values().copied().collect()))
     }
 
-    /// Queues a frame without waiting and without cutting a slow session off: a full queue
-    /// loses this frame only.
-    fn offer(&self, session: &SessionHandle, frame: Bytes) {
-        if !session.offer(Outbound::Frame(frame)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Removes the rooms idle past `--vroom-idle` that have no subscribers (closed sessions do
-    /// not count); the number removed.
-    pub fn sweep(&self) -> usize {
+    /// Removes the rooms idle past `--vroom-idle` that have no subscribers (sessions of nodes
+    /// that are gone do not count); the number removed.
+    pub fn sweep(&self, live: impl Fn(&Lease) -> bool) -> usize {
         let mut rooms = self.lock();
         let before = rooms.len();
         rooms.retain(|_, room| {
-            room.subscribers.retain(|_, (s, _)| !s.is_closed());
+            room.subscribers.retain(|_, s| live(&s.lease));
             !room.subscribers.is_empty() || room.last_push.elapsed() < self.idle
         });
         let removed = before - rooms.len();
@@ -247,15 +221,185 @@ impl Rooms {
         removed
     }
 
-    /// Runs [`Rooms::sweep`] every `every` until `stop`.
-    pub async fn sweep_every(self: Arc<Self>, every: Duration, stop: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    self.sweep();
+    /// Queues frames to this node's subscribers without waiting and without cutting a slow
+    /// session off: a full queue loses this frame only (counted).
+    pub fn offer_here(&self, server: &Server, frames: RoomFrames) {
+        for target in frames.targets {
+            for session in server.sessions.handles(target.user, &[target.lease.conn]) {
+                let frame = match (target.mode, session.encoding()) {
+                    (Mode::Raw, _) => frames.raw.clone(),
+                    (Mode::Stream, Encoding::Compact) => frames.compact.clone(),
+                    (Mode::Stream, Encoding::Json) => frames.json.clone(),
+                };
+                if let Some(frame) = frame {
+                    if !session.offer(Outbound::Frame(frame)) {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// The slot of a room (its id is shaped as a group's).
+fn slot_of_room(node: &str) -> Option<tim_kv::Slot> {
+    GroupId::parse(node).map(partition::group)
+}
+
+/// A VROOM request of `me`, from this node's session `conn`; the reply.
+pub async fn handle(server: &Arc<Server>, me: UserId, conn: u64, termtyp: Option<i8>, req: &TimReq) -> TimAck {
+    let rtype = req.rtype.unwrap_or(0);
+    let node = req.node.clone();
+    let done = TimAck { t: Some(i64::from(rtype)), n: node.clone(), ..TimAck::ok(VROOM) };
+    let lease = Lease { node: server.data.node(), generation: server.data.generation(), conn, termtyp };
+    let result = match (rtype, node.as_deref()) {
+        (NEW, _) => create(server, me).await.map(|room| TimAck { n: Some(room), ..done.clone() }),
+        (REMOVE, Some(room)) => at_room(server, room, RoomCall::Remove { me }).await.map(|_| done.clone()),
+        (ADDAUTH | DELAUTH, Some(room)) => match req.node2.as_deref().and_then(UserId::parse) {
+            Some(user) => at_room(server, room, RoomCall::Authorize { me, user, grant: rtype == ADDAUTH })
+                .await
+                .map(|_| TimAck { n2: req.node2.clone(), ..done.clone() }),
+            None => Err(ErrorCode::AccountIncorrect.into()),
+        },
+        (SUB, Some(room)) => {
+            let mode = if req.req_int == Some(RAW) { Mode::Raw } else { Mode::Stream };
+            let subscriber = Subscriber { user: me, lease, mode };
+            at_room(server, room, RoomCall::Subscribe(subscriber)).await.map(|_| done.clone())
+        }
+        (UNSUB, Some(room)) => {
+            at_room(server, room, RoomCall::Unsubscribe { node: lease.node, conn }).await.map(|_| done.clone())
+        }
+        _ => Err(ErrorCode::ParamIncorrect.into()),
+    };
+    result.unwrap_or_else(|e| TimAck { ok: false, error: TimAck::error(VROOM, e.answer("vroom")).error, ..done })
+}
+
+/// NEW: a room with a fresh id, made on the owner of its slot.
+async fn create(server: &Arc<Server>, founder: UserId) -> Result<String, EngineError> {
+    loop {
+        let node = GroupId::random().node();
+        let slot = slot_of_room(&node).ok_or(EngineError::Internal("a drawn room id does not parse"))?;
+        let call = RoomCall::Create { founder };
+        let here = run_here(server, node.clone(), call.clone());
+        if at_slot(&server.data, slot, here, SlotCall::Room { room: node.clone(), call }).await? {
+            return Ok(node);
+        }
+    }
+}
+
+/// A push to room `node` by `from` (94 or 97).
+pub async fn push(server: &Arc<Server>, from: UserId, node: &str, push: Push) -> Result<(), EngineError> {
+    at_room(server, node, RoomCall::Push { from, push }).await.map(|_| ())
+}
+
+/// Ends this node's session `conn`'s subscriptions (its session closed).
+pub async fn leave_all(server: &Arc<Server>, conn: u64, rooms: Vec<String>) {
+    let node = server.data.node();
+    for room in rooms {
+        if let Err(e) = at_room(server, &room, RoomCall::Unsubscribe { node, conn }).await {
+            debug!(%room, error = %ErrorChain(&e), "subscription not ended");
+        }
+    }
+}
+
+/// Runs a room operation on the owner of the room's slot; an unknown or malformed room 5101.
+async fn at_room(server: &Arc<Server>, node: &str, call: RoomCall) -> Result<bool, EngineError> {
+    let slot = slot_of_room(node).ok_or(ErrorCode::Undefined)?;
+    let here = run_here(server, node.to_owned(), call.clone());
+    at_slot(&server.data, slot, here, SlotCall::Room { room: node.to_owned(), call }).await
+}
+
+/// Runs a room operation here, on the owner of the room's slot.
+pub async fn run_here(server: &Arc<Server>, room: String, call: RoomCall) -> Result<bool, EngineError> {
+    let rooms = &server.rooms;
+    let live = |l: &Lease| server.data.runs(l.node, l.generation);
+    match call {
+        RoomCall::Create { founder } => rooms.create(&room, founder),
+        RoomCall::Remove { me } => {
+            let subscribers = rooms.remove(me, &room)?;
+            let gone = TimAck { t: Some(i64::from(REMOVE)), n: Some(room.clone()), ..TimAck::ok(VROOM) };
+            let frames = |targets| RoomFrames {
+                targets,
+                raw: Some(encode_server(FrameType::Ack, Encoding::Compact, &gone)),
+                compact: Some(encode_server(FrameType::Ack, Encoding::Compact, &gone)),
+                json: Some(encode_server(FrameType::Ack, Encoding::Json, &gone)),
+            };
+            fan_out(server, subscribers, frames).await;
+            Ok(true)
+        }
+        RoomCall::Authorize { me, user, grant } => rooms.authorize(me, &room, user, grant).map(|()| true),
+        RoomCall::Subscribe(subscriber) => rooms.subscribe(&room, subscriber).map(|()| true),
+        RoomCall::Unsubscribe { node, conn } => {
+            rooms.unsubscribe(&room, node, conn);
+            Ok(true)
+        }
+        RoomCall::Push { from, push } => {
+            let (id, subscribers) = rooms.push(from, &room, live)?;
+            let (stream, body) = match push {
+                Push::Stream(raw) => {
+                    let stream: TimStream = tim_net::codec::decode_body(raw, Encoding::Compact)
+                        .map_err(|_| EngineError::Internal("a stream did not decode"))?;
+                    let body = stream.body.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+                    (TimStream { id, vnode: room.clone(), from_node: from.node(), ..stream }, body)
+                }
+                Push::Raw(body) => {
+                    let stream = TimStream {
+                        id,
+                        vnode: room.clone(),
+                        from_node: from.node(),
+                        dtype: None,
+                        body: Some(Binary(body.clone())),
+                    };
+                    (stream, body)
+                }
+            };
+            let raw_wanted = subscribers.iter().any(|s| s.mode == Mode::Raw);
+            let stream_wanted = subscribers.iter().any(|s| s.mode == Mode::Stream);
+            let raw = raw_wanted.then(|| BigData::encode_delivery(FrameType::BigBinaryStream, &room, &body));
+            let compact = stream_wanted.then(|| encode_server(FrameType::Stream, Encoding::Compact, &stream));
+            let json = stream_wanted.then(|| encode_server(FrameType::Stream, Encoding::Json, &stream));
+            let frames =
+                |targets| RoomFrames { targets, raw: raw.clone(), compact: compact.clone(), json: json.clone() };
+            fan_out(server, subscribers, frames).await;
+            Ok(true)
+        }
+    }
+}
+
+/// Sends frames to subscribers: one ordered call per node that holds some.
+async fn fan_out(server: &Arc<Server>, subscribers: Vec<Subscriber>, frames: impl Fn(Vec<Subscriber>) -> RoomFrames) {
+    let mut by_node: HashMap<NodeId, Vec<Subscriber>> = HashMap::new();
+    for s in subscribers {
+        by_node.entry(s.lease.node).or_default().push(s);
+    }
+    let me = server.data.node();
+    let calls = by_node.into_iter().map(|(node, targets)| {
+        let frames = frames(targets);
+        async move {
+            if node == me {
+                server.rooms.offer_here(server, frames);
+            } else if let Err(e) = server.call_node(node, NodeCall::Offer(frames)).await {
+                debug!(%node, error = %ErrorChain(&e), "room frames to a node failed");
+            }
+        }
+    });
+    join_all(calls).await;
+}
+
+/// The thrift-compact form of a client's stream, for [`Push::Stream`].
+pub fn stream_push(stream: &TimStream) -> Push {
+    Push::Stream(body_bytes(stream, Encoding::Compact))
+}
+
+/// Runs [`Rooms::sweep`] every `every` until `stop`.
+pub async fn sweep_every(server: std::sync::Weak<Server>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let Some(server) = server.upgrade() else { return };
+                server.rooms.sweep(|l| server.data.runs(l.node, l.generation));
             }
         }
     }
