@@ -16,4 +16,5 @@ mod node;
 mod presence;
 mod profiles;
 mod roster;
+mod topology;
 mod vrooms;

@@ -7,6 +7,7 @@ use tim_net::proto::{TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::node::{TestNode, WAIT};
+use crate::topology::topology_test;
 
 pub async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Option<&str>) {
     let req = TimReq {
@@ -45,11 +46,10 @@ pub async fn user(node: &TestNode, name: &str, encoding: Encoding) -> (Client, S
     (client, ack.n.unwrap())
 }
 
-#[tokio::test]
-async fn friend_request_accept_block_and_remove() {
-    let node = TestNode::start(&[]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn friend_request_accept_block_and_remove(servers, &[]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
 
     // Request: bob is told (bnType 4, with the text); alice gets no reply.
     business(&mut alice, 4, Some(&bob_node), Some("hi bob")).await;
@@ -93,7 +93,7 @@ async fn friend_request_accept_block_and_remove() {
     assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4106));
     business(&mut alice, 4, Some(&alice_node), Some("me")).await;
     assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4105));
-}
+});
 
 /// The next frame must be an offline batch; it is acked when `ack`.
 pub async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
@@ -111,12 +111,11 @@ pub async fn request_offline(client: &mut Client) {
     client.send_empty(FrameType::OfflineMsg).await.unwrap();
 }
 
-#[tokio::test]
-async fn pushes_to_an_offline_user_wait_in_the_offline_queue() {
-    let node = TestNode::start(&["--ack-timeout", "1", "--ack-tries", "1"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
-    let (mut dave, dave_node) = user(&node, "dave", Encoding::Json).await;
-    let carol_node = node.register("carol", "pw", Encoding::Json).await.n.unwrap();
+topology_test!(async fn pushes_to_an_offline_user_wait_in_the_offline_queue(servers, &["--ack-timeout", "1", "--ack-tries", "1"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let (mut dave, dave_node) = user(servers.at(1), "dave", Encoding::Json).await;
+    let carol_node = servers.at(2).register("carol", "pw", Encoding::Json).await.n.unwrap();
 
     // Pushes from different sessions are not ordered among themselves: space them out.
     business(&mut alice, 4, Some(&carol_node), Some("from alice")).await;
@@ -124,7 +123,7 @@ async fn pushes_to_an_offline_user_wait_in_the_offline_queue() {
     business(&mut dave, 4, Some(&carol_node), Some("from dave")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (mut carol, _) = node.login("carol", "pw", Encoding::Json).await;
+    let (mut carol, _) = servers.at(2).login("carol", "pw", Encoding::Json).await;
     request_offline(&mut carol).await;
     // Not acked: the batch stays queued.
     let first = batch(&mut carol, false).await;
@@ -140,13 +139,12 @@ async fn pushes_to_an_offline_user_wait_in_the_offline_queue() {
     assert_eq!((end.kind, end.body.len()), (FrameType::OfflineMsgEnd, 0));
     request_offline(&mut carol).await;
     assert_eq!(carol.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "nothing more");
-}
+});
 
-#[tokio::test]
-async fn a_push_never_acked_is_retried_then_queued_once() {
-    let node = TestNode::start(&["--ack-timeout", "1", "--ack-tries", "2", "--device-limit", "5"]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn a_push_never_acked_is_retried_then_queued_once(servers, &["--ack-timeout", "1", "--ack-tries", "2", "--device-limit", "5"]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     business(&mut alice, 4, Some(&bob_node), Some("ping me")).await;
     let first = bob.recv_within(WAIT).await.unwrap();
     let second = bob.recv_within(WAIT).await.unwrap();
@@ -160,4 +158,4 @@ async fn a_push_never_acked_is_retried_then_queued_once() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].data_string.as_deref(), Some("ping me"));
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
-}
+});
