@@ -35,6 +35,8 @@ pub(crate) const OD_NORMAL: i8 = 1;
 pub(crate) const OD_RECALL: i8 = 2;
 pub(crate) const OD_BURN: i8 = 3;
 pub(crate) const OD_STREAM: i8 = 5;
+/// How long a message sent again with the same client `id` and content counts as the same.
+const DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 /// Most history rows one request looks at when a time bound skips rows.
 const MAX_SCAN: usize = 10_000;
 /// `odType`s above this are application-defined.
@@ -53,7 +55,7 @@ impl History {
     }
 
     /// The history row of `msg` in conversation `chat`.
-    fn row(chat: [u8; 16], from: UserId, msg: &TimMessage) -> Row {
+    fn row(chat: [u8; 16], from: UserId, msg: &TimMessage, dedup: Option<&[u8; 24]>) -> Row {
         // As stored: the sender reduced to its node, no client id (TIM keeps the same).
         let stored = TimMessage {
             id: None,
@@ -64,7 +66,25 @@ impl History {
         row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
             .set(timmessage::FID, Bytes::copy_from_slice(&from.to_be_bytes()))
             .set(timmessage::STANZA, body_bytes(&stored, Encoding::Compact));
+        if let Some(key) = dedup {
+            row.set(timmessage::DEDUP, Bytes::copy_from_slice(key));
+        }
         row
+    }
+
+    /// The `mid` of a message of `chat` stored with `key` in the last [`DEDUP_WINDOW`]: the
+    /// same message sent again.
+    async fn stored_as(&self, chat: [u8; 16], key: &[u8; 24]) -> Result<Option<i64>, EngineError> {
+        let slot = partition::conversation(&chat);
+        let found = self.data.page(self.table, slot, timmessage::DEDUP, key, Cursor::NEWEST, 1).await?;
+        let Some((mid, row)) = found.into_iter().next() else { return Ok(None) };
+        let sent = row
+            .get(timmessage::STANZA)
+            .and_then(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact).ok())
+            .and_then(|m| m.timestamp)
+            .unwrap_or(0);
+        let recent = now_ns().saturating_sub(sent) < DEDUP_WINDOW.as_nanos() as i64;
+        Ok(if recent { Some(mid_of(mid)?) } else { None })
     }
 
     /// Stores a group message in the group's history, then queues it for `absent` (members
@@ -78,7 +98,7 @@ impl History {
         offline: &OfflineQueue,
     ) -> Result<i64, EngineError> {
         let mut inserts = Inserts::default();
-        inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
+        inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
         let ids = inserts.write(&self.data).await?;
         let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
         let queued = TimMessage { mid: Some(mid), ..msg.clone() };
@@ -89,30 +109,62 @@ impl History {
 
     /// Stores normal messages of `from` in two steps: in their conversations' histories (one
     /// write per conversation slot, all at once), which gives each its `mid`; then in their
-    /// recipients' offline queues (one write per recipient slot). Each message's `mid` and
-    /// offline entry, in order.
+    /// recipients' offline queues (one write per recipient slot). Each message's `mid`, its
+    /// offline entry, and whether it is a repeat, in order.
+    ///
+    /// A message the client sent again (same `id` and content, within [`DEDUP_WINDOW`]) is not
+    /// stored again: it gets its first `mid`, and its offline entry unless one is queued still
+    /// (an entry already acked is queued again: the client drops the repeat by `mid`).
     async fn append(
         &self,
         from: UserId,
         accepted: &[Accepted],
         offline: &OfflineQueue,
-    ) -> Result<Vec<(i64, RowId)>, EngineError> {
+    ) -> Result<Vec<Stored>, EngineError> {
+        let mut mids: Vec<Option<i64>> = vec![None; accepted.len()];
         let mut inserts = Inserts::default();
-        for Accepted { to, msg } in accepted {
+        let mut inserted = Vec::new();
+        for (i, Accepted { to, msg, dedup }) in accepted.iter().enumerate() {
             let chat = pair_id(from, *to);
-            inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg));
+            if let Some(key) = dedup {
+                if let Some(mid) = self.stored_as(chat, key).await? {
+                    if let Some(slot) = mids.get_mut(i) {
+                        *slot = Some(mid);
+                    }
+                    continue;
+                }
+            }
+            inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, dedup.as_ref()));
+            inserted.push(i);
         }
-        let mids = inserts.write(&self.data).await?;
+        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(inserted) {
+            if let Some(slot) = mids.get_mut(i) {
+                *slot = Some(mid_of(id)?);
+            }
+        }
+        let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
         let mut entries = Vec::with_capacity(accepted.len());
-        for (Accepted { to, msg }, mid) in accepted.iter().zip(&mids) {
-            entries.push((*to, TimMessage { mid: Some(mid_of(*mid)?), ..msg.clone() }));
+        let mut queued_for = Vec::with_capacity(accepted.len());
+        for (i, (Accepted { to, msg, dedup }, mid)) in accepted.iter().zip(&mids).enumerate() {
+            let mid = mid.ok_or(EngineError::Internal("a message got no mid"))?;
+            if dedup.is_some() {
+                if let Some(entry) = offline.copies(*to, mid).await?.first() {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(Stored { mid, entry: *entry, repeat: true });
+                    }
+                    continue;
+                }
+            }
+            entries.push((*to, TimMessage { mid: Some(mid), ..msg.clone() }));
+            queued_for.push(i);
         }
-        let queued = offline.push_all(&entries).await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for ((_, msg), entry) in entries.iter().zip(queued) {
-            out.push((msg.mid.unwrap_or_default(), entry));
+        for (entry, i) in offline.push_all(&entries).await?.into_iter().zip(queued_for) {
+            let mid = mids.get(i).copied().flatten().unwrap_or_default();
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(Stored { mid, entry, repeat: false });
+            }
         }
-        Ok(out)
+        out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect()
     }
 
     /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when
@@ -197,6 +249,18 @@ pub struct Sender {
 pub struct Accepted {
     to: UserId,
     msg: TimMessage,
+    /// When the client set the message's `id`: the key that finds it if it comes again.
+    dedup: Option<[u8; 24]>,
+}
+
+/// A stored 1:1 message.
+#[derive(Clone, Copy)]
+struct Stored {
+    mid: i64,
+    /// Its entry in the recipient's offline queue.
+    entry: RowId,
+    /// Sent before (the same client id and content) and still queued.
+    repeat: bool,
 }
 
 /// What became of an accepted message frame.
@@ -268,6 +332,7 @@ pub fn stamp(msg: &mut TimMessage, from: &Sender) {
 
 /// A 1:1 message that passed its checks.
 async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimMessage) -> Result<Next, EngineError> {
+    let dedup = msg.id.map(|id| dedup_key(from.user, id, &msg));
     stamp(&mut msg, from);
     let od = msg.od_type;
     if od == OD_RECALL || od == OD_BURN {
@@ -276,11 +341,26 @@ async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimM
     }
     msg.mid = None;
     match od {
-        OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg }))),
+        OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg, dedup }))),
         OD_STREAM => push_frames(server, &[to], FrameType::Message, &msg, None).await,
         _ => push_to_user(server, to, msg, Fallback::Store).await,
     }
     Ok(Next::Done)
+}
+
+/// The key of a message as its client sent it: the sender, the client's id, and a digest of
+/// everything else the client set (a client that reuses ids for other messages does not
+/// have them taken for repeats).
+fn dedup_key(from: UserId, id: i64, msg: &TimMessage) -> [u8; 24] {
+    let sent = TimMessage { id: None, mid: None, from_tid: None, timestamp: None, is_offline: None, ..msg.clone() };
+    let digest = xxhash_rust::xxh3::xxh3_64(&body_bytes(&sent, Encoding::Compact));
+    let mut key = [0u8; 24];
+    let (a, rest) = key.split_at_mut(8);
+    let (b, c) = rest.split_at_mut(8);
+    a.copy_from_slice(&from.to_be_bytes());
+    b.copy_from_slice(&id.to_be_bytes());
+    c.copy_from_slice(&digest.to_be_bytes());
+    key
 }
 
 /// Whether a message frame may join a burst of normal 1:1 messages: it cannot refer to them.
@@ -308,7 +388,7 @@ pub async fn store_and_push(
     let others = mine.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));
     let mut echoes = Vec::with_capacity(accepted.len());
     let mut pushes = Vec::with_capacity(accepted.len());
-    for (Accepted { to, mut msg }, (mid, queued)) in accepted.into_iter().zip(stored) {
+    for (Accepted { to, mut msg, .. }, Stored { mid, entry, repeat }) in accepted.into_iter().zip(stored) {
         msg.mid = Some(mid);
         echoes.push(encode_server(FrameType::Message, encoding, &msg));
         if others {
@@ -318,7 +398,10 @@ pub async fn store_and_push(
             );
             push_located(server, &mine, compact, json, Some(own)).await;
         }
-        pushes.push((to, msg, Fallback::Queued(queued)));
+        // A repeat still queued was pushed when it came first: it waits in the queue.
+        if !repeat {
+            pushes.push((to, msg, Fallback::Queued(entry)));
+        }
     }
     push_messages(server, pushes).await;
     Ok(echoes)

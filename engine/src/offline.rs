@@ -174,21 +174,26 @@ impl OfflineQueue {
 
     /// Deletes `user`'s queued copies of message `mid` (a recalled or burned message).
     pub async fn remove_message(&self, user: UserId, mid: i64) -> Result<(), EngineError> {
+        let ids = self.copies(user, mid).await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.remove(user, &ids).await
+    }
+
+    /// The entries of `user`'s queue that hold message `mid`.
+    pub async fn copies(&self, user: UserId, mid: i64) -> Result<Vec<RowId>, EngineError> {
         let table = self.table;
         let rows = self
             .data
             .page(table, partition::user(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
             .await?;
         let owner = user.to_be_bytes();
-        let ids: Vec<RowId> = rows
+        Ok(rows
             .into_iter()
             .filter(|(_, row)| row.get(timoffline::UUID).is_some_and(|u| u.as_ref() == owner))
             .map(|(id, _)| id)
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.remove(user, &ids).await
+            .collect())
     }
 
     /// Deletes `user`'s delivered (or dropped) entries.

@@ -37,6 +37,9 @@ pub mod timmessage {
     pub const FID: usize = 1;
     /// The message, thrift-compact encoded.
     pub const STANZA: usize = 2;
+    /// For a message whose client set its `id`: the sender, the id and a digest of what the
+    /// client sent (24 bytes), so a message sent again after a lost echo is stored once.
+    pub const DEDUP: usize = 4;
     pub const DEF: TableDef = TableDef {
         id: 2,
         name: "timmessage",
@@ -45,6 +48,7 @@ pub mod timmessage {
             ColumnDef::plain("fid"),
             ColumnDef::sealed("stanza"),
             ColumnDef::plain("timeseries"),
+            ColumnDef::indexed("dedup"),
         ],
     };
 }
