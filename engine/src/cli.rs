@@ -30,6 +30,8 @@ enum Command {
 enum ClusterCommand {
     /// The members as one node sees them: state, addresses, generation, slots, sessions.
     Status(crate::status::StatusArgs),
+    /// The slots one node owns, with their epochs, from its own records (JSON).
+    Slots(crate::status::StatusArgs),
 }
 
 /// Entry point of the `tim` binary.
@@ -42,6 +44,7 @@ pub fn main() -> ExitCode {
     let serve_matches = match (cli.command, matches.subcommand()) {
         (Command::Serve(_), Some(("serve", serve_matches))) => serve_matches,
         (Command::Cluster(ClusterCommand::Status(args)), _) => return crate::status::main(args),
+        (Command::Cluster(ClusterCommand::Slots(args)), _) => return crate::status::slots(args),
         (Command::Bench(args), _) => {
             return match tim_tools::bench::main(args) {
                 Ok(()) => ExitCode::SUCCESS,

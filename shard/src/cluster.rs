@@ -332,17 +332,20 @@ impl Cluster {
         }
     }
 
-    /// Sends part of a slot to its next owner; `Ok(false)` when it owned the slot already.
+    /// Sends part of copy `copy` of a slot to its next owner; `Ok(false)` when it owned the
+    /// slot already.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send_part(
         &self,
         to: NodeId,
         slot: Slot,
+        copy: u64,
         epoch: u64,
         first: bool,
         last: bool,
         entries: Vec<tim_kv::RawEntry>,
     ) -> Result<bool, RouteError> {
-        let request = Request::Import { slot: slot.0, epoch, first, last, entries };
+        let request = Request::Import { slot: slot.0, copy, epoch, first, last, entries };
         match self.send(to, &request).await? {
             Reply::Imported(done) => Ok(done),
             other => Err(failed(to, other)),
@@ -457,8 +460,8 @@ impl Cluster {
                     Err(reason) => Reply::Failed { reason, duplicate: false },
                 }
             }
-            Request::Import { slot, epoch, first, last, entries } => {
-                match self.ownership.receive(Slot(slot), epoch, first, last, entries).await {
+            Request::Import { slot, copy, epoch, first, last, entries } => {
+                match self.ownership.receive(Slot(slot), copy, epoch, first, last, entries).await {
                     Ok(imported) => {
                         if imported && last {
                             lock(&self.routes).remove(&Slot(slot));
@@ -555,14 +558,31 @@ impl Handler for Calls {
 /// The members as the node at `addr` sees them: for operators, who prove the deployment
 /// secret like a node (`rpc_key`), under node id 0.
 pub async fn status(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<MemberInfo>, RouteError> {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let rpc = RpcClient::new(tim_net::rpc::RpcConfig::new(cluster_id, 0, rpc_key), stop.clone(), Default::default());
-    let body = wire::encode(&Request::Status).map_err(RouteError::Wire)?;
-    let result = rpc.call(addr, None, body, Duration::from_secs(10)).await;
-    stop.cancel();
-    let raw = result.map_err(|source| RouteError::Unreachable { node: NodeId(0), source })?;
-    match wire::decode::<Reply>(&raw).map_err(RouteError::Wire)? {
+    match operator_call(addr, cluster_id, rpc_key, &Request::Status).await? {
         Reply::Status(members) => Ok(members),
         other => Err(failed(NodeId(0), other)),
     }
+}
+
+/// The slots the node at `addr` owns, with their epochs, from its own records.
+pub async fn owned(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<(u16, u64)>, RouteError> {
+    match operator_call(addr, cluster_id, rpc_key, &Request::Owned).await? {
+        Reply::Owned(slots) => Ok(slots),
+        other => Err(failed(NodeId(0), other)),
+    }
+}
+
+async fn operator_call(
+    addr: SocketAddr,
+    cluster_id: &str,
+    rpc_key: [u8; 32],
+    request: &Request,
+) -> Result<Reply, RouteError> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rpc = RpcClient::new(tim_net::rpc::RpcConfig::new(cluster_id, 0, rpc_key), stop.clone(), Default::default());
+    let body = wire::encode(request).map_err(RouteError::Wire)?;
+    let result = rpc.call(addr, None, body, Duration::from_secs(10)).await;
+    stop.cancel();
+    let raw = result.map_err(|source| RouteError::Unreachable { node: NodeId(0), source })?;
+    wire::decode::<Reply>(&raw).map_err(RouteError::Wire)
 }

@@ -21,6 +21,7 @@ pub(crate) const KEY_PLACEMENT: &str = "placement";
 pub(crate) const KEY_OWNED: &str = "owned";
 pub(crate) const KEY_SLOTS: &str = "slots";
 pub(crate) const KEY_SESSIONS: &str = "sessions";
+pub(crate) const KEY_LEAVING_SLOTS: &str = "leaving_slots";
 pub(crate) const KEY_WEIGHT: &str = "weight";
 
 /// A member's part in the cluster, as it says itself.
@@ -68,6 +69,9 @@ pub struct MemberInfo {
     /// Changes of the node's owned slots so far.
     pub owned_version: u64,
     pub slots: u32,
+    /// Slots this node holds that placement gives to another member (still to be handed
+    /// over, or being handed over now).
+    pub leaving_slots: u32,
     pub sessions: u64,
     pub live: bool,
 }
@@ -87,6 +91,7 @@ impl MemberInfo {
             placement: state.get(KEY_PLACEMENT).and_then(|v| u64::from_str_radix(v, 16).ok()).map(PlacementVersion),
             owned_version: num(KEY_OWNED).unwrap_or(0),
             slots: num(KEY_SLOTS).unwrap_or(0) as u32,
+            leaving_slots: num(KEY_LEAVING_SLOTS).unwrap_or(0) as u32,
             sessions: num(KEY_SESSIONS).unwrap_or(0),
             live,
         })

@@ -128,6 +128,7 @@ impl ClusterNode {
             (membership::KEY_OWNED, "0".to_owned()),
             (membership::KEY_SLOTS, owned.to_string()),
             (membership::KEY_SESSIONS, "0".to_owned()),
+            (membership::KEY_LEAVING_SLOTS, "0".to_owned()),
         ];
         let membership = Arc::new(
             Membership::start(MembershipConfig {
@@ -250,6 +251,7 @@ impl Driver {
         let mut heard = !self.seeded;
         let mut seen_owned: HashMap<NodeId, u64> = HashMap::new();
         let mut retry_at: HashMap<Slot, Instant> = HashMap::new();
+        let mut told_leaving = 0;
         loop {
             let members = newest(self.membership.members().await);
             let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
@@ -273,7 +275,11 @@ impl Driver {
                 seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();
                 self.cluster.refresh_routes().await;
             }
-            self.hand_over(&members, &mut retry_at);
+            let leaving = self.hand_over(&members, &mut retry_at);
+            if leaving != told_leaving {
+                self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
+                told_leaving = leaving;
+            }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = changes.changed() => {}
@@ -310,7 +316,8 @@ impl Driver {
 
     /// Starts the hand-overs placement asks for, a few at a time: fenced ones first (cut
     /// short before), then owned slots placement gives to a ready member that agrees on it.
-    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) {
+    /// Returns how many slots held here are to be handed over, started or not.
+    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> usize {
         let placement = self.cluster.placement();
         let me = self.cluster.node();
         let ready = |node: NodeId| {
@@ -320,12 +327,14 @@ impl Driver {
         };
         let now = Instant::now();
         let mut todo = Vec::new();
+        let mut leaving = 0;
         for (slot, state) in self.cluster.ownership().all() {
             let target = match state {
                 SlotState::Fenced { to, .. } => Some(to),
                 SlotState::Owned { .. } => placement.owner(slot).filter(|owner| *owner != me),
                 SlotState::Given { .. } => None,
             };
+            leaving += usize::from(target.is_some());
             if let Some(to) = target.filter(|to| ready(*to)) {
                 if retry_at.get(&slot).is_none_or(|at| *at <= now) {
                     todo.push((slot, to));
@@ -350,6 +359,7 @@ impl Driver {
                 moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
             });
         }
+        leaving
     }
 }
 
@@ -361,6 +371,8 @@ async fn move_slot(
     to: NodeId,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let epoch = cluster.ownership().fence(slot, to).await?;
+    // Parts of an earlier attempt still on their way are refused by the receiver.
+    let copy: u64 = rand::random();
     let mut cursor = None;
     let mut first = true;
     loop {
@@ -368,7 +380,7 @@ async fn move_slot(
         let read = store.clone();
         let chunk = tokio::task::spawn_blocking(move || read.export_slot(slot, from.as_ref(), PART_BYTES)).await??;
         let last = chunk.next.is_none();
-        if !cluster.send_part(to, slot, epoch, first, last, chunk.entries).await? {
+        if !cluster.send_part(to, slot, copy, epoch, first, last, chunk.entries).await? {
             break;
         }
         if last {

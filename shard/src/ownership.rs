@@ -64,6 +64,8 @@ pub enum OwnershipError {
     NoSuchSlot(u16),
     #[error("ownership record of slot {0} does not decode")]
     Record(u16),
+    #[error("a part of slot {0} from a copy that is no longer the current one")]
+    StalePart(u16),
     #[error("store failed")]
     Store(#[from] StoreError),
 }
@@ -86,6 +88,9 @@ pub struct Ownership {
     states: Mutex<Vec<Option<SlotState>>>,
     /// Counts changes of the owned set: gossiped, so peers know to fetch the new list.
     version_tx: watch::Sender<u64>,
+    /// The copy each slot being received here comes from: parts of an earlier copy that
+    /// arrive late (their sender gave up waiting and started over) are refused.
+    copies: Mutex<std::collections::HashMap<Slot, u64>>,
 }
 
 impl Ownership {
@@ -104,6 +109,7 @@ impl Ownership {
             guards: (0..SLOTS).map(|_| RwLock::new(())).collect(),
             states: Mutex::new(states),
             version_tx: watch::channel(0).0,
+            copies: Mutex::default(),
         })
     }
 
@@ -225,13 +231,17 @@ impl Ownership {
         Ok(())
     }
 
-    /// Takes one part of a slot handed to this node at `epoch`: the first part clears what this
-    /// node holds of the slot (left from an earlier, broken copy), the last one makes it the
-    /// owner, atomically with its data. `Ok(false)`: this node already owns the slot at that
-    /// epoch or later (the sender missed the answer to its last part), nothing is written.
+    /// Takes one part of copy `copy` of a slot handed to this node at `epoch`: the first part
+    /// clears what this node holds of the slot (left from an earlier, broken copy) and makes
+    /// `copy` the current one; a later part of another copy is refused (it was sent before
+    /// its sender started over); the last part makes this node the owner, atomically with its
+    /// data. `Ok(false)`: this node held the slot at that epoch already (the sender missed the
+    /// answer to its last part, or the part is older than a hand-over since): nothing is
+    /// written.
     pub async fn receive(
         &self,
         slot: Slot,
+        copy: u64,
         epoch: u64,
         first: bool,
         last: bool,
@@ -241,15 +251,28 @@ impl Ownership {
         let state = self.state(slot);
         match state {
             Some(SlotState::Owned { epoch: held }) if held >= epoch => return Ok(false),
+            // Handing it on, or handed on: it was here at `fenced - 1` or `given - 1`.
+            Some(SlotState::Fenced { epoch: later, .. } | SlotState::Given { epoch: later, .. }) if later > epoch => {
+                return Ok(false);
+            }
             Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => {
                 return Err(OwnershipError::State { slot: slot.0, state, wanted: "absent or given" });
             }
             _ => {}
         }
+        {
+            let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+            if first {
+                copies.insert(slot, copy);
+            } else if copies.get(&slot) != Some(&copy) {
+                return Err(OwnershipError::StalePart(slot.0));
+            }
+        }
         let owned = SlotState::Owned { epoch };
         let local = if last { vec![record(slot, owned)?] } else { Vec::new() };
         self.store.write_raw(RawWrite { slot, clear: first, entries, local }).await?;
         if last {
+            self.copies.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
             self.set(slot, Some(owned));
         }
         Ok(true)

@@ -19,7 +19,8 @@ pub(crate) enum Request {
     /// The same, handled in the order the link brought it.
     AtNodeNow { body: Bytes },
     /// A part of a slot handed to the receiver, which owns it at `epoch` after the last part.
-    Import { slot: u16, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
+    /// `copy` tells the attempts of a hand-over apart.
+    Import { slot: u16, copy: u64, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
     /// The slots the receiver owns, with their epochs.
     Owned,
     /// The members as the receiver sees them (`tim cluster status`).

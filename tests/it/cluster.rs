@@ -10,6 +10,7 @@ use tim_net::{Encoding, FrameType};
 use crate::chat::{echo, history, text_to};
 use crate::node::{TestNode, WAIT};
 use crate::roster::{pushed, request_offline};
+use crate::topology::topology_test;
 
 /// Slots of a cluster (tim_shard::SLOTS).
 const SLOTS: u64 = 4096;
@@ -80,7 +81,8 @@ impl TestCluster {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
-    /// Waits until `n` members are live, agree on the placement and own every slot.
+    /// Waits until `n` members are live, agree on the placement, own every slot, and have no
+    /// slot left to hand over.
     pub fn settle(&self, n: usize) {
         let deadline = Instant::now() + SETTLE;
         loop {
@@ -89,7 +91,8 @@ impl TestCluster {
             let live: Vec<_> = members.iter().filter(|m| m["live"] == true).collect();
             let slots: u64 = live.iter().map(|m| m["slots"].as_u64().unwrap_or(0)).sum();
             let versions: std::collections::HashSet<_> = live.iter().map(|m| m["placement"].to_string()).collect();
-            if live.len() == n && slots == SLOTS && versions.len() == 1 {
+            let moving: u64 = live.iter().map(|m| m["leaving_slots"].as_u64().unwrap_or(0)).sum();
+            if live.len() == n && slots == SLOTS && versions.len() == 1 && moving == 0 {
                 return;
             }
             assert!(Instant::now() < deadline, "the cluster did not settle: {status:#}");
@@ -153,4 +156,200 @@ async fn drain_offline(client: &mut Client) -> Vec<TimMessage> {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+topology_test!(
+    /// A message sent again with its client `id` (its echo was lost) is stored once and echoed
+    /// with its first `mid`; a new message reusing the id is a new message.
+    async fn a_message_sent_again_is_stored_once(servers, &[]) {
+        let (mut alice, alice_node) = crate::roster::user(servers.at(0), "alice", Encoding::Compact).await;
+        let (mut bob, bob_node) = crate::roster::user(servers.at(1), "bob", Encoding::Json).await;
+        crate::chat::befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+        let msg = TimMessage { id: Some(4242), ..text_to(&bob_node, "hello", 1) };
+        alice.send(FrameType::Message, &msg).await.unwrap();
+        let first = echo(&mut alice).await;
+        let pushed_first = crate::roster::pushed(&mut bob, false).await;
+        assert_eq!(pushed_first.mid, first.mid);
+        // The same message again: the same mid, and Bob is not pushed a second copy.
+        alice.send(FrameType::Message, &msg).await.unwrap();
+        let again = echo(&mut alice).await;
+        assert_eq!(again.mid, first.mid, "stored once");
+        // The same id with other content is another message (positive control for Bob's side).
+        alice.send(FrameType::Message, &TimMessage { id: Some(4242), ..text_to(&bob_node, "other", 1) }).await.unwrap();
+        let other = echo(&mut alice).await;
+        assert_ne!(other.mid, first.mid);
+        let next = crate::roster::pushed(&mut bob, true).await;
+        assert_eq!((next.mid, next.data_string.as_deref()), (other.mid, Some("other")), "no repeat pushed before it");
+        let page = history(&mut bob, &alice_node, 0, 10).await;
+        let texts: Vec<_> = page.iter().filter_map(|m| m.data_string.as_deref()).collect();
+        assert_eq!(texts, ["other", "hello"]);
+    }
+);
+
+impl TestCluster {
+    /// The slots node `i` owns, from its own records.
+    pub fn owned(&self, i: usize) -> Vec<u64> {
+        let rpc = self.nodes[i].rpc.expect("a cluster member").to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+            .args(["cluster", "slots", "--server", &rpc, "--secret-file", &self.secret_file()])
+            .output()
+            .expect("tim cluster slots");
+        assert!(out.status.success(), "tim cluster slots: {}", String::from_utf8_lossy(&out.stderr));
+        let slots: Vec<(u64, u64)> = serde_json::from_slice(&out.stdout).expect("slots JSON");
+        slots.into_iter().map(|(slot, _)| slot).collect()
+    }
+
+    /// Every slot is owned by exactly one node, by the nodes' own records.
+    pub fn assert_each_slot_owned_once(&self) {
+        let mut owners = vec![0u32; SLOTS as usize];
+        for i in 0..self.nodes.len() {
+            for slot in self.owned(i) {
+                owners[slot as usize] += 1;
+            }
+        }
+        let wrong: Vec<_> = owners.iter().enumerate().filter(|(_, n)| **n != 1).take(10).collect();
+        assert!(wrong.is_empty(), "slots not owned exactly once (slot, owners): {wrong:?}");
+    }
+}
+
+/// Sends `text` to `to` with client id `id` until it is echoed (a refusal 5102, the slot
+/// being moved, is answered by sending the same message again); the echo.
+async fn send_until_echoed(client: &mut Client, to: &str, id: i64, text: &str) -> TimMessage {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        client.send(FrameType::Message, &TimMessage { id: Some(id), ..text_to(to, text, 1) }).await.unwrap();
+        let frame = client.recv_within(WAIT).await.unwrap();
+        match frame.kind {
+            FrameType::Message => return frame.decode(client.encoding()).unwrap(),
+            FrameType::Ack => {
+                let ack: tim_net::proto::TimAck = frame.decode(client.encoding()).unwrap();
+                assert_eq!(ack.error_code(), Some(5102), "only 'try again' while slots move: {ack:?}");
+                assert!(Instant::now() < deadline, "message {id} never accepted");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A fourth node joins a cluster while a conversation goes on across nodes: every message
+/// is stored once, in order, with no gap; afterwards every slot has exactly one owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_while_messages_flow() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let (mut alice, alice_node) = crate::roster::user(&cluster.nodes[0], "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = crate::roster::user(&cluster.nodes[1], "bob", Encoding::Json).await;
+    crate::chat::befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+    // Bob acks what he is pushed, in the background; the pushes are not what is checked.
+    let bob_acks = tokio::spawn(async move {
+        while let Ok(frame) = bob.recv_within(SETTLE).await {
+            if let Some(id) = frame.ack_id {
+                let _ = bob.ack(id).await;
+            }
+        }
+    });
+    const N: i64 = 150;
+    let to = bob_node.clone();
+    let sender = tokio::spawn(async move {
+        let mut mids = Vec::new();
+        for i in 0..N {
+            let echo = send_until_echoed(&mut alice, &to, 1000 + i, &format!("m{i}")).await;
+            mids.push(echo.mid.unwrap());
+        }
+        (alice, mids)
+    });
+    cluster.add(&[]);
+    let (mut alice, mids) = sender.await.unwrap();
+    cluster.settle(4);
+    cluster.assert_each_slot_owned_once();
+    assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids increase in the order of sending: {mids:?}");
+    // The history, paged from the newest: every message once, in order, nothing else.
+    let mut texts = Vec::new();
+    let mut upto = 0;
+    loop {
+        let page = history(&mut alice, &bob_node, upto, 50).await;
+        let Some(last) = page.last().and_then(|m| m.mid) else { break };
+        texts.extend(page.iter().filter_map(|m| m.data_string.clone()));
+        upto = last - 1;
+    }
+    texts.reverse();
+    assert_eq!(texts, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    bob_acks.abort();
+}
+
+/// A node killed with SIGKILL: users whose data it owns get "try again" (5102) at once, the
+/// others are served; after its restart everyone is.
+#[tokio::test]
+async fn a_killed_node_fails_only_its_own_users_until_it_is_back() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let names: Vec<String> = (0..24).map(|i| format!("user{i}")).collect();
+    for name in &names {
+        assert!(cluster.nodes[0].register(name, "pw", Encoding::Compact).await.ok);
+    }
+    let dead = cluster.nodes.remove(2);
+    let (dir, host, args) = dead.kill9_for_restart();
+    let mut refused = Vec::new();
+    for name in &names {
+        let (_, ack) = cluster.nodes[0].login(name, "pw", Encoding::Compact).await;
+        if !ack.ok {
+            assert_eq!(ack.error_code(), Some(5102), "{name}: {ack:?}");
+            refused.push(name.clone());
+        }
+    }
+    assert!(
+        !refused.is_empty() && refused.len() < names.len(),
+        "some users are on the dead node, not all: {refused:?}"
+    );
+    // Back: the same data dir, the same member; everyone logs in (a login may still get "try
+    // again" until gossip has spread the restarted node's new addresses: a client retries).
+    cluster.nodes.push(TestNode::start_on(host, dir, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    cluster.settle(3);
+    let deadline = Instant::now() + SETTLE;
+    for name in &refused {
+        loop {
+            let (_, ack) = cluster.nodes[0].login(name, "pw", Encoding::Compact).await;
+            if ack.ok {
+                break;
+            }
+            assert_eq!(ack.error_code(), Some(5102), "{name} after the restart: {ack:?}");
+            assert!(Instant::now() < deadline, "{name} still refused after the restart");
+        }
+    }
+}
+
+/// A node started with another deployment secret cannot join: the cluster refuses its
+/// gossip and says so, the newcomer says nobody answered, and the members stay as they were.
+#[tokio::test]
+async fn a_node_with_another_secret_is_refused() {
+    let cluster = TestCluster::start(1, &[]);
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("other.key"), [9u8; 32]).unwrap();
+    let seeds = cluster.nodes[0].gossip.unwrap().to_string();
+    let secret = other.path().join("other.key").display().to_string();
+    let stranger = TestNode::start_on(
+        IpAddr::from([127, 0, 0, 2]),
+        tempfile::tempdir().unwrap(),
+        &[
+            "--gossip-listen",
+            "127.0.0.2:0",
+            "--rpc-listen",
+            "127.0.0.2:0",
+            "--secret-file",
+            &secret,
+            "--seeds",
+            &seeds,
+            "--gossip-interval-ms",
+            "50",
+        ],
+    );
+    let deadline = Instant::now() + SETTLE;
+    while !cluster.nodes[0].log().contains("gossip refused: bad authentication tag") {
+        assert!(Instant::now() < deadline, "the cluster did not log the refusal:\n{}", cluster.nodes[0].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while !stranger.log().contains("no member answered gossip") {
+        assert!(Instant::now() < deadline, "the newcomer did not log it was not heard:\n{}", stranger.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let members = cluster.status(0);
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members:#}");
 }

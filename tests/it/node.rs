@@ -22,6 +22,8 @@ pub struct TestNode {
     pub rpc: Option<SocketAddr>,
     pub gossip: Option<SocketAddr>,
     pub id: Option<String>,
+    /// The extra `serve` arguments it was started with.
+    args: Vec<String>,
 }
 
 /// The fields of the line `tim serve` prints when it is up: `tim ready listen=… rpc=… …`.
@@ -61,7 +63,8 @@ impl TestNode {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn tim");
-        let mut node = TestNode { child, dir, addr: SocketAddr::new(host, 0), rpc: None, gossip: None, id: None };
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut node = TestNode { child, dir, addr: SocketAddr::new(host, 0), rpc: None, gossip: None, id: None, args };
         let stdout = node.child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -97,6 +100,12 @@ impl TestNode {
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then reap; the data dir, the host and the arguments for a restart.
+    pub fn kill9_for_restart(self) -> (tempfile::TempDir, std::net::IpAddr, Vec<String>) {
+        let (host, args) = (self.addr.ip(), self.args.clone());
+        (self.kill9(), host, args)
     }
 
     /// SIGKILL, then reap; returns the data dir for a restart.

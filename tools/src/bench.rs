@@ -36,12 +36,14 @@ const WAIT: Duration = Duration::from_secs(30);
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,
-    /// The server's client listener; loopback addresses only.
-    #[arg(long, global = true, default_value = "127.0.0.1:20003")]
-    pub server: SocketAddr,
-    /// The server's process id, to report its memory and CPU time.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// The servers' client listeners (comma separated: the nodes of a cluster), loopback
+    /// addresses only. Users are spread over them: user `i` connects to server `i mod n`.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:20003")]
+    pub server: Vec<SocketAddr>,
+    /// The servers' process ids (comma separated), to report their memory and CPU time,
+    /// summed over all of them.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Also write the report as JSON to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
@@ -87,8 +89,11 @@ impl From<Wire> for Encoding {
 
 /// Runs `tim bench`.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
-    if !args.server.ip().is_loopback() {
-        bail!("tim bench only targets loopback addresses (127.0.0.0/8, ::1), not {}", args.server.ip());
+    if args.server.is_empty() {
+        bail!("tim bench needs a --server");
+    }
+    if let Some(server) = args.server.iter().find(|s| !s.ip().is_loopback()) {
+        bail!("tim bench only targets loopback addresses (127.0.0.0/8, ::1), not {}", server.ip());
     }
     machine::raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -113,7 +118,13 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
 
 impl BenchArgs {
     fn server_process(&self) -> Option<ServerProcess> {
-        self.server_pid.map(ServerProcess::new)
+        (!self.server_pid.is_empty()).then(|| ServerProcess::new(self.server_pid.clone()))
+    }
+
+    /// The server user (or connection) `i` goes to.
+    fn server_for(&self, i: usize) -> SocketAddr {
+        let n = self.server.len().max(1);
+        self.server.get(i % n).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 20003)))
     }
 
     fn auth(&self, name: &str) -> TimAuth {
@@ -128,7 +139,7 @@ impl BenchArgs {
     /// Registers the named accounts; an existing one (from an earlier run) is fine.
     async fn register(&self, names: &[String]) -> anyhow::Result<()> {
         self.in_parallel(names.iter().map(|name| {
-            let (server, auth) = (self.server, self.auth(name));
+            let (server, auth) = (self.server_for(0), self.auth(name));
             async move {
                 let ack = post_tim2(server, FrameType::Register, Encoding::Json, &auth).await?;
                 if ack.ok || ack.error_code() == Some(4101) {
@@ -142,12 +153,23 @@ impl BenchArgs {
         Ok(())
     }
 
-    /// Logs each named account in on its own connection; clients and nodes, in order. The
-    /// connections' source addresses are those of connections `first..` of the run.
+    /// Logs each named account in on its own connection, to the servers in turn; clients and
+    /// nodes, in order. The connections' source addresses are those of connections
+    /// `first..` of the run.
     async fn logins(&self, names: &[String], first: usize) -> anyhow::Result<Vec<(Client, String)>> {
+        self.logins_on(names, first, |i| self.server_for(first + i)).await
+    }
+
+    /// [`BenchArgs::logins`], account `i` on server `server_of(i)`.
+    async fn logins_on(
+        &self,
+        names: &[String],
+        first: usize,
+        server_of: impl Fn(usize) -> SocketAddr,
+    ) -> anyhow::Result<Vec<(Client, String)>> {
         let encoding = Encoding::from(self.encoding);
         self.in_parallel(names.iter().enumerate().map(|(i, name)| {
-            let (server, auth) = (self.server, self.auth(name));
+            let (server, auth) = (server_of(i), self.auth(name));
             async move {
                 let mut client = Client::connect_from(server, source_address(first + i), encoding).await?;
                 let ack = client.login(&auth, WAIT).await?;

@@ -39,6 +39,10 @@ pub struct ChatArgs {
     /// by its peer (so a receiver slower than the server is not cut off as a slow reader).
     #[arg(long, default_value_t = 32)]
     pub window: usize,
+    /// With several servers: both users of a pair on one server (pair `k` on server `k mod
+    /// n`); without it, the sender and the receiver are on different servers.
+    #[arg(long)]
+    pub together: bool,
 }
 
 /// What one pair's sender and receiver share: when each sequence number was sent.
@@ -81,7 +85,10 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     let mut report = Report::new("chat", serde_json::to_value(args)?);
     let names: Vec<String> = (0..c.pairs).flat_map(|i| [format!("s{i}"), format!("r{i}")]).collect();
     args.register(&names).await?;
-    let mut clients = args.logins(&names, 0).await?.into_iter();
+    // Account 2k is pair k's sender, 2k + 1 its receiver.
+    let together = c.together;
+    let mut clients =
+        args.logins_on(&names, 0, |i| args.server_for(if together { i / 2 } else { i })).await?.into_iter();
     let mut pairs = Vec::with_capacity(c.pairs);
     while let (Some(sender), Some(receiver)) = (clients.next(), clients.next()) {
         pairs.push((sender, receiver));
@@ -98,7 +105,7 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     let cap = if c.rate > 0 { ((per_pair * c.duration as f64) as usize + 16).min(MAX_PER_PAIR) } else { MAX_PER_PAIR };
     let text = "x".repeat(c.size);
     let server = args.server_process();
-    let before = server.map(|s| s.sample()).transpose()?;
+    let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = tokio::task::JoinSet::new();

@@ -49,7 +49,7 @@ pub async fn run(args: &BenchArgs, c: &ConnectArgs) -> anyhow::Result<Report> {
     let names: Vec<String> = (0..c.connections).map(name).collect();
     args.register(&names).await?;
     let server = args.server_process();
-    let before = server.map(|s| s.sample()).transpose()?;
+    let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let (opened, elapsed, held) = if c.workers == 1 {
         let started = Instant::now();
         let clients = args.logins(&names, 0).await?;
@@ -132,6 +132,7 @@ type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 async fn start_workers(args: &BenchArgs, c: &ConnectArgs) -> anyhow::Result<Vec<(Child, Lines)>> {
     let exe = std::env::current_exe().context("finding the tim binary for the workers")?;
     let mut workers = Vec::with_capacity(c.workers);
+    let servers = args.server.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let mut first = 0;
     for w in 0..c.workers {
         let share = c.connections / c.workers + usize::from(w < c.connections % c.workers);
@@ -140,7 +141,7 @@ async fn start_workers(args: &BenchArgs, c: &ConnectArgs) -> anyhow::Result<Vec<
             Wire::Json => "json",
         };
         let mut child = Command::new(&exe)
-            .args(["bench", "--server", &args.server.to_string(), "--encoding", encoding])
+            .args(["bench", "--server", &servers, "--encoding", encoding])
             .args(["--prefix", &args.prefix, "--concurrency", &args.concurrency.to_string()])
             .args(["connect", "--connections", &share.to_string(), "--first", &first.to_string()])
             .stdin(Stdio::piped())

@@ -96,7 +96,7 @@ pub async fn run(args: &BenchArgs, c: &FanoutArgs, kind: Kind) -> anyhow::Result
         .await?;
 
     let server = args.server_process();
-    let before = server.map(|s| s.sample()).transpose()?;
+    let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let start = Instant::now();
     let log = Arc::new(SendLog { origin: start, sent_at: (0..c.messages).map(|_| AtomicU64::new(0)).collect() });
     let last_send = start + Duration::from_secs_f64(c.messages as f64 / f64::from(c.rate));

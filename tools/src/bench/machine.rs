@@ -52,10 +52,10 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A server process observed through `/proc/<pid>`.
-#[derive(Debug, Clone, Copy)]
+/// The server processes (one per node) observed through `/proc/<pid>`, summed.
+#[derive(Debug, Clone)]
 pub struct ServerProcess {
-    pid: u32,
+    pids: Vec<u32>,
 }
 
 /// One observation of the server.
@@ -67,21 +67,32 @@ pub struct Sample {
 }
 
 impl ServerProcess {
-    pub fn new(pid: u32) -> Self {
-        Self { pid }
+    pub fn new(pids: Vec<u32>) -> Self {
+        Self { pids }
     }
 
+    /// Memory and CPU time, summed over the processes.
     pub fn sample(&self) -> anyhow::Result<Sample> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let rss_kib = field_kib(&status, "VmRSS:").unwrap_or(0);
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat: the 12th and 13th after the name.
-        let ticks: u64 = [11usize, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
-        Ok(Sample { rss_kib, cpu_secs: ticks as f64 / clock_ticks() })
+        let mut sum = Sample::default();
+        for pid in &self.pids {
+            let one = sample_one(*pid)?;
+            sum.rss_kib += one.rss_kib;
+            sum.cpu_secs += one.cpu_secs;
+        }
+        Ok(sum)
     }
+}
+
+fn sample_one(pid: u32) -> anyhow::Result<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = field_kib(&status, "VmRSS:").unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat: the 12th and 13th after the name.
+    let ticks: u64 = [11usize, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    Ok(Sample { rss_kib, cpu_secs: ticks as f64 / clock_ticks() })
 }
 
 /// Cores of the machine, not of this process's CPU affinity (the bench is usually pinned).

@@ -62,7 +62,7 @@ pub async fn run(args: &BenchArgs, c: &OfflineArgs) -> anyhow::Result<Report> {
     let fill_secs = started.elapsed().as_secs_f64();
 
     let server = args.server_process();
-    let before = server.map(|s| s.sample()).transpose()?;
+    let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let started = Instant::now();
     let receivers = args.logins(&receivers, 0).await?;
     let counts = args
