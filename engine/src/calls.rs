@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::directory::Lease;
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
+use crate::pairs::PairKind;
 use crate::push::{Frames, Shipped};
 use crate::server::Server;
 use crate::vrooms::{RoomCall, RoomFrames};
@@ -115,6 +116,18 @@ pub enum SlotCall {
         name_key: [u8; 32],
         token: String,
         user: UserId,
+    },
+    /// A place for a capped row of `owner` (friends, groups).
+    PairHold {
+        kind: PairKind,
+        owner: UserId,
+        other: UserId,
+        max: usize,
+    },
+    PairRelease {
+        kind: PairKind,
+        owner: UserId,
+        other: UserId,
     },
     Room {
         room: String,
@@ -258,6 +271,16 @@ impl EngineHandler for Handler {
                     answer(server.groups.modify_here(me, id, changes).await, "group modify")
                 }
                 SlotCall::Room { room, call } => answer(crate::vrooms::run_here(&server, room, call).await, "vroom"),
+                SlotCall::PairHold { kind, owner, other, max } => match server.pair_table(kind) {
+                    Some(table) => answer(table.hold_here(owner, other, max).await, "hold"),
+                    None => Err("no capped table of that kind".to_owned()),
+                },
+                SlotCall::PairRelease { kind, owner, other } => {
+                    if let Some(table) = server.pair_table(kind) {
+                        table.release_here(owner, other);
+                    }
+                    answer(Ok(()), "release")
+                }
                 SlotCall::TokenHold { name_key, token, user } => {
                     answer(Ok(server.accounts.hold_token_here(name_key, token, user)), "token")
                 }
@@ -310,6 +333,15 @@ impl EngineHandler for Handler {
 }
 
 impl Server {
+    /// The capped pair table of a kind.
+    fn pair_table(&self, kind: PairKind) -> Option<&crate::pairs::PairTable> {
+        match kind {
+            PairKind::Roster => Some(self.rosters.roster_table()),
+            PairKind::Membership => Some(self.groups.member_table()),
+            PairKind::Other => None,
+        }
+    }
+
     /// Runs a node operation on `node` (this one included), in order with the others sent to it.
     pub async fn call_node(&self, node: NodeId, call: NodeCall) -> Result<(), EngineError> {
         let raw = self.data.call_node_in_order(node, encode(&call)?).await?;

@@ -135,11 +135,13 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_BURST_CONNECTION", default_value_t = 200)]
     pub burst_connection: u32,
 
-    /// Message-class frames all sessions of one account may send per second; 0: no limit.
+    /// Message-class frames all sessions of one account on this node may send per second; 0:
+    /// no limit.
     #[arg(long, env = "TIM_RATE_ACCOUNT", default_value_t = 200)]
     pub rate_account: u32,
 
-    /// Message-class frames all sessions of one account may send at once after a quiet spell.
+    /// Message-class frames all sessions of one account on this node may send at once after a
+    /// quiet spell.
     #[arg(long, env = "TIM_BURST_ACCOUNT", default_value_t = 400)]
     pub burst_account: u32,
 

@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, GroupId, UserId};
-use crate::pairs::PairTable;
+use crate::pairs::{PairKind, PairTable};
 use crate::partition;
 use crate::tables::{pair, timgroup, timgrouprelate};
 
@@ -111,9 +111,6 @@ pub struct Groups {
     members: PairTable,
     blocks: PairTable,
     stripes: Vec<Mutex<()>>,
-    /// Serialize joining groups per user, so the groups-per-user cap holds under concurrent
-    /// joins to different groups. Taken after a group's stripe, never before one.
-    user_stripes: Vec<Mutex<()>>,
 }
 
 /// A group and its relation to one user, read under the group's lock.
@@ -136,10 +133,9 @@ impl Groups {
             limits,
             groups: table(timgroup::DEF.name)?,
             relate: table(timgrouprelate::DEF.name)?,
-            members: PairTable::new(data.clone(), &pair::TIMMUCROSTER)?,
-            blocks: PairTable::new(data.clone(), &pair::TIMBLOCKROOM)?,
+            members: PairTable::new(data.clone(), &pair::TIMMUCROSTER, PairKind::Membership)?,
+            blocks: PairTable::new(data.clone(), &pair::TIMBLOCKROOM, PairKind::Other)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             data,
         })
     }
@@ -148,12 +144,6 @@ impl Groups {
     fn stripe(&self, group: GroupId) -> &Mutex<()> {
         // In bounds: the index is taken modulo `STRIPES`, the length of `stripes`.
         &self.stripes[(u64::from_be_bytes(group.to_be_bytes()) % STRIPES as u64) as usize]
-    }
-
-    #[allow(clippy::indexing_slicing)]
-    fn user_stripe(&self, user: UserId) -> &Mutex<()> {
-        // In bounds: the index is taken modulo `STRIPES`, the length of `user_stripes`.
-        &self.user_stripes[(u64::from_be_bytes(user.to_be_bytes()) % STRIPES as u64) as usize]
     }
 
     /// NEWROOM: a group founded by `founder`, who is its first member. Its id is drawn here;
@@ -187,7 +177,6 @@ impl Groups {
             createtime: Some(created),
             ..TimRoomBean::default()
         };
-        let _founder = self.user_has_room(founder).await?;
         if self.get(id).await?.is_some() {
             return Ok(false);
         }
@@ -210,7 +199,7 @@ impl Groups {
         let _guard = self.stripe(id).lock().await;
         let group = self.get(id).await?.ok_or(EngineError::Internal("a created group is not found"))?;
         let key = directed_pair_id(id.party(), founder);
-        self.change(&group, id, founder, key, None, MEMBER).await?;
+        self.admit(&group, id, founder, key, None).await?;
         Ok(true)
     }
 
@@ -254,30 +243,36 @@ impl Groups {
         })
     }
 
+    /// The membership table (for places held by other nodes).
+    pub fn member_table(&self) -> &PairTable {
+        &self.members
+    }
+
     /// Whether `user` is a member of the group.
     pub async fn is_member(&self, id: GroupId, user: UserId) -> Result<bool, EngineError> {
         Ok(self.relation(directed_pair_id(id.party(), user)).await?.1 == MEMBER)
     }
 
-    /// Locks `user`'s joining and refuses (4105) when they are in as many groups as a user may
-    /// be; the guard is held until the joining write is done.
-    async fn user_has_room(&self, user: UserId) -> Result<MutexGuard<'_, ()>, EngineError> {
-        let guard = self.user_stripe(user).lock().await;
-        let max = self.limits.max_groups_per_user;
-        if self.members.count(user, max).await? >= max {
-            return Err(ErrorCode::PermissionDenied.into());
-        }
-        Ok(guard)
-    }
-
-    /// As [`Groups::user_has_room`], and refuses (4105) when the group is full; the caller
-    /// holds the group's lock.
-    async fn has_room(&self, id: GroupId, user: UserId) -> Result<MutexGuard<'_, ()>, EngineError> {
+    /// Makes `user` a member of the group (the group's lock held), if the group has room
+    /// (counted here, where every change of the group runs) and the user does (a place held
+    /// on the owner of the user's slot, whichever groups' nodes add the user meanwhile):
+    /// else 4105.
+    async fn admit(
+        &self,
+        group: &Group,
+        id: GroupId,
+        user: UserId,
+        key: [u8; 16],
+        row: Option<RowId>,
+    ) -> Result<(), EngineError> {
         let max = self.limits.max_members;
         if self.members.count(id.party(), max).await? >= max {
             return Err(ErrorCode::PermissionDenied.into());
         }
-        self.user_has_room(user).await
+        self.members.hold(user, id.party(), self.limits.max_groups_per_user).await?;
+        let changed = self.change(group, id, user, key, row, MEMBER).await;
+        self.members.release(user, id.party()).await;
+        changed
     }
 
     /// Sets the relation byte of `user` in the group (the group's lock held): the relation
@@ -433,13 +428,13 @@ impl Groups {
             return Err(ErrorCode::Repetitive.into());
         }
         // Asking or joining lifts my own block of the group (the low nibble is replaced).
-        let (joined, status, _user) = if l.group.private {
-            (Joined::Asked(l.group.admins()), PENDING, None)
+        if l.group.private {
+            self.change(&l.group, id, me, l.key, l.row, PENDING).await?;
+            Ok(Joined::Asked(l.group.admins()))
         } else {
-            (Joined::Member, MEMBER, Some(self.has_room(id, me).await?))
-        };
-        self.change(&l.group, id, me, l.key, l.row, status).await?;
-        Ok(joined)
+            self.admit(&l.group, id, me, l.key, l.row).await?;
+            Ok(Joined::Member)
+        }
     }
 
     /// PULLROOM: adds `user` (or approves their request). Into a private group only the
@@ -468,8 +463,7 @@ impl Groups {
         if l.status == MEMBER {
             return Err(ErrorCode::HasExist.into());
         }
-        let _user = self.has_room(id, user).await?;
-        self.change(&l.group, id, user, l.key, l.row, MEMBER).await?;
+        self.admit(&l.group, id, user, l.key, l.row).await?;
         Ok(l.status == PENDING)
     }
 

@@ -1,13 +1,21 @@
 //! The pair tables (friends, blocks, group membership, group blocks): one row per direction
 //! of a pair, `owner → other`, in the owner's slot, found by the directed pair id. Groups and
 //! users share the id space, so one shape serves all four tables.
+//!
+//! Caps on an owner's rows (friends, groups per user) are checked where the owner's slot is,
+//! whichever node runs the change that adds the row: the change first holds a place there
+//! ([`PairTable::hold`]), which counts until the row is written or the change lets it go.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableDef, TableId};
+use tim_net::proto::ErrorCode;
 use tim_shard::Cluster;
 
+use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{directed_pair_id, UserId};
 use crate::partition;
@@ -19,12 +27,92 @@ pub const MAX_LIST: usize = 10_000;
 pub struct PairTable {
     data: Arc<Cluster>,
     table: TableId,
+    /// Which table this is, for holds asked by other nodes.
+    kind: PairKind,
+    /// Places held for rows to come, by owner, on the owner of the owner's slot.
+    held: std::sync::Mutex<HashMap<UserId, Vec<(UserId, Instant)>>>,
+    /// Serialize the holds of one owner (check and hold in one step).
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// The pair tables whose rows are capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PairKind {
+    Roster,
+    Membership,
+    Other,
+}
+
+/// How long a place is held when the change that holds it never lets it go (its node died).
+const HOLD_FOR: Duration = Duration::from_secs(30);
+const STRIPES: u64 = 256;
+
 impl PairTable {
-    pub fn new(data: Arc<Cluster>, def: &TableDef) -> Result<Self, StoreError> {
+    pub fn new(data: Arc<Cluster>, def: &TableDef, kind: PairKind) -> Result<Self, StoreError> {
         let table = data.table(def.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { data, table })
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { data, table, kind, held: Default::default(), stripes })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<(UserId, Instant)>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds a place for the row `owner → other` unless `owner` has `max` rows and places
+    /// held already (4105); a row that exists needs no place.
+    pub async fn hold(&self, owner: UserId, other: UserId, max: usize) -> Result<(), EngineError> {
+        let call = SlotCall::PairHold { kind: self.kind, owner, other, max };
+        at_slot(&self.data, partition::user(owner), self.hold_here(owner, other, max), call).await
+    }
+
+    /// [`PairTable::hold`] on the owner of `owner`'s slot.
+    pub async fn hold_here(&self, owner: UserId, other: UserId, max: usize) -> Result<(), EngineError> {
+        let stripe = (u64::from_be_bytes(owner.to_be_bytes()) % STRIPES) as usize;
+        let _guard = match self.stripes.get(stripe) {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        if self.row(owner, other).await?.is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut pending: Vec<(UserId, Instant)> = self.held().get(&owner).cloned().unwrap_or_default();
+        pending.retain(|(o, at)| *o != other && now.duration_since(*at) < HOLD_FOR);
+        // A place whose row is written counts as the row.
+        let mut still = Vec::with_capacity(pending.len());
+        for (o, at) in pending {
+            if self.row(owner, o).await?.is_none() {
+                still.push((o, at));
+            }
+        }
+        if self.count(owner, max).await? + still.len() >= max {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        still.push((other, now));
+        self.held().insert(owner, still);
+        Ok(())
+    }
+
+    /// Lets a held place go (its row is written, or its change failed).
+    pub async fn release(&self, owner: UserId, other: UserId) {
+        let call = SlotCall::PairRelease { kind: self.kind, owner, other };
+        let here = async {
+            self.release_here(owner, other);
+            Ok(())
+        };
+        // A place that is not let go expires.
+        let _ = at_slot(&self.data, partition::user(owner), here, call).await;
+    }
+
+    /// [`PairTable::release`] on the owner of `owner`'s slot.
+    pub fn release_here(&self, owner: UserId, other: UserId) {
+        let mut held = self.held();
+        if let Some(places) = held.get_mut(&owner) {
+            places.retain(|(o, _)| *o != other);
+            if places.is_empty() {
+                held.remove(&owner);
+            }
+        }
     }
 
     /// The row of `owner → other`, if any (index only).

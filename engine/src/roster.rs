@@ -27,7 +27,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
-use crate::pairs::PairTable;
+use crate::pairs::{PairKind, PairTable};
 use crate::partition;
 use crate::tables::{pair, timrelate};
 
@@ -60,8 +60,6 @@ pub struct Rosters {
     roster: PairTable,
     block: PairTable,
     stripes: Vec<Mutex<()>>,
-    /// Per-user locks of roster growth ([`Rosters::lock_users`]).
-    user_stripes: Vec<Mutex<()>>,
     /// Pair id → its `timrelate` row and status byte (`None`: no row).
     cache: quick_cache::sync::Cache<[u8; 16], Option<(RowId, u8)>>,
 }
@@ -132,29 +130,12 @@ impl Rosters {
         Ok(Self {
             max_roster,
             relate: table(timrelate::DEF.name)?,
-            roster: PairTable::new(data.clone(), &pair::TIMROSTER)?,
-            block: PairTable::new(data.clone(), &pair::TIMBLOCK)?,
+            roster: PairTable::new(data.clone(), &pair::TIMROSTER, PairKind::Roster)?,
+            block: PairTable::new(data.clone(), &pair::TIMBLOCK, PairKind::Other)?,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            user_stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             cache: quick_cache::sync::Cache::new(CACHED_RELATIONS),
             data,
         })
-    }
-
-    /// Locks the roster growth of two users, so the roster cap holds under concurrent
-    /// friendships of one user with different people: one lock when both users share a
-    /// stripe, else both in stripe order. Taken after the pair's lock, never before one.
-    async fn lock_users(&self, a: UserId, b: UserId) -> Vec<MutexGuard<'_, ()>> {
-        let index = |u: UserId| (u64::from_be_bytes(u.to_be_bytes()) % STRIPES as u64) as usize;
-        let mut order = vec![index(a).min(index(b)), index(a).max(index(b))];
-        order.dedup();
-        let mut guards = Vec::with_capacity(order.len());
-        for i in order {
-            if let Some(stripe) = self.user_stripes.get(i) {
-                guards.push(stripe.lock().await);
-            }
-        }
-        guards
     }
 
     #[allow(clippy::indexing_slicing)]
@@ -314,20 +295,20 @@ impl Rosters {
         if rel.mine == FRIEND && rel.theirs == FRIEND {
             return Err(ErrorCode::Repetitive.into());
         }
-        let mut _users = Vec::new();
-        let added = if rel.theirs == FRIEND {
-            _users = self.lock_users(me, other).await;
-            for user in [me, other] {
-                if self.roster.count(user, self.max_roster).await? >= self.max_roster {
-                    return Err(ErrorCode::PermissionDenied.into());
-                }
-            }
-            Added::Friends
-        } else {
-            Added::Requested
-        };
-        self.change(pair, me, other, &rel, FRIEND, rel.theirs).await?;
-        Ok(added)
+        if rel.theirs != FRIEND {
+            self.change(pair, me, other, &rel, FRIEND, rel.theirs).await?;
+            return Ok(Added::Requested);
+        }
+        // Both rosters grow: each must have room, counted on the owner of its user's slot.
+        self.roster.hold(me, other, self.max_roster).await?;
+        if let Err(e) = self.roster.hold(other, me, self.max_roster).await {
+            self.roster.release(me, other).await;
+            return Err(e);
+        }
+        let changed = self.change(pair, me, other, &rel, FRIEND, rel.theirs).await;
+        self.roster.release(me, other).await;
+        self.roster.release(other, me).await;
+        changed.map(|()| Added::Friends)
     }
 
     /// REMOVEROSTER: ends a friendship (or my request, or my block). The other side's block,
@@ -373,6 +354,11 @@ impl Rosters {
         } else {
             NONE
         }
+    }
+
+    /// The friends table (for places held by other nodes).
+    pub fn roster_table(&self) -> &PairTable {
+        &self.roster
     }
 
     /// Drops the cached relations: they are valid on the owner of their pair's slot only, and

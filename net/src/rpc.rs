@@ -296,21 +296,7 @@ async fn run_client_link(
     link: Arc<Link>,
 ) {
     let (mut sink, mut stream) = framed.split();
-    let writer = async {
-        while let Some(first) = out_rx.recv().await {
-            if sink.feed(first).await.is_err() {
-                return;
-            }
-            while let Ok(more) = out_rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    };
+    let writer = write_bursts(&mut sink, &mut out_rx);
     let reader = async {
         while let Some(Ok(raw)) = stream.next().await {
             let Some((kind, id, body)) = parse(raw) else { return };
@@ -410,21 +396,7 @@ async fn serve_link(
     let (mut sink, mut stream) = framed.split();
     let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(cfg.queue);
     let inflight = Arc::new(Semaphore::new(cfg.max_inflight));
-    let writer = async {
-        while let Some(first) = reply_rx.recv().await {
-            if sink.feed(first).await.is_err() {
-                return;
-            }
-            while let Ok(more) = reply_rx.try_recv() {
-                if sink.feed(more).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    };
+    let writer = write_bursts(&mut sink, &mut reply_rx);
     let reader = async {
         while let Some(Ok(raw)) = stream.next().await {
             let (id, body) = match parse(raw) {
@@ -452,6 +424,27 @@ async fn serve_link(
         _ = writer => {}
         _ = reader => {}
         _ = stop.cancelled() => {}
+    }
+}
+
+/// Writes the frames `queue` brings, each burst of queued ones with one flush, until the
+/// queue closes or the link fails.
+async fn write_bursts(
+    sink: &mut futures_util::stream::SplitSink<Framed<TcpStream, LengthDelimitedCodec>, Bytes>,
+    queue: &mut mpsc::Receiver<Bytes>,
+) {
+    while let Some(first) = queue.recv().await {
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = queue.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
     }
 }
 
