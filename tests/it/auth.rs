@@ -7,44 +7,44 @@ use tim_net::proto::{TimAuth, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::node::{auth, TestNode, WAIT};
+use crate::topology::topology_test;
 
 const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Compact];
 
-#[tokio::test]
-async fn register_token_and_logins_in_both_encodings() {
-    let node = TestNode::start(&["--device-limit", "50", "--devicetype-limit", "50"]);
+topology_test!(async fn register_token_and_logins_in_both_encodings(servers, &["--device-limit", "50", "--devicetype-limit", "50"]) {
+
     for encoding in ENCODINGS {
         let name = format!("alice-{encoding:?}");
-        let reg = node.register(&name, "pw-1", encoding).await;
+        let reg = servers.at(0).register(&name, "pw-1", encoding).await;
         assert!(reg.ok, "{reg:?}");
         assert_eq!(reg.tim_type, 14);
         let user_node = reg.n.clone().expect("node in n");
-        let again = node.register(&name, "other", encoding).await;
+        let again = servers.at(1).register(&name, "other", encoding).await;
         assert_eq!((again.ok, again.error_code()), (false, Some(4101)), "register again");
 
         // Token: issued for the right password only, bound to its name, single use.
-        let bad = node.token(&name, "wrong", encoding).await;
+        let bad = servers.at(0).token(&name, "wrong", encoding).await;
         assert_eq!(bad.error_code(), Some(4102));
-        let token = node.token(&name, "pw-1", encoding).await;
+        let token = servers.at(0).token(&name, "pw-1", encoding).await;
         assert!(token.ok && token.tim_type == 15, "{token:?}");
         let token = token.n.expect("token in n");
         let token_auth = |who: &str| TimAuth { token: Some(token.clone()), ..auth(who, "") };
 
-        let mut other_name = Client::connect(node.addr, encoding).await.unwrap();
+        let mut other_name = Client::connect(servers.at(1).addr, encoding).await.unwrap();
         let ack = other_name.login(&token_auth("mallory"), WAIT).await.unwrap();
         assert_eq!(ack.error_code(), Some(4115), "token is bound to its name");
 
-        let mut by_token = Client::connect(node.addr, encoding).await.unwrap();
+        let mut by_token = Client::connect(servers.at(2).addr, encoding).await.unwrap();
         let ack = by_token.login(&token_auth(&name), WAIT).await.unwrap();
         assert!(ack.ok, "{ack:?}");
         assert_eq!((ack.tim_type, ack.n.as_deref()), (16, Some(user_node.as_str())));
         assert!(ack.n2.is_some() && ack.t.is_some());
 
-        let mut reuse = Client::connect(node.addr, encoding).await.unwrap();
+        let mut reuse = Client::connect(servers.at(1).addr, encoding).await.unwrap();
         assert_eq!(reuse.login(&token_auth(&name), WAIT).await.unwrap().error_code(), Some(4115), "token reuse");
 
         // Password logins; a failed one leaves the socket open for another try.
-        let (mut client, ack) = node.login(&name, "nope", encoding).await;
+        let (mut client, ack) = servers.at(0).login(&name, "nope", encoding).await;
         assert_eq!((ack.ok, ack.tim_type, ack.error_code()), (false, 16, Some(4105)));
         let ack = client.login(&auth("nobody-at-all", "pw-1"), WAIT).await.unwrap();
         assert_eq!(ack.error_code(), Some(4105), "unknown name looks like a wrong password");
@@ -54,32 +54,31 @@ async fn register_token_and_logins_in_both_encodings() {
         let again = client.login(&auth(&name, "pw-1"), WAIT).await.unwrap();
         assert!(again.ok && again.n.is_none(), "{again:?}");
         // Missing credentials.
-        let mut empty = Client::connect(node.addr, encoding).await.unwrap();
+        let mut empty = Client::connect(servers.at(0).addr, encoding).await.unwrap();
         assert_eq!(empty.login(&TimAuth::default(), WAIT).await.unwrap().error_code(), Some(4105));
     }
     // Names are per domain, and long passwords are fine.
     let long_pwd = "p".repeat(10_000);
     let mut other_domain = auth("alice-Json", &long_pwd);
     other_domain.domain = Some("elsewhere".into());
-    let ack = tim_net::client::post_tim2(node.addr, FrameType::Register, Encoding::Json, &other_domain).await.unwrap();
+    let ack = tim_net::client::post_tim2(servers.at(2).addr, FrameType::Register, Encoding::Json, &other_domain).await.unwrap();
     assert!(ack.ok, "same name in another domain registers: {ack:?}");
-    let mut client = Client::connect(node.addr, Encoding::Json).await.unwrap();
+    let mut client = Client::connect(servers.at(2).addr, Encoding::Json).await.unwrap();
     assert!(client.login(&other_domain, WAIT).await.unwrap().ok);
-}
+});
 
-#[tokio::test]
-async fn device_limit_refuses_then_kicks_the_oldest() {
-    let node = TestNode::start(&["--device-limit", "1", "--auth-min-unix", "1"]);
-    assert!(node.register("bob", "pw", Encoding::Compact).await.ok);
-    let (mut first, ack) = node.login("bob", "pw", Encoding::Compact).await;
+topology_test!(async fn device_limit_refuses_then_kicks_the_oldest(servers, &["--device-limit", "1", "--auth-min-unix", "1"]) {
+
+    assert!(servers.at(0).register("bob", "pw", Encoding::Compact).await.ok);
+    let (mut first, ack) = servers.at(0).login("bob", "pw", Encoding::Compact).await;
     assert!(ack.ok);
-    let (_second, ack) = node.login("bob", "pw", Encoding::Json).await;
+    let (_second, ack) = servers.at(1).login("bob", "pw", Encoding::Json).await;
     assert_eq!((ack.ok, ack.error_code()), (false, Some(4111)), "within auth_min_unix");
 
     // Once auth_min_unix has passed since the last successful login, the newest login wins.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut newest = loop {
-        let (client, ack) = node.login("bob", "pw", Encoding::Compact).await;
+        let (client, ack) = servers.at(2).login("bob", "pw", Encoding::Compact).await;
         if ack.ok {
             break client;
         }
@@ -90,20 +89,19 @@ async fn device_limit_refuses_then_kicks_the_oldest() {
     first.closed_within(WAIT).await.expect("oldest session closed");
     newest.ping().await.unwrap();
     assert_eq!(newest.recv_within(WAIT).await.unwrap().kind, FrameType::Ping, "newest session alive");
-}
+});
 
-#[tokio::test]
-async fn device_type_limit_counts_per_termtyp() {
-    let node = TestNode::start(&["--device-limit", "3", "--devicetype-limit", "1", "--auth-min-unix", "60"]);
-    assert!(node.register("carol", "pw", Encoding::Json).await.ok);
+topology_test!(async fn device_type_limit_counts_per_termtyp(servers, &["--device-limit", "3", "--devicetype-limit", "1", "--auth-min-unix", "60"]) {
+
+    assert!(servers.at(0).register("carol", "pw", Encoding::Json).await.ok);
     let typed = |t: i8| TimAuth { termtyp: Some(t), ..auth("carol", "pw") };
-    let mut web = Client::connect(node.addr, Encoding::Json).await.unwrap();
+    let mut web = Client::connect(servers.at(0).addr, Encoding::Json).await.unwrap();
     assert!(web.login(&typed(1), WAIT).await.unwrap().ok);
-    let mut phone = Client::connect(node.addr, Encoding::Json).await.unwrap();
+    let mut phone = Client::connect(servers.at(1).addr, Encoding::Json).await.unwrap();
     assert!(phone.login(&typed(2), WAIT).await.unwrap().ok, "another device type fits");
-    let mut web2 = Client::connect(node.addr, Encoding::Json).await.unwrap();
+    let mut web2 = Client::connect(servers.at(2).addr, Encoding::Json).await.unwrap();
     assert_eq!(web2.login(&typed(1), WAIT).await.unwrap().error_code(), Some(4111), "second web session");
-}
+});
 
 #[tokio::test]
 async fn origin_allow_list() {
@@ -138,13 +136,12 @@ async fn tim2_answers_other_types_and_garbage_with_an_empty_200() {
     }
 }
 
-#[tokio::test]
-async fn modify_auth_changes_the_password() {
-    let node = TestNode::start(&["--device-limit", "20", "--devicetype-limit", "20"]);
+topology_test!(async fn modify_auth_changes_the_password(servers, &["--device-limit", "20", "--devicetype-limit", "20"]) {
+
     for encoding in ENCODINGS {
         let name = format!("dave-{encoding:?}");
-        assert!(node.register(&name, "old-pw", encoding).await.ok);
-        let (mut client, ack) = node.login(&name, "old-pw", encoding).await;
+        assert!(servers.at(0).register(&name, "old-pw", encoding).await.ok);
+        let (mut client, ack) = servers.at(0).login(&name, "old-pw", encoding).await;
         assert!(ack.ok);
         let change = |old: Option<&str>, new: Option<&str>| TimReq {
             rtype: Some(21),
@@ -162,9 +159,9 @@ async fn modify_auth_changes_the_password() {
         let ack = client.recv_ack(WAIT).await.unwrap();
         assert_eq!((ack.ok, ack.tim_type, ack.t), (true, 41, Some(21)), "{ack:?}");
 
-        let (_, ack) = node.login(&name, "old-pw", encoding).await;
+        let (_, ack) = servers.at(1).login(&name, "old-pw", encoding).await;
         assert_eq!(ack.error_code(), Some(4105), "old password no longer works");
-        let (_, ack) = node.login(&name, "new-pw", encoding).await;
+        let (_, ack) = servers.at(2).login(&name, "new-pw", encoding).await;
         assert!(ack.ok, "new password works");
         // Notification codes (FRIEND, PASSROOM) and no operation at all.
         for rtype in [5, 10, 99] {
@@ -172,4 +169,4 @@ async fn modify_auth_changes_the_password() {
             assert_eq!(client.recv_ack(WAIT).await.unwrap().error_code(), Some(4104), "rtype {rtype}");
         }
     }
-}
+});

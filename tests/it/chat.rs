@@ -8,6 +8,7 @@ use tim_net::{Encoding, FrameType, ServerFrame};
 
 use crate::node::{TestNode, WAIT};
 use crate::roster::{batch, business, pushed, request_offline, user};
+use crate::topology::topology_test;
 
 pub fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
     TimMessage {
@@ -51,11 +52,10 @@ pub async fn history(client: &mut Client, peer: &str, upto: i64, limit: i64) -> 
     list.message_list.unwrap_or_default()
 }
 
-#[tokio::test]
-async fn messages_are_validated_in_tim_order() {
-    let node = TestNode::start(&[]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Json).await;
-    let (_bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn messages_are_validated_in_tim_order(servers, &[]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (_bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     let cases = [
         (text_to(&bob_node, "x", 1), 4105, "not friends"),
         (text_to("0OIl", "x", 1), 4106, "malformed target"),
@@ -71,15 +71,14 @@ async fn messages_are_validated_in_tim_order() {
     }
     alice.send_raw(bytes::Bytes::from_static(&[0x5A, 0x13])).await.unwrap();
     assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4113), "undecodable message");
-}
+});
 
-#[tokio::test]
-async fn a_message_is_echoed_to_every_sender_session_and_delivered_with_ack() {
-    let node = TestNode::start(&["--device-limit", "5", "--devicetype-limit", "5"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn a_message_is_echoed_to_every_sender_session_and_delivered_with_ack(servers, &["--device-limit", "5", "--devicetype-limit", "5"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
-    let (mut alice2, _) = node.login("alice", "pw", Encoding::Compact).await;
+    let (mut alice2, _) = servers.at(2).login("alice", "pw", Encoding::Compact).await;
 
     let sent = TimMessage { id: Some(77), ..text_to(&bob_node, "hello bob", 1) };
     alice.send(FrameType::Message, &sent).await.unwrap();
@@ -99,14 +98,13 @@ async fn a_message_is_echoed_to_every_sender_session_and_delivered_with_ack() {
     // Acked: nothing waits offline.
     request_offline(&mut bob).await;
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
-}
+});
 
-#[tokio::test]
-async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_order() {
-    let node = TestNode::start(&[]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Json).await;
-    let (_carol, carol_node) = user(&node, "carol", Encoding::Compact).await;
+topology_test!(async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_order(servers, &[]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Json).await;
+    let (_carol, carol_node) = user(servers.at(2), "carol", Encoding::Compact).await;
     befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
     // Sent without waiting, so the server reads them as one burst: a refused message in the
     // middle, then a history request that must see every message before it.
@@ -145,18 +143,17 @@ async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_orde
         let got = pushed(&mut bob, true).await;
         assert_eq!(got.mid, Some(mid), "delivered in order");
     }
-}
+});
 
-#[tokio::test]
-async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
-    let bob_node = node.register("bob", "pw", Encoding::Json).await.n.unwrap();
+topology_test!(async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order(servers, &["--message-noauth", "true"]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Json).await.n.unwrap();
     for i in 0..13 {
         alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
         echo(&mut alice).await;
     }
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Json).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Json).await;
     request_offline(&mut bob).await;
     let first = batch(&mut bob, true).await;
     let second = batch(&mut bob, true).await;
@@ -167,14 +164,13 @@ async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order() {
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
     request_offline(&mut bob).await;
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "drained");
-}
+});
 
-#[tokio::test]
-async fn history_pages_through_250_messages_without_gap_or_duplicate() {
+topology_test!(async fn history_pages_through_250_messages_without_gap_or_duplicate(servers, &["--message-noauth", "true", "--rate-connection", "0", "--rate-account", "0"]) {
+
     // 250 messages as fast as echoes come back: over the default message rate.
-    let node = TestNode::start(&["--message-noauth", "true", "--rate-connection", "0", "--rate-account", "0"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Json).await;
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Json).await;
     let mut mids = Vec::new();
     for i in 0..250 {
         alice.send(FrameType::Message, &text_to(&bob_node, &format!("n{i}"), 1)).await.unwrap();
@@ -202,13 +198,12 @@ async fn history_pages_through_250_messages_without_gap_or_duplicate() {
     let upto_exact = mids[9];
     let page = history(&mut alice, &bob_node, upto_exact, 3).await;
     assert_eq!(page.iter().map(|m| m.mid.unwrap()).collect::<Vec<_>>(), [mids[9], mids[8], mids[7]], "inclusive bound");
-}
+});
 
-#[tokio::test]
-async fn streams_reach_online_sessions_only_and_custom_kinds_skip_history() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn streams_reach_online_sessions_only_and_custom_kinds_skip_history(servers, &["--message-noauth", "true"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
 
     alice.send(FrameType::Message, &text_to(&bob_node, "live", 5)).await.unwrap();
     let frame = bob.recv_within(WAIT).await.unwrap();
@@ -225,11 +220,11 @@ async fn streams_reach_online_sessions_only_and_custom_kinds_skip_history() {
     alice.send(FrameType::Message, &text_to(&bob_node, "lost", 5)).await.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "kept", 31)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     let queued = batch(&mut bob, true).await;
     assert_eq!(queued.iter().map(|m| m.data_string.clone().unwrap()).collect::<Vec<_>>(), ["kept"]);
-}
+});
 
 #[tokio::test]
 async fn an_echoed_message_survives_kill_9() {
@@ -249,13 +244,12 @@ async fn an_echoed_message_survives_kill_9() {
     assert_eq!((queued.len(), queued[0].mid), (1, mid));
 }
 
-#[tokio::test]
-async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing() {
-    let node = TestNode::start(&["--message-noauth", "true", "--outbound-queue", "4", "--ack-timeout", "30"]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
+topology_test!(async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing(servers, &["--message-noauth", "true", "--outbound-queue", "4", "--ack-timeout", "30"]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
     // Bob reads nothing and acks nothing; carol keeps up.
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
-    let (mut carol, carol_node) = user(&node, "carol", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
+    let (mut carol, carol_node) = user(servers.at(2), "carol", Encoding::Json).await;
     let big = "x".repeat(100_000);
     for i in 0..20 {
         alice.send(FrameType::Message, &text_to(&bob_node, &format!("{i}:{big}"), 1)).await.unwrap();
@@ -267,7 +261,7 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing() 
     }
     // Bob's session was cut off once four frames waited for his acks; nothing was lost.
     bob.closed_within(WAIT).await.expect("slow reader cut off");
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     let mut texts = Vec::new();
     for _ in 0..2 {
@@ -276,17 +270,16 @@ async fn a_slow_consumer_is_cut_off_without_delaying_others_and_loses_nothing() 
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
     let expected: Vec<_> = (0..20).map(|i| format!("{i}:{big}")).collect();
     assert_eq!(texts, expected, "every message once, in order");
-}
+});
 
 fn recall_or_burn(to: &str, mid: Option<i64>, od_type: i8) -> TimMessage {
     TimMessage { mid, data_string: None, ..text_to(to, "", od_type) }
 }
 
-#[tokio::test]
-async fn recall_and_burn_delete_the_message_and_tell_both_sides() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn recall_and_burn_delete_the_message_and_tell_both_sides(servers, &["--message-noauth", "true"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
 
     // Recall, online: only the sender may; both sides get the notice; history loses it.
     alice.send(FrameType::Message, &text_to(&bob_node, "oops", 1)).await.unwrap();
@@ -314,13 +307,12 @@ async fn recall_and_burn_delete_the_message_and_tell_both_sides() {
     bob.send(FrameType::BurnMessage, &recall_or_burn(&alice_node, mid, 3)).await.unwrap();
     assert_eq!((pushed(&mut bob, true).await.od_type, pushed(&mut alice, true).await.od_type), (3, 3));
     assert!(history(&mut alice, &bob_node, 0, 10).await.is_empty());
-}
+});
 
-#[tokio::test]
-async fn a_recalled_message_never_reaches_an_offline_recipient() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Compact).await;
-    let bob_node = node.register("bob", "pw", Encoding::Json).await.n.unwrap();
+topology_test!(async fn a_recalled_message_never_reaches_an_offline_recipient(servers, &["--message-noauth", "true"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Json).await.n.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "keep", 1)).await.unwrap();
     echo(&mut alice).await;
     alice.send(FrameType::Message, &text_to(&bob_node, "take back", 1)).await.unwrap();
@@ -328,20 +320,19 @@ async fn a_recalled_message_never_reaches_an_offline_recipient() {
     alice.send(FrameType::Message, &recall_or_burn(&bob_node, mid, 2)).await.unwrap();
     assert_eq!(pushed(&mut alice, true).await.od_type, 2);
 
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Json).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Json).await;
     request_offline(&mut bob).await;
     let queued = batch(&mut bob, true).await;
     let kinds: Vec<_> = queued.iter().map(|m| (m.od_type, m.data_string.clone())).collect();
     assert_eq!(kinds, [(1, Some("keep".to_owned())), (2, None)], "the original is gone, the notice remains");
     assert_eq!(queued[1].from_tid.clone().unwrap().node, alice_node);
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
-}
+});
 
-#[tokio::test]
-async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound() {
-    let node = TestNode::start(&["--message-noauth", "true", "--ack-timeout", "1", "--ack-tries", "2"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound(servers, &["--message-noauth", "true", "--ack-timeout", "1", "--ack-tries", "2"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     alice.send(FrameType::Message, &text_to(&bob_node, "unacked", 1)).await.unwrap();
     let sent = echo(&mut alice).await;
     // Two attempts, never acked.
@@ -367,49 +358,49 @@ async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound()
     let list: TimMessageList = bob.recv_within(WAIT).await.unwrap().decode(Encoding::Compact).unwrap();
     assert!(list.message_list.unwrap_or_default().is_empty());
     assert_eq!(history(&mut bob, &alice_node, 0, 10).await.len(), 1);
-}
+});
 
-#[tokio::test]
-async fn offline_queues_are_capped_by_count_and_age() {
-    let node = TestNode::start(&["--message-noauth", "true", "--offline-max-entries", "5"]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
-    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+topology_test!(async fn offline_queues_are_capped_by_count(servers, &["--message-noauth", "true", "--offline-max-entries", "5"]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
     for i in 0..8 {
         alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
         echo(&mut alice).await;
     }
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     let texts: Vec<_> = batch(&mut bob, true).await.into_iter().map(|m| m.data_string.unwrap()).collect();
     assert_eq!(texts, ["m3", "m4", "m5", "m6", "m7"], "the oldest were dropped");
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
-    assert!(node.log().contains("offline entries dropped"), "drops are logged");
+    assert!(servers.log().contains("offline entries dropped"), "drops are logged");
+});
 
-    let node = TestNode::start(&["--message-noauth", "true", "--offline-max-age", "1"]);
-    let (mut alice, _) = user(&node, "alice", Encoding::Compact).await;
-    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+topology_test!(async fn offline_queues_are_capped_by_age(servers, &["--message-noauth", "true", "--offline-max-age", "1"]) {
+
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "stale", 1)).await.unwrap();
     echo(&mut alice).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "expired entries dropped");
-    assert!(node.log().contains("older than the age cap"));
-}
+    assert!(servers.log().contains("older than the age cap"));
+});
 
-#[tokio::test]
-async fn a_message_burned_while_queued_is_never_delivered() {
-    let node = TestNode::start(&["--message-noauth", "true"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let bob_node = node.register("bob", "pw", Encoding::Compact).await.n.unwrap();
+topology_test!(async fn a_message_burned_while_queued_is_never_delivered(servers, &["--message-noauth", "true"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "burn me", 1)).await.unwrap();
     let mid = echo(&mut alice).await.mid;
     // Bob logs in and burns it (he knows its mid from history) before draining his queue.
-    let (mut bob, _) = node.login("bob", "pw", Encoding::Compact).await;
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     assert_eq!(history(&mut bob, &alice_node, 0, 1).await[0].mid, mid);
     bob.send(FrameType::BurnMessage, &recall_or_burn(&alice_node, mid, 3)).await.unwrap();
     assert_eq!(pushed(&mut bob, true).await.od_type, 3);
     assert_eq!(pushed(&mut alice, true).await.od_type, 3);
     request_offline(&mut bob).await;
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "the original is gone");
-}
+});

@@ -4,8 +4,9 @@ use tim_net::client::Client;
 use tim_net::proto::{Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{Encoding, FrameType};
 
-use crate::node::{TestNode, WAIT};
+use crate::node::WAIT;
 use crate::roster::{batch, pushed, request_offline, user};
+use crate::topology::topology_test;
 
 async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
     let req = TimReq {
@@ -74,13 +75,12 @@ async fn notice(client: &mut Client) -> (i32, String, String) {
     (msg.bn_type.unwrap(), msg.from_tid.unwrap().node, msg.room_tid.unwrap().node)
 }
 
-#[tokio::test]
-async fn the_group_life_cycle_with_every_push_and_error() {
-    let node = TestNode::start(&[]);
-    let (mut ann, ann_node) = user(&node, "ann", Encoding::Json).await;
-    let (mut ben, ben_node) = user(&node, "ben", Encoding::Compact).await;
-    let (mut cid, cid_node) = user(&node, "cid", Encoding::Compact).await;
-    let (mut dot, dot_node) = user(&node, "dot", Encoding::Json).await;
+topology_test!(async fn the_group_life_cycle_with_every_push_and_error(servers, &[]) {
+
+    let (mut ann, ann_node) = user(servers.at(0), "ann", Encoding::Json).await;
+    let (mut ben, ben_node) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut cid, cid_node) = user(servers.at(2), "cid", Encoding::Compact).await;
+    let (mut dot, dot_node) = user(servers.at(3), "dot", Encoding::Json).await;
 
     // An open group: anyone may join, members may pull others in, strangers may not.
     let open = new_group(&mut ann, "open one", false).await;
@@ -151,7 +151,7 @@ async fn the_group_life_cycle_with_every_push_and_error() {
     refused(&mut ben, 9, &private, None, 4108).await;
     assert_eq!(nodes(&mut ann, 2, None).await, vec![open.clone()], "a cancelled group is not listed");
     refused_bare(&mut ann, 12, "0OIl", Some(&ben_node), 4106).await;
-}
+});
 
 fn to_group(group: &str, text: &str, od_type: i8, mid: Option<i64>) -> TimMessage {
     TimMessage {
@@ -177,13 +177,12 @@ async fn group_history(client: &mut Client, group: &str) -> Vec<TimMessage> {
     list.message_list.unwrap_or_default()
 }
 
-#[tokio::test]
-async fn group_messages_reach_members_online_and_offline_and_can_be_recalled() {
-    let node = TestNode::start(&[]);
-    let (mut ann, ann_node) = user(&node, "ann", Encoding::Json).await;
-    let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
-    let (mut cid, _) = user(&node, "cid", Encoding::Compact).await;
-    let (mut dot, dot_node) = user(&node, "dot", Encoding::Compact).await;
+topology_test!(async fn group_messages_reach_members_online_and_offline_and_can_be_recalled(servers, &[]) {
+
+    let (mut ann, ann_node) = user(servers.at(0), "ann", Encoding::Json).await;
+    let (mut ben, _) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut cid, _) = user(servers.at(2), "cid", Encoding::Compact).await;
+    let (mut dot, dot_node) = user(servers.at(3), "dot", Encoding::Compact).await;
     let group = new_group(&mut ann, "chat", false).await;
     for client in [&mut ben, &mut cid] {
         request(client, 9, Some(&group), None, None).await;
@@ -203,7 +202,7 @@ async fn group_messages_reach_members_online_and_offline_and_can_be_recalled() {
     let mid = got.mid.expect("a stored group message has a mid");
 
     // The member who was away finds it in the offline queue.
-    let (mut cid, _) = node.login("cid", "pw", Encoding::Compact).await;
+    let (mut cid, _) = servers.at(2).login("cid", "pw", Encoding::Compact).await;
     request_offline(&mut cid).await;
     let queued = batch(&mut cid, true).await;
     assert_eq!((queued.len(), queued[0].mid, queued[0].data_string.as_deref()), (1, Some(mid), Some("hello all")));
@@ -265,4 +264,4 @@ async fn group_messages_reach_members_online_and_offline_and_can_be_recalled() {
     assert_eq!((told_ann.unwrap().od_type, pushed(&mut ben, true).await.od_type), (2, 2));
     assert_eq!(pushed(&mut cid, true).await.mid, Some(mid), "the recall reaches every member");
     assert!(group_history(&mut ben, &group).await.is_empty());
-}
+});

@@ -7,6 +7,7 @@ use tim_net::{Encoding, FrameType};
 use crate::chat::befriend;
 use crate::node::{TestNode, WAIT};
 use crate::roster::{business, pushed, user};
+use crate::topology::topology_test;
 
 fn text_to(to: &str, i: i64) -> TimMessage {
     TimMessage {
@@ -64,13 +65,13 @@ async fn a_flooding_client_gets_5104_while_others_are_served() {
     }
 }
 
-#[tokio::test]
-async fn an_account_is_limited_across_its_sessions() {
-    let node = TestNode::start(&["--rate-account", "20", "--burst-account", "20", "--device-limit", "2"]);
-    let (mut one, one_node) = user(&node, "one", Encoding::Compact).await;
-    let (mut peer, peer_node) = user(&node, "peer", Encoding::Compact).await;
+topology_test!(async fn an_account_is_limited_across_its_sessions(servers, &["--rate-account", "20", "--burst-account", "20", "--device-limit", "2"]) {
+
+    let (mut one, one_node) = user(servers.at(0), "one", Encoding::Compact).await;
+    let (mut peer, peer_node) = user(servers.at(1), "peer", Encoding::Compact).await;
     befriend(&mut one, &one_node, &mut peer, &peer_node).await;
-    let (mut two, _) = node.login("one", "pw", Encoding::Compact).await;
+    // The account's bucket is per node (README, --rate-account): both sessions on one node.
+    let (mut two, _) = servers.at(0).login("one", "pw", Encoding::Compact).await;
     let (first, _) = flood(&mut one, &peer_node, 15).await;
     // The first session's echoes also reach the second; skip them.
     for _ in 0..first {
@@ -81,7 +82,7 @@ async fn an_account_is_limited_across_its_sessions() {
         first + second <= 25 && refused >= 5,
         "one bucket for both sessions: {first} + {second}, {refused} refused"
     );
-}
+});
 
 #[tokio::test]
 async fn a_login_past_the_connect_limit_gets_5104_and_is_closed() {
@@ -94,12 +95,11 @@ async fn a_login_past_the_connect_limit_gets_5104_and_is_closed() {
     c.closed_within(WAIT).await.expect("closed after the refusal");
 }
 
-#[tokio::test]
-async fn groups_and_rosters_have_capacities() {
-    let node = TestNode::start(&["--max-group-members", "2", "--max-groups-per-user", "2", "--max-roster", "1"]);
-    let (mut ann, ann_node) = user(&node, "ann", Encoding::Compact).await;
-    let (mut ben, ben_node) = user(&node, "ben", Encoding::Compact).await;
-    let (mut cid, cid_node) = user(&node, "cid", Encoding::Compact).await;
+topology_test!(async fn groups_and_rosters_have_capacities(servers, &["--max-group-members", "2", "--max-groups-per-user", "2", "--max-roster", "1"]) {
+
+    let (mut ann, ann_node) = user(servers.at(0), "ann", Encoding::Compact).await;
+    let (mut ben, ben_node) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut cid, cid_node) = user(servers.at(2), "cid", Encoding::Compact).await;
     let new_room =
         |name: &str| TimReq { rtype: Some(8), node: Some(name.into()), req_int: Some(2), ..TimReq::default() };
     ann.send(FrameType::Business, &new_room("g1")).await.unwrap();
@@ -120,22 +120,21 @@ async fn groups_and_rosters_have_capacities() {
     assert_eq!(pushed(&mut ann, true).await.bn_type, Some(4));
     business(&mut ann, 4, Some(&cid_node), Some("ok")).await;
     assert_eq!(ann.recv_ack(WAIT).await.unwrap().error_code(), Some(4105), "ann's roster is full");
-}
+});
 
-#[tokio::test]
-async fn the_groups_per_user_cap_holds_under_concurrent_joins() {
-    let node = TestNode::start(&["--max-groups-per-user", "2", "--device-limit", "6", "--devicetype-limit", "6"]);
+topology_test!(async fn the_groups_per_user_cap_holds_under_concurrent_joins(servers, &["--max-groups-per-user", "2", "--device-limit", "6", "--devicetype-limit", "6"]) {
+
     let mut groups = Vec::new();
     for i in 0..5 {
-        let (mut founder, _) = user(&node, &format!("f{i}"), Encoding::Compact).await;
+        let (mut founder, _) = user(servers.at(i), &format!("f{i}"), Encoding::Compact).await;
         let req = TimReq { rtype: Some(8), node: Some(format!("g{i}")), req_int: Some(2), ..TimReq::default() };
         founder.send(FrameType::Business, &req).await.unwrap();
         groups.push(founder.recv_ack(WAIT).await.unwrap().n.unwrap());
     }
-    let (first, _) = user(&node, "joiner", Encoding::Compact).await;
+    let (first, _) = user(servers.at(5), "joiner", Encoding::Compact).await;
     let mut sessions = vec![first];
-    for _ in 1..5 {
-        sessions.push(node.login("joiner", "pw", Encoding::Compact).await.0);
+    for k in 1..5 {
+        sessions.push(servers.at(5 + k).login("joiner", "pw", Encoding::Compact).await.0);
     }
     // Five sessions of one user join five groups at once: two may succeed.
     let joins = sessions.into_iter().zip(&groups).map(|(mut session, group)| {
@@ -150,7 +149,7 @@ async fn the_groups_per_user_cap_holds_under_concurrent_joins() {
         sessions.push(join.await.unwrap());
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (mut check, _) = node.login("joiner", "pw", Encoding::Compact).await;
+    let (mut check, _) = servers.at(5).login("joiner", "pw", Encoding::Compact).await;
     check.send(FrameType::Business, &TimReq { rtype: Some(2), ..TimReq::default() }).await.unwrap();
     let listed = loop {
         let frame = check.recv_within(WAIT).await.unwrap();
@@ -160,4 +159,4 @@ async fn the_groups_per_user_cap_holds_under_concurrent_joins() {
     };
     assert_eq!(listed.len(), 2, "in exactly as many groups as the cap allows: {listed:?}");
     drop(sessions);
-}
+});

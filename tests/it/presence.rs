@@ -7,8 +7,9 @@ use tim_net::proto::{Tid, TimPresence};
 use tim_net::{Encoding, FrameType};
 
 use crate::chat::befriend;
-use crate::node::{TestNode, WAIT};
+use crate::node::WAIT;
 use crate::roster::user;
+use crate::topology::topology_test;
 
 async fn presence(client: &mut Client) -> TimPresence {
     let frame = client.recv_within(WAIT).await.unwrap();
@@ -22,11 +23,10 @@ async fn nothing_pending(client: &mut Client) {
     assert_eq!(client.recv_within(WAIT).await.unwrap().kind, FrameType::Ping);
 }
 
-#[tokio::test]
-async fn presence_goes_to_named_online_users() {
-    let node = TestNode::start(&[]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn presence_goes_to_named_online_users(servers, &[]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     let to_bob = TimPresence {
         to_tid: Some(Tid { node: bob_node.clone(), ..Tid::default() }),
         show: Some(2),
@@ -51,14 +51,13 @@ async fn presence_goes_to_named_online_users() {
     alice.send(FrameType::Presence, &TimPresence::default()).await.unwrap();
     assert_eq!(alice.recv_ack(WAIT).await.unwrap().error_code(), Some(4106), "no target");
     nothing_pending(&mut bob).await;
-}
+});
 
-#[tokio::test]
-async fn broadcast_reaches_friends_and_the_last_session_says_offline() {
-    let node = TestNode::start(&["--device-limit", "5", "--devicetype-limit", "5"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
-    let (mut carol, _) = user(&node, "carol", Encoding::Json).await;
+topology_test!(async fn broadcast_reaches_friends_and_the_last_session_says_offline(servers, &["--device-limit", "5", "--devicetype-limit", "5"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
+    let (mut carol, _) = user(servers.at(2), "carol", Encoding::Json).await;
     befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
 
     alice
@@ -69,7 +68,7 @@ async fn broadcast_reaches_friends_and_the_last_session_says_offline() {
     nothing_pending(&mut carol).await;
 
     // One of two sessions ends: nothing. The last one ends: bob is told.
-    let (second, ack) = node.login("alice", "pw", Encoding::Compact).await;
+    let (second, ack) = servers.at(2).login("alice", "pw", Encoding::Compact).await;
     assert!(ack.ok);
     drop(second);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -78,15 +77,14 @@ async fn broadcast_reaches_friends_and_the_last_session_says_offline() {
     let gone = presence(&mut bob).await;
     assert_eq!((gone.offline, gone.from_tid.unwrap().node), (Some(true), alice_node));
     nothing_pending(&mut carol).await;
-}
+});
 
-#[tokio::test]
-async fn offline_presence_can_be_turned_off() {
-    let node = TestNode::start(&["--presence-offline-block", "true"]);
-    let (mut alice, alice_node) = user(&node, "alice", Encoding::Json).await;
-    let (mut bob, bob_node) = user(&node, "bob", Encoding::Compact).await;
+topology_test!(async fn offline_presence_can_be_turned_off(servers, &["--presence-offline-block", "true"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
     befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
     drop(alice);
     tokio::time::sleep(Duration::from_millis(300)).await;
     nothing_pending(&mut bob).await;
-}
+});

@@ -6,8 +6,9 @@ use tim_net::client::Client;
 use tim_net::proto::{TimAck, TimNodes, TimReq, TimRoomBean, TimUserBean};
 use tim_net::{Encoding, FrameType};
 
-use crate::node::{TestNode, WAIT};
+use crate::node::WAIT;
 use crate::roster::{pushed, user};
+use crate::topology::topology_test;
 
 async fn nodes_request(client: &mut Client, req: TimNodes) -> Result<TimNodes, TimAck> {
     client.send(FrameType::Nodes, &req).await.unwrap();
@@ -45,12 +46,11 @@ async fn business(client: &mut Client, rtype: i32, node: &str, int: Option<i64>)
     Some(client.recv_ack(WAIT).await.unwrap())
 }
 
-#[tokio::test]
-async fn profiles_are_read_by_anyone_and_changed_by_their_owners() {
-    let node = TestNode::start(&[]);
-    let (mut ann, ann_node) = user(&node, "ann", Encoding::Json).await;
-    let (mut ben, ben_node) = user(&node, "ben", Encoding::Compact).await;
-    let (mut cid, _) = user(&node, "cid", Encoding::Compact).await;
+topology_test!(async fn profiles_are_read_by_anyone_and_changed_by_their_owners(servers, &[]) {
+
+    let (mut ann, ann_node) = user(servers.at(0), "ann", Encoding::Json).await;
+    let (mut ben, ben_node) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut cid, _) = user(servers.at(2), "cid", Encoding::Compact).await;
 
     // My own profile, merged field by field.
     let first = TimUserBean { nick_name: Some("Annie".into()), area: Some("north".into()), ..TimUserBean::default() };
@@ -100,4 +100,4 @@ async fn profiles_are_read_by_anyone_and_changed_by_their_owners() {
     assert_eq!((bean.topic.as_deref(), bean.label.as_deref()), (Some("second topic"), Some("l")));
     assert_eq!((bean.founder.as_deref(), bean.managers.clone()), (Some(ann_node.as_str()), Some(vec![ben_node])));
     assert_eq!(bean.gtype, Some(2));
-}
+});

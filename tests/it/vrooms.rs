@@ -8,8 +8,9 @@ use tim_net::client::Client;
 use tim_net::proto::{TimAck, TimReq, TimStream};
 use tim_net::{Encoding, FrameType};
 
-use crate::node::{TestNode, WAIT};
+use crate::node::WAIT;
 use crate::roster::user;
+use crate::topology::topology_test;
 
 async fn vroom(client: &mut Client, rtype: i32, room: Option<&str>, node2: Option<&str>, raw: bool) -> TimAck {
     let req = TimReq {
@@ -59,13 +60,12 @@ async fn got_raw(client: &mut Client, room: &str) -> Vec<u8> {
     frame.body[prefix.len()..].to_vec()
 }
 
-#[tokio::test]
-async fn a_room_fans_out_pushes_of_its_founder_and_granted_users() {
-    let node = TestNode::start(&[]);
-    let (mut ann, ann_node) = user(&node, "ann", Encoding::Json).await;
-    let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
-    let (mut cid, _) = user(&node, "cid", Encoding::Compact).await;
-    let (mut dot, dot_node) = user(&node, "dot", Encoding::Json).await;
+topology_test!(async fn a_room_fans_out_pushes_of_its_founder_and_granted_users(servers, &[]) {
+
+    let (mut ann, ann_node) = user(servers.at(0), "ann", Encoding::Json).await;
+    let (mut ben, _) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut cid, _) = user(servers.at(2), "cid", Encoding::Compact).await;
+    let (mut dot, dot_node) = user(servers.at(3), "dot", Encoding::Json).await;
 
     let new = vroom(&mut ann, 1, None, None, false).await;
     let room = new.n.clone().unwrap();
@@ -114,13 +114,12 @@ async fn a_room_fans_out_pushes_of_its_founder_and_granted_users() {
     assert_eq!((gone.ok, gone.tim_type, gone.t, gone.n.as_deref()), (true, 22, Some(2), Some(room.as_str())));
     ann.send(FrameType::Stream, &stream(&room, b"late")).await.unwrap();
     assert_eq!(ann.recv_ack(WAIT).await.unwrap().error_code(), Some(5101));
-}
+});
 
-#[tokio::test]
-async fn an_idle_room_expires_only_without_subscribers() {
-    let node = TestNode::start(&["--vroom-idle", "1"]);
-    let (mut ann, _) = user(&node, "ann", Encoding::Compact).await;
-    let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
+topology_test!(async fn an_idle_room_expires_only_without_subscribers(servers, &["--vroom-idle", "1"]) {
+
+    let (mut ann, _) = user(servers.at(0), "ann", Encoding::Compact).await;
+    let (mut ben, _) = user(servers.at(1), "ben", Encoding::Compact).await;
     let lonely = vroom(&mut ann, 1, None, None, false).await.n.unwrap();
     let watched = vroom(&mut ann, 1, None, None, false).await.n.unwrap();
     assert!(vroom(&mut ben, 5, Some(&watched), None, false).await.ok);
@@ -128,15 +127,14 @@ async fn an_idle_room_expires_only_without_subscribers() {
     assert_eq!(vroom(&mut ben, 5, Some(&lonely), None, false).await.error_code(), Some(5101), "expired");
     ann.send(FrameType::Stream, &stream(&watched, b"still here")).await.unwrap();
     assert_eq!(got_stream(&mut ben).await.body.unwrap().0.as_ref(), b"still here");
-}
+});
 
-#[tokio::test]
-async fn a_subscriber_that_does_not_read_misses_frames_without_slowing_the_room() {
+topology_test!(async fn a_subscriber_that_does_not_read_misses_frames_without_slowing_the_room(servers, &["--max-frame", "1048576", "--outbound-bytes", "1048576"]) {
+
     // Its queue holds 1 MiB of frames (and 256 frames, the default).
-    let node = TestNode::start(&["--max-frame", "1048576", "--outbound-bytes", "1048576"]);
-    let (mut ann, _) = user(&node, "ann", Encoding::Compact).await;
-    let (mut ben, _) = user(&node, "ben", Encoding::Compact).await;
-    let (mut sleepy, _) = user(&node, "sleepy", Encoding::Compact).await;
+    let (mut ann, _) = user(servers.at(0), "ann", Encoding::Compact).await;
+    let (mut ben, _) = user(servers.at(1), "ben", Encoding::Compact).await;
+    let (mut sleepy, _) = user(servers.at(2), "sleepy", Encoding::Compact).await;
     let room = vroom(&mut ann, 1, None, None, false).await.n.unwrap();
     assert!(vroom(&mut ben, 5, Some(&room), None, true).await.ok);
     assert!(vroom(&mut sleepy, 5, Some(&room), None, true).await.ok);
@@ -156,4 +154,4 @@ async fn a_subscriber_that_does_not_read_misses_frames_without_slowing_the_room(
     assert!(kept < 80, "frames over its queue were dropped ({kept} kept)");
     ann.send_raw(raw_push(&room, b"after")).await.unwrap();
     assert_eq!(got_raw(&mut sleepy, &room).await, b"after");
-}
+});
