@@ -280,10 +280,10 @@ mod tests {
     use crate::ident::IdScheme;
     use std::time::Duration;
 
-    async fn accounts(dir: &std::path::Path) -> Accounts {
+    async fn accounts() -> Accounts {
         let ids = Ids::new(IdScheme::Keyed, [5; 32], String::new());
         let params = Params::new(64, 1, 1, None).unwrap();
-        let data = crate::testing::standalone(dir).await;
+        let data = crate::testing::standalone().await;
         Accounts::new(data, ids, params, 1, Tokens::new(Duration::from_secs(60), 10)).unwrap()
     }
 
@@ -291,8 +291,7 @@ mod tests {
     /// candidate, and neither account is touched by the other.
     #[tokio::test]
     async fn id_collision_is_detected_never_merged() {
-        let dir = tempfile::tempdir().unwrap();
-        let accounts = accounts(dir.path()).await;
+        let accounts = accounts().await;
         let first = accounts.ids.user_id("bob", "d", 0).unwrap();
         let mut squatter = Row::new(timuser::DEF.columns.len());
         squatter
@@ -316,8 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_registrations_of_one_name_make_one_account() {
-        let dir = tempfile::tempdir().unwrap();
-        let accounts = Arc::new(accounts(dir.path()).await);
+        let accounts = Arc::new(accounts().await);
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let accounts = accounts.clone();

@@ -672,8 +672,8 @@ impl Groups {
 mod tests {
     use super::*;
 
-    async fn groups(dir: &std::path::Path) -> Groups {
-        let data = crate::testing::standalone(dir).await;
+    async fn groups() -> Groups {
+        let data = crate::testing::standalone().await;
         Groups::new(data, GroupLimits { max_members: 10, max_groups_per_user: 10 }).unwrap()
     }
 
@@ -681,8 +681,7 @@ mod tests {
     /// pending): the repair cancels the group and removes the founder's rows.
     #[tokio::test]
     async fn a_cancel_cut_short_is_finished_by_the_repair() {
-        let dir = tempfile::tempdir().unwrap();
-        let groups = groups(dir.path()).await;
+        let groups = groups().await;
         let founder = GroupId::random().party();
         let id = groups.create(founder, "topic".into(), OPEN).await.unwrap();
         assert_eq!(groups.groups_of(founder).await.unwrap(), [id]);

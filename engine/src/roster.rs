@@ -395,8 +395,8 @@ impl Rosters {
 mod tests {
     use super::*;
 
-    async fn rosters(dir: &std::path::Path) -> Rosters {
-        Rosters::new(crate::testing::standalone(dir).await, 100).unwrap()
+    async fn rosters() -> Rosters {
+        Rosters::new(crate::testing::standalone().await, 100).unwrap()
     }
 
     fn user(n: u64) -> UserId {
@@ -408,8 +408,7 @@ mod tests {
     /// changes nothing.
     #[tokio::test]
     async fn a_change_cut_short_is_finished_by_the_repair() {
-        let dir = tempfile::tempdir().unwrap();
-        let rosters = rosters(dir.path()).await;
+        let rosters = rosters().await;
         let (a, b) = (user(7), user(9));
         let pair = Pair::of(a, b);
         let mut row = Row::new(timrelate::DEF.columns.len());

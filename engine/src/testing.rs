@@ -5,9 +5,10 @@ use std::sync::Arc;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_shard::{Cluster, Member, NodeId, Ownership, Placement, Timeouts};
 
-/// A node that runs alone on a store in `dir` and owns every slot.
-pub async fn standalone(dir: &std::path::Path) -> Arc<Cluster> {
-    let store = Arc::new(RocksStore::open(&StoreConfig::new(dir), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap());
+/// A node that runs alone on an in-memory store and owns every slot.
+pub async fn standalone() -> Arc<Cluster> {
+    let store =
+        Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap());
     let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
     ownership.bootstrap().await.unwrap();
     let node = NodeId(1);

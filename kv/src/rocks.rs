@@ -45,6 +45,9 @@ pub struct StoreConfig {
     pub write_queue: usize,
     /// Most write batches committed together in one group.
     pub max_group: usize,
+    /// Keep the files in memory (RocksDB's memory environment) instead of under `path`: the
+    /// same store, gone when it is dropped. For unit tests.
+    pub in_memory: bool,
 }
 
 impl StoreConfig {
@@ -57,7 +60,14 @@ impl StoreConfig {
             max_open_files: 1024,
             write_queue: 4096,
             max_group: 512,
+            in_memory: false,
         }
+    }
+
+    /// A store that lives in memory only (each one its own), for unit tests.
+    pub fn in_memory() -> Self {
+        let name = format!("/tim-kv-memory/{:016x}", rand::random::<u64>());
+        Self { in_memory: true, sync: false, ..Self::new(name) }
     }
 }
 
@@ -119,7 +129,9 @@ impl RocksStore {
     /// Opens (or creates) the store and declares its tables. A declared table may add columns
     /// at the end of a stored one; any other difference is refused.
     pub fn open(config: &StoreConfig, seal: SealKey, tables: &[TableDef]) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        if !config.in_memory {
+            std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
+        }
         let cache = Cache::new_lru_cache(config.cache_bytes);
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&cache);
@@ -134,6 +146,9 @@ impl RocksStore {
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_db_write_buffer_size(config.memtable_bytes);
         db_opts.set_keep_log_file_num(4);
+        if config.in_memory {
+            db_opts.set_env(&rocksdb::Env::mem_env().map_err(rocks)?);
+        }
         let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
