@@ -7,27 +7,24 @@
 //! given up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt};
 use tim_net::codec::{Encoding, TimStruct};
 use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{
-    ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream,
-};
-use tim_net::report::ErrorChain;
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream};
 use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::{delay_queue, DelayQueue};
-use tracing::{debug, info, info_span, warn, Instrument, Span};
+use tokio_util::time::DelayQueue;
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::business::Reply;
 use crate::chat::{self, Accepted, Next, Sender};
-use crate::delivery::{deliver, Delivery, Payload};
+use crate::delivery::Delivery;
 use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::inbound::{ConnInfo, Inflight};
@@ -36,6 +33,11 @@ use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
 use crate::sessions::{Outbound, SessionHandle};
 use crate::vrooms::{stream_push, Push};
+
+mod acks;
+mod login;
+
+use acks::{next_expired, Pending};
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -74,13 +76,6 @@ struct Login {
     handle: SessionHandle,
     /// Set while an offline drain runs, so a second request does not start another.
     draining: Arc<AtomicBool>,
-}
-
-/// A frame sent with an ack request, waiting for the client's ack.
-struct Pending {
-    delivery: Arc<Delivery>,
-    attempt: u32,
-    timer: delay_queue::Key,
 }
 
 struct Session {
@@ -497,79 +492,6 @@ impl Session {
         self.flush().await
     }
 
-    /// Sends attempt `attempt` of a delivery under a fresh ack id.
-    async fn send_for_ack(&mut self, delivery: Arc<Delivery>, attempt: u32) -> Result<(), Close> {
-        match self.track(delivery, attempt)? {
-            Some(frame) => self.send(frame).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Registers attempt `attempt` of a delivery under a fresh ack id; the frame to write
-    /// (`None` before login).
-    fn track(&mut self, delivery: Arc<Delivery>, attempt: u32) -> Result<Option<Bytes>, Close> {
-        let Some(login) = &self.login else { return Ok(None) };
-        if self.pending.len() >= self.server.cfg.outbound_queue {
-            return Err(Close::TooManyUnacked);
-        }
-        let id = self.server.next_ack_id();
-        let frame = delivery.frame(id, login.encoding);
-        let timer = self.ack_timers.get_or_insert_with(DelayQueue::new).insert(id, self.server.cfg.ack_timeout());
-        self.pending.insert(id, Pending { delivery, attempt, timer });
-        Ok(Some(frame))
-    }
-
-    fn on_ack(&mut self, id: u32) {
-        let Some(pending) = self.pending.remove(&id) else { return };
-        if let Some(timers) = &mut self.ack_timers {
-            timers.remove(&pending.timer);
-        }
-        self.acked.push(pending.delivery);
-    }
-
-    /// Deletes the offline entries of the deliveries acked since the last call, in one write,
-    /// then reports the acks (an offline drain reads its next batch only after the deletion).
-    async fn settle_acks(&mut self) {
-        if self.acked.is_empty() {
-            return;
-        }
-        let acked = std::mem::take(&mut self.acked);
-        let entries: Vec<_> = acked.iter().flat_map(|d| d.offline_entries()).copied().collect();
-        if let (false, Some(login)) = (entries.is_empty(), &self.login) {
-            if let Err(e) = self.server.offline.remove(login.user, &entries).await {
-                warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
-            }
-        }
-        for delivery in acked {
-            delivery.report(true);
-        }
-    }
-
-    async fn on_ack_timeout(&mut self, id: u32) -> Result<(), Close> {
-        let Some(pending) = self.pending.remove(&id) else { return Ok(()) };
-        if pending.attempt < self.server.cfg.ack_tries {
-            self.send_for_ack(pending.delivery, pending.attempt + 1).await
-        } else {
-            pending.delivery.report(false);
-            Ok(())
-        }
-    }
-
-    /// Frame 17: sends the offline queue in batches, each acked before it is deleted and the
-    /// next is sent, then the end frame 18. An unacked batch stays for the next request.
-    fn start_offline_drain(&self) {
-        let Some(login) = &self.login else { return };
-        if login.draining.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (server, user, me, draining) =
-            (self.server.clone(), login.user, login.handle.clone(), login.draining.clone());
-        self.server.tasks.spawn(async move {
-            drain_offline(&server, user, &me).await;
-            draining.store(false, Ordering::Release);
-        });
-    }
-
     /// Whether a message-class frame of the logged-in client is over the connection's or the
     /// account's rate (it then gets 5104); takes a token from both otherwise.
     fn over_rate(&mut self) -> bool {
@@ -598,99 +520,6 @@ impl Session {
             Ok(()) => Ok(()),
             Err(e) => self.refuse_with(code, Encoding::Compact, e).await,
         }
-    }
-
-    async fn on_auth(&mut self, frame: &ClientFrame) -> Result<(), Close> {
-        const AUTH: u8 = FrameType::Auth as u8;
-        if self.login.is_some() {
-            return self.reply(FrameType::Ack, frame.encoding, &TimAck::ok(AUTH)).await;
-        }
-        let Ok(auth) = frame.decode::<TimAuth>() else {
-            return self.refuse(AUTH, frame.encoding, ErrorCode::ParamIncorrect).await;
-        };
-        let user = match authenticate(&self.server, &auth).await {
-            Ok(user) => user,
-            Err(e) => return self.refuse(AUTH, frame.encoding, e.answer("login")).await,
-        };
-        let handle =
-            SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
-        if self.server.sessions.add(user, handle.clone()).is_err() {
-            self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
-            return Err(Close::NodeFull);
-        }
-        // The device limits hold across the cluster: the directory of the user's slot decides.
-        let replaced = match self.server.admit(user, self.conn_id, auth.termtyp).await {
-            Ok(replaced) => replaced,
-            Err(e) => {
-                self.server.sessions.remove(user, self.conn_id);
-                return self.refuse(AUTH, frame.encoding, e.answer("login")).await;
-            }
-        };
-        self.server.kick(user, replaced).await;
-        Span::current().record("uid", user.node());
-        self.inflight.logged_in();
-        info!(termtyp = ?auth.termtyp, "logged in");
-        let tid = Tid {
-            node: user.node(),
-            domain: auth.domain.clone(),
-            resource: auth.resource.clone(),
-            termtyp: auth.termtyp,
-            extend: auth.extend.clone(),
-        };
-        self.login = Some(Login { user, tid, encoding: frame.encoding, handle, draining: Arc::default() });
-        self.deadline = Instant::now() + self.server.cfg.ping_timeout();
-        let ack = TimAck {
-            t: Some(self.server.instance_tag),
-            n: Some(user.node()),
-            n2: Some(self.server.public_session_id(self.conn_id)),
-            ..TimAck::ok(AUTH)
-        };
-        self.reply(FrameType::Ack, frame.encoding, &ack).await
-    }
-}
-
-/// The next expired ack timer; pending forever when there is no timer queue.
-async fn next_expired(timers: &mut Option<DelayQueue<u32>>) -> Option<delay_queue::Expired<u32>> {
-    match timers {
-        Some(timers) => timers.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Most messages in one offline batch (TIM's batch size).
-const OFFLINE_BATCH: usize = 10;
-
-async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
-    loop {
-        let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
-                let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
-                return;
-            }
-        };
-        if rows.is_empty() {
-            let _ = me.push(Outbound::Frame(encode_server_empty(FrameType::OfflineMsgEnd)));
-            return;
-        }
-        let ids: Vec<_> = rows.iter().map(|(id, _)| *id).collect();
-        let batch_id = ids.first().map(|id| id.0 as i64);
-        let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
-        let list = TimMessageList { id: batch_id, message_list: Some(messages) };
-        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list), ids).await {
-            return;
-        }
-    }
-}
-
-/// A token login when a token is given, else a password login.
-async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineError> {
-    let name = auth.name.as_deref().unwrap_or_default();
-    let domain = auth.domain.as_deref().unwrap_or_default();
-    match auth.token.as_deref() {
-        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
-        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
     }
 }
 

@@ -1,0 +1,119 @@
+//! Login (frame 16) and the offline drain a logged-in client asks for (frame 17).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tim_net::frame::{encode_server, encode_server_empty};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
+use tim_net::{ClientFrame, FrameType};
+use tokio::time::Instant;
+use tracing::{info, Span};
+
+use super::{Close, Login, Session};
+use crate::delivery::{deliver, Payload};
+use crate::error::EngineError;
+use crate::ident::UserId;
+use crate::server::Server;
+use crate::sessions::{Outbound, SessionHandle};
+
+impl Session {
+    pub(super) async fn on_auth(&mut self, frame: &ClientFrame) -> Result<(), Close> {
+        const AUTH: u8 = FrameType::Auth as u8;
+        if self.login.is_some() {
+            return self.reply(FrameType::Ack, frame.encoding, &TimAck::ok(AUTH)).await;
+        }
+        let Ok(auth) = frame.decode::<TimAuth>() else {
+            return self.refuse(AUTH, frame.encoding, ErrorCode::ParamIncorrect).await;
+        };
+        let user = match authenticate(&self.server, &auth).await {
+            Ok(user) => user,
+            Err(e) => return self.refuse(AUTH, frame.encoding, e.answer("login")).await,
+        };
+        let handle =
+            SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
+        if self.server.sessions.add(user, handle.clone()).is_err() {
+            self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
+            return Err(Close::NodeFull);
+        }
+        // The device limits hold across the cluster: the directory of the user's slot decides.
+        let replaced = match self.server.admit(user, self.conn_id, auth.termtyp).await {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                self.server.sessions.remove(user, self.conn_id);
+                return self.refuse(AUTH, frame.encoding, e.answer("login")).await;
+            }
+        };
+        self.server.kick(user, replaced).await;
+        Span::current().record("uid", user.node());
+        self.inflight.logged_in();
+        info!(termtyp = ?auth.termtyp, "logged in");
+        let tid = Tid {
+            node: user.node(),
+            domain: auth.domain.clone(),
+            resource: auth.resource.clone(),
+            termtyp: auth.termtyp,
+            extend: auth.extend.clone(),
+        };
+        self.login = Some(Login { user, tid, encoding: frame.encoding, handle, draining: Arc::default() });
+        self.deadline = Instant::now() + self.server.cfg.ping_timeout();
+        let ack = TimAck {
+            t: Some(self.server.instance_tag),
+            n: Some(user.node()),
+            n2: Some(self.server.public_session_id(self.conn_id)),
+            ..TimAck::ok(AUTH)
+        };
+        self.reply(FrameType::Ack, frame.encoding, &ack).await
+    }
+
+    /// Frame 17: sends the offline queue in batches, each acked before it is deleted and the
+    /// next is sent, then the end frame 18. An unacked batch stays for the next request.
+    pub(super) fn start_offline_drain(&self) {
+        let Some(login) = &self.login else { return };
+        if login.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (server, user, me, draining) =
+            (self.server.clone(), login.user, login.handle.clone(), login.draining.clone());
+        self.server.tasks.spawn(async move {
+            drain_offline(&server, user, &me).await;
+            draining.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Most messages in one offline batch (TIM's batch size).
+const OFFLINE_BATCH: usize = 10;
+
+async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
+    loop {
+        let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
+                let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
+                return;
+            }
+        };
+        if rows.is_empty() {
+            let _ = me.push(Outbound::Frame(encode_server_empty(FrameType::OfflineMsgEnd)));
+            return;
+        }
+        let ids: Vec<_> = rows.iter().map(|(id, _)| *id).collect();
+        let batch_id = ids.first().map(|id| id.0 as i64);
+        let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
+        let list = TimMessageList { id: batch_id, message_list: Some(messages) };
+        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list), ids).await {
+            return;
+        }
+    }
+}
+
+/// A token login when a token is given, else a password login.
+async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineError> {
+    let name = auth.name.as_deref().unwrap_or_default();
+    let domain = auth.domain.as_deref().unwrap_or_default();
+    match auth.token.as_deref() {
+        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
+        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
+    }
+}
