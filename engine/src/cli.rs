@@ -31,7 +31,10 @@ enum ClusterCommand {
     /// The members as one node sees them: state, addresses, generation, slots, sessions.
     Status(crate::status::StatusArgs),
     /// The slots one node owns, with their epochs, from its own records (JSON).
-    Slots(crate::status::StatusArgs),
+    Slots(crate::status::Target),
+    /// Asks a node to leave the cluster for good: it hands its slots to the other members,
+    /// then stops. Waits until it is done.
+    Leave(crate::status::LeaveArgs),
 }
 
 /// Entry point of the `tim` binary.
@@ -43,8 +46,9 @@ pub fn main() -> ExitCode {
     };
     let serve_matches = match (cli.command, matches.subcommand()) {
         (Command::Serve(_), Some(("serve", serve_matches))) => serve_matches,
-        (Command::Cluster(ClusterCommand::Status(args)), _) => return crate::status::main(args),
-        (Command::Cluster(ClusterCommand::Slots(args)), _) => return crate::status::slots(args),
+        (Command::Cluster(ClusterCommand::Status(args)), _) => return crate::status::status(args),
+        (Command::Cluster(ClusterCommand::Slots(target)), _) => return crate::status::slots(target),
+        (Command::Cluster(ClusterCommand::Leave(args)), _) => return crate::status::leave(args),
         (Command::Bench(args), _) => {
             return match tim_tools::bench::main(args) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -72,6 +72,15 @@ impl NodeHandle {
         }
     }
 
+    /// Resolves once the node has left its cluster (`tim cluster leave`): it should stop
+    /// then. Pending forever for a node that runs alone or stays.
+    pub async fn left(&self) {
+        match &self.member {
+            Some(member) => member.node.left().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops the node: sessions get `--shutdown-grace` to close, the listener and the node's
     /// tasks end, and the store is flushed and closed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -249,15 +258,17 @@ async fn join(
     Ok((cluster, Membership { node: cluster_node, rpc_addr, gossip_addr }))
 }
 
-/// Runs a node until SIGINT or SIGTERM (`tim serve`).
+/// Runs a node until SIGINT or SIGTERM, or until it has left its cluster (`tim serve`).
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let node = start(cfg).await?;
     // One line on stdout for scripts and tests: the bound address.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", node.ready_line())?;
     stdout.flush()?;
-    shutdown_signal().await;
-    info!("shutting down");
+    tokio::select! {
+        _ = shutdown_signal() => info!("shutting down"),
+        _ = node.left() => info!("left the cluster: shutting down"),
+    }
     node.shutdown().await
 }
 

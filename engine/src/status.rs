@@ -1,19 +1,24 @@
-//! `tim cluster status`: the members as one node sees them.
+//! `tim cluster …`: an operator's calls to a node of a running cluster, over its node link
+//! (the tool proves the deployment secret like a node).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use tim_shard::MemberInfo;
+use tim_net::report::ErrorChain;
+use tim_shard::{MemberInfo, RouteError};
 
 use crate::secret::Secret;
 
+/// The node an operator's call goes to, and how to prove the deployment secret to it.
 #[derive(clap::Args)]
-pub struct StatusArgs {
-    /// Node link address (`--rpc-listen`) of any member.
+pub struct Target {
+    /// Node link address (`--rpc-listen`) of the member to ask.
     #[arg(long)]
     server: SocketAddr,
-    /// The deployment secret of the cluster (the tool proves it like a node).
+    /// The deployment secret of the cluster.
     #[arg(long, env = "TIM_SECRET_FILE")]
     secret_file: Option<PathBuf>,
     /// Data dir of a node of the cluster, whose `secret.key` is used without `--secret-file`.
@@ -21,83 +26,137 @@ pub struct StatusArgs {
     data_dir: PathBuf,
     #[arg(long, env = "TIM_CLUSTER_ID", default_value = "tim")]
     cluster_id: String,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-/// The key and runtime of an operator's call, or the exit code of why there are none.
-fn prepare(args: &StatusArgs, command: &str) -> Result<([u8; 32], tokio::runtime::Runtime), ExitCode> {
-    let secret = Secret::load(args.secret_file.as_deref(), &args.data_dir).map_err(|e| {
-        eprintln!("tim cluster {command}: {e}");
-        ExitCode::from(2)
-    })?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        eprintln!("tim cluster {command}: {e}");
-        ExitCode::FAILURE
-    })?;
-    Ok((secret.derive("tim-rs rpc"), runtime))
+#[derive(clap::Args)]
+pub struct LeaveArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Seconds to wait for the node to hand its slots over (it goes on after that).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// Prints why `tim cluster {command}` failed; its exit code.
+fn fail(command: &str, why: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tim cluster {command}: {why}");
+    ExitCode::FAILURE
+}
+
+impl Target {
+    /// Runs `call` with the target's address, cluster id and link key; the exit code of a
+    /// secret that cannot be read (2) or of a failed call.
+    fn run<F, Fut>(&self, command: &str, call: F) -> ExitCode
+    where
+        F: FnOnce(SocketAddr, String, [u8; 32]) -> Fut,
+        Fut: Future<Output = Result<ExitCode, RouteError>>,
+    {
+        let secret = match Secret::load(self.secret_file.as_deref(), &self.data_dir) {
+            Ok(secret) => secret,
+            Err(e) => {
+                eprintln!("tim cluster {command}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return fail(command, e),
+        };
+        let call = call(self.server, self.cluster_id.clone(), secret.derive("tim-rs rpc"));
+        runtime.block_on(call).unwrap_or_else(|e| fail(command, ErrorChain(&e)))
+    }
 }
 
 /// `tim cluster slots`: the slots one node owns, as JSON `[[slot, epoch], …]`.
-pub fn slots(args: StatusArgs) -> ExitCode {
-    let (key, runtime) = match prepare(&args, "slots") {
-        Ok(prepared) => prepared,
-        Err(code) => return code,
-    };
-    match runtime.block_on(tim_shard::owned(args.server, &args.cluster_id, key)) {
-        Ok(slots) => match serde_json::to_string(&slots) {
+pub fn slots(target: Target) -> ExitCode {
+    target.run("slots", |addr, cluster_id, key| async move {
+        let slots = tim_shard::owned(addr, &cluster_id, key).await?;
+        Ok(match serde_json::to_string(&slots) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("tim cluster slots: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("tim cluster slots: {}", tim_net::report::ErrorChain(&e));
-            ExitCode::FAILURE
-        }
-    }
+            Err(e) => fail("slots", e),
+        })
+    })
 }
 
-pub fn main(args: StatusArgs) -> ExitCode {
-    let (key, runtime) = match prepare(&args, "status") {
-        Ok(prepared) => prepared,
-        Err(code) => return code,
-    };
-    match runtime.block_on(tim_shard::status(args.server, &args.cluster_id, key)) {
-        Ok(members) if args.json => match serde_json::to_string_pretty(&members) {
+/// `tim cluster status`: the members as one node sees them.
+pub fn status(args: StatusArgs) -> ExitCode {
+    args.target.run("status", |addr, cluster_id, key| async move {
+        let members = tim_shard::status(addr, &cluster_id, key).await?;
+        if !args.json {
+            print!("{}", table(&members));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(match serde_json::to_string_pretty(&members) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("tim cluster status: {e}");
-                ExitCode::FAILURE
+            Err(e) => fail("status", e),
+        })
+    })
+}
+
+/// `tim cluster leave`: asks a node to leave the cluster for good, then follows it until it
+/// has handed every slot to the other members (it stops by itself then).
+pub fn leave(args: LeaveArgs) -> ExitCode {
+    args.target.run("leave", |addr, cluster_id, key| async move {
+        let (node, slots) = tim_shard::leave(addr, &cluster_id, key).await?;
+        println!("node {node} is leaving the cluster: {slots} slots to hand over");
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let mut told = slots;
+        loop {
+            let members = match tim_shard::status(addr, &cluster_id, key).await {
+                Ok(members) => members,
+                Err(e) => {
+                    let why = format!(
+                        "{}: node {node} stopped answering before it said every slot was handed over; \
+                         see `tim cluster status` on another member",
+                        ErrorChain(&e)
+                    );
+                    return Ok(fail("leave", why));
+                }
+            };
+            let Some(me) = members.iter().find(|m| m.node == node) else {
+                return Ok(fail("leave", format!("node {node} no longer lists itself")));
+            };
+            let left = me.slots.max(me.leaving_slots);
+            if left == 0 {
+                println!("node {node} has handed every slot over and stops");
+                return Ok(ExitCode::SUCCESS);
             }
-        },
-        Ok(members) => {
-            print!("{}", table(&members));
-            ExitCode::SUCCESS
+            if left != told {
+                println!("{left} slots to go");
+                told = left;
+            }
+            if Instant::now() > deadline {
+                let why = format!("{left} slots still to hand over after {} s; it goes on", args.timeout);
+                return Ok(fail("leave", why));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err(e) => {
-            eprintln!("tim cluster status: {}", tim_net::report::ErrorChain(&e));
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn table(members: &[MemberInfo]) -> String {
     let mut out = format!(
-        "{:<16}  {:<7}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
+        "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
         "node", "state", "live", "client", "rpc", "slots", "moving", "sessions", "placement", "generation"
     );
     for m in members {
         out.push_str(&format!(
-            "{:<16}  {:<7}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
+            "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
             m.node.to_string(),
             m.state.as_str(),
             if m.live { "yes" } else { "no" },
@@ -111,8 +170,10 @@ fn table(members: &[MemberInfo]) -> String {
         ));
     }
     let total: u32 = members.iter().filter(|m| m.live).map(|m| m.slots).sum();
+    let retired: std::collections::HashSet<_> = members.iter().flat_map(|m| &m.retired).collect();
+    let left = members.iter().filter(|m| retired.contains(&m.node)).count();
     out.push_str(&format!(
-        "{} members, {} live, {total} of {} slots owned by live members\n",
+        "{} nodes known ({left} of them left the cluster), {} live, {total} of {} slots owned by live members\n",
         members.len(),
         members.iter().filter(|m| m.live).count(),
         tim_shard::SLOTS

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::rpc::{Handler, RpcClient, RpcError};
+use tokio::sync::watch;
 use tracing::debug;
 
-use crate::membership::{MemberInfo, Membership};
+use crate::membership::{MemberInfo, MemberState, Membership};
 use crate::ownership::{Ownership, Refusal, SlotState};
 use crate::placement::{NodeId, Placement};
 use crate::wire::{self, DataOp, Reply, Request};
@@ -114,6 +115,8 @@ pub struct Cluster {
     rpc: Option<RpcClient>,
     engine: OnceLock<Arc<dyn EngineHandler>>,
     membership: OnceLock<Arc<Membership>>,
+    /// Set once an operator asked this node to leave the cluster.
+    leave: watch::Sender<bool>,
     timeouts: Timeouts,
 }
 
@@ -152,6 +155,7 @@ impl Cluster {
             rpc,
             engine: OnceLock::new(),
             membership: OnceLock::new(),
+            leave: watch::Sender::new(false),
             timeouts,
         }
     }
@@ -168,6 +172,35 @@ impl Cluster {
 
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// Whether this node is leaving the cluster (or has left it).
+    pub fn leaving(&self) -> bool {
+        *self.leave.borrow()
+    }
+
+    /// Starts leaving the cluster: refused while no other member is live and ready to take
+    /// the slots. The number of slots this node owns now.
+    async fn ask_to_leave(&self) -> Result<u32, String> {
+        let Some(membership) = self.membership.get() else { return Err("this node runs alone".into()) };
+        if !self.leaving() {
+            let members = crate::node::newest(membership.members().await);
+            let takers = members.iter().filter(|m| m.node != self.node && m.live && m.state == MemberState::Ready);
+            if takers.count() == 0 {
+                return Err("no other member is live and ready to take this node's slots".into());
+            }
+            self.leave.send_replace(true);
+        }
+        Ok(self.ownership.owned().len() as u32)
+    }
+
+    pub(crate) fn leave_requests(&self) -> watch::Receiver<bool> {
+        self.leave.subscribe()
+    }
+
+    /// Marks this node as leaving, as its records say at start-up.
+    pub(crate) fn resume_leaving(&self) {
+        self.leave.send_replace(true);
     }
 
     pub fn ownership(&self) -> &Arc<Ownership> {
@@ -477,6 +510,10 @@ impl Cluster {
                 Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
                 None => Reply::Failed { reason: "this node runs alone".into(), duplicate: false },
             },
+            Request::Leave => match self.ask_to_leave().await {
+                Ok(slots) => Reply::Leaving { node: self.node, slots },
+                Err(reason) => Reply::Failed { reason, duplicate: false },
+            },
         }
     }
 
@@ -568,6 +605,15 @@ pub async fn status(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Re
 pub async fn owned(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<(u16, u64)>, RouteError> {
     match operator_call(addr, cluster_id, rpc_key, &Request::Owned).await? {
         Reply::Owned(slots) => Ok(slots),
+        other => Err(failed(NodeId(0), other)),
+    }
+}
+
+/// Asks the node at `addr` to leave the cluster: it hands its slots to the other members,
+/// then stops. Its id and the number of slots it owned when asked.
+pub async fn leave(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<(NodeId, u32), RouteError> {
+    match operator_call(addr, cluster_id, rpc_key, &Request::Leave).await? {
+        Reply::Leaving { node, slots } => Ok((node, slots)),
         other => Err(failed(NodeId(0), other)),
     }
 }

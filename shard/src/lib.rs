@@ -12,7 +12,7 @@ mod wire;
 
 use tim_kv::Slot;
 
-pub use cluster::{owned, status, Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
+pub use cluster::{leave, owned, status, Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError};
 pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};

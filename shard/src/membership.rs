@@ -23,6 +23,8 @@ pub(crate) const KEY_SLOTS: &str = "slots";
 pub(crate) const KEY_SESSIONS: &str = "sessions";
 pub(crate) const KEY_LEAVING_SLOTS: &str = "leaving_slots";
 pub(crate) const KEY_WEIGHT: &str = "weight";
+/// The nodes this node knows left the cluster for good, comma-separated.
+pub(crate) const KEY_RETIRED: &str = "retired";
 
 /// A member's part in the cluster, as it says itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,8 +33,11 @@ pub enum MemberState {
     Joining,
     /// Serves and takes slots.
     Ready,
-    /// Stopping: takes no slots.
+    /// Leaving the cluster for good (`tim cluster leave`): hands its slots to the others, then
+    /// stops; no longer a member.
     Leaving,
+    /// Stopping, to come back: takes no slots meanwhile, stays a member.
+    Stopping,
 }
 
 impl MemberState {
@@ -41,6 +46,7 @@ impl MemberState {
             Self::Joining => "joining",
             Self::Ready => "ready",
             Self::Leaving => "leaving",
+            Self::Stopping => "stopping",
         }
     }
 
@@ -49,6 +55,7 @@ impl MemberState {
             "joining" => Some(Self::Joining),
             "ready" => Some(Self::Ready),
             "leaving" => Some(Self::Leaving),
+            "stopping" => Some(Self::Stopping),
             _ => None,
         }
     }
@@ -73,6 +80,8 @@ pub struct MemberInfo {
     /// over, or being handed over now).
     pub leaving_slots: u32,
     pub sessions: u64,
+    /// The nodes this one knows left the cluster for good.
+    pub retired: Vec<NodeId>,
     pub live: bool,
 }
 
@@ -93,9 +102,19 @@ impl MemberInfo {
             slots: num(KEY_SLOTS).unwrap_or(0) as u32,
             leaving_slots: num(KEY_LEAVING_SLOTS).unwrap_or(0) as u32,
             sessions: num(KEY_SESSIONS).unwrap_or(0),
+            retired: state.get(KEY_RETIRED).map(parse_nodes).unwrap_or_default(),
             live,
         })
     }
+}
+
+/// A list of node ids as [`KEY_RETIRED`] carries it.
+pub(crate) fn format_nodes(nodes: impl IntoIterator<Item = NodeId>) -> String {
+    nodes.into_iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn parse_nodes(list: &str) -> Vec<NodeId> {
+    list.split(',').filter_map(|n| n.parse().ok()).collect()
 }
 
 /// How this node gossips.

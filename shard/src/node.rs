@@ -8,8 +8,13 @@
 //! hand-over of [`crate::Ownership`]: fence, copy in parts, switch. A hand-over cut short
 //! (either node killed, the link cut) stays fenced on the sender, which resumes it; the slot
 //! is unavailable meanwhile, never served twice.
+//!
+//! A node leaves for good when an operator asks (`tim cluster leave`): it says so in gossip,
+//! every member retires it (it leaves the member set, and the retirement is kept and gossiped
+//! so that no member ever adds it back), it hands every slot to the members placement now
+//! gives them to, and it stops. Its records keep it leaving across restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +23,7 @@ use tim_kv::{RawWrite, Slot, Store, StoreError};
 use tim_net::report::ErrorChain;
 use tim_net::rpc::{self, RpcClient, RpcConfig};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -35,8 +41,15 @@ const TICK: Duration = Duration::from_millis(250);
 const LONELY_AFTER: Duration = Duration::from_secs(10);
 /// How long a hand-over that failed waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a node that handed all its slots over keeps gossiping before it stops, so that
+/// the others and the operator's `tim cluster leave` see it done.
+const LEFT_GRACE: Duration = Duration::from_secs(2);
 /// The store record of the member set.
 const MEMBERS_RECORD: &str = "members";
+/// The store record of the nodes that left the cluster.
+const RETIRED_RECORD: &str = "retired";
+/// The store record that says this node is leaving the cluster.
+const LEAVING_RECORD: &str = "leaving";
 
 /// How a node joins its cluster.
 pub struct JoinConfig {
@@ -76,6 +89,7 @@ pub struct ClusterNode {
     membership: Arc<Membership>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    left: watch::Receiver<bool>,
 }
 
 impl ClusterNode {
@@ -91,10 +105,11 @@ impl ClusterNode {
             info!("no seeds and no slots: founding a new cluster");
             ownership.bootstrap().await?;
         }
-        let mut members = load_members(&*store)?;
-        if !members.iter().any(|m| m.id == cfg.node) {
+        let leaving = store.local(LEAVING_RECORD)?.is_some();
+        let (mut members, retired) = load_members(&*store)?;
+        if !leaving && !members.iter().any(|m| m.id == cfg.node) {
             members.push(Member { id: cfg.node, weight: cfg.weight });
-            save_members(&*store, &members).await?;
+            save_members(&*store, &members, &retired).await?;
         }
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -110,6 +125,11 @@ impl ClusterNode {
             Some(rpc),
             cfg.timeouts,
         ));
+        if leaving {
+            info!("this node is leaving the cluster (its records say so): handing its slots over");
+            cluster.resume_leaving();
+        }
+        let state = if leaving { MemberState::Leaving } else { MemberState::Ready };
         tasks.spawn(rpc::serve(
             cfg.rpc_listener,
             rpc_cfg,
@@ -122,13 +142,14 @@ impl ClusterNode {
         let initial = vec![
             (membership::KEY_RPC, cfg.rpc_advertise.to_string()),
             (membership::KEY_CLIENT, cfg.client_advertise.to_string()),
-            (membership::KEY_STATE, MemberState::Ready.as_str().to_owned()),
+            (membership::KEY_STATE, state.as_str().to_owned()),
             (membership::KEY_WEIGHT, cfg.weight.to_string()),
             (membership::KEY_PLACEMENT, cluster.placement().version().to_string()),
             (membership::KEY_OWNED, "0".to_owned()),
             (membership::KEY_SLOTS, owned.to_string()),
             (membership::KEY_SESSIONS, "0".to_owned()),
             (membership::KEY_LEAVING_SLOTS, "0".to_owned()),
+            (membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())),
         ];
         let membership = Arc::new(
             Membership::start(MembershipConfig {
@@ -145,11 +166,15 @@ impl ClusterNode {
             .await?,
         );
         cluster.set_membership(membership.clone());
+        let (left_tx, left) = watch::channel(false);
         let driver = Driver {
             cluster: cluster.clone(),
             membership: membership.clone(),
             store,
             members,
+            retired,
+            leaving: false,
+            left: Some(left_tx),
             seeded: !cfg.seeds.is_empty(),
             moving: Arc::default(),
             moves_at_once: cfg.moves_at_once.max(1),
@@ -157,7 +182,16 @@ impl ClusterNode {
             tasks: tasks.clone(),
         };
         tasks.spawn(driver.run().instrument(tracing::info_span!("cluster", node = %cfg.node)));
-        Ok((Self { cluster: cluster.clone(), membership, stop, tasks }, cluster))
+        Ok((Self { cluster: cluster.clone(), membership, stop, tasks, left }, cluster))
+    }
+
+    /// Resolves once this node has left the cluster: asked to leave, it handed every slot
+    /// over. Pending forever otherwise.
+    pub async fn left(&self) {
+        let mut left = self.left.clone();
+        if left.wait_for(|left| *left).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
@@ -189,9 +223,11 @@ impl ClusterNode {
         });
     }
 
-    /// Says it is leaving, stops the loop, the links and gossip.
+    /// Says it is stopping (unless it is leaving), stops the loop, the links and gossip.
     pub async fn shutdown(self) {
-        self.membership.set(membership::KEY_STATE, MemberState::Leaving.as_str().to_owned()).await;
+        if !self.cluster.leaving() {
+            self.membership.set(membership::KEY_STATE, MemberState::Stopping.as_str().to_owned()).await;
+        }
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -217,16 +253,27 @@ pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
     out
 }
 
-fn load_members(store: &dyn Store) -> Result<Vec<Member>, StoreError> {
-    match store.local(MEMBERS_RECORD)? {
-        Some(raw) => postcard::from_bytes(&raw).map_err(|_| StoreError::Corrupt { table: "members", id: 0 }),
-        None => Ok(Vec::new()),
+/// The member set and the retired nodes, from the store.
+fn load_members(store: &dyn Store) -> Result<(Vec<Member>, BTreeSet<NodeId>), StoreError> {
+    fn record<T: for<'de> serde::Deserialize<'de> + Default>(
+        store: &dyn Store,
+        name: &'static str,
+    ) -> Result<T, StoreError> {
+        match store.local(name)? {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|_| StoreError::Corrupt { table: name, id: 0 }),
+            None => Ok(T::default()),
+        }
     }
+    Ok((record(store, MEMBERS_RECORD)?, record(store, RETIRED_RECORD)?))
 }
 
-async fn save_members(store: &dyn Store, members: &[Member]) -> Result<(), StoreError> {
-    let raw = postcard::to_stdvec(members).map_err(|_| StoreError::Corrupt { table: "members", id: 0 })?;
-    store.write_raw(RawWrite::local(vec![(MEMBERS_RECORD.to_owned(), Some(raw))])).await?;
+/// Saves the member set and the retired nodes in one write.
+async fn save_members(store: &dyn Store, members: &[Member], retired: &BTreeSet<NodeId>) -> Result<(), StoreError> {
+    let corrupt = |table| move |_| StoreError::Corrupt { table, id: 0 };
+    let members = postcard::to_stdvec(members).map_err(corrupt("members"))?;
+    let retired = postcard::to_stdvec(retired).map_err(corrupt("retired"))?;
+    let records = vec![(MEMBERS_RECORD.to_owned(), Some(members)), (RETIRED_RECORD.to_owned(), Some(retired))];
+    store.write_raw(RawWrite::local(records)).await?;
     Ok(())
 }
 
@@ -235,6 +282,12 @@ struct Driver {
     membership: Arc<Membership>,
     store: Arc<dyn Store>,
     members: Vec<Member>,
+    /// Nodes that left the cluster: never members again.
+    retired: BTreeSet<NodeId>,
+    /// Whether this node has started leaving (said so in gossip, retired itself).
+    leaving: bool,
+    /// Set once this node, leaving, has handed every slot over; taken when that is near.
+    left: Option<watch::Sender<bool>>,
     seeded: bool,
     /// Slots being handed over now.
     moving: Arc<Mutex<HashSet<Slot>>>,
@@ -252,7 +305,13 @@ impl Driver {
         let mut seen_owned: HashMap<NodeId, u64> = HashMap::new();
         let mut retry_at: HashMap<Slot, Instant> = HashMap::new();
         let mut told_leaving = 0;
+        let mut leave = self.cluster.leave_requests();
         loop {
+            if *leave.borrow_and_update() && !self.leaving {
+                if let Err(e) = self.start_leaving().await {
+                    warn!(error = %ErrorChain(&e), "leaving the cluster not recorded; trying again");
+                }
+            }
             let members = newest(self.membership.members().await);
             let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
             if !heard && others.iter().any(|m| m.live) {
@@ -280,9 +339,13 @@ impl Driver {
                 self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
                 told_leaving = leaving;
             }
+            if self.leaving && leaving == 0 && self.cluster.ownership().owned().is_empty() {
+                self.announce_left();
+            }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = changes.changed() => {}
+                _ = leave.changed() => {}
                 _ = owned.changed() => {
                     let version = *owned.borrow_and_update();
                     self.membership.set(membership::KEY_OWNED, version.to_string()).await;
@@ -294,48 +357,97 @@ impl Driver {
         }
     }
 
-    /// Adds the nodes gossip shows to the member set and recomputes placement when it grew.
-    async fn learn(&mut self, seen: &[MemberInfo]) -> Result<(), StoreError> {
-        let mut grew = false;
-        for m in seen {
-            if !self.members.iter().any(|known| known.id == m.node) {
-                info!(member = %m.node, rpc = %m.rpc, "new member");
-                self.members.push(Member { id: m.node, weight: m.weight });
-                grew = true;
-            }
-        }
-        if grew {
-            save_members(&*self.store, &self.members).await?;
-            let placement = Placement::new(self.members.iter().copied(), 1);
-            info!(members = self.members.len(), version = %placement.version(), "placement changed");
-            self.membership.set(membership::KEY_PLACEMENT, placement.version().to_string()).await;
-            self.cluster.set_placement(placement);
-        }
+    /// Records that this node leaves the cluster (kept across restarts), says so in gossip,
+    /// and retires itself: placement then gives its slots to the others.
+    async fn start_leaving(&mut self) -> Result<(), StoreError> {
+        self.store.write_raw(RawWrite::local(vec![(LEAVING_RECORD.to_owned(), Some(Vec::new()))])).await?;
+        self.leaving = true;
+        info!("leaving the cluster: handing every slot to the other members");
+        self.membership.set(membership::KEY_STATE, MemberState::Leaving.as_str().to_owned()).await;
         Ok(())
     }
 
-    /// Starts the hand-overs placement asks for, a few at a time: fenced ones first (cut
-    /// short before), then owned slots placement gives to a ready member that agrees on it.
+    /// Says, after a grace that lets gossip carry the final state, that this node has left.
+    fn announce_left(&mut self) {
+        let Some(left) = self.left.take() else { return };
+        info!("every slot is handed over: this node has left the cluster and stops");
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(LEFT_GRACE) => { left.send_replace(true); }
+            }
+        });
+    }
+
+    /// Brings the member set up to date with gossip: nodes seen for the first time join it,
+    /// nodes that leave (or that any member says left) are retired for good; placement is
+    /// recomputed when the set changed.
+    async fn learn(&mut self, seen: &[MemberInfo]) -> Result<(), StoreError> {
+        let mut retired = self.retired.clone();
+        if self.leaving {
+            retired.insert(self.cluster.node());
+        }
+        for m in seen {
+            if m.state == MemberState::Leaving {
+                retired.insert(m.node);
+            }
+            retired.extend(m.retired.iter().copied());
+        }
+        let mut members: Vec<Member> = self.members.iter().filter(|m| !retired.contains(&m.id)).copied().collect();
+        for m in seen {
+            if !retired.contains(&m.node) && !members.iter().any(|known| known.id == m.node) {
+                info!(member = %m.node, rpc = %m.rpc, "new member");
+                members.push(Member { id: m.node, weight: m.weight });
+            }
+        }
+        if members == self.members && retired == self.retired {
+            return Ok(());
+        }
+        for node in retired.difference(&self.retired) {
+            info!(member = %node, "member left the cluster");
+        }
+        save_members(&*self.store, &members, &retired).await?;
+        if retired != self.retired {
+            self.membership.set(membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())).await;
+        }
+        let placement = Placement::new(members.iter().copied(), 1);
+        info!(members = members.len(), version = %placement.version(), "placement changed");
+        self.membership.set(membership::KEY_PLACEMENT, placement.version().to_string()).await;
+        self.cluster.set_placement(placement);
+        (self.members, self.retired) = (members, retired);
+        Ok(())
+    }
+
+    /// Starts the hand-overs placement asks for, a few at a time: fenced ones (cut short
+    /// before) to a live receiver that is not stopping, even one leaving itself (it passes
+    /// the slot on); owned slots placement gives to a ready member that agrees on it.
     /// Returns how many slots held here are to be handed over, started or not.
     fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> usize {
         let placement = self.cluster.placement();
         let me = self.cluster.node();
-        let ready = |node: NodeId| {
+        let takes = |node: NodeId, resumed: bool| {
             members.iter().any(|m| {
-                m.node == node && m.live && m.state == MemberState::Ready && m.placement == Some(placement.version())
+                m.node == node
+                    && m.live
+                    && match m.state {
+                        MemberState::Ready => resumed || m.placement == Some(placement.version()),
+                        MemberState::Leaving => resumed,
+                        MemberState::Joining | MemberState::Stopping => false,
+                    }
             })
         };
         let now = Instant::now();
         let mut todo = Vec::new();
         let mut leaving = 0;
         for (slot, state) in self.cluster.ownership().all() {
-            let target = match state {
-                SlotState::Fenced { to, .. } => Some(to),
-                SlotState::Owned { .. } => placement.owner(slot).filter(|owner| *owner != me),
-                SlotState::Given { .. } => None,
+            let (target, resumed) = match state {
+                SlotState::Fenced { to, .. } => (Some(to), true),
+                SlotState::Owned { .. } => (placement.owner(slot).filter(|owner| *owner != me), false),
+                SlotState::Given { .. } => (None, false),
             };
             leaving += usize::from(target.is_some());
-            if let Some(to) = target.filter(|to| ready(*to)) {
+            if let Some(to) = target.filter(|to| takes(*to, resumed)) {
                 if retry_at.get(&slot).is_none_or(|at| *at <= now) {
                     todo.push((slot, to));
                 }
@@ -392,3 +504,6 @@ async fn move_slot(
     cluster.ownership().give(slot, to, epoch).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

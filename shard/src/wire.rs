@@ -6,6 +6,7 @@ use tim_kv::{Batch, Cursor, RawEntry, Row, RowId, StoreError, TableId};
 
 use crate::membership::MemberInfo;
 use crate::ownership::Refusal;
+use crate::placement::NodeId;
 
 /// A call from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub(crate) enum Request {
     Owned,
     /// The members as the receiver sees them (`tim cluster status`).
     Status,
+    /// The receiver leaves the cluster (`tim cluster leave`).
+    Leave,
 }
 
 /// The store operations a node runs for another on a slot it owns.
@@ -48,6 +51,11 @@ pub(crate) enum Reply {
     Imported(bool),
     Owned(Vec<(u16, u64)>),
     Status(Vec<MemberInfo>),
+    /// The receiver is leaving; the slots it owned when asked.
+    Leaving {
+        node: NodeId,
+        slots: u32,
+    },
     /// The slot is not served here.
     Refused(Refusal),
     /// The operation ran and failed (a store error, an engine error), as text; `duplicate`

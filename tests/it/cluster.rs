@@ -199,6 +199,16 @@ impl TestCluster {
         slots.into_iter().map(|(slot, _)| slot).collect()
     }
 
+    /// `tim cluster leave` for node `i`: its output once the node said it handed every slot
+    /// over (or failed).
+    pub fn leave(&self, i: usize) -> std::process::Output {
+        let rpc = self.nodes[i].rpc.expect("a cluster member").to_string();
+        std::process::Command::new(env!("CARGO_BIN_EXE_tim"))
+            .args(["cluster", "leave", "--timeout", "120", "--server", &rpc, "--secret-file", &self.secret_file()])
+            .output()
+            .expect("tim cluster leave")
+    }
+
     /// Every slot is owned by exactly one node, by the nodes' own records.
     pub fn assert_each_slot_owned_once(&self) {
         let mut owners = vec![0u32; SLOTS as usize];
@@ -236,17 +246,7 @@ async fn send_until_echoed(client: &mut Client, to: &str, id: i64, text: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_while_messages_flow() {
     let mut cluster = TestCluster::start(3, &[]);
-    let (mut alice, alice_node) = crate::roster::user(&cluster.nodes[0], "alice", Encoding::Compact).await;
-    let (mut bob, bob_node) = crate::roster::user(&cluster.nodes[1], "bob", Encoding::Json).await;
-    crate::chat::befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
-    // Bob acks what he is pushed, in the background; the pushes are not what is checked.
-    let bob_acks = tokio::spawn(async move {
-        while let Ok(frame) = bob.recv_within(SETTLE).await {
-            if let Some(id) = frame.ack_id {
-                let _ = bob.ack(id).await;
-            }
-        }
-    });
+    let (mut alice, bob_node, bob_acks) = chatting_pair(&cluster).await;
     const N: i64 = 150;
     let to = bob_node.clone();
     let sender = tokio::spawn(async move {
@@ -261,18 +261,88 @@ async fn a_node_joins_while_messages_flow() {
     let (mut alice, mids) = sender.await.unwrap();
     cluster.settle(4);
     cluster.assert_each_slot_owned_once();
+    assert_history(&mut alice, &bob_node, &mids).await;
+    bob_acks.abort();
+}
+
+/// Mids increase in the order of sending, and the history, paged from the newest, holds
+/// message `m{i}` for each of them: once, in order, nothing else.
+async fn assert_history(client: &mut Client, with: &str, mids: &[i64]) {
     assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids increase in the order of sending: {mids:?}");
-    // The history, paged from the newest: every message once, in order, nothing else.
     let mut texts = Vec::new();
     let mut upto = 0;
     loop {
-        let page = history(&mut alice, &bob_node, upto, 50).await;
+        let page = history(client, with, upto, 50).await;
         let Some(last) = page.last().and_then(|m| m.mid) else { break };
         texts.extend(page.iter().filter_map(|m| m.data_string.clone()));
         upto = last - 1;
     }
     texts.reverse();
-    assert_eq!(texts, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(texts, (0..mids.len()).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+/// Alice (on node 0) and Bob (on node 1) as friends, Bob acking his pushes in the background.
+async fn chatting_pair(cluster: &TestCluster) -> (Client, String, tokio::task::JoinHandle<()>) {
+    let (mut alice, alice_node) = crate::roster::user(&cluster.nodes[0], "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = crate::roster::user(&cluster.nodes[1], "bob", Encoding::Json).await;
+    crate::chat::befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+    let bob_acks = tokio::spawn(async move {
+        while let Ok(frame) = bob.recv_within(SETTLE).await {
+            if let Some(id) = frame.ack_id {
+                let _ = bob.ack(id).await;
+            }
+        }
+    });
+    (alice, bob_node, bob_acks)
+}
+
+/// A node leaves the cluster (`tim cluster leave`) while a conversation goes on across the
+/// others: it hands every slot over and stops by itself; every message is stored once, in
+/// order; every account survives; every slot has one owner. Started again on its old data,
+/// it stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaves_while_messages_flow() {
+    // Alice sends for as long as the leave takes: no message-rate limits.
+    let mut cluster = TestCluster::start(3, &["--rate-connection", "0", "--rate-account", "0"]);
+    let names: Vec<String> = (0..48).map(|i| format!("user{i}")).collect();
+    for name in &names {
+        assert!(cluster.nodes[0].register(name, "pw", Encoding::Compact).await.ok);
+    }
+    assert!(!cluster.owned(2).is_empty(), "the leaving node owns slots");
+    let (mut alice, bob_node, bob_acks) = chatting_pair(&cluster).await;
+    let (done, mut stop) = tokio::sync::watch::channel(false);
+    let to = bob_node.clone();
+    let sender = tokio::spawn(async move {
+        let mut mids = Vec::new();
+        while mids.len() < 50 || !*stop.borrow_and_update() {
+            let i = mids.len();
+            let echo = send_until_echoed(&mut alice, &to, 1000 + i as i64, &format!("m{i}")).await;
+            mids.push(echo.mid.unwrap());
+        }
+        (alice, mids)
+    });
+    let out = cluster.leave(2);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tim cluster leave: {said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("has handed every slot over"), "{said}");
+    let mut gone = cluster.nodes.remove(2);
+    assert!(gone.exit_within(SETTLE).success(), "the node that left stops cleanly: {}", gone.log());
+    done.send_replace(true);
+    let (mut alice, mids) = sender.await.unwrap();
+    cluster.settle(2);
+    cluster.assert_each_slot_owned_once();
+    assert_history(&mut alice, &bob_node, &mids).await;
+    for (i, name) in names.iter().enumerate() {
+        let (_, ack) = cluster.nodes[i % 2].login(name, "pw", Encoding::Compact).await;
+        assert!(ack.ok, "{name} after the leave: {ack:?}");
+    }
+    // Its records keep it leaving: started again, it takes nothing and stops by itself.
+    let (dir, host, args) = gone.kill9_for_restart();
+    let mut again = TestNode::start_on(host, dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.exit_within(SETTLE).success(), "{}", again.log());
+    assert!(again.log().contains("its records say so"), "{}", again.log());
+    cluster.settle(2);
+    cluster.assert_each_slot_owned_once();
     bob_acks.abort();
 }
 

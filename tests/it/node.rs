@@ -115,6 +115,18 @@ impl TestNode {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
+    /// The exit status of a node that stops by itself, within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the node did not stop within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");

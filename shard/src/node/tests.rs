@@ -1,0 +1,253 @@
+//! Nodes in one process, on loopback, whose links go through proxies the test can cut.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tim_kv::{Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, StoreConfig, TableDef, TableId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::SLOTS;
+
+const T: TableDef = TableDef { id: 1, name: "t", columns: &[ColumnDef::indexed("k"), ColumnDef::plain("v")] };
+/// How long a cluster may take to reach a state the test waits for.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// A TCP proxy in front of a node's link listener: forwards both ways until it is cut, then
+/// drops every connection (and refuses new ones) until it is healed. It can cut itself once
+/// a number of bytes went towards the node.
+struct Proxy {
+    addr: SocketAddr,
+    cut: watch::Sender<bool>,
+    /// Bytes towards the node after which the proxy cuts itself (`usize::MAX`: never).
+    cut_after: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = watch::channel(false);
+        let proxy = Proxy { addr, cut, cut_after: Arc::new(AtomicUsize::new(usize::MAX)), sent: Arc::default() };
+        let (cut, cut_after, sent) = (proxy.cut.clone(), proxy.cut_after.clone(), proxy.sent.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *cut.borrow() {
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(to).await else { continue };
+                let (cut, cut_after, sent) = (cut.clone(), cut_after.clone(), sent.clone());
+                tokio::spawn(forward(inbound, outbound, cut, cut_after, sent));
+            }
+        });
+        proxy
+    }
+
+    fn cut_after(&self, bytes: usize) {
+        self.cut_after.store(self.sent.load(Ordering::SeqCst) + bytes, Ordering::SeqCst);
+    }
+
+    async fn wait_cut(&self) {
+        let mut cut = self.cut.subscribe();
+        tokio::time::timeout(SETTLE, cut.wait_for(|cut| *cut)).await.expect("the link was cut").unwrap();
+    }
+
+    fn heal(&self) {
+        self.cut_after.store(usize::MAX, Ordering::SeqCst);
+        self.cut.send_replace(false);
+    }
+}
+
+/// Copies between the two sockets until either closes or the proxy is cut.
+async fn forward(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    cut: watch::Sender<bool>,
+    cut_after: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
+) {
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let mut cut_seen = cut.subscribe();
+    let towards_node = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match in_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if out_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            if sent.fetch_add(n, Ordering::SeqCst) + n >= cut_after.load(Ordering::SeqCst) {
+                cut.send_replace(true);
+            }
+        }
+    };
+    let back = async {
+        let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+    };
+    tokio::select! {
+        _ = towards_node => {}
+        _ = back => {}
+        _ = cut_seen.wait_for(|cut| *cut) => {}
+    }
+}
+
+struct TestNode {
+    node: ClusterNode,
+    cluster: Arc<Cluster>,
+    table: TableId,
+    gossip: SocketAddr,
+    /// The link listener itself, not through the proxy.
+    rpc: SocketAddr,
+}
+
+/// A node on an in-memory store whose link listener other nodes reach through a proxy.
+async fn start_node(id: u64, seeds: Vec<String>) -> (TestNode, Proxy) {
+    let store: Arc<dyn Store> =
+        Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[1; 32]), &[T]).unwrap());
+    let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
+    let gossip_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gossip = gossip_socket.local_addr().unwrap();
+    let rpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc = rpc_listener.local_addr().unwrap();
+    let proxy = Proxy::start(rpc).await;
+    let cfg = JoinConfig {
+        node: NodeId(id),
+        generation: 1,
+        cluster_id: "test".into(),
+        weight: 1,
+        gossip_socket,
+        gossip_advertise: gossip,
+        rpc_listener,
+        rpc_advertise: proxy.addr,
+        client_advertise: "127.0.0.1:9".parse().unwrap(),
+        seeds,
+        gossip_key: [3; 32],
+        rpc_key: [4; 32],
+        gossip_interval: Duration::from_millis(50),
+        moves_at_once: 8,
+        timeouts: Timeouts { call: Duration::from_secs(2), moving: Duration::from_millis(200) },
+    };
+    let table = store.table("t").unwrap();
+    let (node, cluster) = ClusterNode::start(store, ownership, cfg).await.unwrap();
+    (TestNode { node, cluster, table, gossip, rpc }, proxy)
+}
+
+/// The nodes that own `slot`, by their own records.
+fn owners(nodes: &[&TestNode], slot: Slot) -> Vec<NodeId> {
+    let owns = |n: &&&TestNode| matches!(n.cluster.ownership().state(slot), Some(SlotState::Owned { .. }));
+    nodes.iter().filter(owns).map(|n| n.cluster.node()).collect()
+}
+
+async fn put(node: &TestNode, slot: Slot, key: &'static [u8], value: Vec<u8>) {
+    let mut row = Row::new(2);
+    row.set(0, bytes::Bytes::from_static(key));
+    row.set(1, value);
+    let mut batch = Batch::new(slot);
+    batch.insert(node.table, row);
+    node.cluster.write(batch).await.unwrap();
+}
+
+/// The rows of `slot` under `key`, read through `node` (wherever the slot is).
+async fn rows(node: &TestNode, slot: Slot, key: &[u8]) -> Vec<(RowId, Row)> {
+    let mut out: Vec<(RowId, Row)> = Vec::new();
+    loop {
+        let cursor = out.last().map_or(Cursor::OLDEST, |(id, _)| Cursor::Asc(RowId(id.0 + 1)));
+        let page = node.cluster.page(node.table, slot, 0, key, cursor, 10).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// The link to a joining node is cut in the middle of a hand-over of a slot that takes
+/// several parts: the slot stays fenced on the old owner and is served by nobody, no slot is
+/// owned twice; once the link is back the hand-over resumes, every slot ends with exactly one
+/// owner, and the slot's rows are all there, read through either node.
+struct CutMidCopy {
+    a: TestNode,
+    b: TestNode,
+    b_proxy: Proxy,
+    placement: Placement,
+    /// The slot whose copy to B was cut, fenced on A.
+    big: Slot,
+    /// Its rows before the hand-over.
+    before: Vec<(RowId, Row)>,
+}
+
+/// Node A founds a cluster and fills a slot that placement gives to B with four parts' worth
+/// of rows; B joins, and its link is cut while that slot is copied to it.
+async fn cut_mid_copy() -> CutMidCopy {
+    let (a, _) = start_node(0xA, Vec::new()).await;
+    let placement = Placement::new([Member { id: NodeId(0xA), weight: 1 }, Member { id: NodeId(0xB), weight: 1 }], 1);
+    let big = placement.owned_by(NodeId(0xB)).next().unwrap();
+    for _ in 0..64 {
+        put(&a, big, b"big", vec![7u8; 64 << 10]).await;
+    }
+    let before = rows(&a, big, b"big").await;
+    assert_eq!(before.len(), 64);
+
+    let (b, b_proxy) = start_node(0xB, vec![a.gossip.to_string()]).await;
+    // Every other slot moving to B is a few hundred bytes: the cut falls inside the big one.
+    b_proxy.cut_after(2 * PART_BYTES);
+    b_proxy.wait_cut().await;
+    let deadline = Instant::now() + SETTLE;
+    while !matches!(a.cluster.ownership().state(big), Some(SlotState::Fenced { .. })) {
+        assert!(Instant::now() < deadline, "the big slot is fenced on A: {:?}", a.cluster.ownership().state(big));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    CutMidCopy { a, b, b_proxy, placement, big, before }
+}
+
+/// Waits until every slot is owned, by its nodes' own records, by exactly `owner(slot)`.
+async fn wait_owned_once(nodes: &[&TestNode], owner: impl Fn(Slot) -> NodeId) {
+    let deadline = Instant::now() + SETTLE;
+    while !(0..SLOTS).map(Slot).all(|slot| owners(nodes, slot) == vec![owner(slot)]) {
+        assert!(Instant::now() < deadline, "the hand-overs did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_cut_mid_copy_resumes_with_one_owner_and_every_row() {
+    let CutMidCopy { a, b, b_proxy, placement, big, before } = cut_mid_copy().await;
+    assert_eq!(owners(&[&a, &b], big), Vec::<NodeId>::new(), "a slot cut mid-copy is served by nobody");
+    for slot in (0..SLOTS).map(Slot) {
+        assert!(owners(&[&a, &b], slot).len() <= 1, "slot {} owned twice while the link is cut", slot.0);
+    }
+    assert!(a.cluster.get(a.table, before[0].0).await.is_err(), "a fenced slot is not served");
+
+    b_proxy.heal();
+    wait_owned_once(&[&a, &b], |slot| placement.owner(slot).unwrap()).await;
+    for node in [&a, &b] {
+        let after = rows(node, big, b"big").await;
+        assert_eq!(after.len(), before.len(), "every row of the slot, read through {}", node.cluster.node());
+        assert!(after.iter().zip(&before).all(|(x, y)| x == y), "the same rows, with the same ids");
+    }
+    b.node.shutdown().await;
+    a.node.shutdown().await;
+}
+
+/// B is asked to leave while a slot is half-copied to it: once the link is back A still
+/// completes that hand-over to B (it cannot know how far B got), B passes the slot and every
+/// other one back, and has left when A owns them all, with every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_mid_hand_over_passes_the_slot_on() {
+    let CutMidCopy { a, b, b_proxy, big, before, .. } = cut_mid_copy().await;
+    let (leaving, _) = crate::leave(b.rpc, "test", [4; 32]).await.unwrap();
+    assert_eq!(leaving, NodeId(0xB));
+    b_proxy.heal();
+    tokio::time::timeout(SETTLE, b.node.left()).await.expect("B has left");
+    wait_owned_once(&[&a, &b], |_| NodeId(0xA)).await;
+    assert_eq!(rows(&a, big, b"big").await, before);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), crate::leave(a.rpc, "test", [4; 32])).await.unwrap().is_err(),
+        "the last member cannot leave"
+    );
+    b.node.shutdown().await;
+    a.node.shutdown().await;
+}
