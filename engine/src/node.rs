@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_net::report::ErrorChain;
-use tim_shard::{Cluster, ClusterNode, JoinConfig, Member, NodeId, Ownership, Placement, Timeouts};
+use tim_shard::{Cluster, ClusterNode, JoinConfig, Load, Member, NodeId, Ownership, Placement, Timeouts};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -186,6 +186,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
+        messages: AtomicU64::new(0),
         next_ack: AtomicU32::new(1),
         conn_mask: rng.next_u64(),
         instance_tag: i64::from(rng.next_u32() as i32),
@@ -203,8 +204,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     server.tasks.spawn(crate::vrooms::sweep_every(Arc::downgrade(&server), sweep_every, server.shutdown.clone()));
     if let Some(member) = &member {
         let counted = Arc::downgrade(&server);
-        member.node.gossip_sessions(Duration::from_secs(2), move || {
-            counted.upgrade().map_or(0, |server| server.sessions.online() as u64)
+        member.node.gossip_load(Duration::from_secs(2), move || {
+            counted.upgrade().map_or(Load::default(), |server| Load {
+                sessions: server.sessions.online() as u64,
+                messages: server.messages.load(Ordering::Relaxed),
+            })
         });
     }
     let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));

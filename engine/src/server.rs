@@ -35,6 +35,8 @@ pub struct Server {
     /// Every session task, awaited at shutdown.
     pub tasks: TaskTracker,
     pub(crate) next_conn: AtomicU64,
+    /// Message-class frames clients sent to this node (its load, as gossip carries it).
+    pub(crate) messages: AtomicU64,
     pub(crate) next_ack: AtomicU32,
     /// Connection ids are shown to clients masked, so they do not reveal the connection count.
     pub(crate) conn_mask: u64,

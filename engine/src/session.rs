@@ -493,8 +493,10 @@ impl Session {
     }
 
     /// Whether a message-class frame of the logged-in client is over the connection's or the
-    /// account's rate (it then gets 5104); takes a token from both otherwise.
+    /// account's rate (it then gets 5104); takes a token from both otherwise. Counts the frame
+    /// in the node's load.
     fn over_rate(&mut self) -> bool {
+        self.server.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(login) = &self.login else { return false };
         !(self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std())
             && self.server.sessions.take_token(login.user))

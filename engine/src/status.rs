@@ -151,12 +151,12 @@ pub fn leave(args: LeaveArgs) -> ExitCode {
 
 fn table(members: &[MemberInfo]) -> String {
     let mut out = format!(
-        "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
-        "node", "state", "live", "client", "rpc", "slots", "moving", "sessions", "placement", "generation"
+        "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:>6}  {:<16}  {}\n",
+        "node", "state", "live", "client", "rpc", "slots", "moving", "sessions", "msg/s", "placement", "generation"
     );
     for m in members {
         out.push_str(&format!(
-            "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:<16}  {}\n",
+            "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:>6}  {:<16}  {}\n",
             m.node.to_string(),
             m.state.as_str(),
             if m.live { "yes" } else { "no" },
@@ -165,6 +165,7 @@ fn table(members: &[MemberInfo]) -> String {
             m.slots,
             m.leaving_slots,
             m.sessions,
+            m.msg_rate,
             m.placement.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             m.generation,
         ));

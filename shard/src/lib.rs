@@ -14,7 +14,7 @@ use tim_kv::Slot;
 
 pub use cluster::{leave, owned, status, Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
-pub use node::{ClusterNode, JoinConfig, JoinError};
+pub use node::{ClusterNode, JoinConfig, JoinError, Load};
 pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 

@@ -21,6 +21,8 @@ pub(crate) const KEY_PLACEMENT: &str = "placement";
 pub(crate) const KEY_OWNED: &str = "owned";
 pub(crate) const KEY_SLOTS: &str = "slots";
 pub(crate) const KEY_SESSIONS: &str = "sessions";
+/// Message-class frames per second clients sent to the node, lately.
+pub(crate) const KEY_MESSAGE_RATE: &str = "msg_rate";
 pub(crate) const KEY_LEAVING_SLOTS: &str = "leaving_slots";
 pub(crate) const KEY_WEIGHT: &str = "weight";
 /// The nodes this node knows left the cluster for good, comma-separated.
@@ -28,6 +30,7 @@ pub(crate) const KEY_RETIRED: &str = "retired";
 
 /// A member's part in the cluster, as it says itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MemberState {
     /// Started; does not take slots yet.
     Joining,
@@ -80,6 +83,8 @@ pub struct MemberInfo {
     /// over, or being handed over now).
     pub leaving_slots: u32,
     pub sessions: u64,
+    /// Message-class frames per second clients sent to the node, lately.
+    pub msg_rate: u64,
     /// The nodes this one knows left the cluster for good.
     pub retired: Vec<NodeId>,
     pub live: bool,
@@ -102,6 +107,7 @@ impl MemberInfo {
             slots: num(KEY_SLOTS).unwrap_or(0) as u32,
             leaving_slots: num(KEY_LEAVING_SLOTS).unwrap_or(0) as u32,
             sessions: num(KEY_SESSIONS).unwrap_or(0),
+            msg_rate: num(KEY_MESSAGE_RATE).unwrap_or(0),
             retired: state.get(KEY_RETIRED).map(parse_nodes).unwrap_or_default(),
             live,
         })

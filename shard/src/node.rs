@@ -51,6 +51,15 @@ const RETIRED_RECORD: &str = "retired";
 /// The store record that says this node is leaving the cluster.
 const LEAVING_RECORD: &str = "leaving";
 
+/// What a node gossips as its load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    /// Client sessions connected now.
+    pub sessions: u64,
+    /// Message-class frames clients sent to this node so far.
+    pub messages: u64,
+}
+
 /// How a node joins its cluster.
 pub struct JoinConfig {
     pub node: NodeId,
@@ -148,6 +157,7 @@ impl ClusterNode {
             (membership::KEY_OWNED, "0".to_owned()),
             (membership::KEY_SLOTS, owned.to_string()),
             (membership::KEY_SESSIONS, "0".to_owned()),
+            (membership::KEY_MESSAGE_RATE, "0".to_owned()),
             (membership::KEY_LEAVING_SLOTS, "0".to_owned()),
             (membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())),
         ];
@@ -203,22 +213,28 @@ impl ClusterNode {
         newest(self.membership.members().await)
     }
 
-    /// Gossips this node's session count whenever `count` changes it, every `every`, until
-    /// the node stops.
-    pub fn gossip_sessions(&self, every: Duration, count: impl Fn() -> u64 + Send + 'static) {
+    /// Gossips this node's load every `every`, until the node stops: its sessions, and the
+    /// rate of its message count since the last time (keys are set only when they change).
+    pub fn gossip_load(&self, every: Duration, load: impl Fn() -> Load + Send + 'static) {
         let (membership, stop) = (self.membership.clone(), self.stop.clone());
         self.tasks.spawn(async move {
-            let mut told = 0;
+            let (mut told, mut last) = ((0, 0), (load().messages, Instant::now()));
             loop {
-                let now = count();
-                if now != told {
-                    membership.set(membership::KEY_SESSIONS, now.to_string()).await;
-                    told = now;
-                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
+                let now = load();
+                let elapsed = last.1.elapsed().as_secs_f64().max(1e-3);
+                let rate = (now.messages.saturating_sub(last.0) as f64 / elapsed).round() as u64;
+                last = (now.messages, Instant::now());
+                if now.sessions != told.0 {
+                    membership.set(membership::KEY_SESSIONS, now.sessions.to_string()).await;
+                }
+                if rate != told.1 {
+                    membership.set(membership::KEY_MESSAGE_RATE, rate.to_string()).await;
+                }
+                told = (now.sessions, rate);
             }
         });
     }

@@ -15,8 +15,40 @@ use tim_kv::Slot;
 use crate::SLOTS;
 
 /// A node's identity: created once and kept in its data dir, so it survives restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);
+
+/// Serde for a 64-bit id: human-readable formats (JSON) carry it as the 16 hex digits logs
+/// and tables show; binary ones (postcard, on links and disk) as a number.
+macro_rules! hex_id_serde {
+    ($id:ident) => {
+        impl Serialize for $id {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if serializer.is_human_readable() {
+                    serializer.collect_str(&format_args!("{:016x}", self.0))
+                } else {
+                    serializer.serialize_u64(self.0)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $id {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                if deserializer.is_human_readable() {
+                    let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                    u64::from_str_radix(&hex, 16)
+                        .map($id)
+                        .map_err(|_| serde::de::Error::custom(format_args!("{hex:?} is not 16 hex digits")))
+                } else {
+                    u64::deserialize(deserializer).map($id)
+                }
+            }
+        }
+    };
+}
+
+hex_id_serde!(NodeId);
+hex_id_serde!(PlacementVersion);
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,7 +73,7 @@ pub struct Member {
 
 /// A digest of the member set (ids, weights) and the copy count: equal on two nodes exactly
 /// when they compute the same placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PlacementVersion(pub u64);
 
 impl fmt::Display for PlacementVersion {
@@ -153,6 +185,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn node_ids_are_hex_in_json_and_numbers_on_the_wire() {
+        let id = NodeId(0x5b67_211c_90da_3496);
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""5b67211c90da3496""#);
+        assert_eq!(serde_json::from_str::<NodeId>(r#""5b67211c90da3496""#).unwrap(), id);
+        assert!(serde_json::from_str::<NodeId>(r#""not hex""#).is_err());
+        let raw = postcard::to_stdvec(&id).unwrap();
+        assert!(raw.len() <= 10, "a varint, not a string: {raw:?}");
+        assert_eq!(postcard::from_bytes::<NodeId>(&raw).unwrap(), id);
+    }
 
     fn members(ids: &[u64]) -> Vec<Member> {
         ids.iter().map(|&id| Member { id: NodeId(id), weight: 1 }).collect()

@@ -321,6 +321,19 @@ async fn a_node_leaves_while_messages_flow() {
         }
         (alice, mids)
     });
+    // The status shows the load: Alice's node has her session and her messages.
+    let alice_node_id = cluster.nodes[0].id.clone().expect("a member");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let status = cluster.status(1);
+        let me = status.as_array().unwrap().iter().find(|m| m["node"] == alice_node_id.as_str()).cloned();
+        let me = me.expect("node 0 in the status");
+        if me["sessions"].as_u64() >= Some(1) && me["msg_rate"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no load in the status: {me:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let out = cluster.leave(2);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "tim cluster leave: {said}{}", String::from_utf8_lossy(&out.stderr));
