@@ -393,10 +393,7 @@ impl Cluster {
                 Ok(Reply::Owned(slots)) => {
                     let mut routes = lock(&self.routes);
                     for (slot, epoch) in slots {
-                        let known = routes.entry(Slot(slot)).or_insert((node, epoch));
-                        if epoch >= known.1 {
-                            *known = (node, epoch);
-                        }
+                        learn_route(&mut routes, Slot(slot), node, epoch);
                     }
                 }
                 Ok(other) => debug!(%node, reply = ?other, "unexpected answer to an owned-slots request"),
@@ -430,7 +427,7 @@ impl Cluster {
             match reply {
                 Reply::Refused(Refusal::NotOwner { moved_to: Some((node, epoch)), .. }) if hops < MAX_HOPS => {
                     hops += 1;
-                    lock(&self.routes).insert(slot, (node, epoch));
+                    learn_route(&mut lock(&self.routes), slot, node, epoch);
                 }
                 Reply::Refused(Refusal::NotOwner { moved_to: None, .. }) if !refreshed => {
                     // The guess was wrong (a new member that does not hold the slot yet):
@@ -553,6 +550,14 @@ fn now_reply(cluster: &Cluster, from: NodeId, body: Bytes) -> Reply {
 
 fn not_ready() -> Reply {
     Reply::Failed { reason: "the engine is not ready".into(), duplicate: false }
+}
+
+/// Routes `slot` to `node`, which owns it at `epoch`, unless a newer owner is known.
+fn learn_route(routes: &mut HashMap<Slot, (NodeId, u64)>, slot: Slot, node: NodeId, epoch: u64) {
+    let known = routes.entry(slot).or_insert((node, epoch));
+    if epoch >= known.1 {
+        *known = (node, epoch);
+    }
 }
 
 /// The error of an answer that is not the one the call expects.
