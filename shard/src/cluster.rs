@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, RawWrite, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::rpc::{Handler, RpcClient, RpcError};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::membership::{MemberInfo, MemberState, Membership};
+use crate::membership::{MemberState, Membership};
 use crate::ownership::{Ownership, Refusal, SlotState};
 use crate::placement::{NodeId, Placement};
 use crate::wire::{self, DataOp, Reply, Request};
@@ -95,6 +95,9 @@ impl Default for Timeouts {
         Self { call: Duration::from_secs(5), moving: Duration::from_secs(5) }
     }
 }
+
+/// The store record that says this node is leaving the cluster.
+pub(crate) const LEAVING_RECORD: &str = "leaving";
 
 /// Most owners a call follows before it gives up (each refusal names the next one).
 const MAX_HOPS: usize = 4;
@@ -179,16 +182,22 @@ impl Cluster {
         *self.leave.borrow()
     }
 
-    /// Starts leaving the cluster: refused while no other member is live and ready to take
-    /// the slots. The number of slots this node owns now.
+    /// Starts leaving the cluster, recorded before it answers: refused while no other member
+    /// is live and ready to take the slots, or while another live member is leaving (two
+    /// members leaving at once could leave nobody). The number of slots this node owns now.
     async fn ask_to_leave(&self) -> Result<u32, String> {
         let Some(membership) = self.membership.get() else { return Err("this node runs alone".into()) };
         if !self.leaving() {
             let members = crate::node::newest(membership.members().await);
-            let takers = members.iter().filter(|m| m.node != self.node && m.live && m.state == MemberState::Ready);
-            if takers.count() == 0 {
+            let others = || members.iter().filter(|m| m.node != self.node && m.live);
+            if let Some(m) = others().find(|m| m.state == MemberState::Leaving) {
+                return Err(format!("member {} is leaving now: ask again once it has left", m.node));
+            }
+            if !others().any(|m| m.state == MemberState::Ready) {
                 return Err("no other member is live and ready to take this node's slots".into());
             }
+            let record = RawWrite::local(vec![(LEAVING_RECORD.to_owned(), Some(Vec::new()))]);
+            self.store.write_raw(record).await.map_err(|e| tim_net::report::ErrorChain(&e).to_string())?;
             self.leave.send_replace(true);
         }
         Ok(self.ownership.owned().len() as u32)
@@ -595,45 +604,4 @@ impl Handler for Calls {
             wire::encode(&reply)
         })
     }
-}
-
-/// The members as the node at `addr` sees them: for operators, who prove the deployment
-/// secret like a node (`rpc_key`), under node id 0.
-pub async fn status(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<MemberInfo>, RouteError> {
-    match operator_call(addr, cluster_id, rpc_key, &Request::Status).await? {
-        Reply::Status(members) => Ok(members),
-        other => Err(failed(NodeId(0), other)),
-    }
-}
-
-/// The slots the node at `addr` owns, with their epochs, from its own records.
-pub async fn owned(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<Vec<(u16, u64)>, RouteError> {
-    match operator_call(addr, cluster_id, rpc_key, &Request::Owned).await? {
-        Reply::Owned(slots) => Ok(slots),
-        other => Err(failed(NodeId(0), other)),
-    }
-}
-
-/// Asks the node at `addr` to leave the cluster: it hands its slots to the other members,
-/// then stops. Its id and the number of slots it owned when asked.
-pub async fn leave(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Result<(NodeId, u32), RouteError> {
-    match operator_call(addr, cluster_id, rpc_key, &Request::Leave).await? {
-        Reply::Leaving { node, slots } => Ok((node, slots)),
-        other => Err(failed(NodeId(0), other)),
-    }
-}
-
-async fn operator_call(
-    addr: SocketAddr,
-    cluster_id: &str,
-    rpc_key: [u8; 32],
-    request: &Request,
-) -> Result<Reply, RouteError> {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let rpc = RpcClient::new(tim_net::rpc::RpcConfig::new(cluster_id, 0, rpc_key), stop.clone(), Default::default());
-    let body = wire::encode(request).map_err(RouteError::Wire)?;
-    let result = rpc.call(addr, None, body, Duration::from_secs(10)).await;
-    stop.cancel();
-    let raw = result.map_err(|source| RouteError::Unreachable { node: NodeId(0), source })?;
-    wire::decode::<Reply>(&raw).map_err(RouteError::Wire)
 }

@@ -6,15 +6,17 @@ mod gossip;
 pub mod identity;
 mod membership;
 mod node;
+mod operator;
 mod ownership;
 mod placement;
 mod wire;
 
 use tim_kv::Slot;
 
-pub use cluster::{leave, owned, status, Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
+pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError, Load};
+pub use operator::{leave, owned, status, OperatorError};
 pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 

@@ -25,6 +25,10 @@ pub(crate) const KEY_SESSIONS: &str = "sessions";
 pub(crate) const KEY_MESSAGE_RATE: &str = "msg_rate";
 pub(crate) const KEY_LEAVING_SLOTS: &str = "leaving_slots";
 pub(crate) const KEY_WEIGHT: &str = "weight";
+/// The nodes this node is handing slots to (it holds them fenced), comma-separated.
+pub(crate) const KEY_FENCED_TO: &str = "fenced_to";
+/// "1" once this node, leaving, holds nothing and is handed nothing: it stops soon.
+pub(crate) const KEY_DRAINED: &str = "drained";
 /// The nodes this node knows left the cluster for good, comma-separated.
 pub(crate) const KEY_RETIRED: &str = "retired";
 
@@ -87,6 +91,10 @@ pub struct MemberInfo {
     pub msg_rate: u64,
     /// The nodes this one knows left the cluster for good.
     pub retired: Vec<NodeId>,
+    /// The nodes this one is handing slots to now.
+    pub fenced_to: Vec<NodeId>,
+    /// Leaving, it holds nothing and is handed nothing: it stops soon.
+    pub drained: bool,
     pub live: bool,
 }
 
@@ -109,6 +117,8 @@ impl MemberInfo {
             sessions: num(KEY_SESSIONS).unwrap_or(0),
             msg_rate: num(KEY_MESSAGE_RATE).unwrap_or(0),
             retired: state.get(KEY_RETIRED).map(parse_nodes).unwrap_or_default(),
+            fenced_to: state.get(KEY_FENCED_TO).map(parse_nodes).unwrap_or_default(),
+            drained: state.get(KEY_DRAINED) == Some("1"),
             live,
         })
     }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::cluster::{Calls, Cluster, Seen, Timeouts};
+use crate::cluster::{Calls, Cluster, Seen, Timeouts, LEAVING_RECORD};
 use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 use crate::ownership::{Ownership, OwnershipError, SlotState};
 use crate::placement::{Member, NodeId, Placement};
@@ -41,15 +41,16 @@ const TICK: Duration = Duration::from_millis(250);
 const LONELY_AFTER: Duration = Duration::from_secs(10);
 /// How long a hand-over that failed waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// How long a node that handed all its slots over keeps gossiping before it stops, so that
-/// the others and the operator's `tim cluster leave` see it done.
+/// Least time a leaving node stays drained (holding nothing, handed nothing) before it stops:
+/// a member that fenced a slot towards it just before it saw it leaving has gossiped that by
+/// then, and the operator's `tim cluster leave` sees it drained.
 const LEFT_GRACE: Duration = Duration::from_secs(2);
+/// The same in gossip rounds, for slow gossip.
+const LEFT_GRACE_ROUNDS: u32 = 6;
 /// The store record of the member set.
 const MEMBERS_RECORD: &str = "members";
 /// The store record of the nodes that left the cluster.
 const RETIRED_RECORD: &str = "retired";
-/// The store record that says this node is leaving the cluster.
-const LEAVING_RECORD: &str = "leaving";
 
 /// What a node gossips as its load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -110,11 +111,12 @@ impl ClusterNode {
         ownership: Arc<Ownership>,
         cfg: JoinConfig,
     ) -> Result<(Self, Arc<Cluster>), JoinError> {
-        if ownership.is_empty() && cfg.seeds.is_empty() {
+        // A node that left never founds a cluster, whatever it holds.
+        let leaving = store.local(LEAVING_RECORD)?.is_some();
+        if ownership.is_empty() && cfg.seeds.is_empty() && !leaving {
             info!("no seeds and no slots: founding a new cluster");
             ownership.bootstrap().await?;
         }
-        let leaving = store.local(LEAVING_RECORD)?.is_some();
         let (mut members, retired) = load_members(&*store)?;
         if !leaving && !members.iter().any(|m| m.id == cfg.node) {
             members.push(Member { id: cfg.node, weight: cfg.weight });
@@ -184,6 +186,10 @@ impl ClusterNode {
             members,
             retired,
             leaving: false,
+            fenced_to: BTreeSet::new(),
+            drained_since: None,
+            alone: false,
+            grace: LEFT_GRACE.max(cfg.gossip_interval * LEFT_GRACE_ROUNDS),
             left: Some(left_tx),
             seeded: !cfg.seeds.is_empty(),
             moving: Arc::default(),
@@ -302,7 +308,15 @@ struct Driver {
     retired: BTreeSet<NodeId>,
     /// Whether this node has started leaving (said so in gossip, retired itself).
     leaving: bool,
-    /// Set once this node, leaving, has handed every slot over; taken when that is near.
+    /// The nodes this node holds slots fenced towards, as last gossiped.
+    fenced_to: BTreeSet<NodeId>,
+    /// Since when this node, leaving, holds nothing and is handed nothing.
+    drained_since: Option<Instant>,
+    /// How long it stays drained before it has left.
+    grace: Duration,
+    /// Leaving with no member left to take its slots (said once).
+    alone: bool,
+    /// Set once this node has left; taken then.
     left: Option<watch::Sender<bool>>,
     seeded: bool,
     /// Slots being handed over now.
@@ -324,9 +338,7 @@ impl Driver {
         let mut leave = self.cluster.leave_requests();
         loop {
             if *leave.borrow_and_update() && !self.leaving {
-                if let Err(e) = self.start_leaving().await {
-                    warn!(error = %ErrorChain(&e), "leaving the cluster not recorded; trying again");
-                }
+                self.start_leaving().await;
             }
             let members = newest(self.membership.members().await);
             let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
@@ -355,8 +367,9 @@ impl Driver {
                 self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
                 told_leaving = leaving;
             }
-            if self.leaving && leaving == 0 && self.cluster.ownership().owned().is_empty() {
-                self.announce_left();
+            self.gossip_fenced().await;
+            if self.leaving {
+                self.follow_leave(&members, leaving).await;
             }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -373,27 +386,60 @@ impl Driver {
         }
     }
 
-    /// Records that this node leaves the cluster (kept across restarts), says so in gossip,
-    /// and retires itself: placement then gives its slots to the others.
-    async fn start_leaving(&mut self) -> Result<(), StoreError> {
-        self.store.write_raw(RawWrite::local(vec![(LEAVING_RECORD.to_owned(), Some(Vec::new()))])).await?;
+    /// Says in gossip that this node leaves the cluster (its record is written already) and
+    /// retires itself: placement then gives its slots to the others.
+    async fn start_leaving(&mut self) {
         self.leaving = true;
         info!("leaving the cluster: handing every slot to the other members");
         self.membership.set(membership::KEY_STATE, MemberState::Leaving.as_str().to_owned()).await;
-        Ok(())
     }
 
-    /// Says, after a grace that lets gossip carry the final state, that this node has left.
-    fn announce_left(&mut self) {
-        let Some(left) = self.left.take() else { return };
-        info!("every slot is handed over: this node has left the cluster and stops");
-        let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(LEFT_GRACE) => { left.send_replace(true); }
+    /// Gossips the nodes this node holds slots fenced towards, when they changed: a leaving
+    /// node waits until nobody hands it a slot.
+    async fn gossip_fenced(&mut self) {
+        let fenced_to: BTreeSet<NodeId> = (self.cluster.ownership().all().into_iter())
+            .filter_map(|(_, state)| match state {
+                SlotState::Fenced { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        if fenced_to != self.fenced_to {
+            self.membership.set(membership::KEY_FENCED_TO, membership::format_nodes(fenced_to.iter().copied())).await;
+            self.fenced_to = fenced_to;
+        }
+    }
+
+    /// A leaving node is drained once it owns nothing, has nothing to hand over, and no
+    /// member (live or not: one that is down resumes its hand-over when back) holds a slot
+    /// fenced towards it. It says so in gossip, and has left once it stayed drained for the
+    /// grace.
+    async fn follow_leave(&mut self, members: &[MemberInfo], to_hand: usize) {
+        let me = self.cluster.node();
+        let handed_to_me = members.iter().any(|m| m.node != me && m.fenced_to.contains(&me));
+        let drained = to_hand == 0 && self.cluster.ownership().owned().is_empty() && !handed_to_me;
+        let alone = !drained && self.cluster.placement().members().is_empty();
+        if alone && !self.alone {
+            warn!("leaving, but no member is left to take the slots: add a node");
+        }
+        self.alone = alone;
+        match self.drained_since {
+            None if drained => {
+                self.drained_since = Some(Instant::now());
+                self.membership.set(membership::KEY_DRAINED, "1".to_owned()).await;
             }
-        });
+            Some(_) if !drained => {
+                info!("a member hands this leaving node a slot again: waiting for it");
+                self.drained_since = None;
+                self.membership.set(membership::KEY_DRAINED, "0".to_owned()).await;
+            }
+            Some(since) if since.elapsed() >= self.grace => {
+                if let Some(left) = self.left.take() {
+                    info!("every slot is handed over: this node has left the cluster and stops");
+                    left.send_replace(true);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Brings the member set up to date with gossip: nodes seen for the first time join it,
@@ -405,7 +451,8 @@ impl Driver {
             retired.insert(self.cluster.node());
         }
         for m in seen {
-            if m.state == MemberState::Leaving {
+            // A node leaves by gossiping both (state alone was a restart, once).
+            if m.state == MemberState::Leaving && m.retired.contains(&m.node) {
                 retired.insert(m.node);
             }
             retired.extend(m.retired.iter().copied());
