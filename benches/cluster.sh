@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Server CPU per delivered 1:1 message on one node or on a three-node cluster, every server
+# pinned to core 0 and the load generator to core 1 (see README.md beside this file).
+#
+#   benches/cluster.sh NODES MODE RATE
+#     NODES  1 or 3
+#     MODE   spread: sender and recipient of a pair on different nodes
+#            together: both on one node (pair k on node k mod 3)
+#     RATE   messages per second offered in total, 0 = flat out
+#
+# Uses target/release/tim and the loopback addresses 127.0.0.1-3, ports 20003-20005;
+# everything it starts lives in a fresh /tmp/tim-cluster-bench and is stopped at the end.
+set -euo pipefail
+nodes=${1:?nodes}; mode=${2:?mode}; rate=${3:?rate}
+tim=${TIM:-target/release/tim}
+dir=/tmp/tim-cluster-bench
+rm -rf "$dir"; mkdir -p "$dir"
+head -c 32 /dev/urandom > "$dir/key"
+pids=(); servers=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+for i in $(seq 1 "$nodes"); do
+  flags=(--listen "127.0.0.$i:20003" --data-dir "$dir/node$i" --secret-file "$dir/key"
+    --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync false
+    --rate-connection 0 --rate-account 0)
+  if [ "$nodes" != 1 ]; then
+    flags+=(--gossip-listen "127.0.0.$i:20004" --rpc-listen "127.0.0.$i:20005")
+    [ "$i" != 1 ] && flags+=(--seeds 127.0.0.1:20004)
+  fi
+  taskset -c 0 "$tim" serve "${flags[@]}" > "$dir/node$i.out" 2> "$dir/node$i.log" &
+  pids+=($!); servers+=("127.0.0.$i:20003")
+done
+for i in $(seq 1 "$nodes"); do
+  for _ in $(seq 600); do grep -q "tim ready" "$dir/node$i.out" && break; sleep 0.1; done
+done
+if [ "$nodes" != 1 ]; then
+  # Until every slot is owned by a live member, all agree on placement, and nothing moves.
+  for _ in $(seq 120); do
+    "$tim" cluster status --json --server 127.0.0.1:20005 --secret-file "$dir/key" | NODES=$nodes python3 -c '
+import json, os, sys
+live = [m for m in json.load(sys.stdin) if m["live"]]
+settled = len(live) == int(os.environ["NODES"]) and sum(m["slots"] for m in live) == 4096 \
+    and len({m["placement"] for m in live}) == 1 and sum(m["leaving_slots"] for m in live) == 0
+sys.exit(0 if settled else 1)' && break
+    sleep 1
+  done
+fi
+together=(); [ "$mode" = together ] && together=(--together)
+taskset -c 1 "$tim" bench --server "$(IFS=,; echo "${servers[*]}")" --server-pid "$(IFS=,; echo "${pids[*]}")" \
+  chat --pairs 100 --duration 10 --rate "$rate" "${together[@]}"
