@@ -3,27 +3,32 @@
 //! Before login only auth (16) and ping (13) are accepted; anything else closes the socket, and
 //! so does the auth timeout. After login the ping timeout applies, refreshed by pings only.
 //! Other tasks reach the session through its bounded outbound queue; frames that ask for an
-//! ack are tracked here, re-sent with a fresh ack id on timeout, and reported when acked or
-//! given up.
+//! ack are tracked, re-sent with a fresh ack id on timeout, and reported when acked or given
+//! up.
+//!
+//! This module owns the socket I/O and the task's loop; the parts of a session's work are in
+//! its children: `dispatch` (each frame type to its handler), `login` (auth and the offline
+//! drain), `acks` (ack tracking), `burst` (chat messages of one inbound burst stored
+//! together), `big_data` (big-data frames and their reassembly).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt};
 use tim_net::codec::{Encoding, TimStruct};
-use tim_net::frame::{big_data_length, encode_server, encode_server_empty, BigData, BigDataLength};
-use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimPresence, TimReq, TimStream};
-use tim_net::{ClientFrame, DecodeError, FrameType};
+use tim_net::frame::encode_server;
+use tim_net::proto::{ErrorCode, Tid, TimAck};
+use tim_net::FrameType;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::business::Reply;
-use crate::chat::{self, Accepted, Next, Sender};
+use crate::chat::Accepted;
 use crate::delivery::Delivery;
 use crate::error::EngineError;
 use crate::ident::UserId;
@@ -32,12 +37,15 @@ use crate::limits::Bucket;
 use crate::outbound::{Inlet, Outlet};
 use crate::server::Server;
 use crate::sessions::{Outbound, SessionHandle};
-use crate::vrooms::{stream_push, Push};
 
 mod acks;
+mod big_data;
+mod burst;
+mod dispatch;
 mod login;
 
 use acks::{next_expired, Pending};
+use big_data::Reassembly;
 
 /// Why a session ended (logged once).
 #[derive(Debug)]
@@ -60,12 +68,6 @@ enum Close {
 const WRITE_BURST: usize = 64;
 /// Most arrived inbound messages handled in one turn; bounds how long outbound frames wait.
 const READ_BURST: usize = 64;
-
-/// A big-data frame arriving over several WebSocket messages.
-struct Reassembly {
-    buf: BytesMut,
-    declared: usize,
-}
 
 struct Login {
     user: UserId,
@@ -272,209 +274,6 @@ impl Session {
         handled.and(stored)
     }
 
-    /// Stores the burst's accepted chat messages in one write, then echoes and pushes them;
-    /// a failed write refuses each of them.
-    async fn store_burst(&mut self) -> Result<(), Close> {
-        let Some(login) = &self.login else { return Ok(()) };
-        if self.burst.is_empty() {
-            return Ok(());
-        }
-        let (refusals, accepted): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.burst).into_iter().map(|(code, encoding, a)| ((code, encoding), a)).unzip();
-        match chat::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
-            Ok(echoes) => {
-                for echo in echoes {
-                    self.feed(echo).await?;
-                }
-                self.flush().await
-            }
-            Err(e) => {
-                warn!(messages = refusals.len(), "storing messages failed");
-                let code = e.answer("store messages");
-                for (tim_type, encoding) in refusals {
-                    self.refuse(tim_type, encoding, code).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
-        let max = self.server.cfg.max_frame;
-        if let Some(mut big) = self.big.take() {
-            self.settle_acks().await;
-            self.store_burst().await?;
-            if big.buf.len() + data.len() > big.declared {
-                return self.refuse(FrameType::BigBinary as u8, Encoding::Compact, ErrorCode::BigData).await;
-            }
-            big.buf.extend_from_slice(&data);
-            if big.buf.len() < big.declared {
-                self.big = Some(big);
-                return Ok(());
-            }
-            return self.on_big_data(big.buf.freeze()).await;
-        }
-        let Some(&head) = data.first() else {
-            return Ok(());
-        };
-        let code = head & 0x7F;
-        // Offline entries of acked deliveries are deleted before any other frame of the
-        // client is handled: an ack followed by an offline request must not get them again.
-        if code != FrameType::Ack as u8 {
-            self.settle_acks().await;
-        }
-        // Message frames are rate-limited here; big data once it is whole (its continuation
-        // messages must still be taken as such).
-        if (FrameType::Message as u8..=FrameType::Stream as u8).contains(&code) && self.over_rate() {
-            return self.refuse(code, Encoding::of_client_head(head), ErrorCode::HeavyLoad).await;
-        }
-        // Frames other than messages may refer to the burst's messages: store those first.
-        if ![FrameType::Message, FrameType::RevokeMessage, FrameType::BurnMessage].map(|k| k as u8).contains(&code) {
-            self.store_burst().await?;
-        }
-        let frame = match ClientFrame::parse(data.clone(), max) {
-            Ok(frame) => frame,
-            Err(DecodeError::TooLarge { len, .. }) => return Err(Close::Oversize(len)),
-            Err(e) => {
-                debug!(error = %e, "undecodable frame");
-                if self.login.is_none() {
-                    return Err(Close::FrameBeforeLogin(code));
-                }
-                return self.refuse(code, Encoding::of_client_head(head), ErrorCode::ParamIncorrect).await;
-            }
-        };
-        match (frame.kind, self.login.is_some()) {
-            (FrameType::Auth, _) => self.on_auth(&frame).await,
-            (FrameType::Ping, false) => Ok(()),
-            (FrameType::Ping, true) => {
-                self.deadline = Instant::now() + self.server.cfg.ping_timeout();
-                self.send(encode_server_empty(FrameType::Ping)).await
-            }
-            (_, false) => Err(Close::FrameBeforeLogin(code)),
-            (FrameType::Ack, true) => {
-                if let Ok(id) = frame.ack_id() {
-                    self.on_ack(id);
-                }
-                Ok(())
-            }
-            (FrameType::OfflineMsg, true) => {
-                self.start_offline_drain();
-                Ok(())
-            }
-            (kind, true) if kind.is_big_data() => match big_data_length(&data) {
-                BigDataLength::Legacy | BigDataLength::Complete => self.on_big_data(data).await,
-                BigDataLength::Incomplete(declared) if declared > max => Err(Close::Oversize(declared)),
-                BigDataLength::Incomplete(declared) => {
-                    let mut buf = BytesMut::with_capacity(declared.min(data.len() * 4));
-                    buf.extend_from_slice(&data);
-                    self.big = Some(Reassembly { buf, declared });
-                    Ok(())
-                }
-                BigDataLength::Overrun => {
-                    self.refuse(FrameType::BigBinary as u8, frame.encoding, ErrorCode::BigData).await
-                }
-            },
-            (FrameType::Business, true) => {
-                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
-                };
-                let reply = crate::business::handle(&self.server, login.user, &req).await;
-                self.answer(reply, frame.encoding).await
-            }
-            (FrameType::Message | FrameType::RevokeMessage | FrameType::BurnMessage, true) => {
-                let Ok(msg) = frame.decode::<TimMessage>() else {
-                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
-                };
-                if !chat::joins_burst(&msg) {
-                    self.store_burst().await?;
-                }
-                let Some(login) = &self.login else { return Ok(()) };
-                let sender = Sender { user: login.user, tid: login.tid.clone() };
-                match chat::accept(&self.server, &sender, msg).await {
-                    Ok(Next::Store(accepted)) => {
-                        self.burst.push((code, frame.encoding, *accepted));
-                        if self.burst.len() >= READ_BURST {
-                            self.store_burst().await?;
-                        }
-                        Ok(())
-                    }
-                    Ok(Next::Done) => Ok(()),
-                    Ok(Next::Reply(ack)) => self.reply(FrameType::Ack, frame.encoding, &ack).await,
-                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
-                }
-            }
-            (FrameType::Presence | FrameType::BroadPresence, true) => {
-                let (Some(login), Ok(presence)) = (&self.login, frame.decode::<TimPresence>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
-                };
-                let result = if frame.kind == FrameType::Presence {
-                    crate::presence::send(&self.server, &login.tid, presence).await
-                } else {
-                    crate::presence::broadcast(&self.server, login.user, &login.tid, presence).await
-                };
-                match result {
-                    Ok(()) => Ok(()),
-                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
-                }
-            }
-            (FrameType::VRoom, true) => {
-                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
-                };
-                let (user, termtyp, room) = (login.user, login.tid.termtyp, req.node.clone().unwrap_or_default());
-                let rtype = req.rtype.unwrap_or(0);
-                if rtype == crate::vrooms::SUB && self.rooms.len() >= crate::vrooms::MAX_SUBSCRIPTIONS {
-                    return self.refuse(code, frame.encoding, ErrorCode::HeavyLoad).await;
-                }
-                let ack = crate::vrooms::handle(&self.server, user, self.conn_id, termtyp, &req).await;
-                // Subscriptions end with the session: remember them.
-                if ack.ok && rtype == crate::vrooms::SUB && !self.rooms.contains(&room) {
-                    self.rooms.push(room);
-                } else if ack.ok && matches!(rtype, crate::vrooms::UNSUB | crate::vrooms::REMOVE) {
-                    self.rooms.retain(|r| *r != room);
-                }
-                self.reply(FrameType::Ack, frame.encoding, &ack).await
-            }
-            (FrameType::Stream, true) => {
-                let (Some(login), Ok(stream)) = (&self.login, frame.decode::<TimStream>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
-                };
-                let room = stream.vnode.clone();
-                match crate::vrooms::push(&self.server, login.user, &room, stream_push(&stream)).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        let ack = TimAck { n: Some(room), ..TimAck::error(code, e.answer("stream")) };
-                        self.reply(FrameType::Ack, frame.encoding, &ack).await
-                    }
-                }
-            }
-            (FrameType::Nodes, true) => {
-                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimNodes>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
-                };
-                let reply = crate::profiles::handle(&self.server, login.user, req).await;
-                self.answer(reply, frame.encoding).await
-            }
-            (FrameType::PullMessage, true) => {
-                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
-                };
-                match crate::chat::pull(&self.server, login.user, &req).await {
-                    Ok(messages) => {
-                        let list = TimMessageList { id: None, message_list: Some(messages) };
-                        self.reply(FrameType::PullMessage, frame.encoding, &list).await
-                    }
-                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
-                }
-            }
-            (FrameType::Register | FrameType::Token, true) => {
-                self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
-            }
-            (_, true) => self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect).await,
-        }
-    }
-
-    /// Writes the frames queued for this session, up to [`WRITE_BURST`] of them, with one flush.
     async fn on_outbound(&mut self, first: Outbound) -> Result<(), Close> {
         let mut next = Some(first);
         let mut taken = 0;
@@ -490,38 +289,6 @@ impl Session {
             next = if taken < WRITE_BURST { self.inlet.try_recv() } else { None };
         }
         self.flush().await
-    }
-
-    /// Whether a message-class frame of the logged-in client is over the connection's or the
-    /// account's rate (it then gets 5104); takes a token from both otherwise. Counts the frame
-    /// in the node's load.
-    fn over_rate(&mut self) -> bool {
-        self.server.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(login) = &self.login else { return false };
-        !(self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std())
-            && self.server.sessions.take_token(login.user))
-    }
-
-    /// A complete big-data frame; a malformed one gets 4104.
-    async fn on_big_data(&mut self, frame: Bytes) -> Result<(), Close> {
-        let code = frame.first().map_or(FrameType::BigBinary as u8, |h| h & 0x7F);
-        if self.over_rate() {
-            return self.refuse(code, Encoding::Compact, ErrorCode::HeavyLoad).await;
-        }
-        let (Ok(big), Some(login)) = (BigData::parse(frame), &self.login) else {
-            return self.refuse(code, Encoding::Compact, ErrorCode::ParamIncorrect).await;
-        };
-        debug!(kind = ?big.kind, len = big.data.len(), "big data frame");
-        let sent = match big.kind {
-            FrameType::BigString | FrameType::BigBinary => {
-                crate::big_data::send(&self.server, login.user, &login.tid.node, big).await
-            }
-            _ => crate::vrooms::push(&self.server, login.user, &big.target, Push::Raw(big.data)).await,
-        };
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) => self.refuse_with(code, Encoding::Compact, e).await,
-        }
     }
 }
 

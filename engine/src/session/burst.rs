@@ -1,0 +1,35 @@
+//! Chat messages that arrive together are stored together: one write for an inbound burst.
+
+use tracing::warn;
+
+use super::{Close, Session};
+use crate::chat;
+
+impl Session {
+    /// Stores the burst's accepted chat messages in one write, then echoes and pushes them;
+    /// a failed write refuses each of them.
+    pub(super) async fn store_burst(&mut self) -> Result<(), Close> {
+        let Some(login) = &self.login else { return Ok(()) };
+        if self.burst.is_empty() {
+            return Ok(());
+        }
+        let (refusals, accepted): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.burst).into_iter().map(|(code, encoding, a)| ((code, encoding), a)).unzip();
+        match chat::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
+            Ok(echoes) => {
+                for echo in echoes {
+                    self.feed(echo).await?;
+                }
+                self.flush().await
+            }
+            Err(e) => {
+                warn!(messages = refusals.len(), "storing messages failed");
+                let code = e.answer("store messages");
+                for (tim_type, encoding) in refusals {
+                    self.refuse(tim_type, encoding, code).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
