@@ -362,12 +362,12 @@ impl Driver {
                 seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();
                 self.cluster.refresh_routes().await;
             }
-            let leaving = self.hand_over(&members, &mut retry_at);
+            let (leaving, fenced_to) = self.hand_over(&members, &mut retry_at);
             if leaving != told_leaving {
                 self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
                 told_leaving = leaving;
             }
-            self.gossip_fenced().await;
+            self.gossip_fenced(fenced_to).await;
             if self.leaving {
                 self.follow_leave(&members, leaving).await;
             }
@@ -396,13 +396,7 @@ impl Driver {
 
     /// Gossips the nodes this node holds slots fenced towards, when they changed: a leaving
     /// node waits until nobody hands it a slot.
-    async fn gossip_fenced(&mut self) {
-        let fenced_to: BTreeSet<NodeId> = (self.cluster.ownership().all().into_iter())
-            .filter_map(|(_, state)| match state {
-                SlotState::Fenced { to, .. } => Some(to),
-                _ => None,
-            })
-            .collect();
+    async fn gossip_fenced(&mut self, fenced_to: BTreeSet<NodeId>) {
         if fenced_to != self.fenced_to {
             self.membership.set(membership::KEY_FENCED_TO, membership::format_nodes(fenced_to.iter().copied())).await;
             self.fenced_to = fenced_to;
@@ -450,11 +444,8 @@ impl Driver {
         if self.leaving {
             retired.insert(self.cluster.node());
         }
+        // A leaving node lists itself: state `leaving` alone meant a restart, once.
         for m in seen {
-            // A node leaves by gossiping both (state alone was a restart, once).
-            if m.state == MemberState::Leaving && m.retired.contains(&m.node) {
-                retired.insert(m.node);
-            }
             retired.extend(m.retired.iter().copied());
         }
         let mut members: Vec<Member> = self.members.iter().filter(|m| !retired.contains(&m.id)).copied().collect();
@@ -485,8 +476,9 @@ impl Driver {
     /// Starts the hand-overs placement asks for, a few at a time: fenced ones (cut short
     /// before) to a live receiver that is not stopping, even one leaving itself (it passes
     /// the slot on); owned slots placement gives to a ready member that agrees on it.
-    /// Returns how many slots held here are to be handed over, started or not.
-    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> usize {
+    /// Returns how many slots held here are to be handed over, started or not, and the nodes
+    /// slots are held fenced towards.
+    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> (usize, BTreeSet<NodeId>) {
         let placement = self.cluster.placement();
         let me = self.cluster.node();
         let takes = |node: NodeId, resumed: bool| {
@@ -503,6 +495,7 @@ impl Driver {
         let now = Instant::now();
         let mut todo = Vec::new();
         let mut leaving = 0;
+        let mut fenced_to = BTreeSet::new();
         for (slot, state) in self.cluster.ownership().all() {
             let (target, resumed) = match state {
                 SlotState::Fenced { to, .. } => (Some(to), true),
@@ -510,6 +503,9 @@ impl Driver {
                 SlotState::Given { .. } => (None, false),
             };
             leaving += usize::from(target.is_some());
+            if let (Some(to), true) = (target, resumed) {
+                fenced_to.insert(to);
+            }
             if let Some(to) = target.filter(|to| takes(*to, resumed)) {
                 if retry_at.get(&slot).is_none_or(|at| *at <= now) {
                     todo.push((slot, to));
@@ -534,7 +530,7 @@ impl Driver {
                 moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
             });
         }
-        leaving
+        (leaving, fenced_to)
     }
 }
 
