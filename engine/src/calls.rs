@@ -306,6 +306,25 @@ impl EngineHandler for Handler {
         })
     }
 
+    fn slot_state(&self, slot: Slot) -> Bytes {
+        let Some(server) = self.0.upgrade() else { return Bytes::new() };
+        match server.directory.carry(slot) {
+            Ok(raw) => Bytes::from(raw),
+            Err(e) => {
+                // The receiver asks the nodes for the sessions instead.
+                tracing::warn!(slot = slot.0, error = %ErrorChain(&e), "session directory not carried with its slot");
+                Bytes::new()
+            }
+        }
+    }
+
+    fn adopt_slot_state(&self, slot: Slot, state: Bytes) {
+        let Some(server) = self.0.upgrade() else { return };
+        if let Err(e) = server.directory.adopt(slot, &state) {
+            tracing::warn!(slot = slot.0, error = %ErrorChain(&e), "session directory of an arrived slot undecodable");
+        }
+    }
+
     fn at_node_now(&self, _from: NodeId, body: Bytes) -> Result<Bytes, String> {
         let server = self.0.upgrade().ok_or("the node is stopping")?;
         let call: NodeCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;

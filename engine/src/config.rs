@@ -235,6 +235,21 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_GOSSIP_INTERVAL_MS", default_value_t = 500)]
     pub gossip_interval_ms: u64,
 
+    /// Bytes per second this node sends when it hands slots to other nodes (all moves
+    /// together; 0: unpaced). Clients' traffic goes first: a join never starves it.
+    #[arg(long, env = "TIM_MIGRATION_RATE", default_value_t = 64 << 20)]
+    pub migration_rate: u64,
+
+    /// Slots this node hands over at once (1–64).
+    #[arg(long, env = "TIM_MIGRATION_SLOTS", default_value_t = 4)]
+    pub migration_slots: usize,
+
+    /// On SIGTERM, hand every slot to the other members before stopping, as `tim cluster
+    /// leave` does: the node leaves the cluster for good.
+    #[arg(long, env = "TIM_DRAIN_ON_STOP")]
+    #[serde(default)]
+    pub drain_on_stop: bool,
+
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `tim_engine=debug`.
     #[arg(long, env = "TIM_LOG", default_value = "info")]
     pub log: String,
@@ -293,6 +308,9 @@ impl ServeConfig {
         }
         if self.gossip_interval_ms < 10 || self.gossip_interval_ms > 60_000 {
             return invalid("gossip_interval_ms", "must be between 10 and 60000");
+        }
+        if !(1..=64).contains(&self.migration_slots) {
+            return invalid("migration_slots", "must be between 1 and 64");
         }
         if self.cluster_id.is_empty() || self.cluster_id.len() > 256 {
             return invalid("cluster_id", "must have 1 to 256 bytes");

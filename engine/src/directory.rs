@@ -8,7 +8,7 @@
 //! sessions of the slot's users ([`Directory::restore`]); until it has them, a push may find
 //! fewer sessions and falls back to the offline queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -50,9 +50,41 @@ struct Entry {
     last_login: Instant,
 }
 
-/// The directory of the users whose slots this node owns.
+/// A user's entry as it travels with a slot that moves.
+#[derive(Serialize, Deserialize)]
+struct Carried {
+    user: UserId,
+    leases: Vec<Lease>,
+    /// Since the user's last login.
+    since_ms: u64,
+}
+
+#[derive(Default)]
+struct Users {
+    by_slot: HashMap<Slot, HashMap<UserId, Entry>>,
+    /// Slots that arrived here with their entries: nothing to ask the nodes for.
+    carried: HashSet<Slot>,
+}
+
+impl Users {
+    fn entry(&mut self, user: UserId) -> Option<&mut Entry> {
+        self.by_slot.get_mut(&partition::user(user))?.get_mut(&user)
+    }
+
+    fn remove(&mut self, user: UserId) {
+        let slot = partition::user(user);
+        if let Some(users) = self.by_slot.get_mut(&slot) {
+            users.remove(&user);
+            if users.is_empty() {
+                self.by_slot.remove(&slot);
+            }
+        }
+    }
+}
+
+/// The directory of the users whose slots this node owns, by slot.
 pub struct Directory {
-    users: Mutex<HashMap<UserId, Entry>>,
+    users: Mutex<Users>,
     limits: DeviceLimits,
 }
 
@@ -62,10 +94,10 @@ pub struct OverEntry;
 
 impl Directory {
     pub fn new(limits: DeviceLimits) -> Self {
-        Self { users: Mutex::new(HashMap::new()), limits }
+        Self { users: Mutex::default(), limits }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Users> {
         self.users.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -74,7 +106,8 @@ impl Directory {
     pub fn admit(&self, user: UserId, lease: Lease, live: impl Fn(&Lease) -> bool) -> Result<Vec<Lease>, OverEntry> {
         let now = Instant::now();
         let mut users = self.lock();
-        let entry = users.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
+        let slot = users.by_slot.entry(partition::user(user)).or_default();
+        let entry = slot.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
         entry.leases.retain(|l| live(l));
         let same_type = |l: &Lease| lease.termtyp.is_some() && l.termtyp == lease.termtyp;
         let mut typed = entry.leases.iter().filter(|l| same_type(l)).count();
@@ -103,12 +136,12 @@ impl Directory {
     /// session that was replaced is gone already, and its end says nothing).
     pub fn leave(&self, user: UserId, node: NodeId, conn: u64, live: impl Fn(&Lease) -> bool) -> bool {
         let mut users = self.lock();
-        let Some(entry) = users.get_mut(&user) else { return false };
+        let Some(entry) = users.entry(user) else { return false };
         let had = entry.leases.iter().any(|l| l.node == node && l.conn == conn);
         entry.leases.retain(|l| !(l.node == node && l.conn == conn) && live(l));
         let last = entry.leases.is_empty();
         if last {
-            users.remove(&user);
+            users.remove(user);
         }
         had && last
     }
@@ -116,14 +149,16 @@ impl Directory {
     /// The user's sessions that still count, oldest first.
     pub fn sessions(&self, user: UserId, live: impl Fn(&Lease) -> bool) -> Vec<Lease> {
         let mut users = self.lock();
-        let Some(entry) = users.get_mut(&user) else { return Vec::new() };
+        let Some(entry) = users.entry(user) else { return Vec::new() };
         entry.leases.retain(|l| live(l));
         entry.leases.clone()
     }
 
     /// Drops the entries of a slot's users (the slot left this node).
     pub fn forget(&self, slot: Slot) {
-        self.lock().retain(|user, _| partition::user(*user) != slot);
+        let mut users = self.lock();
+        users.by_slot.remove(&slot);
+        users.carried.remove(&slot);
     }
 
     /// Adds sessions that nodes reported for a slot that just arrived here.
@@ -131,11 +166,48 @@ impl Directory {
         let now = Instant::now();
         let mut users = self.lock();
         for (user, lease) in sessions {
-            let entry = users.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
+            let slot = users.by_slot.entry(partition::user(user)).or_default();
+            let entry = slot.entry(user).or_insert_with(|| Entry { leases: Vec::new(), last_login: now });
             if !entry.leases.contains(&lease) {
                 entry.leases.push(lease);
             }
         }
+    }
+
+    /// The entries of a slot handed over now, to travel with it.
+    pub fn carry(&self, slot: Slot) -> Result<Vec<u8>, postcard::Error> {
+        let users = self.lock();
+        let carried: Vec<Carried> = users
+            .by_slot
+            .get(&slot)
+            .into_iter()
+            .flatten()
+            .map(|(user, e)| Carried {
+                user: *user,
+                leases: e.leases.clone(),
+                since_ms: e.last_login.elapsed().as_millis() as u64,
+            })
+            .collect();
+        postcard::to_stdvec(&carried)
+    }
+
+    /// Takes the entries a slot arrived with (before it serves).
+    pub fn adopt(&self, slot: Slot, raw: &[u8]) -> Result<(), postcard::Error> {
+        let carried: Vec<Carried> = postcard::from_bytes(raw)?;
+        let now = Instant::now();
+        let mut users = self.lock();
+        let entries = carried.into_iter().filter(|c| partition::user(c.user) == slot).map(|c| {
+            let last_login = now.checked_sub(Duration::from_millis(c.since_ms)).unwrap_or(now);
+            (c.user, Entry { leases: c.leases, last_login })
+        });
+        users.by_slot.insert(slot, entries.collect());
+        users.carried.insert(slot);
+        Ok(())
+    }
+
+    /// Whether the slot arrived with its entries (asked once, when it arrives).
+    pub fn take_carried(&self, slot: Slot) -> bool {
+        self.lock().carried.remove(&slot)
     }
 }
 
@@ -258,6 +330,24 @@ mod tests {
         assert!(!d.leave(user(), NodeId(2), 2, |_| true));
         assert!(d.leave(user(), NodeId(3), 3, |_| true), "last session gone");
         assert!(conns(&d).is_empty());
+    }
+
+    #[test]
+    fn a_slot_carries_its_entries_to_the_next_owner() {
+        let old = Directory::new(limits(1, 5, Duration::from_secs(60)));
+        old.admit(user(), lease(1, 1, None), |_| true).unwrap();
+        let slot = partition::user(user());
+        let other = Slot(slot.0.wrapping_add(1) % tim_shard::SLOTS);
+        assert_eq!(old.carry(other).unwrap(), postcard::to_stdvec(&Vec::<Carried>::new()).unwrap(), "not another slot's");
+        let raw = old.carry(slot).unwrap();
+
+        let new = Directory::new(limits(1, 5, Duration::from_secs(60)));
+        new.adopt(slot, &raw).unwrap();
+        assert!(new.take_carried(slot) && !new.take_carried(slot), "asked once");
+        assert_eq!(conns(&new), [(1, 1)]);
+        // The limits hold on the new owner, with the time since the last login kept.
+        assert_eq!(new.admit(user(), lease(2, 1, None), |_| true), Err(OverEntry));
+        assert!(new.adopt(slot, b"\xff\xff").is_err(), "a state that does not decode is refused");
     }
 
     #[test]

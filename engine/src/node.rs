@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,15 @@ impl NodeHandle {
         match &self.member {
             Some(member) => member.node.left().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Starts leaving the cluster for good, as `tim cluster leave` does: the node hands its
+    /// slots to the others, then [`NodeHandle::left`] resolves. The slots it owns now.
+    pub async fn leave(&self) -> anyhow::Result<u32> {
+        match &self.member {
+            Some(_) => self.server.data.ask_to_leave().await.map_err(|why| anyhow::anyhow!(why)),
+            None => Err(anyhow::anyhow!("this node runs alone")),
         }
     }
 
@@ -254,7 +264,8 @@ async fn join(
         gossip_key: secret.derive("tim-rs gossip"),
         rpc_key: secret.derive("tim-rs rpc"),
         gossip_interval: Duration::from_millis(cfg.gossip_interval_ms),
-        moves_at_once: 8,
+        moves_at_once: cfg.migration_slots,
+        migration_rate: NonZeroU64::new(cfg.migration_rate),
         timeouts: Timeouts::default(),
     };
     let (cluster_node, cluster) = ClusterNode::start(store, ownership, join).await?;
@@ -270,10 +281,31 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     writeln!(stdout, "{}", node.ready_line())?;
     stdout.flush()?;
     tokio::select! {
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = shutdown_signal() => {
+            if node.server.cfg.drain_on_stop {
+                drain_then_stop(&node).await;
+            } else {
+                info!("shutting down");
+            }
+        }
         _ = node.left() => info!("left the cluster: shutting down"),
     }
     node.shutdown().await
+}
+
+/// `--drain-on-stop`: leaves the cluster, handing every slot over, before stopping; a second
+/// signal stops at once (the node goes on leaving when started again).
+async fn drain_then_stop(node: &NodeHandle) {
+    match node.leave().await {
+        Ok(slots) => {
+            info!(slots, "draining before stopping: handing every slot to the other members (a second signal stops now)");
+            tokio::select! {
+                _ = node.left() => info!("drained: shutting down"),
+                _ = shutdown_signal() => warn!("stopping before drained: the node goes on leaving when started again"),
+            }
+        }
+        Err(e) => warn!(error = %ErrorChain(&*e), "cannot drain before stopping: shutting down with the slots here"),
+    }
 }
 
 /// Follows the slots this node owns: for each slot that arrives, finishes the relation
@@ -299,7 +331,11 @@ async fn follow_slots(server: Arc<Server>) {
         // At start the directory is empty everywhere: nobody is connected yet.
         if !arrived.is_empty() && !first {
             server.rosters.forget_cache();
-            server.restore_directory(&arrived).await;
+            // A slot that came with its directory needs nothing from the nodes.
+            let asked: Vec<_> = arrived.iter().copied().filter(|s| !server.directory.take_carried(*s)).collect();
+            if !asked.is_empty() {
+                server.restore_directory(&asked).await;
+            }
         }
         let mut repaired = 0;
         for slot in &arrived {

@@ -150,26 +150,46 @@ pub fn leave(args: LeaveArgs) -> ExitCode {
     })
 }
 
+/// Bytes as a short figure: `512B`, `3.2K`, `48.0M`, `1.5G`.
+fn short_bytes(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    match UNITS.iter().find(|(size, _)| bytes >= *size) {
+        Some((size, unit)) => format!("{:.1}{unit}", bytes as f64 / *size as f64),
+        None => format!("{bytes}B"),
+    }
+}
+
 fn table(members: &[MemberInfo]) -> String {
-    let mut out = format!(
-        "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:>6}  {:<16}  {}\n",
-        "node", "state", "live", "client", "rpc", "slots", "moving", "sessions", "msg/s", "placement", "generation"
-    );
+    let row = |cells: [&str; 14]| {
+        let [node, state, live, client, rpc, slots, moving, moved, sent, rate, sessions, msg_rate, placement, generation] =
+            cells;
+        format!(
+            "{node:<16}  {state:<8}  {live:<4}  {client:<21}  {rpc:<21}  {slots:>5}  {moving:>6}  {moved:>5}  \
+             {sent:>6}  {rate:>6}  {sessions:>8}  {msg_rate:>6}  {placement:<16}  {generation}\n"
+        )
+    };
+    let mut out = row([
+        "node", "state", "live", "client", "rpc", "slots", "moving", "moved", "sent", "sent/s", "sessions", "msg/s",
+        "placement", "generation",
+    ]);
     for m in members {
-        out.push_str(&format!(
-            "{:<16}  {:<8}  {:<4}  {:<21}  {:<21}  {:>5}  {:>6}  {:>8}  {:>6}  {:<16}  {}\n",
-            m.node.to_string(),
+        let placement = m.placement.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        out.push_str(&row([
+            &m.node.to_string(),
             m.state.as_str(),
             if m.live { "yes" } else { "no" },
-            m.client.to_string(),
-            m.rpc.to_string(),
-            m.slots,
-            m.leaving_slots,
-            m.sessions,
-            m.msg_rate,
-            m.placement.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            m.generation,
-        ));
+            &m.client.to_string(),
+            &m.rpc.to_string(),
+            &m.slots.to_string(),
+            &m.leaving_slots.to_string(),
+            &m.moved_slots.to_string(),
+            &short_bytes(m.moved_bytes),
+            &short_bytes(m.move_rate),
+            &m.sessions.to_string(),
+            &m.msg_rate.to_string(),
+            &placement,
+            &m.generation.to_string(),
+        ]));
     }
     let total: u32 = members.iter().filter(|m| m.live).map(|m| m.slots).sum();
     let retired: std::collections::HashSet<_> = members.iter().flat_map(|m| &m.retired).collect();

@@ -6,6 +6,7 @@
 //! columns are encrypted with AES-256-GCM. Writes go through one writer thread that commits
 //! concurrent batches together (group commit), so a synced write costs one fsync per group.
 
+mod changes;
 mod keys;
 mod read;
 mod rocks;
@@ -19,6 +20,6 @@ pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
-    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, Store, StoreError, TableId,
-    WriteFuture,
+    Batch, Cursor, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, SlotDelta, Store, StoreError,
+    TableId, WriteFuture,
 };

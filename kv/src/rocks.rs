@@ -12,12 +12,13 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::changes::Changes;
 use crate::keys;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
-    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, Store, StoreError, TableId,
-    WriteFuture,
+    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, SlotDelta, Store, StoreError,
+    TableId, WriteFuture,
 };
 use crate::writer::{self, Work, WriteRequest};
 
@@ -93,6 +94,7 @@ impl Drop for RocksStore {
 
 pub(crate) struct Inner {
     pub(crate) db: DB,
+    pub(crate) changes: Changes,
     catalog: Catalog,
     seal: SealKey,
 }
@@ -153,7 +155,7 @@ impl RocksStore {
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
         let catalog = declare_tables(&db, tables)?;
-        let inner = Arc::new(Inner { db, catalog, seal });
+        let inner = Arc::new(Inner { db, changes: Changes::default(), catalog, seal });
         let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
         let writer_inner = Arc::clone(&inner);
         let (sync, max_group) = (config.sync, config.max_group.max(1));
@@ -436,25 +438,56 @@ impl Store for RocksStore {
         self.submit(Work::Batch(batch))
     }
 
-    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError> {
+    fn export_start(&self, slot: Slot) -> Result<SlotCursor, StoreError> {
         let inner = &*self.inner;
         let prefix = keys::slot_prefix(slot);
         let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
+        let mut ends: [Option<Vec<u8>>; 3] = Default::default();
+        for (region, last) in Region::ALL.into_iter().zip(&mut ends) {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_lower_bound(prefix.to_vec());
+            let mut iter = inner.db.iterator_cf_opt(
+                inner.cf(cf_name(region))?,
+                opts,
+                IteratorMode::From(&end, Direction::Reverse),
+            );
+            *last = match iter.next() {
+                Some(item) => Some(item.map_err(rocks)?.0.into_vec()),
+                None => None,
+            };
+        }
+        Ok(SlotCursor { region: Region::Meta, after: None, ends: Some(ends) })
+    }
+
+    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError> {
+        let inner = &*self.inner;
+        let prefix = keys::slot_prefix(slot);
+        let slot_end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
+        let ends = from.and_then(|c| c.ends.clone());
         let mut chunk = SlotChunk::default();
         let mut bytes = 0;
-        for region in Region::ALL {
+        for (i, region) in Region::ALL.into_iter().enumerate() {
             let start = match from {
                 Some(cursor) if cursor.region > region => continue,
-                Some(cursor) if cursor.region == region => {
+                Some(SlotCursor { region: at, after: Some(after), .. }) if *at == region => {
                     // Just after the cursor's key: the key with a zero byte appended.
-                    let mut after = cursor.after.clone();
+                    let mut after = after.clone();
                     after.push(0);
                     after
                 }
                 _ => prefix.to_vec(),
             };
+            // Up to the region's last key when the export began, or to the slot's end.
+            let end = match ends.as_ref().map(|ends| ends.get(i).cloned().flatten()) {
+                Some(Some(mut last)) => {
+                    last.push(0);
+                    last
+                }
+                Some(None) => continue,
+                None => slot_end.clone(),
+            };
             let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(end.clone());
+            opts.set_iterate_upper_bound(end);
             let iter = inner.db.iterator_cf_opt(
                 inner.cf(cf_name(region))?,
                 opts,
@@ -463,12 +496,14 @@ impl Store for RocksStore {
             for item in iter {
                 let (key, value) = item.map_err(rocks)?;
                 bytes += key.len() + value.len();
-                if bytes >= max_bytes {
-                    chunk.next = Some(SlotCursor { region, after: key.to_vec() });
-                    chunk.entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
-                    return Ok(chunk);
+                let full = bytes >= max_bytes;
+                if full {
+                    chunk.next = Some(SlotCursor { region, after: Some(key.to_vec()), ends: ends.clone() });
                 }
                 chunk.entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
+                if full {
+                    return Ok(chunk);
+                }
             }
         }
         Ok(chunk)
@@ -476,6 +511,27 @@ impl Store for RocksStore {
 
     fn write_raw(&self, write: RawWrite) -> WriteFuture {
         self.submit(Work::Raw(write))
+    }
+
+    fn track_changes(&self, slot: Slot) -> WriteFuture {
+        self.inner.changes.track(slot);
+        self.barrier()
+    }
+
+    fn untrack_changes(&self, slot: Slot) {
+        self.inner.changes.untrack(slot);
+    }
+
+    fn changes(&self, slot: Slot) -> Result<SlotDelta, StoreError> {
+        let keys = self.inner.changes.take(slot).map_err(|_| StoreError::ChangesLost { slot: slot.0 })?;
+        let mut delta = SlotDelta::default();
+        for key in keys {
+            match self.inner.db.get_cf(self.inner.cf(cf_name(key.region))?, &key.key).map_err(rocks)? {
+                Some(value) => delta.entries.push(RawEntry { region: key.region, key: key.key, value }),
+                None => delta.removed.push(key),
+            }
+        }
+        Ok(delta)
     }
 
     fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

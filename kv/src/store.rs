@@ -185,12 +185,14 @@ pub enum StoreError {
     NotInMemory,
     #[error("row {id} belongs to another slot than its batch's ({slot})")]
     OtherSlot { slot: u16, id: u64 },
+    #[error("slot {slot} changed more than a record of its changes holds")]
+    ChangesLost { slot: u16 },
     #[error("a read on the blocking pool did not finish (shutdown or a panic)")]
     Interrupted,
 }
 
 /// The column family of a raw entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Region {
     Meta,
     Rows,
@@ -210,6 +212,57 @@ pub struct RawEntry {
     pub value: Vec<u8>,
 }
 
+/// A stored key, without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawKey {
+    pub region: Region,
+    pub key: Vec<u8>,
+}
+
+/// What changed in a slot over a while: the keys written, with their values now, and the keys
+/// deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotDelta {
+    pub entries: Vec<RawEntry>,
+    pub removed: Vec<RawKey>,
+}
+
+impl SlotDelta {
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.key.len() + e.value.len()).sum::<usize>()
+            + self.removed.iter().map(|k| k.key.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.removed.is_empty()
+    }
+
+    /// Splits into parts of about `max_bytes` (at least one part, maybe empty).
+    pub fn split(self, max_bytes: usize) -> Vec<SlotDelta> {
+        let mut parts = Vec::new();
+        let mut part = SlotDelta::default();
+        let mut bytes = 0;
+        let mut room = |size: usize, part: &mut SlotDelta, parts: &mut Vec<SlotDelta>| {
+            if bytes > 0 && bytes + size > max_bytes {
+                parts.push(std::mem::take(part));
+                bytes = 0;
+            }
+            bytes += size;
+        };
+        for key in self.removed {
+            room(key.key.len(), &mut part, &mut parts);
+            part.removed.push(key);
+        }
+        for entry in self.entries {
+            room(entry.key.len() + entry.value.len(), &mut part, &mut parts);
+            part.entries.push(entry);
+        }
+        parts.push(part);
+        parts
+    }
+}
+
 /// A part of a slot's data, in key order, and where the next part starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotChunk {
@@ -218,11 +271,16 @@ pub struct SlotChunk {
     pub next: Option<SlotCursor>,
 }
 
-/// Where an export of a slot goes on: after this key of this region.
+/// Where an export of a slot goes on, and where it ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotCursor {
-    pub region: Region,
-    pub after: Vec<u8>,
+    pub(crate) region: Region,
+    /// The last key exported in `region`; `None`: from its start.
+    pub(crate) after: Option<Vec<u8>>,
+    /// The last key of each region (in [`Region::ALL`] order, `None` when it was empty)
+    /// when the export began: keys written later are not exported. `None`: up to the
+    /// slot's end as each chunk finds it.
+    pub(crate) ends: Option<[Option<Vec<u8>>; 3]>,
 }
 
 /// A write of raw entries into one slot, with node-local records, applied atomically. Without
@@ -234,6 +292,8 @@ pub struct RawWrite {
     pub clear: bool,
     /// Entries of the slot (each key must be in it).
     pub entries: Vec<RawEntry>,
+    /// Keys of the slot deleted (after `clear`, before `entries`).
+    pub removed: Vec<RawKey>,
     /// Node-local records (outside every slot) set (`Some`) or deleted (`None`).
     pub local: Vec<(String, Option<Vec<u8>>)>,
 }
@@ -241,7 +301,7 @@ pub struct RawWrite {
 impl RawWrite {
     /// Node-local records alone, no slot data.
     pub fn local(records: Vec<(String, Option<Vec<u8>>)>) -> Self {
-        Self { slot: Slot(0), clear: false, entries: Vec::new(), local: records }
+        Self { slot: Slot(0), clear: false, entries: Vec::new(), removed: Vec::new(), local: records }
     }
 }
 
@@ -296,12 +356,35 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a batch atomically.
     fn write(&self, batch: Batch) -> WriteFuture;
 
-    /// Up to about `max_bytes` of the slot's raw entries, from `from` on (`None`: the start).
+    /// A cursor at the start of `slot` that ends at the slot's last keys now: an export
+    /// from it ends even while the slot is written (an online move sends the writes made
+    /// since as changes).
+    fn export_start(&self, slot: Slot) -> Result<SlotCursor, StoreError>;
+
+    /// Up to about `max_bytes` of the slot's raw entries, from `from` on (`None`: the start,
+    /// unbounded).
     fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError>;
 
     /// Applies a raw write atomically, in order with the batches (the writer forgets what it
     /// cached of the slot). Returns no ids.
     fn write_raw(&self, write: RawWrite) -> WriteFuture;
+
+    /// Resolves once every write queued before it is committed.
+    fn barrier(&self) -> WriteFuture {
+        self.write_raw(RawWrite::local(Vec::new()))
+    }
+
+    /// Starts recording which keys of `slot` writes change (for an online move), dropping an
+    /// earlier record. Resolves after the writes queued before: a read that starts then sees
+    /// every change that is not recorded.
+    fn track_changes(&self, slot: Slot) -> WriteFuture;
+
+    /// Stops recording the changes of `slot`.
+    fn untrack_changes(&self, slot: Slot);
+
+    /// The keys of `slot` changed since its tracking started or since the last call, with
+    /// their values now; [`StoreError::ChangesLost`] when the record could not follow.
+    fn changes(&self, slot: Slot) -> Result<SlotDelta, StoreError>;
 
     /// A node-local record written by [`Store::write_raw`].
     fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -143,6 +143,12 @@ impl Writer<'_> {
         if staged.is_empty() {
             return Ok(());
         }
+        if self.inner.changes.active() {
+            self.inner.changes.record(staged.iter().filter_map(|s| match s {
+                Staged::Put(c, k, _) | Staged::Delete(c, k) => Some((*c, k.as_slice())),
+                Staged::DeleteRange(..) => None,
+            }));
+        }
         let (meta, rows, idx) = (self.inner.cf(CF_META)?, self.inner.cf(CF_ROWS)?, self.inner.cf(CF_IDX)?);
         let cf = |c: Cf| match c {
             Cf::Meta => meta,
@@ -163,7 +169,7 @@ impl Writer<'_> {
     /// Writes raw entries of one slot (and node-local records) in one commit. The cached id
     /// counters of the slot are dropped: the slot's counters may have come with the entries.
     fn raw(&mut self, raw: &RawWrite, options: &WriteOptions) -> Result<(), StoreError> {
-        let touches_slot = raw.clear || !raw.entries.is_empty();
+        let touches_slot = raw.clear || !raw.entries.is_empty() || !raw.removed.is_empty();
         if touches_slot && keys::slot_prefix(raw.slot) == keys::GLOBAL {
             return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
         }
@@ -175,9 +181,16 @@ impl Writer<'_> {
                 staged.push(Staged::DeleteRange(region, prefix.to_vec(), end.clone()));
             }
         }
+        // Slot keys only: a raw write cannot reach schema records or another slot.
+        let in_slot = |key: &[u8]| key.starts_with(&prefix) && key.len() > prefix.len();
+        for removed in &raw.removed {
+            if !in_slot(&removed.key) {
+                return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
+            }
+            staged.push(Staged::Delete(removed.region, removed.key.clone()));
+        }
         for entry in &raw.entries {
-            // Slot keys only: a raw write cannot reach schema records or another slot.
-            if !entry.key.starts_with(&prefix) || entry.key.len() <= prefix.len() {
+            if !in_slot(&entry.key) {
                 return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
             }
             staged.push(Staged::Put(entry.region, entry.key.clone(), entry.value.clone()));
@@ -191,6 +204,7 @@ impl Writer<'_> {
         }
         if touches_slot {
             self.counters.retain(|(_, slot), _| *slot != raw.slot);
+            self.inner.changes.replaced(raw.slot);
         }
         self.commit(staged, options)
     }

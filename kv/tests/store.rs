@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use tim_kv::{
-    Batch, ColumnDef, Cursor, RawEntry, RawWrite, Region, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig,
-    StoreError, TableDef,
+    Batch, ColumnDef, Cursor, RawEntry, RawWrite, Region, RocksStore, Row, RowId, SealKey, Slot, SlotDelta, Store,
+    StoreConfig, StoreError, TableDef,
 };
 
 const MSG: TableDef = TableDef {
@@ -285,7 +285,7 @@ async fn a_slot_moves_between_stores_in_chunks() {
         let chunk = a.export_slot(Slot(3), cursor.as_ref(), 300).unwrap();
         let done = chunk.next.is_none();
         let local = if done { vec![("owner-3".to_string(), Some(b"me".to_vec()))] } else { vec![] };
-        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, local }).await.unwrap();
+        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, removed: vec![], local }).await.unwrap();
         first = false;
         chunks += 1;
         cursor = chunk.next;
@@ -307,6 +307,69 @@ async fn a_slot_moves_between_stores_in_chunks() {
     assert!(b.write(batch).await.unwrap()[0] > last);
     // A raw entry outside the slot is refused.
     let stray = RawEntry { region: Region::Rows, key: vec![0, 4, 1], value: vec![] };
-    let raw = RawWrite { slot: Slot(3), clear: false, entries: vec![stray], local: vec![] };
+    let raw = RawWrite { slot: Slot(3), clear: false, entries: vec![stray], removed: vec![], local: vec![] };
     assert!(matches!(b.write_raw(raw).await, Err(StoreError::OtherSlot { .. })));
+}
+
+/// Every raw entry of a slot, in key order.
+fn slot_entries(store: &RocksStore, slot: Slot) -> Vec<RawEntry> {
+    let (mut all, mut cursor) = (Vec::new(), None);
+    loop {
+        let chunk = store.export_slot(slot, cursor.as_ref(), 1 << 20).unwrap();
+        all.extend(chunk.entries);
+        match chunk.next {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slot_copied_while_written_catches_up_with_its_changes() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let t = a.table("timmessage").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let mut batch = Batch::new(Slot(3));
+        batch.insert(t, msg(b"chat", &format!("m{i}")));
+        ids.push(a.write(batch).await.unwrap()[0]);
+    }
+    a.track_changes(Slot(3)).await.unwrap();
+    // The copy goes in small chunks; between chunks the slot is written: inserts, updates
+    // and deletes, some behind the copy's cursor and some ahead of it.
+    let (mut cursor, mut first, mut round) = (None, true, 0);
+    loop {
+        let chunk = a.export_slot(Slot(3), cursor.as_ref(), 200).unwrap();
+        let done = chunk.next.is_none();
+        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, removed: vec![], local: vec![] })
+            .await
+            .unwrap();
+        let mut batch = Batch::new(Slot(3));
+        batch.insert(t, msg(b"chat", &format!("during {round}")));
+        if let Some(gone) = ids.pop().filter(|_| round < ids.len()) {
+            batch.update(t, ids[round], vec![(1, Some(format!("edited {round}").into()))]);
+            batch.delete(t, gone);
+        }
+        a.write(batch).await.unwrap();
+        (first, round, cursor) = (false, round + 1, chunk.next);
+        if done {
+            break;
+        }
+    }
+    assert!(round > 5, "written between chunks: {round} rounds");
+    assert_ne!(slot_entries(&a, Slot(3)), slot_entries(&b, Slot(3)), "the copy alone is behind");
+    let delta = a.changes(Slot(3)).unwrap();
+    assert!(!delta.removed.is_empty() && !delta.entries.is_empty());
+    b.write_raw(RawWrite { slot: Slot(3), clear: false, entries: delta.entries, removed: delta.removed, local: vec![] })
+        .await
+        .unwrap();
+    assert_eq!(slot_entries(&a, Slot(3)), slot_entries(&b, Slot(3)), "copy plus changes is the slot");
+    assert_eq!(a.changes(Slot(3)).unwrap(), SlotDelta::default(), "a take empties the record");
+
+    // A raw write into the slot replaces what the record follows: the move must start over.
+    a.write_raw(RawWrite { slot: Slot(3), clear: true, entries: vec![], removed: vec![], local: vec![] }).await.unwrap();
+    assert!(matches!(a.changes(Slot(3)), Err(StoreError::ChangesLost { slot: 3 })));
+    a.untrack_changes(Slot(3));
+    assert!(matches!(a.changes(Slot(3)), Err(StoreError::ChangesLost { slot: 3 })), "untracked");
 }

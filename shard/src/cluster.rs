@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::membership::{MemberState, Membership};
-use crate::ownership::{Ownership, Refusal, SlotState};
+use crate::ownership::{Ownership, Part, Refusal, SlotState};
 use crate::placement::{NodeId, Placement};
 use crate::wire::{self, DataOp, Reply, Request};
 
@@ -72,6 +72,11 @@ pub trait EngineHandler: Send + Sync + 'static {
     /// An operation at this node that must run in the order the caller sent it (deliveries
     /// to sessions): at once, without waiting for anything.
     fn at_node_now(&self, from: NodeId, body: Bytes) -> Result<Bytes, String>;
+    /// The in-memory state of a slot this node hands over (the session directory of its
+    /// users), taken with the slot fenced: it travels with the last part of the copy.
+    fn slot_state(&self, slot: Slot) -> Bytes;
+    /// Takes the state a slot arrived with, before the slot serves its first request here.
+    fn adopt_slot_state(&self, slot: Slot, state: Bytes);
 }
 
 /// What this node knows of a member: the generation gossip shows, and whether it is live.
@@ -185,7 +190,7 @@ impl Cluster {
     /// Starts leaving the cluster, recorded before it answers: refused while no other member
     /// is live and ready to take the slots, or while another live member is leaving (two
     /// members leaving at once could leave nobody). The number of slots this node owns now.
-    async fn ask_to_leave(&self) -> Result<u32, String> {
+    pub async fn ask_to_leave(&self) -> Result<u32, String> {
         let Some(membership) = self.membership.get() else { return Err("this node runs alone".into()) };
         if !self.leaving() {
             let members = crate::node::newest(membership.members().await);
@@ -262,10 +267,16 @@ impl Cluster {
     }
 
     /// The node that serves `slot`, as far as this node knows.
+    /// A slot fenced here is asked here (it answers *moving* until the hand-over ends); a
+    /// slot given away goes where it was given, unless a newer route is known.
     pub fn owner_of(&self, slot: Slot) -> Option<NodeId> {
+        let route = lock(&self.routes).get(&slot).copied();
         match self.ownership.state(slot) {
-            Some(SlotState::Owned { .. }) => Some(self.node),
-            _ => lock(&self.routes).get(&slot).map(|(n, _)| *n).or_else(|| self.placement().owner(slot)),
+            Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => Some(self.node),
+            Some(SlotState::Given { to, epoch }) => {
+                Some(route.filter(|(_, known)| *known > epoch).map_or(to, |(node, _)| node))
+            }
+            None => route.map(|(node, _)| node).or_else(|| self.placement().owner(slot)),
         }
     }
 
@@ -374,24 +385,18 @@ impl Cluster {
         }
     }
 
-    /// Sends part of copy `copy` of a slot to its next owner; `Ok(false)` when it owned the
-    /// slot already.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn send_part(
-        &self,
-        to: NodeId,
-        slot: Slot,
-        copy: u64,
-        epoch: u64,
-        first: bool,
-        last: bool,
-        entries: Vec<tim_kv::RawEntry>,
-    ) -> Result<bool, RouteError> {
-        let request = Request::Import { slot: slot.0, copy, epoch, first, last, entries };
-        match self.send(to, &request).await? {
+    /// Sends a part of a copy of a slot to its next owner; `Ok(false)` when it owned the slot
+    /// already.
+    pub(crate) async fn send_part(&self, to: NodeId, slot: Slot, part: Part, state: Bytes) -> Result<bool, RouteError> {
+        match self.send(to, &Request::Import { slot: slot.0, part, state }).await? {
             Reply::Imported(done) => Ok(done),
             other => Err(failed(to, other)),
         }
+    }
+
+    /// The engine's in-memory state of a slot handed over now (empty without an engine).
+    pub(crate) fn slot_state(&self, slot: Slot) -> Bytes {
+        self.engine.get().map(|engine| engine.slot_state(slot)).unwrap_or_default()
     }
 
     /// Learns every member's owned slots from the member itself.
@@ -414,7 +419,8 @@ impl Cluster {
     /// Runs `request` on the owner of `slot`, following refusals.
     async fn at(&self, slot: Slot, request: Request) -> Result<Reply, RouteError> {
         let started = Instant::now();
-        let mut pause = Duration::from_millis(10);
+        // A slot is fenced for the last round of its move, a few ms: look again soon.
+        let mut pause = Duration::from_millis(2);
         let mut hops = 0;
         let mut refreshed = false;
         loop {
@@ -445,9 +451,13 @@ impl Cluster {
                     lock(&self.routes).remove(&slot);
                     self.refresh_routes().await;
                 }
-                Reply::Refused(Refusal::Moving { .. }) if started.elapsed() < self.timeouts.moving => {
+                // Asked again after the members said what they own: nobody owns the slot
+                // now, so it is on its way (fenced on its sender, not yet owned by the next).
+                Reply::Refused(Refusal::Moving { .. } | Refusal::NotOwner { moved_to: None, .. })
+                    if started.elapsed() < self.timeouts.moving =>
+                {
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
                 Reply::Refused(refusal) => {
                     return Err(RouteError::Unavailable { slot: slot.0, reason: refusal.to_string() });
@@ -499,8 +509,14 @@ impl Cluster {
                     Err(reason) => Reply::Failed { reason, duplicate: false },
                 }
             }
-            Request::Import { slot, copy, epoch, first, last, entries } => {
-                match self.ownership.receive(Slot(slot), copy, epoch, first, last, entries).await {
+            Request::Import { slot, part, state } => {
+                let last = part.last;
+                let adopt = || {
+                    if let Some(engine) = self.engine.get().filter(|_| !state.is_empty()) {
+                        engine.adopt_slot_state(Slot(slot), state);
+                    }
+                };
+                match self.ownership.receive(Slot(slot), part, adopt).await {
                     Ok(imported) => {
                         if imported && last {
                             lock(&self.routes).remove(&Slot(slot));

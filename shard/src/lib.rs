@@ -3,6 +3,7 @@
 
 mod cluster;
 mod gossip;
+mod handover;
 pub mod identity;
 mod membership;
 mod node;
@@ -17,7 +18,7 @@ pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, status, OperatorError};
-pub use ownership::{Ownership, OwnershipError, Refusal, SlotState};
+pub use ownership::{Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.

@@ -29,6 +29,8 @@ pub(crate) const KEY_WEIGHT: &str = "weight";
 pub(crate) const KEY_FENCED_TO: &str = "fenced_to";
 /// "1" once this node, leaving, holds nothing and is handed nothing: it stops soon.
 pub(crate) const KEY_DRAINED: &str = "drained";
+/// What this node's hand-overs did since it started: `slots,bytes,bytes per second`.
+pub(crate) const KEY_MOVES: &str = "moves";
 /// The nodes this node knows left the cluster for good, comma-separated.
 pub(crate) const KEY_RETIRED: &str = "retired";
 
@@ -95,6 +97,12 @@ pub struct MemberInfo {
     pub fenced_to: Vec<NodeId>,
     /// Leaving, it holds nothing and is handed nothing: it stops soon.
     pub drained: bool,
+    /// Slots this node handed over since it started.
+    pub moved_slots: u64,
+    /// Bytes of slot data it sent in hand-overs since it started.
+    pub moved_bytes: u64,
+    /// Bytes per second it sends in hand-overs, lately.
+    pub move_rate: u64,
     pub live: bool,
 }
 
@@ -102,6 +110,8 @@ impl MemberInfo {
     /// Reads a node's gossiped keys; `None` when a key it must have is missing or malformed.
     fn of(id: &ChitchatId, state: &NodeState, live: bool) -> Option<Self> {
         let num = |key: &str| state.get(key).and_then(|v| v.parse::<u64>().ok());
+        let moves: Vec<u64> = state.get(KEY_MOVES).unwrap_or("").split(',').filter_map(|v| v.parse().ok()).collect();
+        let moves = |i: usize| moves.get(i).copied().unwrap_or(0);
         Some(Self {
             node: id.node_id.parse().ok()?,
             generation: id.generation_id,
@@ -119,6 +129,9 @@ impl MemberInfo {
             retired: state.get(KEY_RETIRED).map(parse_nodes).unwrap_or_default(),
             fenced_to: state.get(KEY_FENCED_TO).map(parse_nodes).unwrap_or_default(),
             drained: state.get(KEY_DRAINED) == Some("1"),
+            moved_slots: moves(0),
+            moved_bytes: moves(1),
+            move_rate: moves(2),
             live,
         })
     }

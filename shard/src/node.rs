@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::cluster::{Calls, Cluster, Seen, Timeouts, LEAVING_RECORD};
+use crate::handover::{MoveTotals, Mover};
 use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 use crate::ownership::{Ownership, OwnershipError, SlotState};
 use crate::placement::{Member, NodeId, Placement};
 
-/// Bytes of a slot sent in one part of a hand-over.
-const PART_BYTES: usize = 1 << 20;
 /// How often the loop looks at the members when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a node started with seeds may hear nobody before it says so.
@@ -78,6 +78,8 @@ pub struct JoinConfig {
     pub gossip_interval: Duration,
     /// Slots handed over at once.
     pub moves_at_once: usize,
+    /// Bytes per second all hand-overs send together; `None`: unpaced.
+    pub migration_rate: Option<NonZeroU64>,
     pub timeouts: Timeouts,
 }
 
@@ -182,7 +184,7 @@ impl ClusterNode {
         let driver = Driver {
             cluster: cluster.clone(),
             membership: membership.clone(),
-            store,
+            store: store.clone(),
             members,
             retired,
             leaving: false,
@@ -193,6 +195,9 @@ impl ClusterNode {
             left: Some(left_tx),
             seeded: !cfg.seeds.is_empty(),
             moving: Arc::default(),
+            mover: Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate)),
+            told_moves: (MoveTotals::default(), 0),
+            moves_sampled: (MoveTotals::default(), Instant::now()),
             moves_at_once: cfg.moves_at_once.max(1),
             stop: stop.clone(),
             tasks: tasks.clone(),
@@ -321,6 +326,11 @@ struct Driver {
     seeded: bool,
     /// Slots being handed over now.
     moving: Arc<Mutex<HashSet<Slot>>>,
+    mover: Arc<Mover>,
+    /// The hand-over totals and rate last gossiped.
+    told_moves: (MoveTotals, u64),
+    /// The totals at the last rate sample, and when.
+    moves_sampled: (MoveTotals, Instant),
     moves_at_once: usize,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -368,6 +378,7 @@ impl Driver {
                 told_leaving = leaving;
             }
             self.gossip_fenced(fenced_to).await;
+            self.gossip_moves().await;
             if self.leaving {
                 self.follow_leave(&members, leaving).await;
             }
@@ -400,6 +411,24 @@ impl Driver {
         if fenced_to != self.fenced_to {
             self.membership.set(membership::KEY_FENCED_TO, membership::format_nodes(fenced_to.iter().copied())).await;
             self.fenced_to = fenced_to;
+        }
+    }
+
+    /// Gossips what this node's hand-overs did (slots, bytes) and their rate over the last
+    /// second or more, when they changed.
+    async fn gossip_moves(&mut self) {
+        let now = self.mover.totals();
+        let (then, at) = self.moves_sampled;
+        let elapsed = at.elapsed();
+        let mut rate = self.told_moves.1;
+        if elapsed >= Duration::from_secs(1) {
+            rate = (now.bytes.saturating_sub(then.bytes) as f64 / elapsed.as_secs_f64()).round() as u64;
+            self.moves_sampled = (now, Instant::now());
+        }
+        if (now, rate) != self.told_moves {
+            let value = format!("{},{},{}", now.slots, now.bytes, rate);
+            self.membership.set(membership::KEY_MOVES, value).await;
+            self.told_moves = (now, rate);
         }
     }
 
@@ -475,18 +504,25 @@ impl Driver {
 
     /// Starts the hand-overs placement asks for, a few at a time: fenced ones (cut short
     /// before) to a live receiver that is not stopping, even one leaving itself (it passes
-    /// the slot on); owned slots placement gives to a ready member that agrees on it.
+    /// the slot on); owned slots placement gives to a ready member, once every live member
+    /// agrees on placement. A member that is down holds up only the slots it is to receive.
     /// Returns how many slots held here are to be handed over, started or not, and the nodes
     /// slots are held fenced towards.
     fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> (usize, BTreeSet<NodeId>) {
         let placement = self.cluster.placement();
         let me = self.cluster.node();
+        // New moves start once every live member computes this placement: a view that flaps
+        // moves nothing until it settles.
+        let agreed = members
+            .iter()
+            .filter(|m| m.live && m.state != MemberState::Stopping && !self.retired.contains(&m.node))
+            .all(|m| m.node == me || m.placement == Some(placement.version()));
         let takes = |node: NodeId, resumed: bool| {
             members.iter().any(|m| {
                 m.node == node
                     && m.live
                     && match m.state {
-                        MemberState::Ready => resumed || m.placement == Some(placement.version()),
+                        MemberState::Ready => resumed || agreed,
                         MemberState::Leaving => resumed,
                         MemberState::Joining | MemberState::Stopping => false,
                     }
@@ -521,47 +557,17 @@ impl Driver {
                 continue;
             }
             retry_at.insert(slot, now + RETRY_AFTER);
-            let (cluster, store, moving) = (self.cluster.clone(), self.store.clone(), self.moving.clone());
+            let (mover, moving) = (self.mover.clone(), self.moving.clone());
             self.tasks.spawn(async move {
-                match move_slot(&cluster, &store, slot, to).await {
+                match mover.hand_over(slot, to).await {
                     Ok(()) => info!(slot = slot.0, to = %to, "slot handed over"),
-                    Err(e) => warn!(slot = slot.0, to = %to, error = %ErrorChain(&*e), "hand-over stopped; it resumes"),
+                    Err(e) => warn!(slot = slot.0, to = %to, error = %ErrorChain(&e), "hand-over stopped; it resumes"),
                 }
                 moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
             });
         }
         (leaving, fenced_to)
     }
-}
-
-/// Hands `slot` to `to`: fence, copy in parts, switch. Resumable at every step.
-async fn move_slot(
-    cluster: &Cluster,
-    store: &Arc<dyn Store>,
-    slot: Slot,
-    to: NodeId,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let epoch = cluster.ownership().fence(slot, to).await?;
-    // Parts of an earlier attempt still on their way are refused by the receiver.
-    let copy: u64 = rand::random();
-    let mut cursor = None;
-    let mut first = true;
-    loop {
-        let from = cursor.take();
-        let read = store.clone();
-        let chunk = tokio::task::spawn_blocking(move || read.export_slot(slot, from.as_ref(), PART_BYTES)).await??;
-        let last = chunk.next.is_none();
-        if !cluster.send_part(to, slot, copy, epoch, first, last, chunk.entries).await? {
-            break;
-        }
-        if last {
-            break;
-        }
-        first = false;
-        cursor = chunk.next;
-    }
-    cluster.ownership().give(slot, to, epoch).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tim_kv::{RawEntry, RawWrite, Slot, Store, StoreError};
+use tim_kv::{RawWrite, Slot, SlotDelta, Store, StoreError};
 use tokio::sync::{watch, RwLock};
 
 use crate::placement::NodeId;
@@ -225,34 +225,29 @@ impl Ownership {
             return Err(OwnershipError::State { slot: slot.0, state, wanted: "fenced" });
         }
         let given = SlotState::Given { to, epoch };
-        let write = RawWrite { slot, clear: true, entries: Vec::new(), local: vec![record(slot, given)?] };
+        let write =
+            RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, given)?] };
         self.store.write_raw(write).await?;
         self.set(slot, Some(given));
         Ok(())
     }
 
-    /// Takes one part of copy `copy` of a slot handed to this node at `epoch`: the first part
+    /// Takes one part of a copy of a slot handed to this node at `part.epoch`: the first part
     /// clears what this node holds of the slot (left from an earlier, broken copy) and makes
-    /// `copy` the current one; a later part of another copy is refused (it was sent before
+    /// its copy the current one; a later part of another copy is refused (it was sent before
     /// its sender started over); the last part makes this node the owner, atomically with its
-    /// data. `Ok(false)`: this node held the slot at that epoch already (the sender missed the
-    /// answer to its last part, or the part is older than a hand-over since): nothing is
-    /// written.
-    pub async fn receive(
-        &self,
-        slot: Slot,
-        copy: u64,
-        epoch: u64,
-        first: bool,
-        last: bool,
-        entries: Vec<RawEntry>,
-    ) -> Result<bool, OwnershipError> {
+    /// data, and runs `adopt` before the slot serves its first request. `Ok(false)`: this
+    /// node held the slot at that epoch already (the sender missed the answer to its last
+    /// part, or the part is older than a hand-over since): nothing is written.
+    pub async fn receive(&self, slot: Slot, part: Part, adopt: impl FnOnce()) -> Result<bool, OwnershipError> {
         let _held = self.guard(slot)?.write().await;
         let state = self.state(slot);
         match state {
-            Some(SlotState::Owned { epoch: held }) if held >= epoch => return Ok(false),
+            Some(SlotState::Owned { epoch: held }) if held >= part.epoch => return Ok(false),
             // Handing it on, or handed on: it was here at `fenced - 1` or `given - 1`.
-            Some(SlotState::Fenced { epoch: later, .. } | SlotState::Given { epoch: later, .. }) if later > epoch => {
+            Some(SlotState::Fenced { epoch: later, .. } | SlotState::Given { epoch: later, .. })
+                if later > part.epoch =>
+            {
                 return Ok(false);
             }
             Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => {
@@ -262,21 +257,38 @@ impl Ownership {
         }
         {
             let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
-            if first {
-                copies.insert(slot, copy);
-            } else if copies.get(&slot) != Some(&copy) {
+            if part.first {
+                copies.insert(slot, part.copy);
+            } else if copies.get(&slot) != Some(&part.copy) {
                 return Err(OwnershipError::StalePart(slot.0));
             }
         }
-        let owned = SlotState::Owned { epoch };
-        let local = if last { vec![record(slot, owned)?] } else { Vec::new() };
-        self.store.write_raw(RawWrite { slot, clear: first, entries, local }).await?;
-        if last {
+        let owned = SlotState::Owned { epoch: part.epoch };
+        let local = if part.last { vec![record(slot, owned)?] } else { Vec::new() };
+        let write = RawWrite { slot, clear: part.first, entries: part.data.entries, removed: part.data.removed, local };
+        self.store.write_raw(write).await?;
+        if part.last {
             self.copies.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+            adopt();
             self.set(slot, Some(owned));
         }
         Ok(true)
     }
+}
+
+/// One part of a copy of a slot on its way to its next owner.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Part {
+    /// Tells the attempts of a hand-over apart.
+    pub copy: u64,
+    /// The epoch the receiver owns the slot at after the last part.
+    pub epoch: u64,
+    /// Clears what the receiver holds of the slot first.
+    pub first: bool,
+    /// Makes the receiver the owner.
+    pub last: bool,
+    /// Entries of the slot, and keys deleted since an earlier part.
+    pub data: SlotDelta,
 }
 
 #[cfg(test)]

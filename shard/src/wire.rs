@@ -2,10 +2,10 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tim_kv::{Batch, Cursor, RawEntry, Row, RowId, StoreError, TableId};
+use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 
 use crate::membership::MemberInfo;
-use crate::ownership::Refusal;
+use crate::ownership::{Part, Refusal};
 use crate::placement::NodeId;
 
 /// A call from one node to another.
@@ -19,9 +19,9 @@ pub(crate) enum Request {
     AtNode { body: Bytes },
     /// The same, handled in the order the link brought it.
     AtNodeNow { body: Bytes },
-    /// A part of a slot handed to the receiver, which owns it at `epoch` after the last part.
-    /// `copy` tells the attempts of a hand-over apart.
-    Import { slot: u16, copy: u64, epoch: u64, first: bool, last: bool, entries: Vec<RawEntry> },
+    /// A part of a slot handed to the receiver; the last one carries the engine's in-memory
+    /// state of the slot.
+    Import { slot: u16, part: Part, state: Bytes },
     /// The slots the receiver owns, with their epochs.
     Owned,
     /// The members as the receiver sees them (`tim cluster status`).

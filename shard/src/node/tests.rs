@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
+use crate::handover::PART_BYTES;
 use crate::SLOTS;
 
 const T: TableDef = TableDef { id: 1, name: "t", columns: &[ColumnDef::indexed("k"), ColumnDef::plain("v")] };
@@ -107,6 +108,11 @@ struct TestNode {
 
 /// A node on an in-memory store whose link listener other nodes reach through a proxy.
 async fn start_node(id: u64, seeds: Vec<String>) -> (TestNode, Proxy) {
+    start_paced_node(id, seeds, None).await
+}
+
+/// The same, sending hand-overs at `rate` bytes per second.
+async fn start_paced_node(id: u64, seeds: Vec<String>, rate: Option<NonZeroU64>) -> (TestNode, Proxy) {
     let store: Arc<dyn Store> =
         Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[1; 32]), &[T]).unwrap());
     let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
@@ -130,6 +136,7 @@ async fn start_node(id: u64, seeds: Vec<String>) -> (TestNode, Proxy) {
         rpc_key: [4; 32],
         gossip_interval: Duration::from_millis(50),
         moves_at_once: 8,
+        migration_rate: rate,
         timeouts: Timeouts { call: Duration::from_secs(2), moving: Duration::from_millis(200) },
     };
     let table = store.table("t").unwrap();
@@ -165,24 +172,25 @@ async fn rows(node: &TestNode, slot: Slot, key: &[u8]) -> Vec<(RowId, Row)> {
     }
 }
 
-/// The link to a joining node is cut in the middle of a hand-over of a slot that takes
-/// several parts: the slot stays fenced on the old owner and is served by nobody, no slot is
-/// owned twice; once the link is back the hand-over resumes, every slot ends with exactly one
-/// owner, and the slot's rows are all there, read through either node.
+/// The link to a joining node is cut in the middle of the copy of a slot that takes several
+/// parts. Cut before the fence (an online copy), the old owner goes on serving the slot;
+/// cut after it (a hand-over fenced before, resumed), nobody serves it. Either way no slot is
+/// owned twice, and once the link is back the hand-over completes with every row.
 struct CutMidCopy {
     a: TestNode,
     b: TestNode,
     b_proxy: Proxy,
     placement: Placement,
-    /// The slot whose copy to B was cut, fenced on A.
+    /// The slot whose copy to B was cut.
     big: Slot,
     /// Its rows before the hand-over.
     before: Vec<(RowId, Row)>,
 }
 
 /// Node A founds a cluster and fills a slot that placement gives to B with four parts' worth
-/// of rows; B joins, and its link is cut while that slot is copied to it.
-async fn cut_mid_copy() -> CutMidCopy {
+/// of rows (and, when `fenced`, fences it towards B, as a hand-over cut short after its fence
+/// leaves it); B joins, and its link is cut while that slot is copied to it.
+async fn cut_mid_copy(fenced: bool) -> CutMidCopy {
     let (a, _) = start_node(0xA, Vec::new()).await;
     let placement = Placement::new([Member { id: NodeId(0xA), weight: 1 }, Member { id: NodeId(0xB), weight: 1 }], 1);
     let big = placement.owned_by(NodeId(0xB)).next().unwrap();
@@ -191,19 +199,21 @@ async fn cut_mid_copy() -> CutMidCopy {
     }
     let before = rows(&a, big, b"big").await;
     assert_eq!(before.len(), 64);
+    if fenced {
+        a.cluster.ownership().fence(big, NodeId(0xB)).await.unwrap();
+    }
 
     let (b, b_proxy) = start_node(0xB, vec![a.gossip.to_string()]).await;
     // Every other slot moving to B is a few hundred bytes: the cut falls inside the big one.
     b_proxy.cut_after(2 * PART_BYTES);
     b_proxy.wait_cut().await;
-    // The cut fell inside the big slot's copy: A holds it fenced, B holds some of its rows
-    // (written as parts arrive, not served: B owns the slot only with the last part).
+    // B holds some of the slot's rows (written as parts arrive, not served: B owns the slot
+    // only with the last part).
     let deadline = Instant::now() + SETTLE;
     loop {
-        let fenced = matches!(a.cluster.ownership().state(big), Some(SlotState::Fenced { .. }));
         // Parts carry rows before index entries: count the rows themselves.
         let copied = before.iter().filter(|(id, _)| b.store.get(b.table, *id).unwrap().is_some()).count();
-        if fenced && copied > 0 {
+        if copied > 0 {
             assert!(copied < before.len(), "the copy was cut short: {copied} rows arrived");
             break;
         }
@@ -222,24 +232,99 @@ async fn wait_owned_once(nodes: &[&TestNode], owner: impl Fn(Slot) -> NodeId) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hand_over_cut_mid_copy_resumes_with_one_owner_and_every_row() {
-    let CutMidCopy { a, b, b_proxy, placement, big, before } = cut_mid_copy().await;
-    assert_eq!(owners(&[&a, &b], big), Vec::<NodeId>::new(), "a slot cut mid-copy is served by nobody");
-    for slot in (0..SLOTS).map(Slot) {
-        assert!(owners(&[&a, &b], slot).len() <= 1, "slot {} owned twice while the link is cut", slot.0);
+/// Every slot ends owned once, by placement's owner, with the big slot's rows (and `more`)
+/// read through either node.
+async fn completes_with_every_row(cut: &CutMidCopy, more: &[(RowId, Row)]) {
+    wait_owned_once(&[&cut.a, &cut.b], |slot| cut.placement.owner(slot).unwrap()).await;
+    let want: Vec<_> = cut.before.iter().chain(more).cloned().collect();
+    for node in [&cut.a, &cut.b] {
+        let after = rows(node, cut.big, b"big").await;
+        assert_eq!(after.len(), want.len(), "every row of the slot, read through {}", node.cluster.node());
+        assert!(after.iter().zip(&want).all(|(x, y)| x == y), "the same rows, with the same ids");
     }
-    assert!(a.cluster.get(a.table, before[0].0).await.is_err(), "a fenced slot is not served");
+}
 
-    b_proxy.heal();
-    wait_owned_once(&[&a, &b], |slot| placement.owner(slot).unwrap()).await;
-    for node in [&a, &b] {
-        let after = rows(node, big, b"big").await;
-        assert_eq!(after.len(), before.len(), "every row of the slot, read through {}", node.cluster.node());
-        assert!(after.iter().zip(&before).all(|(x, y)| x == y), "the same rows, with the same ids");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_copy_cut_short_leaves_the_old_owner_serving_and_starts_over() {
+    let cut = cut_mid_copy(false).await;
+    assert_eq!(owners(&[&cut.a, &cut.b], cut.big), vec![NodeId(0xA)], "the old owner still owns it");
+    for slot in (0..SLOTS).map(Slot) {
+        assert!(owners(&[&cut.a, &cut.b], slot).len() <= 1, "slot {} owned twice while the link is cut", slot.0);
     }
+    // The slot serves reads and writes while its copy is broken.
+    put(&cut.a, cut.big, b"big", vec![8u8; 10]).await;
+    let written = rows(&cut.a, cut.big, b"big").await;
+    assert_eq!(written.len(), cut.before.len() + 1);
+
+    cut.b_proxy.heal();
+    completes_with_every_row(&cut, &written[cut.before.len()..]).await;
+    cut.b.node.shutdown().await;
+    cut.a.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_hand_over_cut_mid_copy_resumes_with_one_owner_and_every_row() {
+    let cut = cut_mid_copy(true).await;
+    assert!(matches!(cut.a.cluster.ownership().state(cut.big), Some(SlotState::Fenced { .. })));
+    assert_eq!(owners(&[&cut.a, &cut.b], cut.big), Vec::<NodeId>::new(), "a slot cut after its fence is served by nobody");
+    for slot in (0..SLOTS).map(Slot) {
+        assert!(owners(&[&cut.a, &cut.b], slot).len() <= 1, "slot {} owned twice while the link is cut", slot.0);
+    }
+    assert!(cut.a.cluster.get(cut.a.table, cut.before[0].0).await.is_err(), "a fenced slot is not served");
+
+    cut.b_proxy.heal();
+    completes_with_every_row(&cut, &[]).await;
+    cut.b.node.shutdown().await;
+    cut.a.node.shutdown().await;
+}
+
+/// A slot moves while a writer keeps writing to it through the old owner's router: writes
+/// go on while the copy is under way (B holds part of the slot, A serves it), none fails,
+/// and every row written before, during and after the move is on the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_a_slot_moves_and_all_arrive() {
+    // 2 MiB at 1 MiB/s: the copy takes about two seconds.
+    let rate = NonZeroU64::new(1 << 20);
+    let (a, _) = start_paced_node(0xA, Vec::new(), rate).await;
+    let placement = Placement::new([Member { id: NodeId(0xA), weight: 1 }, Member { id: NodeId(0xB), weight: 1 }], 1);
+    let big = placement.owned_by(NodeId(0xB)).next().unwrap();
+    for _ in 0..32 {
+        put(&a, big, b"big", vec![7u8; 64 << 10]).await;
+    }
+    let a = Arc::new(a);
+    let (stop_tx, stop) = watch::channel(false);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (a, written) = (a.clone(), written.clone());
+        tokio::spawn(async move {
+            while !*stop.borrow() {
+                put(&a, big, b"big", vec![9u8; 100]).await;
+                written.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let (b, _b_proxy) = start_node(0xB, vec![a.gossip.to_string()]).await;
+    // The writes done while B holds part of the slot and does not own it yet.
+    let deadline = Instant::now() + SETTLE;
+    let mut copying: Option<(usize, usize)> = None;
+    while b.cluster.ownership().state(big).is_none() {
+        if !b.store.export_slot(big, None, 1).unwrap().entries.is_empty() {
+            let now = written.load(Ordering::SeqCst);
+            copying = Some(copying.map_or((now, now), |(first, _)| (first, now)));
+        }
+        assert!(Instant::now() < deadline, "the slot did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (first, last) = copying.expect("B held part of the slot before it owned it");
+    assert!(last - first >= 20, "writes went on during the copy: {}", last - first);
+    wait_owned_once(&[&a, &b], |slot| placement.owner(slot).unwrap()).await;
+    stop_tx.send_replace(true);
+    writer.await.unwrap();
+    let on_b = rows(&b, big, b"big").await;
+    assert_eq!(on_b.len(), 32 + written.load(Ordering::SeqCst), "every row written before, during and after the move");
+    assert_eq!(on_b, rows(&a, big, b"big").await, "read through either node");
     b.node.shutdown().await;
-    a.node.shutdown().await;
+    Arc::try_unwrap(a).ok().expect("the writer ended").node.shutdown().await;
 }
 
 /// B is asked to leave while a slot is half-copied to it: B waits for that slot (A cannot
@@ -248,7 +333,7 @@ async fn a_hand_over_cut_mid_copy_resumes_with_one_owner_and_every_row() {
 /// leaves A owning every slot, with every row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_leaves_mid_hand_over_passes_the_slot_on() {
-    let CutMidCopy { a, b, b_proxy, big, before, .. } = cut_mid_copy().await;
+    let CutMidCopy { a, b, b_proxy, big, before, .. } = cut_mid_copy(true).await;
     let (leaving, _) = crate::leave(b.rpc, "test", [4; 32]).await.unwrap();
     assert_eq!(leaving, NodeId(0xB));
     b_proxy.heal();

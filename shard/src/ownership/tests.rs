@@ -33,7 +33,9 @@ async fn copy(from: &Arc<dyn Store>, to: &Ownership, slot: Slot, epoch: u64, par
     loop {
         let chunk = from.export_slot(slot, cursor.as_ref(), part).unwrap();
         let last = chunk.next.is_none();
-        if !to.receive(slot, copy_id, epoch, first, last, chunk.entries).await.unwrap() {
+        let data = tim_kv::SlotDelta { entries: chunk.entries, removed: vec![] };
+        let part = Part { copy: copy_id, epoch, first, last, data };
+        if !to.receive(slot, part, || {}).await.unwrap() {
             return false;
         }
         first = false;
@@ -142,6 +144,11 @@ async fn a_hand_over_resumed_after_a_restart_keeps_its_epoch() {
     assert!(own.give(Slot(2), B, 2).await.is_err(), "only a fenced slot is given");
 }
 
+/// An empty part.
+fn part(copy: u64, epoch: u64, first: bool, last: bool) -> Part {
+    Part { copy, epoch, first, last, ..Part::default() }
+}
+
 /// Parts of an earlier attempt that arrive late, and parts older than a later hand-over, are
 /// refused: a slow network cannot make a node the owner of a slot that moved on.
 #[tokio::test]
@@ -151,19 +158,19 @@ async fn late_parts_cannot_make_a_second_owner() {
     let (b, c) = (Ownership::load(store_b.clone()).unwrap(), Ownership::load(store_c).unwrap());
     let slot = Slot(9);
     // Attempt 1 sends its first part, then the sender starts over (attempt 2).
-    assert!(b.receive(slot, 1, 2, true, false, vec![]).await.unwrap());
-    assert!(b.receive(slot, 2, 2, true, false, vec![]).await.unwrap());
+    assert!(b.receive(slot, part(1, 2, true, false), || {}).await.unwrap());
+    assert!(b.receive(slot, part(2, 2, true, false), || {}).await.unwrap());
     // Attempt 1's last part arrives late: refused, B is no owner.
-    assert!(matches!(b.receive(slot, 1, 2, false, true, vec![]).await, Err(OwnershipError::StalePart(9))));
+    assert!(matches!(b.receive(slot, part(1, 2, false, true), || {}).await, Err(OwnershipError::StalePart(9))));
     assert_eq!(b.state(slot), None);
-    assert!(b.receive(slot, 2, 2, false, true, vec![]).await.unwrap());
+    assert!(b.receive(slot, part(2, 2, false, true), || {}).await.unwrap());
     assert_eq!(b.state(slot), Some(SlotState::Owned { epoch: 2 }));
     // B hands the slot to C at epoch 3.
     assert_eq!(b.fence(slot, NodeId(0xC)).await.unwrap(), 3);
-    assert!(c.receive(slot, 7, 3, true, true, vec![]).await.unwrap());
+    assert!(c.receive(slot, part(7, 3, true, true), || {}).await.unwrap());
     b.give(slot, NodeId(0xC), 3).await.unwrap();
     // A repeat of the epoch-2 hand-over reaches B again: it moved on, nothing changes.
-    assert!(!b.receive(slot, 2, 2, true, true, vec![]).await.unwrap());
+    assert!(!b.receive(slot, part(2, 2, true, true), || {}).await.unwrap());
     assert_eq!(b.state(slot), Some(SlotState::Given { to: NodeId(0xC), epoch: 3 }));
     assert_eq!(c.state(slot), Some(SlotState::Owned { epoch: 3 }));
 }

@@ -1,0 +1,237 @@
+//! Hands a slot to its next owner while it serves: copy, catch up, fence, switch.
+//!
+//! 1. **Copy**: the sender records which keys of the slot writes change from now on, then
+//!    sends the slot as it is in parts, paced, while it goes on serving it. The first part
+//!    clears what the receiver holds of the slot (left by an earlier, broken copy).
+//! 2. **Catch up**: it sends what changed meanwhile (each changed key with its value now,
+//!    or its deletion), in rounds, until a round is small or the rounds run out.
+//! 3. **Fence and switch**: it fences the slot (the requests in flight finish, no new one
+//!    starts: callers wait and retry), waits for the writes queued before, and sends the rest
+//!    of the changes and the engine's in-memory state of the slot as the last part, which the
+//!    receiver writes together with its ownership. Then it records the slot as given and
+//!    deletes its copy. The slot is unavailable only for this last round.
+//!
+//! The receiver owns nothing of the slot until the last part, so a move cut short before the
+//! fence leaves the slot served by the sender alone, and it starts over. A move cut short
+//! after the fence stays fenced on the sender, which resumes it by copying the whole slot,
+//! fenced (it cannot tell how far the receiver got).
+
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tim_kv::{Slot, SlotChunk, SlotCursor, SlotDelta, Store, StoreError};
+use tracing::debug;
+
+use crate::cluster::{Cluster, RouteError};
+use crate::ownership::{OwnershipError, Part, SlotState};
+use crate::placement::NodeId;
+
+/// Bytes of a slot sent in one part.
+pub(crate) const PART_BYTES: usize = 1 << 20;
+/// A round of changes short enough that the changes made while it goes are few: the next
+/// round goes with the slot fenced.
+const SMALL_ROUND: usize = 256 << 10;
+/// Catch-up rounds before the slot is fenced whatever is left: a slot written faster than
+/// it moves is fenced for longer rather than never.
+const CATCH_UP_ROUNDS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MoveError {
+    #[error("the slot's data")]
+    Store(#[from] StoreError),
+    #[error("the ownership records")]
+    Ownership(#[from] OwnershipError),
+    #[error("sending a part")]
+    Route(#[from] RouteError),
+    #[error("a read on the blocking pool did not finish")]
+    Blocking(#[from] tokio::task::JoinError),
+    #[error("the receiver owns slot {0} already, before the copy ended")]
+    Early(u16),
+}
+
+/// Paces the bytes this node sends in hand-overs, all moves together: each part takes the
+/// next free interval of `bytes / rate`. Small parts (an empty slot's, a short round of
+/// changes) go at once and are only counted: queued behind a large part they would stretch
+/// a join of thousands of small slots for nothing.
+struct Pace {
+    per_second: Option<NonZeroU64>,
+    /// When the next part may go.
+    next: Mutex<Instant>,
+}
+
+/// Parts smaller than this are counted but never wait.
+const UNPACED_BYTES: usize = 64 << 10;
+
+impl Pace {
+    async fn wait(&self, bytes: usize) {
+        let Some(rate) = self.per_second else { return };
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate.get() as f64);
+            if bytes < UNPACED_BYTES {
+                now
+            } else {
+                start
+            }
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+/// What this node's hand-overs did since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MoveTotals {
+    /// Slots handed over.
+    pub slots: u64,
+    /// Bytes of slot data sent.
+    pub bytes: u64,
+}
+
+/// Moves slots away from this node.
+pub(crate) struct Mover {
+    cluster: Arc<Cluster>,
+    store: Arc<dyn Store>,
+    pace: Pace,
+    slots: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Mover {
+    /// `rate`: bytes per second all moves send together; `None`: as fast as they go.
+    pub(crate) fn new(cluster: Arc<Cluster>, store: Arc<dyn Store>, rate: Option<NonZeroU64>) -> Self {
+        let pace = Pace { per_second: rate, next: Mutex::new(Instant::now()) };
+        Self { cluster, store, pace, slots: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+    }
+
+    pub(crate) fn totals(&self) -> MoveTotals {
+        MoveTotals { slots: self.slots.load(Ordering::Relaxed), bytes: self.bytes.load(Ordering::Relaxed) }
+    }
+
+    /// Hands `slot` to `to`: online when the slot is owned here, by a fenced copy when a
+    /// hand-over to `to` was fenced already (cut short, resumed).
+    pub(crate) async fn hand_over(&self, slot: Slot, to: NodeId) -> Result<(), MoveError> {
+        match self.cluster.ownership().state(slot) {
+            Some(SlotState::Fenced { to: fenced, epoch }) if fenced == to => return self.copy_fenced(slot, to, epoch).await,
+            Some(SlotState::Owned { epoch }) => {
+                self.store.track_changes(slot).await?;
+                let moved = self.copy_online(slot, to, epoch + 1).await;
+                self.store.untrack_changes(slot);
+                moved?;
+            }
+            state => return Err(OwnershipError::State { slot: slot.0, state, wanted: "owned" }.into()),
+        }
+        self.slots.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn copy_online(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), MoveError> {
+        let copy = rand::random();
+        let mut first = true;
+        // The slot as it is now: what is written from now on comes as changes.
+        let mut cursor = Some(self.read(move |store| store.export_start(slot)).await?);
+        while let Some(from) = cursor.take() {
+            let chunk = self.export(slot, Some(from)).await?;
+            let data = SlotDelta { entries: chunk.entries, removed: Vec::new() };
+            self.send(to, slot, Part { copy, epoch, first, last: false, data }, Bytes::new(), true).await?;
+            first = false;
+            cursor = chunk.next;
+        }
+        // Rounds are paced while they shrink. A slot written faster than the pace would never
+        // catch up: its rounds go unpaced, at the rate of its own writes.
+        let (mut previous, mut paced) = (usize::MAX, true);
+        for _ in 0..CATCH_UP_ROUNDS {
+            let changes = self.changes(slot).await?;
+            let bytes = changes.bytes();
+            paced &= bytes < previous;
+            for data in changes.split(PART_BYTES).into_iter().filter(|d| !d.is_empty()) {
+                self.send(to, slot, Part { copy, epoch, first: false, last: false, data }, Bytes::new(), paced).await?;
+            }
+            // What changes while a small round goes is what goes fenced.
+            if bytes <= SMALL_ROUND {
+                break;
+            }
+            previous = bytes;
+        }
+        let fenced = self.cluster.ownership().fence(slot, to).await?;
+        let at = Instant::now();
+        // Writes whose callers stopped waiting may still be queued: they are in the record
+        // once the writer is past them.
+        self.store.barrier().await?;
+        let rest = match self.changes(slot).await {
+            Ok(rest) => rest,
+            Err(MoveError::Store(StoreError::ChangesLost { .. })) => return self.copy_fenced(slot, to, fenced).await,
+            Err(e) => return Err(e),
+        };
+        let mut parts = rest.split(PART_BYTES);
+        let last = parts.pop().unwrap_or_default();
+        for data in parts {
+            self.send(to, slot, Part { copy, epoch, first: false, last: false, data }, Bytes::new(), false).await?;
+        }
+        let state = self.cluster.slot_state(slot);
+        self.send(to, slot, Part { copy, epoch, first: false, last: true, data: last }, state, false).await?;
+        self.cluster.ownership().give(slot, to, fenced).await?;
+        debug!(slot = slot.0, %to, fenced_us = at.elapsed().as_micros() as u64, "slot handed over online");
+        Ok(())
+    }
+
+    /// Copies the whole slot with it fenced at `epoch`, then switches. Not paced: the slot is
+    /// unavailable until it ends.
+    async fn copy_fenced(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), MoveError> {
+        let copy = rand::random();
+        let mut first = true;
+        let mut cursor = None;
+        loop {
+            let chunk = self.export(slot, cursor.take()).await?;
+            let last = chunk.next.is_none();
+            let state = if last { self.cluster.slot_state(slot) } else { Bytes::new() };
+            let data = SlotDelta { entries: chunk.entries, removed: Vec::new() };
+            let part = Part { copy, epoch, first, last, data };
+            if !self.send(to, slot, part, state, false).await? || last {
+                break;
+            }
+            first = false;
+            cursor = chunk.next;
+        }
+        self.cluster.ownership().give(slot, to, epoch).await?;
+        self.slots.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs a store read on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, MoveError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || read(&*store)).await??)
+    }
+
+    async fn export(&self, slot: Slot, from: Option<SlotCursor>) -> Result<SlotChunk, MoveError> {
+        self.read(move |store| store.export_slot(slot, from.as_ref(), PART_BYTES)).await
+    }
+
+    async fn changes(&self, slot: Slot) -> Result<SlotDelta, MoveError> {
+        self.read(move |store| store.changes(slot)).await
+    }
+
+    /// Sends a part, `paced` or not; `Ok(false)` when the receiver owned the slot already
+    /// (an answer to the last part that was lost). Only the last part may find it so.
+    async fn send(&self, to: NodeId, slot: Slot, part: Part, state: Bytes, paced: bool) -> Result<bool, MoveError> {
+        let bytes = part.data.bytes();
+        if paced {
+            self.pace.wait(bytes).await;
+        }
+        let last = part.last;
+        let imported = self.cluster.send_part(to, slot, part, state).await?;
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if !imported && !last {
+            return Err(MoveError::Early(slot.0));
+        }
+        Ok(imported)
+    }
+}
