@@ -9,7 +9,7 @@
 //! Calls are sent again only when they surely did not run (refused, or not sent): a write
 //! whose answer was lost is not repeated here, so callers make writes safe to repeat.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -125,6 +125,9 @@ pub struct Cluster {
     membership: OnceLock<Arc<Membership>>,
     /// Set once an operator asked this node to leave the cluster.
     leave: watch::Sender<bool>,
+    /// The nodes retired from the cluster, as far as this node knows (it only grows): kept
+    /// by the loop, added to by a removal.
+    retired: watch::Sender<BTreeSet<NodeId>>,
     timeouts: Timeouts,
 }
 
@@ -164,6 +167,7 @@ impl Cluster {
             engine: OnceLock::new(),
             membership: OnceLock::new(),
             leave: watch::Sender::new(false),
+            retired: watch::Sender::new(BTreeSet::new()),
             timeouts,
         }
     }
@@ -176,6 +180,33 @@ impl Cluster {
     /// Sets the node's gossip (once, at start-up), for status requests.
     pub(crate) fn set_membership(&self, membership: Arc<Membership>) {
         let _ = self.membership.set(membership);
+    }
+
+    pub(crate) fn membership(&self) -> Option<&Arc<Membership>> {
+        self.membership.get()
+    }
+
+    /// Adds nodes to the retired set (never removes any).
+    pub(crate) fn retire_all(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        let nodes: Vec<NodeId> = nodes.into_iter().collect();
+        self.retired.send_if_modified(|retired| nodes.into_iter().fold(false, |added, n| retired.insert(n) || added));
+    }
+
+    pub(crate) fn retire(&self, node: NodeId) {
+        self.retire_all([node]);
+    }
+
+    pub(crate) fn retired(&self) -> watch::Receiver<BTreeSet<NodeId>> {
+        self.retired.subscribe()
+    }
+
+    pub(crate) fn is_retired(&self, node: NodeId) -> bool {
+        self.retired.borrow().contains(&node)
+    }
+
+    /// The slots this node's routes say `node` owns, with their epochs.
+    pub(crate) fn routes_to(&self, node: NodeId) -> Vec<(u16, u64)> {
+        lock(&self.routes).iter().filter(|(_, (n, _))| *n == node).map(|(slot, (_, epoch))| (slot.0, *epoch)).collect()
     }
 
     pub fn node(&self) -> NodeId {
@@ -472,7 +503,7 @@ impl Cluster {
     }
 
     /// Sends a request to another node.
-    async fn send(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
+    pub(crate) async fn send(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
         let Some(rpc) = &self.rpc else {
             return Err(RouteError::Unavailable { slot: 0, reason: "this node runs alone".into() });
         };
@@ -532,10 +563,30 @@ impl Cluster {
                 Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
                 None => Reply::Failed { reason: "this node runs alone".into(), duplicate: false },
             },
+            Request::Holdings { removed } => Reply::Holdings(self.holdings(removed)),
+            Request::Remove { node, force } => match self.remove(node, force).await {
+                Ok(slots) => Reply::Removed { slots },
+                Err(reason) => Reply::Failed { reason, duplicate: false },
+            },
+            Request::Adopt { slot, epoch, from: removed } => self.adopt(Slot(slot), epoch, removed).await,
             Request::Leave => match self.ask_to_leave().await {
                 Ok(slots) => Reply::Leaving { node: self.node, slots },
                 Err(reason) => Reply::Failed { reason, duplicate: false },
             },
+        }
+    }
+
+    /// Owns `slot` from `epoch` on, its owner `removed` being retired here.
+    pub(crate) async fn adopt(&self, slot: Slot, epoch: u64, removed: NodeId) -> Reply {
+        if !self.is_retired(removed) {
+            return Reply::Failed { reason: format!("node {removed} is not retired here yet"), duplicate: false };
+        }
+        match self.ownership.adopt(slot, epoch, removed).await {
+            Ok(()) => {
+                lock(&self.routes).remove(&slot);
+                Reply::Adopted
+            }
+            Err(e) => Reply::Failed { reason: tim_net::report::ErrorChain(&e).to_string(), duplicate: false },
         }
     }
 

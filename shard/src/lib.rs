@@ -10,6 +10,7 @@ mod node;
 mod operator;
 mod ownership;
 mod placement;
+mod removal;
 mod wire;
 
 use tim_kv::Slot;
@@ -17,7 +18,7 @@ use tim_kv::Slot;
 pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError, Load};
-pub use operator::{leave, owned, status, OperatorError};
+pub use operator::{leave, owned, remove, status, OperatorError};
 pub use ownership::{Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 

@@ -51,6 +51,8 @@ const LEFT_GRACE_ROUNDS: u32 = 6;
 const MEMBERS_RECORD: &str = "members";
 /// The store record of the nodes that left the cluster.
 const RETIRED_RECORD: &str = "retired";
+/// The store record that says this node was removed from the cluster.
+const REMOVED_RECORD: &str = "removed";
 
 /// What a node gossips as its load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,6 +95,11 @@ pub enum JoinError {
     Gossip(#[from] MembershipError),
     #[error("the addresses of the node")]
     Io(#[from] std::io::Error),
+    #[error(
+        "this node was removed from its cluster (`tim cluster remove`) and the others took its slots: its data dir \
+         cannot serve as a member again (start a new node with a new data dir)"
+    )]
+    Removed,
 }
 
 /// A node in a cluster: stopped with [`ClusterNode::shutdown`].
@@ -113,6 +120,9 @@ impl ClusterNode {
         ownership: Arc<Ownership>,
         cfg: JoinConfig,
     ) -> Result<(Self, Arc<Cluster>), JoinError> {
+        if store.local(REMOVED_RECORD)?.is_some() {
+            return Err(JoinError::Removed);
+        }
         // A node that left never founds a cluster, whatever it holds.
         let leaving = store.local(LEAVING_RECORD)?.is_some();
         if ownership.is_empty() && cfg.seeds.is_empty() && !leaving {
@@ -180,6 +190,7 @@ impl ClusterNode {
             .await?,
         );
         cluster.set_membership(membership.clone());
+        cluster.retire_all(retired.iter().copied());
         let (left_tx, left) = watch::channel(false);
         let driver = Driver {
             cluster: cluster.clone(),
@@ -346,6 +357,7 @@ impl Driver {
         let mut retry_at: HashMap<Slot, Instant> = HashMap::new();
         let mut told_leaving = 0;
         let mut leave = self.cluster.leave_requests();
+        let mut removals = self.cluster.retired();
         loop {
             if *leave.borrow_and_update() && !self.leaving {
                 self.start_leaving().await;
@@ -364,7 +376,9 @@ impl Driver {
             if let Err(e) = self.learn(&members).await {
                 warn!(error = %ErrorChain(&e), "member set not saved");
             }
-            self.cluster.set_peers(others.iter().map(|m| (m.node, m.rpc)).collect());
+            // A retired node is nobody's peer: its routes and lists are stale.
+            let peers = others.iter().filter(|m| !self.retired.contains(&m.node));
+            self.cluster.set_peers(peers.map(|m| (m.node, m.rpc)).collect());
             let seen = members.iter().map(|m| (m.node, Seen { generation: m.generation, live: m.live }));
             self.cluster.set_seen(seen.collect());
             let changed_owners = others.iter().any(|m| seen_owned.get(&m.node) != Some(&m.owned_version));
@@ -386,6 +400,7 @@ impl Driver {
                 _ = self.stop.cancelled() => return,
                 _ = changes.changed() => {}
                 _ = leave.changed() => {}
+                _ = removals.changed() => {}
                 _ = owned.changed() => {
                     let version = *owned.borrow_and_update();
                     self.membership.set(membership::KEY_OWNED, version.to_string()).await;
@@ -403,6 +418,22 @@ impl Driver {
         self.leaving = true;
         info!("leaving the cluster: handing every slot to the other members");
         self.membership.set(membership::KEY_STATE, MemberState::Leaving.as_str().to_owned()).await;
+    }
+
+    /// This node was removed from the cluster while it was away (`tim cluster remove`): the
+    /// others adopted its slots, so it must serve none of them. It records that, and stops
+    /// (started again on this data, it refuses to start).
+    async fn removed(&mut self) -> Result<(), StoreError> {
+        tracing::error!(
+            "this node was removed from the cluster (`tim cluster remove`) while it was away: it stops, and stops \
+             again whenever started on this data dir"
+        );
+        let record = RawWrite::local(vec![(REMOVED_RECORD.to_owned(), Some(Vec::new()))]);
+        self.store.write_raw(record).await?;
+        if let Some(left) = self.left.take() {
+            left.send_replace(true);
+        }
+        Ok(())
     }
 
     /// Gossips the nodes this node holds slots fenced towards, when they changed: a leaving
@@ -473,6 +504,8 @@ impl Driver {
         if self.leaving {
             retired.insert(self.cluster.node());
         }
+        // Nodes an operator removed through this node.
+        retired.extend(self.cluster.retired().borrow().iter().copied());
         // A leaving node lists itself: state `leaving` alone meant a restart, once.
         for m in seen {
             retired.extend(m.retired.iter().copied());
@@ -487,10 +520,15 @@ impl Driver {
         if members == self.members && retired == self.retired {
             return Ok(());
         }
+        let me = self.cluster.node();
+        if retired.contains(&me) && !self.leaving {
+            self.removed().await?;
+        }
         for node in retired.difference(&self.retired) {
             info!(member = %node, "member left the cluster");
         }
         save_members(&*self.store, &members, &retired).await?;
+        self.cluster.retire_all(retired.iter().copied());
         if retired != self.retired {
             self.membership.set(membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())).await;
         }

@@ -13,6 +13,8 @@ use crate::wire::{self, Reply, Request};
 
 /// How long an operator's call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a removal may take: the members learn of it by gossip, then adopt its slots.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why an operator's call failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,21 @@ pub async fn leave(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Res
     }
 }
 
+/// Asks the node at `addr` to remove `node`, a member that is down for good (`force`: even
+/// when its slots' data is lost with it). The number of its slots the others took.
+pub async fn remove(
+    addr: SocketAddr,
+    cluster_id: &str,
+    rpc_key: [u8; 32],
+    node: NodeId,
+    force: bool,
+) -> Result<u32, OperatorError> {
+    match call_within(addr, cluster_id, rpc_key, &Request::Remove { node, force }, REMOVE_TIMEOUT).await? {
+        Reply::Removed { slots } => Ok(slots),
+        other => Err(unexpected(addr, other)),
+    }
+}
+
 fn unexpected(addr: SocketAddr, reply: Reply) -> OperatorError {
     match reply {
         Reply::Failed { reason, .. } => OperatorError::Refused { addr, reason },
@@ -67,11 +84,21 @@ async fn call(
     rpc_key: [u8; 32],
     request: &Request,
 ) -> Result<Reply, OperatorError> {
+    call_within(addr, cluster_id, rpc_key, request, CALL_TIMEOUT).await
+}
+
+async fn call_within(
+    addr: SocketAddr,
+    cluster_id: &str,
+    rpc_key: [u8; 32],
+    request: &Request,
+    timeout: Duration,
+) -> Result<Reply, OperatorError> {
     let wire_error = |reason| OperatorError::Wire { addr, reason };
     let stop = CancellationToken::new();
     let rpc = RpcClient::new(RpcConfig::new(cluster_id, 0, rpc_key), stop.clone(), Default::default());
     let body = wire::encode(request).map_err(wire_error)?;
-    let result = rpc.call(addr, None, body, CALL_TIMEOUT).await;
+    let result = rpc.call(addr, None, body, timeout).await;
     stop.cancel();
     let raw = result.map_err(|source| OperatorError::Unreachable { addr, source })?;
     wire::decode::<Reply>(&raw).map_err(wire_error)

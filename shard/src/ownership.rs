@@ -274,6 +274,27 @@ impl Ownership {
         }
         Ok(true)
     }
+
+    /// Takes a slot whose owner `from` was removed from the cluster: owned here at `epoch`.
+    /// Held fenced towards `from`, the slot keeps its data (the hand-over never ended);
+    /// otherwise what this node holds of it (an unfinished copy) is dropped. Done already,
+    /// nothing changes.
+    pub async fn adopt(&self, slot: Slot, epoch: u64, from: NodeId) -> Result<(), OwnershipError> {
+        let _held = self.guard(slot)?.write().await;
+        let state = self.state(slot);
+        let clear = match state {
+            Some(SlotState::Owned { epoch: held }) if held == epoch => return Ok(()),
+            Some(SlotState::Fenced { to, epoch: fenced }) if to == from && fenced < epoch => false,
+            None => true,
+            Some(SlotState::Given { epoch: given, .. }) if given < epoch => true,
+            _ => return Err(OwnershipError::State { slot: slot.0, state, wanted: "absent, given, or fenced to the removed node" }),
+        };
+        let owned = SlotState::Owned { epoch };
+        let write = RawWrite { slot, clear, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, owned)?] };
+        self.store.write_raw(write).await?;
+        self.set(slot, Some(owned));
+        Ok(())
+    }
 }
 
 /// One part of a copy of a slot on its way to its next owner.

@@ -6,6 +6,7 @@ use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 
 use crate::membership::MemberInfo;
 use crate::ownership::{Part, Refusal};
+use crate::removal::Holdings;
 use crate::placement::NodeId;
 
 /// A call from one node to another.
@@ -28,6 +29,12 @@ pub(crate) enum Request {
     Status,
     /// The receiver leaves the cluster (`tim cluster leave`).
     Leave,
+    /// The receiver removes a member that is down for good (`tim cluster remove`).
+    Remove { node: NodeId, force: bool },
+    /// What the receiver holds, for the removal of `removed`.
+    Holdings { removed: NodeId },
+    /// The receiver owns `slot` from `epoch` on: its owner `from` was removed.
+    Adopt { slot: u16, epoch: u64, from: NodeId },
 }
 
 /// The store operations a node runs for another on a slot it owns.
@@ -56,6 +63,10 @@ pub(crate) enum Reply {
         node: NodeId,
         slots: u32,
     },
+    /// A member was removed; the number of its slots the others adopted.
+    Removed { slots: u32 },
+    Holdings(Holdings),
+    Adopted,
     /// The slot is not served here.
     Refused(Refusal),
     /// The operation ran and failed (a store error, an engine error), as text; `duplicate`
