@@ -28,6 +28,13 @@ use crate::vrooms::{RoomCall, RoomFrames};
 /// An operation for the owner of a slot.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SlotCall {
+    /// Stores a 1:1 message with a client id once (the history's idempotent append).
+    AppendOnce {
+        chat: [u8; 16],
+        from: UserId,
+        msg: Bytes,
+        key: [u8; 24],
+    },
     AreFriends {
         me: UserId,
         other: UserId,
@@ -236,6 +243,11 @@ impl EngineHandler for Handler {
             let server = server.ok_or("the node is stopping")?;
             let call: SlotCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
             match call {
+                SlotCall::AppendOnce { chat, from, msg, key } => {
+                    let msg: tim_net::proto::TimMessage = tim_net::codec::decode_body(msg, tim_net::Encoding::Compact)
+                        .map_err(|e| format!("undecodable message: {e}"))?;
+                    answer(server.history.append_once_here(chat, from, &msg, &key).await, "append")
+                }
                 SlotCall::AreFriends { me, other } => {
                     answer(server.rosters.are_friends_here(me, other).await, "friends")
                 }

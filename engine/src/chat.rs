@@ -21,6 +21,7 @@ use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
 use tim_net::FrameType;
 use tim_shard::Cluster;
 
+use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::offline::OfflineQueue;
@@ -42,16 +43,58 @@ const MAX_SCAN: usize = 10_000;
 /// `odType`s above this are application-defined.
 pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 
+/// Stripes of the locks that make "look for the message, else store it" one step.
+const DEDUP_STRIPES: usize = 256;
+
 /// History of 1:1 conversations.
 pub struct History {
     data: Arc<Cluster>,
     table: TableId,
+    /// Held, on the owner of a conversation, while a message with a client `id` is looked
+    /// for and stored: the same message sent again at once (its first attempt still in
+    /// flight, from a session that dropped) finds the first rather than racing it.
+    dedup_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl History {
     pub fn new(data: Arc<Cluster>) -> Result<Self, StoreError> {
         let table = data.table(timmessage::DEF.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { data, table })
+        let dedup_locks = (0..DEDUP_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { data, table, dedup_locks })
+    }
+
+    /// On the owner of `chat`'s slot: the `mid` of the message stored with `key` in the last
+    /// [`DEDUP_WINDOW`], or the `mid` it is stored at now; and whether it was there before.
+    pub async fn append_once_here(
+        &self,
+        chat: [u8; 16],
+        from: UserId,
+        msg: &TimMessage,
+        key: &[u8; 24],
+    ) -> Result<(i64, bool), EngineError> {
+        let [a, b, ..] = *key;
+        let stripe = usize::from(u16::from_be_bytes([a, b])) % DEDUP_STRIPES;
+        let _one_at_a_time = self.dedup_locks.get(stripe).ok_or(EngineError::Internal("no dedup stripe"))?.lock().await;
+        if let Some(mid) = self.stored_as(chat, key).await? {
+            return Ok((mid, true));
+        }
+        let mut batch = Batch::new(partition::conversation(&chat));
+        batch.insert(self.table, Self::row(chat, from, msg, Some(key)));
+        let id = *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
+        Ok((mid_of(id)?, false))
+    }
+
+    /// [`History::append_once_here`], wherever the conversation's slot is.
+    async fn append_once(
+        &self,
+        chat: [u8; 16],
+        from: UserId,
+        msg: &TimMessage,
+        key: [u8; 24],
+    ) -> Result<(i64, bool), EngineError> {
+        let here = self.append_once_here(chat, from, msg, &key);
+        let call = SlotCall::AppendOnce { chat, from, msg: body_bytes(msg, Encoding::Compact), key };
+        at_slot(&self.data, partition::conversation(&chat), here, call).await
     }
 
     /// The history row of `msg` in conversation `chat`.
@@ -122,26 +165,24 @@ impl History {
         offline: &OfflineQueue,
     ) -> Result<Vec<Stored>, EngineError> {
         let mut mids: Vec<Option<i64>> = vec![None; accepted.len()];
+        // Messages without a client id are written together; one with an id is stored once,
+        // on its conversation's owner, after the ones before it (mids follow the burst).
         let mut inserts = Inserts::default();
         let mut inserted = Vec::new();
         for (i, Accepted { to, msg, dedup }) in accepted.iter().enumerate() {
             let chat = pair_id(from, *to);
-            if let Some(key) = dedup {
-                if let Some(mid) = self.stored_as(chat, key).await? {
-                    if let Some(slot) = mids.get_mut(i) {
-                        *slot = Some(mid);
-                    }
-                    continue;
-                }
-            }
-            inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, dedup.as_ref()));
-            inserted.push(i);
-        }
-        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(inserted) {
+            let Some(key) = dedup else {
+                inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
+                inserted.push(i);
+                continue;
+            };
+            self.flush(std::mem::take(&mut inserts), std::mem::take(&mut inserted), &mut mids).await?;
+            let (mid, _) = self.append_once(chat, from, msg, *key).await?;
             if let Some(slot) = mids.get_mut(i) {
-                *slot = Some(mid_of(id)?);
+                *slot = Some(mid);
             }
         }
+        self.flush(inserts, inserted, &mut mids).await?;
         let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
         let mut entries = Vec::with_capacity(accepted.len());
         let mut queued_for = Vec::with_capacity(accepted.len());
@@ -165,6 +206,19 @@ impl History {
             }
         }
         out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect()
+    }
+
+    /// Writes `inserts` (rows `inserted` of a burst) and notes their mids.
+    async fn flush(&self, inserts: Inserts, inserted: Vec<usize>, mids: &mut [Option<i64>]) -> Result<(), EngineError> {
+        if inserted.is_empty() {
+            return Ok(());
+        }
+        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(inserted) {
+            if let Some(slot) = mids.get_mut(i) {
+                *slot = Some(mid_of(id)?);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes message `mid` of conversation `chat`, which `author` must have sent: 4104 when

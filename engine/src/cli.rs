@@ -35,6 +35,9 @@ enum ClusterCommand {
     /// Asks a node to leave the cluster for good: it hands its slots to the other members,
     /// then stops. Waits until it is done.
     Leave(crate::status::LeaveArgs),
+    /// Removes a member that is down for good: the others take its slots. With one copy
+    /// per slot its slots' data is lost, so that needs `--force`.
+    Remove(crate::status::RemoveArgs),
 }
 
 /// Entry point of the `tim` binary.
@@ -49,6 +52,7 @@ pub fn main() -> ExitCode {
         (Command::Cluster(ClusterCommand::Status(args)), _) => return crate::status::status(args),
         (Command::Cluster(ClusterCommand::Slots(target)), _) => return crate::status::slots(target),
         (Command::Cluster(ClusterCommand::Leave(args)), _) => return crate::status::leave(args),
+        (Command::Cluster(ClusterCommand::Remove(args)), _) => return crate::status::remove(args),
         (Command::Bench(args), _) => {
             return match tim_tools::bench::main(args) {
                 Ok(()) => ExitCode::SUCCESS,

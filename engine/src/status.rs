@@ -46,6 +46,18 @@ pub struct LeaveArgs {
     timeout: u64,
 }
 
+#[derive(clap::Args)]
+pub struct RemoveArgs {
+    /// The id of the member to remove (as `tim cluster status` shows it). It must be down,
+    /// and every other member up.
+    node: tim_shard::NodeId,
+    #[command(flatten)]
+    target: Target,
+    /// Remove it even though the data of its slots is lost with it (one copy per slot).
+    #[arg(long)]
+    force: bool,
+}
+
 /// Prints why `tim cluster {command}` failed; its exit code.
 fn fail(command: &str, why: impl std::fmt::Display) -> ExitCode {
     eprintln!("tim cluster {command}: {why}");
@@ -157,6 +169,16 @@ fn short_bytes(bytes: u64) -> String {
         Some((size, unit)) => format!("{:.1}{unit}", bytes as f64 / *size as f64),
         None => format!("{bytes}B"),
     }
+}
+
+/// `tim cluster remove`: removes a member that is down for good; its slots go to the others.
+pub fn remove(args: RemoveArgs) -> ExitCode {
+    let (node, force) = (args.node, args.force);
+    args.target.run("remove", |addr, cluster_id, key| async move {
+        let slots = tim_shard::remove(addr, &cluster_id, key, node, force).await?;
+        println!("node {node} is removed: the other members took its {slots} slots");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn table(members: &[MemberInfo]) -> String {

@@ -209,6 +209,18 @@ impl TestCluster {
             .expect("tim cluster leave")
     }
 
+    /// `tim cluster remove NODE` asked of node `via`.
+    pub fn remove(&self, via: usize, node: &str, force: bool) -> std::process::Output {
+        let rpc = self.nodes[via].rpc.expect("a cluster member").to_string();
+        let mut args = vec!["cluster", "remove", node, "--server", &rpc];
+        if force {
+            args.push("--force");
+        }
+        let secret = self.secret_file();
+        args.extend(["--secret-file", &secret]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_tim")).args(args).output().expect("tim cluster remove")
+    }
+
     /// Every slot is owned by exactly one node, by the nodes' own records.
     pub fn assert_each_slot_owned_once(&self) {
         let mut owners = vec![0u32; SLOTS as usize];
@@ -281,10 +293,11 @@ async fn assert_history(client: &mut Client, with: &str, mids: &[i64]) {
     assert_eq!(texts, (0..mids.len()).map(|i| format!("m{i}")).collect::<Vec<_>>());
 }
 
-/// Alice (on node 0) and Bob (on node 1) as friends, Bob acking his pushes in the background.
-async fn chatting_pair(cluster: &TestCluster) -> (Client, String, tokio::task::JoinHandle<()>) {
+/// Alice (on node 0) and Bob (on node 1, the last one if there is one node) as friends, Bob acking his pushes in the background.
+pub async fn chatting_pair(cluster: &TestCluster) -> (Client, String, tokio::task::JoinHandle<()>) {
     let (mut alice, alice_node) = crate::roster::user(&cluster.nodes[0], "alice", Encoding::Compact).await;
-    let (mut bob, bob_node) = crate::roster::user(&cluster.nodes[1], "bob", Encoding::Json).await;
+    let bob_at = cluster.nodes.len().min(2) - 1;
+    let (mut bob, bob_node) = crate::roster::user(&cluster.nodes[bob_at], "bob", Encoding::Json).await;
     crate::chat::befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
     let bob_acks = tokio::spawn(async move {
         while let Ok(frame) = bob.recv_within(SETTLE).await {

@@ -15,6 +15,7 @@ mod memory;
 mod node;
 mod presence;
 mod profiles;
+mod rebalance;
 mod roster;
 mod topology;
 mod vrooms;

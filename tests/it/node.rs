@@ -49,12 +49,18 @@ impl TestNode {
 
     /// A node whose listeners bind `host` (port 0), on an existing data dir.
     pub fn start_on(host: std::net::IpAddr, dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        Self::start_at(SocketAddr::new(host, 0), dir, args)
+    }
+
+    /// A node whose client listener binds `listen`, on an existing data dir.
+    pub fn start_at(listen: SocketAddr, dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        let host = listen.ip();
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("tim.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tim"))
             .arg("serve")
             .arg("--listen")
-            .arg(SocketAddr::new(host, 0).to_string())
+            .arg(listen.to_string())
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(args)
@@ -129,9 +135,41 @@ impl TestNode {
 
     /// SIGTERM and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.child.wait().expect("wait")
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn signal_term(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         assert_eq!(send_signal(pid, libc::SIGTERM), 0);
-        self.child.wait().expect("wait")
+    }
+
+    /// Stops the node with SIGTERM and starts it again on its data dir, at the same
+    /// addresses (clients and the other members find it where it was).
+    pub fn restart(mut self) -> TestNode {
+        assert!(self.terminate().success(), "the node stops cleanly: {}", self.log());
+        self.start_again()
+    }
+
+    /// SIGKILL, then the same as [`TestNode::restart`].
+    pub fn kill9_and_restart(mut self) -> TestNode {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.start_again()
+    }
+
+    /// Starts a stopped node again on its data dir, at the same addresses.
+    fn start_again(mut self) -> TestNode {
+        let mut args = self.args.clone();
+        for (flag, bound) in [("--rpc-listen", self.rpc), ("--gossip-listen", self.gossip)] {
+            let at = args.iter().position(|a| a == flag).map(|i| i + 1);
+            if let (Some(value), Some(bound)) = (at.and_then(|i| args.get_mut(i)), bound) {
+                *value = bound.to_string();
+            }
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        TestNode::start_at(self.addr, dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     pub async fn register(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {
@@ -151,7 +189,7 @@ impl TestNode {
 }
 
 #[allow(unsafe_code)]
-fn send_signal(pid: libc::pid_t, signal: libc::c_int) -> libc::c_int {
+pub fn send_signal(pid: libc::pid_t, signal: libc::c_int) -> libc::c_int {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc::kill(pid, signal) }
 }

@@ -180,6 +180,16 @@ impl BenchArgs {
         .await
     }
 
+    /// How account `name`, logged in as connection `i` of the run, logs in again.
+    fn relogin(&self, name: &str, i: usize) -> Relogin {
+        Relogin {
+            servers: self.server.clone(),
+            auth: self.auth(name),
+            encoding: Encoding::from(self.encoding),
+            source: source_address(i),
+        }
+    }
+
     /// Runs the futures with at most `concurrency` at once; their results in order.
     async fn in_parallel<T, F>(&self, futures: impl Iterator<Item = F>) -> anyhow::Result<Vec<T>>
     where
@@ -207,6 +217,40 @@ impl BenchArgs {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+}
+
+/// How a client logs in again when its server goes away (a node restarts or leaves the
+/// cluster): on the servers in turn, from the one after the server it was on.
+#[derive(Clone)]
+struct Relogin {
+    servers: Vec<SocketAddr>,
+    auth: TimAuth,
+    encoding: Encoding,
+    source: IpAddr,
+}
+
+impl Relogin {
+    /// A new session, retried until `until`; and the index of its server.
+    async fn login(&self, after: usize, until: tokio::time::Instant) -> anyhow::Result<(Client, usize)> {
+        let n = self.servers.len().max(1);
+        let mut i = after;
+        loop {
+            i = (i + 1) % n;
+            let server = self.servers.get(i).copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 20003)));
+            let attempt = async {
+                let mut client = Client::connect_from(server, self.source, self.encoding).await?;
+                let ack = client.login(&self.auth, Duration::from_secs(2)).await?;
+                node_of(ack)?;
+                anyhow::Ok(client)
+            };
+            match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+                Ok(Ok(client)) => return Ok((client, i)),
+                Ok(Err(e)) if tokio::time::Instant::now() > until => return Err(e.context("logging in again")),
+                Err(_) if tokio::time::Instant::now() > until => bail!("logging in again: no server answered"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 }
 

@@ -1,7 +1,16 @@
 //! `tim bench chat`: N pairs of friends; in each pair one side sends 1:1 messages at a fixed
 //! offered rate or flat out, the other acks them. Every message carries its sequence number
 //! (as its client `id`), so loss, duplication and reordering are counted, not assumed.
+//!
+//! Clients behave as a careful TIM client does when the cluster changes under them: a message
+//! refused with 5102 (try again) is sent again with the same `id`, and so is every message not
+//! yet echoed when the connection drops; a client whose server goes away logs in again on
+//! another one; the receiver drains its offline queue after each login, and again while
+//! messages are missing at the end. A message delivered twice with the same `mid` is a repeat
+//! the client drops; one stored twice (two `mid`s) is a duplicate. A message is reordered when
+//! its `mid` is out of the order the sender sent it in.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +18,21 @@ use std::time::Duration;
 use anyhow::bail;
 use hdrhistogram::Histogram;
 use tim_net::client::Client;
-use tim_net::proto::{Tid, TimMessage, TimNodes, TimReq};
+use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{FrameType, ServerFrame};
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::{BenchArgs, Report, WAIT};
+use super::{BenchArgs, Relogin, Report, WAIT};
 
 /// How long deliveries may trail the end of sending.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a sender waits before it sends again what was refused with 5102, at first and
+/// at most.
+const RESEND_AFTER: Duration = Duration::from_millis(20);
+const RESEND_MAX: Duration = Duration::from_secs(1);
+/// How often a receiver still missing messages at the end asks for its offline queue.
+const OFFLINE_AGAIN: Duration = Duration::from_secs(1);
 /// Most messages one pair may send in a run (bounds the generator's memory).
 const MAX_PER_PAIR: usize = 1 << 20;
 
@@ -71,6 +86,12 @@ struct Tally {
     delivered: u64,
     duplicated: u64,
     reordered: u64,
+    /// Messages sent again (refused with 5102, or not echoed before a connection dropped).
+    resent: u64,
+    /// Logins after a connection dropped.
+    relogins: u64,
+    /// Messages refused with another code than 5102 (given up).
+    refused: u64,
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -93,6 +114,11 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     while let (Some(sender), Some(receiver)) = (clients.next(), clients.next()) {
         pairs.push((sender, receiver));
     }
+    // How each account logs in again, and on which server it is now.
+    let n = args.server.len().max(1);
+    let mut relogins =
+        names.iter().enumerate().map(|(i, name)| (args.relogin(name, i), (if together { i / 2 } else { i }) % n));
+    let relogins: Vec<_> = std::iter::from_fn(|| Some((relogins.next()?, relogins.next()?))).collect();
     let befriended = args
         .in_parallel(pairs.into_iter().map(|((mut s, s_node), (mut r, r_node))| async move {
             befriend(&mut s, &s_node, &mut r, &r_node).await?;
@@ -108,8 +134,17 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let start = Instant::now();
     let deadline = start + duration;
+    // SIGTERM ends the sending early; the run finishes as at its deadline.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = stopped.clone();
+    tokio::spawn(async move {
+        if term.recv().await.is_some() {
+            stop.store(true, Ordering::Release);
+        }
+    });
     let mut tasks = tokio::task::JoinSet::new();
-    for ((sender, _), (receiver, r_node)) in befriended {
+    for (((sender, _), (receiver, r_node)), ((s_login, s_at), (r_login, r_at))) in befriended.into_iter().zip(relogins) {
         let log = Arc::new(PairLog {
             origin: start,
             sent_at: (0..cap).map(|_| AtomicU64::new(0)).collect(),
@@ -119,10 +154,11 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
             done: AtomicBool::new(false),
         });
         let interval = (per_pair > 0.0).then(|| Duration::from_secs_f64(1.0 / per_pair));
-        let send =
-            Sending { log: log.clone(), to: r_node, text: text.clone(), interval, window: c.window.max(1), deadline };
-        tasks.spawn(send.run(sender));
-        tasks.spawn(receive(receiver, log, deadline));
+        let window = c.window.max(1);
+        let (to, text, stopped) = (r_node, text.clone(), stopped.clone());
+        let send = Sending { log: log.clone(), to, text, interval, window, deadline, stopped };
+        tasks.spawn(send.run(Session { client: sender, relogin: s_login, at: s_at }));
+        tasks.spawn(receive(Session { client: receiver, relogin: r_login, at: r_at }, log, deadline));
     }
     let (mut echo, mut delivery, mut tally) = (histogram()?, histogram()?, Tally::default());
     let mut last_delivery = start;
@@ -135,6 +171,9 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
         tally.delivered += part.tally.delivered;
         tally.duplicated += part.tally.duplicated;
         tally.reordered += part.tally.reordered;
+        tally.resent += part.tally.resent;
+        tally.relogins += part.tally.relogins;
+        tally.refused += part.tally.refused;
         last_delivery = last_delivery.max(part.last);
     }
     let window = last_delivery.duration_since(start).as_secs_f64().max(1e-9);
@@ -144,6 +183,9 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     report.add("messages lost", tally.sent.saturating_sub(tally.delivered) as f64, "");
     report.add("messages duplicated", tally.duplicated as f64, "");
     report.add("messages reordered", tally.reordered as f64, "");
+    report.add("messages sent again", tally.resent as f64, "");
+    report.add("logins again", tally.relogins as f64, "");
+    report.add("messages refused", tally.refused as f64, "");
     report.add("delivered per second", tally.delivered as f64 / window, "msg/s");
     for (name, h) in [("echo", &echo), ("delivery", &delivery)] {
         for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
@@ -209,10 +251,38 @@ struct Sending {
     interval: Option<Duration>,
     window: usize,
     deadline: Instant,
+    /// Set when the run is ended early.
+    stopped: Arc<AtomicBool>,
+}
+
+/// A client's session, and how it logs in again.
+struct Session {
+    client: Client,
+    relogin: Relogin,
+    /// The server it is on, by index.
+    at: usize,
+}
+
+impl Session {
+    /// Logs in again after the connection dropped (until the run's end).
+    async fn again(&mut self, until: Instant, tally: &mut Tally) -> anyhow::Result<()> {
+        (self.client, self.at) = self.relogin.login(self.at, until).await?;
+        tally.relogins += 1;
+        Ok(())
+    }
+}
+
+/// The error code of a frame that refuses a message.
+fn refusal(frame: &ServerFrame, encoding: tim_net::Encoding) -> Option<i32> {
+    if frame.kind != FrameType::Ack {
+        return None;
+    }
+    let ack = frame.decode::<TimAck>(encoding).ok()?;
+    (!ack.ok && ack.tim_type == FrameType::Message as i8).then(|| ack.error_code().unwrap_or(0))
 }
 
 impl Sending {
-    async fn run(self, mut client: Client) -> anyhow::Result<Part> {
+    async fn run(self, mut session: Session) -> anyhow::Result<Part> {
         let mut part =
             Part { echo: histogram()?, delivery: histogram()?, tally: Tally::default(), last: self.log.origin };
         let mut message = TimMessage {
@@ -222,40 +292,93 @@ impl Sending {
             data_string: Some(self.text.clone()),
             ..TimMessage::default()
         };
-        let (mut seq, mut outstanding, mut next) = (0usize, 0usize, Instant::now());
+        let mut echoed = vec![false; self.log.sent_at.len()];
+        // Sent, not echoed yet: sent again after a refusal or a new login.
+        let mut unechoed = BTreeSet::new();
+        let mut resend_at: Option<Instant> = None;
+        // Grows while messages are refused, back to the start once one is echoed.
+        let mut backoff = RESEND_AFTER;
+        let (mut seq, mut next) = (0usize, Instant::now());
+        let mut until = self.deadline + GRACE;
         loop {
             let now = Instant::now();
-            let sending = seq < self.log.sent_at.len() && now < self.deadline;
-            if (!sending && outstanding == 0) || now > self.deadline + GRACE {
+            let stopped = self.stopped.load(Ordering::Acquire);
+            if stopped {
+                until = until.min(now + GRACE);
+            }
+            let sending = seq < self.log.sent_at.len() && now < self.deadline && !stopped;
+            if (!sending && unechoed.is_empty()) || now > until {
                 break;
             }
             let undelivered = (seq as u64).saturating_sub(self.log.delivered.load(Ordering::Acquire));
             let waits_for_peer = undelivered >= self.window as u64;
-            let may_send = sending && outstanding < self.window && !waits_for_peer;
+            let may_send = sending && unechoed.len() < self.window && !waits_for_peer;
             tokio::select! {
                 _ = self.log.progress.notified(), if sending && waits_for_peer => {}
+                _ = sleep_until(resend_at.unwrap_or(now)), if resend_at.is_some() => {
+                    resend_at = None;
+                    for &again in &unechoed {
+                        message.id = Some(again as i64);
+                        if session.client.send(FrameType::Message, &message).await.is_err() {
+                            break;
+                        }
+                        part.tally.resent += 1;
+                    }
+                }
                 _ = sleep_until(next), if may_send => {
                     message.id = Some(seq as i64);
                     let at = self.log.origin.elapsed().as_nanos() as u64 + 1;
                     if let Some(slot) = self.log.sent_at.get(seq) {
                         slot.store(at, Ordering::Release);
                     }
-                    client.send(FrameType::Message, &message).await?;
                     self.log.sent.fetch_add(1, Ordering::Release);
+                    unechoed.insert(seq);
                     seq += 1;
-                    outstanding += 1;
                     next = match self.interval { Some(i) => next + i, None => Instant::now() };
+                    // A send that fails is sent again after the new login.
+                    let _ = session.client.send(FrameType::Message, &message).await;
                 }
-                frame = client.recv() => {
-                    let Some(frame) = frame? else { break };
+                frame = session.client.recv() => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) | Err(_) => {
+                            session.again(until, &mut part.tally).await?;
+                            resend_at = Some(Instant::now());
+                            continue;
+                        }
+                    };
+                    match refusal(&frame, session.client.encoding()) {
+                        Some(code) if code == ErrorCode::BlockingOperation as i32 => {
+                            if resend_at.is_none() {
+                                resend_at = Some(Instant::now() + backoff);
+                                backoff = (backoff * 2).min(RESEND_MAX);
+                            }
+                            continue;
+                        }
+                        Some(_) => {
+                            // Refused for good: the oldest message waiting (exactly it with
+                            // one in flight) is given up.
+                            if let Some(s) = unechoed.pop_first() {
+                                echoed.get_mut(s).into_iter().for_each(|e| *e = true);
+                            }
+                            part.tally.refused += 1;
+                            continue;
+                        }
+                        None => {}
+                    }
                     if frame.kind != FrameType::Message || frame.ack_id.is_some() {
                         continue;
                     }
-                    let echoed: TimMessage = frame.decode(client.encoding())?;
-                    let Some(sent) = echoed.id.and_then(|id| usize::try_from(id).ok()).and_then(|s| self.log.sent_elapsed(s)) else { continue };
-                    part.echo.record(micros(sent))?;
+                    let echo: TimMessage = frame.decode(session.client.encoding())?;
+                    let Some(s) = echo.id.and_then(|id| usize::try_from(id).ok()) else { continue };
+                    let Some(first) = echoed.get_mut(s).filter(|e| !**e) else { continue };
+                    *first = true;
+                    unechoed.remove(&s);
+                    backoff = RESEND_AFTER;
+                    if let Some(sent) = self.log.sent_elapsed(s) {
+                        part.echo.record(micros(sent))?;
+                    }
                     part.tally.echoed += 1;
-                    outstanding = outstanding.saturating_sub(1);
                 }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
@@ -266,46 +389,91 @@ impl Sending {
     }
 }
 
-async fn receive(mut client: Client, log: Arc<PairLog>, deadline: Instant) -> anyhow::Result<Part> {
-    let mut part = Part { echo: histogram()?, delivery: histogram()?, tally: Tally::default(), last: log.origin };
-    let mut seen = vec![false; log.sent_at.len()];
-    let mut highest: Option<usize> = None;
-    loop {
-        let all_in = log.done.load(Ordering::Acquire) && part.tally.delivered >= log.sent.load(Ordering::Acquire);
-        if all_in || Instant::now() > deadline + GRACE {
-            break;
-        }
-        let frame = match timeout(Duration::from_millis(100), client.recv()).await {
-            Err(_) => continue,
-            Ok(frame) => match frame? {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        let Some(ack_id) = frame.ack_id else { continue };
-        client.ack(ack_id).await?;
-        if frame.kind != FrameType::Message {
-            continue;
-        }
-        let msg: TimMessage = frame.decode(client.encoding())?;
-        let Some(seq) = msg.id.and_then(|id| usize::try_from(id).ok()) else { continue };
-        match seen.get_mut(seq) {
-            Some(true) => part.tally.duplicated += 1,
-            Some(flag) => {
-                *flag = true;
-                part.tally.delivered += 1;
-                log.delivered.fetch_add(1, Ordering::Release);
-                log.progress.notify_one();
-                if highest.is_some_and(|h| seq < h) {
-                    part.tally.reordered += 1;
-                }
-                highest = highest.max(Some(seq));
-                if let Some(sent) = log.sent_elapsed(seq) {
-                    part.delivery.record(micros(sent))?;
-                }
-                part.last = Instant::now();
+/// What the receiver saw of each message: its `mid` by sequence number.
+struct Received {
+    mids: BTreeMap<usize, i64>,
+    cap: usize,
+}
+
+impl Received {
+    /// Counts one delivered message; whether it is new.
+    fn take(&mut self, msg: &TimMessage, tally: &mut Tally) -> Option<usize> {
+        let seq = msg.id.and_then(|id| usize::try_from(id).ok()).filter(|s| *s < self.cap)?;
+        let mid = msg.mid.unwrap_or(0);
+        match self.mids.get(&seq) {
+            Some(seen) if *seen == mid => return None,
+            Some(_) => {
+                tally.duplicated += 1;
+                return None;
             }
             None => {}
+        }
+        let before = self.mids.range(..seq).next_back().is_some_and(|(_, m)| *m > mid);
+        let after = self.mids.range(seq + 1..).next().is_some_and(|(_, m)| *m < mid);
+        if before || after {
+            tally.reordered += 1;
+        }
+        self.mids.insert(seq, mid);
+        tally.delivered += 1;
+        Some(seq)
+    }
+}
+
+async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant) -> anyhow::Result<Part> {
+    let mut part = Part { echo: histogram()?, delivery: histogram()?, tally: Tally::default(), last: log.origin };
+    let mut received = Received { mids: BTreeMap::new(), cap: log.sent_at.len() };
+    let mut until = deadline + GRACE;
+    // When the offline queue was last asked for, while a drain is under way.
+    let mut draining: Option<Instant> = None;
+    loop {
+        let sent = log.sent.load(Ordering::Acquire);
+        let done = log.done.load(Ordering::Acquire);
+        if done {
+            until = until.min(Instant::now() + GRACE);
+        }
+        if (done && part.tally.delivered >= sent) || Instant::now() > until {
+            break;
+        }
+        // Messages still missing once the sender is done may wait in the offline queue (a
+        // push that found the session gone while the cluster changed).
+        let stale = draining.is_none_or(|at| at.elapsed() > OFFLINE_AGAIN);
+        if done && stale {
+            draining = Some(Instant::now());
+            if session.client.send_empty(FrameType::OfflineMsg).await.is_err() {
+                session.again(until, &mut part.tally).await?;
+            }
+        }
+        let frame = match timeout(Duration::from_millis(100), session.client.recv()).await {
+            Err(_) => continue,
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None) | Err(_)) => {
+                session.again(until, &mut part.tally).await?;
+                draining = Some(Instant::now());
+                let _ = session.client.send_empty(FrameType::OfflineMsg).await;
+                continue;
+            }
+        };
+        if frame.kind == FrameType::OfflineMsgEnd {
+            draining = None;
+            continue;
+        }
+        let Some(ack_id) = frame.ack_id else { continue };
+        let _ = session.client.ack(ack_id).await;
+        let messages = match frame.kind {
+            FrameType::Message => vec![frame.decode::<TimMessage>(session.client.encoding())?],
+            FrameType::OfflineMsg => {
+                frame.decode::<TimMessageList>(session.client.encoding())?.message_list.unwrap_or_default()
+            }
+            _ => continue,
+        };
+        for msg in &messages {
+            let Some(seq) = received.take(msg, &mut part.tally) else { continue };
+            log.delivered.fetch_add(1, Ordering::Release);
+            log.progress.notify_one();
+            if let Some(sent) = log.sent_elapsed(seq) {
+                part.delivery.record(micros(sent))?;
+            }
+            part.last = Instant::now();
         }
     }
     Ok(part)
