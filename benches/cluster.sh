@@ -18,31 +18,17 @@ rm -rf "$dir"; mkdir -p "$dir"
 head -c 32 /dev/urandom > "$dir/key"
 pids=(); servers=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-for i in $(seq 1 "$nodes"); do
-  flags=(--listen "127.0.0.$i:20003" --data-dir "$dir/node$i" --secret-file "$dir/key"
-    --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync false
-    --rate-connection 0 --rate-account 0)
-  if [ "$nodes" != 1 ]; then
-    flags+=(--gossip-listen "127.0.0.$i:20004" --rpc-listen "127.0.0.$i:20005")
-    [ "$i" != 1 ] && flags+=(--seeds 127.0.0.1:20004)
-  fi
-  taskset -c 0 "$tim" serve "${flags[@]}" > "$dir/node$i.out" 2> "$dir/node$i.log" &
-  pids+=($!); servers+=("127.0.0.$i:20003")
-done
-for i in $(seq 1 "$nodes"); do
-  for _ in $(seq 600); do grep -q "tim ready" "$dir/node$i.out" && break; sleep 0.1; done
-done
-if [ "$nodes" != 1 ]; then
-  # Until every slot is owned by a live member, all agree on placement, and nothing moves.
-  for _ in $(seq 120); do
-    "$tim" cluster status --json --server 127.0.0.1:20005 --secret-file "$dir/key" | NODES=$nodes python3 -c '
-import json, os, sys
-live = [m for m in json.load(sys.stdin) if m["live"]]
-settled = len(live) == int(os.environ["NODES"]) and sum(m["slots"] for m in live) == 4096 \
-    and len({m["placement"] for m in live}) == 1 and sum(m["leaving_slots"] for m in live) == 0
-sys.exit(0 if settled else 1)' && break
-    sleep 1
-  done
+source "$(dirname "$0")/lib.sh"
+if [ "$nodes" = 1 ]; then
+  # A node running alone: no gossip, no links.
+  taskset -c 0 "$tim" serve --listen 127.0.0.1:20003 --data-dir "$dir/node1" --secret-file "$dir/key" \
+    --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync false --rate-connection 0 --rate-account 0 \
+    > "$dir/node1.out" 2> "$dir/node1.log" &
+  pids+=($!); servers+=(127.0.0.1:20003)
+  for _ in $(seq 600); do grep -q "tim ready" "$dir/node1.out" && break; sleep 0.1; done
+else
+  for i in $(seq 1 "$nodes"); do start_node "$i"; done
+  wait_settled "$nodes"
 fi
 together=(); [ "$mode" = together ] && together=(--together)
 taskset -c 1 "$tim" bench --server "$(IFS=,; echo "${servers[*]}")" --server-pid "$(IFS=,; echo "${pids[*]}")" \

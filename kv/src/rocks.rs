@@ -17,8 +17,7 @@ use crate::keys;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
-    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotChunk, SlotCursor, SlotDelta, Store, StoreError,
-    TableId, WriteFuture,
+    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError, TableId, WriteFuture,
 };
 use crate::writer::{self, Work, WriteRequest};
 
@@ -438,75 +437,40 @@ impl Store for RocksStore {
         self.submit(Work::Batch(batch))
     }
 
-    fn export_start(&self, slot: Slot) -> Result<SlotCursor, StoreError> {
+    fn export_slot(
+        &self,
+        slot: Slot,
+        max_bytes: usize,
+        part: &mut dyn FnMut(Vec<RawEntry>) -> bool,
+    ) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let prefix = keys::slot_prefix(slot);
         let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
-        let mut ends: [Option<Vec<u8>>; 3] = Default::default();
-        for (region, last) in Region::ALL.into_iter().zip(&mut ends) {
+        // One snapshot for the whole slot: the export ends, however fast the slot is written.
+        let snapshot = inner.db.snapshot();
+        let (mut entries, mut bytes) = (Vec::new(), 0);
+        for region in Region::ALL {
             let mut opts = ReadOptions::default();
-            opts.set_iterate_lower_bound(prefix.to_vec());
-            let mut iter = inner.db.iterator_cf_opt(
+            opts.set_iterate_upper_bound(end.clone());
+            let iter = snapshot.iterator_cf_opt(
                 inner.cf(cf_name(region))?,
                 opts,
-                IteratorMode::From(&end, Direction::Reverse),
-            );
-            *last = match iter.next() {
-                Some(item) => Some(item.map_err(rocks)?.0.into_vec()),
-                None => None,
-            };
-        }
-        Ok(SlotCursor { region: Region::Meta, after: None, ends: Some(ends) })
-    }
-
-    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError> {
-        let inner = &*self.inner;
-        let prefix = keys::slot_prefix(slot);
-        let slot_end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
-        let ends = from.and_then(|c| c.ends.clone());
-        let mut chunk = SlotChunk::default();
-        let mut bytes = 0;
-        for (i, region) in Region::ALL.into_iter().enumerate() {
-            let start = match from {
-                Some(cursor) if cursor.region > region => continue,
-                Some(SlotCursor { region: at, after: Some(after), .. }) if *at == region => {
-                    // Just after the cursor's key: the key with a zero byte appended.
-                    let mut after = after.clone();
-                    after.push(0);
-                    after
-                }
-                _ => prefix.to_vec(),
-            };
-            // Up to the region's last key when the export began, or to the slot's end.
-            let end = match ends.as_ref().map(|ends| ends.get(i).cloned().flatten()) {
-                Some(Some(mut last)) => {
-                    last.push(0);
-                    last
-                }
-                Some(None) => continue,
-                None => slot_end.clone(),
-            };
-            let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(end);
-            let iter = inner.db.iterator_cf_opt(
-                inner.cf(cf_name(region))?,
-                opts,
-                IteratorMode::From(&start, Direction::Forward),
+                IteratorMode::From(&prefix, Direction::Forward),
             );
             for item in iter {
                 let (key, value) = item.map_err(rocks)?;
                 bytes += key.len() + value.len();
-                let full = bytes >= max_bytes;
-                if full {
-                    chunk.next = Some(SlotCursor { region, after: Some(key.to_vec()), ends: ends.clone() });
-                }
-                chunk.entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
-                if full {
-                    return Ok(chunk);
+                entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
+                if bytes >= max_bytes {
+                    bytes = 0;
+                    if !part(std::mem::take(&mut entries)) {
+                        return Ok(());
+                    }
                 }
             }
         }
-        Ok(chunk)
+        part(entries);
+        Ok(())
     }
 
     fn write_raw(&self, write: RawWrite) -> WriteFuture {

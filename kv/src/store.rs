@@ -263,26 +263,6 @@ impl SlotDelta {
     }
 }
 
-/// A part of a slot's data, in key order, and where the next part starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotChunk {
-    pub entries: Vec<RawEntry>,
-    /// `None` when the slot has nothing after this chunk.
-    pub next: Option<SlotCursor>,
-}
-
-/// Where an export of a slot goes on, and where it ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotCursor {
-    pub(crate) region: Region,
-    /// The last key exported in `region`; `None`: from its start.
-    pub(crate) after: Option<Vec<u8>>,
-    /// The last key of each region (in [`Region::ALL`] order, `None` when it was empty)
-    /// when the export began: keys written later are not exported. `None`: up to the
-    /// slot's end as each chunk finds it.
-    pub(crate) ends: Option<[Option<Vec<u8>>; 3]>,
-}
-
 /// A write of raw entries into one slot, with node-local records, applied atomically. Without
 /// entries and `clear` it writes the records alone ([`RawWrite::local`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,14 +336,15 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a batch atomically.
     fn write(&self, batch: Batch) -> WriteFuture;
 
-    /// A cursor at the start of `slot` that ends at the slot's last keys now: an export
-    /// from it ends even while the slot is written (an online move sends the writes made
-    /// since as changes).
-    fn export_start(&self, slot: Slot) -> Result<SlotCursor, StoreError>;
-
-    /// Up to about `max_bytes` of the slot's raw entries, from `from` on (`None`: the start,
-    /// unbounded).
-    fn export_slot(&self, slot: Slot, from: Option<&SlotCursor>, max_bytes: usize) -> Result<SlotChunk, StoreError>;
+    /// The slot's raw entries as they are now (one snapshot), in key order, handed to `part`
+    /// in parts of about `max_bytes`; at least one part, the last maybe empty. Stops early
+    /// when `part` returns `false`. Blocks while it reads.
+    fn export_slot(
+        &self,
+        slot: Slot,
+        max_bytes: usize,
+        part: &mut dyn FnMut(Vec<RawEntry>) -> bool,
+    ) -> Result<(), StoreError>;
 
     /// Applies a raw write atomically, in order with the batches (the writer forgets what it
     /// cached of the slot). Returns no ids.

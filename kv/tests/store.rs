@@ -278,20 +278,16 @@ async fn a_slot_moves_between_stores_in_chunks() {
     junk.insert(t, msg(b"junk", "stale"));
     b.write(junk).await.unwrap();
 
-    let mut cursor = None;
-    let mut first = true;
-    let mut chunks = 0;
-    loop {
-        let chunk = a.export_slot(Slot(3), cursor.as_ref(), 300).unwrap();
-        let done = chunk.next.is_none();
-        let local = if done { vec![("owner-3".to_string(), Some(b"me".to_vec()))] } else { vec![] };
-        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, removed: vec![], local }).await.unwrap();
-        first = false;
-        chunks += 1;
-        cursor = chunk.next;
-        if done {
-            break;
-        }
+    let mut parts = Vec::new();
+    a.export_slot(Slot(3), 300, &mut |entries| {
+        parts.push(entries);
+        true
+    })
+    .unwrap();
+    let chunks = parts.len();
+    for (i, entries) in parts.into_iter().enumerate() {
+        let local = if i + 1 == chunks { vec![("owner-3".to_string(), Some(b"me".to_vec()))] } else { vec![] };
+        b.write_raw(RawWrite { slot: Slot(3), clear: i == 0, entries, removed: vec![], local }).await.unwrap();
     }
     assert!(chunks > 5, "small chunks: {chunks}");
     let want = a.page(t, Slot(3), 0, b"chat", Cursor::OLDEST, 100).unwrap();
@@ -313,15 +309,14 @@ async fn a_slot_moves_between_stores_in_chunks() {
 
 /// Every raw entry of a slot, in key order.
 fn slot_entries(store: &RocksStore, slot: Slot) -> Vec<RawEntry> {
-    let (mut all, mut cursor) = (Vec::new(), None);
-    loop {
-        let chunk = store.export_slot(slot, cursor.as_ref(), 1 << 20).unwrap();
-        all.extend(chunk.entries);
-        match chunk.next {
-            Some(next) => cursor = Some(next),
-            None => return all,
-        }
-    }
+    let mut all = Vec::new();
+    store
+        .export_slot(slot, 1 << 20, &mut |entries| {
+            all.extend(entries);
+            true
+        })
+        .unwrap();
+    all
 }
 
 #[tokio::test]
@@ -336,15 +331,18 @@ async fn a_slot_copied_while_written_catches_up_with_its_changes() {
         ids.push(a.write(batch).await.unwrap()[0]);
     }
     a.track_changes(Slot(3)).await.unwrap();
-    // The copy goes in small chunks; between chunks the slot is written: inserts, updates
-    // and deletes, some behind the copy's cursor and some ahead of it.
-    let (mut cursor, mut first, mut round) = (None, true, 0);
-    loop {
-        let chunk = a.export_slot(Slot(3), cursor.as_ref(), 200).unwrap();
-        let done = chunk.next.is_none();
-        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries: chunk.entries, removed: vec![], local: vec![] })
-            .await
-            .unwrap();
+    // The copy is read from one snapshot in small parts, on another thread; while they are
+    // written to B, the slot is written: inserts, updates and deletes, some behind the copy's
+    // position and some ahead of it. None of them is in the copy.
+    let a = std::sync::Arc::new(a);
+    let (tx, mut parts) = tokio::sync::mpsc::channel(1);
+    let reader = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || a.export_slot(Slot(3), 200, &mut |entries| tx.blocking_send(entries).is_ok()))
+    };
+    let (mut first, mut round) = (true, 0);
+    while let Some(entries) = parts.recv().await {
+        b.write_raw(RawWrite { slot: Slot(3), clear: first, entries, removed: vec![], local: vec![] }).await.unwrap();
         let mut batch = Batch::new(Slot(3));
         batch.insert(t, msg(b"chat", &format!("during {round}")));
         if let Some(gone) = ids.pop().filter(|_| round < ids.len()) {
@@ -352,12 +350,9 @@ async fn a_slot_copied_while_written_catches_up_with_its_changes() {
             batch.delete(t, gone);
         }
         a.write(batch).await.unwrap();
-        (first, round, cursor) = (false, round + 1, chunk.next);
-        if done {
-            break;
-        }
+        (first, round) = (false, round + 1);
     }
-    assert!(round > 5, "written between chunks: {round} rounds");
+    reader.await.unwrap().unwrap();
     assert_ne!(slot_entries(&a, Slot(3)), slot_entries(&b, Slot(3)), "the copy alone is behind");
     let delta = a.changes(Slot(3)).unwrap();
     assert!(!delta.removed.is_empty() && !delta.entries.is_empty());

@@ -16,19 +16,25 @@
 //! after the fence stays fenced on the sender, which resumes it by copying the whole slot,
 //! fenced (it cannot tell how far the receiver got).
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tim_kv::{Slot, SlotChunk, SlotCursor, SlotDelta, Store, StoreError};
-use tracing::debug;
+use tim_kv::{Slot, SlotDelta, Store, StoreError};
+use tim_net::report::ErrorChain;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, RouteError};
 use crate::ownership::{OwnershipError, Part, SlotState};
 use crate::placement::NodeId;
 
+/// How long a slot whose hand-over started waits before it is started again (after a failure).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Bytes of a slot sent in one part.
 pub(crate) const PART_BYTES: usize = 1 << 20;
 /// A round of changes short enough that the changes made while it goes are few: the next
@@ -92,6 +98,53 @@ pub struct MoveTotals {
     pub bytes: u64,
 }
 
+/// The hand-overs this node is to make. The node's loop replaces the plan whenever it looks
+/// at the members; a mover takes the next slot as soon as it is done with one, without
+/// waiting for the loop.
+#[derive(Default)]
+pub(crate) struct Plan {
+    state: Mutex<PlanState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct PlanState {
+    queue: VecDeque<(Slot, NodeId)>,
+    /// Slots being handed over now.
+    moving: HashSet<Slot>,
+    /// Slots not to start again before then.
+    retry_at: HashMap<Slot, Instant>,
+}
+
+impl Plan {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlanState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hand-overs to make now, in order.
+    pub(crate) fn replace(&self, todo: Vec<(Slot, NodeId)>) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.retry_at.retain(|_, at| *at > now);
+        let PlanState { queue, moving, retry_at } = &mut *state;
+        *queue = todo.into_iter().filter(|(slot, _)| !moving.contains(slot) && !retry_at.contains_key(slot)).collect();
+        drop(state);
+        self.wake.notify_waiters();
+    }
+
+    fn next(&self) -> Option<(Slot, NodeId)> {
+        let mut state = self.lock();
+        let (slot, to) = state.queue.pop_front()?;
+        state.moving.insert(slot);
+        state.retry_at.insert(slot, Instant::now() + RETRY_AFTER);
+        Some((slot, to))
+    }
+
+    fn done(&self, slot: Slot) {
+        self.lock().moving.remove(&slot);
+    }
+}
+
 /// Moves slots away from this node.
 pub(crate) struct Mover {
     cluster: Arc<Cluster>,
@@ -106,6 +159,29 @@ impl Mover {
     pub(crate) fn new(cluster: Arc<Cluster>, store: Arc<dyn Store>, rate: Option<NonZeroU64>) -> Self {
         let pace = Pace { per_second: rate, next: Mutex::new(Instant::now()) };
         Self { cluster, store, pace, slots: AtomicU64::new(0), bytes: AtomicU64::new(0) }
+    }
+
+    /// Makes the plan's hand-overs one after the other, until `stop`.
+    pub(crate) async fn run(self: Arc<Self>, plan: Arc<Plan>, stop: CancellationToken) {
+        loop {
+            let wake = plan.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let Some((slot, to)) = plan.next() else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake => continue,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                moved = self.hand_over(slot, to) => match moved {
+                    Ok(()) => info!(slot = slot.0, %to, "slot handed over"),
+                    Err(e) => warn!(slot = slot.0, %to, error = %ErrorChain(&e), "hand-over stopped; it resumes"),
+                },
+            }
+            plan.done(slot);
+        }
     }
 
     pub(crate) fn totals(&self) -> MoveTotals {
@@ -131,16 +207,9 @@ impl Mover {
 
     async fn copy_online(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), MoveError> {
         let copy = rand::random();
-        let mut first = true;
         // The slot as it is now: what is written from now on comes as changes.
-        let mut cursor = Some(self.read(move |store| store.export_start(slot)).await?);
-        while let Some(from) = cursor.take() {
-            let chunk = self.export(slot, Some(from)).await?;
-            let data = SlotDelta { entries: chunk.entries, removed: Vec::new() };
-            self.send(to, slot, Part { copy, epoch, first, last: false, data }, Bytes::new(), true).await?;
-            first = false;
-            cursor = chunk.next;
-        }
+        let template = Part { copy, epoch, first: true, last: false, data: SlotDelta::default() };
+        self.copy_as_is(slot, to, template, true).await?;
         // Rounds are paced while they shrink. A slot written faster than the pace would never
         // catch up: its rounds go unpaced, at the rate of its own writes.
         let (mut previous, mut paced) = (usize::MAX, true);
@@ -183,23 +252,30 @@ impl Mover {
     /// unavailable until it ends.
     async fn copy_fenced(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), MoveError> {
         let copy = rand::random();
-        let mut first = true;
-        let mut cursor = None;
-        loop {
-            let chunk = self.export(slot, cursor.take()).await?;
-            let last = chunk.next.is_none();
-            let state = if last { self.cluster.slot_state(slot) } else { Bytes::new() };
-            let data = SlotDelta { entries: chunk.entries, removed: Vec::new() };
-            let part = Part { copy, epoch, first, last, data };
-            if !self.send(to, slot, part, state, false).await? || last {
-                break;
-            }
-            first = false;
-            cursor = chunk.next;
-        }
+        let template = Part { copy, epoch, first: true, last: false, data: SlotDelta::default() };
+        self.copy_as_is(slot, to, template, false).await?;
+        let last = Part { copy, epoch, first: false, last: true, data: SlotDelta::default() };
+        self.send(to, slot, last, self.cluster.slot_state(slot), false).await?;
         self.cluster.ownership().give(slot, to, epoch).await?;
         self.slots.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Sends the slot as it is now (one snapshot, read on the blocking pool at most two
+    /// parts ahead), each part like `template`, the first one marked first.
+    async fn copy_as_is(&self, slot: Slot, to: NodeId, template: Part, paced: bool) -> Result<(), MoveError> {
+        let (parts, mut read) = tokio::sync::mpsc::channel(2);
+        let store = self.store.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            store.export_slot(slot, PART_BYTES, &mut |entries| parts.blocking_send(entries).is_ok())
+        });
+        let mut first = template.first;
+        while let Some(entries) = read.recv().await {
+            let data = SlotDelta { entries, removed: Vec::new() };
+            self.send(to, slot, Part { first, data, ..template.clone() }, Bytes::new(), paced).await?;
+            first = false;
+        }
+        Ok(reader.await??)
     }
 
     /// Runs a store read on the blocking pool.
@@ -209,10 +285,6 @@ impl Mover {
     ) -> Result<T, MoveError> {
         let store = self.store.clone();
         Ok(tokio::task::spawn_blocking(move || read(&*store)).await??)
-    }
-
-    async fn export(&self, slot: Slot, from: Option<SlotCursor>) -> Result<SlotChunk, MoveError> {
-        self.read(move |store| store.export_slot(slot, from.as_ref(), PART_BYTES)).await
     }
 
     async fn changes(&self, slot: Slot) -> Result<SlotDelta, MoveError> {

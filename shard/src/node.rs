@@ -14,13 +14,13 @@
 //! so that no member ever adds it back), it hands every slot to the members placement now
 //! gives them to, and it stops. Its records keep it leaving across restarts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tim_kv::{RawWrite, Slot, Store, StoreError};
+use tim_kv::{RawWrite, Store, StoreError};
 use tim_net::report::ErrorChain;
 use tim_net::rpc::{self, RpcClient, RpcConfig};
 use tokio::net::TcpListener;
@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::cluster::{Calls, Cluster, Seen, Timeouts, LEAVING_RECORD};
-use crate::handover::{MoveTotals, Mover};
+use crate::handover::{MoveTotals, Mover, Plan};
 use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 use crate::ownership::{Ownership, OwnershipError, SlotState};
 use crate::placement::{Member, NodeId, Placement};
@@ -39,8 +39,6 @@ use crate::placement::{Member, NodeId, Placement};
 const TICK: Duration = Duration::from_millis(250);
 /// How long a node started with seeds may hear nobody before it says so.
 const LONELY_AFTER: Duration = Duration::from_secs(10);
-/// How long a hand-over that failed waits before it is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Least time a leaving node stays drained (holding nothing, handed nothing) before it stops:
 /// a member that fenced a slot towards it just before it saw it leaving has gossiped that by
 /// then, and the operator's `tim cluster leave` sees it drained.
@@ -192,6 +190,12 @@ impl ClusterNode {
         cluster.set_membership(membership.clone());
         cluster.retire_all(retired.iter().copied());
         let (left_tx, left) = watch::channel(false);
+        let mover = Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate));
+        let plan = Arc::new(Plan::default());
+        for _ in 0..cfg.moves_at_once.max(1) {
+            let (mover, plan, stop) = (mover.clone(), plan.clone(), stop.clone());
+            tasks.spawn(mover.run(plan, stop).instrument(tracing::info_span!("mover", node = %cfg.node)));
+        }
         let driver = Driver {
             cluster: cluster.clone(),
             membership: membership.clone(),
@@ -205,13 +209,11 @@ impl ClusterNode {
             grace: LEFT_GRACE.max(cfg.gossip_interval * LEFT_GRACE_ROUNDS),
             left: Some(left_tx),
             seeded: !cfg.seeds.is_empty(),
-            moving: Arc::default(),
-            mover: Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate)),
+            plan: plan.clone(),
+            mover: mover.clone(),
             told_moves: (MoveTotals::default(), 0),
             moves_sampled: (MoveTotals::default(), Instant::now()),
-            moves_at_once: cfg.moves_at_once.max(1),
             stop: stop.clone(),
-            tasks: tasks.clone(),
         };
         tasks.spawn(driver.run().instrument(tracing::info_span!("cluster", node = %cfg.node)));
         Ok((Self { cluster: cluster.clone(), membership, stop, tasks, left }, cluster))
@@ -335,16 +337,14 @@ struct Driver {
     /// Set once this node has left; taken then.
     left: Option<watch::Sender<bool>>,
     seeded: bool,
-    /// Slots being handed over now.
-    moving: Arc<Mutex<HashSet<Slot>>>,
+    /// The hand-overs to make, taken by the movers.
+    plan: Arc<Plan>,
     mover: Arc<Mover>,
     /// The hand-over totals and rate last gossiped.
     told_moves: (MoveTotals, u64),
     /// The totals at the last rate sample, and when.
     moves_sampled: (MoveTotals, Instant),
-    moves_at_once: usize,
     stop: CancellationToken,
-    tasks: TaskTracker,
 }
 
 impl Driver {
@@ -354,7 +354,6 @@ impl Driver {
         let started = Instant::now();
         let mut heard = !self.seeded;
         let mut seen_owned: HashMap<NodeId, u64> = HashMap::new();
-        let mut retry_at: HashMap<Slot, Instant> = HashMap::new();
         let mut told_leaving = 0;
         let mut leave = self.cluster.leave_requests();
         let mut removals = self.cluster.retired();
@@ -376,8 +375,9 @@ impl Driver {
             if let Err(e) = self.learn(&members).await {
                 warn!(error = %ErrorChain(&e), "member set not saved");
             }
-            // A retired node is nobody's peer: its routes and lists are stale.
-            let peers = others.iter().filter(|m| !self.retired.contains(&m.node));
+            // A retired node is a peer only while it is leaving (it passes on the slots still
+            // handed to it); one that was removed and came back is nobody's peer.
+            let peers = others.iter().filter(|m| !self.retired.contains(&m.node) || m.state == MemberState::Leaving);
             self.cluster.set_peers(peers.map(|m| (m.node, m.rpc)).collect());
             let seen = members.iter().map(|m| (m.node, Seen { generation: m.generation, live: m.live }));
             self.cluster.set_seen(seen.collect());
@@ -386,7 +386,7 @@ impl Driver {
                 seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();
                 self.cluster.refresh_routes().await;
             }
-            let (leaving, fenced_to) = self.hand_over(&members, &mut retry_at);
+            let (leaving, fenced_to) = self.hand_over(&members);
             if leaving != told_leaving {
                 self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
                 told_leaving = leaving;
@@ -540,13 +540,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Starts the hand-overs placement asks for, a few at a time: fenced ones (cut short
-    /// before) to a live receiver that is not stopping, even one leaving itself (it passes
-    /// the slot on); owned slots placement gives to a ready member, once every live member
-    /// agrees on placement. A member that is down holds up only the slots it is to receive.
+    /// Plans the hand-overs placement asks for (the movers make them, a few at a time):
+    /// fenced ones (cut short before) to a live receiver that is not stopping, even one
+    /// leaving itself (it passes the slot on); owned slots placement gives to a ready member,
+    /// once every live member agrees on placement. A member that is down holds up only the
+    /// slots it is to receive.
     /// Returns how many slots held here are to be handed over, started or not, and the nodes
     /// slots are held fenced towards.
-    fn hand_over(&self, members: &[MemberInfo], retry_at: &mut HashMap<Slot, Instant>) -> (usize, BTreeSet<NodeId>) {
+    fn hand_over(&self, members: &[MemberInfo]) -> (usize, BTreeSet<NodeId>) {
         let placement = self.cluster.placement();
         let me = self.cluster.node();
         // New moves start once every live member computes this placement: a view that flaps
@@ -566,7 +567,6 @@ impl Driver {
                     }
             })
         };
-        let now = Instant::now();
         let mut todo = Vec::new();
         let mut leaving = 0;
         let mut fenced_to = BTreeSet::new();
@@ -581,29 +581,10 @@ impl Driver {
                 fenced_to.insert(to);
             }
             if let Some(to) = target.filter(|to| takes(*to, resumed)) {
-                if retry_at.get(&slot).is_none_or(|at| *at <= now) {
-                    todo.push((slot, to));
-                }
+                todo.push((slot, to));
             }
         }
-        let mut moving = self.moving.lock().unwrap_or_else(|p| p.into_inner());
-        for (slot, to) in todo {
-            if moving.len() >= self.moves_at_once {
-                break;
-            }
-            if !moving.insert(slot) {
-                continue;
-            }
-            retry_at.insert(slot, now + RETRY_AFTER);
-            let (mover, moving) = (self.mover.clone(), self.moving.clone());
-            self.tasks.spawn(async move {
-                match mover.hand_over(slot, to).await {
-                    Ok(()) => info!(slot = slot.0, to = %to, "slot handed over"),
-                    Err(e) => warn!(slot = slot.0, to = %to, error = %ErrorChain(&e), "hand-over stopped; it resumes"),
-                }
-                moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
-            });
-        }
+        self.plan.replace(todo);
         (leaving, fenced_to)
     }
 }

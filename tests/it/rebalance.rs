@@ -147,7 +147,12 @@ fn wait_mid_move(cluster: &TestCluster, i: usize, from: u64, bytes: u64) -> u64 
         if sent >= from + bytes && own(cluster, i, "leaving_slots") > 0 {
             return sent;
         }
-        assert!(Instant::now() < deadline, "no move under way: {sent} bytes sent");
+        if Instant::now() > deadline {
+            let log = cluster.nodes[i].log();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            panic!("no move under way: {sent} bytes sent; status {:#}\n{tail}", cluster.status(i));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -186,7 +191,8 @@ async fn whole_history(client: &mut Client, peer: &str) -> Vec<(i64, String)> {
 /// reordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_of_100000_messages_moves_across_kills_of_either_node() {
-    let mut cluster = TestCluster::start(1, &[BASE, &["--migration-rate", "3000000"]].concat());
+    // Unsynced writes survive a killed process (the kernel has them): the fill goes faster.
+    let mut cluster = TestCluster::start(1, &[BASE, &["--migration-rate", "3000000", "--sync", "false"]].concat());
     let (mut alice, bob_node, bob_acks) = chatting_pair(&cluster).await;
     fill(&mut alice, &bob_node, 100_000).await;
     let before = whole_history(&mut alice, &bob_node).await;
@@ -196,7 +202,7 @@ async fn a_slot_of_100000_messages_moves_across_kills_of_either_node() {
     let load = Load::start(&cluster);
     wait_for_traffic(&cluster);
 
-    cluster.add(&[BASE, &["--weight", "1000"]].concat());
+    cluster.add(&[BASE, &["--weight", "1000", "--sync", "false"]].concat());
     let sent = wait_mid_move(&cluster, 0, 0, 1 << 20);
     let receiver = cluster.nodes.pop().unwrap();
     cluster.nodes.push(receiver.kill9_and_restart());
@@ -235,6 +241,14 @@ async fn a_dead_member_is_removed_and_the_others_take_its_slots() {
     let dead = cluster.nodes.remove(2);
     let dead_id = dead.id.clone().expect("a member");
     let (dir, host, args) = dead.kill9_for_restart();
+    let deadline = Instant::now() + SETTLE;
+    let sees_live = |i: usize| {
+        cluster.status(i).as_array().unwrap().iter().any(|m| m["node"] == dead_id.as_str() && m["live"] == true)
+    };
+    while sees_live(0) || sees_live(1) {
+        assert!(Instant::now() < deadline, "the killed node still shows live");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let refused = cluster.remove(0, &dead_id, false);
     let said = String::from_utf8_lossy(&refused.stderr).into_owned();

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tim_kv::{Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, StoreConfig, TableDef, TableId};
+use tim_kv::{Batch, ColumnDef, Cursor, RocksStore, Row, RowId, SealKey, Slot, StoreConfig, TableDef, TableId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -308,7 +308,14 @@ async fn writes_go_on_while_a_slot_moves_and_all_arrive() {
     let deadline = Instant::now() + SETTLE;
     let mut copying: Option<(usize, usize)> = None;
     while b.cluster.ownership().state(big).is_none() {
-        if !b.store.export_slot(big, None, 1).unwrap().entries.is_empty() {
+        let mut holds = false;
+        b.store
+            .export_slot(big, 1, &mut |entries| {
+                holds = !entries.is_empty();
+                false
+            })
+            .unwrap();
+        if holds {
             let now = written.load(Ordering::SeqCst);
             copying = Some(copying.map_or((now, now), |(first, _)| (first, now)));
         }

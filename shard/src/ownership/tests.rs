@@ -28,22 +28,21 @@ fn values(store: &Arc<dyn Store>, slot: Slot, value: &[u8]) -> usize {
 /// Copies a slot from `from` to `to` the way a hand-over does, in parts of ~`part` bytes.
 async fn copy(from: &Arc<dyn Store>, to: &Ownership, slot: Slot, epoch: u64, part: usize) -> bool {
     let copy_id = rand::random();
-    let mut cursor = None;
-    let mut first = true;
-    loop {
-        let chunk = from.export_slot(slot, cursor.as_ref(), part).unwrap();
-        let last = chunk.next.is_none();
-        let data = tim_kv::SlotDelta { entries: chunk.entries, removed: vec![] };
-        let part = Part { copy: copy_id, epoch, first, last, data };
+    let mut parts = Vec::new();
+    from.export_slot(slot, part, &mut |entries| {
+        parts.push(entries);
+        true
+    })
+    .unwrap();
+    let count = parts.len();
+    for (i, entries) in parts.into_iter().enumerate() {
+        let data = tim_kv::SlotDelta { entries, removed: vec![] };
+        let part = Part { copy: copy_id, epoch, first: i == 0, last: i + 1 == count, data };
         if !to.receive(slot, part, || {}).await.unwrap() {
             return false;
         }
-        first = false;
-        cursor = chunk.next;
-        if last {
-            return true;
-        }
     }
+    true
 }
 
 #[tokio::test]
