@@ -104,6 +104,9 @@ impl Default for Timeouts {
 /// The store record that says this node is leaving the cluster.
 pub(crate) const LEAVING_RECORD: &str = "leaving";
 
+/// Least time between two rounds of asking the members what they own.
+const REFRESH_EVERY: Duration = Duration::from_millis(200);
+
 /// Most owners a call follows before it gives up (each refusal names the next one).
 const MAX_HOPS: usize = 4;
 
@@ -128,6 +131,8 @@ pub struct Cluster {
     /// The nodes retired from the cluster, as far as this node knows (it only grows): kept
     /// by the loop, added to by a removal.
     retired: watch::Sender<BTreeSet<NodeId>>,
+    /// When the members were last asked what they own.
+    refreshed_at: Mutex<Option<Instant>>,
     timeouts: Timeouts,
 }
 
@@ -168,6 +173,7 @@ impl Cluster {
             membership: OnceLock::new(),
             leave: watch::Sender::new(false),
             retired: watch::Sender::new(BTreeSet::new()),
+            refreshed_at: Mutex::new(None),
             timeouts,
         }
     }
@@ -304,9 +310,12 @@ impl Cluster {
         let route = lock(&self.routes).get(&slot).copied();
         match self.ownership.state(slot) {
             Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => Some(self.node),
-            Some(SlotState::Given { to, epoch }) => {
-                Some(route.filter(|(_, known)| *known > epoch).map_or(to, |(node, _)| node))
-            }
+            Some(SlotState::Given { to, epoch }) => match route.filter(|(_, known)| *known > epoch) {
+                Some((node, _)) => Some(node),
+                // Given to a node that has left since: placement knows better.
+                None if !self.placement().members().iter().any(|m| m.id == to) => self.placement().owner(slot),
+                None => Some(to),
+            },
             None => route.map(|(node, _)| node).or_else(|| self.placement().owner(slot)),
         }
     }
@@ -430,21 +439,34 @@ impl Cluster {
         self.engine.get().map(|engine| engine.slot_state(slot)).unwrap_or_default()
     }
 
-    /// Learns every member's owned slots from the member itself.
-    pub async fn refresh_routes(&self) {
+    /// Learns every live member's owned slots from the member itself; the members whose
+    /// lists it got.
+    /// At most once per [`REFRESH_EVERY`]: callers that find a node down all at once ask once.
+    pub async fn refresh_routes(&self) -> Vec<NodeId> {
+        {
+            let mut last = lock(&self.refreshed_at);
+            if last.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return Vec::new();
+            }
+            *last = Some(Instant::now());
+        }
         let peers: Vec<NodeId> = read(&self.peers).keys().copied().collect();
-        for node in peers {
+        let seen = read(&self.seen).clone();
+        let mut fetched = Vec::with_capacity(peers.len());
+        for node in peers.into_iter().filter(|n| seen.get(n).is_none_or(|s| s.live)) {
             match self.send(node, &Request::Owned).await {
                 Ok(Reply::Owned(slots)) => {
                     let mut routes = lock(&self.routes);
                     for (slot, epoch) in slots {
                         learn_route(&mut routes, Slot(slot), node, epoch);
                     }
+                    fetched.push(node);
                 }
                 Ok(other) => debug!(%node, reply = ?other, "unexpected answer to an owned-slots request"),
                 Err(e) => debug!(%node, error = %e, "owned slots not fetched"),
             }
         }
+        fetched
     }
 
     /// Runs `request` on the owner of `slot`, following refusals.
@@ -460,10 +482,13 @@ impl Cluster {
                 Some(node) if node == self.node => self.run(self.node, request.clone()).await,
                 Some(node) => match self.send(node, &request).await {
                     Ok(reply) => reply,
-                    // Not sent: nothing ran, and the route may be stale.
+                    // Not sent: nothing ran, and the route may be stale (the node left, or
+                    // restarted and this one does not know where its slots went): ask the
+                    // members what they own.
                     Err(RouteError::Unreachable { source, .. }) if source.not_sent() && !refreshed => {
                         lock(&self.routes).remove(&slot);
                         refreshed = true;
+                        self.refresh_routes().await;
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -484,11 +509,14 @@ impl Cluster {
                 }
                 // Asked again after the members said what they own: nobody owns the slot
                 // now, so it is on its way (fenced on its sender, not yet owned by the next).
-                Reply::Refused(Refusal::Moving { .. } | Refusal::NotOwner { moved_to: None, .. })
+                Reply::Refused(refusal @ (Refusal::Moving { .. } | Refusal::NotOwner { moved_to: None, .. }))
                     if started.elapsed() < self.timeouts.moving =>
                 {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
+                    if matches!(refusal, Refusal::NotOwner { .. }) {
+                        self.refresh_routes().await;
+                    }
                 }
                 Reply::Refused(refusal) => {
                     return Err(RouteError::Unavailable { slot: slot.0, reason: refusal.to_string() });

@@ -381,10 +381,14 @@ impl Driver {
             self.cluster.set_peers(peers.map(|m| (m.node, m.rpc)).collect());
             let seen = members.iter().map(|m| (m.node, Seen { generation: m.generation, live: m.live }));
             self.cluster.set_seen(seen.collect());
-            let changed_owners = others.iter().any(|m| seen_owned.get(&m.node) != Some(&m.owned_version));
+            // Live members whose list of owned slots changed since it was last fetched (a
+            // failed fetch is tried again next time).
+            let changed_owners = others.iter().any(|m| m.live && seen_owned.get(&m.node) != Some(&m.owned_version));
             if changed_owners {
-                seen_owned = others.iter().map(|m| (m.node, m.owned_version)).collect();
-                self.cluster.refresh_routes().await;
+                let fetched = self.cluster.refresh_routes().await;
+                for m in others.iter().filter(|m| fetched.contains(&m.node)) {
+                    seen_owned.insert(m.node, m.owned_version);
+                }
             }
             let (leaving, fenced_to) = self.hand_over(&members);
             if leaving != told_leaving {

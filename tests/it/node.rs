@@ -198,6 +198,13 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test keeps its nodes' logs (their data dirs go).
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("tim-failed-{}.log", self.child.id()));
+            if std::fs::copy(self.dir.path().join("tim.log"), &kept).is_ok() {
+                eprintln!("log of the node at {} kept in {}", self.addr, kept.display());
+            }
+        }
     }
 }
 

@@ -57,6 +57,8 @@ impl Load {
             std::io::Read::read_to_string(&mut err, &mut stderr).unwrap();
         }
         let Some(status) = status else { panic!("the bench did not finish: {stderr}") };
+        // Shown with a failure: which messages went missing.
+        eprintln!("tim bench said: {stderr}");
         assert!(status.success(), "tim bench failed: {stderr}");
         let report: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.json.path().join("report.json")).unwrap()).unwrap();

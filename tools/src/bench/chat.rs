@@ -156,9 +156,10 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
         let interval = (per_pair > 0.0).then(|| Duration::from_secs_f64(1.0 / per_pair));
         let window = c.window.max(1);
         let (to, text, stopped) = (r_node, text.clone(), stopped.clone());
-        let send = Sending { log: log.clone(), to, text, interval, window, deadline, stopped };
+        let pair = tasks.len() / 2;
+        let send = Sending { log: log.clone(), to, text, interval, window, deadline, stopped, pair };
         tasks.spawn(send.run(Session { client: sender, relogin: s_login, at: s_at }));
-        tasks.spawn(receive(Session { client: receiver, relogin: r_login, at: r_at }, log, deadline));
+        tasks.spawn(receive(Session { client: receiver, relogin: r_login, at: r_at }, log, deadline, pair));
     }
     let (mut echo, mut delivery, mut tally) = (histogram()?, histogram()?, Tally::default());
     let mut last_delivery = start;
@@ -253,6 +254,8 @@ struct Sending {
     deadline: Instant,
     /// Set when the run is ended early.
     stopped: Arc<AtomicBool>,
+    /// The pair's number, for what the run reports on stderr.
+    pair: usize,
 }
 
 /// A client's session, and how it logs in again.
@@ -355,11 +358,12 @@ impl Sending {
                             }
                             continue;
                         }
-                        Some(_) => {
+                        Some(code) => {
                             // Refused for good: the oldest message waiting (exactly it with
                             // one in flight) is given up.
                             if let Some(s) = unechoed.pop_first() {
                                 echoed.get_mut(s).into_iter().for_each(|e| *e = true);
+                                eprintln!("pair {}: message {s} refused with {code}", self.pair);
                             }
                             part.tally.refused += 1;
                             continue;
@@ -384,6 +388,9 @@ impl Sending {
             }
         }
         part.tally.sent = seq as u64;
+        if !unechoed.is_empty() {
+            eprintln!("pair {}: messages never echoed: {unechoed:?}", self.pair);
+        }
         self.log.done.store(true, Ordering::Release);
         Ok(part)
     }
@@ -419,7 +426,7 @@ impl Received {
     }
 }
 
-async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant) -> anyhow::Result<Part> {
+async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant, pair: usize) -> anyhow::Result<Part> {
     let mut part = Part { echo: histogram()?, delivery: histogram()?, tally: Tally::default(), last: log.origin };
     let mut received = Received { mids: BTreeMap::new(), cap: log.sent_at.len() };
     let mut until = deadline + GRACE;
@@ -475,6 +482,11 @@ async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant) -> 
             }
             part.last = Instant::now();
         }
+    }
+    let sent = log.sent.load(Ordering::Acquire) as usize;
+    let missing: Vec<usize> = (0..sent).filter(|seq| !received.mids.contains_key(seq)).take(20).collect();
+    if !missing.is_empty() {
+        eprintln!("pair {pair}: messages never delivered: {missing:?}");
     }
     Ok(part)
 }
