@@ -114,6 +114,9 @@ struct PlanState {
     moving: HashSet<Slot>,
     /// Slots not to start again before then.
     retry_at: HashMap<Slot, Instant>,
+    /// Receivers a hand-over to failed: none to them before then (a node that went down
+    /// fails every one at once).
+    resting: HashMap<NodeId, Instant>,
 }
 
 impl Plan {
@@ -126,7 +129,8 @@ impl Plan {
         let mut state = self.lock();
         let now = Instant::now();
         state.retry_at.retain(|_, at| *at > now);
-        let PlanState { queue, moving, retry_at } = &mut *state;
+        state.resting.retain(|_, at| *at > now);
+        let PlanState { queue, moving, retry_at, .. } = &mut *state;
         *queue = todo.into_iter().filter(|(slot, _)| !moving.contains(slot) && !retry_at.contains_key(slot)).collect();
         drop(state);
         self.wake.notify_waiters();
@@ -134,14 +138,24 @@ impl Plan {
 
     fn next(&self) -> Option<(Slot, NodeId)> {
         let mut state = self.lock();
-        let (slot, to) = state.queue.pop_front()?;
-        state.moving.insert(slot);
-        state.retry_at.insert(slot, Instant::now() + RETRY_AFTER);
-        Some((slot, to))
+        let now = Instant::now();
+        loop {
+            let (slot, to) = state.queue.pop_front()?;
+            if state.resting.get(&to).is_some_and(|at| *at > now) {
+                continue;
+            }
+            state.moving.insert(slot);
+            state.retry_at.insert(slot, now + RETRY_AFTER);
+            return Some((slot, to));
+        }
     }
 
-    fn done(&self, slot: Slot) {
-        self.lock().moving.remove(&slot);
+    fn done(&self, slot: Slot, to: NodeId, moved: bool) {
+        let mut state = self.lock();
+        state.moving.remove(&slot);
+        if !moved {
+            state.resting.insert(to, Instant::now() + RETRY_AFTER);
+        }
     }
 }
 
@@ -173,14 +187,15 @@ impl Mover {
                     _ = wake => continue,
                 }
             };
-            tokio::select! {
+            let moved = tokio::select! {
                 _ = stop.cancelled() => return,
-                moved = self.hand_over(slot, to) => match moved {
-                    Ok(()) => info!(slot = slot.0, %to, "slot handed over"),
-                    Err(e) => warn!(slot = slot.0, %to, error = %ErrorChain(&e), "hand-over stopped; it resumes"),
-                },
+                moved = self.hand_over(slot, to) => moved,
+            };
+            match &moved {
+                Ok(()) => info!(slot = slot.0, %to, "slot handed over"),
+                Err(e) => warn!(slot = slot.0, %to, error = %ErrorChain(e), "hand-over stopped; it resumes"),
             }
-            plan.done(slot);
+            plan.done(slot, to, moved.is_ok());
         }
     }
 
@@ -209,7 +224,10 @@ impl Mover {
         let copy = rand::random();
         // The slot as it is now: what is written from now on comes as changes.
         let template = Part { copy, epoch, first: true, last: false, data: SlotDelta::default() };
-        self.copy_as_is(slot, to, template, true).await?;
+        // The slot is owned here, not fenced: a receiver that owns it already is wrong.
+        if !self.copy_as_is(slot, to, template, true).await? {
+            return Err(MoveError::Early(slot.0));
+        }
         // Rounds are paced while they shrink. A slot written faster than the pace would never
         // catch up: its rounds go unpaced, at the rate of its own writes.
         let (mut previous, mut paced) = (usize::MAX, true);
@@ -218,7 +236,7 @@ impl Mover {
             let bytes = changes.bytes();
             paced &= bytes < previous;
             for data in changes.split(PART_BYTES).into_iter().filter(|d| !d.is_empty()) {
-                self.send(to, slot, Part { copy, epoch, first: false, last: false, data }, Bytes::new(), paced).await?;
+                self.send_middle(to, slot, Part { copy, epoch, first: false, last: false, data }, paced).await?;
             }
             // What changes while a small round goes is what goes fenced.
             if bytes <= SMALL_ROUND {
@@ -239,7 +257,7 @@ impl Mover {
         let mut parts = rest.split(PART_BYTES);
         let last = parts.pop().unwrap_or_default();
         for data in parts {
-            self.send(to, slot, Part { copy, epoch, first: false, last: false, data }, Bytes::new(), false).await?;
+            self.send_middle(to, slot, Part { copy, epoch, first: false, last: false, data }, false).await?;
         }
         let state = self.cluster.slot_state(slot);
         self.send(to, slot, Part { copy, epoch, first: false, last: true, data: last }, state, false).await?;
@@ -253,17 +271,21 @@ impl Mover {
     async fn copy_fenced(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), MoveError> {
         let copy = rand::random();
         let template = Part { copy, epoch, first: true, last: false, data: SlotDelta::default() };
-        self.copy_as_is(slot, to, template, false).await?;
-        let last = Part { copy, epoch, first: false, last: true, data: SlotDelta::default() };
-        self.send(to, slot, last, self.cluster.slot_state(slot), false).await?;
+        // A receiver that owns the slot already got the last part of the hand-over cut short
+        // (its answer was lost): nothing more to send.
+        if self.copy_as_is(slot, to, template, false).await? {
+            let last = Part { copy, epoch, first: false, last: true, data: SlotDelta::default() };
+            self.send(to, slot, last, self.cluster.slot_state(slot), false).await?;
+        }
         self.cluster.ownership().give(slot, to, epoch).await?;
         self.slots.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Sends the slot as it is now (one snapshot, read on the blocking pool at most two
-    /// parts ahead), each part like `template`, the first one marked first.
-    async fn copy_as_is(&self, slot: Slot, to: NodeId, template: Part, paced: bool) -> Result<(), MoveError> {
+    /// parts ahead), each part like `template`, the first one marked first; `Ok(false)` when
+    /// the receiver owns the slot already (nothing more was sent).
+    async fn copy_as_is(&self, slot: Slot, to: NodeId, template: Part, paced: bool) -> Result<bool, MoveError> {
         let (parts, mut read) = tokio::sync::mpsc::channel(2);
         let store = self.store.clone();
         let reader = tokio::task::spawn_blocking(move || {
@@ -272,10 +294,13 @@ impl Mover {
         let mut first = template.first;
         while let Some(entries) = read.recv().await {
             let data = SlotDelta { entries, removed: Vec::new() };
-            self.send(to, slot, Part { first, data, ..template.clone() }, Bytes::new(), paced).await?;
+            if !self.send(to, slot, Part { first, data, ..template.clone() }, Bytes::new(), paced).await? {
+                return Ok(false);
+            }
             first = false;
         }
-        Ok(reader.await??)
+        reader.await??;
+        Ok(true)
     }
 
     /// Runs a store read on the blocking pool.
@@ -291,19 +316,23 @@ impl Mover {
         self.read(move |store| store.changes(slot)).await
     }
 
+    /// Sends a part of an online copy before its last: the receiver cannot own the slot yet.
+    async fn send_middle(&self, to: NodeId, slot: Slot, part: Part, paced: bool) -> Result<(), MoveError> {
+        match self.send(to, slot, part, Bytes::new(), paced).await? {
+            true => Ok(()),
+            false => Err(MoveError::Early(slot.0)),
+        }
+    }
+
     /// Sends a part, `paced` or not; `Ok(false)` when the receiver owned the slot already
-    /// (an answer to the last part that was lost). Only the last part may find it so.
+    /// (it got the last part of a hand-over cut short after its fence).
     async fn send(&self, to: NodeId, slot: Slot, part: Part, state: Bytes, paced: bool) -> Result<bool, MoveError> {
         let bytes = part.data.bytes();
         if paced {
             self.pace.wait(bytes).await;
         }
-        let last = part.last;
         let imported = self.cluster.send_part(to, slot, part, state).await?;
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        if !imported && !last {
-            return Err(MoveError::Early(slot.0));
-        }
         Ok(imported)
     }
 }
