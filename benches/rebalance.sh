@@ -40,12 +40,16 @@ started=$(date +%s.%N)
 start_node 4 "$@"
 wait_settled 4
 joined=$(date +%s.%N)
+"$tim" cluster status --json --server 127.0.0.1:20005 --secret-file "$dir/key" > "$dir/status.json"
 kill -TERM "$load"
 wait "$load"
 python3 - "$started" "$joined" "$dir" <<'PY'
 import json, sys
 started, joined, folder = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-print(f"join: {joined - started:.1f} s from the fourth node's start until every slot is owned and still")
+members = json.load(open(f"{folder}/status.json"))
+slots, sent = sum(m["moved_slots"] for m in members), sum(m["moved_bytes"] for m in members)
+print(f"join: {joined - started:.1f} s from the fourth node's start until every slot is owned and still; "
+      f"{slots} slots, {sent / 1e6:.1f} MB moved")
 for name in ("still", "moving"):
     figures = {f["name"]: f["value"] for f in json.load(open(f"{folder}/{name}.json"))["figures"]}
     print(f"{name:>7}: echo p50 {figures['echo latency p50']:.2f} ms, p99 {figures['echo latency p99']:.2f} ms, "

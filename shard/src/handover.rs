@@ -58,32 +58,28 @@ pub(crate) enum MoveError {
     Early(u16),
 }
 
-/// Paces the bytes this node sends in hand-overs, all moves together: each part takes the
-/// next free interval of `bytes / rate`. Small parts (an empty slot's, a short round of
-/// changes) go at once and are only counted: queued behind a large part they would stretch
-/// a join of thousands of small slots for nothing.
+/// Paces the bytes this node sends in hand-overs, all moves together: the parts sent are
+/// due at `rate`, and a part waits while the parts before it are more than [`BURST`] ahead
+/// of their due time. A small part (an empty slot's) goes at once unless the moves are
+/// behind, so thousands of small slots are not held up by a large one, and the bytes still
+/// keep to the rate.
 struct Pace {
     per_second: Option<NonZeroU64>,
-    /// When the next part may go.
-    next: Mutex<Instant>,
+    /// When the parts sent so far are all due.
+    due: Mutex<Instant>,
 }
 
-/// Parts smaller than this are counted but never wait.
-const UNPACED_BYTES: usize = 64 << 10;
+/// How far ahead of the rate the moves may be.
+const BURST: Duration = Duration::from_millis(100);
 
 impl Pace {
     async fn wait(&self, bytes: usize) {
         let Some(rate) = self.per_second else { return };
         let start = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate.get() as f64);
-            if bytes < UNPACED_BYTES {
-                now
-            } else {
-                start
-            }
+            *due = (*due).max(now) + Duration::from_secs_f64(bytes as f64 / rate.get() as f64);
+            due.checked_sub(BURST).unwrap_or(now)
         };
         tokio::time::sleep_until(start.into()).await;
     }
@@ -171,7 +167,7 @@ pub(crate) struct Mover {
 impl Mover {
     /// `rate`: bytes per second all moves send together; `None`: as fast as they go.
     pub(crate) fn new(cluster: Arc<Cluster>, store: Arc<dyn Store>, rate: Option<NonZeroU64>) -> Self {
-        let pace = Pace { per_second: rate, next: Mutex::new(Instant::now()) };
+        let pace = Pace { per_second: rate, due: Mutex::new(Instant::now()) };
         Self { cluster, store, pace, slots: AtomicU64::new(0), bytes: AtomicU64::new(0) }
     }
 

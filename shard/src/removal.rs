@@ -51,10 +51,13 @@ pub(crate) struct Orphan {
     pub(crate) epoch: u64,
 }
 
-/// The slots `removed` held, from the holdings of every other member. A slot is the removed
-/// node's when its newest state anywhere points at it (given or fenced towards it), or when
-/// no member holds it at all (the removed node founded the cluster and kept it).
+/// The slots `removed` held, from the holdings of every other member (all of them). A slot
+/// is the removed node's when its newest state anywhere points at it (given or fenced
+/// towards it), or at a node that has left (which handed everything on before it went, and
+/// not to anyone here, or their newer state would be the newest), or when no member holds it
+/// at all (the removed node founded the cluster and kept it).
 pub(crate) fn orphans(removed: NodeId, holdings: &[(NodeId, Holdings)]) -> Vec<Orphan> {
+    let member = |node: &NodeId| holdings.iter().any(|(m, _)| m == node);
     // The newest state of each slot: the highest epoch, an owner winning a tie (a switch
     // seen half-way), and the member that records it; and the highest epoch known.
     let mut newest: HashMap<u16, (SlotState, NodeId)> = HashMap::new();
@@ -85,8 +88,8 @@ pub(crate) fn orphans(removed: NodeId, holdings: &[(NodeId, Holdings)]) -> Vec<O
             let epoch = known.get(&slot).copied().unwrap_or(1) + 1;
             let fenced_at = match newest.get(&slot) {
                 None => None,
-                Some((SlotState::Given { to, .. }, _)) if *to == removed => None,
-                Some((SlotState::Fenced { to, .. }, member)) if *to == removed => Some(*member),
+                Some((SlotState::Given { to, .. }, _)) if *to == removed || !member(to) => None,
+                Some((SlotState::Fenced { to, .. }, fencer)) if *to == removed => Some(*fencer),
                 Some(_) => return None,
             };
             Some(Orphan { slot: Slot(slot), fenced_at, epoch })
@@ -222,9 +225,19 @@ mod tests {
             ],
             &[(2, 4), (5, 9)],
         );
-        let b = held(&[(1, owned(3))], &[(2, 4)]);
+        let b = held(
+            &[
+                (1, owned(3)),
+                // Handed to a node that has left since, which handed it to the dead node.
+                (6, SlotState::Given { to: NodeId(0xE), epoch: 3 }),
+                // Handed to A, which owns it.
+                (7, SlotState::Given { to: A, epoch: 2 }),
+            ],
+            &[(2, 4)],
+        );
+        let a = Holdings { states: [a.states, vec![(7, owned(2))]].concat(), ..a };
         let mut found = orphans(DEAD, &[(A, a), (B, b)]);
-        found.retain(|o| o.slot.0 < 6);
+        found.retain(|o| o.slot.0 < 8);
         assert_eq!(
             found,
             [
@@ -232,6 +245,7 @@ mod tests {
                 Orphan { slot: Slot(3), fenced_at: Some(A), epoch: 7 },
                 // Nobody records slot 5; a route says the dead node held it at 9.
                 Orphan { slot: Slot(5), fenced_at: None, epoch: 10 },
+                Orphan { slot: Slot(6), fenced_at: None, epoch: 4 },
             ]
         );
     }
