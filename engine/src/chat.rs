@@ -80,7 +80,8 @@ impl History {
         }
         let mut batch = Batch::new(partition::conversation(&chat));
         batch.insert(self.table, Self::row(chat, from, msg, Some(key)));
-        let id = *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
+        let id =
+            *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
         Ok((mid_of(id)?, false))
     }
 

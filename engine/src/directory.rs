@@ -338,7 +338,11 @@ mod tests {
         old.admit(user(), lease(1, 1, None), |_| true).unwrap();
         let slot = partition::user(user());
         let other = Slot(slot.0.wrapping_add(1) % tim_shard::SLOTS);
-        assert_eq!(old.carry(other).unwrap(), postcard::to_stdvec(&Vec::<Carried>::new()).unwrap(), "not another slot's");
+        assert_eq!(
+            old.carry(other).unwrap(),
+            postcard::to_stdvec(&Vec::<Carried>::new()).unwrap(),
+            "not another slot's"
+        );
         let raw = old.carry(slot).unwrap();
 
         let new = Directory::new(limits(1, 5, Duration::from_secs(60)));

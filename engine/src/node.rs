@@ -4,8 +4,8 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -298,7 +298,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 async fn drain_then_stop(node: &NodeHandle) {
     match node.leave().await {
         Ok(slots) => {
-            info!(slots, "draining before stopping: handing every slot to the other members (a second signal stops now)");
+            info!(
+                slots,
+                "draining before stopping: handing every slot to the other members (a second signal stops now)"
+            );
             tokio::select! {
                 _ = node.left() => info!("drained: shutting down"),
                 _ = shutdown_signal() => warn!("stopping before drained: the node goes on leaving when started again"),

@@ -191,8 +191,20 @@ fn table(members: &[MemberInfo]) -> String {
         )
     };
     let mut out = row([
-        "node", "state", "live", "client", "rpc", "slots", "moving", "moved", "sent", "sent/s", "sessions", "msg/s",
-        "placement", "generation",
+        "node",
+        "state",
+        "live",
+        "client",
+        "rpc",
+        "slots",
+        "moving",
+        "moved",
+        "sent",
+        "sent/s",
+        "sessions",
+        "msg/s",
+        "placement",
+        "generation",
     ]);
     for m in members {
         let placement = m.placement.map_or_else(|| "-".to_owned(), |p| p.to_string());

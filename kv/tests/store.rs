@@ -338,7 +338,9 @@ async fn a_slot_copied_while_written_catches_up_with_its_changes() {
     let (tx, mut parts) = tokio::sync::mpsc::channel(1);
     let reader = {
         let a = a.clone();
-        tokio::task::spawn_blocking(move || a.export_slot(Slot(3), 200, &mut |entries| tx.blocking_send(entries).is_ok()))
+        tokio::task::spawn_blocking(move || {
+            a.export_slot(Slot(3), 200, &mut |entries| tx.blocking_send(entries).is_ok())
+        })
     };
     let (mut first, mut round) = (true, 0);
     while let Some(entries) = parts.recv().await {
@@ -356,14 +358,22 @@ async fn a_slot_copied_while_written_catches_up_with_its_changes() {
     assert_ne!(slot_entries(&a, Slot(3)), slot_entries(&b, Slot(3)), "the copy alone is behind");
     let delta = a.changes(Slot(3)).unwrap();
     assert!(!delta.removed.is_empty() && !delta.entries.is_empty());
-    b.write_raw(RawWrite { slot: Slot(3), clear: false, entries: delta.entries, removed: delta.removed, local: vec![] })
-        .await
-        .unwrap();
+    b.write_raw(RawWrite {
+        slot: Slot(3),
+        clear: false,
+        entries: delta.entries,
+        removed: delta.removed,
+        local: vec![],
+    })
+    .await
+    .unwrap();
     assert_eq!(slot_entries(&a, Slot(3)), slot_entries(&b, Slot(3)), "copy plus changes is the slot");
     assert_eq!(a.changes(Slot(3)).unwrap(), SlotDelta::default(), "a take empties the record");
 
     // A raw write into the slot replaces what the record follows: the move must start over.
-    a.write_raw(RawWrite { slot: Slot(3), clear: true, entries: vec![], removed: vec![], local: vec![] }).await.unwrap();
+    a.write_raw(RawWrite { slot: Slot(3), clear: true, entries: vec![], removed: vec![], local: vec![] })
+        .await
+        .unwrap();
     assert!(matches!(a.changes(Slot(3)), Err(StoreError::ChangesLost { slot: 3 })));
     a.untrack_changes(Slot(3));
     assert!(matches!(a.changes(Slot(3)), Err(StoreError::ChangesLost { slot: 3 })), "untracked");

@@ -194,8 +194,11 @@ impl Cluster {
 
     /// Adds nodes to the retired set (never removes any).
     pub(crate) fn retire_all(&self, nodes: impl IntoIterator<Item = NodeId>) {
-        let nodes: Vec<NodeId> = nodes.into_iter().collect();
-        self.retired.send_if_modified(|retired| nodes.into_iter().fold(false, |added, n| retired.insert(n) || added));
+        self.retired.send_if_modified(|retired| {
+            let before = retired.len();
+            retired.extend(nodes);
+            retired.len() != before
+        });
     }
 
     pub(crate) fn retire(&self, node: NodeId) {

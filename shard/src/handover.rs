@@ -203,7 +203,9 @@ impl Mover {
     /// hand-over to `to` was fenced already (cut short, resumed).
     pub(crate) async fn hand_over(&self, slot: Slot, to: NodeId) -> Result<(), MoveError> {
         match self.cluster.ownership().state(slot) {
-            Some(SlotState::Fenced { to: fenced, epoch }) if fenced == to => return self.copy_fenced(slot, to, epoch).await,
+            Some(SlotState::Fenced { to: fenced, epoch }) if fenced == to => {
+                return self.copy_fenced(slot, to, epoch).await
+            }
             Some(SlotState::Owned { epoch }) => {
                 self.store.track_changes(slot).await?;
                 let moved = self.copy_online(slot, to, epoch + 1).await;

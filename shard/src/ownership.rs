@@ -287,10 +287,17 @@ impl Ownership {
             Some(SlotState::Fenced { to, epoch: fenced }) if to == from && fenced < epoch => false,
             None => true,
             Some(SlotState::Given { epoch: given, .. }) if given < epoch => true,
-            _ => return Err(OwnershipError::State { slot: slot.0, state, wanted: "absent, given, or fenced to the removed node" }),
+            _ => {
+                return Err(OwnershipError::State {
+                    slot: slot.0,
+                    state,
+                    wanted: "absent, given, or fenced to the removed node",
+                })
+            }
         };
         let owned = SlotState::Owned { epoch };
-        let write = RawWrite { slot, clear, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, owned)?] };
+        let write =
+            RawWrite { slot, clear, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, owned)?] };
         self.store.write_raw(write).await?;
         self.set(slot, Some(owned));
         Ok(())

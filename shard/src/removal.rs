@@ -160,7 +160,9 @@ impl Cluster {
                 self.adopt(orphan.slot, orphan.epoch, node).await
             } else {
                 let request = Request::Adopt { slot: orphan.slot.0, epoch: orphan.epoch, from: node };
-                self.send(to, &request).await.map_err(|e| format!("member {to} did not adopt slot {}: {e}", orphan.slot.0))?
+                self.send(to, &request)
+                    .await
+                    .map_err(|e| format!("member {to} did not adopt slot {}: {e}", orphan.slot.0))?
             };
             match reply {
                 Reply::Adopted => {}
@@ -186,7 +188,10 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 let slow: Vec<String> = others.iter().filter(|id| !knows(id)).map(ToString::to_string).collect();
-                return Err(format!("members {} did not learn of the removal in time: run this again", slow.join(", ")));
+                return Err(format!(
+                    "members {} did not learn of the removal in time: run this again",
+                    slow.join(", ")
+                ));
             }
             tokio::select! {
                 _ = changes.changed() => {}

@@ -6,8 +6,8 @@ use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 
 use crate::membership::MemberInfo;
 use crate::ownership::{Part, Refusal};
-use crate::removal::Holdings;
 use crate::placement::NodeId;
+use crate::removal::Holdings;
 
 /// A call from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,7 +64,9 @@ pub(crate) enum Reply {
         slots: u32,
     },
     /// A member was removed; the number of its slots the others adopted.
-    Removed { slots: u32 },
+    Removed {
+        slots: u32,
+    },
     Holdings(Holdings),
     Adopted,
     /// The slot is not served here.

@@ -266,7 +266,11 @@ async fn an_online_copy_cut_short_leaves_the_old_owner_serving_and_starts_over()
 async fn a_fenced_hand_over_cut_mid_copy_resumes_with_one_owner_and_every_row() {
     let cut = cut_mid_copy(true).await;
     assert!(matches!(cut.a.cluster.ownership().state(cut.big), Some(SlotState::Fenced { .. })));
-    assert_eq!(owners(&[&cut.a, &cut.b], cut.big), Vec::<NodeId>::new(), "a slot cut after its fence is served by nobody");
+    assert_eq!(
+        owners(&[&cut.a, &cut.b], cut.big),
+        Vec::<NodeId>::new(),
+        "a slot cut after its fence is served by nobody"
+    );
     for slot in (0..SLOTS).map(Slot) {
         assert!(owners(&[&cut.a, &cut.b], slot).len() <= 1, "slot {} owned twice while the link is cut", slot.0);
     }

@@ -144,7 +144,8 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
         }
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for (((sender, _), (receiver, r_node)), ((s_login, s_at), (r_login, r_at))) in befriended.into_iter().zip(relogins) {
+    for (((sender, _), (receiver, r_node)), ((s_login, s_at), (r_login, r_at))) in befriended.into_iter().zip(relogins)
+    {
         let log = Arc::new(PairLog {
             origin: start,
             sent_at: (0..cap).map(|_| AtomicU64::new(0)).collect(),
