@@ -12,13 +12,8 @@
 # everything it starts lives in a fresh /tmp/tim-cluster-bench and is stopped at the end.
 set -euo pipefail
 nodes=${1:?nodes}; mode=${2:?mode}; rate=${3:?rate}
-tim=${TIM:-target/release/tim}
-dir=/tmp/tim-cluster-bench
-rm -rf "$dir"; mkdir -p "$dir"
-head -c 32 /dev/urandom > "$dir/key"
-pids=(); servers=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 source "$(dirname "$0")/lib.sh"
+setup tim-cluster-bench
 if [ "$nodes" = 1 ]; then
   # A node running alone: no gossip, no links.
   taskset -c 0 "$tim" serve --listen 127.0.0.1:20003 --data-dir "$dir/node1" --secret-file "$dir/key" \

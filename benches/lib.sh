@@ -1,5 +1,16 @@
 # Shared by the cluster benchmarks: start nodes pinned to core 0, wait for the cluster to settle.
-# Sourced; expects $tim and $dir (a fresh folder holding the deployment secret `key`).
+# Sourced; `setup` first.
+
+# setup NAME: $tim, and a fresh $dir (/tmp/NAME) holding a deployment secret; the nodes started
+# are stopped when the script exits.
+setup() {
+  tim=${TIM:-target/release/tim}
+  dir=/tmp/$1
+  rm -rf "$dir"; mkdir -p "$dir"
+  head -c 32 /dev/urandom > "$dir/key"
+  pids=(); servers=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+}
 
 # start_node I [FLAGS…]: node I on 127.0.0.I (client 20003, gossip 20004, links 20005), joining
 # through node 1 unless it is node 1; appends its pid to `pids` and its address to `servers`.

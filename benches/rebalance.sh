@@ -14,13 +14,8 @@
 # a fresh /tmp/tim-rebalance-bench and is stopped at the end.
 set -euo pipefail
 fill_pairs=${1:?fill pairs}; fill_secs=${2:?fill seconds}; rate=${3:?rate}; shift 3
-tim=${TIM:-target/release/tim}
-dir=/tmp/tim-rebalance-bench
-rm -rf "$dir"; mkdir -p "$dir"
-head -c 32 /dev/urandom > "$dir/key"
-pids=(); servers=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 source "$(dirname "$0")/lib.sh"
+setup tim-rebalance-bench
 for i in 1 2 3; do start_node "$i" "$@"; done
 wait_settled 3
 list=$(IFS=,; echo "${servers[*]}")

@@ -111,6 +111,17 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
     assert_eq!(values(&store_b, slot, b"late"), 1, "the write that finished before the fence moved too");
     // A copy that is repeated (the sender missed the answer) changes nothing.
     assert!(!copy(&store_a, &b, slot, epoch, 64).await);
+    // A paused between the last part and its switch: B serves, A still refuses writes.
+    let t = store_a.table("t").unwrap();
+    let mut row = Row::new(1);
+    row.set(0, bytes::Bytes::from_static(b"paused"));
+    let write = a.serve(slot, async {
+        let mut batch = Batch::new(slot);
+        batch.insert(t, row);
+        store_a.write(batch).await
+    });
+    assert_eq!(write.await.map(|_| ()), Err(Refusal::Moving { slot: 7 }));
+    assert_eq!(values(&store_a, slot, b"paused"), 0);
 
     a.give(slot, B, epoch).await.unwrap();
     assert_eq!(a.serve(slot, async {}).await, Err(Refusal::NotOwner { slot: 7, moved_to: Some((B, epoch)) }));
