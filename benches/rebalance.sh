@@ -31,6 +31,7 @@ taskset -c 1 "$tim" bench --server "$list" --prefix moving --json "$dir/moving.j
   chat "${measured[@]}" --duration 600 > /dev/null &
 load=$!
 sleep 2
+"$tim" cluster status --json --server 127.0.0.1:20005 --secret-file "$dir/key" > "$dir/before.json"
 started=$(date +%s.%N)
 start_node 4 "$@"
 wait_settled 4
@@ -41,8 +42,11 @@ wait "$load"
 python3 - "$started" "$joined" "$dir" <<'PY'
 import json, sys
 started, joined, folder = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-members = json.load(open(f"{folder}/status.json"))
-slots, sent = sum(m["moved_slots"] for m in members), sum(m["moved_bytes"] for m in members)
+def moved(name):
+    members = json.load(open(f"{folder}/{name}.json"))
+    return sum(m["moved_slots"] for m in members), sum(m["moved_bytes"] for m in members)
+(slots, sent), (slots_before, sent_before) = moved("status"), moved("before")
+slots, sent = slots - slots_before, sent - sent_before
 print(f"join: {joined - started:.1f} s from the fourth node's start until every slot is owned and still; "
       f"{slots} slots, {sent / 1e6:.1f} MB moved")
 for name in ("still", "moving"):
