@@ -64,25 +64,25 @@ impl History {
     }
 
     /// On the owner of `chat`'s slot: the `mid` of the message stored with `key` in the last
-    /// [`DEDUP_WINDOW`], or the `mid` it is stored at now; and whether it was there before.
+    /// [`DEDUP_WINDOW`], or the `mid` it is stored at now.
     pub async fn append_once_here(
         &self,
         chat: [u8; 16],
         from: UserId,
         msg: &TimMessage,
         key: &[u8; 24],
-    ) -> Result<(i64, bool), EngineError> {
+    ) -> Result<i64, EngineError> {
         let [a, b, ..] = *key;
         let stripe = usize::from(u16::from_be_bytes([a, b])) % DEDUP_STRIPES;
         let _one_at_a_time = self.dedup_locks.get(stripe).ok_or(EngineError::Internal("no dedup stripe"))?.lock().await;
         if let Some(mid) = self.stored_as(chat, key).await? {
-            return Ok((mid, true));
+            return Ok(mid);
         }
         let mut batch = Batch::new(partition::conversation(&chat));
         batch.insert(self.table, Self::row(chat, from, msg, Some(key)));
         let id =
             *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
-        Ok((mid_of(id)?, false))
+        mid_of(id)
     }
 
     /// [`History::append_once_here`], wherever the conversation's slot is.
@@ -92,7 +92,7 @@ impl History {
         from: UserId,
         msg: &TimMessage,
         key: [u8; 24],
-    ) -> Result<(i64, bool), EngineError> {
+    ) -> Result<i64, EngineError> {
         let here = self.append_once_here(chat, from, msg, &key);
         let call = SlotCall::AppendOnce { chat, from, msg: body_bytes(msg, Encoding::Compact), key };
         at_slot(&self.data, partition::conversation(&chat), here, call).await
@@ -178,7 +178,7 @@ impl History {
                 continue;
             };
             self.flush(std::mem::take(&mut inserts), std::mem::take(&mut inserted), &mut mids).await?;
-            let (mid, _) = self.append_once(chat, from, msg, *key).await?;
+            let mid = self.append_once(chat, from, msg, *key).await?;
             if let Some(slot) = mids.get_mut(i) {
                 *slot = Some(mid);
             }

@@ -307,19 +307,27 @@ impl Cluster {
     }
 
     /// The node that serves `slot`, as far as this node knows.
+    ///
     /// A slot fenced here is asked here (it answers *moving* until the hand-over ends); a
     /// slot given away goes where it was given, unless a newer route is known.
     pub fn owner_of(&self, slot: Slot) -> Option<NodeId> {
-        let route = lock(&self.routes).get(&slot).copied();
+        let route = || lock(&self.routes).get(&slot).copied();
         match self.ownership.state(slot) {
             Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => Some(self.node),
-            Some(SlotState::Given { to, epoch }) => match route.filter(|(_, known)| *known > epoch) {
+            Some(SlotState::Given { to, epoch }) => match route().filter(|(_, known)| *known > epoch) {
                 Some((node, _)) => Some(node),
-                // Given to a node that has left since: placement knows better.
-                None if !self.placement().members().iter().any(|m| m.id == to) => self.placement().owner(slot),
-                None => Some(to),
+                None => {
+                    // Given to a node that has left since: placement knows better.
+                    let placement = self.placement();
+                    let member = placement.members().iter().any(|m| m.id == to);
+                    if member {
+                        Some(to)
+                    } else {
+                        placement.owner(slot)
+                    }
+                }
             },
-            None => route.map(|(node, _)| node).or_else(|| self.placement().owner(slot)),
+            None => route().map(|(node, _)| node).or_else(|| self.placement().owner(slot)),
         }
     }
 
@@ -444,6 +452,7 @@ impl Cluster {
 
     /// Learns every live member's owned slots from the member itself; the members whose
     /// lists it got.
+    ///
     /// At most once per [`REFRESH_EVERY`]: callers that find a node down all at once ask once.
     pub async fn refresh_routes(&self) -> Vec<NodeId> {
         {

@@ -301,17 +301,10 @@ impl Mover {
         Ok(true)
     }
 
-    /// Runs a store read on the blocking pool.
-    async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, MoveError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || read(&*store)).await??)
-    }
-
+    /// What changed in the slot since the last call, read on the blocking pool.
     async fn changes(&self, slot: Slot) -> Result<SlotDelta, MoveError> {
-        self.read(move |store| store.changes(slot)).await
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.changes(slot)).await??)
     }
 
     /// Sends a part of an online copy before its last: the receiver cannot own the slot yet.
