@@ -12,14 +12,14 @@ setup() {
   trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 }
 
-# start_node I [FLAGS…]: node I on 127.0.0.I (client 20003, gossip 20004, links 20005), joining
+# start_node I [FLAGS…]: node I on 127.0.0.I (admin 20002, client 20003, gossip 20004, links 20005), joining
 # through node 1 unless it is node 1; appends its pid to `pids` and its address to `servers`.
 start_node() {
   local i=$1; shift
   local flags=(--listen "127.0.0.$i:20003" --data-dir "$dir/node$i" --secret-file "$dir/key"
     --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync false
     --rate-connection 0 --rate-account 0
-    --gossip-listen "127.0.0.$i:20004" --rpc-listen "127.0.0.$i:20005" "$@")
+    --admin-listen "127.0.0.$i:20002" --gossip-listen "127.0.0.$i:20004" --rpc-listen "127.0.0.$i:20005" "$@")
   [ "$i" != 1 ] && flags+=(--seeds 127.0.0.1:20004)
   taskset -c 0 "$tim" serve "${flags[@]}" > "$dir/node$i.out" 2> "$dir/node$i.log" &
   pids+=($!); servers+=("127.0.0.$i:20003")

@@ -144,6 +144,10 @@ pub enum SlotCall {
         name_key: [u8; 32],
         token: String,
     },
+    /// Rows of an export written back (`tim import`).
+    Restore {
+        rows: Vec<tim_kv::ExportedRow>,
+    },
 }
 
 /// An operation for a node's sessions, handled in the order the caller sent it.
@@ -237,7 +241,7 @@ fn answer<T: Serialize>(result: Result<T, EngineError>, op: &'static str) -> Res
 }
 
 impl EngineHandler for Handler {
-    fn at_slot(&self, _slot: Slot, body: Bytes) -> Answer {
+    fn at_slot(&self, slot: Slot, body: Bytes) -> Answer {
         let server = self.0.upgrade();
         Box::pin(async move {
             let server = server.ok_or("the node is stopping")?;
@@ -299,6 +303,7 @@ impl EngineHandler for Handler {
                 SlotCall::TokenConsume { name_key, token } => {
                     answer(Ok(server.accounts.consume_token_here(name_key, token)), "token")
                 }
+                SlotCall::Restore { rows } => answer(server.restore_here(slot, rows).await, "restore"),
                 SlotCall::ProfileModify { user, changes } => {
                     let changes = decode_bean(changes)?;
                     answer(server.accounts.modify_profile_here(user, changes).await, "profile modify")

@@ -24,6 +24,12 @@ enum Command {
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Writes all of a running cluster's data to a file (or checks a file with `--verify`),
+    /// through any node's admin listener, while it serves.
+    Export(tim_tools::dump::ExportArgs),
+    /// Writes the data of an export file into a running cluster. Rows keep their ids; a row
+    /// already there is left alone, so importing a file twice changes nothing.
+    Import(tim_tools::dump::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +59,8 @@ pub fn main() -> ExitCode {
         (Command::Cluster(ClusterCommand::Slots(target)), _) => return crate::status::slots(target),
         (Command::Cluster(ClusterCommand::Leave(args)), _) => return crate::status::leave(args),
         (Command::Cluster(ClusterCommand::Remove(args)), _) => return crate::status::remove(args),
+        (Command::Export(args), _) => return tool("export", tim_tools::dump::export(args, &admin_key)),
+        (Command::Import(args), _) => return tool("import", tim_tools::dump::import(args, &admin_key)),
         (Command::Bench(args), _) => {
             return match tim_tools::bench::main(args) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +95,23 @@ pub fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("tim serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The key a tool proves the deployment secret with to a node's admin listener.
+fn admin_key(target: &tim_tools::dump::Target) -> anyhow::Result<[u8; 32]> {
+    let secret = crate::secret::Secret::load(target.secret_file.as_deref(), &target.data_dir)?;
+    Ok(secret.derive("tim-rs admin"))
+}
+
+/// The exit code of an operator tool, its error printed with every cause.
+fn tool(name: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tim {name}: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -207,6 +207,11 @@ pub struct ServeConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gossip_listen: Option<SocketAddr>,
 
+    /// Address of the admin listener (HTTP, for `tim export`/`tim import`), or `off`. Keep it
+    /// on loopback or a private network: requests prove the deployment secret.
+    #[arg(long, env = "TIM_ADMIN_LISTEN", default_value = "127.0.0.1:20002")]
+    pub admin_listen: String,
+
     /// Node link address (TCP) of this node, for the other members' calls.
     #[arg(long, env = "TIM_RPC_LISTEN", default_value = "0.0.0.0:20005")]
     pub rpc_listen: SocketAddr,
@@ -302,6 +307,9 @@ impl ServeConfig {
         let invalid = |field, problem| Err(ConfigError::Invalid { field, problem });
         if self.device_limit == 0 {
             return invalid("device_limit", "must be at least 1");
+        }
+        if crate::admin::listen_addr(&self.admin_listen).is_err() {
+            return invalid("admin_listen", "must be `off` or an address (host:port)");
         }
         if !(1..=1000).contains(&self.weight) {
             return invalid("weight", "must be between 1 and 1000");

@@ -139,6 +139,16 @@ pub enum IdScheme {
     Tim,
 }
 
+impl IdScheme {
+    /// The scheme's name, as `--node-ids` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Keyed => "keyed",
+            Self::Tim => "tim",
+        }
+    }
+}
+
 /// Derives user ids and login-name keys.
 #[derive(Clone)]
 pub struct Ids {

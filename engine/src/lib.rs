@@ -2,6 +2,7 @@
 //! command line.
 
 mod accounts;
+mod admin;
 mod big_data;
 mod business;
 mod calls;
@@ -25,6 +26,7 @@ mod partition;
 mod presence;
 mod profiles;
 mod push;
+mod restore;
 mod roster;
 mod secret;
 mod server;

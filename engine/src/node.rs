@@ -39,6 +39,8 @@ use crate::vrooms::Rooms;
 /// A running node.
 pub struct NodeHandle {
     client_addr: SocketAddr,
+    /// The admin listener's address, unless it is off.
+    admin_addr: Option<SocketAddr>,
     server: Arc<Server>,
     store: Arc<RocksStore>,
     serving: JoinHandle<std::io::Result<()>>,
@@ -61,16 +63,14 @@ impl NodeHandle {
 
     /// The line `tim serve` prints when the node is up: its bound addresses.
     pub fn ready_line(&self) -> String {
-        match &self.member {
-            None => format!("tim ready listen={}", self.client_addr),
-            Some(m) => format!(
-                "tim ready listen={} rpc={} gossip={} node={}",
-                self.client_addr,
-                m.rpc_addr,
-                m.gossip_addr,
-                self.server.data.node()
-            ),
+        let mut line = format!("tim ready listen={}", self.client_addr);
+        if let Some(admin) = self.admin_addr {
+            line.push_str(&format!(" admin={admin}"));
         }
+        if let Some(m) = &self.member {
+            line.push_str(&format!(" rpc={} gossip={} node={}", m.rpc_addr, m.gossip_addr, self.server.data.node()));
+        }
+        line
     }
 
     /// Resolves once the node has left its cluster (`tim cluster leave`): it should stop
@@ -131,6 +131,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let ownership = Arc::new(Ownership::load(store.clone())?);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let client_addr = listener.local_addr()?;
+    let admin_listener = match crate::admin::listen_addr(&cfg.admin_listen).map_err(|e| anyhow::anyhow!(e))? {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener to {addr}"))?)
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let (data, member) = match cfg.gossip_listen {
         None => {
             // A node running alone owns every slot from its first start.
@@ -221,8 +228,18 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
             })
         });
     }
+    if let Some(admin_listener) = admin_listener {
+        let fingerprint = secret.derive("tim-rs fingerprint").iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let admin =
+            Arc::new(crate::admin::Admin { server: server.clone(), key: secret.derive("tim-rs admin"), fingerprint });
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(admin, admin_listener).await {
+                warn!(error = %ErrorChain(&e), "the admin listener stopped");
+            }
+        });
+    }
     let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
-    Ok(NodeHandle { client_addr, server, store, serving, member })
+    Ok(NodeHandle { client_addr, admin_addr, server, store, serving, member })
 }
 
 /// Binds the node's gossip and link sockets and joins (or founds) the cluster.

@@ -54,6 +54,11 @@ impl OfflineQueue {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets the cached queue lengths (rows were written behind the cache: an import).
+    pub fn forget_counts(&self) {
+        self.counts().clear();
+    }
+
     /// Up to `limit` entry ids of `user`'s queue, oldest first (index only).
     async fn entry_ids(&self, user: UserId, limit: usize) -> Result<Vec<RowId>, EngineError> {
         let table = self.table;

@@ -27,6 +27,14 @@ pub(crate) fn row_key(table: TableId, id: RowId) -> [u8; 14] {
     key
 }
 
+/// The table and row id of a row key.
+pub(crate) fn row_key_parts(key: &[u8]) -> Option<(TableId, RowId)> {
+    let key: &[u8; 14] = key.try_into().ok()?;
+    let (head, id) = key.split_at(6);
+    let table = u32::from_be_bytes(head.get(2..6)?.try_into().ok()?);
+    Some((TableId(table), RowId(u64::from_be_bytes(id.try_into().ok()?))))
+}
+
 /// Everything of one index value: the prefix all its entries share.
 pub(crate) fn index_prefix(slot: Slot, table: TableId, column: u16, value: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(6 + 2 + value.len() + 4 + 8);

@@ -20,6 +20,6 @@ pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
-    Batch, Cursor, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError, TableId,
-    WriteFuture,
+    Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
+    TableId, WriteFuture,
 };

@@ -17,7 +17,8 @@ use crate::keys;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
-    Batch, Cursor, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError, TableId, WriteFuture,
+    Batch, Cursor, ExportedRow, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError, TableId,
+    WriteFuture,
 };
 use crate::writer::{self, Work, WriteRequest};
 
@@ -307,6 +308,38 @@ impl Inner {
         Ok(row)
     }
 
+    /// Visits every key of `slot` in `regions` as one snapshot, in key order, until `visit`
+    /// returns `false`; `snapshot_taken` runs once the snapshot exists (before the first visit).
+    fn scan_slot(
+        &self,
+        slot: Slot,
+        regions: &[Region],
+        snapshot_taken: &mut dyn FnMut(),
+        visit: &mut dyn FnMut(Region, &[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::slot_prefix(slot);
+        let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
+        // One snapshot for the whole slot: the scan ends, however fast the slot is written.
+        let snapshot = self.db.snapshot();
+        snapshot_taken();
+        for &region in regions {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(end.clone());
+            let iter = snapshot.iterator_cf_opt(
+                self.cf(cf_name(region))?,
+                opts,
+                IteratorMode::From(&prefix, Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item.map_err(rocks)?;
+                if !visit(region, &key, &value)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {
         let def = self.def(table)?;
         let raw =
@@ -443,33 +476,31 @@ impl Store for RocksStore {
         max_bytes: usize,
         part: &mut dyn FnMut(Vec<RawEntry>) -> bool,
     ) -> Result<(), StoreError> {
+        let mut parts = Parts::new(max_bytes, part);
+        self.inner.scan_slot(slot, &Region::ALL, &mut || {}, &mut |region, key, value| {
+            let size = key.len() + value.len();
+            Ok(parts.push(RawEntry { region, key: key.to_vec(), value: value.to_vec() }, size))
+        })?;
+        parts.finish();
+        Ok(())
+    }
+
+    fn export_rows(
+        &self,
+        slot: Slot,
+        max_bytes: usize,
+        snapshot_taken: &mut dyn FnMut(),
+        part: &mut dyn FnMut(Vec<ExportedRow>) -> bool,
+    ) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        let prefix = keys::slot_prefix(slot);
-        let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
-        // One snapshot for the whole slot: the export ends, however fast the slot is written.
-        let snapshot = inner.db.snapshot();
-        let (mut entries, mut bytes) = (Vec::new(), 0);
-        for region in Region::ALL {
-            let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(end.clone());
-            let iter = snapshot.iterator_cf_opt(
-                inner.cf(cf_name(region))?,
-                opts,
-                IteratorMode::From(&prefix, Direction::Forward),
-            );
-            for item in iter {
-                let (key, value) = item.map_err(rocks)?;
-                bytes += key.len() + value.len();
-                entries.push(RawEntry { region, key: key.into_vec(), value: value.into_vec() });
-                if bytes >= max_bytes {
-                    bytes = 0;
-                    if !part(std::mem::take(&mut entries)) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        part(entries);
+        let mut parts = Parts::new(max_bytes, part);
+        inner.scan_slot(slot, &[Region::Rows], snapshot_taken, &mut |_, key, value| {
+            let (table, id) = keys::row_key_parts(key).ok_or(StoreError::Corrupt { table: "?", id: 0 })?;
+            let def = inner.def(table)?;
+            let row = inner.decode_row(table, def, id, value)?;
+            Ok(parts.push(ExportedRow { table, id, row }, key.len() + value.len()))
+        })?;
+        parts.finish();
         Ok(())
     }
 
@@ -500,6 +531,40 @@ impl Store for RocksStore {
 
     fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.db.get_cf(self.inner.cf(CF_META)?, keys::local_key(name)).map_err(rocks)
+    }
+}
+
+/// Gathers items into parts of about `max_bytes` for a caller's `part` callback.
+struct Parts<'a, T> {
+    max_bytes: usize,
+    bytes: usize,
+    items: Vec<T>,
+    part: &'a mut dyn FnMut(Vec<T>) -> bool,
+    stopped: bool,
+}
+
+impl<'a, T> Parts<'a, T> {
+    fn new(max_bytes: usize, part: &'a mut dyn FnMut(Vec<T>) -> bool) -> Self {
+        Self { max_bytes, bytes: 0, items: Vec::new(), part, stopped: false }
+    }
+
+    /// Adds an item; `false` once the caller wants no more.
+    fn push(&mut self, item: T, size: usize) -> bool {
+        self.items.push(item);
+        self.bytes += size;
+        if self.bytes < self.max_bytes {
+            return true;
+        }
+        self.bytes = 0;
+        self.stopped = !(self.part)(std::mem::take(&mut self.items));
+        !self.stopped
+    }
+
+    /// Hands over the last part (maybe empty: an export that was not stopped ends with one).
+    fn finish(self) {
+        if !self.stopped {
+            (self.part)(self.items);
+        }
     }
 }
 

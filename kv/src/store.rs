@@ -66,6 +66,11 @@ impl Row {
     pub fn get(&self, column: usize) -> Option<&Bytes> {
         self.cols.get(column).and_then(Option::as_ref)
     }
+
+    /// Bytes of its values.
+    pub fn size(&self) -> usize {
+        self.cols.iter().flatten().map(Bytes::len).sum()
+    }
 }
 
 /// Where a paged index read starts and in which direction it goes; the start id is inclusive.
@@ -101,6 +106,12 @@ pub(crate) enum Op {
     Delete {
         table: TableId,
         id: RowId,
+    },
+    /// A row from an export: written when its id is free, nothing when the same row is there.
+    Restore {
+        table: TableId,
+        id: RowId,
+        row: Row,
     },
 }
 
@@ -142,6 +153,15 @@ impl Batch {
         self
     }
 
+    /// Writes a row from an export under its id when that id is free (its id is then among
+    /// the write's returned ids, in op order with the inserts); does nothing when the same row
+    /// is there already, and fails with [`StoreError::Occupied`] when another row holds the
+    /// id. Importing the same rows twice thus changes nothing the second time.
+    pub fn restore(&mut self, table: TableId, id: RowId, row: Row) -> &mut Self {
+        self.ops.push(Op::Restore { table, id, row });
+        self
+    }
+
     /// Deletes a row; a missing row is no error.
     pub fn delete(&mut self, table: TableId, id: RowId) -> &mut Self {
         self.ops.push(Op::Delete { table, id });
@@ -168,6 +188,8 @@ pub enum StoreError {
     NotFound { table: &'static str, id: u64 },
     #[error("value of unique column `{column}` of table `{table}` already exists")]
     Duplicate { table: &'static str, column: &'static str },
+    #[error("row {id} of table `{table}` holds another row")]
+    Occupied { table: &'static str, id: u64 },
     #[error("row {id} of table `{table}` is corrupt")]
     Corrupt { table: &'static str, id: u64 },
     #[error("sealed column of row {id} of table `{table}` does not open with this key")]
@@ -210,6 +232,14 @@ pub struct RawEntry {
     pub region: Region,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+}
+
+/// A row as an export carries it: sealed columns opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedRow {
+    pub table: TableId,
+    pub id: RowId,
+    pub row: Row,
 }
 
 /// A stored key, without its value.
@@ -344,6 +374,18 @@ pub trait Store: Send + Sync + 'static {
         slot: Slot,
         max_bytes: usize,
         part: &mut dyn FnMut(Vec<RawEntry>) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// The slot's rows as they are now (one snapshot), sealed columns opened, in key order
+    /// (table, then id), handed to `part` in parts of about `max_bytes`; at least one part,
+    /// the last maybe empty. `snapshot_taken` runs once the snapshot exists, before the first
+    /// part. Stops early when `part` returns `false`. Blocks while it reads.
+    fn export_rows(
+        &self,
+        slot: Slot,
+        max_bytes: usize,
+        snapshot_taken: &mut dyn FnMut(),
+        part: &mut dyn FnMut(Vec<ExportedRow>) -> bool,
     ) -> Result<(), StoreError>;
 
     /// Applies a raw write atomically, in order with the batches (the writer forgets what it

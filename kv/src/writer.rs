@@ -238,6 +238,21 @@ impl Writer<'_> {
                     let old = self.row(*table, *id, overlay)?;
                     self.put_row(*table, *id, old.as_ref(), row.clone(), overlay, undo, staged)?;
                 }
+                Op::Restore { table, id, row } => {
+                    in_slot(id)?;
+                    match self.row(*table, *id, overlay)? {
+                        None => {
+                            self.pass_id(*table, *id, undo, staged)?;
+                            self.put_row(*table, *id, None, row.clone(), overlay, undo, staged)?;
+                            ids.push(*id);
+                        }
+                        Some(old) if same_row(&old, row) => {}
+                        Some(_) => {
+                            let name = self.inner.def(*table)?.name;
+                            return Err(StoreError::Occupied { table: name, id: id.0 });
+                        }
+                    }
+                }
                 Op::Update { table, id, changes } => {
                     in_slot(id)?;
                     let def = self.inner.def(*table)?;
@@ -433,4 +448,11 @@ impl Writer<'_> {
             };
         }
     }
+}
+
+/// Whether two rows hold the same values (a row read back may be wider or narrower by absent
+/// trailing columns).
+fn same_row(a: &Row, b: &Row) -> bool {
+    let width = a.cols.len().max(b.cols.len());
+    (0..width).all(|column| a.get(column) == b.get(column))
 }

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use tim_kv::{
-    Batch, ColumnDef, Cursor, RawEntry, RawWrite, Region, RocksStore, Row, RowId, SealKey, Slot, SlotDelta, Store,
-    StoreConfig, StoreError, TableDef,
+    Batch, ColumnDef, Cursor, ExportedRow, RawEntry, RawWrite, Region, RocksStore, Row, RowId, SealKey, Slot,
+    SlotDelta, Store, StoreConfig, StoreError, TableDef,
 };
 
 const MSG: TableDef = TableDef {
@@ -255,6 +255,84 @@ async fn a_row_put_with_its_id_moves_the_counter_past_it() {
     let mut b = Batch::new(Slot(4));
     b.put(t, RowId::new(Slot(5), 1), msg(b"c", "x"));
     assert!(matches!(store.write(b).await, Err(StoreError::OtherSlot { .. })));
+}
+
+fn exported(store: &RocksStore, slot: Slot, max_bytes: usize) -> Vec<Vec<ExportedRow>> {
+    let mut parts = Vec::new();
+    let mut snapshots = 0;
+    store
+        .export_rows(slot, max_bytes, &mut || snapshots += 1, &mut |rows| {
+            parts.push(rows);
+            true
+        })
+        .unwrap();
+    assert_eq!(snapshots, 1);
+    parts
+}
+
+#[tokio::test]
+async fn exported_rows_restore_into_another_store_once() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let (m, u) = (a.table("timmessage").unwrap(), a.table("timuser").unwrap());
+    for i in 0..50 {
+        let mut batch = Batch::new(Slot(9));
+        batch.insert(m, msg(b"chat", &format!("body {i}")));
+        a.write(batch).await.unwrap();
+    }
+    let mut batch = Batch::new(Slot(9));
+    batch.insert(u, Row::new(2).set(0, Bytes::from_static(b"alice")).set(1, Bytes::from_static(b"pw")).clone());
+    a.write(batch).await.unwrap();
+    let mut other_slot = Batch::new(Slot(10));
+    other_slot.insert(m, msg(b"chat", "elsewhere"));
+    a.write(other_slot).await.unwrap();
+
+    let parts = exported(&a, Slot(9), 512);
+    assert!(parts.len() > 2, "small parts: {}", parts.len());
+    let rows: Vec<ExportedRow> = parts.into_iter().flatten().collect();
+    assert_eq!(rows.len(), 51, "the slot's rows and no other slot's");
+    assert_eq!(rows[0].row.get(2).unwrap(), &Bytes::from_static(b"body 0"), "sealed columns come opened");
+
+    let restore = |rows: &[ExportedRow]| {
+        let mut batch = Batch::new(Slot(9));
+        for r in rows {
+            batch.restore(r.table, r.id, r.row.clone());
+        }
+        b.write(batch)
+    };
+    assert_eq!(restore(&rows).await.unwrap().len(), 51, "every row written the first time");
+    assert!(restore(&rows).await.unwrap().is_empty(), "nothing written the second time");
+    assert_eq!(
+        bodies(&b.page(m, Slot(9), 0, b"chat", Cursor::OLDEST, 100).unwrap()),
+        bodies(&a.page(m, Slot(9), 0, b"chat", Cursor::OLDEST, 100).unwrap())
+    );
+    assert_eq!(exported(&b, Slot(9), 1 << 20).concat(), rows, "the copy exports as the original");
+
+    // Ids go on after the restored ones.
+    let mut batch = Batch::new(Slot(9));
+    batch.insert(m, msg(b"chat", "new"));
+    assert!(b.write(batch).await.unwrap()[0] > rows[49].id);
+
+    // Another row at a restored id is refused, as is a second row with a unique value, and
+    // the refused batch writes nothing.
+    let mut changed = rows[3].clone();
+    changed.row.set(2, Bytes::from_static(b"changed"));
+    let mut batch = Batch::new(Slot(9));
+    batch.restore(m, RowId::new(Slot(9), 900), msg(b"chat", "fresh")).restore(changed.table, changed.id, changed.row);
+    assert!(matches!(b.write(batch).await, Err(StoreError::Occupied { .. })));
+    assert!(b.get(m, RowId::new(Slot(9), 900)).unwrap().is_none(), "the batch is atomic");
+    let mut batch = Batch::new(Slot(9));
+    batch.restore(u, RowId::new(Slot(9), 77), rows[50].row.clone());
+    assert!(matches!(b.write(batch).await, Err(StoreError::Duplicate { .. })));
+
+    // A consumer that stops early gets no more parts.
+    let mut seen = 0;
+    a.export_rows(Slot(9), 512, &mut || {}, &mut |_| {
+        seen += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(seen, 1);
 }
 
 #[tokio::test]

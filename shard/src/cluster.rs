@@ -134,6 +134,7 @@ pub struct Cluster {
     /// When the members were last asked what they own.
     refreshed_at: Mutex<Option<Instant>>,
     timeouts: Timeouts,
+    exports: crate::export::Exports,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -175,6 +176,7 @@ impl Cluster {
             retired: watch::Sender::new(BTreeSet::new()),
             refreshed_at: Mutex::new(None),
             timeouts,
+            exports: Default::default(),
         }
     }
 
@@ -482,7 +484,7 @@ impl Cluster {
     }
 
     /// Runs `request` on the owner of `slot`, following refusals.
-    async fn at(&self, slot: Slot, request: Request) -> Result<Reply, RouteError> {
+    pub(crate) async fn at(&self, slot: Slot, request: Request) -> Result<Reply, RouteError> {
         let started = Instant::now();
         // A slot is fenced for the last round of its move, a few ms: look again soon.
         let mut pause = Duration::from_millis(2);
@@ -559,7 +561,7 @@ impl Cluster {
     }
 
     /// Answers a request, from another node or this one.
-    async fn run(&self, from: NodeId, request: Request) -> Reply {
+    pub(crate) async fn run(&self, from: NodeId, request: Request) -> Reply {
         match request {
             Request::Data { slot, op } => {
                 let served = self.ownership.serve(Slot(slot), self.data(Slot(slot), op)).await;
@@ -598,6 +600,9 @@ impl Cluster {
                 }
             }
             Request::AtNodeNow { body } => now_reply(self, from, body),
+            Request::Export { stream, slot, part } => {
+                self.exports.part(self.node, &self.store, &self.ownership, stream, Slot(slot), part).await
+            }
             Request::Owned => Reply::Owned(self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect()),
             Request::Status => match self.membership.get() {
                 Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
@@ -677,7 +682,7 @@ fn learn_route(routes: &mut HashMap<Slot, (NodeId, u64)>, slot: Slot, node: Node
 }
 
 /// The error of an answer that is not the one the call expects.
-fn failed(node: NodeId, reply: Reply) -> RouteError {
+pub(crate) fn failed(node: NodeId, reply: Reply) -> RouteError {
     match reply {
         Reply::Failed { reason, duplicate } => RouteError::Remote { node, reason, duplicate },
         Reply::StoreFailed(e) => RouteError::Store(e),

@@ -2,6 +2,7 @@
 //! slots, and placement maps slots to nodes (see README.md beside this crate).
 
 mod cluster;
+mod export;
 mod gossip;
 mod handover;
 pub mod identity;

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
+use tim_kv::{Batch, Cursor, ExportedRow, Row, RowId, StoreError, TableId};
 
 use crate::membership::MemberInfo;
 use crate::ownership::{Part, Refusal};
@@ -33,6 +33,8 @@ pub(crate) enum Request {
     Remove { node: NodeId, force: bool },
     /// What the receiver holds, for the removal of `removed`.
     Holdings { removed: NodeId },
+    /// Part `part` of an export stream over `slot` (part 0 opens it on the slot's owner).
+    Export { stream: u64, slot: u16, part: u32 },
     /// The receiver owns `slot` from `epoch` on: its owner `from` was removed.
     Adopt { slot: u16, epoch: u64, from: NodeId },
 }
@@ -68,6 +70,12 @@ pub(crate) enum Reply {
         slots: u32,
     },
     Holdings(Holdings),
+    /// A part of an export stream, read on `node`.
+    Exported {
+        node: NodeId,
+        rows: Vec<ExportedRow>,
+        last: bool,
+    },
     Adopted,
     /// The slot is not served here.
     Refused(Refusal),

@@ -38,7 +38,7 @@ impl TestCluster {
         cluster
     }
 
-    fn secret_file(&self) -> String {
+    pub fn secret_file(&self) -> String {
         self.secret.path().join("secret.key").display().to_string()
     }
 

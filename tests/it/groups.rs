@@ -46,14 +46,14 @@ async fn refused_bare(client: &mut Client, rtype: i32, group: &str, user: Option
     assert_eq!((ack.ok, ack.tim_type, ack.t, ack.error_code()), (false, 41, None, Some(code)), "rtype {rtype}");
 }
 
-async fn new_group(client: &mut Client, name: &str, private: bool) -> String {
+pub async fn new_group(client: &mut Client, name: &str, private: bool) -> String {
     request(client, 8, Some(name), None, Some(if private { 1 } else { 2 })).await;
     let ack = client.recv_ack(WAIT).await.unwrap();
     assert!(ack.ok && ack.t == Some(8), "{ack:?}");
     ack.n.unwrap()
 }
 
-async fn nodes(client: &mut Client, rtype: i32, group: Option<&str>) -> Vec<String> {
+pub async fn nodes(client: &mut Client, rtype: i32, group: Option<&str>) -> Vec<String> {
     request(client, rtype, group, None, None).await;
     let frame = client.recv_within(WAIT).await.unwrap();
     assert_eq!(frame.kind, FrameType::Nodes, "{frame:?}");
@@ -153,7 +153,7 @@ topology_test!(async fn the_group_life_cycle_with_every_push_and_error(servers, 
     refused_bare(&mut ann, 12, "0OIl", Some(&ben_node), 4106).await;
 });
 
-fn to_group(group: &str, text: &str, od_type: i8, mid: Option<i64>) -> TimMessage {
+pub fn to_group(group: &str, text: &str, od_type: i8, mid: Option<i64>) -> TimMessage {
     TimMessage {
         ms_type: 3,
         od_type,
@@ -164,7 +164,7 @@ fn to_group(group: &str, text: &str, od_type: i8, mid: Option<i64>) -> TimMessag
     }
 }
 
-async fn group_history(client: &mut Client, group: &str) -> Vec<TimMessage> {
+pub async fn group_history(client: &mut Client, group: &str) -> Vec<TimMessage> {
     let req =
         TimReq { rtype: Some(2), node: Some(group.into()), req_int: Some(0), req_int2: Some(20), ..TimReq::default() };
     client.send(FrameType::PullMessage, &req).await.unwrap();

@@ -18,4 +18,5 @@ mod profiles;
 mod rebalance;
 mod roster;
 mod topology;
+mod transfer;
 mod vrooms;

@@ -21,6 +21,8 @@ pub struct TestNode {
     /// The node link and gossip addresses and node id of a cluster member.
     pub rpc: Option<SocketAddr>,
     pub gossip: Option<SocketAddr>,
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
     pub id: Option<String>,
     /// The extra `serve` arguments it was started with.
     args: Vec<String>,
@@ -63,6 +65,8 @@ impl TestNode {
             .arg(listen.to_string())
             .arg("--data-dir")
             .arg(dir.path().join("data"))
+            .arg("--admin-listen")
+            .arg(SocketAddr::new(host, 0).to_string())
             .args(args)
             .env("TIM_LOG", "debug")
             .stdout(Stdio::piped())
@@ -70,7 +74,16 @@ impl TestNode {
             .spawn()
             .expect("spawn tim");
         let args = args.iter().map(|a| (*a).to_owned()).collect();
-        let mut node = TestNode { child, dir, addr: SocketAddr::new(host, 0), rpc: None, gossip: None, id: None, args };
+        let mut node = TestNode {
+            child,
+            dir,
+            addr: SocketAddr::new(host, 0),
+            rpc: None,
+            gossip: None,
+            admin: None,
+            id: None,
+            args,
+        };
         let stdout = node.child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -88,6 +101,7 @@ impl TestNode {
                 "listen" => node.addr = value.parse().expect("listen address"),
                 "rpc" => node.rpc = Some(value.parse().expect("rpc address")),
                 "gossip" => node.gossip = Some(value.parse().expect("gossip address")),
+                "admin" => node.admin = Some(value.parse().expect("admin address")),
                 "node" => node.id = Some(value),
                 _ => {}
             }

@@ -10,7 +10,7 @@ use crate::node::WAIT;
 use crate::roster::{pushed, user};
 use crate::topology::topology_test;
 
-async fn nodes_request(client: &mut Client, req: TimNodes) -> Result<TimNodes, TimAck> {
+pub async fn nodes_request(client: &mut Client, req: TimNodes) -> Result<TimNodes, TimAck> {
     client.send(FrameType::Nodes, &req).await.unwrap();
     let frame = client.recv_within(WAIT).await.unwrap();
     match frame.kind {
@@ -20,7 +20,7 @@ async fn nodes_request(client: &mut Client, req: TimNodes) -> Result<TimNodes, T
     }
 }
 
-async fn modify_user(client: &mut Client, beans: Vec<TimUserBean>) -> TimAck {
+pub async fn modify_user(client: &mut Client, beans: Vec<TimUserBean>) -> TimAck {
     let usermap: BTreeMap<String, TimUserBean> =
         beans.into_iter().enumerate().map(|(i, b)| (i.to_string(), b)).collect();
     nodes_request(client, TimNodes { ntype: 6, usermap: Some(usermap), ..TimNodes::default() }).await.unwrap_err()

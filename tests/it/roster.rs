@@ -30,7 +30,7 @@ pub async fn pushed(client: &mut Client, ack: bool) -> TimMessage {
     frame.decode(client.encoding()).unwrap()
 }
 
-async fn roster_of(client: &mut Client, rtype: i32) -> Vec<String> {
+pub async fn roster_of(client: &mut Client, rtype: i32) -> Vec<String> {
     business(client, rtype, None, None).await;
     let frame = client.recv_within(WAIT).await.unwrap();
     assert_eq!(frame.kind, FrameType::Nodes);

@@ -1,0 +1,114 @@
+//! Rows of an export written back (`tim import`), each slot's on the slot's owner.
+//!
+//! A row goes back under its own id only where that id is free, and is left alone where the
+//! same row is there already, so importing a file twice changes nothing the second time. A
+//! row that would replace another, or repeat another row's unique value, is skipped and
+//! reported. The owner then drops what it cached of the rows' kind (relations, queue
+//! lengths) and finishes any relation change the export caught half done.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tim_kv::{Batch, ExportedRow, Slot, StoreError};
+use tim_net::report::ErrorChain;
+use tim_shard::RouteError;
+use tracing::warn;
+
+use crate::calls::{at_slot, SlotCall};
+use crate::error::EngineError;
+use crate::server::Server;
+use crate::tables;
+
+/// What a slot's owner did with rows given back.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Restored {
+    pub written: u64,
+    pub unchanged: u64,
+    /// Table id, row id, why.
+    pub skipped: Vec<(u32, u64, String)>,
+}
+
+/// Why the store refused a row, for the operator; `None` for failures that are not the
+/// row's (the import stops on those).
+fn refusal(e: &EngineError) -> Option<String> {
+    let store = match e {
+        EngineError::Store(e) | EngineError::Route(RouteError::Store(e)) => e,
+        _ => return None,
+    };
+    match store {
+        StoreError::Occupied { .. } => Some("another row holds its id".into()),
+        StoreError::Duplicate { column, .. } => Some(format!("another row has the same `{column}`")),
+        StoreError::UnknownColumn { .. } => Some("it has more columns than the table here".into()),
+        StoreError::OtherSlot { .. } => Some("its id is not of the slot it came in".into()),
+        StoreError::UnknownTable(_) => Some("the table does not exist here".into()),
+        _ => None,
+    }
+}
+
+impl Server {
+    /// Writes `rows` of `slot` back, on the slot's owner.
+    pub async fn restore(self: &Arc<Self>, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
+        at_slot(&self.data, slot, self.restore_here(slot, rows.clone()), SlotCall::Restore { rows }).await
+    }
+
+    /// [`Server::restore`] on the owner (under the slot's guard).
+    pub async fn restore_here(self: &Arc<Self>, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
+        let mut restored = Restored::default();
+        let mut batch = Batch::new(slot);
+        for row in &rows {
+            batch.restore(row.table, row.id, row.row.clone());
+        }
+        match self.data.write(batch).await.map_err(EngineError::from) {
+            Ok(written) => {
+                restored.written = written.len() as u64;
+                restored.unchanged = (rows.len() - written.len()) as u64;
+            }
+            Err(e) if refusal(&e).is_some() => {
+                // One row refused fails the batch: find which, one at a time.
+                for row in &rows {
+                    let mut one = Batch::new(slot);
+                    one.restore(row.table, row.id, row.row.clone());
+                    match self.data.write(one).await.map_err(EngineError::from) {
+                        Ok(written) if written.is_empty() => restored.unchanged += 1,
+                        Ok(_) => restored.written += 1,
+                        Err(e) => match refusal(&e) {
+                            Some(why) => restored.skipped.push((row.table.0, row.id.0, why)),
+                            None => return Err(e),
+                        },
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if restored.written > 0 {
+            self.forget_restored(slot, &rows);
+        }
+        Ok(restored)
+    }
+
+    /// Drops what this owner cached of the kinds of rows written, and finishes the relation
+    /// changes among them that were half done when exported.
+    fn forget_restored(self: &Arc<Self>, slot: Slot, rows: &[ExportedRow]) {
+        let of = |name: &str| self.data.table(name);
+        let has = |name: &str| of(name).is_some_and(|t| rows.iter().any(|r| r.table == t));
+        if has(tables::timoffline::DEF.name) {
+            self.offline.forget_counts();
+        }
+        let relations = has(tables::timrelate::DEF.name);
+        let group_relations = has(tables::timgrouprelate::DEF.name);
+        if relations {
+            self.rosters.forget_cache();
+        }
+        if relations || group_relations {
+            // Not under the slot's guard: a repair calls the users' slots.
+            let server = self.clone();
+            tokio::spawn(async move {
+                for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
+                    if let Err(e) = result {
+                        warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair after an import failed");
+                    }
+                }
+            });
+        }
+    }
+}

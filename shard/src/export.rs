@@ -1,0 +1,215 @@
+//! Reading whole slots for `tim export`: each slot's rows as one snapshot taken on its owner
+//! while it owns the slot, streamed to the caller in parts.
+//!
+//! The owner keeps an open stream per slot being exported: a reader on the blocking pool walks
+//! the snapshot and hands parts over a channel two deep, so an export holds about two parts
+//! of memory per slot whatever the slot's size. The caller asks for the parts in order, part 0
+//! through the slot's routing (which finds the owner), the rest at the node that answered it:
+//! the snapshot outlives a hand-over of the slot, so an export started before a move finishes
+//! from the old owner. A part asked again (its answer was lost) is answered again, but for the
+//! last, after which the stream is gone. Streams nobody asked for in a while are dropped,
+//! which ends their reader.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tim_kv::{ExportedRow, Slot, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::{Cluster, RouteError};
+use crate::ownership::Ownership;
+use crate::placement::NodeId;
+use crate::wire::{Reply, Request};
+
+/// Bytes of rows per part.
+const PART_BYTES: usize = 1 << 20;
+/// Streams a node keeps open at once; a caller past it is refused until one ends.
+const MAX_STREAMS: usize = 64;
+/// A stream nobody asked for in this long is dropped.
+const IDLE: Duration = Duration::from_secs(60);
+/// Times a part is asked again after its node did not answer.
+const RETRIES: u32 = 3;
+
+type Item = Result<(Vec<ExportedRow>, bool), StoreError>;
+
+struct Stream {
+    slot: Slot,
+    /// The next part to read from the reader.
+    next: u32,
+    parts: mpsc::Receiver<Item>,
+    /// The last part answered, for a caller that asks again.
+    answered: Option<(Vec<ExportedRow>, bool)>,
+    touched: Instant,
+}
+
+/// The export streams a node serves.
+#[derive(Default)]
+pub(crate) struct Exports {
+    streams: Mutex<HashMap<u64, Stream>>,
+}
+
+impl Exports {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Stream>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers a request for part `part` of stream `id` over `slot`.
+    pub(crate) async fn part(
+        &self,
+        node: NodeId,
+        store: &Arc<dyn Store>,
+        ownership: &Ownership,
+        id: u64,
+        slot: Slot,
+        part: u32,
+    ) -> Reply {
+        let now = Instant::now();
+        let taken = {
+            let mut streams = self.streams();
+            streams.retain(|_, s| now.duration_since(s.touched) < IDLE);
+            match streams.remove(&id) {
+                Some(stream) if stream.slot == slot => Some(stream),
+                Some(_) => return failed(format!("export stream {id} reads another slot than {}", slot.0)),
+                None if part > 0 => {
+                    return failed(format!(
+                        "export stream {id} of slot {} is gone (idle, or the node restarted)",
+                        slot.0
+                    ))
+                }
+                None if streams.len() >= MAX_STREAMS => {
+                    return failed(format!("this node serves {MAX_STREAMS} export streams already; try again later"))
+                }
+                None => None,
+            }
+        };
+        let mut stream = match taken {
+            Some(stream) => stream,
+            None => match open(store, ownership, slot).await {
+                Ok(parts) => Stream { slot, next: 0, parts, answered: None, touched: now },
+                Err(reply) => return reply,
+            },
+        };
+        let answer = if part + 1 == stream.next {
+            stream.answered.clone()
+        } else if part == stream.next {
+            match stream.parts.recv().await {
+                Some(Ok(answer)) => {
+                    stream.next += 1;
+                    stream.answered = Some(answer.clone());
+                    Some(answer)
+                }
+                Some(Err(e)) => return Reply::StoreFailed(e),
+                None => return failed(format!("the reader of slot {} stopped", slot.0)),
+            }
+        } else {
+            None
+        };
+        let Some((rows, last)) = answer else {
+            return failed(format!("export stream {id}: part {part} asked, part {} expected", stream.next));
+        };
+        // A finished stream is dropped: its reader is done, and its last part may be large.
+        if !last {
+            stream.touched = Instant::now();
+            self.streams().insert(id, stream);
+        }
+        Reply::Exported { node, rows, last }
+    }
+}
+
+/// Starts a reader of `slot`'s rows, taking its snapshot while the slot is owned here.
+async fn open(store: &Arc<dyn Store>, ownership: &Ownership, slot: Slot) -> Result<mpsc::Receiver<Item>, Reply> {
+    let (tx, rx) = mpsc::channel(2);
+    let served = ownership
+        .serve(slot, async {
+            let (taken_tx, taken_rx) = oneshot::channel();
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || read(&*store, slot, tx, taken_tx));
+            // The slot's guard is held until the snapshot exists, so it is the owner's data.
+            taken_rx.await.is_ok()
+        })
+        .await;
+    match served {
+        Ok(true) => Ok(rx),
+        Ok(false) => Err(failed(format!("the reader of slot {} did not start", slot.0))),
+        Err(refusal) => Err(Reply::Refused(refusal)),
+    }
+}
+
+/// Reads the slot into `tx`, each part sent once the next is known, so the last is marked.
+fn read(store: &dyn Store, slot: Slot, tx: mpsc::Sender<Item>, taken: oneshot::Sender<()>) {
+    let mut taken = Some(taken);
+    let mut pending: Option<Vec<ExportedRow>> = None;
+    let result = store.export_rows(
+        slot,
+        PART_BYTES,
+        &mut || {
+            if let Some(taken) = taken.take() {
+                let _ = taken.send(());
+            }
+        },
+        &mut |rows| match pending.replace(rows) {
+            Some(previous) => tx.blocking_send(Ok((previous, false))).is_ok(),
+            None => true,
+        },
+    );
+    let last = match result {
+        Ok(()) => Ok((pending.unwrap_or_default(), true)),
+        Err(e) => Err(e),
+    };
+    let _ = tx.blocking_send(last);
+}
+
+fn failed(reason: String) -> Reply {
+    Reply::Failed { reason, duplicate: false }
+}
+
+impl Cluster {
+    /// Reads `slot` for an export: its rows as one snapshot on its owner, sent into `rows`
+    /// in parts (sealed columns opened). Returns the number of rows.
+    pub async fn export_slot<T: From<Vec<ExportedRow>>>(
+        &self,
+        slot: Slot,
+        rows: &mpsc::Sender<T>,
+    ) -> Result<u64, RouteError> {
+        let stream = rand::random::<u64>();
+        let (mut node, mut count) = (None, 0u64);
+        for part in 0u32.. {
+            let request = Request::Export { stream, slot: slot.0, part };
+            let reply = match node {
+                None => self.at(slot, request).await?,
+                Some(node) => self.ask_again(node, &request).await?,
+            };
+            let Reply::Exported { node: from, rows: part_rows, last } = reply else {
+                return Err(crate::cluster::failed(node.unwrap_or(self.node()), reply));
+            };
+            node = Some(from);
+            count += part_rows.len() as u64;
+            if !part_rows.is_empty() && rows.send(T::from(part_rows)).await.is_err() {
+                return Err(RouteError::Unavailable { slot: slot.0, reason: "the export was cancelled".into() });
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends `request` to `node` (this one included), asking again when it went unanswered.
+    async fn ask_again(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
+        let mut tries = 0;
+        loop {
+            let result = if node == self.node() {
+                Ok(self.run(node, request.clone()).await)
+            } else {
+                self.send(node, request).await
+            };
+            match result {
+                Err(RouteError::Unreachable { .. }) if tries < RETRIES => tries += 1,
+                Ok(Reply::StoreFailed(e)) => return Err(RouteError::Store(e)),
+                Ok(Reply::Failed { reason, duplicate }) => return Err(RouteError::Remote { node, reason, duplicate }),
+                other => return other,
+            }
+        }
+    }
+}
