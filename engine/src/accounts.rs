@@ -240,7 +240,8 @@ impl Accounts {
         at_slot(&self.data, partition::token(token), here, call).await?.ok_or(EngineError::Refused(ErrorCode::Token))
     }
 
-    async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
+    /// An argon2id hash of a password (on the hashing pool).
+    pub async fn hash(&self, pwd: &str) -> Result<String, EngineError> {
         let pwd = pwd.to_owned();
         self.on_hash_pool(move |argon2| {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
@@ -252,7 +253,8 @@ impl Accounts {
         .await
     }
 
-    async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
+    /// Whether a password matches its stored argon2id hash.
+    pub async fn check(&self, pwd: &str, stored: String) -> Result<bool, EngineError> {
         let pwd = pwd.to_owned();
         self.on_hash_pool(move |argon2| {
             let parsed = PasswordHash::new(&stored).map_err(|e| EngineError::PasswordHash(e.to_string()))?;

@@ -1,10 +1,14 @@
 //! The admin listener (`--admin-listen`, loopback by default): HTTP for operator tools.
 //!
-//! Every request proves the deployment secret (`tim_tools::admin_auth`). It serves:
-//! - `GET /v1/info`: what the cluster is (JSON), so a tool can check that data fits it;
-//! - `GET /v1/export`: every slot's rows, each slot read as one snapshot on its owner,
-//!   streamed as frames (`tim_tools::dump::wire`);
-//! - `POST /v1/import`: rows written back on their slots' owners.
+//! A request proves the deployment secret (`tim_tools::admin_auth`: operator tools), or
+//! carries an admin's bearer token from `POST /v1/login` ([`crate::admins`]), whose role
+//! decides what it may do. It serves:
+//! - `POST /v1/login`: an admin's name and password for a token (no proof needed);
+//! - `GET /v1/admins` (read), `POST /v1/admins` and `DELETE /v1/admins/{name}` (write);
+//! - `GET /v1/info` (read): what the cluster is (JSON), so a tool can check that data fits;
+//! - `GET /v1/export` (secret): every slot's rows, each slot read as one snapshot on its
+//!   owner, streamed as frames (`tim_tools::dump::wire`);
+//! - `POST /v1/import` (secret): rows written back on their slots' owners.
 //!
 //! Any node answers for the whole cluster: it routes each slot to its owner.
 
@@ -14,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use tim_kv::{ExportedRow, Slot, TableId};
@@ -29,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::admins::{AdminError, Admins, Role};
 use crate::server::Server;
 use crate::tables;
 
@@ -46,12 +51,70 @@ pub struct Admin {
     pub key: [u8; 32],
     /// Digest of the deployment secret (see [`Source::fingerprint`]).
     pub fingerprint: String,
+    pub admins: Admins,
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// A tool that proved the deployment secret: may do anything.
+    Secret,
+    Admin {
+        name: String,
+        role: Role,
+    },
+    Nobody,
+}
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Read,
+    Write,
+    Secret,
+}
+
+impl Caller {
+    /// Who it is, for the log.
+    fn who(&self) -> &str {
+        match self {
+            Self::Secret => "a holder of the deployment secret",
+            Self::Admin { name, .. } => name,
+            Self::Nobody => "nobody",
+        }
+    }
+
+    /// `Err` with the answer for a caller who may not.
+    #[allow(clippy::result_large_err)]
+    fn may(&self, need: Need) -> Result<(), Response> {
+        let allowed = match (self, need) {
+            (Self::Secret, _) => true,
+            (Self::Admin { role, .. }, Need::Read) => *role >= Role::Read,
+            (Self::Admin { role, .. }, Need::Write) => *role >= Role::Write,
+            (Self::Admin { .. }, Need::Secret) | (Self::Nobody, _) => false,
+        };
+        match (allowed, self) {
+            (true, _) => Ok(()),
+            (false, Self::Nobody) => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "sign in (POST /v1/login, then Authorization: Bearer <token>), or prove the deployment secret \
+                 (Authorization: Tim-Secret <time>.<HMAC>, as tim export/import do)"
+                    .into(),
+            )),
+            (false, _) => {
+                Err(refuse(StatusCode::FORBIDDEN, format!("this needs {need:?} rights; the caller is {self:?}")))
+            }
+        }
+    }
 }
 
 /// Serves the admin listener until the node shuts down.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = admin.server.shutdown.clone();
     let app = Router::new()
+        .route("/v1/login", post(login))
+        .route("/v1/admins", get(list_admins).post(create_admin))
+        .route("/v1/admins/{name}", delete(delete_admin))
         .route("/v1/info", get(info))
         .route("/v1/export", get(export))
         .route("/v1/import", post(import).layer(DefaultBodyLimit::max(wire::MAX_IMPORT_BODY)))
@@ -60,22 +123,127 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-/// Lets a request through when it proves the deployment secret (over its body too, read
-/// here up to the largest body any route takes).
+/// Tells who sent a request (a secret proof covers the body too, read here up to the
+/// largest body any route takes); the routes decide what the caller may do.
 async fn authenticate(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, wire::MAX_IMPORT_BODY).await else {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("bodies have at most {} bytes", wire::MAX_IMPORT_BODY));
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let proof = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if !admin_auth::verify(&admin.key, parts.method.as_str(), path, &body, proof) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "prove the deployment secret: Authorization: Tim-Secret <time>.<HMAC> (tim export/import do)".into(),
-        );
-    }
+    let caller = if let Some(token) = proof.strip_prefix("Bearer ") {
+        match admin.admins.check_token(token.trim()).await {
+            Ok(Some((name, role))) => Caller::Admin { name, role },
+            Ok(None) => Caller::Nobody,
+            Err(e) => return failed(&e),
+        }
+    } else {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        match admin_auth::verify(&admin.key, parts.method.as_str(), path, &body, proof) {
+            true => Caller::Secret,
+            false => Caller::Nobody,
+        }
+    };
+    parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// The answer to an admin operation that failed.
+fn failed(e: &AdminError) -> Response {
+    let status = match e {
+        AdminError::Exists(_) => StatusCode::CONFLICT,
+        AdminError::BadName | AdminError::BadPassword | AdminError::Full => StatusCode::BAD_REQUEST,
+        AdminError::Engine(_) => {
+            warn!(error = %ErrorChain(e), "admin operation failed");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    refuse(status, ErrorChain(e).to_string())
+}
+
+/// A JSON body, or the answer that says why it is not one.
+#[allow(clippy::result_large_err)]
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("the body does not decode: {e}")))
+}
+
+#[derive(serde::Deserialize)]
+struct SignIn {
+    name: String,
+    password: String,
+    /// Seconds the token lives (default one hour).
+    ttl_secs: Option<u64>,
+}
+
+async fn login(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
+    let request: SignIn = match parse(&body) {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
+    let ttl = request.ttl_secs.unwrap_or(3600);
+    match admin.admins.sign_in(&admin.server.accounts, &request.name, &request.password, ttl).await {
+        Ok(Some(issued)) => {
+            info!(admin = %request.name, "admin signed in");
+            json(&issued)
+        }
+        Ok(None) => {
+            info!(admin = %request.name, "admin sign-in refused");
+            refuse(StatusCode::UNAUTHORIZED, "wrong name or password".into())
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+async fn list_admins(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(answer) = caller.may(Need::Read) {
+        return answer;
+    }
+    match admin.admins.list().await {
+        Ok(list) => json(&list),
+        Err(e) => failed(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NewAdmin {
+    name: String,
+    password: String,
+    role: Role,
+}
+
+async fn create_admin(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
+    if let Err(answer) = caller.may(Need::Write) {
+        return answer;
+    }
+    let new: NewAdmin = match parse(&body) {
+        Ok(new) => new,
+        Err(answer) => return answer,
+    };
+    match admin.admins.create(&admin.server.accounts, &new.name, &new.password, new.role).await {
+        Ok(()) => {
+            info!(admin = %new.name, role = ?new.role, by = caller.who(), "admin created");
+            (StatusCode::CREATED, "created").into_response()
+        }
+        Err(e) => failed(&e),
+    }
+}
+
+async fn delete_admin(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(answer) = caller.may(Need::Write) {
+        return answer;
+    }
+    match admin.admins.delete(&name).await {
+        Ok(true) => {
+            info!(admin = %name, by = caller.who(), "admin deleted");
+            (StatusCode::OK, "deleted").into_response()
+        }
+        Ok(false) => refuse(StatusCode::NOT_FOUND, format!("no admin named {name:?}")),
+        Err(e) => failed(&e),
+    }
 }
 
 impl Admin {
@@ -114,11 +282,17 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
     }
 }
 
-async fn info(State(admin): State<Arc<Admin>>) -> Response {
+async fn info(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(answer) = caller.may(Need::Read) {
+        return answer;
+    }
     json(&admin.source())
 }
 
-async fn export(State(admin): State<Arc<Admin>>) -> Response {
+async fn export(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(answer) = caller.may(Need::Secret) {
+        return answer;
+    }
     let (tx, rx) = mpsc::channel::<ExportFrame>(EXPORT_QUEUE);
     info!("export started");
     admin.server.tasks.spawn(run_export(admin.clone(), tx));
@@ -186,7 +360,10 @@ fn refuse(status: StatusCode, why: String) -> Response {
     (status, why).into_response()
 }
 
-async fn import(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
+async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
+    if let Err(answer) = caller.may(Need::Secret) {
+        return answer;
+    }
     let request: ImportRequest = match postcard::from_bytes(&body) {
         Ok(request) => request,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the import request does not decode: {e}")),

@@ -24,6 +24,9 @@ enum Command {
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Admin accounts of the admin API (`--admin-listen`).
+    #[command(subcommand)]
+    Admin(tim_tools::admin::AdminCommand),
     /// Writes all of a running cluster's data to a file (or checks a file with `--verify`),
     /// through any node's admin listener, while it serves.
     Export(tim_tools::dump::ExportArgs),
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         (Command::Cluster(ClusterCommand::Slots(target)), _) => return crate::status::slots(target),
         (Command::Cluster(ClusterCommand::Leave(args)), _) => return crate::status::leave(args),
         (Command::Cluster(ClusterCommand::Remove(args)), _) => return crate::status::remove(args),
+        (Command::Admin(command), _) => return tool("admin", tim_tools::admin::run(command, &admin_key)),
         (Command::Export(args), _) => return tool("export", tim_tools::dump::export(args, &admin_key)),
         (Command::Import(args), _) => return tool("import", tim_tools::dump::import(args, &admin_key)),
         (Command::Bench(args), _) => {
@@ -101,8 +105,10 @@ pub fn main() -> ExitCode {
 }
 
 /// The key a tool proves the deployment secret with to a node's admin listener.
-fn admin_key(target: &tim_tools::dump::Target) -> anyhow::Result<[u8; 32]> {
-    let secret = crate::secret::Secret::load(target.secret_file.as_deref(), &target.data_dir)?;
+fn admin_key(target: &tim_tools::admin_client::Target) -> anyhow::Result<[u8; 32]> {
+    // The error's text names its cause already.
+    let secret = crate::secret::Secret::load(target.secret_file.as_deref(), &target.data_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(secret.derive("tim-rs admin"))
 }
 

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod admins;
 mod big_data;
 mod business;
 mod calls;

@@ -229,9 +229,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         });
     }
     if let Some(admin_listener) = admin_listener {
-        let fingerprint = secret.derive("tim-rs fingerprint").iter().take(8).map(|b| format!("{b:02x}")).collect();
-        let admin =
-            Arc::new(crate::admin::Admin { server: server.clone(), key: secret.derive("tim-rs admin"), fingerprint });
+        let fingerprint = tim_tools::hex::encode(secret.derive("tim-rs fingerprint").get(..8).unwrap_or_default());
+        let admins = crate::admins::Admins::new(server.data.clone(), secret.derive("tim-rs admin tokens"))?;
+        let key = secret.derive("tim-rs admin");
+        let admin = Arc::new(crate::admin::Admin { server: server.clone(), key, fingerprint, admins });
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(admin, admin_listener).await {
                 warn!(error = %ErrorChain(&e), "the admin listener stopped");

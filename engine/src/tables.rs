@@ -156,6 +156,34 @@ pub mod timgrouprelate {
     };
 }
 
+/// Admin accounts of the admin API, all in one slot so they can be listed.
+pub mod timadmin {
+    use super::*;
+    pub const NAME: usize = 0;
+    /// argon2id PHC string.
+    pub const PWD: usize = 1;
+    /// 1 read, 2 write.
+    pub const ROLE: usize = 2;
+    /// Seconds since the epoch, 8 bytes big-endian.
+    pub const CREATETIME: usize = 3;
+    /// Random, set anew with the password: a token is valid under the epoch it names.
+    pub const EPOCH: usize = 4;
+    /// `[1]` on every row: the index that lists them.
+    pub const ALL: usize = 5;
+    pub const DEF: TableDef = TableDef {
+        id: 11,
+        name: "timadmin",
+        columns: &[
+            ColumnDef::unique("name"),
+            ColumnDef::plain("pwd"),
+            ColumnDef::plain("role"),
+            ColumnDef::plain("createtime"),
+            ColumnDef::plain("epoch"),
+            ColumnDef::indexed("all"),
+        ],
+    };
+}
+
 /// Every table the engine declares at open. The ids are those the first release allocated in
 /// this order, so existing stores keep their keys.
 pub const ALL: &[TableDef] = &[
@@ -169,4 +197,5 @@ pub const ALL: &[TableDef] = &[
     pair::TIMBLOCK,
     pair::TIMBLOCKROOM,
     timgrouprelate::DEF,
+    timadmin::DEF,
 ];

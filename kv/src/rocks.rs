@@ -315,7 +315,7 @@ impl Inner {
         slot: Slot,
         regions: &[Region],
         snapshot_taken: &mut dyn FnMut(),
-        visit: &mut dyn FnMut(Region, &[u8], &[u8]) -> Result<bool, StoreError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         let prefix = keys::slot_prefix(slot);
         let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
@@ -533,6 +533,9 @@ impl Store for RocksStore {
         self.inner.db.get_cf(self.inner.cf(CF_META)?, keys::local_key(name)).map_err(rocks)
     }
 }
+
+/// A scan's visitor: region, key and value; `false` to stop.
+type Visit<'a> = dyn FnMut(Region, &[u8], &[u8]) -> Result<bool, StoreError> + 'a;
 
 /// Gathers items into parts of about `max_bytes` for a caller's `part` callback.
 struct Parts<'a, T> {

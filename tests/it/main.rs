@@ -3,6 +3,7 @@
 // Test code: a failed unwrap or assertion is a failed test, which is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod admin;
 mod auth;
 mod bench;
 mod chat;

@@ -30,8 +30,7 @@ fn mac(key: &[u8; 32], method: &str, path: &str, at: u64, body: &[u8]) -> Option
 pub fn sign(key: &[u8; 32], method: &str, path: &str, body: &[u8]) -> String {
     let at = now();
     let tag = mac(key, method, path, at, body).map(|m| m.finalize().into_bytes().to_vec()).unwrap_or_default();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SCHEME} {at}.{hex}")
+    format!("{SCHEME} {at}.{}", crate::hex::encode(&tag))
 }
 
 /// Whether `header` proves the secret for this request.
@@ -48,8 +47,7 @@ pub fn verify(key: &[u8; 32], method: &str, path: &str, body: &[u8], header: &st
     if now().abs_diff(at) > MAX_SKEW || hex.len() != 64 {
         return false;
     }
-    let tag: Option<Vec<u8>> =
-        (0..32).map(|i| hex.get(i * 2..i * 2 + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+    let tag = crate::hex::decode(hex);
     match (tag, mac(key, method, path, at, body)) {
         (Some(tag), Some(mac)) => mac.verify_slice(&tag).is_ok(),
         _ => false,

@@ -6,14 +6,12 @@
 //! arrives, and the import holds one block and a few requests in flight.
 
 pub mod format;
-mod http;
 mod progress;
 pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,8 +19,8 @@ use anyhow::{bail, Context};
 use tim_kv::ExportedRow;
 use tokio::task::JoinSet;
 
+use crate::admin_client::{Admin, AdminKey, Target};
 use format::{Block, DumpReader, DumpWriter, Header, Summary, FORMAT};
-pub use http::Admin;
 use progress::{human, Progress};
 use wire::{ExportFrame, ImportOutcome, ImportRequest};
 
@@ -32,20 +30,6 @@ const IMPORTS_IN_FLIGHT: usize = 4;
 const IMPORT_BYTES: usize = 4 << 20;
 /// Skipped rows named one by one in the summary (all are counted).
 const SKIPS_SHOWN: usize = 10;
-
-/// The node whose admin listener a tool talks to, and the deployment secret it proves.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Target {
-    /// Admin listener (`--admin-listen`) of any node of the cluster.
-    #[arg(long, default_value = "127.0.0.1:20002")]
-    pub server: SocketAddr,
-    /// The deployment secret of the cluster.
-    #[arg(long, env = "TIM_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
-    /// Data dir of a node of the cluster, whose `secret.key` is used without `--secret-file`.
-    #[arg(long, env = "TIM_DATA_DIR", default_value = "./tim-data")]
-    pub data_dir: PathBuf,
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
@@ -75,9 +59,6 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub target: Target,
 }
-
-/// The admin key of a target (derived from its deployment secret), from the caller.
-pub type AdminKey<'a> = &'a dyn Fn(&Target) -> anyhow::Result<[u8; 32]>;
 
 fn passphrase(file: Option<&Path>) -> anyhow::Result<Option<Vec<u8>>> {
     let Some(path) = file else { return Ok(None) };

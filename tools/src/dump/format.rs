@@ -99,7 +99,7 @@ impl Sealer {
         if sealing.cipher != "aes-256-gcm" || sealing.kdf != "argon2id" {
             return Err(bad(format!("unknown sealing {} with {}", sealing.cipher, sealing.kdf)));
         }
-        let salt = from_hex(&sealing.salt).ok_or_else(|| bad("the header's salt is not hex".into()))?;
+        let salt = crate::hex::decode(&sealing.salt).ok_or_else(|| bad("the header's salt is not hex".into()))?;
         let params = argon2::Params::new(sealing.memory_kib, sealing.passes, 1, Some(32))
             .map_err(|e| bad(format!("the header's key settings: {e}")))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -134,17 +134,6 @@ fn check(index: u64, kind: u8, body: &[u8]) -> u64 {
     hash.digest()
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len() / 2).map(|i| text.get(i * 2..i * 2 + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
-}
-
 /// Sealing settings with a fresh salt.
 pub fn new_sealing() -> Sealing {
     Sealing {
@@ -152,7 +141,7 @@ pub fn new_sealing() -> Sealing {
         kdf: "argon2id".into(),
         memory_kib: KDF_MEMORY_KIB,
         passes: KDF_PASSES,
-        salt: to_hex(&rand::random::<[u8; 16]>()),
+        salt: crate::hex::encode(&rand::random::<[u8; 16]>()),
     }
 }
 

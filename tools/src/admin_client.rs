@@ -1,6 +1,7 @@
 //! Calls to a node's admin listener, signed with the deployment secret.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,13 +11,30 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::wire::{ExportFrame, ImportOutcome, ImportRequest, Source, MAX_FRAME, MAX_IMPORT_BODY};
 use crate::admin_auth;
+use crate::dump::wire::{ExportFrame, ImportOutcome, ImportRequest, Source, MAX_FRAME, MAX_IMPORT_BODY};
 
 /// How long connecting and a call without a stream may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest answer read whole (JSON answers and error texts).
 const MAX_ANSWER: usize = 16 << 20;
+
+/// The node whose admin listener a tool talks to, and the deployment secret it proves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Admin listener (`--admin-listen`) of any node of the cluster.
+    #[arg(long, default_value = "127.0.0.1:20002")]
+    pub server: SocketAddr,
+    /// The deployment secret of the cluster.
+    #[arg(long, env = "TIM_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Data dir of a node of the cluster, whose `secret.key` is used without `--secret-file`.
+    #[arg(long, env = "TIM_DATA_DIR", default_value = "./tim-data")]
+    pub data_dir: PathBuf,
+}
+
+/// The admin key of a target (derived from its deployment secret), from the caller.
+pub type AdminKey<'a> = &'a dyn Fn(&Target) -> anyhow::Result<[u8; 32]>;
 
 /// A node's admin listener.
 #[derive(Clone)]
@@ -56,7 +74,8 @@ impl Admin {
         bail!("{addr} refused {method} {path} ({status}): {}", String::from_utf8_lossy(&text).trim())
     }
 
-    async fn whole(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+    /// A call whose answer is read whole.
+    pub async fn whole(&self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
         let response = self.call(method, path, body).await?;
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
