@@ -5,6 +5,7 @@
 //! decides what it may do. It serves:
 //! - `POST /v1/login`: an admin's name and password for a token (no proof needed);
 //! - `GET /v1/admins` (read), `POST /v1/admins` and `DELETE /v1/admins/{name}` (write);
+//! - `GET /metrics` (read): the node's figures in Prometheus' text format;
 //! - `GET /v1/info` (read): what the cluster is (JSON), so a tool can check that data fits;
 //! - `GET /v1/export` (secret): every slot's rows, each slot read as one snapshot on its
 //!   owner, streamed as frames (`tim_tools::dump::wire`);
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use futures_util::StreamExt;
-use tim_kv::{ExportedRow, Slot, TableId};
+use tim_kv::{ExportedRow, Slot};
 use tim_net::report::ErrorChain;
 use tim_tools::admin_auth;
 use tim_tools::dump::wire::{self, ExportFrame, ImportOutcome, ImportRequest, Skipped, Source, TableSchema};
@@ -52,6 +53,8 @@ pub struct Admin {
     /// Digest of the deployment secret (see [`Source::fingerprint`]).
     pub fingerprint: String,
     pub admins: Admins,
+    /// Secret proofs seen lately: each is accepted once.
+    pub proofs: admin_auth::Seen,
 }
 
 /// Who sent a request.
@@ -116,8 +119,10 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
         .route("/v1/admins", get(list_admins).post(create_admin))
         .route("/v1/admins/{name}", delete(delete_admin))
         .route("/v1/info", get(info))
+        .route("/metrics", get(metrics))
         .route("/v1/export", get(export))
         .route("/v1/import", post(import).layer(DefaultBodyLimit::max(wire::MAX_IMPORT_BODY)))
+        .route("/v1/import/finish", post(finish_import))
         .layer(middleware::from_fn_with_state(admin.clone(), authenticate))
         .with_state(admin);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
@@ -127,25 +132,32 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
 /// largest body any route takes); the routes decide what the caller may do.
 async fn authenticate(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, wire::MAX_IMPORT_BODY).await else {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("bodies have at most {} bytes", wire::MAX_IMPORT_BODY));
-    };
-    let proof = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let caller = if let Some(token) = proof.strip_prefix("Bearer ") {
+    let proof = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (caller, body) = if let Some(token) = proof.strip_prefix("Bearer ") {
         match admin.admins.check_token(token.trim()).await {
-            Ok(Some((name, role))) => Caller::Admin { name, role },
-            Ok(None) => Caller::Nobody,
+            Ok(Some((name, role))) => (Caller::Admin { name, role }, body),
+            Ok(None) => (Caller::Nobody, body),
             Err(e) => return failed(&e),
         }
-    } else {
+    } else if proof.starts_with(admin_auth::SCHEME) {
+        // The proof covers the body: read it (up to the largest any route takes) first.
+        let Ok(bytes) = axum::body::to_bytes(body, wire::MAX_IMPORT_BODY).await else {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("bodies have at most {} bytes", wire::MAX_IMPORT_BODY),
+            );
+        };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        match admin_auth::verify(&admin.key, parts.method.as_str(), path, &body, proof) {
+        let caller = match admin.proofs.verify(&admin.key, parts.method.as_str(), path, &bytes, &proof) {
             true => Caller::Secret,
             false => Caller::Nobody,
-        }
+        };
+        (caller, Body::from(bytes))
+    } else {
+        (Caller::Nobody, body)
     };
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// The answer to an admin operation that failed.
@@ -282,6 +294,14 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
     }
 }
 
+async fn metrics(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(answer) = caller.may(Need::Read) {
+        return answer;
+    }
+    let text = crate::metrics::render(&admin.server).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 async fn info(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
     if let Err(answer) = caller.may(Need::Read) {
         return answer;
@@ -330,7 +350,8 @@ async fn run_export(admin: Arc<Admin>, tx: mpsc::Sender<ExportFrame>) {
         let next = tokio::select! {
             next = slots.next() => next,
             () = shutdown.cancelled() => {
-                let _ = tx.send(ExportFrame::Failed("the node is shutting down".into())).await;
+                // Not waiting for a reader that may be stalled.
+                let _ = tx.try_send(ExportFrame::Failed("the node is shutting down".into()));
                 return;
             }
         };
@@ -369,33 +390,30 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the import request does not decode: {e}")),
     };
     let here = admin.source();
-    if request.fingerprint != here.fingerprint || request.ids != here.ids {
-        return refuse(
-            StatusCode::CONFLICT,
-            format!(
-                "the rows come from a deployment with another secret or id scheme (fingerprint {} {} here, {} {} in the rows)",
-                here.fingerprint, here.ids, request.fingerprint, request.ids
-            ),
-        );
+    let theirs = Source { fingerprint: request.fingerprint.clone(), ids: request.ids.clone(), ..here.clone() };
+    if let Some(why) = theirs.mismatch(&here) {
+        return refuse(StatusCode::CONFLICT, why);
     }
     // The file's table ids → this node's, by name.
     let names: BTreeMap<u32, String> = request.tables.into_iter().collect();
+    let name_of = |table: u32| names.get(&table).cloned().unwrap_or_else(|| format!("table {table}"));
     let mut outcome = ImportOutcome::default();
     let mut by_slot: BTreeMap<u16, Vec<ExportedRow>> = BTreeMap::new();
     for mut row in request.rows {
-        let name = names.get(&row.table.0).cloned().unwrap_or_else(|| format!("table {}", row.table.0));
-        match admin.server.data.table(&name) {
+        let (name, id) = (name_of(row.table.0), row.id.0);
+        let reason = match admin.server.data.table(&name) {
+            _ if row.id.slot().0 >= tim_shard::SLOTS => "its id names no slot",
             Some(local) => {
                 row.table = local;
                 by_slot.entry(row.id.slot().0).or_default().push(row);
+                continue;
             }
-            None => outcome.skipped.push(Skipped {
-                table: name,
-                id: row.id.0,
-                reason: "the table does not exist here".into(),
-            }),
-        }
+            None => "the table does not exist here",
+        };
+        outcome.skip(Skipped { table: name, id, reason: reason.into() });
     }
+    let local_names: BTreeMap<u32, &str> =
+        tables::ALL.iter().filter_map(|d| Some((admin.server.data.table(d.name)?.0, d.name))).collect();
     let server = admin.server.clone();
     let mut restores = futures_util::stream::iter(by_slot)
         .map(|(slot, rows)| {
@@ -403,31 +421,51 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
             async move { server.restore(Slot(slot), rows).await }
         })
         .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
-    let name_of = |table: u32| tables::ALL.iter().find(|d| admin.server.data.table(d.name) == Some(TableId(table)));
     while let Some(result) = restores.next().await {
         match result {
             Ok(restored) => {
                 outcome.written += restored.written;
                 outcome.unchanged += restored.unchanged;
-                outcome.skipped.extend(restored.skipped.into_iter().map(|(table, id, reason)| Skipped {
-                    table: name_of(table).map_or_else(|| format!("table {table}"), |d| d.name.to_owned()),
-                    id,
-                    reason,
-                }));
+                for (table, id, reason) in restored.skipped {
+                    let table = local_names.get(&table).map_or_else(|| format!("table {table}"), |n| (*n).to_owned());
+                    outcome.skip(Skipped { table, id, reason });
+                }
             }
-            Err(e) => {
-                warn!(error = %ErrorChain(&e), "import failed");
-                let transient = matches!(&e, crate::error::EngineError::Route(r) if r.is_transient());
-                let status =
-                    if transient { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
-                return refuse(
-                    status,
-                    format!("writing rows failed (the request may be sent again): {}", ErrorChain(&e)),
-                );
-            }
+            Err(e) => return write_failed(&e),
         }
     }
     json(&outcome)
+}
+
+fn write_failed(e: &crate::error::EngineError) -> Response {
+    warn!(error = %ErrorChain(e), "import failed");
+    let transient = matches!(e, crate::error::EngineError::Route(r) if r.is_transient());
+    let status = if transient { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    refuse(status, format!("writing rows failed (the request may be sent again): {}", ErrorChain(e)))
+}
+
+/// After the last rows of an import: finishes, on every slot's owner, the relation changes
+/// the export caught half done.
+async fn finish_import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(answer) = caller.may(Need::Secret) {
+        return answer;
+    }
+    let server = admin.server.clone();
+    let mut repairs = futures_util::stream::iter(0..tim_shard::SLOTS)
+        .map(|slot| {
+            let server = server.clone();
+            async move { server.finish_restore(Slot(slot)).await }
+        })
+        .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
+    let mut repaired = 0;
+    while let Some(result) = repairs.next().await {
+        match result {
+            Ok(n) => repaired += n,
+            Err(e) => return write_failed(&e),
+        }
+    }
+    info!(repaired, "import finished");
+    json(&serde_json::json!({ "repaired": repaired }))
 }
 
 /// The admin listener's address from `--admin-listen` (`off`: none).

@@ -4,11 +4,11 @@
 //! node like any data. There is no default account (TIM's `admin`/`123` is a known hole):
 //! the first is created with `tim admin create-user`, which proves the deployment secret.
 //! Passwords are argon2id hashes. A token is signed, not stored: it names the account, its
-//! role, an expiry and the account's epoch, a random number that changes with the password,
-//! so changing a password or deleting the account ends its tokens on every node.
+//! role, an expiry and the account's epoch (random, set with the password), and holds only
+//! while the account exists with that epoch, so deleting the account ends its tokens on
+//! every node.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tim_kv::{Batch, Cursor, Row, Slot, TableId};
 use tim_shard::Cluster;
+use tim_tools::admin_auth::now;
 use tim_tools::hex;
 
 use crate::accounts::Accounts;
@@ -28,8 +29,8 @@ const MAX_ADMINS: usize = 1000;
 const MIN_PASSWORD: usize = 8;
 /// Longest token text looked at.
 const MAX_TOKEN_LEN: usize = 1024;
-/// Longest a token may live.
-pub const MAX_TOKEN_SECS: u64 = 7 * 24 * 3600;
+/// Longest a token may live (a scraper's read token lives long; deleting its account ends it).
+pub const MAX_TOKEN_SECS: u64 = 366 * 24 * 3600;
 
 /// What an account may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
@@ -87,10 +88,6 @@ pub enum AdminError {
     Full,
     #[error("admin data failed")]
     Engine(#[from] EngineError),
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -178,6 +175,8 @@ impl Admins {
         ttl: u64,
     ) -> Result<Option<Issued>, AdminError> {
         let Some((_, row)) = self.row(name).await? else {
+            // As long as a wrong password takes, so the time does not tell which names exist.
+            accounts.hash(password).await?;
             return Ok(None);
         };
         let (Some(info), Some(stored), Some(epoch)) =

@@ -148,6 +148,8 @@ pub enum SlotCall {
     Restore {
         rows: Vec<tim_kv::ExportedRow>,
     },
+    /// Finishes the relation changes of the slot left half done (after an import).
+    Repair,
 }
 
 /// An operation for a node's sessions, handled in the order the caller sent it.
@@ -304,6 +306,7 @@ impl EngineHandler for Handler {
                     answer(Ok(server.accounts.consume_token_here(name_key, token)), "token")
                 }
                 SlotCall::Restore { rows } => answer(server.restore_here(slot, rows).await, "restore"),
+                SlotCall::Repair => answer(server.repair_here(slot).await, "repair"),
                 SlotCall::ProfileModify { user, changes } => {
                     let changes = decode_bean(changes)?;
                     answer(server.accounts.modify_profile_here(user, changes).await, "profile modify")

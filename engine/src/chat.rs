@@ -438,6 +438,8 @@ pub async fn store_and_push(
     accepted: Vec<Accepted>,
 ) -> Result<Vec<Bytes>, EngineError> {
     let stored = server.history.append(from, &accepted, &server.offline).await?;
+    let fresh = stored.iter().filter(|s| !s.repeat).count();
+    crate::metrics::add(&server.metrics.messages, fresh as u64);
     // The sender's other sessions get a copy, like the echo, without ack.
     let mine = locate(server, &[from]).await.unwrap_or_default();
     let others = mine.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));

@@ -65,6 +65,7 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
             let (online, absent): (Vec<UserId>, Vec<UserId>) =
                 members.into_iter().partition(|m| located.get(m).is_some_and(|l| !l.is_empty()));
             let mid = server.history.append_to_group(chat_of(group), from.user, &msg, &absent, &server.offline).await?;
+            crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
             push_messages(server, online.into_iter().map(|m| (m, msg.clone(), Fallback::Store)).collect()).await;
             Ok(Next::Done)

@@ -19,6 +19,7 @@ mod ident;
 mod inbound;
 mod limits;
 mod listener;
+mod metrics;
 mod node;
 mod offline;
 mod outbound;

@@ -200,6 +200,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         groups,
         rooms: Rooms::new(Duration::from_secs(cfg.vroom_idle)),
         history,
+        metrics: Default::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         next_conn: AtomicU64::new(0),
@@ -232,7 +233,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         let fingerprint = tim_tools::hex::encode(secret.derive("tim-rs fingerprint").get(..8).unwrap_or_default());
         let admins = crate::admins::Admins::new(server.data.clone(), secret.derive("tim-rs admin tokens"))?;
         let key = secret.derive("tim-rs admin");
-        let admin = Arc::new(crate::admin::Admin { server: server.clone(), key, fingerprint, admins });
+        let proofs = Default::default();
+        let admin = Arc::new(crate::admin::Admin { server: server.clone(), key, fingerprint, admins, proofs });
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(admin, admin_listener).await {
                 warn!(error = %ErrorChain(&e), "the admin listener stopped");

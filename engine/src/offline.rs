@@ -42,12 +42,21 @@ pub struct OfflineQueue {
     limits: OfflineLimits,
     counts: Mutex<HashMap<UserId, usize>>,
     dropped: AtomicU64,
+    /// Entries written since the node started (`/metrics`).
+    pub queued: AtomicU64,
 }
 
 impl OfflineQueue {
     pub fn new(data: Arc<Cluster>, limits: OfflineLimits) -> Result<Self, StoreError> {
         let table = data.table(timoffline::DEF.name).ok_or(StoreError::UnknownTable(0))?;
-        Ok(Self { data, table, limits, counts: Mutex::new(HashMap::new()), dropped: AtomicU64::new(0) })
+        Ok(Self {
+            data,
+            table,
+            limits,
+            counts: Mutex::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+        })
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
@@ -90,6 +99,7 @@ impl OfflineQueue {
             inserts.add(partition::user(*user), self.table, row);
         }
         let ids = inserts.write(&self.data).await?;
+        self.queued.fetch_add(ids.len() as u64, Ordering::Relaxed);
         for (user, _) in entries {
             self.pushed(*user).await;
         }

@@ -4,15 +4,13 @@
 //! same row is there already, so importing a file twice changes nothing the second time. A
 //! row that would replace another, or repeat another row's unique value, is skipped and
 //! reported. The owner then drops what it cached of the rows' kind (relations, queue
-//! lengths) and finishes any relation change the export caught half done.
-
-use std::sync::Arc;
+//! lengths). Once every row is in, [`Server::finish_restore`] finishes the relation changes
+//! the export caught half done (before, a repair's new rows could take ids the file's rows
+//! still need).
 
 use serde::{Deserialize, Serialize};
 use tim_kv::{Batch, ExportedRow, Slot, StoreError};
-use tim_net::report::ErrorChain;
 use tim_shard::RouteError;
-use tracing::warn;
 
 use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
@@ -47,12 +45,12 @@ fn refusal(e: &EngineError) -> Option<String> {
 
 impl Server {
     /// Writes `rows` of `slot` back, on the slot's owner.
-    pub async fn restore(self: &Arc<Self>, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
+    pub async fn restore(&self, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
         at_slot(&self.data, slot, self.restore_here(slot, rows.clone()), SlotCall::Restore { rows }).await
     }
 
     /// [`Server::restore`] on the owner (under the slot's guard).
-    pub async fn restore_here(self: &Arc<Self>, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
+    pub async fn restore_here(&self, slot: Slot, rows: Vec<ExportedRow>) -> Result<Restored, EngineError> {
         let mut restored = Restored::default();
         let mut batch = Batch::new(slot);
         for row in &rows {
@@ -81,34 +79,30 @@ impl Server {
             Err(e) => return Err(e),
         }
         if restored.written > 0 {
-            self.forget_restored(slot, &rows);
+            self.forget_restored(&rows);
         }
         Ok(restored)
     }
 
-    /// Drops what this owner cached of the kinds of rows written, and finishes the relation
-    /// changes among them that were half done when exported.
-    fn forget_restored(self: &Arc<Self>, slot: Slot, rows: &[ExportedRow]) {
-        let of = |name: &str| self.data.table(name);
-        let has = |name: &str| of(name).is_some_and(|t| rows.iter().any(|r| r.table == t));
+    /// Drops what this owner cached of the kinds of rows written.
+    fn forget_restored(&self, rows: &[ExportedRow]) {
+        let has = |name: &str| self.data.table(name).is_some_and(|t| rows.iter().any(|r| r.table == t));
         if has(tables::timoffline::DEF.name) {
             self.offline.forget_counts();
         }
-        let relations = has(tables::timrelate::DEF.name);
-        let group_relations = has(tables::timgrouprelate::DEF.name);
-        if relations {
+        if has(tables::timrelate::DEF.name) {
             self.rosters.forget_cache();
         }
-        if relations || group_relations {
-            // Not under the slot's guard: a repair calls the users' slots.
-            let server = self.clone();
-            tokio::spawn(async move {
-                for result in [server.rosters.repair(slot).await, server.groups.repair(slot).await] {
-                    if let Err(e) = result {
-                        warn!(error = %ErrorChain(&e), slot = slot.0, "relation repair after an import failed");
-                    }
-                }
-            });
-        }
+    }
+
+    /// Finishes the relation changes of `slot` left half done (after an import), on the
+    /// slot's owner; how many.
+    pub async fn finish_restore(&self, slot: Slot) -> Result<usize, EngineError> {
+        at_slot(&self.data, slot, self.repair_here(slot), SlotCall::Repair).await
+    }
+
+    /// [`Server::finish_restore`] on the owner.
+    pub async fn repair_here(&self, slot: Slot) -> Result<usize, EngineError> {
+        Ok(self.rosters.repair(slot).await? + self.groups.repair(slot).await?)
     }
 }

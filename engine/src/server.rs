@@ -30,6 +30,7 @@ pub struct Server {
     pub groups: Groups,
     pub rooms: Rooms,
     pub history: History,
+    pub metrics: crate::metrics::Metrics,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,
     /// Every session task, awaited at shutdown.

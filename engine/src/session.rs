@@ -108,6 +108,7 @@ struct Session {
 }
 
 pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
+    crate::metrics::add(&server.metrics.connections, 1);
     let conn_id = server.next_conn_id();
     let span = info_span!("conn", id = conn_id, peer = %conn.peer, uid = tracing::field::Empty);
     conn.inflight.arm();
@@ -202,6 +203,7 @@ impl Session {
 
     /// Queues a frame in the WebSocket's write buffer (written when the buffer fills).
     async fn feed(&mut self, frame: Bytes) -> Result<(), Close> {
+        self.server.metrics.frame_out(&frame);
         match tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.feed(Message::Binary(frame))).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Close::WriteFailed),

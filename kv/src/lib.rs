@@ -8,6 +8,7 @@
 
 mod changes;
 mod keys;
+mod latency;
 mod read;
 mod rocks;
 mod schema;
@@ -15,11 +16,12 @@ mod seal;
 mod store;
 mod writer;
 
+pub use latency::{Latency, LatencySnapshot, BOUNDS_US};
 pub use read::read;
 pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
     Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
-    TableId, WriteFuture,
+    StoreFigures, TableId, WriteFuture,
 };

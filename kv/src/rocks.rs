@@ -14,11 +14,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::Changes;
 use crate::keys;
+use crate::latency::Latency;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
-    Batch, Cursor, ExportedRow, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError, TableId,
-    WriteFuture,
+    Batch, Cursor, ExportedRow, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
+    StoreFigures, TableId, WriteFuture,
 };
 use crate::writer::{self, Work, WriteRequest};
 
@@ -97,6 +98,11 @@ pub(crate) struct Inner {
     pub(crate) changes: Changes,
     catalog: Catalog,
     seal: SealKey,
+    cache: Cache,
+    /// The writer's RocksDB writes, one per group (synced with `sync`).
+    pub(crate) commits: Latency,
+    /// Writes as their callers wait for them: queued, grouped, committed.
+    writes: Latency,
 }
 
 /// The declared tables, by id and by name.
@@ -155,7 +161,15 @@ impl RocksStore {
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
         let catalog = declare_tables(&db, tables)?;
-        let inner = Arc::new(Inner { db, changes: Changes::default(), catalog, seal });
+        let inner = Arc::new(Inner {
+            db,
+            changes: Changes::default(),
+            catalog,
+            seal,
+            cache,
+            commits: Latency::default(),
+            writes: Latency::default(),
+        });
         let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
         let writer_inner = Arc::clone(&inner);
         let (sync, max_group) = (config.sync, config.max_group.max(1));
@@ -504,6 +518,27 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn figures(&self) -> StoreFigures {
+        let db = &self.inner.db;
+        let property = |name: &str| -> u64 {
+            [CF_META, CF_ROWS, CF_IDX]
+                .iter()
+                .filter_map(|cf| self.inner.cf(cf).ok())
+                .filter_map(|cf| db.property_int_value_cf(cf, name).ok().flatten())
+                .sum()
+        };
+        StoreFigures {
+            commits: self.inner.commits.snapshot(),
+            writes: self.inner.writes.snapshot(),
+            memtable_bytes: property("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes"),
+            running_compactions: db.property_int_value("rocksdb.num-running-compactions").ok().flatten().unwrap_or(0),
+            running_flushes: db.property_int_value("rocksdb.num-running-flushes").ok().flatten().unwrap_or(0),
+            live_data_bytes: property("rocksdb.estimate-live-data-size"),
+            block_cache_bytes: self.inner.cache.get_usage() as u64,
+        }
+    }
+
     fn write_raw(&self, write: RawWrite) -> WriteFuture {
         self.submit(Work::Raw(write))
     }
@@ -582,11 +617,15 @@ fn cf_name(region: Region) -> &'static str {
 impl RocksStore {
     fn submit(&self, work: Work) -> WriteFuture {
         let write_tx = self.write_tx.clone();
+        let inner = Arc::clone(&self.inner);
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let write_tx = write_tx.ok_or(StoreError::Closed)?;
             let (reply, done) = oneshot::channel();
             write_tx.send(WriteRequest { work, reply }).await.map_err(|_| StoreError::Closed)?;
-            done.await.map_err(|_| StoreError::Closed)?
+            let result = done.await.map_err(|_| StoreError::Closed)?;
+            inner.writes.observe(started.elapsed());
+            result
         })
     }
 }

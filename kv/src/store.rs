@@ -242,6 +242,21 @@ pub struct ExportedRow {
     pub row: Row,
 }
 
+/// What a store reports for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// RocksDB writes, one per group of batches (with the WAL's sync when syncing).
+    pub commits: crate::latency::LatencySnapshot,
+    /// Writes from their callers' side: queued, grouped and committed.
+    pub writes: crate::latency::LatencySnapshot,
+    pub memtable_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
+    pub running_flushes: u64,
+    pub live_data_bytes: u64,
+    pub block_cache_bytes: u64,
+}
+
 /// A stored key, without its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawKey {
@@ -387,6 +402,9 @@ pub trait Store: Send + Sync + 'static {
         snapshot_taken: &mut dyn FnMut(),
         part: &mut dyn FnMut(Vec<ExportedRow>) -> bool,
     ) -> Result<(), StoreError>;
+
+    /// The store's figures now, for `/metrics`.
+    fn figures(&self) -> StoreFigures;
 
     /// Applies a raw write atomically, in order with the batches (the writer forgets what it
     /// cached of the slot). Returns no ids.

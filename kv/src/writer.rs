@@ -163,7 +163,10 @@ impl Writer<'_> {
                 Staged::DeleteRange(c, from, to) => batch.delete_range_cf(cf(c), from, to),
             }
         }
-        self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()))
+        let started = std::time::Instant::now();
+        let result = self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()));
+        self.inner.commits.observe(started.elapsed());
+        result
     }
 
     /// Writes raw entries of one slot (and node-local records) in one commit. The cached id

@@ -135,6 +135,21 @@ pub struct Cluster {
     refreshed_at: Mutex<Option<Instant>>,
     timeouts: Timeouts,
     exports: crate::export::Exports,
+    /// Calls to other nodes, from the request to its answer.
+    calls: tim_kv::Latency,
+}
+
+/// What a node reports of the cluster for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ClusterFigures {
+    /// Members this node knows (those that left for good excluded), and how many are live.
+    pub members: u64,
+    pub live: u64,
+    pub slots_owned: u64,
+    /// Slots and bytes this node handed over since it started.
+    pub moved_slots: u64,
+    pub moved_bytes: u64,
+    pub calls: tim_kv::LatencySnapshot,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,6 +192,7 @@ impl Cluster {
             refreshed_at: Mutex::new(None),
             timeouts,
             exports: Default::default(),
+            calls: Default::default(),
         }
     }
 
@@ -553,11 +569,39 @@ impl Cluster {
             return Err(unknown_peer(node));
         };
         let body = wire::encode(request).map_err(RouteError::Wire)?;
-        let raw = rpc
-            .call(addr, Some(node.0), body, self.timeouts.call)
-            .await
-            .map_err(|source| RouteError::Unreachable { node, source })?;
+        let started = Instant::now();
+        let raw = rpc.call(addr, Some(node.0), body, self.timeouts.call).await;
+        self.calls.observe(started.elapsed());
+        let raw = raw.map_err(|source| RouteError::Unreachable { node, source })?;
         wire::decode(&raw).map_err(RouteError::Wire)
+    }
+
+    /// The store's figures, for `/metrics`.
+    pub fn store_figures(&self) -> tim_kv::StoreFigures {
+        self.store.figures()
+    }
+
+    /// The cluster as this node sees it, for `/metrics`.
+    pub async fn figures(&self) -> ClusterFigures {
+        let slots_owned = self.ownership.owned().len() as u64;
+        let calls = self.calls.snapshot();
+        let Some(membership) = self.membership.get() else {
+            return ClusterFigures { members: 1, live: 1, slots_owned, moved_slots: 0, moved_bytes: 0, calls };
+        };
+        let retired = self.retired.borrow().clone();
+        let members: Vec<_> = crate::node::newest(membership.members().await)
+            .into_iter()
+            .filter(|m| !retired.contains(&m.node))
+            .collect();
+        let me = members.iter().find(|m| m.node == self.node);
+        ClusterFigures {
+            members: members.len() as u64,
+            live: members.iter().filter(|m| m.live).count() as u64,
+            slots_owned,
+            moved_slots: me.map_or(0, |m| m.moved_slots),
+            moved_bytes: me.map_or(0, |m| m.moved_bytes),
+            calls,
+        }
     }
 
     /// Answers a request, from another node or this one.

@@ -11,6 +11,7 @@
 //! which ends their reader.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,15 +44,44 @@ struct Stream {
     touched: Instant,
 }
 
+type Streams = Arc<Mutex<HashMap<u64, Stream>>>;
+
 /// The export streams a node serves.
 #[derive(Default)]
 pub(crate) struct Exports {
-    streams: Mutex<HashMap<u64, Stream>>,
+    streams: Streams,
+    /// Whether a task drops idle streams (it runs while there are any).
+    sweeping: Arc<AtomicBool>,
+}
+
+fn lock(streams: &Streams) -> std::sync::MutexGuard<'_, HashMap<u64, Stream>> {
+    streams.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Exports {
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Stream>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.streams)
+    }
+
+    /// Drops the streams nobody asked for in a while (ending their readers and freeing their
+    /// snapshots) from now on, while there are streams.
+    fn sweep(&self) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (streams, sweeping) = (self.streams.clone(), self.sweeping.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE / 4).await;
+                let mut open = lock(&streams);
+                open.retain(|_, s| s.touched.elapsed() < IDLE);
+                if open.is_empty() {
+                    // Under the lock: a stream added after this starts a new sweeper.
+                    sweeping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     /// Answers a request for part `part` of stream `id` over `slot`.
@@ -90,7 +120,7 @@ impl Exports {
                 Err(reply) => return reply,
             },
         };
-        let answer = if part + 1 == stream.next {
+        let answer = if part.checked_add(1) == Some(stream.next) {
             stream.answered.clone()
         } else if part == stream.next {
             match stream.parts.recv().await {
@@ -112,6 +142,7 @@ impl Exports {
         if !last {
             stream.touched = Instant::now();
             self.streams().insert(id, stream);
+            self.sweep();
         }
         Reply::Exported { node, rows, last }
     }

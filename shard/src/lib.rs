@@ -16,7 +16,7 @@ mod wire;
 
 use tim_kv::Slot;
 
-pub use cluster::{Calls, Cluster, EngineHandler, RouteError, Seen, Timeouts};
+pub use cluster::{Calls, Cluster, ClusterFigures, EngineHandler, RouteError, Seen, Timeouts};
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, remove, status, OperatorError};

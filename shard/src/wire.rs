@@ -33,10 +33,11 @@ pub(crate) enum Request {
     Remove { node: NodeId, force: bool },
     /// What the receiver holds, for the removal of `removed`.
     Holdings { removed: NodeId },
-    /// Part `part` of an export stream over `slot` (part 0 opens it on the slot's owner).
-    Export { stream: u64, slot: u16, part: u32 },
     /// The receiver owns `slot` from `epoch` on: its owner `from` was removed.
     Adopt { slot: u16, epoch: u64, from: NodeId },
+    /// Part `part` of an export stream over `slot` (part 0 opens it on the slot's owner).
+    /// (New variants go last: postcard numbers them by position.)
+    Export { stream: u64, slot: u16, part: u32 },
 }
 
 /// The store operations a node runs for another on a slot it owns.
@@ -70,12 +71,6 @@ pub(crate) enum Reply {
         slots: u32,
     },
     Holdings(Holdings),
-    /// A part of an export stream, read on `node`.
-    Exported {
-        node: NodeId,
-        rows: Vec<ExportedRow>,
-        last: bool,
-    },
     Adopted,
     /// The slot is not served here.
     Refused(Refusal),
@@ -84,6 +79,13 @@ pub(crate) enum Reply {
     Failed {
         reason: String,
         duplicate: bool,
+    },
+    /// A part of an export stream, read on `node`. (New variants go last, before the
+    /// unencoded one: postcard numbers them by position.)
+    Exported {
+        node: NodeId,
+        rows: Vec<ExportedRow>,
+        last: bool,
     },
     /// A store error on this node, for a caller on this node: never encoded.
     #[serde(skip)]

@@ -8,7 +8,11 @@ use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tim_net::{Encoding, FrameType};
+
+use crate::chat::{befriend, echo, text_to};
 use crate::cluster::TestCluster;
+use crate::roster::{pushed, user};
 
 /// One HTTP/1.1 request; the status and the body.
 async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -112,4 +116,77 @@ async fn admins_are_created_with_the_secret_and_sign_in_anywhere_with_their_role
         String::from_utf8_lossy(&out.stdout).contains("\"root\"")
             && !String::from_utf8_lossy(&out.stdout).contains("viewer")
     );
+}
+
+/// A scrape of `/metrics`: each sample line's value by its name and labels.
+async fn scrape(addr: SocketAddr, token: &str) -> std::collections::HashMap<String, f64> {
+    let (status, text) = http(addr, "GET", "/metrics", Some(token), "").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap_or_else(|_| panic!("a number in {l:?}")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_with_a_read_token_and_move_with_traffic() {
+    let cluster = TestCluster::start(2, &[]);
+    let secret = cluster.secret_file();
+    let admin = cluster.nodes[0].admin.unwrap();
+    let out = tim_admin(&["create-user", "scraper", "--role", "read"], admin, &secret, Some("scraper password"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, token) = sign_in(admin, "scraper", "scraper password").await;
+    let token = token.unwrap();
+    assert_eq!(http(admin, "GET", "/metrics", None, "").await.0, 401, "no token, no figures");
+
+    let other = cluster.nodes[1].admin.unwrap();
+    let before = scrape(admin, &token).await;
+    let other_before = scrape(other, &token).await;
+    let figure = |m: &std::collections::HashMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
+    assert_eq!(figure(&before, "tim_cluster_members"), 2.0);
+    assert_eq!(figure(&before, "tim_cluster_live_members"), 2.0);
+    assert!(figure(&before, "tim_slots_owned") > 0.0);
+    assert_eq!(figure(&before, "tim_sessions"), 0.0);
+
+    // Two users on this node chat: logins, frames, stored and acked messages, store writes.
+    let node = &cluster.nodes[0];
+    let (mut ann, ann_node) = user(node, "ann", Encoding::Compact).await;
+    let (mut ben, ben_node) = user(node, "ben", Encoding::Json).await;
+    befriend(&mut ann, &ann_node, &mut ben, &ben_node).await;
+    for i in 0..5 {
+        ann.send(FrameType::Message, &text_to(&ben_node, &format!("m{i}"), 1)).await.unwrap();
+        echo(&mut ann).await;
+        pushed(&mut ben, true).await;
+    }
+    // A wrong password is counted by its code.
+    assert!(!node.login("ann", "wrong", Encoding::Compact).await.1.ok);
+    // An ack is settled when the session's next frame comes: one more round trip.
+    ann.send(FrameType::Message, &text_to(&ben_node, "last", 1)).await.unwrap();
+    echo(&mut ann).await;
+    pushed(&mut ben, false).await;
+    ben.ping().await.unwrap();
+
+    let after = scrape(admin, &token).await;
+    let grew = |name: &str| figure(&after, name) - figure(&before, name);
+    assert_eq!(figure(&after, "tim_sessions"), 2.0);
+    assert_eq!(grew("tim_logins_total"), 2.0);
+    assert_eq!(grew("tim_login_failures_total{code=\"4105\"}"), 1.0, "{after:?}");
+    assert_eq!(grew("tim_frames_in_total{type=\"message\",code=\"90\"}"), 6.0);
+    assert_eq!(grew("tim_messages_stored_total"), 6.0);
+    assert!(grew("tim_deliveries_acked_total") >= 5.0, "{after:?}");
+    assert!(grew("tim_frames_out_total{type=\"message\",code=\"90\"}") >= 6.0);
+    // Each message is written on its conversation's owner, one node or the other.
+    let other_after = scrape(other, &token).await;
+    let commits = |m: &std::collections::HashMap<String, f64>| figure(m, "tim_store_commit_seconds_count");
+    assert!(commits(&after) - commits(&before) + commits(&other_after) - commits(&other_before) >= 6.0);
+    assert!(grew("tim_store_write_seconds_count") > 0.0);
+    assert_eq!(
+        figure(&after, "tim_store_commit_seconds_bucket{le=\"+Inf\"}"),
+        figure(&after, "tim_store_commit_seconds_count")
+    );
+    assert!(figure(&after, "tim_rocksdb_memtable_bytes") > 0.0);
+    assert!(figure(&after, "tim_node_call_seconds_count") > 0.0, "the two nodes called each other");
 }

@@ -12,10 +12,10 @@ use crate::cluster::{chatting_pair, TestCluster, SETTLE};
 use crate::node::TestNode;
 
 /// Every node: no message-rate limits (the bench sends steadily).
-const BASE: &[&str] = &["--rate-connection", "0", "--rate-account", "0"];
+pub const BASE: &[&str] = &["--rate-connection", "0", "--rate-account", "0"];
 
 /// `tim bench chat` running against some nodes until it is stopped; its JSON report.
-struct Load {
+pub struct Load {
     child: Child,
     json: tempfile::TempDir,
 }
@@ -23,7 +23,7 @@ struct Load {
 impl Load {
     /// Pairs on different nodes, one message in flight per sender (so a message sent again
     /// cannot overtake the next), for up to ten minutes.
-    fn start(cluster: &TestCluster) -> Load {
+    pub fn start(cluster: &TestCluster) -> Load {
         let servers: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
         let json = tempfile::tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tim"))
@@ -38,7 +38,7 @@ impl Load {
     }
 
     /// Stops the sending (SIGTERM) and waits for the report: figures by name.
-    fn finish(mut self) -> std::collections::HashMap<String, f64> {
+    pub fn finish(mut self) -> std::collections::HashMap<String, f64> {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         assert_eq!(crate::node::send_signal(pid, libc::SIGTERM), 0);
         let deadline = Instant::now() + SETTLE;
@@ -75,7 +75,7 @@ impl Drop for Load {
 }
 
 /// Waits until some member says messages flow through it.
-fn wait_for_traffic(cluster: &TestCluster) {
+pub fn wait_for_traffic(cluster: &TestCluster) {
     let deadline = Instant::now() + SETTLE;
     loop {
         let status = cluster.status(0);
@@ -133,7 +133,7 @@ fn the_cluster_grows_shrinks_and_restarts_under_load_losing_nothing() {
 }
 
 /// A figure of node `i`'s own line in the status.
-fn own(cluster: &TestCluster, i: usize, key: &str) -> u64 {
+pub fn own(cluster: &TestCluster, i: usize, key: &str) -> u64 {
     let id = cluster.nodes[i].id.clone().expect("a member");
     let status = cluster.status(i);
     let me = status.as_array().unwrap().iter().find(|m| m["node"] == id.as_str()).cloned().expect("itself");

@@ -14,6 +14,7 @@ use crate::cluster::TestCluster;
 use crate::groups::{group_history, new_group, nodes, to_group};
 use crate::node::{TestNode, WAIT};
 use crate::profiles::{modify_user, nodes_request};
+use crate::rebalance::{own, wait_for_traffic, Load, BASE};
 use crate::roster::{business, pushed, request_offline, roster_of, user};
 
 fn tim(args: &[&str]) -> Output {
@@ -266,4 +267,51 @@ async fn damaged_files_and_other_deployments_are_refused() {
     std::fs::write(&wrong, [9u8; 32]).unwrap();
     let out = export(other.admin.unwrap(), &wrong.display().to_string(), &empty, &[]);
     assert!(!out.status.success() && text(&out).contains("401"), "{}", text(&out));
+}
+
+/// Slots node `i` still has to hand over, and has handed over so far.
+fn moves(cluster: &TestCluster, i: usize) -> (u64, u64) {
+    (own(cluster, i, "leaving_slots"), own(cluster, i, "moved_slots"))
+}
+
+#[test]
+fn an_export_under_load_while_a_node_joins_reads_every_slot() {
+    let mut cluster = TestCluster::start(2, BASE);
+    let secret = cluster.secret_file();
+    let load = Load::start(&cluster);
+    wait_for_traffic(&cluster);
+    let mut joiner = BASE.to_vec();
+    joiner.extend(["--migration-slots", "1"]);
+    cluster.add(&joiner);
+    // Export while the first node hands slots to the joiner, one at a time.
+    let deadline = std::time::Instant::now() + crate::cluster::SETTLE;
+    let before = loop {
+        let (leaving, moved) = moves(&cluster, 0);
+        if leaving > 0 && moved > 0 {
+            break moved;
+        }
+        assert!(std::time::Instant::now() < deadline, "no hand-over started");
+    };
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("live.timdump");
+    let out = export(cluster.nodes[1].admin.unwrap(), &secret, &file, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = moves(&cluster, 0).1;
+    assert!(after > before, "slots moved during the export ({before} then {after})");
+    let exported = count_after(&text(&out), "exported");
+
+    cluster.settle(3);
+    let figures = load.finish();
+    for bad in ["messages lost", "messages duplicated", "messages reordered"] {
+        assert_eq!(figures.get(bad), Some(&0.0), "{bad}: {figures:?}");
+    }
+    let out = tim(&["export", "--verify", &file.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(count_after(&text(&out), "timuser"), 24, "every bench user: {}", text(&out));
+
+    // The file goes into a fresh node whole.
+    let target = TestNode::start(&["--secret-file", &secret]);
+    let out = import(target.admin.unwrap(), &secret, &file, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{exported} written, 0 there already, 0 skipped")), "{}", text(&out));
 }

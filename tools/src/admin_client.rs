@@ -16,6 +16,8 @@ use crate::dump::wire::{ExportFrame, ImportOutcome, ImportRequest, Source, MAX_F
 
 /// How long connecting and a call without a stream may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest an export may go without a byte from the node.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest answer read whole (JSON answers and error texts).
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -96,6 +98,11 @@ impl Admin {
         Ok(Frames { body: response.into_body(), buf: BytesMut::new() })
     }
 
+    /// Finishes an import: the relation changes its rows caught half done.
+    pub async fn finish_import(&self) -> anyhow::Result<()> {
+        self.whole("POST", "/v1/import/finish", Bytes::new()).await.map(|_| ())
+    }
+
     /// Writes rows back.
     pub async fn import(&self, request: &ImportRequest) -> anyhow::Result<ImportOutcome> {
         let body = Bytes::from(postcard::to_stdvec(request)?);
@@ -126,7 +133,10 @@ impl Frames {
                     return Ok(Some(postcard::from_bytes(&body).context("an export frame does not decode")?));
                 }
             }
-            match self.body.frame().await {
+            let frame = tokio::time::timeout(FRAME_TIMEOUT, self.body.frame())
+                .await
+                .map_err(|_| anyhow::anyhow!("the node sent nothing for {} s", FRAME_TIMEOUT.as_secs()))?;
+            match frame {
                 Some(frame) => {
                     if let Ok(data) = frame.context("the export stream broke")?.into_data() {
                         self.buf.extend_from_slice(&data);

@@ -28,8 +28,6 @@ use wire::{ExportFrame, ImportOutcome, ImportRequest};
 const IMPORTS_IN_FLIGHT: usize = 4;
 /// Bytes of rows per import request.
 const IMPORT_BYTES: usize = 4 << 20;
-/// Skipped rows named one by one in the summary (all are counted).
-const SKIPS_SHOWN: usize = 10;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
@@ -261,16 +259,12 @@ pub fn import(args: ImportArgs, key: AdminKey<'_>) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         outcome.written,
         outcome.unchanged,
-        outcome.skipped.len()
+        outcome.skipped_rows()
     );
-    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
-    for skip in &outcome.skipped {
-        *reasons.entry(&skip.reason).or_default() += 1;
-    }
-    for (reason, n) in reasons {
+    for (reason, n) in &outcome.skipped {
         eprintln!("  skipped {n}: {reason}");
     }
-    for skip in outcome.skipped.iter().take(SKIPS_SHOWN) {
+    for skip in &outcome.samples {
         eprintln!("  skipped {} row {}: {}", skip.table, skip.id, skip.reason);
     }
     Ok(())
@@ -298,6 +292,7 @@ async fn import_from<R: Read>(
                 while let Some(done) = in_flight.join_next().await {
                     outcome.add(done??);
                 }
+                admin.finish_import().await?;
                 return Err(anyhow::Error::new(e).context(format!(
                     "the file is damaged; {} records before the damage were imported ({} written), nothing of the damaged block",
                     read, outcome.written
@@ -333,6 +328,7 @@ async fn import_from<R: Read>(
     }
     // Nothing may follow the end block.
     reader.next_block()?;
+    admin.finish_import().await?;
     progress.clear();
     Ok((outcome, read))
 }

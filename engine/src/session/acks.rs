@@ -63,6 +63,7 @@ impl Session {
                 warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
             }
         }
+        crate::metrics::add(&self.server.metrics.delivered, acked.len() as u64);
         for delivery in acked {
             delivery.report(true);
         }
@@ -73,6 +74,7 @@ impl Session {
         if pending.attempt < self.server.cfg.ack_tries {
             self.send_for_ack(pending.delivery, pending.attempt + 1).await
         } else {
+            crate::metrics::add(&self.server.metrics.ack_timeouts, 1);
             pending.delivery.report(false);
             Ok(())
         }

@@ -33,6 +33,7 @@ impl Session {
             return Ok(());
         };
         let code = head & 0x7F;
+        self.server.metrics.frame_in(code);
         // Offline entries of acked deliveries are deleted before any other frame of the
         // client is handled: an ack followed by an offline request must not get them again.
         if code != FrameType::Ack as u8 {
@@ -41,6 +42,7 @@ impl Session {
         // Message frames are rate-limited here; big data once it is whole (its continuation
         // messages must still be taken as such).
         if (FrameType::Message as u8..=FrameType::Stream as u8).contains(&code) && self.over_rate() {
+            crate::metrics::add(&self.server.metrics.rate_limited, 1);
             return self.refuse(code, Encoding::of_client_head(head), ErrorCode::HeavyLoad).await;
         }
         // Frames other than messages may refer to the burst's messages: store those first.

@@ -27,12 +27,12 @@ impl Session {
         };
         let user = match authenticate(&self.server, &auth).await {
             Ok(user) => user,
-            Err(e) => return self.refuse(AUTH, frame.encoding, e.answer("login")).await,
+            Err(e) => return self.refuse_login(frame.encoding, e.answer("login")).await,
         };
         let handle =
             SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
         if self.server.sessions.add(user, handle.clone()).is_err() {
-            self.refuse(AUTH, frame.encoding, ErrorCode::HeavyLoad).await?;
+            self.refuse_login(frame.encoding, ErrorCode::HeavyLoad).await?;
             return Err(Close::NodeFull);
         }
         // The device limits hold across the cluster: the directory of the user's slot decides.
@@ -40,12 +40,13 @@ impl Session {
             Ok(replaced) => replaced,
             Err(e) => {
                 self.server.sessions.remove(user, self.conn_id);
-                return self.refuse(AUTH, frame.encoding, e.answer("login")).await;
+                return self.refuse_login(frame.encoding, e.answer("login")).await;
             }
         };
         self.server.kick(user, replaced).await;
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
+        crate::metrics::add(&self.server.metrics.logins, 1);
         info!(termtyp = ?auth.termtyp, "logged in");
         let tid = Tid {
             node: user.node(),
@@ -63,6 +64,12 @@ impl Session {
             ..TimAck::ok(AUTH)
         };
         self.reply(FrameType::Ack, frame.encoding, &ack).await
+    }
+
+    /// Refuses a login, counted by its code.
+    async fn refuse_login(&mut self, encoding: tim_net::Encoding, code: ErrorCode) -> Result<(), Close> {
+        self.server.metrics.login_failed(code as i32);
+        self.refuse(FrameType::Auth as u8, encoding, code).await
     }
 
     /// Frame 17: sends the offline queue in batches, each acked before it is deleted and the

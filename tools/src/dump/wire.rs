@@ -4,7 +4,10 @@
 //! postcard-encoded [`ExportFrame`]: `Begin`, then `Rows` and `SlotDone` for every slot in
 //! any order, then `End` (or `Failed`, after which nothing follows). `GET /v1/info` answers
 //! with the [`Source`] as JSON; `POST /v1/import` takes an [`ImportRequest`] (postcard) and
-//! answers with an [`ImportOutcome`] (JSON).
+//! answers with an [`ImportOutcome`] (JSON); `POST /v1/import/finish`, sent once the rows are
+//! in, finishes the relation changes the export caught half done.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tim_kv::ExportedRow;
@@ -107,20 +110,41 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Skipped rows named one by one in an outcome (all are counted by reason).
+pub const SKIP_SAMPLES: usize = 10;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportOutcome {
     /// Rows written.
     pub written: u64,
     /// Rows that were there already, the same.
     pub unchanged: u64,
-    pub skipped: Vec<Skipped>,
+    /// Rows skipped, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// The first few skipped rows.
+    pub samples: Vec<Skipped>,
 }
 
 impl ImportOutcome {
+    pub fn skip(&mut self, skipped: Skipped) {
+        *self.skipped.entry(skipped.reason.clone()).or_default() += 1;
+        if self.samples.len() < SKIP_SAMPLES {
+            self.samples.push(skipped);
+        }
+    }
+
     pub fn add(&mut self, other: ImportOutcome) {
         self.written += other.written;
         self.unchanged += other.unchanged;
-        self.skipped.extend(other.skipped);
+        for (reason, n) in other.skipped {
+            *self.skipped.entry(reason).or_default() += n;
+        }
+        let room = SKIP_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
+    pub fn skipped_rows(&self) -> u64 {
+        self.skipped.values().sum()
     }
 }
 
