@@ -140,10 +140,14 @@ pub fn own(cluster: &TestCluster, i: usize, key: &str) -> u64 {
     me[key].as_u64().unwrap_or(0)
 }
 
+/// How long a join may take to reach its big slot: the empty slots before it go one fenced
+/// switch each, slow on a loaded 2-core machine (two rebalance tests side by side).
+const MOVE_WAIT: Duration = Duration::from_secs(180);
+
 /// Waits until node `i` has sent `bytes` more of its hand-overs than `from`, with slots still
 /// to hand over: a move is under way.
 fn wait_mid_move(cluster: &TestCluster, i: usize, from: u64, bytes: u64) -> u64 {
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + MOVE_WAIT;
     loop {
         let sent = own(cluster, i, "moved_bytes");
         if sent >= from + bytes && own(cluster, i, "leaving_slots") > 0 {
