@@ -201,9 +201,7 @@ impl Admins {
             return Ok(None);
         };
         let (Some(payload), Some(tag)) = (hex::decode(payload), hex::decode(tag)) else { return Ok(None) };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.token_key) else { return Ok(None) };
-        mac.update(&payload);
-        if mac.verify_slice(&tag).is_err() {
+        if self.mac(&payload).is_none_or(|mac| mac.verify_slice(&tag).is_err()) {
             return Ok(None);
         }
         let Ok(claims) = postcard::from_bytes::<Claims>(&payload) else { return Ok(None) };
@@ -216,14 +214,15 @@ impl Admins {
         Ok((current == Some(claims.epoch) && role == Some(claims.role)).then_some((claims.name, claims.role)))
     }
 
+    /// The MAC of a token's payload (HMAC takes keys of any length: this never is `None`).
+    fn mac(&self, payload: &[u8]) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.token_key).ok()?;
+        mac.update(payload);
+        Some(mac)
+    }
+
     fn tag(&self, payload: &[u8]) -> Vec<u8> {
-        match Hmac::<Sha256>::new_from_slice(&self.token_key) {
-            Ok(mut mac) => {
-                mac.update(payload);
-                mac.finalize().into_bytes().to_vec()
-            }
-            Err(_) => Vec::new(),
-        }
+        self.mac(payload).map(|m| m.finalize().into_bytes().to_vec()).unwrap_or_default()
     }
 }
 
