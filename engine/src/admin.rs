@@ -396,11 +396,10 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
     }
     // The file's table ids → this node's, by name.
     let names: BTreeMap<u32, String> = request.tables.into_iter().collect();
-    let name_of = |table: u32| names.get(&table).cloned().unwrap_or_else(|| format!("table {table}"));
     let mut outcome = ImportOutcome::default();
     let mut by_slot: BTreeMap<u16, Vec<ExportedRow>> = BTreeMap::new();
     for mut row in request.rows {
-        let (name, id) = (name_of(row.table.0), row.id.0);
+        let (name, id) = (wire::table_name(&names, row.table.0), row.id.0);
         let reason = match admin.server.data.table(&name) {
             _ if row.id.slot().0 >= tim_shard::SLOTS => "its id names no slot",
             Some(local) => {
@@ -412,8 +411,8 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
         };
         outcome.skip(Skipped { table: name, id, reason: reason.into() });
     }
-    let local_names: BTreeMap<u32, &str> =
-        tables::ALL.iter().filter_map(|d| Some((admin.server.data.table(d.name)?.0, d.name))).collect();
+    let local_names: BTreeMap<u32, String> =
+        tables::ALL.iter().filter_map(|d| Some((admin.server.data.table(d.name)?.0, d.name.to_owned()))).collect();
     let server = admin.server.clone();
     let mut restores = futures_util::stream::iter(by_slot)
         .map(|(slot, rows)| {
@@ -427,8 +426,7 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
                 outcome.written += restored.written;
                 outcome.unchanged += restored.unchanged;
                 for (table, id, reason) in restored.skipped {
-                    let table = local_names.get(&table).map_or_else(|| format!("table {table}"), |n| (*n).to_owned());
-                    outcome.skip(Skipped { table, id, reason });
+                    outcome.skip(Skipped { table: wire::table_name(&local_names, table), id, reason });
                 }
             }
             Err(e) => return write_failed(&e),

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tim_kv::ExportedRow;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use super::wire::Source;
+use super::wire::{table_name, Source};
 
 pub const MAGIC: &[u8; 8] = b"TIMDUMP\0";
 /// The format this tool writes, and the newest it reads.
@@ -69,6 +69,15 @@ pub struct Summary {
     pub slots: u32,
     /// Rows blocks before the end block.
     pub blocks: u64,
+}
+
+impl Summary {
+    /// Counts `rows` by the names of their tables.
+    fn count(&mut self, names: &BTreeMap<u32, String>, rows: &[ExportedRow]) {
+        for row in rows {
+            *self.rows.entry(table_name(names, row.table.0)).or_default() += 1;
+        }
+    }
 }
 
 /// Why a file cannot be read, and where.
@@ -204,10 +213,7 @@ impl<W: Write> DumpWriter<W> {
         if rows.is_empty() {
             return Ok(());
         }
-        for row in rows {
-            let name = self.names.get(&row.table.0).cloned().unwrap_or_else(|| format!("table {}", row.table.0));
-            *self.summary.rows.entry(name).or_default() += 1;
-        }
+        self.summary.count(&self.names, rows);
         self.block(ROWS, &postcard::to_stdvec(rows)?)
     }
 
@@ -329,11 +335,7 @@ impl<R: Read> DumpReader<R> {
             ROWS => {
                 let rows: Vec<ExportedRow> =
                     postcard::from_bytes(&plain).map_err(|e| bad(at, format!("rows do not decode: {e}")))?;
-                for row in &rows {
-                    let name =
-                        self.names.get(&row.table.0).cloned().unwrap_or_else(|| format!("table {}", row.table.0));
-                    *self.counted.rows.entry(name).or_default() += 1;
-                }
+                self.counted.count(&self.names, &rows);
                 Ok(Some(Block::Rows(rows)))
             }
             END => {

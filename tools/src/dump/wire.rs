@@ -148,6 +148,11 @@ impl ImportOutcome {
     }
 }
 
+/// The name of table `id` in `names`, or `table N` for a table it does not name.
+pub fn table_name(names: &BTreeMap<u32, String>, id: u32) -> String {
+    names.get(&id).cloned().unwrap_or_else(|| format!("table {id}"))
+}
+
 /// A frame with its length in front.
 pub fn frame(value: &ExportFrame) -> Result<Vec<u8>, postcard::Error> {
     let body = postcard::to_stdvec(value)?;
