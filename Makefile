@@ -23,7 +23,9 @@ build: deps
 run: build
 	$(CARGO_TARGET_DIR)/debug/tim serve $(ARGS)
 
+# The tests also drive a headless Chromium (the chat page and the console).
 test: deps
+	@scripts/deps.sh --browser
 	cargo test --workspace --all-targets
 
 check: deps

@@ -3,6 +3,8 @@
 #
 #   scripts/deps.sh            check; install what is missing (Debian, as root); fail naming it
 #   scripts/deps.sh --check    check only: print what is missing, exit 1 if anything is
+#   --browser                  also what the tests need: Chromium and chromedriver (the browser
+#                              test of the chat page and the console drives them)
 #   --root DIR                 look for libraries under DIR instead of / (for the self-test)
 #
 # The rocksdb crate generates its bindings with bindgen, which loads libclang at build time
@@ -14,10 +16,12 @@
 set -euo pipefail
 
 check_only=0
+browser=0
 root=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--check) check_only=1 ;;
+	--browser) browser=1 ;;
 	--root)
 		root="${2:?--root needs a directory}"
 		shift
@@ -85,12 +89,30 @@ have_cxx() {
 	return 1
 }
 
+# Where the browser test looks for them (Debian's packages put them there).
+have_browser() {
+	[ -n "$root" ] && return 0
+	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]
+}
+
 missing() {
 	local list=()
 	have_libclang || list+=("libclang (libclang.so or libclang-N.so, Debian package libclang-dev)")
 	have_clang_headers || list+=("clang's builtin headers (stddef.h, Debian package libclang-common-N-dev)")
 	have_cxx || list+=("a C++ compiler with its standard library (${CXX:-c++}, Debian package g++)")
+	if [ "$browser" = 1 ] && ! have_browser; then
+		list+=("Chromium and chromedriver (/usr/bin/chromium, /usr/bin/chromedriver: Debian packages chromium and chromium-driver)")
+	fi
 	if [ ${#list[@]} -gt 0 ]; then printf '%s\n' "${list[@]}"; fi
+}
+
+# The Debian packages that provide what is missing.
+packages() {
+	local list=()
+	if ! have_libclang || ! have_clang_headers; then list+=(libclang-dev); fi
+	have_cxx || list+=(g++)
+	if [ "$browser" = 1 ] && ! have_browser; then list+=(chromium chromium-driver); fi
+	echo "${list[@]}"
 }
 
 gaps=$(missing)
@@ -107,9 +129,11 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 	echo "or point LIBCLANG_PATH at the directory holding libclang.so" >&2
 	exit 1
 fi
-echo "installing libclang-dev g++"
+wanted=$(packages)
+echo "installing $wanted"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev g++ >/dev/null
+# shellcheck disable=SC2086 # one word per package
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $wanted >/dev/null
 gaps=$(missing)
 if [ -n "$gaps" ]; then
 	echo "still missing after installing:" >&2

@@ -134,17 +134,19 @@ impl Accounts {
         }
     }
 
-    /// Changes a logged-in user's password after checking the old one: 4112 when the old
-    /// password is wrong or the new one empty.
-    pub async fn change_password(&self, user: UserId, old: &str, new: &str) -> Result<(), EngineError> {
+    /// Changes a user's password, after checking the old one when it is given (an operator
+    /// resets it without): 4112 when the old password is wrong or the new one empty.
+    pub async fn change_password(&self, user: UserId, old: Option<&str>, new: &str) -> Result<(), EngineError> {
         const FAILED: EngineError = EngineError::Refused(ErrorCode::ModifyAuthFailed);
         if new.is_empty() {
             return Err(FAILED);
         }
         let Some((row_id, row)) = self.row_of(user).await? else { return Err(FAILED) };
         let stored = row.get(timuser::PWD).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-        if !self.check(old, stored).await? {
-            return Err(FAILED);
+        if let Some(old) = old {
+            if !self.check(old, stored).await? {
+                return Err(FAILED);
+            }
         }
         let hash = self.hash(new).await?;
         let mut batch = Batch::new(partition::user(user));
@@ -205,12 +207,25 @@ impl Accounts {
         Ok(self.data.find(self.users, partition::user(user), timuser::UUID, &user.to_be_bytes()).await?)
     }
 
-    /// Issues a login token after a password check; bad credentials get 4102.
-    pub async fn issue_token(&self, name: &str, pwd: &str, domain: &str) -> Result<String, EngineError> {
-        let user = self.verify(name, pwd, domain).await.map_err(|e| match e {
-            EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
-            other => other,
-        })?;
+    /// The account of a login name, if it is registered.
+    pub async fn user_of(&self, name: &str, domain: &str) -> Result<Option<UserId>, EngineError> {
+        match self.lookup(name, domain).await? {
+            Lookup::Found { user, .. } => Ok(Some(user)),
+            Lookup::Missing { .. } => Ok(None),
+        }
+    }
+
+    /// Issues a login token for a name: after a password check when `pwd` is given (bad
+    /// credentials get 4102), else (an application backend that checked the user itself)
+    /// for any registered name (else 4106).
+    pub async fn issue_token(&self, name: &str, pwd: Option<&str>, domain: &str) -> Result<String, EngineError> {
+        let user = match pwd {
+            Some(pwd) => self.verify(name, pwd, domain).await.map_err(|e| match e {
+                EngineError::Refused(_) => EngineError::Refused(ErrorCode::NoPass),
+                other => other,
+            })?,
+            None => self.user_of(name, domain).await?.ok_or(ErrorCode::AccountIncorrect)?,
+        };
         let name_key = self.ids.name_key(name, domain);
         let token = Tokens::draw();
         let here = async { Ok(self.hold_token_here(name_key, token.clone(), user)) };

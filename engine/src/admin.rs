@@ -9,9 +9,23 @@
 //! - `GET /v1/info` (read): what the cluster is (JSON), so a tool can check that data fits;
 //! - `GET /v1/export` (secret): every slot's rows, each slot read as one snapshot on its
 //!   owner, streamed as frames (`tim_tools::dump::wire`);
-//! - `POST /v1/import` (secret): rows written back on their slots' owners.
+//! - `POST /v1/import` (secret): rows written back on their slots' owners;
+//! - the operations of TIM's server API for an application's backend ([`users`], [`ops`],
+//!   [`reads`]), described by `GET /v1/openapi.json`;
+//! - the web console at `/` ([`files`]).
 //!
 //! Any node answers for the whole cluster: it routes each slot to its owner.
+
+// The routes answer `Err(response)` early with `?`; a response is large, and an error here is
+// answered once per request, so boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+mod files;
+#[allow(clippy::result_large_err)]
+mod ops;
+#[allow(clippy::result_large_err)]
+mod reads;
+#[allow(clippy::result_large_err)]
+mod users;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -34,7 +48,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use tim_net::codec::{body_bytes, decode_body, Encoding, TimStruct};
+use tim_net::proto::ErrorCode;
+
 use crate::admins::{AdminError, Admins, Role};
+use crate::error::EngineError;
+use crate::ident::{GroupId, UserId};
 use crate::server::Server;
 use crate::tables;
 
@@ -44,6 +63,10 @@ const EXPORT_SLOTS_AT_ONCE: usize = 4;
 const IMPORT_SLOTS_AT_ONCE: usize = 8;
 /// Frames an export keeps queued for a slow reader before its slots wait.
 const EXPORT_QUEUE: usize = 8;
+/// Most entries of one page of a list (online users, history, offline entries).
+pub const MAX_PAGE: usize = 1000;
+/// Most users one request names.
+const MAX_USERS: usize = 10_000;
 
 /// What the admin listener needs beyond the server.
 pub struct Admin {
@@ -123,6 +146,10 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
         .route("/v1/export", get(export))
         .route("/v1/import", post(import).layer(DefaultBodyLimit::max(wire::MAX_IMPORT_BODY)))
         .route("/v1/import/finish", post(finish_import))
+        .merge(users::routes())
+        .merge(ops::routes())
+        .merge(reads::routes())
+        .merge(files::routes())
         .layer(middleware::from_fn_with_state(admin.clone(), authenticate))
         .with_state(admin);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
@@ -377,8 +404,86 @@ async fn run_export(admin: Arc<Admin>, tx: mpsc::Sender<ExportFrame>) {
     let _ = tx.send(ExportFrame::End { slots: done, rows }).await;
 }
 
+/// An error answer: `{"error": why, "code": TIM's code or null}`.
 fn refuse(status: StatusCode, why: String) -> Response {
-    (status, why).into_response()
+    refuse_with(status, why, None)
+}
+
+fn refuse_with(status: StatusCode, why: String, code: Option<ErrorCode>) -> Response {
+    let body = serde_json::json!({ "error": why, "code": code.map(|c| c as i32) });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The answer to an engine operation that failed: a refusal with its TIM code (the status
+/// says what kind), data out of reach (503, worth a retry), or an internal fault (500, logged
+/// with its causes).
+fn engine_failed(e: &EngineError, op: &'static str) -> Response {
+    let code = e.answer(op);
+    let status = match e {
+        EngineError::Refused(code) => match code {
+            ErrorCode::PermissionDenied | ErrorCode::Blocked | ErrorCode::NoPass => StatusCode::FORBIDDEN,
+            ErrorCode::AccountIncorrect | ErrorCode::NotExist => StatusCode::NOT_FOUND,
+            ErrorCode::HasExist | ErrorCode::Repetitive => StatusCode::CONFLICT,
+            ErrorCode::HeavyLoad => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        EngineError::Route(r) if r.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let why = match e {
+        EngineError::Refused(code) => format!("refused: {} ({})", code.info(), *code as i32),
+        _ => ErrorChain(e).to_string(),
+    };
+    refuse_with(status, why, Some(code))
+}
+
+/// A user named by a path or body: a well-formed node (else 400).
+#[allow(clippy::result_large_err)]
+fn user_node(node: &str) -> Result<UserId, Response> {
+    UserId::parse(node).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("{node:?} is not a user node")))
+}
+
+/// A group named by a path or body: a well-formed node (else 400).
+#[allow(clippy::result_large_err)]
+fn group_node(node: &str) -> Result<GroupId, Response> {
+    GroupId::parse(node).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("{node:?} is not a group node")))
+}
+
+/// A registered user (else 404).
+async fn existing_user(server: &Server, node: &str) -> Result<UserId, Response> {
+    let user = user_node(node)?;
+    match server.accounts.exists(user).await {
+        Ok(true) => Ok(user),
+        Ok(false) => {
+            Err(refuse_with(StatusCode::NOT_FOUND, format!("no user {node}"), Some(ErrorCode::AccountIncorrect)))
+        }
+        Err(e) => Err(engine_failed(&e, "admin")),
+    }
+}
+
+/// The users a request names (at most [`MAX_USERS`]), each well-formed.
+#[allow(clippy::result_large_err)]
+fn user_nodes(nodes: &[String]) -> Result<Vec<UserId>, Response> {
+    if nodes.len() > MAX_USERS {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_USERS} users per request")));
+    }
+    nodes.iter().map(|n| user_node(n)).collect()
+}
+
+/// A TIM struct as JSON, in TIM's JSON client encoding.
+fn tim_json<T: TimStruct>(value: &T) -> serde_json::Value {
+    serde_json::from_slice(&body_bytes(value, Encoding::Json)).unwrap_or(serde_json::Value::Null)
+}
+
+/// A TIM struct from JSON in TIM's JSON client encoding (else 400).
+#[allow(clippy::result_large_err)]
+fn from_tim_json<T: TimStruct>(value: &serde_json::Value) -> Result<T, Response> {
+    decode_body(Bytes::from(value.to_string()), Encoding::Json).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("not a {}: {e}", std::any::type_name::<T>().rsplit("::").next().unwrap_or("TIM struct")),
+        )
+    })
 }
 
 async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
@@ -435,9 +540,9 @@ async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Ca
     json(&outcome)
 }
 
-fn write_failed(e: &crate::error::EngineError) -> Response {
+fn write_failed(e: &EngineError) -> Response {
     warn!(error = %ErrorChain(e), "import failed");
-    let transient = matches!(e, crate::error::EngineError::Route(r) if r.is_transient());
+    let transient = matches!(e, EngineError::Route(r) if r.is_transient());
     let status = if transient { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
     refuse(status, format!("writing rows failed (the request may be sent again): {}", ErrorChain(e)))
 }

@@ -274,7 +274,7 @@ async fn modify_auth(server: &Server, user: UserId, req: &TimReq) -> Result<Repl
         return Err(ErrorCode::ParamIncorrect.into());
     };
     let done = TimAck { t: Some(i64::from(MODIFYAUTH)), ..TimAck::ok(BUSINESS) };
-    Ok(Reply::Ack(match server.accounts.change_password(user, old, new).await {
+    Ok(Reply::Ack(match server.accounts.change_password(user, Some(old), new).await {
         Ok(()) => done,
         Err(e) => failure(Some(done), e),
     }))

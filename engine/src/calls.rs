@@ -171,6 +171,8 @@ pub enum NodeCall {
 pub enum NodeQuery {
     /// The node's sessions of the users of these slots (a directory being rebuilt).
     SessionsIn { slots: Vec<u16> },
+    /// A page of the node's online users: see [`crate::sessions::Sessions::users_after`].
+    Online { after: Option<UserId>, limit: usize },
 }
 
 /// How an operation failed on another node, as its caller learns it.
@@ -322,6 +324,9 @@ impl EngineHandler for Handler {
             let query: NodeQuery = postcard::from_bytes(&body).map_err(|e| format!("undecodable question: {e}"))?;
             match query {
                 NodeQuery::SessionsIn { slots } => answer(Ok(server.sessions_in(&slots)), "sessions"),
+                NodeQuery::Online { after, limit } => {
+                    answer(Ok(server.sessions.users_after(after, limit.min(crate::admin::MAX_PAGE))), "online")
+                }
             }
         })
     }

@@ -289,7 +289,7 @@ impl History {
     }
 }
 
-fn now_ns() -> i64 {
+pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
@@ -397,7 +397,9 @@ async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimM
     msg.mid = None;
     match od {
         OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg, dedup }))),
-        OD_STREAM => push_frames(server, &[to], FrameType::Message, &msg, None).await,
+        OD_STREAM => {
+            push_frames(server, &[to], FrameType::Message, &msg, None).await;
+        }
         _ => push_to_user(server, to, msg, Fallback::Store).await,
     }
     Ok(Next::Done)

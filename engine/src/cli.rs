@@ -65,15 +65,7 @@ pub fn main() -> ExitCode {
         (Command::Admin(command), _) => return tool("admin", tim_tools::admin::run(command, &admin_key)),
         (Command::Export(args), _) => return tool("export", tim_tools::dump::export(args, &admin_key)),
         (Command::Import(args), _) => return tool("import", tim_tools::dump::import(args, &admin_key)),
-        (Command::Bench(args), _) => {
-            return match tim_tools::bench::main(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tim bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        (Command::Bench(args), _) => return tool("bench", tim_tools::bench::main(args, &admin_key)),
         // clap matched the subcommand it parsed, so this is unreachable in practice.
         (Command::Serve(_), _) => return ExitCode::FAILURE,
     };

@@ -18,7 +18,7 @@ use crate::push::{locate, push_frames, push_messages, Fallback};
 use crate::server::Server;
 
 /// The conversation id of a group: its id, then eight zero bytes (TIM's layout).
-fn chat_of(group: GroupId) -> [u8; 16] {
+pub fn chat_of(group: GroupId) -> [u8; 16] {
     let mut chat = [0u8; 16];
     let (id, _) = chat.split_at_mut(8);
     id.copy_from_slice(&group.to_be_bytes());

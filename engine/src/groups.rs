@@ -664,6 +664,11 @@ impl Groups {
         if !group.is_admin(me) {
             return Err(ErrorCode::PermissionDenied.into());
         }
+        self.blocked_by(id).await
+    }
+
+    /// The users group `id` blocked (for an operator: no member check).
+    pub async fn blocked_by(&self, id: GroupId) -> Result<Vec<UserId>, EngineError> {
         self.blocks.list(id.party()).await
     }
 }

@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod admins;
+mod bans;
 mod big_data;
 mod business;
 mod calls;
@@ -40,6 +41,7 @@ mod tables;
 mod testing;
 mod tokens;
 mod vrooms;
+mod web;
 
 pub use config::ServeConfig;
 pub use node::{start, NodeHandle};

@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::error::EngineError;
 use crate::inbound::{ConnInfo, MeteredListener, LARGE_FRAME};
 use crate::server::Server;
+use crate::web::{Asset, CSS, HTML, JS};
 
 /// Read buffer of a WebSocket. Every idle connection keeps one, and most TIM frames are far
 /// smaller; large messages still arrive whole, in more reads. 4 KiB → 1 KiB took idle memory from
@@ -26,6 +27,14 @@ const WS_READ_BUFFER: usize = 1 << 10;
 /// frames queued for it with one flush (one write system call) rather than one each.
 const WS_WRITE_BUFFER: usize = 4 << 10;
 
+/// The chat page for people trying tim-rs: it speaks TIM's protocol over `/tim` (JSON
+/// frames) and `/tim2`, like any client.
+const CHAT_PAGE: &[Asset] = &[
+    Asset { path: "/", kind: HTML, body: include_str!("../web/chat/index.html") },
+    Asset { path: "/chat.js", kind: JS, body: include_str!("../web/chat/chat.js") },
+    Asset { path: "/chat.css", kind: CSS, body: include_str!("../web/chat/chat.css") },
+];
+
 pub async fn serve(server: Arc<Server>, listener: MeteredListener) -> std::io::Result<()> {
     let shutdown = server.shutdown.clone();
     // `/tim2` carries registrations and token requests only: a few hundred bytes.
@@ -33,6 +42,7 @@ pub async fn serve(server: Arc<Server>, listener: MeteredListener) -> std::io::R
     let app = Router::new()
         .route("/tim", get(upgrade))
         .route("/tim2", post(tim2).layer(DefaultBodyLimit::max(tim2_limit)))
+        .merge(crate::web::routes(CHAT_PAGE))
         .with_state(server);
     axum::serve(listener, app.into_make_service_with_connect_info::<ConnInfo>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -97,7 +107,7 @@ async fn tim2(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes
             if kind == FrameType::Register {
                 server.accounts.register(&name, &pwd, &domain).await.map(|user| user.node())
             } else {
-                server.accounts.issue_token(&name, &pwd, &domain).await
+                server.accounts.issue_token(&name, Some(&pwd), &domain).await
             }
         }
     };

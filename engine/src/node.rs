@@ -183,6 +183,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
     )?;
     let history = History::new(data.clone())?;
+    let bans = crate::bans::Bans::new(data.clone())?;
     let sessions = Sessions::new(Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() });
     let directory = Directory::new(DeviceLimits {
         device_limit: cfg.device_limit,
@@ -193,6 +194,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let server = Arc::new(Server {
         data,
         accounts,
+        bans,
         sessions,
         directory,
         offline,

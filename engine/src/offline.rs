@@ -211,6 +211,23 @@ impl OfflineQueue {
             .collect())
     }
 
+    /// Deletes those of `ids` that are entries of `user`'s queue (an operator names them);
+    /// how many there were.
+    pub async fn remove_listed(&self, user: UserId, ids: &[RowId]) -> Result<usize, EngineError> {
+        let owner = user.to_be_bytes();
+        let mut own = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = self.data.get(self.table, *id).await?;
+            if row.is_some_and(|row| row.get(timoffline::UUID).is_some_and(|u| u.as_ref() == owner)) {
+                own.push(*id);
+            }
+        }
+        if !own.is_empty() {
+            self.remove(user, &own).await?;
+        }
+        Ok(own.len())
+    }
+
     /// Deletes `user`'s delivered (or dropped) entries.
     pub async fn remove(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
         self.delete(user, ids).await?;

@@ -12,7 +12,7 @@ use crate::sessions::Outbound;
 /// bounded by the frame count and the unacked limit) do not.
 fn weight(out: &Outbound) -> usize {
     match out {
-        Outbound::Frame(frame) => frame.len(),
+        Outbound::Frame(frame) | Outbound::Last(frame) => frame.len(),
         Outbound::Delivery(_) => 0,
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tim_kv::{RowId, Slot};
 use tim_net::codec::{body_bytes, decode_body, TimStruct};
 use tim_net::frame::encode_server;
-use tim_net::proto::TimMessage;
+use tim_net::proto::{TimAck, TimMessage};
 use tim_net::report::ErrorChain;
 use tim_net::{Encoding, FrameType};
 use tim_shard::NodeId;
@@ -56,6 +56,8 @@ pub struct Frames {
     pub targets: Vec<(UserId, Vec<u64>)>,
     pub compact: Bytes,
     pub json: Bytes,
+    /// The sessions close after this frame (TIMLOGOUT).
+    pub last: bool,
 }
 
 /// Where `users`' sessions are: one lookup per slot owner, all at once.
@@ -202,17 +204,27 @@ pub async fn push_frames<T: TimStruct>(
     kind: FrameType,
     body: &T,
     except: Option<u64>,
-) {
+) -> usize {
     let compact = encode_server(kind, Encoding::Compact, body);
     let json = encode_server(kind, Encoding::Json, body);
-    push_encoded(server, users, compact, json, except).await;
+    push_encoded(server, users, compact, json, except).await
 }
 
-/// [`push_frames`] of a frame already encoded in both encodings.
-pub async fn push_encoded(server: &Arc<Server>, users: &[UserId], compact: Bytes, json: Bytes, except: Option<u64>) {
+/// [`push_frames`] of a frame already encoded in both encodings; how many sessions it was
+/// sent to.
+pub async fn push_encoded(
+    server: &Arc<Server>,
+    users: &[UserId],
+    compact: Bytes,
+    json: Bytes,
+    except: Option<u64>,
+) -> usize {
     match locate(server, users).await {
-        Ok(located) => push_located(server, &located, compact, json, except).await,
-        Err(e) => debug!(error = %ErrorChain(&e), "sessions not found for online-only frames"),
+        Ok(located) => send_located(server, &located, compact, json, except, false).await,
+        Err(e) => {
+            debug!(error = %ErrorChain(&e), "sessions not found for online-only frames");
+            0
+        }
     }
 }
 
@@ -224,7 +236,31 @@ pub async fn push_located(
     json: Bytes,
     except: Option<u64>,
 ) {
+    send_located(server, located, compact, json, except, false).await;
+}
+
+/// Sends every session of `users` TIMLOGOUT (frame 20) and closes it (an operator's ban);
+/// how many sessions there were.
+pub async fn log_out(server: &Arc<Server>, users: &[UserId]) -> Result<usize, EngineError> {
+    let located = locate(server, users).await?;
+    let logout = TimAck::ok(FrameType::Logout as u8);
+    let compact = encode_server(FrameType::Ack, Encoding::Compact, &logout);
+    let json = encode_server(FrameType::Ack, Encoding::Json, &logout);
+    Ok(send_located(server, &located, compact, json, None, true).await)
+}
+
+/// Sends a frame to sessions located already, closing them after it when `last`; how many
+/// sessions it was sent to.
+async fn send_located(
+    server: &Arc<Server>,
+    located: &HashMap<UserId, Vec<Lease>>,
+    compact: Bytes,
+    json: Bytes,
+    except: Option<u64>,
+    last: bool,
+) -> usize {
     let me = server.data.node();
+    let mut sent = 0;
     let mut by_node: HashMap<NodeId, Vec<(UserId, Vec<u64>)>> = HashMap::new();
     for (user, leases) in located {
         let user = *user;
@@ -232,6 +268,7 @@ pub async fn push_located(
             if lease.node == me && Some(lease.conn) == except {
                 continue;
             }
+            sent += 1;
             let targets = by_node.entry(lease.node).or_default();
             match targets.iter_mut().find(|(u, _)| *u == user) {
                 Some((_, conns)) => conns.push(lease.conn),
@@ -240,7 +277,7 @@ pub async fn push_located(
         }
     }
     let calls = by_node.into_iter().map(|(node, targets)| {
-        let frames = Frames { targets, compact: compact.clone(), json: json.clone() };
+        let frames = Frames { targets, compact: compact.clone(), json: json.clone(), last };
         async move {
             if node == me {
                 frames_here(server, frames);
@@ -250,6 +287,7 @@ pub async fn push_located(
         }
     });
     join_all(calls).await;
+    sent
 }
 
 /// Queues frames to this node's sessions. Best effort: a full queue cuts that session off.
@@ -257,7 +295,7 @@ pub fn frames_here(server: &Server, frames: Frames) {
     for (user, conns) in frames.targets {
         for session in server.sessions.handles(user, &conns) {
             let frame = if session.encoding() == Encoding::Json { frames.json.clone() } else { frames.compact.clone() };
-            let _ = session.push(Outbound::Frame(frame));
+            let _ = session.push(if frames.last { Outbound::Last(frame) } else { Outbound::Frame(frame) });
         }
     }
 }

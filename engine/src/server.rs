@@ -22,6 +22,7 @@ pub struct Server {
     /// Data and calls, routed to the owners of slots.
     pub data: Arc<tim_shard::Cluster>,
     pub accounts: Accounts,
+    pub bans: crate::bans::Bans,
     pub sessions: Sessions,
     /// The sessions of the users whose slots this node owns, wherever they are connected.
     pub directory: crate::directory::Directory,

@@ -62,6 +62,8 @@ enum Close {
     TooManyUnacked,
     /// A login while the node holds `connect_limit` sessions.
     NodeFull,
+    /// An operator ended the session (a ban): it was sent TIMLOGOUT.
+    LoggedOut,
 }
 
 /// Most queued outbound frames written with one flush; bounds how long inbound frames wait.
@@ -169,6 +171,7 @@ impl Session {
             Close::ReadError(error) => info!(%error, "closing: websocket read failed"),
             Close::WriteFailed => info!("closing: write failed or timed out"),
             Close::TooManyUnacked => info!("closing: too many frames waiting for acks"),
+            Close::LoggedOut => info!("closed by an operator (logged out)"),
             Close::NodeFull => {
                 warn!(limit = self.server.cfg.connect_limit, "closing: login over the node's connect limit")
             }
@@ -283,6 +286,11 @@ impl Session {
             let frame = match out {
                 Outbound::Frame(frame) => Some(frame),
                 Outbound::Delivery(delivery) => self.track(delivery, 1)?,
+                Outbound::Last(frame) => {
+                    self.feed(frame).await?;
+                    self.flush().await?;
+                    return Err(Close::LoggedOut);
+                }
             };
             if let Some(frame) = frame {
                 self.feed(frame).await?;

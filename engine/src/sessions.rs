@@ -22,6 +22,8 @@ pub enum Outbound {
     Frame(Bytes),
     /// A frame to send with ack requests and retries.
     Delivery(Arc<Delivery>),
+    /// A last frame, after which the session closes (TIMLOGOUT).
+    Last(Bytes),
 }
 
 /// A handle to one session: queue frames to it, or close it.
@@ -140,6 +142,23 @@ impl Sessions {
         let accounts = self.lock();
         let Some(account) = accounts.get(&user) else { return Vec::new() };
         account.sessions.iter().filter(|s| conns.contains(&s.conn_id)).cloned().collect()
+    }
+
+    /// Up to `limit` users with sessions here whose id is above `after`, in id order, with
+    /// how many sessions each has here (a page of the online users).
+    pub fn users_after(&self, after: Option<UserId>, limit: usize) -> Vec<(UserId, usize)> {
+        let mut users: Vec<(UserId, usize)> = self
+            .lock()
+            .iter()
+            .filter(|(user, _)| after.is_none_or(|after| **user > after))
+            .map(|(user, account)| (*user, account.sessions.len()))
+            .collect();
+        if users.len() > limit {
+            users.select_nth_unstable_by_key(limit, |(user, _)| *user);
+            users.truncate(limit);
+        }
+        users.sort_unstable_by_key(|(user, _)| *user);
+        users
     }
 
     /// Every session here of the users `belongs` accepts: for a directory being rebuilt.

@@ -184,6 +184,16 @@ pub mod timadmin {
     };
 }
 
+/// Account bans of the admin API, in the slot of the user.
+pub mod timban {
+    use super::*;
+    pub const UUID: usize = 0;
+    /// When the ban ends: seconds since the epoch, 8 bytes big-endian.
+    pub const UNTIL: usize = 1;
+    pub const DEF: TableDef =
+        TableDef { id: 12, name: "timban", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("until")] };
+}
+
 /// Every table the engine declares at open. The ids are those the first release allocated in
 /// this order, so existing stores keep their keys.
 pub const ALL: &[TableDef] = &[
@@ -198,4 +208,5 @@ pub const ALL: &[TableDef] = &[
     pair::TIMBLOCKROOM,
     timgrouprelate::DEF,
     timadmin::DEF,
+    timban::DEF,
 ];

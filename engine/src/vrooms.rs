@@ -34,7 +34,7 @@ use crate::partition;
 use crate::server::Server;
 use crate::sessions::Outbound;
 
-const NEW: i32 = 1;
+pub const NEW: i32 = 1;
 pub const REMOVE: i32 = 2;
 const ADDAUTH: i32 = 3;
 const DELAUTH: i32 = 4;

@@ -582,6 +582,12 @@ impl Cluster {
     }
 
     /// The cluster as this node sees it, for `/metrics`.
+    /// The members as gossip shows them (the newest generation of each); `None` for a node
+    /// that runs alone, without membership.
+    pub async fn members(&self) -> Option<Vec<crate::membership::MemberInfo>> {
+        Some(crate::node::newest(self.membership.get()?.members().await))
+    }
+
     pub async fn figures(&self) -> ClusterFigures {
         let slots_owned = self.ownership.owned().len() as u64;
         let calls = self.calls.snapshot();
@@ -648,8 +654,8 @@ impl Cluster {
                 self.exports.part(self.node, &self.store, &self.ownership, stream, Slot(slot), part).await
             }
             Request::Owned => Reply::Owned(self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect()),
-            Request::Status => match self.membership.get() {
-                Some(membership) => Reply::Status(crate::node::newest(membership.members().await)),
+            Request::Status => match self.members().await {
+                Some(members) => Reply::Status(members),
                 None => Reply::Failed { reason: "this node runs alone".into(), duplicate: false },
             },
             Request::Holdings { removed } => Reply::Holdings(self.holdings(removed)),

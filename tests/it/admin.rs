@@ -15,7 +15,7 @@ use crate::cluster::TestCluster;
 use crate::roster::{pushed, user};
 
 /// One HTTP/1.1 request; the status and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
@@ -31,7 +31,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
 }
 
 /// `tim admin …` against `admin`, the password (if any) on standard input.
-fn tim_admin(args: &[&str], admin: SocketAddr, secret: &str, password: Option<&str>) -> std::process::Output {
+pub fn tim_admin(args: &[&str], admin: SocketAddr, secret: &str, password: Option<&str>) -> std::process::Output {
     let admin = admin.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tim"))
         .arg("admin")
@@ -48,7 +48,7 @@ fn tim_admin(args: &[&str], admin: SocketAddr, secret: &str, password: Option<&s
     child.wait_with_output().unwrap()
 }
 
-async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> (u16, Option<String>) {
+pub async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> (u16, Option<String>) {
     let body = serde_json::json!({ "name": name, "password": password }).to_string();
     let (status, answer) = http(addr, "POST", "/v1/login", None, &body).await;
     let token =

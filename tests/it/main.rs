@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod admin;
+mod admin_api;
 mod auth;
 mod bench;
+mod browser;
 mod chat;
 mod cluster;
 mod durability;

@@ -9,6 +9,7 @@ mod fanout;
 mod machine;
 mod offline;
 mod report;
+mod scrape;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use tim_net::{Encoding, FrameType};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::admin_client::AdminKey;
 use machine::ServerProcess;
 use report::Report;
 
@@ -70,6 +72,8 @@ pub enum Scenario {
     Group(fanout::FanoutArgs),
     /// One pusher streams to a virtual room with N subscribers: deliveries per second, latency.
     Room(fanout::FanoutArgs),
+    /// Calls a node's `/metrics` and, for comparison, `/v1/info`: server CPU per scrape.
+    Scrape(scrape::ScrapeArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
@@ -87,8 +91,9 @@ impl From<Wire> for Encoding {
     }
 }
 
-/// Runs `tim bench`.
-pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs `tim bench`; `key` derives a node's admin key (the scrape scenario proves the
+/// deployment secret to the admin listener).
+pub fn main(args: BenchArgs, key: AdminKey<'_>) -> anyhow::Result<()> {
     if args.server.is_empty() {
         bail!("tim bench needs a --server");
     }
@@ -107,6 +112,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Offline(c) => offline::run(&args, c).await,
             Scenario::Group(c) => fanout::run(&args, c, fanout::Kind::Group).await,
             Scenario::Room(c) => fanout::run(&args, c, fanout::Kind::Room).await,
+            Scenario::Scrape(c) => scrape::run(&args, c, key).await,
         }
     })?;
     report.print();

@@ -115,12 +115,14 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
     }
 }
 
-/// A token login when a token is given, else a password login.
+/// A token login when a token is given, else a password login; a banned user gets 4105.
 async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineError> {
     let name = auth.name.as_deref().unwrap_or_default();
     let domain = auth.domain.as_deref().unwrap_or_default();
-    match auth.token.as_deref() {
-        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
-        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
-    }
+    let user = match auth.token.as_deref() {
+        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await?,
+        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await?,
+    };
+    server.bans.check_login(user).await?;
+    Ok(user)
 }

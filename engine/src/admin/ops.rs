@@ -1,0 +1,208 @@
+//! What an application's backend sends: system messages, presence, pings, virtual rooms,
+//! and client operations run as a user (TIM's `TimMessageBroadcast`, `TimPresenceBroadcast`,
+//! `Detect`, `Vroom`, `ProxyMessage`, and the roster and group calls).
+//!
+//! Acting for a user runs the very code a client frame of that user runs, with its checks
+//! (friendship, membership, blocks) and its pushes; the answer is what the client would get.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+use tim_net::frame::encode_server_empty;
+use tim_net::proto::{Tid, TimMessage, TimNodes, TimPresence, TimReq};
+use tim_net::{Encoding, FrameType};
+use tracing::info;
+
+use super::{engine_failed, existing_user, from_tim_json, json, parse, tim_json, user_nodes, Admin, Caller, Need};
+use crate::business::Reply;
+use crate::chat::{Next, Sender};
+use crate::ident::UserId;
+use crate::push::{push_encoded, push_frames, push_messages, Fallback};
+
+type Answer = Result<Response, Response>;
+
+/// TIM's message kinds the server sets on a system message: msType 1 (system), odType 1.
+const MS_SYSTEM: i8 = 1;
+const OD_NORMAL: i8 = 1;
+
+pub(super) fn routes() -> Router<Arc<Admin>> {
+    Router::new()
+        .route("/v1/system-messages", post(system_message))
+        .route("/v1/presence", post(presence))
+        .route("/v1/ping", post(ping))
+        .route("/v1/vrooms", post(new_vroom))
+        .route("/v1/as/{node}/message", post(as_message))
+        .route("/v1/as/{node}/business", post(as_business))
+        .route("/v1/as/{node}/nodes", post(as_nodes))
+}
+
+/// The registered users among `nodes`, and the nodes that are none.
+async fn registered(admin: &Admin, nodes: &[String]) -> Result<(Vec<UserId>, Vec<String>), Response> {
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for user in user_nodes(nodes)? {
+        match admin.server.accounts.exists(user).await {
+            Ok(true) => known.push(user),
+            Ok(false) => unknown.push(user.node()),
+            Err(e) => return Err(engine_failed(&e, "admin")),
+        }
+    }
+    Ok((known, unknown))
+}
+
+#[derive(Deserialize)]
+struct SystemMessage {
+    nodes: Vec<String>,
+    /// A `TimMessage` in TIM's JSON; msType and odType are the server's.
+    message: serde_json::Value,
+}
+
+/// A system message to each registered user: with ack, or to the offline queue; not in any
+/// history.
+async fn system_message(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
+    caller.may(Need::Write)?;
+    let request: SystemMessage = parse(&body)?;
+    let mut message = request.message;
+    if let Some(fields) = message.as_object_mut() {
+        fields.insert("msType".into(), MS_SYSTEM.into());
+        fields.insert("odType".into(), OD_NORMAL.into());
+    }
+    let mut msg: TimMessage = from_tim_json(&message)?;
+    msg.mid = None;
+    msg.from_tid = None;
+    msg.timestamp = Some(crate::chat::now_ns());
+    msg.id = Some(rand::random());
+    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let sent = users.len();
+    push_messages(&admin.server, users.into_iter().map(|u| (u, msg.clone(), Fallback::Store)).collect()).await;
+    info!(users = sent, by = caller.who(), "system message sent");
+    Ok(json(&serde_json::json!({ "sent": sent, "unknown": unknown })))
+}
+
+#[derive(Deserialize)]
+struct PresenceBroadcast {
+    nodes: Vec<String>,
+    /// A `TimPresence` in TIM's JSON.
+    presence: serde_json::Value,
+    /// The user it is from (its `fromTid`), if any.
+    from: Option<String>,
+}
+
+/// A presence to the online sessions of each user (ephemeral, as presence is).
+async fn presence(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
+    caller.may(Need::Write)?;
+    let request: PresenceBroadcast = parse(&body)?;
+    let mut presence: TimPresence = from_tim_json(&request.presence)?;
+    if let Some(from) = &request.from {
+        presence.from_tid = Some(Tid { node: existing_user(&admin.server, from).await?.node(), ..Tid::default() });
+    }
+    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let sessions = push_frames(&admin.server, &users, FrameType::Presence, &presence, None).await;
+    Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
+}
+
+#[derive(Deserialize)]
+struct Users {
+    nodes: Vec<String>,
+}
+
+/// TIMPING (frame 13) to every session of the users: clients answer it, and a session that
+/// is gone is found out by its failed write.
+async fn ping(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
+    caller.may(Need::Write)?;
+    let request: Users = parse(&body)?;
+    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let frame = encode_server_empty(FrameType::Ping);
+    let sessions = push_encoded(&admin.server, &users, frame.clone(), frame, None).await;
+    Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
+}
+
+#[derive(Deserialize)]
+struct NewVroom {
+    /// The user who owns the room.
+    owner: String,
+}
+
+/// A virtual room owned by a user, as its VROOM register would make it.
+async fn new_vroom(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
+    caller.may(Need::Write)?;
+    let request: NewVroom = parse(&body)?;
+    let owner = existing_user(&admin.server, &request.owner).await?;
+    let req = TimReq { rtype: Some(crate::vrooms::NEW), ..TimReq::default() };
+    // Made without a session: none is subscribed.
+    let ack = crate::vrooms::handle(&admin.server, owner, 0, None, &req).await;
+    Ok(json(&tim_json(&ack)))
+}
+
+/// The sender a user's client would be, for a request made on its behalf.
+fn sender(user: UserId) -> Sender {
+    Sender { user, tid: Tid { node: user.node(), ..Tid::default() } }
+}
+
+/// A message sent as a user, checked and delivered as if its client sent it: the stored
+/// message (with its `mid`) for a 1:1 message, an empty answer for kinds without one.
+async fn as_message(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Answer {
+    caller.may(Need::Write)?;
+    let server = &admin.server;
+    let user = existing_user(server, &node).await?;
+    let msg: TimMessage = from_tim_json(&parse(&body)?)?;
+    let failed = |e| engine_failed(&e, "admin message");
+    let stored = match crate::chat::accept(server, &sender(user), msg).await.map_err(failed)? {
+        Next::Store(accepted) => {
+            // No session sends it: the sender's sessions all get the copy (conn 0 is none).
+            let echoes = crate::chat::store_and_push(server, user, 0, Encoding::Json, vec![*accepted]).await;
+            let echo = echoes.map_err(failed)?.into_iter().next().unwrap_or_default();
+            // The echo is the frame type, then the message in TIM's JSON.
+            serde_json::from_slice(echo.get(1..).unwrap_or_default()).unwrap_or(serde_json::Value::Null)
+        }
+        Next::Reply(ack) => tim_json(&ack),
+        Next::Done => serde_json::Value::Null,
+    };
+    info!(user = %node, by = caller.who(), "message sent as a user");
+    Ok(json(&serde_json::json!({ "message": stored })))
+}
+
+/// The answer a client gets, as JSON.
+fn reply_json(reply: Reply) -> Response {
+    match reply {
+        Reply::Ack(ack) => json(&tim_json(&ack)),
+        Reply::Nodes(nodes) => json(&tim_json(&nodes)),
+        Reply::Nothing => json(&serde_json::json!({})),
+    }
+}
+
+/// A BUSINESS request (friends, blocks, groups) as a user.
+async fn as_business(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Answer {
+    caller.may(Need::Write)?;
+    let user = existing_user(&admin.server, &node).await?;
+    let req: TimReq = from_tim_json(&parse(&body)?)?;
+    info!(user = %node, rtype = ?req.rtype, by = caller.who(), "business request as a user");
+    Ok(reply_json(crate::business::handle(&admin.server, user, &req).await))
+}
+
+/// A NODES request (profiles of users and groups) as a user.
+async fn as_nodes(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Answer {
+    caller.may(Need::Write)?;
+    let user = existing_user(&admin.server, &node).await?;
+    let req: TimNodes = from_tim_json(&parse(&body)?)?;
+    Ok(reply_json(crate::profiles::handle(&admin.server, user, req).await))
+}
