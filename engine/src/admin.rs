@@ -7,9 +7,7 @@
 //! - `GET /v1/admins` (read), `POST /v1/admins` and `DELETE /v1/admins/{name}` (write);
 //! - `GET /metrics` (read): the node's figures in Prometheus' text format;
 //! - `GET /v1/info` (read): what the cluster is (JSON), so a tool can check that data fits;
-//! - `GET /v1/export` (secret): every slot's rows, each slot read as one snapshot on its
-//!   owner, streamed as frames (`tim_tools::dump::wire`);
-//! - `POST /v1/import` (secret): rows written back on their slots' owners;
+//! - `GET /v1/export`, `POST /v1/import` (secret): all data out and in ([`transfer`]);
 //! - the operations of TIM's server API for an application's backend ([`users`], [`ops`],
 //!   [`reads`]), described by `GET /v1/openapi.json`;
 //! - the web console at `/` ([`files`]).
@@ -24,32 +22,29 @@ mod files;
 mod ops;
 #[allow(clippy::result_large_err)]
 mod reads;
+mod transfer;
 #[allow(clippy::result_large_err)]
 mod users;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use futures_util::StreamExt;
-use tim_kv::{ExportedRow, Slot};
-use tim_net::report::ErrorChain;
-use tim_tools::admin_auth;
-use tim_tools::dump::wire::{self, ExportFrame, ImportOutcome, ImportRequest, Skipped, Source, TableSchema};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tracing::{info, warn};
-
 use tim_net::codec::{body_bytes, decode_body, Encoding, TimStruct};
 use tim_net::proto::ErrorCode;
+use tim_net::report::ErrorChain;
+use tim_tools::admin_auth;
+use tim_tools::dump::wire::{self, Source, TableSchema};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
 
 use crate::admins::{AdminError, Admins, Role};
 use crate::error::EngineError;
@@ -57,12 +52,6 @@ use crate::ident::{GroupId, UserId};
 use crate::server::Server;
 use crate::tables;
 
-/// Slots read at once by an export (each holds about two parts on its owner).
-const EXPORT_SLOTS_AT_ONCE: usize = 4;
-/// Slots written at once by one import request.
-const IMPORT_SLOTS_AT_ONCE: usize = 8;
-/// Frames an export keeps queued for a slow reader before its slots wait.
-const EXPORT_QUEUE: usize = 8;
 /// Most entries of one page of a list (online users, history, offline entries).
 pub const MAX_PAGE: usize = 1000;
 /// Most users one request names.
@@ -134,6 +123,64 @@ impl Caller {
     }
 }
 
+/// The caller of a route, allowed `need` (else 401 or 403).
+#[allow(clippy::result_large_err)]
+fn allowed(parts: &Parts, need: Need) -> Result<Caller, Response> {
+    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Nobody);
+    caller.may(need)?;
+    Ok(caller)
+}
+
+/// A caller with read rights: routes that read take it first, so a caller without them
+/// learns nothing, not even whether a user exists.
+struct Reader;
+
+/// A caller with write rights, kept for the log.
+struct Writer(Caller);
+
+impl<S: Sync> FromRequestParts<S> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        allowed(parts, Need::Read).map(|_| Self)
+    }
+}
+
+/// A tool that proved the deployment secret (export and import).
+struct SecretHolder;
+
+impl<S: Sync> FromRequestParts<S> for SecretHolder {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        allowed(parts, Need::Secret).map(|_| Self)
+    }
+}
+
+impl<S: Sync> FromRequestParts<S> for Writer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        allowed(parts, Need::Write).map(Self)
+    }
+}
+
+/// The registered user a route's `{node}` names (else 400 or 404). Routes take it after the
+/// caller's rights.
+struct Named(UserId);
+
+impl FromRequestParts<Arc<Admin>> for Named {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, Response> {
+        let Path(params) = Path::<BTreeMap<String, String>>::from_request_parts(parts, admin)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let node = params.get("node").ok_or_else(|| refuse(StatusCode::NOT_FOUND, "no user in the path".into()))?;
+        existing_user(&admin.server, node).await.map(Self)
+    }
+}
+
 /// Serves the admin listener until the node shuts down.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = admin.server.shutdown.clone();
@@ -143,9 +190,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) -> std::io::Result<
         .route("/v1/admins/{name}", delete(delete_admin))
         .route("/v1/info", get(info))
         .route("/metrics", get(metrics))
-        .route("/v1/export", get(export))
-        .route("/v1/import", post(import).layer(DefaultBodyLimit::max(wire::MAX_IMPORT_BODY)))
-        .route("/v1/import/finish", post(finish_import))
+        .merge(transfer::routes())
         .merge(users::routes())
         .merge(ops::routes())
         .merge(reads::routes())
@@ -233,10 +278,7 @@ async fn login(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
     }
 }
 
-async fn list_admins(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(answer) = caller.may(Need::Read) {
-        return answer;
-    }
+async fn list_admins(State(admin): State<Arc<Admin>>, _: Reader) -> Response {
     match admin.admins.list().await {
         Ok(list) => json(&list),
         Err(e) => failed(&e),
@@ -250,10 +292,7 @@ struct NewAdmin {
     role: Role,
 }
 
-async fn create_admin(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
-    if let Err(answer) = caller.may(Need::Write) {
-        return answer;
-    }
+async fn create_admin(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Bytes) -> Response {
     let new: NewAdmin = match parse(&body) {
         Ok(new) => new,
         Err(answer) => return answer,
@@ -267,14 +306,7 @@ async fn create_admin(State(admin): State<Arc<Admin>>, Extension(caller): Extens
     }
 }
 
-async fn delete_admin(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Response {
-    if let Err(answer) = caller.may(Need::Write) {
-        return answer;
-    }
+async fn delete_admin(State(admin): State<Arc<Admin>>, Writer(caller): Writer, Path(name): Path<String>) -> Response {
     match admin.admins.delete(&name).await {
         Ok(true) => {
             info!(admin = %name, by = caller.who(), "admin deleted");
@@ -321,87 +353,13 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
     }
 }
 
-async fn metrics(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(answer) = caller.may(Need::Read) {
-        return answer;
-    }
+async fn metrics(State(admin): State<Arc<Admin>>, _: Reader) -> Response {
     let text = crate::metrics::render(&admin.server).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn info(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(answer) = caller.may(Need::Read) {
-        return answer;
-    }
+async fn info(State(admin): State<Arc<Admin>>, _: Reader) -> Response {
     json(&admin.source())
-}
-
-async fn export(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(answer) = caller.may(Need::Secret) {
-        return answer;
-    }
-    let (tx, rx) = mpsc::channel::<ExportFrame>(EXPORT_QUEUE);
-    info!("export started");
-    admin.server.tasks.spawn(run_export(admin.clone(), tx));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        let frame = rx.recv().await?;
-        let bytes = wire::frame(&frame).unwrap_or_else(|e| {
-            warn!(error = %e, "an export frame did not encode");
-            wire::frame(&ExportFrame::Failed(format!("a frame did not encode: {e}"))).unwrap_or_default()
-        });
-        Some((Ok::<_, Infallible>(Bytes::from(bytes)), rx))
-    });
-    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
-}
-
-/// Reads every slot into `tx`: `Begin`, rows and `SlotDone` per slot, then `End`, or
-/// `Failed` at the first slot that cannot be read. Stops when the reader goes away.
-async fn run_export(admin: Arc<Admin>, tx: mpsc::Sender<ExportFrame>) {
-    if tx.send(ExportFrame::Begin(admin.source())).await.is_err() {
-        return;
-    }
-    let data = admin.server.data.clone();
-    let mut slots = futures_util::stream::iter(0..tim_shard::SLOTS)
-        .map(|slot| {
-            let (data, tx) = (data.clone(), tx.clone());
-            async move {
-                let rows = data.export_slot(Slot(slot), &tx).await?;
-                let _ = tx.send(ExportFrame::SlotDone { slot, rows }).await;
-                Ok::<_, tim_shard::RouteError>(rows)
-            }
-        })
-        .buffer_unordered(EXPORT_SLOTS_AT_ONCE);
-    let (mut done, mut rows) = (0u32, 0u64);
-    let shutdown = admin.server.shutdown.clone();
-    loop {
-        let next = tokio::select! {
-            next = slots.next() => next,
-            () = shutdown.cancelled() => {
-                // Not waiting for a reader that may be stalled.
-                let _ = tx.try_send(ExportFrame::Failed("the node is shutting down".into()));
-                return;
-            }
-        };
-        let Some(result) = next else { break };
-        match result {
-            Ok(n) => {
-                done += 1;
-                rows += n;
-            }
-            Err(e) => {
-                if tx.is_closed() {
-                    info!(slots = done, "export abandoned by its reader");
-                } else {
-                    warn!(error = %ErrorChain(&e), "export failed");
-                    let why = ErrorChain(&e).to_string();
-                    let _ = tx.send(ExportFrame::Failed(why)).await;
-                }
-                return;
-            }
-        }
-    }
-    info!(slots = done, rows, "export finished");
-    let _ = tx.send(ExportFrame::End { slots: done, rows }).await;
 }
 
 /// An error answer: `{"error": why, "code": TIM's code or null}`.
@@ -484,91 +442,6 @@ fn from_tim_json<T: TimStruct>(value: &serde_json::Value) -> Result<T, Response>
             format!("not a {}: {e}", std::any::type_name::<T>().rsplit("::").next().unwrap_or("TIM struct")),
         )
     })
-}
-
-async fn import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
-    if let Err(answer) = caller.may(Need::Secret) {
-        return answer;
-    }
-    let request: ImportRequest = match postcard::from_bytes(&body) {
-        Ok(request) => request,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("the import request does not decode: {e}")),
-    };
-    let here = admin.source();
-    let theirs = Source { fingerprint: request.fingerprint.clone(), ids: request.ids.clone(), ..here.clone() };
-    if let Some(why) = theirs.mismatch(&here) {
-        return refuse(StatusCode::CONFLICT, why);
-    }
-    // The file's table ids → this node's, by name.
-    let names: BTreeMap<u32, String> = request.tables.into_iter().collect();
-    let mut outcome = ImportOutcome::default();
-    let mut by_slot: BTreeMap<u16, Vec<ExportedRow>> = BTreeMap::new();
-    for mut row in request.rows {
-        let (name, id) = (wire::table_name(&names, row.table.0), row.id.0);
-        let reason = match admin.server.data.table(&name) {
-            _ if row.id.slot().0 >= tim_shard::SLOTS => "its id names no slot",
-            Some(local) => {
-                row.table = local;
-                by_slot.entry(row.id.slot().0).or_default().push(row);
-                continue;
-            }
-            None => "the table does not exist here",
-        };
-        outcome.skip(Skipped { table: name, id, reason: reason.into() });
-    }
-    let local_names: BTreeMap<u32, String> =
-        tables::ALL.iter().filter_map(|d| Some((admin.server.data.table(d.name)?.0, d.name.to_owned()))).collect();
-    let server = admin.server.clone();
-    let mut restores = futures_util::stream::iter(by_slot)
-        .map(|(slot, rows)| {
-            let server = server.clone();
-            async move { server.restore(Slot(slot), rows).await }
-        })
-        .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
-    while let Some(result) = restores.next().await {
-        match result {
-            Ok(restored) => {
-                outcome.written += restored.written;
-                outcome.unchanged += restored.unchanged;
-                for (table, id, reason) in restored.skipped {
-                    outcome.skip(Skipped { table: wire::table_name(&local_names, table), id, reason });
-                }
-            }
-            Err(e) => return write_failed(&e),
-        }
-    }
-    json(&outcome)
-}
-
-fn write_failed(e: &EngineError) -> Response {
-    warn!(error = %ErrorChain(e), "import failed");
-    let transient = matches!(e, EngineError::Route(r) if r.is_transient());
-    let status = if transient { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
-    refuse(status, format!("writing rows failed (the request may be sent again): {}", ErrorChain(e)))
-}
-
-/// After the last rows of an import: finishes, on every slot's owner, the relation changes
-/// the export caught half done.
-async fn finish_import(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(answer) = caller.may(Need::Secret) {
-        return answer;
-    }
-    let server = admin.server.clone();
-    let mut repairs = futures_util::stream::iter(0..tim_shard::SLOTS)
-        .map(|slot| {
-            let server = server.clone();
-            async move { server.finish_restore(Slot(slot)).await }
-        })
-        .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
-    let mut repaired = 0;
-    while let Some(result) = repairs.next().await {
-        match result {
-            Ok(n) => repaired += n,
-            Err(e) => return write_failed(&e),
-        }
-    }
-    info!(repaired, "import finished");
-    json(&serde_json::json!({ "repaired": repaired }))
 }
 
 /// The admin listener's address from `--admin-listen` (`off`: none).

@@ -111,6 +111,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout: u64,
 
+    /// Serve the chat page for first-time users at `/` on the client listener.
+    #[arg(long, env = "TIM_CHAT_PAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub chat_page: bool,
+
     /// Let users message anyone, not only mutual friends.
     #[arg(long, env = "TIM_MESSAGE_NOAUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub message_noauth: bool,

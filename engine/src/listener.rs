@@ -39,11 +39,12 @@ pub async fn serve(server: Arc<Server>, listener: MeteredListener) -> std::io::R
     let shutdown = server.shutdown.clone();
     // `/tim2` carries registrations and token requests only: a few hundred bytes.
     let tim2_limit = server.cfg.max_frame.min(LARGE_FRAME);
-    let app = Router::new()
-        .route("/tim", get(upgrade))
-        .route("/tim2", post(tim2).layer(DefaultBodyLimit::max(tim2_limit)))
-        .merge(crate::web::routes(CHAT_PAGE))
-        .with_state(server);
+    let mut app =
+        Router::new().route("/tim", get(upgrade)).route("/tim2", post(tim2).layer(DefaultBodyLimit::max(tim2_limit)));
+    if server.cfg.chat_page {
+        app = app.merge(crate::web::routes(CHAT_PAGE));
+    }
+    let app = app.with_state(server);
     axum::serve(listener, app.into_make_service_with_connect_info::<ConnInfo>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -174,6 +174,12 @@ async fn users_tokens_profiles_passwords_bans_and_the_online_list() {
     assert!(members.iter().all(|m| m["live"] == json!(true)));
     assert_eq!(members.iter().map(|m| m["slots"].as_u64().unwrap()).sum::<u64>(), 4096);
     ann_client.ping().await.unwrap();
+
+    // The description of all this, served to anyone.
+    let (status, spec) = http(b, "GET", "/v1/openapi.json", None, "").await;
+    assert_eq!(status, 200);
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["paths"]["/v1/bans"]["post"]["operationId"].is_string(), "{}", spec["paths"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,8 +78,24 @@ async fn find(page: &Client, css: &str) -> Element {
     page.wait().at_most(UI_WAIT).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"))
 }
 
+/// Clicks `css`, found anew when a page redrew it between finding and clicking.
 async fn click(page: &Client, css: &str) {
-    find(page, css).await.click().await.unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    let deadline = Instant::now() + UI_WAIT;
+    loop {
+        match find(page, css).await.click().await {
+            Ok(_) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => continue,
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+}
+
+/// An attribute of `css`, read where it is (lists redraw as pushes come).
+async fn attr(page: &Client, css: &str, name: &str) -> String {
+    find(page, css).await;
+    let script = "return document.querySelector(arguments[0]).getAttribute(arguments[1]);";
+    let value = page.execute(script, vec![css.into(), name.into()]).await.unwrap();
+    value.as_str().unwrap_or_else(|| panic!("{css} has no {name}")).to_owned()
 }
 
 async fn fill(page: &Client, css: &str, text: &str) {
@@ -163,7 +179,7 @@ async fn two_people_chat_on_the_page_and_the_console_sees_them() {
     // A group: made by ann, ben pulled in; a message each way.
     fill(&ann, "#group-topic", "team").await;
     click(&ann, "#group-create").await;
-    let group = find(&ann, "#groups li.group[data-node]").await.attr("data-node").await.unwrap().unwrap();
+    let group = attr(&ann, "#groups li.group[data-node]", "data-node").await;
     let in_group = format!("#groups li[data-node='{group}']");
     click(&ann, &in_group).await;
     fill(&ann, "#group-user", &ben_node).await;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -18,7 +18,7 @@ use tim_net::proto::{Tid, TimMessage, TimNodes, TimPresence, TimReq};
 use tim_net::{Encoding, FrameType};
 use tracing::info;
 
-use super::{engine_failed, existing_user, from_tim_json, json, parse, tim_json, user_nodes, Admin, Caller, Need};
+use super::{engine_failed, existing_user, from_tim_json, json, parse, tim_json, user_nodes, Admin, Named, Writer};
 use crate::business::Reply;
 use crate::chat::{Next, Sender};
 use crate::ident::UserId;
@@ -61,10 +61,9 @@ struct SystemMessage {
     message: serde_json::Value,
 }
 
-/// A system message to each registered user: with ack, or to the offline queue; not in any
-/// history.
-async fn system_message(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+/// A system message to each registered user: queued, then pushed with ack (an ack takes it
+/// off the queue); in no history.
+async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Bytes) -> Answer {
     let request: SystemMessage = parse(&body)?;
     let mut message = request.message;
     if let Some(fields) = message.as_object_mut() {
@@ -78,7 +77,13 @@ async fn system_message(State(admin): State<Arc<Admin>>, Extension(caller): Exte
     msg.id = Some(rand::random());
     let (users, unknown) = registered(&admin, &request.nodes).await?;
     let sent = users.len();
-    push_messages(&admin.server, users.into_iter().map(|u| (u, msg.clone(), Fallback::Store)).collect()).await;
+    // Queued for everyone before it is pushed, as a chat message is: the answer means stored,
+    // and a session's ack removes its user's entry.
+    let entries: Vec<(UserId, TimMessage)> = users.into_iter().map(|u| (u, msg.clone())).collect();
+    let queued =
+        admin.server.offline.push_all(&entries).await.map_err(|e| engine_failed(&e, "admin system message"))?;
+    let pushes = entries.into_iter().zip(queued).map(|((u, m), entry)| (u, m, Fallback::Queued(entry))).collect();
+    push_messages(&admin.server, pushes).await;
     info!(users = sent, by = caller.who(), "system message sent");
     Ok(json(&serde_json::json!({ "sent": sent, "unknown": unknown })))
 }
@@ -93,8 +98,7 @@ struct PresenceBroadcast {
 }
 
 /// A presence to the online sessions of each user (ephemeral, as presence is).
-async fn presence(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn presence(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: PresenceBroadcast = parse(&body)?;
     let mut presence: TimPresence = from_tim_json(&request.presence)?;
     if let Some(from) = &request.from {
@@ -112,8 +116,7 @@ struct Users {
 
 /// TIMPING (frame 13) to every session of the users: clients answer it, and a session that
 /// is gone is found out by its failed write.
-async fn ping(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn ping(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: Users = parse(&body)?;
     let (users, unknown) = registered(&admin, &request.nodes).await?;
     let frame = encode_server_empty(FrameType::Ping);
@@ -128,8 +131,7 @@ struct NewVroom {
 }
 
 /// A virtual room owned by a user, as its VROOM register would make it.
-async fn new_vroom(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn new_vroom(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: NewVroom = parse(&body)?;
     let owner = existing_user(&admin.server, &request.owner).await?;
     let req = TimReq { rtype: Some(crate::vrooms::NEW), ..TimReq::default() };
@@ -147,13 +149,11 @@ fn sender(user: UserId) -> Sender {
 /// message (with its `mid`) for a 1:1 message, an empty answer for kinds without one.
 async fn as_message(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    Writer(caller): Writer,
+    Named(user): Named,
     body: Bytes,
 ) -> Answer {
-    caller.may(Need::Write)?;
     let server = &admin.server;
-    let user = existing_user(server, &node).await?;
     let msg: TimMessage = from_tim_json(&parse(&body)?)?;
     let failed = |e| engine_failed(&e, "admin message");
     let stored = match crate::chat::accept(server, &sender(user), msg).await.map_err(failed)? {
@@ -167,7 +167,7 @@ async fn as_message(
         Next::Reply(ack) => tim_json(&ack),
         Next::Done => serde_json::Value::Null,
     };
-    info!(user = %node, by = caller.who(), "message sent as a user");
+    info!(user = %user.node(), by = caller.who(), "message sent as a user");
     Ok(json(&serde_json::json!({ "message": stored })))
 }
 
@@ -183,26 +183,17 @@ fn reply_json(reply: Reply) -> Response {
 /// A BUSINESS request (friends, blocks, groups) as a user.
 async fn as_business(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    Writer(caller): Writer,
+    Named(user): Named,
     body: Bytes,
 ) -> Answer {
-    caller.may(Need::Write)?;
-    let user = existing_user(&admin.server, &node).await?;
     let req: TimReq = from_tim_json(&parse(&body)?)?;
-    info!(user = %node, rtype = ?req.rtype, by = caller.who(), "business request as a user");
+    info!(user = %user.node(), rtype = ?req.rtype, by = caller.who(), "business request as a user");
     Ok(reply_json(crate::business::handle(&admin.server, user, &req).await))
 }
 
 /// A NODES request (profiles of users and groups) as a user.
-async fn as_nodes(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-    body: Bytes,
-) -> Answer {
-    caller.may(Need::Write)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn as_nodes(State(admin): State<Arc<Admin>>, _: Writer, Named(user): Named, body: Bytes) -> Answer {
     let req: TimNodes = from_tim_json(&parse(&body)?)?;
     Ok(reply_json(crate::profiles::handle(&admin.server, user, req).await))
 }

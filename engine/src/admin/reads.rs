@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
@@ -16,8 +16,8 @@ use serde::Deserialize;
 use tim_kv::RowId;
 use tracing::info;
 
-use super::{engine_failed, existing_user, group_node, json, parse, refuse, tim_json, user_node, Admin, Caller};
-use super::{Need, MAX_PAGE};
+use super::MAX_PAGE;
+use super::{engine_failed, group_node, json, parse, refuse, tim_json, user_node, Admin, Named, Reader, Writer};
 use crate::error::EngineError;
 use crate::ident::{pair_id, GroupId, UserId};
 
@@ -52,52 +52,23 @@ fn group_list(list: Result<Vec<GroupId>, EngineError>) -> Answer {
     nodes(list.map(|groups| groups.into_iter().map(GroupId::node).collect()))
 }
 
-async fn roster(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn roster(_: Reader, State(admin): State<Arc<Admin>>, Named(user): Named) -> Answer {
     user_list(admin.server.rosters.friends(user).await)
 }
 
-async fn blocks(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn blocks(_: Reader, State(admin): State<Arc<Admin>>, Named(user): Named) -> Answer {
     user_list(admin.server.rosters.blocked(user).await)
 }
 
-async fn groups(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn groups(_: Reader, State(admin): State<Arc<Admin>>, Named(user): Named) -> Answer {
     group_list(admin.server.groups.groups_of(user).await)
 }
 
-async fn blocked_groups(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn blocked_groups(_: Reader, State(admin): State<Arc<Admin>>, Named(user): Named) -> Answer {
     group_list(admin.server.groups.blocked_groups(user).await)
 }
 
-async fn are_friends(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path((node, peer)): Path<(String, String)>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn are_friends(State(admin): State<Arc<Admin>>, _: Reader, Path((node, peer)): Path<(String, String)>) -> Answer {
     let (user, peer) = (user_node(&node)?, user_node(&peer)?);
     let friends = admin.server.rosters.are_friends(user, peer).await.map_err(|e| engine_failed(&e, "admin"))?;
     Ok(json(&serde_json::json!({ "friends": friends })))
@@ -113,32 +84,17 @@ async fn existing_group(admin: &Admin, node: &str) -> Result<GroupId, Response> 
     }
 }
 
-async fn members(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn members(State(admin): State<Arc<Admin>>, _: Reader, Path(node): Path<String>) -> Answer {
     let group = existing_group(&admin, &node).await?;
     user_list(admin.server.groups.members_of(group).await)
 }
 
-async fn blocked_members(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn blocked_members(State(admin): State<Arc<Admin>>, _: Reader, Path(node): Path<String>) -> Answer {
     let group = existing_group(&admin, &node).await?;
     user_list(admin.server.groups.blocked_by(group).await)
 }
 
-async fn is_member(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path((group, node)): Path<(String, String)>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn is_member(State(admin): State<Arc<Admin>>, _: Reader, Path((group, node)): Path<(String, String)>) -> Answer {
     let (group, user) = (group_node(&group)?, user_node(&node)?);
     let member = admin.server.groups.is_member(group, user).await.map_err(|e| engine_failed(&e, "admin"))?;
     Ok(json(&serde_json::json!({ "member": member })))
@@ -169,22 +125,20 @@ async fn history(admin: &Admin, chat: [u8; 16], page: HistoryPage) -> Answer {
 
 async fn user_history(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
+    _: Reader,
     Path((node, peer)): Path<(String, String)>,
     Query(page): Query<HistoryPage>,
 ) -> Answer {
-    caller.may(Need::Read)?;
     let (user, peer) = (user_node(&node)?, user_node(&peer)?);
     history(&admin, pair_id(user, peer), page).await
 }
 
 async fn group_history(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
+    _: Reader,
     Path(node): Path<String>,
     Query(page): Query<HistoryPage>,
 ) -> Answer {
-    caller.may(Need::Read)?;
     let group = existing_group(&admin, &node).await?;
     history(&admin, crate::group_chat::chat_of(group), page).await
 }
@@ -197,12 +151,10 @@ struct OfflinePage {
 /// The oldest entries of a user's offline queue, left in place.
 async fn offline(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    _: Reader,
+    Named(user): Named,
     Query(page): Query<OfflinePage>,
 ) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let entries = admin.server.offline.oldest(user, limit).await.map_err(|e| engine_failed(&e, "admin offline"))?;
     let entries: Vec<_> =
@@ -218,12 +170,10 @@ struct OfflineIds {
 /// Deletes entries of a user's offline queue by the ids its read gave.
 async fn delete_offline(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    Writer(caller): Writer,
+    Named(user): Named,
     body: Bytes,
 ) -> Answer {
-    caller.may(Need::Write)?;
-    let user = existing_user(&admin.server, &node).await?;
     let request: OfflineIds = parse(&body)?;
     if request.ids.len() > MAX_PAGE {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_PAGE} ids per request")));
@@ -231,6 +181,6 @@ async fn delete_offline(
     let ids: Vec<RowId> = request.ids.into_iter().map(RowId).collect();
     let deleted = admin.server.offline.remove_listed(user, &ids).await;
     let deleted = deleted.map_err(|e| engine_failed(&e, "admin offline"))?;
-    info!(user = %node, deleted, by = caller.who(), "offline entries deleted");
+    info!(user = %user.node(), deleted, by = caller.who(), "offline entries deleted");
     Ok(json(&serde_json::json!({ "deleted": deleted })))
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -16,8 +16,10 @@ use tim_net::proto::TimUserBean;
 use tim_net::report::ErrorChain;
 use tracing::{info, warn};
 
-use super::{engine_failed, existing_user, from_tim_json, json, parse, refuse, tim_json, user_node, user_nodes, Admin};
-use super::{Caller, Need, MAX_PAGE};
+use super::MAX_PAGE;
+use super::{
+    engine_failed, from_tim_json, json, parse, refuse, tim_json, user_node, user_nodes, Admin, Named, Reader, Writer,
+};
 use crate::calls::NodeQuery;
 use crate::ident::UserId;
 use crate::push::locate;
@@ -44,8 +46,7 @@ struct NewUser {
     domain: String,
 }
 
-async fn register(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn register(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Bytes) -> Answer {
     let new: NewUser = parse(&body)?;
     let user = admin.server.accounts.register(&new.name, &new.password, &new.domain).await;
     let user = user.map_err(|e| engine_failed(&e, "admin register"))?;
@@ -60,24 +61,13 @@ struct ByName {
     domain: String,
 }
 
-async fn find_by_name(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Query(by): Query<ByName>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn find_by_name(State(admin): State<Arc<Admin>>, _: Reader, Query(by): Query<ByName>) -> Answer {
     let user = admin.server.accounts.user_of(&by.name, &by.domain).await.map_err(|e| engine_failed(&e, "admin"))?;
     let user = user.ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no user named {:?}", by.name)))?;
     user_info(&admin, user).await
 }
 
-async fn lookup(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Read)?;
-    let user = existing_user(&admin.server, &node).await?;
+async fn lookup(State(admin): State<Arc<Admin>>, _: Reader, Named(user): Named) -> Answer {
     user_info(&admin, user).await
 }
 
@@ -112,15 +102,13 @@ async fn user_info(admin: &Admin, user: UserId) -> Answer {
 
 async fn modify_profile(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    Writer(caller): Writer,
+    Named(user): Named,
     body: Bytes,
 ) -> Answer {
-    caller.may(Need::Write)?;
-    let user = existing_user(&admin.server, &node).await?;
     let changes: TimUserBean = from_tim_json(&parse(&body)?)?;
     admin.server.accounts.modify_profile(user, changes).await.map_err(|e| engine_failed(&e, "admin profile"))?;
-    info!(user = %node, by = caller.who(), "profile changed");
+    info!(user = %user.node(), by = caller.who(), "profile changed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -133,16 +121,14 @@ struct NewPassword {
 
 async fn set_password(
     State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
+    Writer(caller): Writer,
+    Named(user): Named,
     body: Bytes,
 ) -> Answer {
-    caller.may(Need::Write)?;
-    let user = existing_user(&admin.server, &node).await?;
     let change: NewPassword = parse(&body)?;
     let changed = admin.server.accounts.change_password(user, change.old_password.as_deref(), &change.password).await;
     changed.map_err(|e| engine_failed(&e, "admin password"))?;
-    info!(user = %node, by = caller.who(), reset = change.old_password.is_none(), "password changed");
+    info!(user = %user.node(), by = caller.who(), reset = change.old_password.is_none(), "password changed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -155,8 +141,7 @@ struct TokenRequest {
     password: Option<String>,
 }
 
-async fn token(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn token(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: TokenRequest = parse(&body)?;
     let accounts = &admin.server.accounts;
     let failed = |e| engine_failed(&e, "admin token");
@@ -175,8 +160,7 @@ struct BanRequest {
 
 /// Bans users: each is refused logins until the ban ends, and its sessions get TIMLOGOUT
 /// and close, wherever they are.
-async fn ban(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
-    caller.may(Need::Write)?;
+async fn ban(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Bytes) -> Answer {
     let request: BanRequest = parse(&body)?;
     if request.seconds == 0 {
         return Err(refuse(
@@ -205,12 +189,7 @@ async fn ban(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Calle
     Ok(json(&serde_json::json!({ "banned": banned.len(), "sessions_closed": closed, "unknown": unknown })))
 }
 
-async fn unban(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Path(node): Path<String>,
-) -> Answer {
-    caller.may(Need::Write)?;
+async fn unban(State(admin): State<Arc<Admin>>, Writer(caller): Writer, Path(node): Path<String>) -> Answer {
     let user = user_node(&node)?;
     let lifted = admin.server.bans.lift(user).await.map_err(|e| engine_failed(&e, "admin unban"))?;
     if !lifted {
@@ -221,8 +200,7 @@ async fn unban(
 }
 
 /// The members as gossip shows them; a node that runs alone shows itself.
-async fn cluster(State(admin): State<Arc<Admin>>, Extension(caller): Extension<Caller>) -> Answer {
-    caller.may(Need::Read)?;
+async fn cluster(State(admin): State<Arc<Admin>>, _: Reader) -> Answer {
     let server = &admin.server;
     let me = server.data.node();
     let (alone, members) = match server.data.members().await {
@@ -251,12 +229,7 @@ struct OnlinePage {
 
 /// A page of the cluster's online users, in id order: every live node gives its first
 /// `limit` users after the cursor, and the first `limit` of them all are the page.
-async fn online(
-    State(admin): State<Arc<Admin>>,
-    Extension(caller): Extension<Caller>,
-    Query(page): Query<OnlinePage>,
-) -> Answer {
-    caller.may(Need::Read)?;
+async fn online(State(admin): State<Arc<Admin>>, _: Reader, Query(page): Query<OnlinePage>) -> Answer {
     let server = &admin.server;
     let after = page.after.as_deref().filter(|a| !a.is_empty()).map(user_node).transpose()?;
     let limit = page.limit.unwrap_or(100).clamp(1, MAX_PAGE);

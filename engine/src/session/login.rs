@@ -44,6 +44,19 @@ impl Session {
             }
         };
         self.server.kick(user, replaced).await;
+        // Banned users get 4105. Checked once the session is in the directory: a ban writes
+        // its row, then logs out the sessions the directory lists, so a login racing it is
+        // either listed there or reads the row here.
+        if let Err(e) = self.server.bans.check_login(user).await {
+            self.server.sessions.remove(user, self.conn_id);
+            let (server, conn) = (self.server.clone(), self.conn_id);
+            self.server.tasks.spawn(async move {
+                if let Err(e) = server.leave(user, conn).await {
+                    let _ = e.answer("banned login");
+                }
+            });
+            return self.refuse_login(frame.encoding, e.answer("login")).await;
+        }
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
         crate::metrics::add(&self.server.metrics.logins, 1);
@@ -115,14 +128,12 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
     }
 }
 
-/// A token login when a token is given, else a password login; a banned user gets 4105.
+/// A token login when a token is given, else a password login.
 async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineError> {
     let name = auth.name.as_deref().unwrap_or_default();
     let domain = auth.domain.as_deref().unwrap_or_default();
-    let user = match auth.token.as_deref() {
-        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await?,
-        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await?,
-    };
-    server.bans.check_login(user).await?;
-    Ok(user)
+    match auth.token.as_deref() {
+        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
+        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
+    }
 }
