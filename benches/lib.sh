@@ -23,7 +23,7 @@ start_node() {
   [ "$i" != 1 ] && flags+=(--seeds 127.0.0.1:20004)
   taskset -c 0 "$tim" serve "${flags[@]}" > "$dir/node$i.out" 2> "$dir/node$i.log" &
   pids+=($!); servers+=("127.0.0.$i:20003")
-  for _ in $(seq 600); do grep -q "tim ready" "$dir/node$i.out" && return; sleep 0.1; done
+  for _ in $(seq 600); do grep -qs "tim ready" "$dir/node$i.out" && return; sleep 0.1; done
   echo "node $i did not start: see $dir/node$i.log" >&2; return 1
 }
 

@@ -113,7 +113,7 @@ impl Caller {
             (false, Self::Nobody) => Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "sign in (POST /v1/login, then Authorization: Bearer <token>), or prove the deployment secret \
-                 (Authorization: Tim-Secret <time>.<HMAC>, as tim export/import do)"
+                 (Authorization: Tim-Secret <time>.<nonce>.<HMAC>, as tim export/import do)"
                     .into(),
             )),
             (false, _) => {

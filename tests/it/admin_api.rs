@@ -306,10 +306,19 @@ async fn messages_presence_pings_rooms_and_operations_as_a_user() {
     let (_, blocked) = api(b, "GET", &format!("/v1/groups/{group}/blocked-members"), &viewer, Value::Null).await;
     assert_eq!(blocked, json!({ "nodes": [ben_node] }));
 
-    // Profiles as a user (the NODES operation).
+    // Profiles as a user (the NODES operation): ben's read by ann; the group's changed by its
+    // founder, which only she may do.
+    let as_nodes = |node: &str| format!("/v1/as/{node}/nodes");
     let ask = json!({ "ntype": 4, "nodelist": [ben_node] });
-    let (_, answer) = api(a, "POST", &format!("/v1/as/{ann_node}/nodes"), &root, ask).await;
+    let (_, answer) = api(a, "POST", &as_nodes(&ann_node), &root, ask).await;
     assert!(answer["usermap"][&ben_node].is_object(), "{answer}");
+    let change = json!({ "ntype": 7, "roommap": { (group.as_str()): { "topic": "the A team" } } });
+    let (_, answer) = api(b, "POST", &as_nodes(&cat_node), &root, change.clone()).await;
+    assert_eq!((answer["ok"].as_bool(), answer["error"]["code"].as_i64()), (Some(false), Some(4105)), "{answer}");
+    assert_eq!(api(b, "POST", &as_nodes(&ann_node), &root, change).await.1["ok"], json!(true));
+    let ask = json!({ "ntype": 5, "nodelist": [group] });
+    let (_, answer) = api(a, "POST", &as_nodes(&cat_node), &root, ask).await;
+    assert_eq!(answer["roommap"][&group]["topic"], json!("the A team"), "{answer}");
 
     // What a read token may not do, and what nobody may do without one.
     let request = json!({ "nodes": [ann_node], "message": { "dataString": "x" } });

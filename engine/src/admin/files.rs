@@ -27,8 +27,13 @@ mod tests {
     /// The routes the admin listener's sources declare: `METHOD path` for every
     /// `.route("path", method(handler).other(handler))` line.
     fn routed() -> BTreeSet<String> {
-        let sources =
-            [include_str!("../admin.rs"), include_str!("users.rs"), include_str!("ops.rs"), include_str!("reads.rs")];
+        let sources = [
+            include_str!("../admin.rs"),
+            include_str!("users.rs"),
+            include_str!("ops.rs"),
+            include_str!("reads.rs"),
+            include_str!("transfer.rs"),
+        ];
         let mut routes = BTreeSet::new();
         for line in sources.iter().flat_map(|s| s.lines()) {
             let Some((_, rest)) = line.split_once(".route(\"") else { continue };
