@@ -419,13 +419,22 @@ async fn existing_user(server: &Server, node: &str) -> Result<UserId, Response> 
     }
 }
 
-/// The users a request names (at most [`MAX_USERS`]), each well-formed.
-#[allow(clippy::result_large_err)]
-fn user_nodes(nodes: &[String]) -> Result<Vec<UserId>, Response> {
+/// The registered users among the nodes a request names (at most [`MAX_USERS`], each
+/// well-formed), and the nodes that are no user.
+async fn registered(server: &Server, nodes: &[String]) -> Result<(Vec<UserId>, Vec<String>), Response> {
     if nodes.len() > MAX_USERS {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_USERS} users per request")));
     }
-    nodes.iter().map(|n| user_node(n)).collect()
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for node in nodes {
+        let user = user_node(node)?;
+        match server.accounts.exists(user).await {
+            Ok(true) => known.push(user),
+            Ok(false) => unknown.push(user.node()),
+            Err(e) => return Err(engine_failed(&e, "admin")),
+        }
+    }
+    Ok((known, unknown))
 }
 
 /// A TIM struct as JSON, in TIM's JSON client encoding.

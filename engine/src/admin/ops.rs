@@ -18,7 +18,7 @@ use tim_net::proto::{Tid, TimMessage, TimNodes, TimPresence, TimReq};
 use tim_net::{Encoding, FrameType};
 use tracing::info;
 
-use super::{engine_failed, existing_user, from_tim_json, json, parse, tim_json, user_nodes, Admin, Named, Writer};
+use super::{engine_failed, existing_user, from_tim_json, json, parse, registered, tim_json, Admin, Named, Writer};
 use crate::business::Reply;
 use crate::chat::{Next, Sender};
 use crate::ident::UserId;
@@ -39,19 +39,6 @@ pub(super) fn routes() -> Router<Arc<Admin>> {
         .route("/v1/as/{node}/message", post(as_message))
         .route("/v1/as/{node}/business", post(as_business))
         .route("/v1/as/{node}/nodes", post(as_nodes))
-}
-
-/// The registered users among `nodes`, and the nodes that are none.
-async fn registered(admin: &Admin, nodes: &[String]) -> Result<(Vec<UserId>, Vec<String>), Response> {
-    let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for user in user_nodes(nodes)? {
-        match admin.server.accounts.exists(user).await {
-            Ok(true) => known.push(user),
-            Ok(false) => unknown.push(user.node()),
-            Err(e) => return Err(engine_failed(&e, "admin")),
-        }
-    }
-    Ok((known, unknown))
 }
 
 #[derive(Deserialize)]
@@ -75,7 +62,7 @@ async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer,
     msg.from_tid = None;
     msg.timestamp = Some(crate::chat::now_ns());
     msg.id = Some(rand::random());
-    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     let sent = users.len();
     // Queued for everyone before it is pushed, as a chat message is: the answer means stored,
     // and a session's ack removes its user's entry.
@@ -104,7 +91,7 @@ async fn presence(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> An
     if let Some(from) = &request.from {
         presence.from_tid = Some(Tid { node: existing_user(&admin.server, from).await?.node(), ..Tid::default() });
     }
-    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     let sessions = push_frames(&admin.server, &users, FrameType::Presence, &presence, None).await;
     Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
 }
@@ -118,7 +105,7 @@ struct Users {
 /// is gone is found out by its failed write.
 async fn ping(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: Users = parse(&body)?;
-    let (users, unknown) = registered(&admin, &request.nodes).await?;
+    let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     let frame = encode_server_empty(FrameType::Ping);
     let sessions = push_encoded(&admin.server, &users, frame.clone(), frame, None).await;
     Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::MAX_PAGE;
 use super::{
-    engine_failed, from_tim_json, json, parse, refuse, tim_json, user_node, user_nodes, Admin, Named, Reader, Writer,
+    engine_failed, from_tim_json, json, parse, refuse, registered, tim_json, user_node, Admin, Named, Reader, Writer,
 };
 use crate::calls::NodeQuery;
 use crate::ident::UserId;
@@ -169,19 +169,9 @@ async fn ban(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Byte
         ));
     }
     let server = &admin.server;
-    let users = user_nodes(&request.nodes)?;
-    let (mut banned, mut unknown) = (Vec::new(), Vec::new());
-    for user in users {
-        match server.accounts.exists(user).await {
-            Ok(true) => {}
-            Ok(false) => {
-                unknown.push(user.node());
-                continue;
-            }
-            Err(e) => return Err(engine_failed(&e, "admin ban")),
-        }
-        server.bans.ban(user, request.seconds).await.map_err(|e| engine_failed(&e, "admin ban"))?;
-        banned.push(user);
+    let (banned, unknown) = registered(server, &request.nodes).await?;
+    for user in &banned {
+        server.bans.ban(*user, request.seconds).await.map_err(|e| engine_failed(&e, "admin ban"))?;
     }
     // Banned first, then logged out: a login racing the ban reads it, or is closed here.
     let closed = crate::push::log_out(server, &banned).await.map_err(|e| engine_failed(&e, "admin ban"))?;
