@@ -380,9 +380,11 @@ fn engine_failed(e: &EngineError, op: &'static str) -> Response {
     let status = match e {
         EngineError::Refused(code) => match code {
             ErrorCode::PermissionDenied | ErrorCode::Blocked | ErrorCode::NoPass => StatusCode::FORBIDDEN,
-            ErrorCode::AccountIncorrect | ErrorCode::NotExist => StatusCode::NOT_FOUND,
+            ErrorCode::AccountIncorrect | ErrorCode::NotExist | ErrorCode::Cancelled => StatusCode::NOT_FOUND,
             ErrorCode::HasExist | ErrorCode::Repetitive => StatusCode::CONFLICT,
-            ErrorCode::HeavyLoad => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::HeavyLoad | ErrorCode::BlockingOperation => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::FreqOutOfLimit => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Undefined | ErrorCode::Database => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         },
         EngineError::Route(r) if r.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -420,14 +422,18 @@ async fn existing_user(server: &Server, node: &str) -> Result<UserId, Response> 
 }
 
 /// The registered users among the nodes a request names (at most [`MAX_USERS`], each
-/// well-formed), and the nodes that are no user.
+/// well-formed), each once, and the nodes that are no user.
 async fn registered(server: &Server, nodes: &[String]) -> Result<(Vec<UserId>, Vec<String>), Response> {
     if nodes.len() > MAX_USERS {
         return Err(refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_USERS} users per request")));
     }
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    let mut named = std::collections::HashSet::new();
     for node in nodes {
         let user = user_node(node)?;
+        if !named.insert(user) {
+            continue;
+        }
         match server.accounts.exists(user).await {
             Ok(true) => known.push(user),
             Ok(false) => unknown.push(user.node()),

@@ -581,13 +581,13 @@ impl Cluster {
         self.store.figures()
     }
 
-    /// The cluster as this node sees it, for `/metrics`.
     /// The members as gossip shows them (the newest generation of each); `None` for a node
     /// that runs alone, without membership.
     pub async fn members(&self) -> Option<Vec<crate::membership::MemberInfo>> {
         Some(crate::node::newest(self.membership.get()?.members().await))
     }
 
+    /// The cluster as this node sees it, for `/metrics`.
     pub async fn figures(&self) -> ClusterFigures {
         let slots_owned = self.ownership.owned().len() as u64;
         let calls = self.calls.snapshot();

@@ -209,6 +209,9 @@ async fn two_people_chat_on_the_page_and_the_console_sees_them() {
     find(&console, &format!("#online li[data-node='{ann_node}']")).await;
     find(&console, &format!("#online li[data-node='{ben_node}']")).await;
     find(&console, "#cluster tr[data-node]").await;
+    fill(&console, "#lookup-input", "ann").await;
+    click(&console, "#lookup-button").await;
+    text_when(&console, "#lookup-result", |t| t.contains(&ann_node)).await;
     // Messages are counted by the node their sender is connected to: ann's, the console's.
     let before = stored(&console).await;
     say(&ann, &format!("#friends li[data-node='{ben_node}']"), "one more").await;

@@ -9,26 +9,50 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
+use tim_net::codec::{body_bytes, TimStruct};
 use tim_net::frame::encode_server_empty;
 use tim_net::proto::{Tid, TimMessage, TimNodes, TimPresence, TimReq};
 use tim_net::{Encoding, FrameType};
 use tracing::info;
 
-use super::{engine_failed, existing_user, from_tim_json, json, parse, registered, tim_json, Admin, Named, Writer};
+use super::{
+    engine_failed, existing_user, from_tim_json, json, parse, refuse, registered, tim_json, Admin, Named, Writer,
+};
 use crate::business::Reply;
 use crate::chat::{Next, Sender};
 use crate::ident::UserId;
 use crate::push::{push_encoded, push_frames, push_messages, Fallback};
+use crate::server::Server;
 
 type Answer = Result<Response, Response>;
 
 /// TIM's message kinds the server sets on a system message: msType 1 (system), odType 1.
 const MS_SYSTEM: i8 = 1;
 const OD_NORMAL: i8 = 1;
+
+/// Most bytes the copies of one system message may take in offline queues (users × size).
+const MAX_FAN_OUT_BYTES: usize = 256 << 20;
+
+/// Refuses (413) a struct for `copies` users that is larger than a client's frame may be, or
+/// whose copies together pass [`MAX_FAN_OUT_BYTES`].
+#[allow(clippy::result_large_err)]
+fn fits<T: TimStruct>(server: &Server, value: &T, copies: usize) -> Result<(), Response> {
+    let size = body_bytes(value, Encoding::Compact).len();
+    if size > server.cfg.max_frame {
+        let why = format!("it has {size} bytes; a frame has at most {} (--max-frame)", server.cfg.max_frame);
+        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, why));
+    }
+    if size.saturating_mul(copies) > MAX_FAN_OUT_BYTES {
+        let why = format!("{copies} copies of {size} bytes pass the {MAX_FAN_OUT_BYTES} bytes one request may queue");
+        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, why));
+    }
+    Ok(())
+}
 
 pub(super) fn routes() -> Router<Arc<Admin>> {
     Router::new()
@@ -63,6 +87,7 @@ async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer,
     msg.timestamp = Some(crate::chat::now_ns());
     msg.id = Some(rand::random());
     let (users, unknown) = registered(&admin.server, &request.nodes).await?;
+    fits(&admin.server, &msg, users.len())?;
     let sent = users.len();
     // Queued for everyone before it is pushed, as a chat message is: the answer means stored,
     // and a session's ack removes its user's entry.
@@ -88,10 +113,13 @@ struct PresenceBroadcast {
 async fn presence(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: PresenceBroadcast = parse(&body)?;
     let mut presence: TimPresence = from_tim_json(&request.presence)?;
-    if let Some(from) = &request.from {
-        presence.from_tid = Some(Tid { node: existing_user(&admin.server, from).await?.node(), ..Tid::default() });
-    }
+    // The sender is the server's to say: a registered `from`, or nobody.
+    presence.from_tid = match &request.from {
+        Some(from) => Some(Tid { node: existing_user(&admin.server, from).await?.node(), ..Tid::default() }),
+        None => None,
+    };
     let (users, unknown) = registered(&admin.server, &request.nodes).await?;
+    fits(&admin.server, &presence, 1)?;
     let sessions = push_frames(&admin.server, &users, FrameType::Presence, &presence, None).await;
     Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
 }
@@ -142,6 +170,7 @@ async fn as_message(
 ) -> Answer {
     let server = &admin.server;
     let msg: TimMessage = from_tim_json(&parse(&body)?)?;
+    fits(server, &msg, 1)?;
     let failed = |e| engine_failed(&e, "admin message");
     let stored = match crate::chat::accept(server, &sender(user), msg).await.map_err(failed)? {
         Next::Store(accepted) => {

@@ -169,12 +169,24 @@ async fn ban(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Byte
         ));
     }
     let server = &admin.server;
-    let (banned, unknown) = registered(server, &request.nodes).await?;
-    for user in &banned {
-        server.bans.ban(*user, request.seconds).await.map_err(|e| engine_failed(&e, "admin ban"))?;
+    let (users, unknown) = registered(server, &request.nodes).await?;
+    let mut banned = Vec::with_capacity(users.len());
+    let mut failed = None;
+    for user in users {
+        match server.bans.ban(user, request.seconds).await {
+            Ok(_) => banned.push(user),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    // Banned first, then logged out: a login racing the ban reads it, or is closed here.
+    // Banned first, then logged out: a login racing the ban reads it, or is closed here. The
+    // users banned before a failure are logged out too.
     let closed = crate::push::log_out(server, &banned).await.map_err(|e| engine_failed(&e, "admin ban"))?;
+    if let Some(e) = failed {
+        return Err(engine_failed(&e, "admin ban"));
+    }
     info!(users = banned.len(), sessions = closed, seconds = request.seconds, by = caller.who(), "users banned");
     Ok(json(&serde_json::json!({ "banned": banned.len(), "sessions_closed": closed, "unknown": unknown })))
 }

@@ -43,20 +43,18 @@ impl Session {
                 return self.refuse_login(frame.encoding, e.answer("login")).await;
             }
         };
-        self.server.kick(user, replaced).await;
         // Banned users get 4105. Checked once the session is in the directory: a ban writes
         // its row, then logs out the sessions the directory lists, so a login racing it is
-        // either listed there or reads the row here.
+        // either listed there or reads the row here. Before the kick: a banned login replaces
+        // no session.
         if let Err(e) = self.server.bans.check_login(user).await {
             self.server.sessions.remove(user, self.conn_id);
-            let (server, conn) = (self.server.clone(), self.conn_id);
-            self.server.tasks.spawn(async move {
-                if let Err(e) = server.leave(user, conn).await {
-                    let _ = e.answer("banned login");
-                }
-            });
+            if let Err(left) = self.server.leave(user, self.conn_id).await {
+                let _ = left.answer("banned login");
+            }
             return self.refuse_login(frame.encoding, e.answer("login")).await;
         }
+        self.server.kick(user, replaced).await;
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
         crate::metrics::add(&self.server.metrics.logins, 1);

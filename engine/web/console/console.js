@@ -814,7 +814,9 @@ async function findUser(input, domain) {
   try {
     return await api('GET', `/v1/users/${encodeURIComponent(input)}`);
   } catch (e) {
-    if (e.status !== 404) throw e;
+    // 400: not a node at all (a login name seldom is); 404: no such user. Either way, try
+    // the input as a login name.
+    if (e.status !== 404 && e.status !== 400) throw e;
   }
   const query = new URLSearchParams({ name: input });
   if (domain) query.set('domain', domain);
