@@ -221,13 +221,24 @@ impl TestCluster {
         std::process::Command::new(env!("CARGO_BIN_EXE_tim")).args(args).output().expect("tim cluster remove")
     }
 
-    /// Every slot is owned by exactly one node, by the nodes' own records.
+    /// Every slot is owned by exactly one node, by the nodes' own records. The nodes are read
+    /// one after another, so a move finishing between two reads would count its slot twice
+    /// (or not at all): they are read until two rounds agree, the moves over.
     pub fn assert_each_slot_owned_once(&self) {
-        let mut owners = vec![0u32; SLOTS as usize];
-        for i in 0..self.nodes.len() {
-            for slot in self.owned(i) {
-                owners[slot as usize] += 1;
+        let round = || (0..self.nodes.len()).map(|i| self.owned(i)).collect::<Vec<_>>();
+        let deadline = Instant::now() + SETTLE;
+        let mut last = round();
+        loop {
+            let now = round();
+            if now == last {
+                break;
             }
+            assert!(Instant::now() < deadline, "slot ownership still changing after {SETTLE:?}");
+            last = now;
+        }
+        let mut owners = vec![0u32; SLOTS as usize];
+        for slot in last.into_iter().flatten() {
+            owners[slot as usize] += 1;
         }
         let wrong: Vec<_> = owners.iter().enumerate().filter(|(_, n)| **n != 1).take(10).collect();
         assert!(wrong.is_empty(), "slots not owned exactly once (slot, owners): {wrong:?}");
