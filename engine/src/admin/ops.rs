@@ -24,16 +24,15 @@ use super::{
     engine_failed, existing_user, from_tim_json, json, parse, refuse, registered, tim_json, Admin, Named, Writer,
 };
 use crate::business::Reply;
-use crate::chat::{Next, Sender};
+use crate::chat::{Next, Sender, OD_NORMAL};
 use crate::ident::UserId;
 use crate::push::{push_encoded, push_frames, push_messages, Fallback};
 use crate::server::Server;
 
 type Answer = Result<Response, Response>;
 
-/// TIM's message kinds the server sets on a system message: msType 1 (system), odType 1.
+/// msType 1 (system), which the server sets on a system message (with odType 1).
 const MS_SYSTEM: i8 = 1;
-const OD_NORMAL: i8 = 1;
 
 /// Most bytes the copies of one system message may take in offline queues (users × size).
 const MAX_FAN_OUT_BYTES: usize = 256 << 20;
