@@ -122,7 +122,6 @@ pub async fn push_messages(server: &Arc<Server>, items: Vec<(UserId, TimMessage,
         }
     }
     deliver_here(server, here);
-    store_offline(server, absent);
     let calls = by_node.into_iter().map(|(node, shipped)| async move {
         let fallbacks: Vec<_> = shipped.iter().map(|s| (s.user, s.msg.clone(), s.fallback)).collect();
         if let Err(e) = server.call_node(node, NodeCall::Deliver(shipped)).await {
@@ -134,10 +133,12 @@ pub async fn push_messages(server: &Arc<Server>, items: Vec<(UserId, TimMessage,
                 .filter(|(_, _, f)| matches!(f, Fallback::Store))
                 .filter_map(|(user, raw, _)| decode_body::<TimMessage>(raw, Encoding::Compact).ok().map(|m| (user, m)))
                 .collect();
-            store_offline(server, stored);
+            store_offline(server, stored).await;
         }
     });
-    join_all(calls).await;
+    // An absent user's message is queued before this returns: whoever was answered (a recall's
+    // sender, say) may log the user in next, and the drain must find it.
+    futures_util::future::join(store_offline(server, absent), join_all(calls)).await;
 }
 
 /// [`push_messages`] of one message.
@@ -145,19 +146,13 @@ pub async fn push_to_user(server: &Arc<Server>, user: UserId, msg: TimMessage, f
     push_messages(server, vec![(user, msg, fallback)]).await;
 }
 
-/// Stores messages for users who got none of them, in the background.
-fn store_offline(server: &Arc<Server>, messages: Vec<(UserId, TimMessage)>) {
-    if messages.is_empty() {
-        return;
-    }
-    let server_for_task = server.clone();
-    server.tasks.spawn(async move {
-        for (user, msg) in messages {
-            if let Err(e) = server_for_task.offline.push(user, &msg).await {
-                warn!(error = %ErrorChain(&e), uid = %user.node(), "message lost: not delivered and not stored offline");
-            }
+/// Stores messages for users who got none of them, in order.
+async fn store_offline(server: &Server, messages: Vec<(UserId, TimMessage)>) {
+    for (user, msg) in messages {
+        if let Err(e) = server.offline.push(user, &msg).await {
+            warn!(error = %ErrorChain(&e), uid = %user.node(), "message lost: not delivered and not stored offline");
         }
-    });
+    }
 }
 
 /// Hands messages to this node's sessions now, in order; a message none of whose sessions
@@ -179,12 +174,13 @@ pub fn deliver_here(server: &Arc<Server>, items: Vec<(UserId, Vec<u64>, TimMessa
             }
         }
     }
-    store_offline(server, absent);
-    if watched.is_empty() {
+    if watched.is_empty() && absent.is_empty() {
         return;
     }
     let server_for_task = server.clone();
     server.tasks.spawn(async move {
+        // Sessions that ended between the look-up and now: their messages are queued.
+        store_offline(&server_for_task, absent).await;
         let mut outcomes: FuturesUnordered<_> = watched.into_iter().collect();
         let mut unacked = Vec::new();
         while let Some((user, msg, acked)) = outcomes.next().await {
@@ -192,7 +188,7 @@ pub fn deliver_here(server: &Arc<Server>, items: Vec<(UserId, Vec<u64>, TimMessa
                 unacked.push((user, msg));
             }
         }
-        store_offline(&server_for_task, unacked);
+        store_offline(&server_for_task, unacked).await;
     });
 }
 
