@@ -9,7 +9,7 @@ use crate::config::ServeConfig;
 
 /// tim-rs: a decentralized instant-messaging engine that speaks TIM's client protocol.
 #[derive(Parser)]
-#[command(name = "tim", version)]
+#[command(name = "tim", version = tim_tools::VERSION)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -91,3 +91,71 @@ fn bench_refuses_non_loopback_targets() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
 }
+
+/// Runs `tim bench --json JSON sweep ARGS` and reads its report.
+fn sweep(json: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["bench", "--json"])
+        .arg(json)
+        .arg("sweep")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "tim bench sweep failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
+
+#[test]
+fn a_sweep_starts_a_fresh_server_per_rate_and_writes_table_json_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let (plot, json) = (dir.path().join("sweep.svg"), dir.path().join("sweep.json"));
+    // Its own listeners (client port and the three beside it), apart from other tests' nodes.
+    let listen = format!("127.0.77.1:{}", 30_000 + std::process::id() % 20_000);
+    let common = ["--pairs", "3", "--duration", "1", "--listen", &listen, "--work-dir", work.to_str().unwrap()];
+    let mut args = vec!["--rates", "200,100", "--plot", plot.to_str().unwrap()];
+    args.extend(common);
+    args.extend(["--", "--sync", "false"]);
+    let report = sweep(&json, &args);
+
+    let version = Command::new(env!("CARGO_BIN_EXE_tim")).arg("--version").output().unwrap();
+    let commit = report["commit"].as_str().unwrap();
+    assert!(commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()), "stamped at build time: {commit}");
+    assert!(String::from_utf8_lossy(&version.stdout).contains(&format!("(commit {commit})")));
+    let steps = report["steps"].as_array().unwrap();
+    let offered: Vec<u64> = steps.iter().map(|s| s["offered"].as_u64().unwrap()).collect();
+    assert_eq!(offered, [100, 200, 0], "the ladder climbs, then runs flat out");
+    for step in steps {
+        for count in ["lost", "duplicated", "reordered"] {
+            assert_eq!(step[count], 0, "{step}");
+        }
+        assert!(step["cpu_us_per_message"].as_f64().unwrap() > 0.0, "{step}");
+        assert!(step["echo_ms"]["p99"].as_f64().unwrap() > 0.0, "{step}");
+    }
+    for step in &steps[..2] {
+        let (offered, delivered) = (step["offered"].as_f64().unwrap(), step["delivered_per_second"].as_f64().unwrap());
+        assert!(delivered > 0.9 * offered, "{step}");
+    }
+    // Every step's data dir is gone, its log kept.
+    let mut left: Vec<String> =
+        std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["step-1.log", "step-2.log", "step-3.log"]);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    // Three points on the CPU curve and on each of three latency curves.
+    assert_eq!(svg.matches("<circle").count(), 12);
+
+    // A second sweep is drawn beside the first, which is dashed and labelled.
+    let mut args = vec!["--rates", "100", "--flat-out", "false", "--label", "after", "--plot", plot.to_str().unwrap()];
+    args.extend(["--baseline", json.to_str().unwrap()]);
+    args.extend(common);
+    let second = sweep(&dir.path().join("second.json"), &args);
+    assert_eq!(second["steps"].as_array().unwrap().len(), 1);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 12 + 4);
+    assert!(
+        svg.contains("stroke-dasharray")
+            && svg.contains(&format!("{commit} echo p99"))
+            && svg.contains("after echo p99")
+    );
+}

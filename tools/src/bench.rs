@@ -8,15 +8,17 @@ mod connect;
 mod fanout;
 mod machine;
 mod offline;
+mod plot;
 mod report;
 mod scrape;
+mod sweep;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tim_net::client::{post_tim2, Client};
 use tim_net::proto::{TimAck, TimAuth};
 use tim_net::{Encoding, FrameType};
@@ -74,6 +76,9 @@ pub enum Scenario {
     Room(fanout::FanoutArgs),
     /// Calls a node's `/metrics` and, for comparison, `/v1/info`: server CPU per scrape.
     Scrape(scrape::ScrapeArgs),
+    /// Chat or group over a ladder of offered rates, a fresh server per step: a table, JSON
+    /// and an SVG plot of CPU per message and latency tails against load.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
@@ -105,6 +110,11 @@ pub fn main(args: BenchArgs, key: AdminKey<'_>) -> anyhow::Result<()> {
     if let Scenario::Connect(c @ connect::ConnectArgs { first: Some(first), .. }) = &args.scenario {
         return runtime.block_on(connect::work(&args, c, *first));
     }
+    if let Scenario::Sweep(sweep) = &args.scenario {
+        let report = runtime.block_on(sweep::run(&args, sweep))?;
+        report.print();
+        return report::write_json(&report, args.json.as_deref());
+    }
     let report = runtime.block_on(async {
         match &args.scenario {
             Scenario::Connect(c) => connect::run(&args, c).await,
@@ -113,13 +123,11 @@ pub fn main(args: BenchArgs, key: AdminKey<'_>) -> anyhow::Result<()> {
             Scenario::Group(c) => fanout::run(&args, c, fanout::Kind::Group).await,
             Scenario::Room(c) => fanout::run(&args, c, fanout::Kind::Room).await,
             Scenario::Scrape(c) => scrape::run(&args, c, key).await,
+            Scenario::Sweep(_) => bail!("the sweep runs above"),
         }
     })?;
     report.print();
-    if let Some(path) = &args.json {
-        report.write_json(path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    report::write_json(&report, args.json.as_deref())
 }
 
 impl BenchArgs {

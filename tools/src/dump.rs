@@ -111,7 +111,7 @@ async fn export_into(admin: &Admin, out: Output, pass: Option<&[u8]>) -> anyhow:
     let total_slots = f64::from(source.slots.max(1));
     let header = Header {
         format: FORMAT,
-        tool: format!("tim {}", env!("CARGO_PKG_VERSION")),
+        tool: format!("tim {}", crate::VERSION),
         created_unix,
         source,
         sealing: pass.map(|_| format::new_sealing()),

@@ -1,9 +1,9 @@
 //! What the bench reads off this machine and off the server process (Linux `/proc`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The machine a report was made on.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub cores: usize,
     pub memory_kib: u64,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use super::machine::Machine;
@@ -24,11 +25,19 @@ pub struct Report {
 
 impl Report {
     pub fn new(scenario: &'static str, settings: serde_json::Value) -> Self {
-        Self { scenario, commit: commit(), settings, machine: Machine::read(), figures: Vec::new() }
+        Self { scenario, commit: crate::COMMIT.to_owned(), settings, machine: Machine::read(), figures: Vec::new() }
     }
 
     pub fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
         self.figures.push(Figure { name: name.into(), value, unit });
+    }
+
+    /// The figure of that name.
+    pub fn figure(&self, name: &str) -> anyhow::Result<f64> {
+        match self.figures.iter().find(|f| f.name == name) {
+            Some(f) => Ok(f.value),
+            None => anyhow::bail!("the {} report has no figure \"{name}\"", self.scenario),
+        }
     }
 
     pub fn print(&self) {
@@ -44,20 +53,11 @@ impl Report {
             println!("  {:<36} {:>14.2} {}", f.name, f.value, f.unit);
         }
     }
-
-    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
-        Ok(())
-    }
 }
 
-/// The commit the bench was built from, when run from a git checkout.
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned())
+/// Writes a report as JSON to `path`, when there is one.
+pub fn write_json(report: &impl Serialize, path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let write = || anyhow::Ok(std::fs::write(path, serde_json::to_vec_pretty(report)?)?);
+    write().with_context(|| format!("writing {}", path.display()))
 }
