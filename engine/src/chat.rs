@@ -46,6 +46,13 @@ pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 /// Stripes of the locks that make "look for the message, else store it" one step.
 const DEDUP_STRIPES: usize = 256;
 
+/// A message stored once: its `mid`, and whether it was stored now (not a repeat).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Appended {
+    pub mid: i64,
+    pub fresh: bool,
+}
+
 /// History of 1:1 conversations.
 pub struct History {
     data: Arc<Cluster>,
@@ -63,26 +70,26 @@ impl History {
         Ok(Self { data, table, dedup_locks })
     }
 
-    /// On the owner of `chat`'s slot: the `mid` of the message stored with `key` in the last
-    /// [`DEDUP_WINDOW`], or the `mid` it is stored at now.
+    /// On the owner of `chat`'s slot: the message stored with `key` in the last
+    /// [`DEDUP_WINDOW`], or the one stored now.
     pub async fn append_once_here(
         &self,
         chat: [u8; 16],
         from: UserId,
         msg: &TimMessage,
         key: &[u8; 24],
-    ) -> Result<i64, EngineError> {
+    ) -> Result<Appended, EngineError> {
         let [a, b, ..] = *key;
         let stripe = usize::from(u16::from_be_bytes([a, b])) % DEDUP_STRIPES;
         let _one_at_a_time = self.dedup_locks.get(stripe).ok_or(EngineError::Internal("no dedup stripe"))?.lock().await;
         if let Some(mid) = self.stored_as(chat, key).await? {
-            return Ok(mid);
+            return Ok(Appended { mid, fresh: false });
         }
         let mut batch = Batch::new(partition::conversation(&chat));
         batch.insert(self.table, Self::row(chat, from, msg, Some(key)));
         let id =
             *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
-        mid_of(id)
+        Ok(Appended { mid: mid_of(id)?, fresh: true })
     }
 
     /// [`History::append_once_here`], wherever the conversation's slot is.
@@ -92,7 +99,7 @@ impl History {
         from: UserId,
         msg: &TimMessage,
         key: [u8; 24],
-    ) -> Result<i64, EngineError> {
+    ) -> Result<Appended, EngineError> {
         let here = self.append_once_here(chat, from, msg, &key);
         let call = SlotCall::AppendOnce { chat, from, msg: body_bytes(msg, Encoding::Compact), key };
         at_slot(&self.data, partition::conversation(&chat), here, call).await
@@ -166,6 +173,9 @@ impl History {
         offline: &OfflineQueue,
     ) -> Result<Vec<Stored>, EngineError> {
         let mut mids: Vec<Option<i64>> = vec![None; accepted.len()];
+        // Messages with a client id that were stored before (sent again): their first entry
+        // may be queued still. A message stored now has none, so it is not looked for.
+        let mut repeats = vec![false; accepted.len()];
         // Messages without a client id are written together; one with an id is stored once,
         // on its conversation's owner, after the ones before it (mids follow the burst).
         let mut inserts = Inserts::default();
@@ -178,18 +188,19 @@ impl History {
                 continue;
             };
             self.flush(std::mem::take(&mut inserts), std::mem::take(&mut inserted), &mut mids).await?;
-            let mid = self.append_once(chat, from, msg, *key).await?;
-            if let Some(slot) = mids.get_mut(i) {
+            let Appended { mid, fresh } = self.append_once(chat, from, msg, *key).await?;
+            if let (Some(slot), Some(repeat)) = (mids.get_mut(i), repeats.get_mut(i)) {
                 *slot = Some(mid);
+                *repeat = !fresh;
             }
         }
         self.flush(inserts, inserted, &mut mids).await?;
         let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
         let mut entries = Vec::with_capacity(accepted.len());
         let mut queued_for = Vec::with_capacity(accepted.len());
-        for (i, (Accepted { to, msg, dedup }, mid)) in accepted.iter().zip(&mids).enumerate() {
+        for (i, ((Accepted { to, msg, .. }, mid), repeat)) in accepted.iter().zip(&mids).zip(&repeats).enumerate() {
             let mid = mid.ok_or(EngineError::Internal("a message got no mid"))?;
-            if dedup.is_some() {
+            if *repeat {
                 if let Some(entry) = offline.copies(*to, mid).await?.first() {
                     if let Some(slot) = out.get_mut(i) {
                         *slot = Some(Stored { mid, entry: *entry, repeat: true });

@@ -237,8 +237,11 @@ impl OfflineQueue {
         Ok(())
     }
 
+    /// A relaxed write: a deletion lost in a crash brings a message back once, and clients
+    /// drop a message they have by its `mid`.
     async fn delete(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
         let mut batch = Batch::new(partition::user(user));
+        batch.relaxed();
         for id in ids {
             batch.delete(self.table, *id);
         }

@@ -154,9 +154,13 @@ impl RocksStore {
         db_opts.set_max_open_files(config.max_open_files);
         db_opts.set_db_write_buffer_size(config.memtable_bytes);
         db_opts.set_keep_log_file_num(4);
-        if config.in_memory {
-            db_opts.set_env(&rocksdb::Env::mem_env().map_err(rocks)?);
-        }
+        let mut env = if config.in_memory { rocksdb::Env::mem_env() } else { rocksdb::Env::new() }.map_err(rocks)?;
+        // Compactions yield the CPU to the sessions (the low-priority pool runs niced), so on a
+        // busy core a compaction stretches rather than stalls message handling. Memtable
+        // flushes keep normal priority: a starved flush would stop writes altogether.
+        env.lower_thread_pool_cpu_priority();
+        env.lower_thread_pool_io_priority();
+        db_opts.set_env(&env);
         let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 

@@ -76,14 +76,18 @@ struct Writer<'a> {
 
 pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>, sync: bool, max_group: usize) {
     let mut writer = Writer { inner: &inner, counters: HashMap::new() };
-    let mut options = WriteOptions::default();
-    options.set_sync(sync);
+    let mut synced = WriteOptions::default();
+    synced.set_sync(sync);
+    // A group of relaxed batches only: its WAL record reaches the disk with the next synced
+    // group (the log is written in order) or with a memtable flush.
+    let mut relaxed = WriteOptions::default();
+    relaxed.set_sync(false);
     // A raw write that ended the previous group starts the next one.
     let mut held: Option<WriteRequest> = None;
     loop {
         let Some(first) = held.take().or_else(|| requests.blocking_recv()) else { break };
         if let Work::Raw(raw) = &first.work {
-            let result = writer.raw(raw, &options).map(|()| Vec::new());
+            let result = writer.raw(raw, &synced).map(|()| Vec::new());
             let _ = first.reply.send(result);
             continue;
         }
@@ -121,7 +125,8 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
                 }
             })
             .collect();
-        let commit = writer.commit(staged, &options);
+        let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batch(b) if b.is_relaxed()));
+        let commit = writer.commit(staged, if all_relaxed { &relaxed } else { &synced });
         for (request, result) in group.into_iter().zip(results) {
             let result = match &commit {
                 Ok(()) => result,
