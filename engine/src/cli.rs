@@ -20,7 +20,7 @@ enum Command {
     /// Run a node: client listener (WebSocket /tim, HTTP /tim2) on an embedded RocksDB store.
     Serve(Box<ServeConfig>),
     /// Load generator: measure a running node (loopback only); see benches/README.md.
-    Bench(tim_tools::bench::BenchArgs),
+    Bench(Box<tim_tools::bench::BenchArgs>),
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
         (Command::Admin(command), _) => return tool("admin", tim_tools::admin::run(command, &admin_key)),
         (Command::Export(args), _) => return tool("export", tim_tools::dump::export(args, &admin_key)),
         (Command::Import(args), _) => return tool("import", tim_tools::dump::import(args, &admin_key)),
-        (Command::Bench(args), _) => return tool("bench", tim_tools::bench::main(args, &admin_key)),
+        (Command::Bench(args), _) => return tool("bench", tim_tools::bench::main(*args, &admin_key)),
         // clap matched the subcommand it parsed, so this is unreachable in practice.
         (Command::Serve(_), _) => return ExitCode::FAILURE,
     };

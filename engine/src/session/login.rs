@@ -1,6 +1,6 @@
 //! Login (frame 16) and the offline drain a logged-in client asks for (frame 17).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tim_net::frame::{encode_server, encode_server_empty};
@@ -93,7 +93,7 @@ impl Session {
         let (server, user, me, draining) =
             (self.server.clone(), login.user, login.handle.clone(), login.draining.clone());
         self.server.tasks.spawn(async move {
-            drain_offline(&server, user, &me).await;
+            drain_offline(&server, user, &me, &draining).await;
             draining.store(false, Ordering::Release);
         });
     }
@@ -102,17 +102,22 @@ impl Session {
 /// Most messages in one offline batch (TIM's batch size).
 const OFFLINE_BATCH: usize = 10;
 
-async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle) {
+/// Drains `user`'s queue to the session. The drain counts as over (`draining` cleared) before
+/// its last frame goes out: a client that asks again as soon as it reads the end frame starts
+/// a new drain rather than finding this one still marked running and being ignored.
+async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle, draining: &AtomicBool) {
     loop {
         let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
             Ok(rows) => rows,
             Err(e) => {
                 let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
+                draining.store(false, Ordering::Release);
                 let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
                 return;
             }
         };
         if rows.is_empty() {
+            draining.store(false, Ordering::Release);
             let _ = me.push(Outbound::Frame(encode_server_empty(FrameType::OfflineMsgEnd)));
             return;
         }
