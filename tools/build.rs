@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+    // A checkout owned by another user (a CI clone built as root) is still read.
+    let out = Command::new("git").args(["-c", "safe.directory=*", "-C"]).arg(dir).args(args).output().ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
 }
