@@ -34,6 +34,9 @@ pub enum SlotCall {
         from: UserId,
         msg: Bytes,
         key: [u8; 24],
+        /// The recipient, whose offline entry is written with the row when its queue is on
+        /// the same node.
+        to: UserId,
     },
     AreFriends {
         me: UserId,
@@ -251,10 +254,11 @@ impl EngineHandler for Handler {
             let server = server.ok_or("the node is stopping")?;
             let call: SlotCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
             match call {
-                SlotCall::AppendOnce { chat, from, msg, key } => {
+                SlotCall::AppendOnce { chat, from, msg, key, to } => {
                     let msg: tim_net::proto::TimMessage = tim_net::codec::decode_body(msg, tim_net::Encoding::Compact)
                         .map_err(|e| format!("undecodable message: {e}"))?;
-                    answer(server.history.append_once_here(chat, from, &msg, &key).await, "append")
+                    let appended = server.history.append_once_here(chat, from, &msg, &key, to, &server.offline);
+                    answer(appended.await, "append")
                 }
                 SlotCall::AreFriends { me, other } => {
                     answer(server.rosters.are_friends_here(me, other).await, "friends")

@@ -46,11 +46,13 @@ pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
 /// Stripes of the locks that make "look for the message, else store it" one step.
 const DEDUP_STRIPES: usize = 256;
 
-/// A message stored once: its `mid`, and whether it was stored now (not a repeat).
+/// A message stored once: its `mid`, whether it was stored now (not a repeat), and its
+/// recipient's offline entry when that was written in the same commit.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Appended {
     pub mid: i64,
     pub fresh: bool,
+    pub entry: Option<RowId>,
 }
 
 /// History of 1:1 conversations.
@@ -71,25 +73,36 @@ impl History {
     }
 
     /// On the owner of `chat`'s slot: the message stored with `key` in the last
-    /// [`DEDUP_WINDOW`], or the one stored now.
+    /// [`DEDUP_WINDOW`], or the one stored now, with its entry in the queue of `to` when this
+    /// node owns that queue too ([`History::store_here`]).
     pub async fn append_once_here(
         &self,
         chat: [u8; 16],
         from: UserId,
         msg: &TimMessage,
         key: &[u8; 24],
+        to: UserId,
+        offline: &OfflineQueue,
     ) -> Result<Appended, EngineError> {
         let [a, b, ..] = *key;
         let stripe = usize::from(u16::from_be_bytes([a, b])) % DEDUP_STRIPES;
         let _one_at_a_time = self.dedup_locks.get(stripe).ok_or(EngineError::Internal("no dedup stripe"))?.lock().await;
         if let Some(mid) = self.stored_as(chat, key).await? {
-            return Ok(Appended { mid, fresh: false });
+            return Ok(Appended { mid, fresh: false, entry: None });
+        }
+        let row = Self::row(chat, from, msg, Some(key));
+        if let Some(stored) = self.store_here(&[(chat, row.clone())], &[(0, to, msg)], offline).await {
+            let (ids, entries) = stored?;
+            let (Some(id), Some(entry)) = (ids.first(), entries.first()) else {
+                return Err(EngineError::Internal("a message write returned no id"));
+            };
+            return Ok(Appended { mid: mid_of(*id)?, fresh: true, entry: Some(*entry) });
         }
         let mut batch = Batch::new(partition::conversation(&chat));
-        batch.insert(self.table, Self::row(chat, from, msg, Some(key)));
+        batch.insert(self.table, row);
         let id =
             *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
-        Ok(Appended { mid: mid_of(id)?, fresh: true })
+        Ok(Appended { mid: mid_of(id)?, fresh: true, entry: None })
     }
 
     /// [`History::append_once_here`], wherever the conversation's slot is.
@@ -99,10 +112,57 @@ impl History {
         from: UserId,
         msg: &TimMessage,
         key: [u8; 24],
+        to: UserId,
+        offline: &OfflineQueue,
     ) -> Result<Appended, EngineError> {
-        let here = self.append_once_here(chat, from, msg, &key);
-        let call = SlotCall::AppendOnce { chat, from, msg: body_bytes(msg, Encoding::Compact), key };
+        let here = self.append_once_here(chat, from, msg, &key, to, offline);
+        let call = SlotCall::AppendOnce { chat, from, msg: body_bytes(msg, Encoding::Compact), key, to };
         at_slot(&self.data, partition::conversation(&chat), here, call).await
+    }
+
+    /// Writes history rows (the row of a message in conversation `chat`) and offline entries
+    /// (`(row, to, msg)`: `msg`, the message of row `row`, queued for `to`) as one commit when
+    /// this node owns every slot involved: one fsync rather than two in a row, and never a row
+    /// without its entries. The writer gives each entry its row's id as `mid`. The rows' ids
+    /// and the entries' ids, in order; `None` when a slot is elsewhere (the caller writes the
+    /// rows, then the entries, through their owners).
+    async fn store_here(
+        &self,
+        rows: &[([u8; 16], Row)],
+        entries: &[(usize, UserId, &TimMessage)],
+        offline: &OfflineQueue,
+    ) -> Option<Result<(Vec<RowId>, Vec<RowId>), EngineError>> {
+        let node = self.data.node();
+        let here = |slot| self.data.owner_of(slot) == Some(node);
+        let all_here = rows.iter().all(|(chat, _)| here(partition::conversation(chat)))
+            && entries.iter().all(|(_, to, _)| here(partition::user(*to)));
+        if !all_here {
+            return None;
+        }
+        let mut inserts = Inserts::default();
+        for (chat, row) in rows {
+            inserts.add(partition::conversation(chat), self.table, row.clone());
+        }
+        let (mut batches, row_at) = inserts.into_batches();
+        let mut queued = Inserts::default();
+        for (row, to, msg) in entries {
+            let Some(earlier) = row_at.get(*row) else {
+                return Some(Err(EngineError::Internal("an offline entry names no row")));
+            };
+            offline.add_for_row(&mut queued, *to, msg, *earlier);
+        }
+        let (entry_batches, entry_at) = queued.into_batches();
+        batches.extend(entry_batches);
+        // A slot that moved since the look-up: written through its owner by the caller.
+        let ids = match self.data.write_here(batches).await.ok()? {
+            Ok(ids) => ids,
+            Err(e) => return Some(Err(e.into())),
+        };
+        offline.written(entries.iter().map(|(_, to, _)| *to)).await;
+        let id = |at: usize| ids.get(at).copied().ok_or(EngineError::Internal("a write returned fewer ids"));
+        let row_ids: Result<Vec<_>, _> = row_at.iter().map(|at| id(*at)).collect();
+        let entry_ids: Result<Vec<_>, _> = entry_at.iter().map(|at| id(row_at.len() + at)).collect();
+        Some(row_ids.and_then(|rows| Ok((rows, entry_ids?))))
     }
 
     /// The history row of `msg` in conversation `chat`.
@@ -138,8 +198,8 @@ impl History {
         Ok(if recent { Some(mid_of(mid)?) } else { None })
     }
 
-    /// Stores a group message in the group's history, then queues it for `absent` (members
-    /// without a session); its `mid`.
+    /// Stores a group message in the group's history and queues it for `absent` (members
+    /// without a session), in one commit when every slot is here; its `mid`.
     pub async fn append_to_group(
         &self,
         chat: [u8; 16],
@@ -148,8 +208,14 @@ impl History {
         absent: &[UserId],
         offline: &OfflineQueue,
     ) -> Result<i64, EngineError> {
+        let row = Self::row(chat, from, msg, None);
+        let entries: Vec<_> = absent.iter().map(|user| (0, *user, msg)).collect();
+        if let Some(stored) = self.store_here(&[(chat, row.clone())], &entries, offline).await {
+            let (ids, _) = stored?;
+            return mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?);
+        }
         let mut inserts = Inserts::default();
-        inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
+        inserts.add(partition::conversation(&chat), self.table, row);
         let ids = inserts.write(&self.data).await?;
         let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
         let queued = TimMessage { mid: Some(mid), ..msg.clone() };
@@ -158,10 +224,12 @@ impl History {
         Ok(mid)
     }
 
-    /// Stores normal messages of `from` in two steps: in their conversations' histories (one
-    /// write per conversation slot, all at once), which gives each its `mid`; then in their
-    /// recipients' offline queues (one write per recipient slot). Each message's `mid`, its
-    /// offline entry, and whether it is a repeat, in order.
+    /// Stores normal messages of `from` in their conversations' histories, which gives each
+    /// its `mid`, and in their recipients' offline queues. When this node owns every slot
+    /// involved, both go in one commit ([`History::store_here`]); else in two steps: the
+    /// histories (one write per conversation slot, all at once), then the queues (one write
+    /// per recipient slot). Each message's `mid`, its offline entry, and whether it is a
+    /// repeat, in order.
     ///
     /// A message the client sent again (same `id` and content, within [`DEDUP_WINDOW`]) is not
     /// stored again: it gets its first `mid`, and its offline entry unless one is queued still
@@ -172,63 +240,83 @@ impl History {
         accepted: &[Accepted],
         offline: &OfflineQueue,
     ) -> Result<Vec<Stored>, EngineError> {
-        let mut mids: Vec<Option<i64>> = vec![None; accepted.len()];
-        // Messages with a client id that were stored before (sent again): their first entry
-        // may be queued still. A message stored now has none, so it is not looked for.
-        let mut repeats = vec![false; accepted.len()];
+        let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
+        // Stored in history only, to be queued next: the mid, and whether it is a repeat (its
+        // first entry may be queued still; a message stored now has none, so it is not looked
+        // for).
+        let mut unqueued: Vec<Option<(i64, bool)>> = vec![None; accepted.len()];
         // Messages without a client id are written together; one with an id is stored once,
         // on its conversation's owner, after the ones before it (mids follow the burst).
-        let mut inserts = Inserts::default();
-        let mut inserted = Vec::new();
+        let mut plain = Vec::new();
         for (i, Accepted { to, msg, dedup }) in accepted.iter().enumerate() {
-            let chat = pair_id(from, *to);
             let Some(key) = dedup else {
-                inserts.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
-                inserted.push(i);
+                plain.push(i);
                 continue;
             };
-            self.flush(std::mem::take(&mut inserts), std::mem::take(&mut inserted), &mut mids).await?;
-            let Appended { mid, fresh } = self.append_once(chat, from, msg, *key).await?;
-            if let (Some(slot), Some(repeat)) = (mids.get_mut(i), repeats.get_mut(i)) {
-                *slot = Some(mid);
-                *repeat = !fresh;
+            self.append_plain(from, accepted, std::mem::take(&mut plain), offline, &mut out, &mut unqueued).await?;
+            let chat = pair_id(from, *to);
+            let Appended { mid, fresh, entry } = self.append_once(chat, from, msg, *key, *to, offline).await?;
+            match entry {
+                Some(entry) => set(&mut out, i, Stored { mid, entry, repeat: false }),
+                None => set(&mut unqueued, i, (mid, !fresh)),
             }
         }
-        self.flush(inserts, inserted, &mut mids).await?;
-        let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
+        self.append_plain(from, accepted, plain, offline, &mut out, &mut unqueued).await?;
         let mut entries = Vec::with_capacity(accepted.len());
         let mut queued_for = Vec::with_capacity(accepted.len());
-        for (i, ((Accepted { to, msg, .. }, mid), repeat)) in accepted.iter().zip(&mids).zip(&repeats).enumerate() {
-            let mid = mid.ok_or(EngineError::Internal("a message got no mid"))?;
-            if *repeat {
+        for (i, (Accepted { to, msg, .. }, stored)) in accepted.iter().zip(&unqueued).enumerate() {
+            let Some((mid, repeat)) = *stored else { continue };
+            if repeat {
                 if let Some(entry) = offline.copies(*to, mid).await?.first() {
-                    if let Some(slot) = out.get_mut(i) {
-                        *slot = Some(Stored { mid, entry: *entry, repeat: true });
-                    }
+                    set(&mut out, i, Stored { mid, entry: *entry, repeat: true });
                     continue;
                 }
             }
             entries.push((*to, TimMessage { mid: Some(mid), ..msg.clone() }));
-            queued_for.push(i);
+            queued_for.push((i, mid));
         }
-        for (entry, i) in offline.push_all(&entries).await?.into_iter().zip(queued_for) {
-            let mid = mids.get(i).copied().flatten().unwrap_or_default();
-            if let Some(slot) = out.get_mut(i) {
-                *slot = Some(Stored { mid, entry, repeat: false });
-            }
+        for (entry, (i, mid)) in offline.push_all(&entries).await?.into_iter().zip(queued_for) {
+            set(&mut out, i, Stored { mid, entry, repeat: false });
         }
         out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect()
     }
 
-    /// Writes `inserts` (rows `inserted` of a burst) and notes their mids.
-    async fn flush(&self, inserts: Inserts, inserted: Vec<usize>, mids: &mut [Option<i64>]) -> Result<(), EngineError> {
-        if inserted.is_empty() {
+    /// Stores messages `which` of a burst that have no client id: with their offline entries
+    /// when every slot is here (into `out`), else in history only (into `unqueued`).
+    async fn append_plain(
+        &self,
+        from: UserId,
+        accepted: &[Accepted],
+        which: Vec<usize>,
+        offline: &OfflineQueue,
+        out: &mut [Option<Stored>],
+        unqueued: &mut [Option<(i64, bool)>],
+    ) -> Result<(), EngineError> {
+        let messages: Vec<_> = which.iter().filter_map(|i| accepted.get(*i)).collect();
+        if messages.is_empty() {
             return Ok(());
         }
-        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(inserted) {
-            if let Some(slot) = mids.get_mut(i) {
-                *slot = Some(mid_of(id)?);
+        let rows: Vec<_> = messages
+            .iter()
+            .map(|Accepted { to, msg, .. }| {
+                let chat = pair_id(from, *to);
+                (chat, Self::row(chat, from, msg, None))
+            })
+            .collect();
+        let entries: Vec<_> = messages.iter().enumerate().map(|(row, a)| (row, a.to, &a.msg)).collect();
+        if let Some(stored) = self.store_here(&rows, &entries, offline).await {
+            let (ids, entry_ids) = stored?;
+            for ((id, entry), i) in ids.into_iter().zip(entry_ids).zip(which) {
+                set(out, i, Stored { mid: mid_of(id)?, entry, repeat: false });
             }
+            return Ok(());
+        }
+        let mut inserts = Inserts::default();
+        for (chat, row) in rows {
+            inserts.add(partition::conversation(&chat), self.table, row);
+        }
+        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(which) {
+            set(unqueued, i, (mid_of(id)?, false));
         }
         Ok(())
     }
@@ -513,6 +601,13 @@ pub async fn pull(server: &Server, me: UserId, req: &TimReq) -> Result<Vec<TimMe
         return Ok(Vec::new());
     }
     server.history.page(chat, upto, limit, before_ns).await
+}
+
+/// Sets `items[i]`, which exists.
+fn set<T>(items: &mut [Option<T>], i: usize, value: T) {
+    if let Some(item) = items.get_mut(i) {
+        *item = Some(value);
+    }
 }
 
 /// A stored message's `mid` as the wire carries it; ids stay below 2^53 by construction.

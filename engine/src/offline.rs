@@ -90,26 +90,43 @@ impl OfflineQueue {
     pub async fn push_all(&self, entries: &[(UserId, TimMessage)]) -> Result<Vec<RowId>, EngineError> {
         let mut inserts = Inserts::default();
         for (user, msg) in entries {
-            let mut row = Row::new(timoffline::DEF.columns.len());
-            row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
-                .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
-            if let Some(mid) = msg.mid {
-                row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
-            }
-            inserts.add(partition::user(*user), self.table, row);
+            inserts.add(partition::user(*user), self.table, Self::entry(*user, msg));
         }
         let ids = inserts.write(&self.data).await?;
-        self.queued.fetch_add(ids.len() as u64, Ordering::Relaxed);
-        for (user, _) in entries {
-            self.pushed(*user).await;
-        }
+        self.written(entries.iter().map(|(user, _)| *user)).await;
         Ok(ids)
+    }
+
+    /// Adds to `inserts` an entry of `user`'s queue for `msg` whose `mid` is the id of the
+    /// history row written before it in the same commit, that write's `earlier`-th id
+    /// ([`Inserts::add_with_id`]). The caller reports the entry [`OfflineQueue::written`].
+    pub fn add_for_row(&self, inserts: &mut Inserts, user: UserId, msg: &TimMessage, earlier: usize) {
+        inserts.add_with_id(partition::user(user), self.table, Self::entry(user, msg), timoffline::MID, earlier);
+    }
+
+    /// The row of `user`'s entry for `msg` (its `mid`, when it has one, in the MID column).
+    fn entry(user: UserId, msg: &TimMessage) -> Row {
+        let mut row = Row::new(timoffline::DEF.columns.len());
+        row.set(timoffline::UUID, Bytes::copy_from_slice(&user.to_be_bytes()))
+            .set(timoffline::STANZA, body_bytes(msg, Encoding::Compact));
+        if let Some(mid) = msg.mid {
+            row.set(timoffline::MID, Bytes::copy_from_slice(&mid.to_be_bytes()));
+        }
+        row
+    }
+
+    /// Counts entries written to the queues of `users` (one per entry).
+    pub async fn written(&self, users: impl Iterator<Item = UserId>) {
+        for user in users {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            self.pushed(user).await;
+        }
     }
 
     /// Counts an entry written to `user`'s queue; a queue over `max_entries` loses its oldest
     /// entries. The entry is written already, so a failure here is logged, not returned: the
     /// cap is then enforced at the next push.
-    pub async fn pushed(&self, user: UserId) {
+    async fn pushed(&self, user: UserId) {
         if let Err(e) = self.count_and_trim(user).await {
             warn!(error = %ErrorChain(&e), uid = %user.node(), "offline queue cap not checked");
         }

@@ -68,6 +68,22 @@ pub struct Inserts {
 
 impl Inserts {
     pub fn add(&mut self, slot: Slot, table: TableId, row: Row) {
+        self.add_to(slot, |batch| {
+            batch.insert(table, row);
+        });
+    }
+
+    /// Adds a row whose `column` the writer sets to the id of another write's row, the
+    /// `earlier`-th id that write returns ([`Batch::insert_with_id`]): for inserts committed
+    /// after that write's batches, in one [`Cluster::write_here`].
+    pub fn add_with_id(&mut self, slot: Slot, table: TableId, row: Row, column: usize, earlier: usize) {
+        self.add_to(slot, |batch| {
+            batch.insert_with_id(table, row, column, earlier);
+        });
+    }
+
+    /// Adds a row to the batch of `slot` with `add`.
+    fn add_to(&mut self, slot: Slot, add: impl FnOnce(&mut Batch)) {
         let at = match self.batches.iter().position(|(b, _)| b.slot() == slot) {
             Some(at) => at,
             None => {
@@ -76,10 +92,28 @@ impl Inserts {
             }
         };
         if let Some((batch, order)) = self.batches.get_mut(at) {
-            batch.insert(table, row);
+            add(batch);
             order.push(self.rows);
             self.rows += 1;
         }
+    }
+
+    /// The batches, and where each row's id is among the ids they return written together
+    /// (by the order rows were added).
+    pub fn into_batches(self) -> (Vec<Batch>, Vec<usize>) {
+        let mut at = vec![0; self.rows];
+        let mut next = 0;
+        let mut batches = Vec::with_capacity(self.batches.len());
+        for (batch, order) in self.batches {
+            for row in order {
+                if let Some(slot) = at.get_mut(row) {
+                    *slot = next;
+                }
+                next += 1;
+            }
+            batches.push(batch);
+        }
+        (batches, at)
     }
 
     pub async fn write(self, data: &Arc<Cluster>) -> Result<Vec<RowId>, EngineError> {

@@ -149,7 +149,7 @@ impl Session {
                 // Boxed: the handlers' state (a login awaits a password hash) would otherwise be
                 // part of every idle session's future.
                 inbound = self.ws.recv() => Box::pin(self.on_inbound(inbound)).await,
-                Some(out) = self.inlet.recv() => self.on_outbound(out).await,
+                out = self.inlet.recv() => self.on_outbound(out).await,
                 Some(expired) = next_expired(&mut self.ack_timers), if self.ack_timers.as_ref().is_some_and(|q| !q.is_empty()) => {
                     self.on_ack_timeout(expired.into_inner()).await
                 }

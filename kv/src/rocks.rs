@@ -484,8 +484,8 @@ impl Store for RocksStore {
         Ok(out)
     }
 
-    fn write(&self, batch: Batch) -> WriteFuture {
-        self.submit(Work::Batch(batch))
+    fn write_all(&self, batches: Vec<Batch>) -> WriteFuture {
+        self.submit(Work::Batches(batches))
     }
 
     fn export_slot(

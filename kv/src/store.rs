@@ -91,6 +91,13 @@ pub(crate) enum Op {
         table: TableId,
         row: Row,
     },
+    /// An insert whose `column` holds the id of the write's `earlier`-th returned id.
+    InsertWithId {
+        table: TableId,
+        row: Row,
+        column: usize,
+        earlier: usize,
+    },
     /// A row with an id given by the caller (copied from elsewhere): written as it is, and the
     /// slot's id counter moved past it.
     Put {
@@ -117,7 +124,8 @@ pub(crate) enum Op {
 
 /// Writes to one slot, applied atomically: all of them or none. A batch never spans two
 /// slots (a row of another slot is refused with [`StoreError::OtherSlot`]), so every slot can
-/// live on a different node; writes that touch several slots are sequences of batches.
+/// live on a different node; writes that touch several slots are sequences of batches, or one
+/// [`Store::write_all`] when one store holds them all.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Batch {
     slot: Slot,
@@ -154,6 +162,15 @@ impl Batch {
     /// Inserts a row; its id is returned by the write, in insert order.
     pub fn insert(&mut self, table: TableId, row: Row) -> &mut Self {
         self.ops.push(Op::Insert { table, row });
+        self
+    }
+
+    /// Inserts a row whose `column` the writer sets to an id issued earlier in the same write
+    /// (8 bytes, big-endian): the `earlier`-th id the write returns, counted over every batch
+    /// of a [`Store::write_all`]. A row can so refer to a row of another slot written in the
+    /// same commit, such as an offline entry to the history row that gives its message's id.
+    pub fn insert_with_id(&mut self, table: TableId, row: Row, column: usize, earlier: usize) -> &mut Self {
+        self.ops.push(Op::InsertWithId { table, row, column, earlier });
         self
     }
 
@@ -224,6 +241,8 @@ pub enum StoreError {
     NotInMemory,
     #[error("row {id} belongs to another slot than its batch's ({slot})")]
     OtherSlot { slot: u16, id: u64 },
+    #[error("an insert takes the write's id number {earlier}, which it has not issued before it")]
+    NoEarlierId { earlier: usize },
     #[error("slot {slot} changed more than a record of its changes holds")]
     ChangesLost { slot: u16 },
     #[error("a read on the blocking pool did not finish (shutdown or a panic)")]
@@ -396,7 +415,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(RowId, Row)>, StoreError>;
 
     /// Applies a batch atomically.
-    fn write(&self, batch: Batch) -> WriteFuture;
+    fn write(&self, batch: Batch) -> WriteFuture {
+        self.write_all(vec![batch])
+    }
+
+    /// Applies batches of several slots as one atomic commit (one fsync): all of them or
+    /// none. The ids come back in order over all the batches.
+    fn write_all(&self, batches: Vec<Batch>) -> WriteFuture;
 
     /// The slot's raw entries as they are now (one snapshot), in key order, handed to `part`
     /// in parts of about `max_bytes`; at least one part, the last maybe empty. Stops early

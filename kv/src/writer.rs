@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,7 +25,8 @@ pub(crate) struct WriteRequest {
 }
 
 pub(crate) enum Work {
-    Batch(Batch),
+    /// Batches of one or several slots, committed together.
+    Batches(Vec<Batch>),
     Raw(RawWrite),
 }
 
@@ -108,13 +110,17 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
         let results: Vec<_> = group
             .iter()
             .map(|request| {
-                let Work::Batch(batch) = &request.work else {
+                let Work::Batches(batches) = &request.work else {
                     return Err(StoreError::Interrupted);
                 };
                 let mut undo = Undo::default();
                 let mut mine = Vec::new();
-                match writer.apply(batch, &mut overlay, &mut undo, &mut mine) {
-                    Ok(ids) => {
+                let mut ids = Vec::new();
+                let applied = batches
+                    .iter()
+                    .try_for_each(|batch| writer.apply(batch, &mut overlay, &mut undo, &mut mine, &mut ids));
+                match applied {
+                    Ok(()) => {
                         staged.append(&mut mine);
                         Ok(ids)
                     }
@@ -125,7 +131,7 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
                 }
             })
             .collect();
-        let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batch(b) if b.is_relaxed()));
+        let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batches(b) if b.iter().all(Batch::is_relaxed)));
         let commit = writer.commit(staged, if all_relaxed { &relaxed } else { &synced });
         for (request, result) in group.into_iter().zip(results) {
             let result = match &commit {
@@ -217,14 +223,15 @@ impl Writer<'_> {
         self.commit(staged, options)
     }
 
+    /// Stages a batch; the ids it issues are added to `ids`, the write's ids so far.
     fn apply(
         &mut self,
         batch: &Batch,
         overlay: &mut Overlay,
         undo: &mut Undo,
         staged: &mut Vec<Staged>,
-    ) -> Result<Vec<RowId>, StoreError> {
-        let mut ids = Vec::new();
+        ids: &mut Vec<RowId>,
+    ) -> Result<(), StoreError> {
         let slot = batch.slot();
         let in_slot = |id: &RowId| {
             if id.slot() == slot {
@@ -238,6 +245,14 @@ impl Writer<'_> {
                 Op::Insert { table, row } => {
                     let id = self.next_id(*table, slot, undo, staged)?;
                     self.put_row(*table, id, None, row.clone(), overlay, undo, staged)?;
+                    ids.push(id);
+                }
+                Op::InsertWithId { table, row, column, earlier } => {
+                    let earlier_id = *ids.get(*earlier).ok_or(StoreError::NoEarlierId { earlier: *earlier })?;
+                    let mut row = row.clone();
+                    row.set(*column, Bytes::copy_from_slice(&earlier_id.to_be_bytes()));
+                    let id = self.next_id(*table, slot, undo, staged)?;
+                    self.put_row(*table, id, None, row, overlay, undo, staged)?;
                     ids.push(id);
                 }
                 Op::Put { table, id, row } => {
@@ -301,7 +316,7 @@ impl Writer<'_> {
                 }
             }
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Writes `new` as row `id`, moving the index entries of the columns that changed from

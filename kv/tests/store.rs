@@ -133,6 +133,54 @@ async fn update_delete_and_unique() {
 }
 
 #[tokio::test]
+async fn batches_of_several_slots_commit_together_and_an_insert_takes_an_earlier_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (t, u) = (store.table("timmessage").unwrap(), store.table("timuser").unwrap());
+    // A message in slot 3 and, in slot 7, a row that names it (the writer fills in its id).
+    let mut history = Batch::new(Slot(3));
+    history.insert(t, msg(b"chat", "hello"));
+    let mut entry = Batch::new(Slot(7));
+    entry.insert_with_id(t, msg(b"queue", "for bob"), 1, 0);
+    let ids = store.write_all(vec![history, entry]).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!((ids[0].slot(), ids[1].slot()), (Slot(3), Slot(7)));
+    let queued = store.get(t, ids[1]).unwrap().unwrap();
+    assert_eq!(queued.get(1).unwrap().as_ref(), ids[0].to_be_bytes());
+    assert_eq!(bodies(&store.page(t, Slot(3), 0, b"chat", Cursor::OLDEST, 10).unwrap()), ["hello"]);
+
+    // All or nothing: a unique value taken in slot 9 fails the rows of slot 3 with it.
+    let taken = || {
+        let mut row = Row::new(2);
+        row.set(0, Bytes::from_static(b"alice"));
+        row
+    };
+    let mut b = Batch::new(Slot(9));
+    b.insert(u, taken());
+    store.write(b).await.unwrap();
+    let mut history = Batch::new(Slot(3));
+    history.insert(t, msg(b"chat", "lost"));
+    let mut clash = Batch::new(Slot(9));
+    clash.insert(u, taken());
+    assert_eq!(
+        store.write_all(vec![history, clash]).await,
+        Err(StoreError::Duplicate { table: "timuser", column: "uuid" })
+    );
+    // An id the write has not issued before the insert fails it too.
+    let mut history = Batch::new(Slot(3));
+    history.insert(t, msg(b"chat", "lost"));
+    let mut ahead = Batch::new(Slot(7));
+    ahead.insert_with_id(t, msg(b"queue", "lost"), 1, 1).insert(t, msg(b"queue", "lost"));
+    assert_eq!(store.write_all(vec![history, ahead]).await, Err(StoreError::NoEarlierId { earlier: 1 }));
+    assert_eq!(bodies(&store.page(t, Slot(3), 0, b"chat", Cursor::OLDEST, 10).unwrap()), ["hello"]);
+    assert_eq!(bodies(&store.page(t, Slot(7), 0, b"queue", Cursor::OLDEST, 10).unwrap()), ["for bob"]);
+    // The failed writes issued no ids that count: the next insert follows the first.
+    let mut b = Batch::new(Slot(3));
+    b.insert(t, msg(b"chat", "next"));
+    assert_eq!(store.write(b).await.unwrap()[0].seq(), ids[0].seq() + 1);
+}
+
+#[tokio::test]
 async fn concurrent_writers_get_distinct_increasing_ids() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(open(dir.path()));

@@ -410,6 +410,17 @@ impl Cluster {
         }
     }
 
+    /// Applies batches of several slots as one commit (atomic, one fsync) when this node owns
+    /// every one of them, holding their guards meanwhile; the batches back when it does not,
+    /// for the caller to write through their owners.
+    pub async fn write_here(&self, batches: Vec<Batch>) -> Result<Result<Vec<RowId>, RouteError>, Vec<Batch>> {
+        let slots: Vec<Slot> = batches.iter().map(Batch::slot).collect();
+        match self.ownership.hold(&slots).await {
+            Ok(held) => Ok(held.run(self.store.write_all(batches)).await.map_err(RouteError::Store)),
+            Err(_) => Err(batches),
+        }
+    }
+
     /// Runs an engine operation on the owner of `slot`.
     pub async fn call(&self, slot: Slot, body: Bytes) -> Result<Bytes, RouteError> {
         match self.at(slot, Request::AtSlot { slot: slot.0, body }).await? {

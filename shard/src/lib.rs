@@ -20,7 +20,7 @@ pub use cluster::{Calls, Cluster, ClusterFigures, EngineHandler, RouteError, See
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 pub use node::{ClusterNode, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, remove, status, OperatorError};
-pub use ownership::{Ownership, OwnershipError, Part, Refusal, SlotState};
+pub use ownership::{Held, Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tim_kv::{RawWrite, Slot, SlotDelta, Store, StoreError};
-use tokio::sync::{watch, RwLock};
+use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
 use crate::placement::NodeId;
 use crate::SLOTS;
@@ -77,6 +77,26 @@ fn record_name(slot: Slot) -> String {
 fn record(slot: Slot, state: SlotState) -> Result<(String, Option<Vec<u8>>), OwnershipError> {
     let raw = postcard::to_stdvec(&state).map_err(|_| OwnershipError::Record(slot.0))?;
     Ok((record_name(slot), Some(raw)))
+}
+
+/// Guards of owned slots, held until dropped ([`Ownership::hold`]).
+pub struct Held<'a> {
+    _guards: Vec<RwLockReadGuard<'a, ()>>,
+    /// Every slot the task holds with these guards, when they add any.
+    slots: Option<Vec<Slot>>,
+}
+
+impl Held<'_> {
+    /// Runs `work` under the guards; what it calls on these slots does not take them again.
+    pub async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
+        let Held { _guards: guards, slots } = self;
+        let done = match slots {
+            Some(slots) => HELD.scope(slots, work).await,
+            None => work.await,
+        };
+        drop(guards);
+        done
+    }
 }
 
 /// Every slot's state on this node.
@@ -178,25 +198,42 @@ impl Ownership {
     /// Runs `work` while `slot` is owned here, holding the slot's guard so no hand-over
     /// begins meanwhile; a slot not owned here is refused with what this node knows of it.
     pub async fn serve<T>(&self, slot: Slot, work: impl std::future::Future<Output = T>) -> Result<T, Refusal> {
+        Ok(self.hold(&[slot]).await?.run(work).await)
+    }
+
+    /// Takes the guards of `slots` while they are owned here; refused at the first slot not
+    /// owned here. The guards this task holds already are not taken again.
+    ///
+    /// No cycle of waits: a task takes its guards in slot order, and a task that holds some
+    /// already never waits for more (a fence queued on one it wants would otherwise wait for
+    /// a task that waits, in turn, for a fence queued on one this task holds). It is refused
+    /// as [`Refusal::Moving`] instead, which is what waiting behind that fence would end in.
+    pub async fn hold(&self, slots: &[Slot]) -> Result<Held<'_>, Refusal> {
         let held = HELD.try_with(|h| h.clone()).unwrap_or_default();
-        if held.contains(&slot) {
-            // This task holds the guard: the slot is owned and stays so until it lets go.
-            return Ok(work.await);
-        }
-        let guard = self.guard(slot).map_err(|_| Refusal::NotOwner { slot: slot.0, moved_to: None })?;
-        let _held = guard.read().await;
-        match self.state(slot) {
-            Some(SlotState::Owned { .. }) => {
-                let mut now_held = held;
-                now_held.push(slot);
-                Ok(HELD.scope(now_held, work).await)
+        let mut wanted: Vec<Slot> = slots.iter().copied().filter(|s| !held.contains(s)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut guards = Vec::with_capacity(wanted.len());
+        for &slot in &wanted {
+            let guard = self.guard(slot).map_err(|_| Refusal::NotOwner { slot: slot.0, moved_to: None })?;
+            guards.push(if held.is_empty() {
+                guard.read().await
+            } else {
+                guard.try_read().map_err(|_| Refusal::Moving { slot: slot.0 })?
+            });
+            match self.state(slot) {
+                Some(SlotState::Owned { .. }) => {}
+                Some(SlotState::Fenced { .. }) => return Err(Refusal::Moving { slot: slot.0 }),
+                Some(SlotState::Given { to, epoch }) => {
+                    return Err(Refusal::NotOwner { slot: slot.0, moved_to: Some((to, epoch)) })
+                }
+                None => return Err(Refusal::NotOwner { slot: slot.0, moved_to: None }),
             }
-            Some(SlotState::Fenced { .. }) => Err(Refusal::Moving { slot: slot.0 }),
-            Some(SlotState::Given { to, epoch }) => {
-                Err(Refusal::NotOwner { slot: slot.0, moved_to: Some((to, epoch)) })
-            }
-            None => Err(Refusal::NotOwner { slot: slot.0, moved_to: None }),
         }
+        let fresh = !wanted.is_empty();
+        let mut now_held = held;
+        now_held.extend(wanted);
+        Ok(Held { _guards: guards, slots: fresh.then_some(now_held) })
     }
 
     /// Fences an owned slot for a hand-over to `to`, after the requests in flight: from now

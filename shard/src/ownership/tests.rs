@@ -140,6 +140,44 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
     assert_eq!(b.owned(), vec![(slot, epoch)]);
 }
 
+/// Slots held together (one write to several slots): a fence of any of them waits for the
+/// holder, what the holder runs on them does not take their guards again (a fence queued
+/// behind the holder would make it wait for itself), a holder never waits for more guards
+/// behind a fence (no cycle of waits), and a fenced slot refuses them all.
+#[tokio::test]
+async fn slots_held_together_are_fenced_only_after_their_holder_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Arc::new(Ownership::load(open(dir.path())).unwrap());
+    a.bootstrap().await.unwrap();
+    let fence_of = |slot| {
+        let a = a.clone();
+        tokio::spawn(async move { a.fence(Slot(slot), B).await })
+    };
+    // Slot 7 is held by another holder (outside this task's scope), with a fence queued on it.
+    let other = a.hold(&[Slot(7)]).await.unwrap();
+    let fence_7 = fence_of(7);
+    let held = a.hold(&[Slot(9), Slot(4), Slot(9)]).await.unwrap();
+    let fence_4 = fence_of(4);
+    let fence_4 = held
+        .run(async {
+            // One thread: the fence tasks run up to their waits while this task yields.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!fence_4.is_finished() && !fence_7.is_finished(), "the fences wait for the holders");
+            assert_eq!(a.serve(Slot(4), async { 4 }).await, Ok(4), "served under the guard held");
+            assert!(a.hold(&[Slot(5)]).await.is_ok(), "a holder takes a free slot more");
+            assert_eq!(a.hold(&[Slot(5), Slot(7)]).await.err(), Some(Refusal::Moving { slot: 7 }));
+            fence_4
+        })
+        .await;
+    assert_eq!(fence_4.await.unwrap().unwrap(), 2);
+    drop(other);
+    assert_eq!(fence_7.await.unwrap().unwrap(), 2);
+    assert_eq!(a.hold(&[Slot(9), Slot(4)]).await.err(), Some(Refusal::Moving { slot: 4 }));
+    assert!(a.hold(&[Slot(9), Slot(5)]).await.is_ok(), "other slots are held");
+}
+
 #[tokio::test]
 async fn a_hand_over_resumed_after_a_restart_keeps_its_epoch() {
     let dir = tempfile::tempdir().unwrap();
