@@ -35,8 +35,8 @@ pub enum SlotCall {
         msg: Bytes,
         key: [u8; 24],
         /// The recipient, whose offline entry is written with the row when its queue is on
-        /// the same node.
-        to: UserId,
+        /// the same node; `None` when the caller queues it (after an earlier entry).
+        to: Option<UserId>,
     },
     AreFriends {
         me: UserId,

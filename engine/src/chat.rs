@@ -73,15 +73,15 @@ impl History {
     }
 
     /// On the owner of `chat`'s slot: the message stored with `key` in the last
-    /// [`DEDUP_WINDOW`], or the one stored now, with its entry in the queue of `to` when this
-    /// node owns that queue too ([`History::store_here`]).
+    /// [`DEDUP_WINDOW`], or the one stored now, with its entry in the queue of `to` (when
+    /// given) if this node owns that queue too ([`History::store_here`]).
     pub async fn append_once_here(
         &self,
         chat: [u8; 16],
         from: UserId,
         msg: &TimMessage,
         key: &[u8; 24],
-        to: UserId,
+        to: Option<UserId>,
         offline: &OfflineQueue,
     ) -> Result<Appended, EngineError> {
         let [a, b, ..] = *key;
@@ -91,7 +91,11 @@ impl History {
             return Ok(Appended { mid, fresh: false, entry: None });
         }
         let row = Self::row(chat, from, msg, Some(key));
-        if let Some(stored) = self.store_here(&[(chat, row.clone())], &[(0, to, msg)], offline).await {
+        let stored = match to {
+            Some(to) => self.store_here(&[(chat, row.clone())], &[(0, to, msg)], offline).await,
+            None => None,
+        };
+        if let Some(stored) = stored {
             let (ids, entries) = stored?;
             let (Some(id), Some(entry)) = (ids.first(), entries.first()) else {
                 return Err(EngineError::Internal("a message write returned no id"));
@@ -112,7 +116,7 @@ impl History {
         from: UserId,
         msg: &TimMessage,
         key: [u8; 24],
-        to: UserId,
+        to: Option<UserId>,
         offline: &OfflineQueue,
     ) -> Result<Appended, EngineError> {
         let here = self.append_once_here(chat, from, msg, &key, to, offline);
@@ -243,7 +247,8 @@ impl History {
         let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
         // Stored in history only, to be queued next: the mid, and whether it is a repeat (its
         // first entry may be queued still; a message stored now has none, so it is not looked
-        // for).
+        // for). A queue takes its entries in the burst's order: once one waits here, later
+        // ones wait too rather than being written with their rows.
         let mut unqueued: Vec<Option<(i64, bool)>> = vec![None; accepted.len()];
         // Messages without a client id are written together; one with an id is stored once,
         // on its conversation's owner, after the ones before it (mids follow the burst).
@@ -255,7 +260,8 @@ impl History {
             };
             self.append_plain(from, accepted, std::mem::take(&mut plain), offline, &mut out, &mut unqueued).await?;
             let chat = pair_id(from, *to);
-            let Appended { mid, fresh, entry } = self.append_once(chat, from, msg, *key, *to, offline).await?;
+            let to_now = unqueued.iter().all(Option::is_none).then_some(*to);
+            let Appended { mid, fresh, entry } = self.append_once(chat, from, msg, *key, to_now, offline).await?;
             match entry {
                 Some(entry) => set(&mut out, i, Stored { mid, entry, repeat: false }),
                 None => set(&mut unqueued, i, (mid, !fresh)),
@@ -282,7 +288,8 @@ impl History {
     }
 
     /// Stores messages `which` of a burst that have no client id: with their offline entries
-    /// when every slot is here (into `out`), else in history only (into `unqueued`).
+    /// when every slot is here and no earlier entry waits (into `out`), else in history only
+    /// (into `unqueued`).
     async fn append_plain(
         &self,
         from: UserId,
@@ -304,7 +311,9 @@ impl History {
             })
             .collect();
         let entries: Vec<_> = messages.iter().enumerate().map(|(row, a)| (row, a.to, &a.msg)).collect();
-        if let Some(stored) = self.store_here(&rows, &entries, offline).await {
+        let stored =
+            if unqueued.iter().all(Option::is_none) { self.store_here(&rows, &entries, offline).await } else { None };
+        if let Some(stored) = stored {
             let (ids, entry_ids) = stored?;
             for ((id, entry), i) in ids.into_iter().zip(entry_ids).zip(which) {
                 set(out, i, Stored { mid: mid_of(id)?, entry, repeat: false });

@@ -145,14 +145,21 @@ topology_test!(async fn pipelined_messages_are_stored_before_a_later_request_and
     }
 });
 
-topology_test!(async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order(servers, &["--message-noauth", "true"]) {
+topology_test!(async fn an_offline_recipient_gets_messages_from_the_offline_queue_in_order(servers, &["--message-noauth", "true", "--rate-connection", "0", "--rate-account", "0"]) {
 
     let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
     let bob_node = servers.at(1).register("bob", "pw", Encoding::Json).await.n.unwrap();
+    // Sent without waiting, so they are stored as bursts; every third has a client id (stored
+    // once, at its conversation's owner) and the others not: the queue keeps the order anyway.
     for i in 0..13 {
-        alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
-        echo(&mut alice).await;
+        let msg = TimMessage { id: (i % 3 == 1).then_some(i), ..text_to(&bob_node, &format!("m{i}"), 1) };
+        alice.send(FrameType::Message, &msg).await.unwrap();
     }
+    let mut mids = Vec::new();
+    for _ in 0..13 {
+        mids.push(echo(&mut alice).await.mid.unwrap());
+    }
+    assert!(mids.windows(2).all(|w| w[0] < w[1]), "mids follow the order sent: {mids:?}");
     let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Json).await;
     request_offline(&mut bob).await;
     let first = batch(&mut bob, true).await;
@@ -160,6 +167,7 @@ topology_test!(async fn an_offline_recipient_gets_messages_from_the_offline_queu
     assert_eq!((first.len(), second.len()), (10, 3), "batches of at most 10");
     let texts: Vec<_> = first.iter().chain(&second).map(|m| m.data_string.clone().unwrap()).collect();
     assert_eq!(texts, (0..13).map(|i| format!("m{i}")).collect::<Vec<_>>(), "oldest first");
+    assert_eq!(first.iter().chain(&second).map(|m| m.mid.unwrap()).collect::<Vec<_>>(), mids);
     assert!(first.iter().all(|m| m.is_offline == Some(true) && m.mid.is_some()));
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
     // Asked again as soon as each end frame is read, every request is answered (a drain used

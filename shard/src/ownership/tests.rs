@@ -158,19 +158,17 @@ async fn slots_held_together_are_fenced_only_after_their_holder_lets_go() {
     let fence_7 = fence_of(7);
     let held = a.hold(&[Slot(9), Slot(4), Slot(9)]).await.unwrap();
     let fence_4 = fence_of(4);
-    let fence_4 = held
-        .run(async {
-            // One thread: the fence tasks run up to their waits while this task yields.
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-            assert!(!fence_4.is_finished() && !fence_7.is_finished(), "the fences wait for the holders");
-            assert_eq!(a.serve(Slot(4), async { 4 }).await, Ok(4), "served under the guard held");
-            assert!(a.hold(&[Slot(5)]).await.is_ok(), "a holder takes a free slot more");
-            assert_eq!(a.hold(&[Slot(5), Slot(7)]).await.err(), Some(Refusal::Moving { slot: 7 }));
-            fence_4
-        })
-        .await;
+    held.run(async {
+        // One thread: the fence tasks run up to their waits while this task yields.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!fence_4.is_finished() && !fence_7.is_finished(), "the fences wait for the holders");
+        assert_eq!(a.serve(Slot(4), async { 4 }).await, Ok(4), "served under the guard held");
+        assert!(a.hold(&[Slot(5)]).await.is_ok(), "a holder takes a free slot more");
+        assert_eq!(a.hold(&[Slot(5), Slot(7)]).await.err(), Some(Refusal::Moving { slot: 7 }));
+    })
+    .await;
     assert_eq!(fence_4.await.unwrap().unwrap(), 2);
     drop(other);
     assert_eq!(fence_7.await.unwrap().unwrap(), 2);
