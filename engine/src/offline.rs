@@ -4,7 +4,9 @@
 //! Each queue is capped by entry count and by age; what falls over a cap is dropped oldest
 //! first and counted in the log. Counts are cached per user (computed from the index the first
 //! time a user's queue grows after start) and checked exactly before anything is dropped, so a
-//! stale count can delay a drop but never cause a wrong one.
+//! stale count can delay a drop but never cause a wrong one. An exact count reads the whole
+//! queue's index, so a full queue is trimmed back to its cap once it passes the cap by a 64th
+//! ([`trim_slack`]), not at every message that reaches it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,13 @@ use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::partition::{self, Inserts};
 use crate::tables::timoffline;
+
+/// Entries a queue may hold past a cap of `max` before it is trimmed back to `max`: a 64th of
+/// the cap, none below 64 (a queue of 10,000 is counted once per 156 messages it takes, not
+/// at each).
+fn trim_slack(max: usize) -> usize {
+    max / 64
+}
 
 /// Most queued copies of one message a user can have (one per delivery of it).
 const MAX_COPIES: usize = 64;
@@ -149,7 +158,7 @@ impl OfflineQueue {
                 n
             }
         };
-        if count > self.limits.max_entries {
+        if count > self.limits.max_entries + trim_slack(self.limits.max_entries) {
             self.trim(user).await?;
         }
         Ok(())

@@ -388,6 +388,35 @@ topology_test!(async fn offline_queues_are_capped_by_count(servers, &["--message
     assert!(servers.log().contains("offline entries dropped"), "drops are logged");
 });
 
+topology_test!(async fn a_full_offline_queue_is_trimmed_in_steps_keeping_the_newest(servers, &["--message-noauth", "true", "--offline-max-entries", "128"]) {
+
+    // A cap of 128 lets a queue pass it by 2 (a 64th) before it is counted and trimmed back.
+    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
+    for i in 0..150 {
+        alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
+        echo(&mut alice).await;
+    }
+    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
+    request_offline(&mut bob).await;
+    let mut texts = Vec::new();
+    loop {
+        let frame = bob.recv_within(WAIT).await.unwrap();
+        if frame.kind == FrameType::OfflineMsgEnd {
+            break;
+        }
+        assert_eq!(frame.kind, FrameType::OfflineMsg, "{frame:?}");
+        let list: TimMessageList = frame.decode(Encoding::Compact).unwrap();
+        texts.extend(list.message_list.unwrap_or_default().into_iter().map(|m| m.data_string.unwrap()));
+        bob.ack(frame.ack_id.unwrap()).await.unwrap();
+    }
+    assert!((128..=130).contains(&texts.len()), "{} entries kept", texts.len());
+    let newest: Vec<_> = (150 - texts.len()..150).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, newest, "the newest are kept, in order");
+    let trims = servers.log().matches("offline entries dropped").count();
+    assert!((1..=8).contains(&trims), "trimmed {trims} times: in steps, not at every message");
+});
+
 topology_test!(async fn offline_queues_are_capped_by_age(servers, &["--message-noauth", "true", "--offline-max-age", "1"]) {
 
     let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
