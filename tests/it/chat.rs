@@ -372,16 +372,23 @@ topology_test!(async fn a_message_never_acked_is_queued_once_and_history_honours
     assert_eq!(history(&mut bob, &alice_node, 0, 10).await.len(), 1);
 });
 
-topology_test!(async fn offline_queues_are_capped_by_count(servers, &["--message-noauth", "true", "--offline-max-entries", "5"]) {
-
+/// Bob, registered but away while alice sends him `m0`… `m{n-1}` one by one, logged in and
+/// asking for his offline queue.
+async fn offline_for_bob(servers: &crate::topology::Servers, n: usize) -> Client {
     let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
     let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
-    for i in 0..8 {
+    for i in 0..n {
         alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
         echo(&mut alice).await;
     }
     let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
+    bob
+}
+
+topology_test!(async fn offline_queues_are_capped_by_count(servers, &["--message-noauth", "true", "--offline-max-entries", "5"]) {
+
+    let mut bob = offline_for_bob(&servers, 8).await;
     let texts: Vec<_> = batch(&mut bob, true).await.into_iter().map(|m| m.data_string.unwrap()).collect();
     assert_eq!(texts, ["m3", "m4", "m5", "m6", "m7"], "the oldest were dropped");
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
@@ -391,14 +398,7 @@ topology_test!(async fn offline_queues_are_capped_by_count(servers, &["--message
 topology_test!(async fn a_full_offline_queue_is_trimmed_in_steps_keeping_the_newest(servers, &["--message-noauth", "true", "--offline-max-entries", "128"]) {
 
     // A cap of 128 lets a queue pass it by 2 (a 64th) before it is counted and trimmed back.
-    let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
-    let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
-    for i in 0..150 {
-        alice.send(FrameType::Message, &text_to(&bob_node, &format!("m{i}"), 1)).await.unwrap();
-        echo(&mut alice).await;
-    }
-    let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
-    request_offline(&mut bob).await;
+    let mut bob = offline_for_bob(&servers, 150).await;
     let mut texts = Vec::new();
     loop {
         let frame = bob.recv_within(WAIT).await.unwrap();
