@@ -74,7 +74,7 @@ impl History {
 
     /// On the owner of `chat`'s slot: the message stored with `key` in the last
     /// [`DEDUP_WINDOW`], or the one stored now, with its entry in the queue of `to` (when
-    /// given) if this node owns that queue too ([`History::store_here`]).
+    /// given) if this node owns that queue too ([`History::store`]).
     pub async fn append_once_here(
         &self,
         chat: [u8; 16],
@@ -90,23 +90,12 @@ impl History {
         if let Some(mid) = self.stored_as(chat, key).await? {
             return Ok(Appended { mid, fresh: false, entry: None });
         }
-        let row = Self::row(chat, from, msg, Some(key));
-        let stored = match to {
-            Some(to) => self.store_here(&[(chat, row.clone())], &[(0, to, msg)], offline).await,
-            None => None,
-        };
-        if let Some(stored) = stored {
-            let (ids, entries) = stored?;
-            let (Some(id), Some(entry)) = (ids.first(), entries.first()) else {
-                return Err(EngineError::Internal("a message write returned no id"));
-            };
-            return Ok(Appended { mid: mid_of(*id)?, fresh: true, entry: Some(*entry) });
-        }
-        let mut batch = Batch::new(partition::conversation(&chat));
-        batch.insert(self.table, row);
-        let id =
-            *self.data.write(batch).await?.first().ok_or(EngineError::Internal("a message write returned no id"))?;
-        Ok(Appended { mid: mid_of(id)?, fresh: true, entry: None })
+        let mut rows = Inserts::default();
+        rows.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, Some(key)));
+        let entry = to.map(|to| (0, to, msg));
+        let (ids, entries) = self.store(rows, entry.as_slice(), offline).await?;
+        let id = *ids.first().ok_or(EngineError::Internal("a message write returned no id"))?;
+        Ok(Appended { mid: mid_of(id)?, fresh: true, entry: entries.and_then(|e| e.first().copied()) })
     }
 
     /// [`History::append_once_here`], wherever the conversation's slot is.
@@ -124,49 +113,48 @@ impl History {
         at_slot(&self.data, partition::conversation(&chat), here, call).await
     }
 
-    /// Writes history rows (the row of a message in conversation `chat`) and offline entries
-    /// (`(row, to, msg)`: `msg`, the message of row `row`, queued for `to`) as one commit when
-    /// this node owns every slot involved: one fsync rather than two in a row, and never a row
-    /// without its entries. The writer gives each entry its row's id as `mid`. The rows' ids
-    /// and the entries' ids, in order; `None` when a slot is elsewhere (the caller writes the
-    /// rows, then the entries, through their owners).
-    async fn store_here(
+    /// Writes history rows (`rows`, by conversation slot) and, when this node owns every slot
+    /// involved, offline entries (`(row, to, msg)`: `msg`, the message of the `row`-th row,
+    /// queued for `to`) in the same commit: one fsync rather than two in a row, and never a
+    /// row without its entries; the writer gives each entry its row's id as `mid`. The rows'
+    /// ids, and the entries' ids when they were written (else the caller queues them through
+    /// their owners, after the rows).
+    async fn store(
         &self,
-        rows: &[([u8; 16], Row)],
+        rows: Inserts,
         entries: &[(usize, UserId, &TimMessage)],
         offline: &OfflineQueue,
-    ) -> Option<Result<(Vec<RowId>, Vec<RowId>), EngineError>> {
+    ) -> Result<(Vec<RowId>, Option<Vec<RowId>>), EngineError> {
+        let (mut batches, row_at) = rows.into_batches();
         let node = self.data.node();
         let here = |slot| self.data.owner_of(slot) == Some(node);
-        let all_here = rows.iter().all(|(chat, _)| here(partition::conversation(chat)))
-            && entries.iter().all(|(_, to, _)| here(partition::user(*to)));
-        if !all_here {
-            return None;
+        let all_here =
+            batches.iter().all(|b| here(b.slot())) && entries.iter().all(|(_, to, _)| here(partition::user(*to)));
+        if all_here && !entries.is_empty() {
+            let row_batches = batches.len();
+            let mut queued = Inserts::default();
+            for (row, to, msg) in entries {
+                let earlier = *row_at.get(*row).ok_or(EngineError::Internal("an offline entry names no row"))?;
+                offline.add_for_row(&mut queued, *to, msg, earlier);
+            }
+            let (entry_batches, entry_at) = queued.into_batches();
+            batches.extend(entry_batches);
+            match self.data.write_here(batches).await {
+                Ok(written) => {
+                    let ids = written?;
+                    offline.written(entries.iter().map(|(_, to, _)| *to)).await;
+                    let entry_ids = partition::ids_at(&ids, entry_at.iter().map(|at| row_at.len() + at))?;
+                    return Ok((partition::ids_at(&ids, row_at.iter().copied())?, Some(entry_ids)));
+                }
+                // A slot that moved since the look-up: the rows go through their owners.
+                Err(mut back) => {
+                    back.truncate(row_batches);
+                    batches = back;
+                }
+            }
         }
-        let mut inserts = Inserts::default();
-        for (chat, row) in rows {
-            inserts.add(partition::conversation(chat), self.table, row.clone());
-        }
-        let (mut batches, row_at) = inserts.into_batches();
-        let mut queued = Inserts::default();
-        for (row, to, msg) in entries {
-            let Some(earlier) = row_at.get(*row) else {
-                return Some(Err(EngineError::Internal("an offline entry names no row")));
-            };
-            offline.add_for_row(&mut queued, *to, msg, *earlier);
-        }
-        let (entry_batches, entry_at) = queued.into_batches();
-        batches.extend(entry_batches);
-        // A slot that moved since the look-up: written through its owner by the caller.
-        let ids = match self.data.write_here(batches).await.ok()? {
-            Ok(ids) => ids,
-            Err(e) => return Some(Err(e.into())),
-        };
-        offline.written(entries.iter().map(|(_, to, _)| *to)).await;
-        let id = |at: usize| ids.get(at).copied().ok_or(EngineError::Internal("a write returned fewer ids"));
-        let row_ids: Result<Vec<_>, _> = row_at.iter().map(|at| id(*at)).collect();
-        let entry_ids: Result<Vec<_>, _> = entry_at.iter().map(|at| id(row_at.len() + at)).collect();
-        Some(row_ids.and_then(|rows| Ok((rows, entry_ids?))))
+        let ids = partition::write_batches(&self.data, batches, row_at.len()).await?;
+        Ok((partition::ids_at(&ids, row_at.iter().copied())?, None))
     }
 
     /// The history row of `msg` in conversation `chat`.
@@ -212,16 +200,14 @@ impl History {
         absent: &[UserId],
         offline: &OfflineQueue,
     ) -> Result<i64, EngineError> {
-        let row = Self::row(chat, from, msg, None);
+        let mut rows = Inserts::default();
+        rows.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
         let entries: Vec<_> = absent.iter().map(|user| (0, *user, msg)).collect();
-        if let Some(stored) = self.store_here(&[(chat, row.clone())], &entries, offline).await {
-            let (ids, _) = stored?;
-            return mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?);
-        }
-        let mut inserts = Inserts::default();
-        inserts.add(partition::conversation(&chat), self.table, row);
-        let ids = inserts.write(&self.data).await?;
+        let (ids, queued) = self.store(rows, &entries, offline).await?;
         let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
+        if queued.is_some() {
+            return Ok(mid);
+        }
         let queued = TimMessage { mid: Some(mid), ..msg.clone() };
         let entries: Vec<_> = absent.iter().map(|user| (*user, queued.clone())).collect();
         offline.push_all(&entries).await?;
@@ -230,7 +216,7 @@ impl History {
 
     /// Stores normal messages of `from` in their conversations' histories, which gives each
     /// its `mid`, and in their recipients' offline queues. When this node owns every slot
-    /// involved, both go in one commit ([`History::store_here`]); else in two steps: the
+    /// involved, both go in one commit ([`History::store`]); else in two steps: the
     /// histories (one write per conversation slot, all at once), then the queues (one write
     /// per recipient slot). Each message's `mid`, its offline entry, and whether it is a
     /// repeat, in order.
@@ -299,33 +285,28 @@ impl History {
         out: &mut [Option<Stored>],
         unqueued: &mut [Option<(i64, bool)>],
     ) -> Result<(), EngineError> {
-        let messages: Vec<_> = which.iter().filter_map(|i| accepted.get(*i)).collect();
-        if messages.is_empty() {
+        let mut rows = Inserts::default();
+        let mut entries = Vec::with_capacity(which.len());
+        for (row, Accepted { to, msg, .. }) in which.iter().filter_map(|i| accepted.get(*i)).enumerate() {
+            let chat = pair_id(from, *to);
+            rows.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
+            entries.push((row, *to, msg));
+        }
+        if entries.is_empty() {
             return Ok(());
         }
-        let rows: Vec<_> = messages
-            .iter()
-            .map(|Accepted { to, msg, .. }| {
-                let chat = pair_id(from, *to);
-                (chat, Self::row(chat, from, msg, None))
-            })
-            .collect();
-        let entries: Vec<_> = messages.iter().enumerate().map(|(row, a)| (row, a.to, &a.msg)).collect();
-        let stored =
-            if unqueued.iter().all(Option::is_none) { self.store_here(&rows, &entries, offline).await } else { None };
-        if let Some(stored) = stored {
-            let (ids, entry_ids) = stored?;
-            for ((id, entry), i) in ids.into_iter().zip(entry_ids).zip(which) {
-                set(out, i, Stored { mid: mid_of(id)?, entry, repeat: false });
+        let entries = if unqueued.iter().all(Option::is_none) { entries.as_slice() } else { &[] };
+        match self.store(rows, entries, offline).await? {
+            (ids, Some(entry_ids)) => {
+                for ((id, entry), i) in ids.into_iter().zip(entry_ids).zip(which) {
+                    set(out, i, Stored { mid: mid_of(id)?, entry, repeat: false });
+                }
             }
-            return Ok(());
-        }
-        let mut inserts = Inserts::default();
-        for (chat, row) in rows {
-            inserts.add(partition::conversation(&chat), self.table, row);
-        }
-        for (id, i) in inserts.write(&self.data).await?.into_iter().zip(which) {
-            set(unqueued, i, (mid_of(id)?, false));
+            (ids, None) => {
+                for (id, i) in ids.into_iter().zip(which) {
+                    set(unqueued, i, (mid_of(id)?, false));
+                }
+            }
         }
         Ok(())
     }

@@ -117,19 +117,24 @@ impl Inserts {
     }
 
     pub async fn write(self, data: &Arc<Cluster>) -> Result<Vec<RowId>, EngineError> {
-        let (batches, orders): (Vec<_>, Vec<_>) = self.batches.into_iter().unzip();
-        let written = try_join_all(batches.into_iter().map(|b| data.write(b))).await?;
-        let mut ids = vec![RowId(0); self.rows];
-        for (got, order) in written.iter().zip(&orders) {
-            if got.len() != order.len() {
-                return Err(EngineError::Internal("a write returned fewer ids than it inserted"));
-            }
-            for (id, i) in got.iter().zip(order) {
-                if let Some(slot) = ids.get_mut(*i) {
-                    *slot = *id;
-                }
-            }
-        }
-        Ok(ids)
+        let (batches, at) = self.into_batches();
+        let ids = write_batches(data, batches, at.len()).await?;
+        ids_at(&ids, at.iter().copied())
     }
+}
+
+/// Writes batches of `rows` inserts in all, each through its slot's owner, all at once: the
+/// ids in the order of the batches.
+pub async fn write_batches(data: &Arc<Cluster>, batches: Vec<Batch>, rows: usize) -> Result<Vec<RowId>, EngineError> {
+    let ids: Vec<RowId> = try_join_all(batches.into_iter().map(|b| data.write(b))).await?.concat();
+    if ids.len() != rows {
+        return Err(EngineError::Internal("a write returned fewer ids than it inserted"));
+    }
+    Ok(ids)
+}
+
+/// The ids at positions `at` of a write's `ids`.
+pub fn ids_at(ids: &[RowId], at: impl Iterator<Item = usize>) -> Result<Vec<RowId>, EngineError> {
+    at.map(|i| ids.get(i).copied().ok_or(EngineError::Internal("a write returned fewer ids than it inserted")))
+        .collect()
 }
