@@ -38,6 +38,11 @@ pub enum SlotCall {
         /// the same node; `None` when the caller queues it (after an earlier entry).
         to: Option<UserId>,
     },
+    /// Messages (thrift-compact) for the offline queues of users of the slot; answered with
+    /// the entries' ids and the users' sessions ([`crate::push::queue`]).
+    Queue {
+        entries: Vec<(UserId, Bytes)>,
+    },
     AreFriends {
         me: UserId,
         other: UserId,
@@ -54,12 +59,12 @@ pub enum SlotCall {
         me: UserId,
         other: UserId,
     },
-    /// A login: the sessions it replaces.
+    /// A login: the sessions it replaces ([`crate::directory::Admitted`]).
     Admit {
         user: UserId,
         lease: Lease,
     },
-    /// A session ended: whether it was the user's last.
+    /// A session ended: whether it was the user's last ([`crate::directory::Left`]).
     Leave {
         user: UserId,
         node: NodeId,
@@ -160,6 +165,10 @@ pub enum SlotCall {
 pub enum NodeCall {
     Deliver(Vec<Shipped>),
     Frames(Frames),
+    /// A user's sessions changed (a login or a logout): forget where they are.
+    SessionsChanged {
+        user: UserId,
+    },
     /// Close sessions another login replaced.
     Kick {
         user: UserId,
@@ -259,6 +268,16 @@ impl EngineHandler for Handler {
                         .map_err(|e| format!("undecodable message: {e}"))?;
                     let appended = server.history.append_once_here(chat, from, &msg, &key, to, &server.offline);
                     answer(appended.await, "append")
+                }
+                SlotCall::Queue { entries } => {
+                    let entries = entries
+                        .into_iter()
+                        .map(|(user, msg)| {
+                            tim_net::codec::decode_body(msg, tim_net::Encoding::Compact).map(|m| (user, m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("undecodable message: {e}"))?;
+                    answer(crate::push::queue_here(&server, entries).await, "queue")
                 }
                 SlotCall::AreFriends { me, other } => {
                     answer(server.rosters.are_friends_here(me, other).await, "friends")
@@ -370,6 +389,7 @@ impl EngineHandler for Handler {
             }
             NodeCall::Frames(frames) => crate::push::frames_here(&server, frames),
             NodeCall::Offer(frames) => server.rooms.offer_here(&server, frames),
+            NodeCall::SessionsChanged { user } => server.sessions.forget_where(user),
             NodeCall::Kick { user, conns } => {
                 for session in server.sessions.handles(user, &conns) {
                     session.close();

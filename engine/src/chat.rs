@@ -18,16 +18,21 @@ use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
 use tim_net::codec::{body_bytes, decode_body, Encoding};
 use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
+use tim_net::report::ErrorChain;
 use tim_net::FrameType;
 use tim_shard::Cluster;
+use tracing::warn;
 
 use crate::calls::{at_slot, SlotCall};
 use crate::error::EngineError;
 use crate::ident::{pair_id, UserId};
 use crate::offline::OfflineQueue;
 use crate::partition::{self, Inserts};
-use crate::push::{locate, push_frames, push_located, push_messages, push_to_user, Fallback};
+use crate::push::{
+    locate, push_frames, push_located, push_messages, push_messages_located, push_to_user, queue, Fallback, Located,
+};
 use crate::server::Server;
+use crate::sessions::Known;
 use crate::tables::timmessage;
 
 const MS_USER: i8 = 2;
@@ -215,11 +220,10 @@ impl History {
     }
 
     /// Stores normal messages of `from` in their conversations' histories, which gives each
-    /// its `mid`, and in their recipients' offline queues. When this node owns every slot
-    /// involved, both go in one commit ([`History::store`]); else in two steps: the
-    /// histories (one write per conversation slot, all at once), then the queues (one write
-    /// per recipient slot). Each message's `mid`, its offline entry, and whether it is a
-    /// repeat, in order.
+    /// its `mid`, and in their recipients' offline queues when this node owns every slot
+    /// involved: both in one commit ([`History::store`]). The messages stored with their
+    /// entries (into the first list), and the others, stored in history only, whose entries
+    /// [`queue_rest`] writes next (their `mid`, and whether each is a repeat, in the second).
     ///
     /// A message the client sent again (same `id` and content, within [`DEDUP_WINDOW`]) is not
     /// stored again: it gets its first `mid`, and its offline entry unless one is queued still
@@ -229,7 +233,7 @@ impl History {
         from: UserId,
         accepted: &[Accepted],
         offline: &OfflineQueue,
-    ) -> Result<Vec<Stored>, EngineError> {
+    ) -> Result<(Vec<Option<Stored>>, Vec<Option<(i64, bool)>>), EngineError> {
         let mut out: Vec<Option<Stored>> = vec![None; accepted.len()];
         // Stored in history only, to be queued next: the mid, and whether it is a repeat (its
         // first entry may be queued still; a message stored now has none, so it is not looked
@@ -254,23 +258,7 @@ impl History {
             }
         }
         self.append_plain(from, accepted, plain, offline, &mut out, &mut unqueued).await?;
-        let mut entries = Vec::with_capacity(accepted.len());
-        let mut queued_for = Vec::with_capacity(accepted.len());
-        for (i, (Accepted { to, msg, .. }, stored)) in accepted.iter().zip(&unqueued).enumerate() {
-            let Some((mid, repeat)) = *stored else { continue };
-            if repeat {
-                if let Some(entry) = offline.copies(*to, mid).await?.first() {
-                    set(&mut out, i, Stored { mid, entry: *entry, repeat: true });
-                    continue;
-                }
-            }
-            entries.push((*to, TimMessage { mid: Some(mid), ..msg.clone() }));
-            queued_for.push((i, mid));
-        }
-        for (entry, (i, mid)) in offline.push_all(&entries).await?.into_iter().zip(queued_for) {
-            set(&mut out, i, Stored { mid, entry, repeat: false });
-        }
-        out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect()
+        Ok((out, unqueued))
     }
 
     /// Stores messages `which` of a burst that have no client id: with their offline entries
@@ -528,12 +516,36 @@ pub async fn store_and_push(
     encoding: Encoding,
     accepted: Vec<Accepted>,
 ) -> Result<Vec<Bytes>, EngineError> {
-    let stored = server.history.append(from, &accepted, &server.offline).await?;
+    let (stored, unqueued) = server.history.append(from, &accepted, &server.offline).await?;
+    let (stored, mut located) = queue_rest(server, &accepted, stored, unqueued).await?;
     let fresh = stored.iter().filter(|s| !s.repeat).count();
     crate::metrics::add(&server.metrics.messages, fresh as u64);
-    // The sender's other sessions get a copy, like the echo, without ack.
-    let mine = locate(server, &[from]).await.unwrap_or_default();
-    let others = mine.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));
+    // The sender's sessions (its other sessions get a copy, like the echo, without ack), as
+    // this node knows them or else looked up, and the recipients' that queueing did not tell,
+    // in one look-up.
+    let mut wanted: Vec<UserId> = accepted.iter().map(|a| a.to).filter(|to| !located.contains_key(to)).collect();
+    let ticket = match server.sessions.known(from) {
+        Known::Sessions(mut leases) => {
+            leases.retain(server.live());
+            located.entry(from).or_insert(leases);
+            None
+        }
+        Known::Ask(ticket) => {
+            wanted.push(from);
+            Some(ticket)
+        }
+    };
+    if !wanted.is_empty() {
+        match locate(server, &wanted).await {
+            Ok(found) => located.extend(found),
+            Err(e) => warn!(error = %ErrorChain(&e), "sessions not found; messages wait in the offline queue"),
+        }
+    }
+    if let (Some(ticket), Some(leases)) = (ticket, located.get(&from)) {
+        server.sessions.remember(from, ticket, leases.clone());
+    }
+    let others = located.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));
+    let mine: Located = located.get(&from).map(|l| (from, l.clone())).into_iter().collect();
     let mut echoes = Vec::with_capacity(accepted.len());
     let mut pushes = Vec::with_capacity(accepted.len());
     for (Accepted { to, mut msg, .. }, Stored { mid, entry, repeat }) in accepted.into_iter().zip(stored) {
@@ -551,8 +563,44 @@ pub async fn store_and_push(
             pushes.push((to, msg, Fallback::Queued(entry)));
         }
     }
-    push_messages(server, pushes).await;
+    push_messages_located(server, pushes, &located).await;
     Ok(echoes)
+}
+
+/// Writes the offline entries of messages stored in history only (`unqueued`: the mid, and
+/// whether it is a repeat) through their recipients' owners ([`queue`]), which also say
+/// where those recipients' sessions are. Every message's [`Stored`], in order, and the
+/// sessions learned.
+async fn queue_rest(
+    server: &Server,
+    accepted: &[Accepted],
+    mut out: Vec<Option<Stored>>,
+    unqueued: Vec<Option<(i64, bool)>>,
+) -> Result<(Vec<Stored>, Located), EngineError> {
+    let mut entries = Vec::new();
+    let mut queued_for = Vec::new();
+    for (i, (Accepted { to, msg, .. }, stored)) in accepted.iter().zip(&unqueued).enumerate() {
+        let Some((mid, repeat)) = *stored else { continue };
+        if repeat {
+            if let Some(entry) = server.offline.copies(*to, mid).await?.first() {
+                set(&mut out, i, Stored { mid, entry: *entry, repeat: true });
+                continue;
+            }
+        }
+        entries.push((*to, TimMessage { mid: Some(mid), ..msg.clone() }));
+        queued_for.push((i, mid));
+    }
+    let mut located = Located::new();
+    if !entries.is_empty() {
+        let (ids, found) = queue(server, entries).await?;
+        located = found;
+        for (entry, (i, mid)) in ids.into_iter().zip(queued_for) {
+            set(&mut out, i, Stored { mid, entry, repeat: false });
+        }
+    }
+    let stored: Result<Vec<Stored>, _> =
+        out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect();
+    Ok((stored?, located))
 }
 
 /// Recall (odType 2, by the message's sender) and burn-after-reading (odType 3, by its

@@ -9,7 +9,7 @@
 //! fewer sessions and falls back to the offline queue.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use tim_net::proto::ErrorCode;
 use tim_net::report::ErrorChain;
 use tim_shard::NodeId;
 
-use crate::calls::{at_slot, NodeQuery, SlotCall};
+use crate::calls::{at_slot, NodeCall, NodeQuery, SlotCall};
 use crate::error::EngineError;
 use crate::ident::UserId;
 use crate::partition;
@@ -211,20 +211,50 @@ impl Directory {
     }
 }
 
+/// A login the directory admitted: the sessions it replaces, and the nodes of the user's other
+/// sessions, which are told that the user's sessions changed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Admitted {
+    pub replaced: Vec<Lease>,
+    pub others: Vec<NodeId>,
+}
+
+/// A session the directory took out: whether it was the user's last, and the nodes of the
+/// user's other sessions, which are told that the user's sessions changed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Left {
+    pub last: bool,
+    pub others: Vec<NodeId>,
+}
+
 impl crate::server::Server {
-    fn live(&self) -> impl Fn(&Lease) -> bool + '_ {
+    pub(crate) fn live(&self) -> impl Fn(&Lease) -> bool + '_ {
         |l: &Lease| self.data.runs(l.node, l.generation)
     }
 
-    /// Admits a login into the directory (on the owner of the user's slot): the sessions it
-    /// replaces; 4111 over the device limits within `--auth-min-unix` of the previous login.
-    pub fn admit_here(&self, user: UserId, lease: Lease) -> Result<Vec<Lease>, EngineError> {
-        self.directory.admit(user, lease, self.live()).map_err(|OverEntry| ErrorCode::OverEntry.into())
+    /// The nodes of `user`'s sessions but `node`.
+    fn other_nodes(&self, user: UserId, node: NodeId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> =
+            self.directory.sessions(user, self.live()).into_iter().map(|l| l.node).filter(|n| *n != node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
-    /// Takes an ended session out of the directory; whether it was the user's last.
-    pub fn leave_here(&self, user: UserId, node: NodeId, conn: u64) -> bool {
-        self.directory.leave(user, node, conn, self.live())
+    /// Admits a login into the directory (on the owner of the user's slot); 4111 over the
+    /// device limits within `--auth-min-unix` of the previous login.
+    pub fn admit_here(&self, user: UserId, lease: Lease) -> Result<Admitted, EngineError> {
+        let replaced = self
+            .directory
+            .admit(user, lease, self.live())
+            .map_err(|OverEntry| EngineError::from(ErrorCode::OverEntry))?;
+        Ok(Admitted { replaced, others: self.other_nodes(user, lease.node) })
+    }
+
+    /// Takes an ended session out of the directory.
+    pub fn leave_here(&self, user: UserId, node: NodeId, conn: u64) -> Left {
+        let last = self.directory.leave(user, node, conn, self.live());
+        Left { last, others: self.other_nodes(user, node) }
     }
 
     /// The sessions of `users` (all of one slot owned here).
@@ -242,18 +272,49 @@ impl crate::server::Server {
             .collect()
     }
 
-    /// Admits a login of this node's session `conn` (wherever the user's directory is).
-    pub async fn admit(&self, user: UserId, conn: u64, termtyp: Option<i8>) -> Result<Vec<Lease>, EngineError> {
+    /// Admits a login of this node's session `conn` (wherever the user's directory is): the
+    /// sessions it replaces.
+    pub async fn admit(
+        self: &Arc<Self>,
+        user: UserId,
+        conn: u64,
+        termtyp: Option<i8>,
+    ) -> Result<Vec<Lease>, EngineError> {
         let lease = Lease { node: self.data.node(), generation: self.data.generation(), conn, termtyp };
         let here = async { self.admit_here(user, lease) };
-        at_slot(&self.data, partition::user(user), here, SlotCall::Admit { user, lease }).await
+        let admitted: Admitted =
+            at_slot(&self.data, partition::user(user), here, SlotCall::Admit { user, lease }).await?;
+        self.sessions_changed(user, admitted.others);
+        Ok(admitted.replaced)
     }
 
     /// Takes this node's ended session out of the user's directory; whether it was the last.
-    pub async fn leave(&self, user: UserId, conn: u64) -> Result<bool, EngineError> {
+    pub async fn leave(self: &Arc<Self>, user: UserId, conn: u64) -> Result<bool, EngineError> {
         let node = self.data.node();
         let here = async { Ok(self.leave_here(user, node, conn)) };
-        at_slot(&self.data, partition::user(user), here, SlotCall::Leave { user, node, conn }).await
+        let left: Left = at_slot(&self.data, partition::user(user), here, SlotCall::Leave { user, node, conn }).await?;
+        self.sessions_changed(user, left.others);
+        Ok(left.last)
+    }
+
+    /// `user`'s sessions changed: this node and `others` forget where they are
+    /// ([`crate::sessions::Sessions::known`]). The others are told in the background, in order
+    /// with this node's other calls to them; a notice lost with a link is made up for by
+    /// [`crate::sessions::KNOWN_FOR`].
+    fn sessions_changed(self: &Arc<Self>, user: UserId, others: Vec<NodeId>) {
+        self.sessions.forget_where(user);
+        let me = self.data.node();
+        for node in others {
+            if node == me {
+                continue;
+            }
+            let server = self.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = server.call_node(node, NodeCall::SessionsChanged { user }).await {
+                    tracing::debug!(%node, error = %ErrorChain(&e), "a node was not told of a change of sessions");
+                }
+            });
+        }
     }
 
     /// Closes sessions a login replaced, wherever they are.

@@ -3,13 +3,15 @@
 //! with everything for it, in order ([`crate::calls::NodeCall`]); this node's sessions get
 //! theirs directly. Messages ask for acks: when none of a user's sessions acks (or the user
 //! has none), the message waits in the user's offline queue, once. Frames without ack
-//! (presence, echoes to other devices, streams, big data) are best effort.
+//! (presence, echoes to other devices, streams, big data) are best effort. Offline entries
+//! written through a user's owner come back with the user's sessions ([`queue`]), so a
+//! message queued on another node needs no look-up of its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, try_join_all};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tim_kv::{RowId, Slot};
@@ -61,7 +63,7 @@ pub struct Frames {
 }
 
 /// Where `users`' sessions are: one lookup per slot owner, all at once.
-pub async fn locate(server: &Server, users: &[UserId]) -> Result<HashMap<UserId, Vec<Lease>>, EngineError> {
+pub async fn locate(server: &Server, users: &[UserId]) -> Result<Located, EngineError> {
     let mut by_slot: HashMap<Slot, Vec<UserId>> = HashMap::new();
     for user in users {
         let list = by_slot.entry(partition::user(*user)).or_default();
@@ -81,8 +83,64 @@ pub async fn locate(server: &Server, users: &[UserId]) -> Result<HashMap<UserId,
     Ok(out)
 }
 
-/// Pushes messages with ack requests, in order: to each user's sessions everywhere (but the
-/// session `except` names, which writes its copy itself), falling back as each says.
+/// Where users' sessions are, by user.
+pub type Located = HashMap<UserId, Vec<Lease>>;
+
+/// Writes messages to their users' offline queues, through the owner of each user slot (one
+/// call per slot, all at once), which also says where those users' sessions are: one round
+/// trip where a write and a look-up took two. The entries' ids in order, and the sessions.
+pub async fn queue(server: &Server, entries: Vec<(UserId, TimMessage)>) -> Result<(Vec<RowId>, Located), EngineError> {
+    let mut by_slot: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, (user, _)) in entries.iter().enumerate() {
+        let slot = partition::user(*user);
+        match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, at)) => at.push(i),
+            None => by_slot.push((slot, vec![i])),
+        }
+    }
+    let calls = by_slot.iter().map(|(slot, at)| {
+        let part: Vec<(UserId, TimMessage)> = at.iter().filter_map(|i| entries.get(*i).cloned()).collect();
+        let call =
+            SlotCall::Queue { entries: part.iter().map(|(u, m)| (*u, body_bytes(m, Encoding::Compact))).collect() };
+        at_slot(&server.data, *slot, queue_here(server, part), call)
+    });
+    let answers: Vec<Queued> = try_join_all(calls).await?;
+    let mut ids = vec![RowId(0); entries.len()];
+    let mut located = Located::new();
+    for ((_, at), answer) in by_slot.iter().zip(answers) {
+        if answer.ids.len() != at.len() {
+            return Err(EngineError::Internal("a queue write returned fewer ids than it inserted"));
+        }
+        for (i, id) in at.iter().zip(answer.ids) {
+            if let Some(slot) = ids.get_mut(*i) {
+                *slot = id;
+            }
+        }
+        located.extend(answer.sessions);
+    }
+    Ok((ids, located))
+}
+
+/// Entries written to the queues of users of one slot, and where those users' sessions are.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Queued {
+    pub ids: Vec<RowId>,
+    pub sessions: Vec<(UserId, Vec<Lease>)>,
+}
+
+/// [`queue`] on the owner of the users' slot: the entries written, then the sessions looked
+/// up (a session that starts after the look-up drains the queue and finds them).
+pub async fn queue_here(server: &Server, entries: Vec<(UserId, TimMessage)>) -> Result<Queued, EngineError> {
+    let ids = server.offline.push_all(&entries).await?;
+    let mut users: Vec<UserId> = entries.into_iter().map(|(user, _)| user).collect();
+    users.sort_unstable();
+    users.dedup();
+    let leases = server.locate_here(users.clone());
+    Ok(Queued { ids, sessions: users.into_iter().zip(leases).collect() })
+}
+
+/// Pushes messages with ack requests, in order: to each user's sessions everywhere, falling
+/// back as each says.
 pub async fn push_messages(server: &Arc<Server>, items: Vec<(UserId, TimMessage, Fallback)>) {
     let users: Vec<UserId> = items.iter().map(|(u, _, _)| *u).collect();
     let located = match locate(server, &users).await {
@@ -93,6 +151,15 @@ pub async fn push_messages(server: &Arc<Server>, items: Vec<(UserId, TimMessage,
             HashMap::new()
         }
     };
+    push_messages_located(server, items, &located).await;
+}
+
+/// [`push_messages`] to sessions located already: a user missing from `located` has none.
+pub async fn push_messages_located(
+    server: &Arc<Server>,
+    items: Vec<(UserId, TimMessage, Fallback)>,
+    located: &Located,
+) {
     let me = server.data.node();
     let mut here = Vec::new();
     let mut by_node: HashMap<NodeId, Vec<Shipped>> = HashMap::new();

@@ -2,16 +2,24 @@
 //! across the cluster, and the device limits, are the directory's ([`crate::directory`]); this
 //! registry turns the directory's leases into handles, and holds what is per node: the
 //! node's connection count and the account rate buckets of the sessions here.
+//!
+//! It also remembers, for a user with sessions here, where all of the user's sessions are
+//! ([`Sessions::known`]): a message's sender needs them for every message (its other devices
+//! get a copy), and asking the directory each time was a call to another node per message.
+//! The directory tells the nodes of a user's sessions when they change (a login or a logout
+//! elsewhere), and a session added or removed here forgets them; what is remembered is asked
+//! again after [`KNOWN_FOR`] anyway, in case a change was not told (a link that broke).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tim_net::Encoding;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Delivery;
+use crate::directory::Lease;
 use crate::ident::UserId;
 use crate::limits::{Bucket, Rate};
 use crate::outbound::Outlet;
@@ -67,11 +75,36 @@ impl SessionHandle {
     }
 }
 
+/// How long a user's sessions, as the directory gave them, are used without asking again.
+/// Changes are told at once; this bounds how long a change that was not told (a notice lost
+/// with a broken link) goes unseen: a device then misses copies of the other devices' messages,
+/// which are best effort, for at most this long.
+pub const KNOWN_FOR: Duration = Duration::from_secs(60);
+
 struct Account {
     /// This node's sessions of the account, oldest first.
     sessions: Vec<SessionHandle>,
     /// The account's message-class frames, across its sessions on this node.
     bucket: Bucket,
+    /// All of the account's sessions, as the directory said and when.
+    everywhere: Option<(Instant, Vec<Lease>)>,
+    /// Counts what made `everywhere` stale: a look-up that began before it is not remembered.
+    changes: u64,
+}
+
+impl Account {
+    fn changed(&mut self) {
+        self.changes += 1;
+        self.everywhere = None;
+    }
+}
+
+/// A user's sessions everywhere, as this node knows them ([`Sessions::known`]).
+pub enum Known {
+    Sessions(Vec<Lease>),
+    /// Not known (or no longer sure): look them up, then [`Sessions::remember`] them with
+    /// this ticket.
+    Ask(u64),
 }
 
 pub struct Limits {
@@ -120,9 +153,14 @@ impl Sessions {
             return Err(NodeFull);
         }
         let rate = self.limits.account_rate;
-        let account =
-            accounts.entry(user).or_insert_with(|| Account { sessions: Vec::new(), bucket: Bucket::full(rate) });
+        let account = accounts.entry(user).or_insert_with(|| Account {
+            sessions: Vec::new(),
+            bucket: Bucket::full(rate),
+            everywhere: None,
+            changes: 0,
+        });
         account.sessions.push(session);
+        account.changed();
         Ok(())
     }
 
@@ -131,8 +169,35 @@ impl Sessions {
         let mut accounts = self.lock();
         let Some(account) = accounts.get_mut(&user) else { return };
         account.sessions.retain(|s| s.conn_id != conn_id);
+        account.changed();
         if account.sessions.is_empty() {
             accounts.remove(&user);
+        }
+    }
+
+    /// Where `user`'s sessions are, if this node knows it (the user has a session here, and
+    /// they were looked up less than [`KNOWN_FOR`] ago with no change told since).
+    pub fn known(&self, user: UserId) -> Known {
+        let accounts = self.lock();
+        let Some(account) = accounts.get(&user) else { return Known::Ask(0) };
+        match &account.everywhere {
+            Some((at, leases)) if at.elapsed() < KNOWN_FOR => Known::Sessions(leases.clone()),
+            _ => Known::Ask(account.changes),
+        }
+    }
+
+    /// Remembers `user`'s sessions looked up with `ticket`, unless something changed since.
+    pub fn remember(&self, user: UserId, ticket: u64, leases: Vec<Lease>) {
+        let mut accounts = self.lock();
+        if let Some(account) = accounts.get_mut(&user).filter(|a| a.changes == ticket) {
+            account.everywhere = Some((Instant::now(), leases));
+        }
+    }
+
+    /// Forgets where `user`'s sessions are: the directory told of a change.
+    pub fn forget_where(&self, user: UserId) {
+        if let Some(account) = self.lock().get_mut(&user) {
+            account.changed();
         }
     }
 
@@ -169,5 +234,68 @@ impl Sessions {
             .filter(|(user, _)| belongs(**user))
             .flat_map(|(user, a)| a.sessions.iter().map(|s| (*user, s.conn_id, s.termtyp)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tim_shard::NodeId;
+
+    fn sessions() -> Sessions {
+        Sessions::new(Limits { connect_limit: 10, account_rate: Rate { per_second: 0, burst: 0 } })
+    }
+
+    fn handle(conn: u64) -> SessionHandle {
+        let (outlet, _inlet) = crate::outbound::queue(4, 1024);
+        SessionHandle::new(conn, None, Encoding::Compact, outlet, CancellationToken::new())
+    }
+
+    fn lease(node: u64, conn: u64) -> Lease {
+        Lease { node: NodeId(node), generation: 1, conn, termtyp: None }
+    }
+
+    fn ticket(known: Known) -> u64 {
+        match known {
+            Known::Ask(ticket) => ticket,
+            Known::Sessions(leases) => panic!("known already: {leases:?}"),
+        }
+    }
+
+    fn remembered(known: Known) -> Vec<Lease> {
+        match known {
+            Known::Sessions(leases) => leases,
+            Known::Ask(_) => panic!("not known"),
+        }
+    }
+
+    #[test]
+    fn sessions_looked_up_are_remembered_until_a_change() {
+        let (s, user) = (sessions(), UserId::from_be_bytes([0, 0, 0, 0, 0, 0, 0, 7]));
+        let _ = s.add(user, handle(1));
+        let asked = ticket(s.known(user));
+        s.remember(user, asked, vec![lease(1, 1)]);
+        assert_eq!(remembered(s.known(user)), [lease(1, 1)]);
+
+        // Told of a change: asked again, and an answer to an earlier question is not kept.
+        s.forget_where(user);
+        let again = ticket(s.known(user));
+        s.remember(user, asked, vec![lease(1, 1)]);
+        assert!(matches!(s.known(user), Known::Ask(_)), "a look-up from before the change is stale");
+        s.remember(user, again, vec![lease(1, 1), lease(2, 5)]);
+        assert_eq!(remembered(s.known(user)), [lease(1, 1), lease(2, 5)]);
+
+        // A session added or removed here is a change too.
+        let _ = s.add(user, handle(2));
+        let after_add = ticket(s.known(user));
+        s.remember(user, after_add, vec![lease(1, 1), lease(1, 2)]);
+        s.remove(user, 2);
+        assert!(matches!(s.known(user), Known::Ask(_)), "a removal forgets");
+
+        // A user without sessions here is not remembered.
+        s.remove(user, 1);
+        let none = ticket(s.known(user));
+        s.remember(user, none, vec![lease(2, 5)]);
+        assert!(matches!(s.known(user), Known::Ask(_)));
     }
 }

@@ -100,6 +100,32 @@ topology_test!(async fn a_message_is_echoed_to_every_sender_session_and_delivere
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
 });
 
+topology_test!(async fn a_device_that_logs_in_later_gets_copies_of_the_messages_its_other_device_sends(servers, &["--device-limit", "5", "--devicetype-limit", "5"]) {
+
+    let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
+    let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
+    befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
+    // Each message of the sending device: its echo, the copies on the other devices, Bob's push.
+    async fn send(alice: &mut Client, others: &mut [&mut Client], bob: &mut Client, to: &str, text: &str) {
+        alice.send(FrameType::Message, &text_to(to, text, 1)).await.unwrap();
+        let mine = echo(alice).await;
+        for other in others.iter_mut() {
+            assert_eq!(echo(other).await, mine, "{text}: every other device gets the copy");
+        }
+        assert_eq!(pushed(bob, true).await.mid, mine.mid);
+    }
+    // Alone, then with a second device that logged in after the node learned where Alice's
+    // sessions are (the first message), then with a third in place of the second.
+    send(&mut alice, &mut [], &mut bob, &bob_node, "alone").await;
+    let (mut alice2, _) = servers.at(2).login("alice", "pw", Encoding::Json).await;
+    send(&mut alice, &mut [&mut alice2], &mut bob, &bob_node, "two devices").await;
+    drop(alice2);
+    let (mut alice3, _) = servers.at(1).login("alice", "pw", Encoding::Compact).await;
+    send(&mut alice, &mut [&mut alice3], &mut bob, &bob_node, "a third device").await;
+    // And the devices that logged in later send too: the first device gets their copies.
+    send(&mut alice3, &mut [&mut alice], &mut bob, &bob_node, "from the third").await;
+});
+
 topology_test!(async fn pipelined_messages_are_stored_before_a_later_request_and_echoed_in_order(servers, &[]) {
 
     let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;
