@@ -166,6 +166,7 @@ impl OfflineQueue {
 
     /// Drops the oldest entries over `max_entries`, after counting them exactly.
     async fn trim(&self, user: UserId) -> Result<(), EngineError> {
+        self.settle(user).await?;
         let max = self.limits.max_entries;
         let ids = self.entry_ids(user, max.saturating_add(MAX_COPIES * 16)).await?;
         let excess = ids.len().saturating_sub(max);
@@ -185,6 +186,7 @@ impl OfflineQueue {
     /// The oldest `limit` entries of `user`'s queue. Entries past `max_age`, and entries that
     /// no longer decode, are dropped (logged) rather than left to block the queue.
     pub async fn oldest(&self, user: UserId, limit: usize) -> Result<Vec<(RowId, TimMessage)>, EngineError> {
+        self.settle(user).await?;
         let table = self.table;
         let rows = self
             .data
@@ -263,15 +265,32 @@ impl OfflineQueue {
         Ok(())
     }
 
+    /// Waits, when this node owns `user`'s queue, for the deletions it deferred there: a read
+    /// after this sees them. Deletions made on other nodes are written through the owner and
+    /// waited for; a drain on another node reads through the owner without settling, so for a
+    /// user with sessions on two nodes it may, within [`tim_kv::DEFER_FOR`] of an ack on the
+    /// owner, send an acked message again (clients drop it by `mid`).
+    async fn settle(&self, user: UserId) -> Result<(), EngineError> {
+        if self.data.owner_of(partition::user(user)) == Some(self.data.node()) {
+            self.data.settle().await?;
+        }
+        Ok(())
+    }
+
     /// A relaxed write: a deletion lost in a crash brings a message back once, and clients
-    /// drop a message they have by its `mid`.
+    /// drop a message they have by its `mid`. On the queue's owner it is deferred to the
+    /// writer's next group rather than waited for (a writer hand-off and a wake-up less per
+    /// acked message); the reads that must not see a deleted entry settle first
+    /// ([`OfflineQueue::oldest`], the exact count before a trim).
     async fn delete(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
         let mut batch = Batch::new(partition::user(user));
         batch.relaxed();
         for id in ids {
             batch.delete(self.table, *id);
         }
-        self.data.write(batch).await?;
+        if let Err(batch) = self.data.defer_here(batch).await {
+            self.data.write(batch).await?;
+        }
         Ok(())
     }
 }

@@ -23,5 +23,5 @@ pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
     Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
-    StoreFigures, TableId, WriteFuture,
+    StoreFigures, TableId, WriteFuture, DEFER_FOR,
 };

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rocksdb::{
@@ -19,7 +20,7 @@ use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
     Batch, Cursor, ExportedRow, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
-    StoreFigures, TableId, WriteFuture,
+    StoreFigures, TableId, WriteFuture, DEFER_FOR,
 };
 use crate::writer::{self, Work, WriteRequest};
 
@@ -29,6 +30,9 @@ pub(crate) const CF_IDX: &str = "idx";
 
 /// Version byte in front of every row record.
 const ROW_FORMAT: u8 = 1;
+
+/// Most batches deferred at once; past it a batch is written as any other.
+const MAX_DEFERRED: usize = 4096;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -80,6 +84,9 @@ pub struct RocksStore {
     /// `None` only while dropping.
     write_tx: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The runtime of the timers that bound how long a deferred batch waits; without one
+    /// (a store opened outside a runtime) nothing is deferred.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Drop for RocksStore {
@@ -103,6 +110,27 @@ pub(crate) struct Inner {
     pub(crate) commits: Latency,
     /// Writes as their callers wait for them: queued, grouped, committed.
     writes: Latency,
+    pub(crate) deferred: Arc<Deferred>,
+}
+
+/// Relaxed batches waiting for the writer's next group ([`Store::defer`]). Apart from
+/// [`Inner`]: a timer holds it, and must not keep the database open.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    batches: Mutex<Vec<Batch>>,
+    /// A timer runs that will make the writer take the batches.
+    armed: AtomicBool,
+}
+
+impl Deferred {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Batch>> {
+        self.batches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The deferred batches, oldest first, leaving none.
+    pub(crate) fn take(&self) -> Vec<Batch> {
+        std::mem::take(&mut *self.lock())
+    }
 }
 
 /// The declared tables, by id and by name.
@@ -173,6 +201,7 @@ impl RocksStore {
             cache,
             commits: Latency::default(),
             writes: Latency::default(),
+            deferred: Arc::default(),
         });
         let (write_tx, write_rx) = mpsc::channel(config.write_queue.max(1));
         let writer_inner = Arc::clone(&inner);
@@ -181,7 +210,8 @@ impl RocksStore {
             .name("tim-kv-writer".into())
             .spawn(move || writer::run(writer_inner, write_rx, sync, max_group))
             .map_err(|e| StoreError::Io(e.to_string()))?;
-        Ok(Self { inner, write_tx: Some(write_tx), writer: Some(writer) })
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Ok(Self { inner, write_tx: Some(write_tx), writer: Some(writer), runtime })
     }
 
     /// Writes memtables and the WAL to disk (at shutdown, and before files are inspected).
@@ -547,6 +577,37 @@ impl Store for RocksStore {
         self.submit(Work::Raw(write))
     }
 
+    fn defer(&self, batch: Batch) -> Result<(), Batch> {
+        let (Some(runtime), Some(write_tx)) = (&self.runtime, &self.write_tx) else { return Err(batch) };
+        if !batch.is_relaxed() {
+            return Err(batch);
+        }
+        let deferred = &self.inner.deferred;
+        {
+            let mut batches = deferred.lock();
+            if batches.len() >= MAX_DEFERRED {
+                return Err(batch);
+            }
+            batches.push(batch);
+        }
+        // One timer at a time: at a steady load the next write takes the batches long before
+        // it fires, and it finds nothing to do.
+        if !deferred.armed.swap(true, Ordering::AcqRel) {
+            // A weak sender: a store being dropped does not wait for this timer.
+            let (deferred, write_tx) = (Arc::clone(deferred), write_tx.downgrade());
+            runtime.spawn(async move {
+                tokio::time::sleep(DEFER_FOR).await;
+                deferred.armed.store(false, Ordering::Release);
+                let waiting = !deferred.lock().is_empty();
+                if let (true, Some(write_tx)) = (waiting, write_tx.upgrade()) {
+                    let (reply, _) = oneshot::channel();
+                    let _ = write_tx.send(WriteRequest { work: Work::Batches(Vec::new()), reply: Some(reply) }).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
     fn track_changes(&self, slot: Slot) -> WriteFuture {
         self.inner.changes.track(slot);
         self.barrier()
@@ -626,7 +687,7 @@ impl RocksStore {
             let started = std::time::Instant::now();
             let write_tx = write_tx.ok_or(StoreError::Closed)?;
             let (reply, done) = oneshot::channel();
-            write_tx.send(WriteRequest { work, reply }).await.map_err(|_| StoreError::Closed)?;
+            write_tx.send(WriteRequest { work, reply: Some(reply) }).await.map_err(|_| StoreError::Closed)?;
             let result = done.await.map_err(|_| StoreError::Closed)?;
             inner.writes.observe(started.elapsed());
             result

@@ -370,6 +370,10 @@ impl RawWrite {
 /// batch is committed (and synced, when the store syncs).
 pub type WriteFuture = Pin<Box<dyn Future<Output = Result<Vec<RowId>, StoreError>> + Send>>;
 
+/// Longest a deferred batch waits for the writer when nothing else is written
+/// ([`Store::defer`]).
+pub const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The table store. Reads are point lookups and short range scans that finish in microseconds
 /// on cached data; writes are queued to the writer and awaited.
 pub trait Store: Send + Sync + 'static {
@@ -451,6 +455,16 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a raw write atomically, in order with the batches (the writer forgets what it
     /// cached of the slot). Returns no ids.
     fn write_raw(&self, write: RawWrite) -> WriteFuture;
+
+    /// Queues a relaxed batch (a deletion that may be lost in a crash) to be committed with
+    /// the writer's next group, without waking the writer for it and without waiting: within
+    /// [`DEFER_FOR`] when nothing else is written. The batch comes back when it cannot wait
+    /// (it is not relaxed, too many wait, or the store has no runtime for its timer); the
+    /// writer logs a deferred batch that fails. A deferred batch is committed before any write
+    /// queued after this returns, so [`Store::barrier`] waits for it too.
+    fn defer(&self, batch: Batch) -> Result<(), Batch> {
+        Err(batch)
+    }
 
     /// Resolves once every write queued before it is committed.
     fn barrier(&self) -> WriteFuture {

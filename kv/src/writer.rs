@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
 
 use crate::keys;
 use crate::rocks::{Inner, CF_IDX, CF_META, CF_ROWS};
@@ -21,7 +22,29 @@ use crate::store::{Batch, Op, RawWrite, Row, RowId, Slot, StoreError, TableId};
 
 pub(crate) struct WriteRequest {
     pub(crate) work: Work,
-    pub(crate) reply: oneshot::Sender<Result<Vec<RowId>, StoreError>>,
+    /// `None` for a deferred batch ([`crate::Store::defer`]), whose failure is logged here.
+    pub(crate) reply: Option<oneshot::Sender<Result<Vec<RowId>, StoreError>>>,
+}
+
+impl WriteRequest {
+    fn answer(self, result: Result<Vec<RowId>, StoreError>) {
+        match self.reply {
+            // A caller that stopped waiting does not undo the write.
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    warn!(error = %e, "a deferred write failed");
+                }
+            }
+        }
+    }
+}
+
+/// The deferred batches, as requests of the group that takes them.
+fn take_deferred(inner: &Inner) -> Vec<WriteRequest> {
+    inner.deferred.take().into_iter().map(|b| WriteRequest { work: Work::Batches(vec![b]), reply: None }).collect()
 }
 
 pub(crate) enum Work {
@@ -87,13 +110,21 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
     // A raw write that ended the previous group starts the next one.
     let mut held: Option<WriteRequest> = None;
     loop {
-        let Some(first) = held.take().or_else(|| requests.blocking_recv()) else { break };
+        let first = held.take().or_else(|| requests.blocking_recv());
+        // Batches deferred before this request was queued go first (a raw write may hand
+        // their slot over).
+        let mut group = take_deferred(&inner);
+        let Some(first) = first else {
+            writer.commit_group(group, &synced, &relaxed);
+            break;
+        };
         if let Work::Raw(raw) = &first.work {
+            writer.commit_group(group, &synced, &relaxed);
             let result = writer.raw(raw, &synced).map(|()| Vec::new());
-            let _ = first.reply.send(result);
+            first.answer(result);
             continue;
         }
-        let mut group = vec![first];
+        group.push(first);
         while group.len() < max_group {
             match requests.try_recv() {
                 // A raw write drops what the writer caches of its slot: it goes alone.
@@ -104,6 +135,17 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
                 Ok(request) => group.push(request),
                 Err(_) => break,
             }
+        }
+        writer.commit_group(group, &synced, &relaxed);
+    }
+}
+
+impl Writer<'_> {
+    /// Applies a group's requests in order and commits what succeeded as one write: synced
+    /// unless every batch is relaxed. Each request gets its ids or its error.
+    fn commit_group(&mut self, group: Vec<WriteRequest>, synced: &WriteOptions, relaxed: &WriteOptions) {
+        if group.is_empty() {
+            return;
         }
         let mut overlay = Overlay::default();
         let mut staged = Vec::new();
@@ -118,38 +160,35 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
                 let mut ids = Vec::new();
                 let applied = batches
                     .iter()
-                    .try_for_each(|batch| writer.apply(batch, &mut overlay, &mut undo, &mut mine, &mut ids));
+                    .try_for_each(|batch| self.apply(batch, &mut overlay, &mut undo, &mut mine, &mut ids));
                 match applied {
                     Ok(()) => {
                         staged.append(&mut mine);
                         Ok(ids)
                     }
                     Err(e) => {
-                        writer.revert(undo, &mut overlay);
+                        self.revert(undo, &mut overlay);
                         Err(e)
                     }
                 }
             })
             .collect();
         let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batches(b) if b.iter().all(Batch::is_relaxed)));
-        let commit = writer.commit(staged, if all_relaxed { &relaxed } else { &synced });
+        let commit = self.commit(staged, if all_relaxed { relaxed } else { synced });
         for (request, result) in group.into_iter().zip(results) {
             let result = match &commit {
                 Ok(()) => result,
                 Err(e) => {
                     // The group's ids were not persisted: forget the counters so they are
                     // reloaded from disk.
-                    writer.counters.clear();
+                    self.counters.clear();
                     Err(e.clone())
                 }
             };
-            // A caller that stopped waiting does not undo the write.
-            let _ = request.reply.send(result);
+            request.answer(result);
         }
     }
-}
 
-impl Writer<'_> {
     fn commit(&self, staged: Vec<Staged>, options: &WriteOptions) -> Result<(), StoreError> {
         if staged.is_empty() {
             return Ok(());

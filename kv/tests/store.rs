@@ -504,3 +504,49 @@ async fn a_slot_copied_while_written_catches_up_with_its_changes() {
     a.untrack_changes(Slot(3));
     assert!(matches!(a.changes(Slot(3)), Err(StoreError::ChangesLost { slot: 3 })), "untracked");
 }
+
+/// Whether row `id` is still there.
+fn present(store: &RocksStore, t: tim_kv::TableId, id: RowId) -> bool {
+    store.get(t, id).unwrap().is_some()
+}
+
+#[tokio::test]
+async fn a_deferred_deletion_is_committed_before_later_writes_by_its_timer_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = store.table("timmessage").unwrap();
+    let mut b = Batch::new(Slot(4));
+    b.insert(t, msg(b"q", "one")).insert(t, msg(b"q", "two")).insert(t, msg(b"q", "three"));
+    let ids = store.write(b).await.unwrap();
+    let relaxed_delete = |id: RowId| {
+        let mut b = Batch::new(id.slot());
+        b.relaxed().delete(t, id);
+        b
+    };
+
+    // Only relaxed batches wait.
+    let mut synced = Batch::new(Slot(4));
+    synced.delete(t, ids[0]);
+    assert!(store.defer(synced).is_err(), "a batch that must be synced is written, not deferred");
+
+    // A barrier (any write queued after it) finds it committed.
+    store.defer(relaxed_delete(ids[0])).unwrap();
+    store.barrier().await.unwrap();
+    assert!(!present(&store, t, ids[0]));
+
+    // With nothing else written, the timer makes the writer take it.
+    store.defer(relaxed_delete(ids[1])).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while present(&store, t, ids[1]) {
+        assert!(std::time::Instant::now() < deadline, "a deferred deletion waited past its timer");
+        tokio::time::sleep(tim_kv::DEFER_FOR).await;
+    }
+
+    // One still waiting when the store closes is committed first, and the database closes
+    // at once: it opens again.
+    store.defer(relaxed_delete(ids[2])).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(!present(&store, t, ids[2]), "committed at close");
+    assert_eq!(bodies(&store.page(t, Slot(4), 0, b"q", Cursor::OLDEST, 10).unwrap()), Vec::<String>::new());
+}

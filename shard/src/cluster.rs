@@ -421,6 +421,22 @@ impl Cluster {
         }
     }
 
+    /// Defers a relaxed batch ([`tim_kv::Store::defer`]) when this node owns its slot, under
+    /// the slot's guard: a fence that follows finds it committed first. The batch back when
+    /// it is not deferred, for the caller to [`Cluster::write`].
+    pub async fn defer_here(&self, batch: Batch) -> Result<(), Batch> {
+        match self.ownership.hold(&[batch.slot()]).await {
+            Ok(_held) => self.store.defer(batch),
+            Err(_) => Err(batch),
+        }
+    }
+
+    /// Resolves once the writes this node queued before it, deferred ones included, are
+    /// committed: for a read that must see them.
+    pub async fn settle(&self) -> Result<(), RouteError> {
+        self.store.barrier().await.map(drop).map_err(RouteError::Store)
+    }
+
     /// Runs an engine operation on the owner of `slot`.
     pub async fn call(&self, slot: Slot, body: Bytes) -> Result<Bytes, RouteError> {
         match self.at(slot, Request::AtSlot { slot: slot.0, body }).await? {
