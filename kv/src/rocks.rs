@@ -599,9 +599,10 @@ impl Store for RocksStore {
                 tokio::time::sleep(DEFER_FOR).await;
                 deferred.armed.store(false, Ordering::Release);
                 let waiting = !deferred.lock().is_empty();
+                // An empty request without a reply: the writer takes the deferred batches with
+                // it and logs their failures itself.
                 if let (true, Some(write_tx)) = (waiting, write_tx.upgrade()) {
-                    let (reply, _) = oneshot::channel();
-                    let _ = write_tx.send(WriteRequest { work: Work::Batches(Vec::new()), reply: Some(reply) }).await;
+                    let _ = write_tx.send(WriteRequest { work: Work::Batches(Vec::new()), reply: None }).await;
                 }
             });
         }
