@@ -408,6 +408,9 @@ pub enum Next {
 /// Checks and stamps a message frame; `Err` carries the code for the sender's error ack.
 /// Normal 1:1 messages are returned for [`store_and_push`]; other kinds are handled here, so
 /// the caller stores the normal messages before it hands over a frame that could refer to them.
+///
+/// The other kinds' futures are boxed: inline, their size would be allocated and copied for
+/// every message.
 pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Next, EngineError> {
     let od = msg.od_type;
     let custom = od > OD_CUSTOM_ABOVE;
@@ -422,13 +425,13 @@ pub async fn accept(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) ->
     }
     if msg.ms_type == MS_ROOM {
         stamp(&mut msg, from);
-        return crate::group_chat::send(server, from, msg).await;
+        return Box::pin(crate::group_chat::send(server, from, msg)).await;
     }
     let to_node = msg.to_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::AccountIncorrect)?;
     let to = UserId::parse(&to_node).ok_or(ErrorCode::AccountIncorrect)?;
     // A private message inside a group (roomTid set) needs both in the group, not friendship.
     if let Some(room) = msg.room_tid.as_ref().map(|t| t.node.clone()) {
-        crate::group_chat::check_private(server, &room, from.user, to).await?;
+        Box::pin(crate::group_chat::check_private(server, &room, from.user, to)).await?;
         return accepted(server, from, to, msg).await;
     }
     may_message(server, from.user, to).await?;
@@ -468,16 +471,16 @@ async fn accepted(server: &Arc<Server>, from: &Sender, to: UserId, mut msg: TimM
     stamp(&mut msg, from);
     let od = msg.od_type;
     if od == OD_RECALL || od == OD_BURN {
-        recall_or_burn(server, from, to, msg).await?;
+        Box::pin(recall_or_burn(server, from, to, msg)).await?;
         return Ok(Next::Done);
     }
     msg.mid = None;
     match od {
         OD_NORMAL => return Ok(Next::Store(Box::new(Accepted { to, msg, dedup }))),
         OD_STREAM => {
-            push_frames(server, &[to], FrameType::Message, &msg, None).await;
+            Box::pin(push_frames(server, &[to], FrameType::Message, &msg, None)).await;
         }
-        _ => push_to_user(server, to, msg, Fallback::Store).await,
+        _ => Box::pin(push_to_user(server, to, msg, Fallback::Store)).await,
     }
     Ok(Next::Done)
 }

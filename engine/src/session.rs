@@ -12,6 +12,7 @@
 //! together), `big_data` (big-data frames and their reassembly).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -103,13 +104,19 @@ struct Session {
     /// with their frame type and encoding for a refusal.
     burst: Vec<(u8, Encoding, Accepted)>,
     /// Created at the first frame that asks for an ack: an idle session does not carry a
-    /// timer wheel (several KiB).
-    ack_timers: Option<DelayQueue<u32>>,
+    /// timer wheel (several KiB), nor the queue's own 192 bytes.
+    ack_timers: Option<Box<DelayQueue<u32>>>,
     /// The virtual rooms this session is subscribed to, ended when it closes.
     rooms: Vec<String>,
 }
 
-pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
+/// The session of a new connection, as the future its task runs.
+///
+/// A plain function returning the loop's future rather than an `async fn`, and a loop that
+/// borrows its session: a future keeps what it was given beside any copy it moves into a
+/// local or into a future it awaits, and every idle connection would carry the `Session`
+/// two or three times.
+pub fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) -> impl Future<Output = ()> {
     crate::metrics::add(&server.metrics.connections, 1);
     let conn_id = server.next_conn_id();
     let span = info_span!("conn", id = conn_id, peer = %conn.peer, uid = tracing::field::Empty);
@@ -118,7 +125,7 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
     let deadline = Instant::now() + server.cfg.auth_timeout();
     let (outlet, inlet) = crate::outbound::queue(server.cfg.outbound_queue, server.cfg.outbound_bytes);
     let bucket = Bucket::full(server.cfg.connection_rate());
-    let session = Session {
+    let mut session = Session {
         server,
         ws,
         inflight: conn.inflight,
@@ -136,11 +143,11 @@ pub async fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) {
         ack_timers: None,
         rooms: Vec::new(),
     };
-    session.serve().instrument(span).await;
+    async move { session.serve().await }.instrument(span)
 }
 
 impl Session {
-    async fn serve(mut self) {
+    async fn serve(&mut self) {
         debug!("connected");
         let close = loop {
             let result = tokio::select! {
@@ -158,7 +165,8 @@ impl Session {
                 break close;
             }
         };
-        self.settle_acks().await;
+        // Boxed: the deletion's future is large, and needed once.
+        Box::pin(self.settle_acks()).await;
         match &close {
             Close::ClientClosed => debug!("closed by the client"),
             Close::Kicked => debug!("closed by the server (shutdown or newer login)"),

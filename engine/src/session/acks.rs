@@ -37,7 +37,7 @@ impl Session {
         }
         let id = self.server.next_ack_id();
         let frame = delivery.frame(id, login.encoding);
-        let timer = self.ack_timers.get_or_insert_with(DelayQueue::new).insert(id, self.server.cfg.ack_timeout());
+        let timer = self.ack_timers.get_or_insert_with(Box::default).insert(id, self.server.cfg.ack_timeout());
         self.pending.insert(id, Pending { delivery, attempt, timer });
         Ok(Some(frame))
     }
@@ -82,7 +82,7 @@ impl Session {
 }
 
 /// The next expired ack timer; pending forever when there is no timer queue.
-pub(super) async fn next_expired(timers: &mut Option<DelayQueue<u32>>) -> Option<delay_queue::Expired<u32>> {
+pub(super) async fn next_expired(timers: &mut Option<Box<DelayQueue<u32>>>) -> Option<delay_queue::Expired<u32>> {
     match timers {
         Some(timers) => timers.next().await,
         None => std::future::pending().await,

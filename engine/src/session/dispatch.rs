@@ -27,7 +27,7 @@ impl Session {
                 self.big = Some(big);
                 return Ok(());
             }
-            return self.on_big_data(big.buf.freeze()).await;
+            return Box::pin(self.on_big_data(big.buf.freeze())).await;
         }
         let Some(&head) = data.first() else {
             return Ok(());
@@ -61,7 +61,7 @@ impl Session {
             }
         };
         match (frame.kind, self.login.is_some()) {
-            (FrameType::Auth, _) => self.on_auth(&frame).await,
+            (FrameType::Auth, _) => Box::pin(self.on_auth(&frame)).await,
             (FrameType::Ping, false) => Ok(()),
             (FrameType::Ping, true) => {
                 self.deadline = Instant::now() + self.server.cfg.ping_timeout();
@@ -79,7 +79,7 @@ impl Session {
                 Ok(())
             }
             (kind, true) if kind.is_big_data() => match big_data_length(&data) {
-                BigDataLength::Legacy | BigDataLength::Complete => self.on_big_data(data).await,
+                BigDataLength::Legacy | BigDataLength::Complete => Box::pin(self.on_big_data(data)).await,
                 BigDataLength::Incomplete(declared) if declared > max => Err(Close::Oversize(declared)),
                 BigDataLength::Incomplete(declared) => {
                     let mut buf = BytesMut::with_capacity(declared.min(data.len() * 4));
@@ -91,13 +91,6 @@ impl Session {
                     self.refuse(FrameType::BigBinary as u8, frame.encoding, ErrorCode::BigData).await
                 }
             },
-            (FrameType::Business, true) => {
-                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
-                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
-                };
-                let reply = crate::business::handle(&self.server, login.user, &req).await;
-                self.answer(reply, frame.encoding).await
-            }
             (FrameType::Message | FrameType::RevokeMessage | FrameType::BurnMessage, true) => {
                 let Ok(msg) = frame.decode::<TimMessage>() else {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
@@ -120,7 +113,23 @@ impl Session {
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }
-            (FrameType::Presence | FrameType::BroadPresence, true) => {
+            // Boxed: these handlers' futures are large (a business request's is tens of KiB)
+            // and would otherwise be part of every chat message's and ack's future.
+            (_, true) => Box::pin(self.on_request(frame, code)).await,
+        }
+    }
+
+    /// A logged-in client's frame other than a chat message, an ack, a ping or big data.
+    async fn on_request(&mut self, frame: ClientFrame, code: u8) -> Result<(), Close> {
+        match frame.kind {
+            FrameType::Business => {
+                let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
+                    return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
+                };
+                let reply = crate::business::handle(&self.server, login.user, &req).await;
+                self.answer(reply, frame.encoding).await
+            }
+            FrameType::Presence | FrameType::BroadPresence => {
                 let (Some(login), Ok(presence)) = (&self.login, frame.decode::<TimPresence>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
@@ -134,7 +143,7 @@ impl Session {
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }
-            (FrameType::VRoom, true) => {
+            FrameType::VRoom => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
@@ -152,7 +161,7 @@ impl Session {
                 }
                 self.reply(FrameType::Ack, frame.encoding, &ack).await
             }
-            (FrameType::Stream, true) => {
+            FrameType::Stream => {
                 let (Some(login), Ok(stream)) = (&self.login, frame.decode::<TimStream>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
@@ -165,14 +174,14 @@ impl Session {
                     }
                 }
             }
-            (FrameType::Nodes, true) => {
+            FrameType::Nodes => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimNodes>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
                 let reply = crate::profiles::handle(&self.server, login.user, req).await;
                 self.answer(reply, frame.encoding).await
             }
-            (FrameType::PullMessage, true) => {
+            FrameType::PullMessage => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
@@ -184,10 +193,10 @@ impl Session {
                     Err(e) => self.refuse_with(code, frame.encoding, e).await,
                 }
             }
-            (FrameType::Register | FrameType::Token, true) => {
+            FrameType::Register | FrameType::Token => {
                 self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await
             }
-            (_, true) => self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect).await,
+            _ => self.refuse(code, frame.encoding, ErrorCode::InterfaceIncorrect).await,
         }
     }
 
