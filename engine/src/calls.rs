@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Weak;
 
 use bytes::Bytes;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tim_kv::Slot;
@@ -224,21 +226,27 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, EngineError> {
 }
 
 /// Runs `here` if this node owns `slot` (under its guard), else `call` on the owner.
-pub async fn at_slot<T: DeserializeOwned>(
+///
+/// A combinator rather than an `async fn`, so the future holds `here` once
+/// ([`tim_shard::Held::run`] says why).
+pub fn at_slot<T: DeserializeOwned, F: Future<Output = Result<T, EngineError>>>(
     data: &Cluster,
     slot: Slot,
-    here: impl Future<Output = Result<T, EngineError>>,
+    here: F,
     call: SlotCall,
-) -> Result<T, EngineError> {
-    match data.ownership().serve(slot, here).await {
-        Ok(result) => result,
-        Err(_) => {
-            let raw = data.call(slot, encode(&call)?).await?;
-            let answer: Result<T, Failure> =
-                postcard::from_bytes(&raw).map_err(|_| EngineError::Internal("an answer did not decode"))?;
-            answer.map_err(|f| f.into_error(slot))
-        }
-    }
+) -> impl Future<Output = Result<T, EngineError>> + use<'_, T, F> {
+    data.ownership().serve(slot, here).then(move |served| match served {
+        Ok(result) => Either::Left(std::future::ready(result)),
+        Err(_) => Either::Right(at_owner(data, slot, call)),
+    })
+}
+
+/// Runs `call` on the owner of `slot`, another node.
+async fn at_owner<T: DeserializeOwned>(data: &Cluster, slot: Slot, call: SlotCall) -> Result<T, EngineError> {
+    let raw = data.call(slot, encode(&call)?).await?;
+    let answer: Result<T, Failure> =
+        postcard::from_bytes(&raw).map_err(|_| EngineError::Internal("an answer did not decode"))?;
+    answer.map_err(|f| f.into_error(slot))
 }
 
 /// A profile bean sent in its thrift-compact form.

@@ -13,8 +13,11 @@
 //! again (an engine operation reading its slot's rows) runs under the guard its task holds
 //! already: taking it twice would wait behind a queued hand-over that waits for the first.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tim_kv::{RawWrite, Slot, SlotDelta, Store, StoreError};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
@@ -86,16 +89,22 @@ pub struct Held<'a> {
     slots: Option<Vec<Slot>>,
 }
 
-impl Held<'_> {
+impl<'a> Held<'a> {
     /// Runs `work` under the guards; what it calls on these slots does not take them again.
-    pub async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
+    ///
+    /// Combinators rather than an `async fn`, here and in [`Ownership::serve`]: a future keeps
+    /// its argument beside the future it moves it into, so each `async` layer would hold
+    /// another copy of `work` (kilobytes, for the engine's operations).
+    pub fn run<F: Future>(self, work: F) -> impl Future<Output = F::Output> + use<'a, F> {
         let Held { _guards: guards, slots } = self;
-        let done = match slots {
-            Some(slots) => HELD.scope(slots, work).await,
-            None => work.await,
+        let work = match slots {
+            Some(slots) => Either::Left(HELD.scope(slots, work)),
+            None => Either::Right(work),
         };
-        drop(guards);
-        done
+        work.map(move |done| {
+            drop(guards);
+            done
+        })
     }
 }
 
@@ -197,8 +206,19 @@ impl Ownership {
 
     /// Runs `work` while `slot` is owned here, holding the slot's guard so no hand-over
     /// begins meanwhile; a slot not owned here is refused with what this node knows of it.
-    pub async fn serve<T>(&self, slot: Slot, work: impl std::future::Future<Output = T>) -> Result<T, Refusal> {
-        Ok(self.hold(&[slot]).await?.run(work).await)
+    pub fn serve<F: Future>(
+        &self,
+        slot: Slot,
+        work: F,
+    ) -> impl Future<Output = Result<F::Output, Refusal>> + use<'_, F> {
+        self.hold_one(slot).then(move |held| match held {
+            Ok(held) => Either::Left(held.run(work).map(Ok)),
+            Err(refusal) => Either::Right(std::future::ready(Err(refusal))),
+        })
+    }
+
+    async fn hold_one(&self, slot: Slot) -> Result<Held<'_>, Refusal> {
+        self.hold(&[slot]).await
     }
 
     /// Takes the guards of `slots` while they are owned here; refused at the first slot not
