@@ -172,7 +172,7 @@ impl OfflineQueue {
         let excess = ids.len().saturating_sub(max);
         self.counts().insert(user, ids.len().min(max));
         if let Some(oldest) = ids.get(..excess).filter(|o| !o.is_empty()) {
-            self.delete(user, oldest).await?;
+            self.data.write(self.deletion(user, oldest)).await?;
             self.count_dropped(user, oldest.len(), "over the entry cap");
         }
         Ok(())
@@ -256,13 +256,30 @@ impl OfflineQueue {
         Ok(own.len())
     }
 
-    /// Deletes `user`'s delivered (or dropped) entries.
+    /// Deletes entries of `user`'s queue (dropped, recalled, or named by an operator): written
+    /// when this returns, so any read after it, on any node, no longer finds them.
     pub async fn remove(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
-        self.delete(user, ids).await?;
-        if let Some(n) = self.counts().get_mut(&user) {
-            *n = n.saturating_sub(ids.len());
-        }
+        self.data.write(self.deletion(user, ids)).await?;
+        self.forget(user, ids.len());
         Ok(())
+    }
+
+    /// Deletes entries of `user`'s queue that its client acked. On the queue's owner the
+    /// deletion is deferred to the writer's next group rather than waited for (a writer
+    /// hand-off and a wake-up less per acked message); the reads that must not see an acked
+    /// entry settle first ([`OfflineQueue::oldest`], the exact count before a trim).
+    pub async fn remove_acked(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
+        if let Err(batch) = self.data.defer_here(self.deletion(user, ids)).await {
+            self.data.write(batch).await?;
+        }
+        self.forget(user, ids.len());
+        Ok(())
+    }
+
+    fn forget(&self, user: UserId, removed: usize) {
+        if let Some(n) = self.counts().get_mut(&user) {
+            *n = n.saturating_sub(removed);
+        }
     }
 
     /// Waits, when this node owns `user`'s queue, for the deletions it deferred there: a read
@@ -278,19 +295,13 @@ impl OfflineQueue {
     }
 
     /// A relaxed write: a deletion lost in a crash brings a message back once, and clients
-    /// drop a message they have by its `mid`. On the queue's owner it is deferred to the
-    /// writer's next group rather than waited for (a writer hand-off and a wake-up less per
-    /// acked message); the reads that must not see a deleted entry settle first
-    /// ([`OfflineQueue::oldest`], the exact count before a trim).
-    async fn delete(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
+    /// drop a message they have by its `mid`.
+    fn deletion(&self, user: UserId, ids: &[RowId]) -> Batch {
         let mut batch = Batch::new(partition::user(user));
         batch.relaxed();
         for id in ids {
             batch.delete(self.table, *id);
         }
-        if let Err(batch) = self.data.defer_here(batch).await {
-            self.data.write(batch).await?;
-        }
-        Ok(())
+        batch
     }
 }

@@ -59,7 +59,7 @@ impl Session {
         let acked = std::mem::take(&mut self.acked);
         let entries: Vec<_> = acked.iter().flat_map(|d| d.offline_entries()).copied().collect();
         if let (false, Some(login)) = (entries.is_empty(), &self.login) {
-            if let Err(e) = self.server.offline.remove(login.user, &entries).await {
+            if let Err(e) = self.server.offline.remove_acked(login.user, &entries).await {
                 warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
             }
         }
