@@ -217,6 +217,7 @@ impl Ownership {
         })
     }
 
+    /// [`Ownership::hold`] of one slot, in a future that owns the slot list it borrows.
     async fn hold_one(&self, slot: Slot) -> Result<Held<'_>, Refusal> {
         self.hold(&[slot]).await
     }
