@@ -14,10 +14,11 @@ setup() {
 
 # start_node I [FLAGS…]: node I on 127.0.0.I (admin 20002, client 20003, gossip 20004, links 20005), joining
 # through node 1 unless it is node 1; appends its pid to `pids` and its address to `servers`.
+# Unsynced unless SYNC=true.
 start_node() {
   local i=$1; shift
   local flags=(--listen "127.0.0.$i:20003" --data-dir "$dir/node$i" --secret-file "$dir/key"
-    --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync false
+    --argon2-memory-kib 8 --argon2-passes 1 --device-limit 2 --sync "${SYNC:-false}"
     --rate-connection 0 --rate-account 0
     --admin-listen "127.0.0.$i:20002" --gossip-listen "127.0.0.$i:20004" --rpc-listen "127.0.0.$i:20005" "$@")
   [ "$i" != 1 ] && flags+=(--seeds 127.0.0.1:20004)

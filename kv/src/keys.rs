@@ -57,6 +57,22 @@ pub(crate) fn index_key(prefix: &[u8], id: RowId) -> Vec<u8> {
     key
 }
 
+/// Shortest index key: a slot, a table, a column, the end of an empty value and a row id.
+const MIN_INDEX_KEY: usize = 6 + 2 + 2 + 8;
+
+/// The part of an index key before its row id, which every entry of one indexed value shares:
+/// what the `idx` family's prefix filters hold, so a look-up of one value reads only the
+/// memtables and table files that have entries of it.
+pub(crate) fn index_value_part(key: &[u8]) -> &[u8] {
+    key.split_at(key.len().saturating_sub(8)).0
+}
+
+/// Whether `key` is long enough to be an index key (RocksDB's "in domain"): a shorter seek
+/// target, such as a slot prefix, is not filtered.
+pub(crate) fn is_index_key(key: &[u8]) -> bool {
+    key.len() >= MIN_INDEX_KEY
+}
+
 /// The row id at the end of an index key.
 pub(crate) fn index_key_id(key: &[u8]) -> Option<RowId> {
     let tail = key.len().checked_sub(8).and_then(|at| key.get(at..))?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    Options, ReadOptions, ReadTier, DB,
+    Options, ReadOptions, ReadTier, SliceTransform, DB,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +27,14 @@ use crate::writer::{self, Work, WriteRequest};
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_ROWS: &str = "rows";
 pub(crate) const CF_IDX: &str = "idx";
+
+/// Name of the `idx` family's prefix extractor, kept in every table file it filtered: a file
+/// written under another name (or none) is read without its prefix filter, never wrongly.
+const INDEX_PREFIX_EXTRACTOR: &str = "tim.index-value.1";
+
+/// Share of a memtable's budget for its prefix filter: an index entry takes at least 60 bytes
+/// of memtable, so 2 % gives each value about 10 bits (under 1 % false positives).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// Version byte in front of every row record.
 const ROW_FORMAT: u8 = 1;
@@ -169,13 +177,19 @@ impl RocksStore {
             std::fs::create_dir_all(&config.path).map_err(|e| StoreError::Io(e.to_string()))?;
         }
         let cache = Cache::new_lru_cache(config.cache_bytes);
-        let mut block = BlockBasedOptions::default();
-        block.set_block_cache(&cache);
-        block.set_bloom_filter(10.0, false);
-        block.set_cache_index_and_filter_blocks(true);
-        let mut cf_opts = Options::default();
-        cf_opts.set_compression_type(DBCompressionType::Lz4);
-        cf_opts.set_block_based_table_factory(&block);
+        let cf_opts = family_options(&cache, true);
+        // Index entries are only ever read by value (every entry of one chat, one queue, one
+        // message's copies, or none at all, as a message's duplicate check almost always
+        // finds): the filters hold the value part of each key instead of whole keys, so such
+        // a look-up skips every table file, and every memtable, without that value. Unfiltered,
+        // each look-up sought into every memtable, every level-0 file and every level.
+        let mut idx_opts = family_options(&cache, false);
+        idx_opts.set_prefix_extractor(SliceTransform::create(
+            INDEX_PREFIX_EXTRACTOR,
+            keys::index_value_part,
+            Some(keys::is_index_key),
+        ));
+        idx_opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -189,7 +203,11 @@ impl RocksStore {
         env.lower_thread_pool_cpu_priority();
         env.lower_thread_pool_io_priority();
         db_opts.set_env(&env);
-        let cfs = [CF_META, CF_ROWS, CF_IDX].map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_META, cf_opts.clone()),
+            ColumnFamilyDescriptor::new(CF_ROWS, cf_opts),
+            ColumnFamilyDescriptor::new(CF_IDX, idx_opts),
+        ];
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
         let catalog = declare_tables(&db, tables)?;
@@ -222,6 +240,20 @@ impl RocksStore {
         }
         Ok(())
     }
+}
+
+/// Options of a column family: LZ4 blocks in the shared cache, with bloom filters of whole
+/// keys (`whole_keys`) or of what the family's prefix extractor takes.
+fn family_options(cache: &Cache, whole_keys: bool) -> Options {
+    let mut block = BlockBasedOptions::default();
+    block.set_block_cache(cache);
+    block.set_bloom_filter(10.0, false);
+    block.set_whole_key_filtering(whole_keys);
+    block.set_cache_index_and_filter_blocks(true);
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_block_based_table_factory(&block);
+    opts
 }
 
 /// Declares the tables: a stored table must keep its id and may only gain columns at the
@@ -373,6 +405,8 @@ impl Inner {
         for &region in regions {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(end.clone());
+            // Across every value of the slot: prefix filters must not skip a file.
+            opts.set_total_order_seek(true);
             let iter = snapshot.iterator_cf_opt(
                 self.cf(cf_name(region))?,
                 opts,
@@ -398,10 +432,14 @@ impl Inner {
     /// Whether any index entry starts with `prefix`, skipping the keys `skip` rejects.
     pub(crate) fn index_has(&self, prefix: &[u8], skip: impl Fn(&[u8]) -> bool) -> Result<bool, StoreError> {
         let mut opts = ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
         if let Some(end) = keys::prefix_end(prefix) {
             opts.set_iterate_upper_bound(end);
         }
-        for item in self.db.iterator_cf_opt(self.cf(CF_IDX)?, opts, IteratorMode::From(prefix, Direction::Forward)) {
+        // A whole key (the smallest row id), not the bare prefix: the filters are looked up
+        // by the value part of the target, which a bare prefix does not end with.
+        let start = keys::index_key(prefix, RowId(0));
+        for item in self.db.iterator_cf_opt(self.cf(CF_IDX)?, opts, IteratorMode::From(&start, Direction::Forward)) {
             let (key, _) = item.map_err(rocks)?;
             if !key.starts_with(prefix) {
                 break;
@@ -462,6 +500,7 @@ impl Store for RocksStore {
         let column = inner.indexed_column(def, column)?;
         let prefix = keys::index_prefix(slot, table, column, value);
         let mut opts = read_options();
+        opts.set_prefix_same_as_start(true);
         let (start, direction) = match cursor {
             Cursor::Asc(from) => {
                 if let Some(end) = keys::prefix_end(&prefix) {
