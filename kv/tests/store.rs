@@ -99,22 +99,14 @@ async fn look_ups_by_value_are_exact_across_table_files() {
             store.flush().unwrap(); // the last round stays in the memtable
         }
     }
+    let ids_from = |chat: &str, cursor: Cursor| -> Vec<RowId> {
+        store.page(t, slot, 0, chat.as_bytes(), cursor, 100).unwrap().into_iter().map(|(id, _)| id).collect()
+    };
     for (chat, ids) in &by_chat {
-        let oldest: Vec<RowId> = store
-            .page(t, slot, 0, chat.as_bytes(), Cursor::OLDEST, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(&oldest, ids, "{chat}, oldest first");
-        let newest: Vec<RowId> = store
-            .page(t, slot, 0, chat.as_bytes(), Cursor::NEWEST, 100)
-            .unwrap()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        assert_eq!(&ids_from(chat, Cursor::OLDEST), ids, "{chat}, oldest first");
+        let newest = ids_from(chat, Cursor::NEWEST);
         assert_eq!(newest, ids.iter().rev().copied().collect::<Vec<_>>(), "{chat}, newest first");
-        let from_second = store.page(t, slot, 0, chat.as_bytes(), Cursor::Asc(ids[1]), 100).unwrap();
+        let from_second = ids_from(chat, Cursor::Asc(ids[1]));
         assert_eq!(from_second.len(), ids.len() - 1, "{chat} from its second row");
     }
     assert!(store.page(t, slot, 0, b"chat-60", Cursor::NEWEST, 10).unwrap().is_empty());
