@@ -32,8 +32,9 @@ pub(crate) const CF_IDX: &str = "idx";
 /// written under another name (or none) is read without its prefix filter, never wrongly.
 const INDEX_PREFIX_EXTRACTOR: &str = "tim.index-value.1";
 
-/// Share of a memtable's budget for its prefix filter: an index entry takes at least 60 bytes
-/// of memtable, so 2 % gives each value about 10 bits (under 1 % false positives).
+/// Share of the index family's write buffer (64 MiB) for a memtable's prefix filter: 1.3 MiB.
+/// An index entry takes 45 bytes of memtable at the least and several entries usually share
+/// a value, so each value gets at least 7 bits and usually over 10 (1–3 % false positives).
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// Spent write-ahead log files kept for reuse: two cover a flush in progress and the next
@@ -202,7 +203,9 @@ impl RocksStore {
         db_opts.set_keep_log_file_num(4);
         // Write-ahead log files are reused rather than made anew once their memtables are
         // flushed: a sync then writes the log's data only. Appended to a new file, every sync
-        // also wrote the file's inode (its size grew), a second disk write per commit.
+        // also wrote the file's inode (its size grew), a second disk write per commit. RocksDB
+        // turns reuse off with log archiving or the tolerate-corrupted-tail and absolute-
+        // consistency recovery modes; none is set (recovery is point in time, the default).
         db_opts.set_recycle_log_file_num(RECYCLED_LOGS);
         let mut env = if config.in_memory { rocksdb::Env::mem_env() } else { rocksdb::Env::new() }.map_err(rocks)?;
         // Compactions yield the CPU to the sessions (the low-priority pool runs niced), so on a

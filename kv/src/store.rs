@@ -241,6 +241,8 @@ pub enum StoreError {
     NotInMemory,
     #[error("row {id} belongs to another slot than its batch's ({slot})")]
     OtherSlot { slot: u16, id: u64 },
+    #[error("an index entry of slot {slot} is too short to end with a row id")]
+    ShortIndexKey { slot: u16 },
     #[error("an insert takes the write's id number {earlier}, which it has not issued before it")]
     NoEarlierId { earlier: usize },
     #[error("slot {slot} changed more than a record of its changes holds")]

@@ -234,18 +234,23 @@ impl Writer<'_> {
                 staged.push(Staged::DeleteRange(region, prefix.to_vec(), end.clone()));
             }
         }
-        // Slot keys only: a raw write cannot reach schema records or another slot.
-        let in_slot = |key: &[u8]| key.starts_with(&prefix) && key.len() > prefix.len();
-        for removed in &raw.removed {
-            if !in_slot(&removed.key) {
-                return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
+        // Slot keys only: a raw write cannot reach schema records or another slot. An index
+        // key ends with a row id: the index filters take the value part before it.
+        let check = |region: Cf, key: &[u8]| {
+            if !(key.starts_with(&prefix) && key.len() > prefix.len()) {
+                Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 })
+            } else if region == Cf::Idx && !keys::is_index_key(key) {
+                Err(StoreError::ShortIndexKey { slot: raw.slot.0 })
+            } else {
+                Ok(())
             }
+        };
+        for removed in &raw.removed {
+            check(removed.region, &removed.key)?;
             staged.push(Staged::Delete(removed.region, removed.key.clone()));
         }
         for entry in &raw.entries {
-            if !in_slot(&entry.key) {
-                return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
-            }
+            check(entry.region, &entry.key)?;
             staged.push(Staged::Put(entry.region, entry.key.clone(), entry.value.clone()));
         }
         for (name, value) in &raw.local {
