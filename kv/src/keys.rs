@@ -61,8 +61,8 @@ pub(crate) fn index_key(prefix: &[u8], id: RowId) -> Vec<u8> {
 const MIN_INDEX_KEY: usize = 6 + 2 + 2 + 8;
 
 /// The part of an index key before its row id, which every entry of one indexed value shares:
-/// what the `idx` family's prefix filters hold, so a look-up of one value reads only the
-/// memtables and table files that have entries of it.
+/// what the `idx` family's prefix filters hold, so a look-up of one value skips the memtables
+/// and table files without entries of it.
 pub(crate) fn index_value_part(key: &[u8]) -> &[u8] {
     key.split_at(key.len().saturating_sub(8)).0
 }
