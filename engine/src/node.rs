@@ -340,12 +340,12 @@ async fn drain_then_stop(node: &NodeHandle) {
 async fn follow_slots(server: Arc<Server>) {
     let ownership = server.data.ownership().clone();
     let mut changes = ownership.version();
-    let mut held = std::collections::HashSet::new();
+    let mut held = tim_shard::SlotSet::default();
     let mut first = true;
     loop {
-        let owned: std::collections::HashSet<tim_kv::Slot> = ownership.owned().into_iter().map(|(s, _)| s).collect();
-        let arrived: Vec<_> = owned.difference(&held).copied().collect();
-        let left: Vec<_> = held.difference(&owned).copied().collect();
+        let owned = ownership.owned_set();
+        let arrived: Vec<_> = owned.difference(&held).collect();
+        let left: Vec<_> = held.difference(&owned).collect();
         if !left.is_empty() {
             for slot in &left {
                 server.directory.forget(*slot);

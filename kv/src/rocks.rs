@@ -41,6 +41,9 @@ const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 /// switch of memtables (each file is about a memtable's size).
 const RECYCLED_LOGS: usize = 2;
 
+/// Deleted keys [`Inner::may_hold`] skips before it answers "may hold".
+const MAX_SKIPPED_KEYS: u64 = 1024;
+
 /// Version byte in front of every row record.
 const ROW_FORMAT: u8 = 1;
 
@@ -431,6 +434,19 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Whether `region` may hold a key in `[from, to)`; `false` only when it surely holds
+    /// none.
+    pub(crate) fn may_hold(&self, region: Region, from: &[u8], to: &[u8]) -> Result<bool, StoreError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        opts.set_total_order_seek(true);
+        opts.set_max_skippable_internal_keys(MAX_SKIPPED_KEYS);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(cf_name(region))?, opts);
+        iter.seek(from);
+        // An error here is mostly "too many deleted keys to skip": held, as far as it knows.
+        Ok(iter.valid() || iter.status().is_err())
     }
 
     pub(crate) fn read_row(&self, table: TableId, id: RowId) -> Result<Option<Row>, StoreError> {

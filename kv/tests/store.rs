@@ -555,6 +555,45 @@ async fn a_slot_moves_between_stores_in_chunks() {
     assert_eq!(b.write_raw(raw).await, Err(StoreError::ShortIndexKey { slot: 3 }));
 }
 
+/// A clear writes a range deletion only where the slot holds keys; it finds a live key behind
+/// more deleted ones than its look skips (it clears when in doubt).
+#[tokio::test]
+async fn a_clear_deletes_a_key_behind_many_deleted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = store.table("timmessage").unwrap();
+    let mut ids = Vec::new();
+    for chunk in 0..3 {
+        let mut batch = Batch::new(Slot(5));
+        for i in 0..500 {
+            batch.insert(t, msg(b"chat", &format!("m{chunk}-{i}")));
+        }
+        ids.extend(store.write(batch).await.unwrap());
+    }
+    let last = ids.pop().unwrap();
+    let mut batch = Batch::new(Slot(5));
+    for id in ids {
+        batch.delete(t, id);
+    }
+    store.write(batch).await.unwrap();
+    assert!(present(&store, t, last), "the last row is there before the clear");
+    store
+        .write_raw(RawWrite { slot: Slot(5), clear: true, entries: vec![], removed: vec![], local: vec![] })
+        .await
+        .unwrap();
+    assert!(!present(&store, t, last), "the clear deleted it");
+    assert!(slot_entries(&store, Slot(5)).is_empty());
+    // An empty slot's clear leaves it empty, and writes to it go on.
+    store
+        .write_raw(RawWrite { slot: Slot(6), clear: true, entries: vec![], removed: vec![], local: vec![] })
+        .await
+        .unwrap();
+    let mut batch = Batch::new(Slot(6));
+    batch.insert(t, msg(b"chat", "after"));
+    let id = store.write(batch).await.unwrap()[0];
+    assert!(present(&store, t, id));
+}
+
 /// Every raw entry of a slot, in key order.
 fn slot_entries(store: &RocksStore, slot: Slot) -> Vec<RawEntry> {
     let mut all = Vec::new();

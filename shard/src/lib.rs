@@ -12,6 +12,7 @@ mod operator;
 mod ownership;
 mod placement;
 mod removal;
+mod slot_set;
 mod wire;
 
 use tim_kv::Slot;
@@ -22,6 +23,7 @@ pub use node::{ClusterNode, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, remove, status, OperatorError};
 pub use ownership::{Held, Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
+pub use slot_set::SlotSet;
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.
 pub const SLOTS: u16 = 4096;

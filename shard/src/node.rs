@@ -37,6 +37,8 @@ use crate::placement::{Member, NodeId, Placement};
 
 /// How often the loop looks at the members when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
+/// Least time between two turns of the loop.
+const MIN_TURN: Duration = Duration::from_millis(50);
 /// How long a node started with seeds may hear nobody before it says so.
 const LONELY_AFTER: Duration = Duration::from_secs(10);
 /// Least time a leaving node stays drained (holding nothing, handed nothing) before it stops:
@@ -357,7 +359,17 @@ impl Driver {
         let mut told_leaving = 0;
         let mut leave = self.cluster.leave_requests();
         let mut removals = self.cluster.retired();
+        let mut turned: Option<tokio::time::Instant> = None;
         loop {
+            // A turn looks at every slot, and every slot moved here or by a member wakes the
+            // loop: the wakes of one MIN_TURN are taken in one turn.
+            if let Some(at) = turned {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(at + MIN_TURN) => {}
+                }
+            }
+            turned = Some(tokio::time::Instant::now());
             if *leave.borrow_and_update() && !self.leaving {
                 self.start_leaving().await;
             }
@@ -408,7 +420,7 @@ impl Driver {
                 _ = owned.changed() => {
                     let version = *owned.borrow_and_update();
                     self.membership.set(membership::KEY_OWNED, version.to_string()).await;
-                    let slots = self.cluster.ownership().owned().len();
+                    let slots = self.cluster.ownership().owned_set().len();
                     self.membership.set(membership::KEY_SLOTS, slots.to_string()).await;
                 }
                 _ = tokio::time::sleep(TICK) => {}
@@ -474,7 +486,7 @@ impl Driver {
     async fn follow_leave(&mut self, members: &[MemberInfo], to_hand: usize) {
         let me = self.cluster.node();
         let handed_to_me = members.iter().any(|m| m.node != me && m.fenced_to.contains(&me));
-        let drained = to_hand == 0 && self.cluster.ownership().owned().is_empty() && !handed_to_me;
+        let drained = to_hand == 0 && self.cluster.ownership().owned_set().is_empty() && !handed_to_me;
         let alone = !drained && self.cluster.placement().members().is_empty();
         if alone && !self.alone {
             warn!("leaving, but no member is left to take the slots: add a node");

@@ -23,7 +23,7 @@ use tim_kv::{RawWrite, Slot, SlotDelta, Store, StoreError};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
 use crate::placement::NodeId;
-use crate::SLOTS;
+use crate::{SlotSet, SLOTS};
 
 tokio::task_local! {
     /// The slots whose guards the current task holds.
@@ -108,13 +108,28 @@ impl<'a> Held<'a> {
     }
 }
 
+/// Every slot's state, and the set of those owned, kept together.
+struct States {
+    each: Vec<Option<SlotState>>,
+    owned: SlotSet,
+}
+
+impl States {
+    fn set(&mut self, slot: Slot, state: Option<SlotState>) {
+        if let Some(s) = self.each.get_mut(usize::from(slot.0)) {
+            *s = state;
+            self.owned.put(slot, matches!(state, Some(SlotState::Owned { .. })));
+        }
+    }
+}
+
 /// Every slot's state on this node.
 pub struct Ownership {
     store: Arc<dyn Store>,
     guards: Vec<RwLock<()>>,
     /// The states, for reads that must not wait (routing, status); written under the slot's
     /// guard held for writing.
-    states: Mutex<Vec<Option<SlotState>>>,
+    states: Mutex<States>,
     /// Counts changes of the owned set: gossiped, so peers know to fetch the new list.
     version_tx: watch::Sender<u64>,
     /// The copy each slot being received here comes from: parts of an earlier copy that
@@ -125,13 +140,13 @@ pub struct Ownership {
 impl Ownership {
     /// Loads the states recorded in the store.
     pub fn load(store: Arc<dyn Store>) -> Result<Self, OwnershipError> {
-        let mut states = Vec::with_capacity(usize::from(SLOTS));
+        let mut states = States { each: vec![None; usize::from(SLOTS)], owned: SlotSet::default() };
         for slot in (0..SLOTS).map(Slot) {
             let state = match store.local(&record_name(slot))? {
                 Some(raw) => Some(postcard::from_bytes(&raw).map_err(|_| OwnershipError::Record(slot.0))?),
                 None => None,
             };
-            states.push(state);
+            states.set(slot, state);
         }
         Ok(Self {
             store,
@@ -142,7 +157,7 @@ impl Ownership {
         })
     }
 
-    fn states(&self) -> std::sync::MutexGuard<'_, Vec<Option<SlotState>>> {
+    fn states(&self) -> std::sync::MutexGuard<'_, States> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -151,19 +166,18 @@ impl Ownership {
     }
 
     pub fn state(&self, slot: Slot) -> Option<SlotState> {
-        self.states().get(usize::from(slot.0)).copied().flatten()
+        self.states().each.get(usize::from(slot.0)).copied().flatten()
     }
 
     fn set(&self, slot: Slot, state: Option<SlotState>) {
-        if let Some(s) = self.states().get_mut(usize::from(slot.0)) {
-            *s = state;
-        }
+        self.states().set(slot, state);
         self.version_tx.send_modify(|v| *v += 1);
     }
 
     /// The slots owned here, with their epochs.
     pub fn owned(&self) -> Vec<(Slot, u64)> {
         self.states()
+            .each
             .iter()
             .enumerate()
             .filter_map(|(i, s)| match s {
@@ -173,9 +187,14 @@ impl Ownership {
             .collect()
     }
 
+    /// The slots owned here, as a set.
+    pub fn owned_set(&self) -> SlotSet {
+        self.states().owned.clone()
+    }
+
     /// Every slot this node holds any state of.
     pub fn all(&self) -> Vec<(Slot, SlotState)> {
-        self.states().iter().enumerate().filter_map(|(i, s)| s.map(|s| (Slot(i as u16), s))).collect()
+        self.states().each.iter().enumerate().filter_map(|(i, s)| s.map(|s| (Slot(i as u16), s))).collect()
     }
 
     /// Watches the count of changes of the owned set.
@@ -185,7 +204,7 @@ impl Ownership {
 
     /// Whether this node has never held any slot (a new node, which must not claim them).
     pub fn is_empty(&self) -> bool {
-        self.states().iter().all(Option::is_none)
+        self.states().each.iter().all(Option::is_none)
     }
 
     /// Makes this node the owner of every slot at epoch 1: the first node of a new cluster.
@@ -198,7 +217,7 @@ impl Ownership {
         let records = (0..SLOTS).map(|s| record(Slot(s), state)).collect::<Result<Vec<_>, _>>()?;
         self.store.write_raw(RawWrite::local(records)).await?;
         let mut states = self.states();
-        states.iter_mut().for_each(|s| *s = Some(state));
+        (0..SLOTS).for_each(|s| states.set(Slot(s), Some(state)));
         drop(states);
         self.version_tx.send_modify(|v| *v += 1);
         Ok(())

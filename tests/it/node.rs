@@ -12,6 +12,8 @@ use tim_net::{Encoding, FrameType};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Warnings and errors of a failed test's node printed with its failure.
+const LOG_TAIL: usize = 30;
 
 pub struct TestNode {
     child: Child,
@@ -212,11 +214,19 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A failed test keeps its nodes' logs (their data dirs go).
+        // A failed test keeps its nodes' logs (their data dirs go), and prints their last
+        // warnings and errors: CI keeps the output, not the files.
         if std::thread::panicking() {
             let kept = std::env::temp_dir().join(format!("tim-failed-{}.log", self.child.id()));
             if std::fs::copy(self.dir.path().join("tim.log"), &kept).is_ok() {
                 eprintln!("log of the node at {} kept in {}", self.addr, kept.display());
+            }
+            let log = self.log();
+            let alarms: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let shown = &alarms[alarms.len().saturating_sub(LOG_TAIL)..];
+            eprintln!("its last {} warnings and errors (of {}):", shown.len(), alarms.len());
+            for line in shown {
+                eprintln!("  {line}");
             }
         }
     }

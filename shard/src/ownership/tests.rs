@@ -54,6 +54,7 @@ async fn a_new_node_serves_nothing_until_it_bootstraps() {
     own.bootstrap().await.unwrap();
     assert_eq!(own.serve(Slot(3), async { 1 }).await, Ok(1));
     assert_eq!(own.owned().len(), usize::from(SLOTS));
+    assert_eq!(own.owned_set().len(), usize::from(SLOTS));
     assert!(own.bootstrap().await.is_err(), "a node that holds slots never bootstraps again");
 }
 
@@ -99,6 +100,8 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
     assert_eq!(in_flight.await.unwrap(), Ok(()));
     let epoch = fence.await.unwrap().unwrap();
     assert_eq!(epoch, 2);
+    let all: SlotSet = (0..SLOTS).map(Slot).collect();
+    assert_eq!(all.difference(&a.owned_set()).collect::<Vec<_>>(), [slot], "a fenced slot is not owned");
     // Fenced: A refuses; B does not serve it yet.
     assert_eq!(a.serve(slot, async {}).await, Err(Refusal::Moving { slot: 7 }));
     assert_eq!(b.serve(slot, async {}).await, Err(Refusal::NotOwner { slot: 7, moved_to: None }));
@@ -138,6 +141,8 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
     let b = Ownership::load(store_b).unwrap();
     assert_eq!(b.state(slot), Some(SlotState::Owned { epoch }));
     assert_eq!(b.owned(), vec![(slot, epoch)]);
+    assert_eq!(b.owned_set().difference(&SlotSet::default()).collect::<Vec<_>>(), [slot]);
+    assert_eq!(all.difference(&a.owned_set()).collect::<Vec<_>>(), [slot], "a given slot is not owned");
 }
 
 /// Slots held together (one write to several slots): a fence of any of them waits for the
