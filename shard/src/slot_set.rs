@@ -18,12 +18,8 @@ impl Default for SlotSet {
 }
 
 impl SlotSet {
-    /// Adds `slot`; a slot past [`SLOTS`] is not a slot of the cluster and is ignored.
-    pub fn insert(&mut self, slot: Slot) {
-        self.put(slot, true);
-    }
-
-    /// Adds `slot` (`in_set`) or removes it.
+    /// Adds `slot` (`in_set`) or removes it; a slot past [`SLOTS`] is not a slot of the
+    /// cluster and is ignored.
     pub fn put(&mut self, slot: Slot, in_set: bool) {
         if let Some(word) = self.0.get_mut(usize::from(slot.0 / 64)) {
             let bit = 1 << (slot.0 % 64);
@@ -63,7 +59,7 @@ impl FromIterator<Slot> for SlotSet {
     fn from_iter<I: IntoIterator<Item = Slot>>(slots: I) -> Self {
         let mut set = Self::default();
         for slot in slots {
-            set.insert(slot);
+            set.put(slot, true);
         }
         set
     }
@@ -85,7 +81,7 @@ mod tests {
         c.put(Slot(64), false);
         assert_eq!(c.difference(&SlotSet::default()).collect::<Vec<_>>(), [Slot(1), Slot(701)]);
         let mut outside = SlotSet::default();
-        outside.insert(Slot(SLOTS));
+        outside.put(Slot(SLOTS), true);
         assert!(outside.is_empty());
     }
 }
