@@ -114,6 +114,12 @@ pub async fn render(server: &Server) -> String {
         "RocksDB writes, one per group of batches, sync included",
         &store.commits,
     );
+    counter(
+        &mut out,
+        "tim_store_synced_commits_total",
+        "RocksDB writes that waited for the write-ahead log's fsync (the rest ride on a later one)",
+        store.synced_commits,
+    );
     histogram(
         &mut out,
         "tim_store_write_seconds",

@@ -172,7 +172,7 @@ impl OfflineQueue {
         let excess = ids.len().saturating_sub(max);
         self.counts().insert(user, ids.len().min(max));
         if let Some(oldest) = ids.get(..excess).filter(|o| !o.is_empty()) {
-            self.data.write(self.deletion(user, oldest)).await?;
+            self.data.write(self.relaxed_deletion(user, oldest)).await?;
             self.count_dropped(user, oldest.len(), "over the entry cap");
         }
         Ok(())
@@ -256,8 +256,9 @@ impl OfflineQueue {
         Ok(own.len())
     }
 
-    /// Deletes entries of `user`'s queue (dropped, recalled, or named by an operator): written
-    /// when this returns, so any read after it, on any node, no longer finds them.
+    /// Deletes entries of `user`'s queue (expired, recalled, burned, or named by an operator):
+    /// written when this returns, so any read after it, on any node, no longer finds them, and
+    /// synced, so a recalled message does not come back after a power loss.
     pub async fn remove(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
         self.data.write(self.deletion(user, ids)).await?;
         self.forget(user, ids.len());
@@ -269,7 +270,7 @@ impl OfflineQueue {
     /// hand-off and a wake-up less per acked message); the reads that must not see an acked
     /// entry settle first ([`OfflineQueue::oldest`], the exact count before a trim).
     pub async fn remove_acked(&self, user: UserId, ids: &[RowId]) -> Result<(), EngineError> {
-        if let Err(batch) = self.data.defer_here(self.deletion(user, ids)).await {
+        if let Err(batch) = self.data.defer_here(self.relaxed_deletion(user, ids)).await {
             self.data.write(batch).await?;
         }
         self.forget(user, ids.len());
@@ -294,14 +295,20 @@ impl OfflineQueue {
         Ok(())
     }
 
-    /// A relaxed write: a deletion lost in a crash brings a message back once, and clients
-    /// drop a message they have by its `mid`.
     fn deletion(&self, user: UserId, ids: &[RowId]) -> Batch {
         let mut batch = Batch::new(partition::user(user));
-        batch.relaxed();
         for id in ids {
             batch.delete(self.table, *id);
         }
+        batch
+    }
+
+    /// A deletion that reaches the disk with the next synced write: for entries that may come
+    /// back once after a power loss, as an acked message (clients drop a message they have by
+    /// its `mid`) or one over the cap (trimmed again).
+    fn relaxed_deletion(&self, user: UserId, ids: &[RowId]) -> Batch {
+        let mut batch = self.deletion(user, ids);
+        batch.relaxed();
         batch
     }
 }

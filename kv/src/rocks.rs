@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     cache: Cache,
     /// The writer's RocksDB writes, one per group (synced with `sync`).
     pub(crate) commits: Latency,
+    /// Commits that waited for the WAL's fsync.
+    pub(crate) synced_commits: AtomicU64,
     /// Writes as their callers wait for them: queued, grouped, committed.
     writes: Latency,
     pub(crate) deferred: Arc<Deferred>,
@@ -232,6 +234,7 @@ impl RocksStore {
             seal,
             cache,
             commits: Latency::default(),
+            synced_commits: AtomicU64::new(0),
             writes: Latency::default(),
             deferred: Arc::default(),
         });
@@ -629,6 +632,7 @@ impl Store for RocksStore {
         };
         StoreFigures {
             commits: self.inner.commits.snapshot(),
+            synced_commits: self.inner.synced_commits.load(Ordering::Relaxed),
             writes: self.inner.writes.snapshot(),
             memtable_bytes: property("rocksdb.cur-size-all-mem-tables"),
             pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes"),

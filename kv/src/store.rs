@@ -285,6 +285,8 @@ pub struct ExportedRow {
 pub struct StoreFigures {
     /// RocksDB writes, one per group of batches (with the WAL's sync when syncing).
     pub commits: crate::latency::LatencySnapshot,
+    /// Those of the commits that waited for the WAL's fsync.
+    pub synced_commits: u64,
     /// Writes from their callers' side: queued, grouped and committed.
     pub writes: crate::latency::LatencySnapshot,
     pub memtable_bytes: u64,

@@ -8,6 +8,7 @@
 //! restart continues after the block, so ids are never reissued (a restart may skip some).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -97,16 +98,29 @@ struct Counter {
 struct Writer<'a> {
     inner: &'a Inner,
     counters: HashMap<(TableId, Slot), Counter>,
+    /// Whether a commit that is not relaxed waits for the WAL's fsync (`--sync`).
+    sync: bool,
+    synced: WriteOptions,
+    /// A group of relaxed batches only: its WAL record reaches the disk with the next synced
+    /// group (the log is written in order) or with a memtable flush.
+    relaxed: WriteOptions,
+}
+
+/// How a commit reaches the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced when the store syncs.
+    Synced,
+    /// With the next synced commit.
+    Relaxed,
 }
 
 pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>, sync: bool, max_group: usize) {
-    let mut writer = Writer { inner: &inner, counters: HashMap::new() };
     let mut synced = WriteOptions::default();
-    synced.set_sync(sync);
-    // A group of relaxed batches only: its WAL record reaches the disk with the next synced
-    // group (the log is written in order) or with a memtable flush.
+    synced.set_sync(true);
     let mut relaxed = WriteOptions::default();
     relaxed.set_sync(false);
+    let mut writer = Writer { inner: &inner, counters: HashMap::new(), sync, synced, relaxed };
     // A raw write that ended the previous group starts the next one.
     let mut held: Option<WriteRequest> = None;
     loop {
@@ -115,12 +129,12 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
         // their slot over).
         let mut group = take_deferred(&inner);
         let Some(first) = first else {
-            writer.commit_group(group, &synced, &relaxed);
+            writer.commit_group(group);
             break;
         };
         if let Work::Raw(raw) = &first.work {
-            writer.commit_group(group, &synced, &relaxed);
-            let result = writer.raw(raw, &synced).map(|()| Vec::new());
+            writer.commit_group(group);
+            let result = writer.raw(raw).map(|()| Vec::new());
             first.answer(result);
             continue;
         }
@@ -136,14 +150,14 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
                 Err(_) => break,
             }
         }
-        writer.commit_group(group, &synced, &relaxed);
+        writer.commit_group(group);
     }
 }
 
 impl Writer<'_> {
     /// Applies a group's requests in order and commits what succeeded as one write: synced
     /// unless every batch is relaxed. Each request gets its ids or its error.
-    fn commit_group(&mut self, group: Vec<WriteRequest>, synced: &WriteOptions, relaxed: &WriteOptions) {
+    fn commit_group(&mut self, group: Vec<WriteRequest>) {
         if group.is_empty() {
             return;
         }
@@ -174,7 +188,7 @@ impl Writer<'_> {
             })
             .collect();
         let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batches(b) if b.iter().all(Batch::is_relaxed)));
-        let commit = self.commit(staged, if all_relaxed { relaxed } else { synced });
+        let commit = self.commit(staged, if all_relaxed { Durability::Relaxed } else { Durability::Synced });
         for (request, result) in group.into_iter().zip(results) {
             let result = match &commit {
                 Ok(()) => result,
@@ -189,7 +203,7 @@ impl Writer<'_> {
         }
     }
 
-    fn commit(&self, staged: Vec<Staged>, options: &WriteOptions) -> Result<(), StoreError> {
+    fn commit(&self, staged: Vec<Staged>, durability: Durability) -> Result<(), StoreError> {
         if staged.is_empty() {
             return Ok(());
         }
@@ -213,15 +227,20 @@ impl Writer<'_> {
                 Staged::DeleteRange(c, from, to) => batch.delete_range_cf(cf(c), from, to),
             }
         }
+        let synced = self.sync && durability == Durability::Synced;
+        let options = if synced { &self.synced } else { &self.relaxed };
         let started = std::time::Instant::now();
         let result = self.inner.db.write_opt(batch, options).map_err(|e| StoreError::Rocks(e.into_string()));
         self.inner.commits.observe(started.elapsed());
+        if synced && result.is_ok() {
+            self.inner.synced_commits.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
     /// Writes raw entries of one slot (and node-local records) in one commit. The cached id
     /// counters of the slot are dropped: the slot's counters may have come with the entries.
-    fn raw(&mut self, raw: &RawWrite, options: &WriteOptions) -> Result<(), StoreError> {
+    fn raw(&mut self, raw: &RawWrite) -> Result<(), StoreError> {
         let touches_slot = raw.clear || !raw.entries.is_empty() || !raw.removed.is_empty();
         if touches_slot && keys::slot_prefix(raw.slot) == keys::GLOBAL {
             return Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 });
@@ -269,7 +288,7 @@ impl Writer<'_> {
             self.counters.retain(|(_, slot), _| *slot != raw.slot);
             self.inner.changes.replaced(raw.slot);
         }
-        self.commit(staged, options)
+        self.commit(staged, Durability::Synced)
     }
 
     /// Stages a batch; the ids it issues are added to `ids`, the write's ids so far.

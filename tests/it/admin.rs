@@ -119,7 +119,7 @@ async fn admins_are_created_with_the_secret_and_sign_in_anywhere_with_their_role
 }
 
 /// A scrape of `/metrics`: each sample line's value by its name and labels.
-async fn scrape(addr: SocketAddr, token: &str) -> std::collections::HashMap<String, f64> {
+pub async fn scrape(addr: SocketAddr, token: &str) -> std::collections::HashMap<String, f64> {
     let (status, text) = http(addr, "GET", "/metrics", Some(token), "").await;
     assert_eq!(status, 200, "{text}");
     text.lines()
@@ -184,6 +184,9 @@ async fn metrics_are_scraped_with_a_read_token_and_move_with_traffic() {
         figure(&after, name) - figure(&before, name) + figure(&other_after, name) - figure(&other_before, name)
     };
     assert!(both_grew("tim_store_commit_seconds_count") >= 6.0);
+    // Each stored message waited for a sync of its own group's.
+    assert!(both_grew("tim_store_synced_commits_total") >= 6.0);
+    assert!(figure(&after, "tim_store_synced_commits_total") <= figure(&after, "tim_store_commit_seconds_count"));
     assert!(both_grew("tim_store_write_seconds_count") >= 6.0);
     assert_eq!(
         figure(&after, "tim_store_commit_seconds_bucket{le=\"+Inf\"}"),

@@ -8,7 +8,7 @@ use tim_net::client::Client;
 use tim_net::proto::{TimAck, TimAuth, TimPresence};
 use tim_net::{Encoding, FrameType};
 
-use crate::admin::{http, sign_in, tim_admin};
+use crate::admin::{http, scrape, sign_in, tim_admin};
 use crate::chat::text_to;
 use crate::cluster::TestCluster;
 use crate::node::{auth, TestNode, WAIT};
@@ -246,7 +246,17 @@ async fn messages_presence_pings_rooms_and_operations_as_a_user() {
     let ids = json!({ "ids": [entries[0]["id"]] });
     let bens = format!("/v1/users/{ben_node}/offline");
     assert_eq!(api(a, "DELETE", &bens, &root, ids.clone()).await.1, json!({ "deleted": 0 }));
+    // The deletion is synced: a removed entry does not come back after a power loss.
+    let synced = || async {
+        let mut n = 0.0;
+        for node in [a, b] {
+            n += scrape(node, &viewer).await.get("tim_store_synced_commits_total").copied().unwrap_or(0.0);
+        }
+        n
+    };
+    let before = synced().await;
     assert_eq!(api(a, "DELETE", &offline, &root, ids).await.1, json!({ "deleted": 1 }));
+    assert!(synced().await > before, "the deletion waited for a sync");
     assert_eq!(api(b, "GET", &offline, &viewer, Value::Null).await.1, json!({ "entries": [] }));
     let (mut cat, ack) = cluster.nodes[0].login("cat", "pw", Encoding::Json).await;
     assert!(ack.ok);
