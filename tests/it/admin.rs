@@ -184,7 +184,7 @@ async fn metrics_are_scraped_with_a_read_token_and_move_with_traffic() {
         figure(&after, name) - figure(&before, name) + figure(&other_after, name) - figure(&other_before, name)
     };
     assert!(both_grew("tim_store_commit_seconds_count") >= 6.0);
-    // Each stored message waited for a sync of its own group's.
+    // Each message is stored by a synced commit (it waits for its echo before the next is sent).
     assert!(both_grew("tim_store_synced_commits_total") >= 6.0);
     assert!(figure(&after, "tim_store_synced_commits_total") <= figure(&after, "tim_store_commit_seconds_count"));
     assert!(both_grew("tim_store_write_seconds_count") >= 6.0);
