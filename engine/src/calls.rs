@@ -5,7 +5,6 @@
 //! owner, whose [`Handler`] runs the same code.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Weak;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tim_kv::Slot;
 use tim_net::proto::ErrorCode;
 use tim_net::report::ErrorChain;
-use tim_shard::{Cluster, EngineHandler, NodeId, RouteError};
+use tim_shard::{Cluster, EngineAnswer, EngineHandler, HandlerError, NodeId, RouteError};
 use tracing::warn;
 
 use crate::directory::Lease;
@@ -257,18 +256,16 @@ fn decode_bean<T: tim_net::codec::TimStruct>(raw: Bytes) -> Result<T, String> {
 /// Answers other nodes' operations with this node's engine.
 pub struct Handler(pub Weak<Server>);
 
-type Answer = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
-
-fn answer<T: Serialize>(result: Result<T, EngineError>, op: &'static str) -> Result<Bytes, String> {
+fn answer<T: Serialize>(result: Result<T, EngineError>, op: &'static str) -> Result<Bytes, HandlerError> {
     let result = result.map_err(|e| Failure::from_error(&e, op));
-    encode(&result).map_err(|e| e.to_string())
+    encode(&result).map_err(|e| HandlerError::Failed(e.to_string()))
 }
 
 impl EngineHandler for Handler {
-    fn at_slot(&self, slot: Slot, body: Bytes) -> Answer {
+    fn at_slot(&self, slot: Slot, body: Bytes) -> EngineAnswer {
         let server = self.0.upgrade();
         Box::pin(async move {
-            let server = server.ok_or("the node is stopping")?;
+            let server = server.ok_or(HandlerError::Unready)?;
             let call: SlotCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
             match call {
                 SlotCall::AppendOnce { chat, from, msg, key, to } => {
@@ -324,7 +321,7 @@ impl EngineHandler for Handler {
                 SlotCall::Room { room, call } => answer(crate::vrooms::run_here(&server, room, call).await, "vroom"),
                 SlotCall::PairHold { kind, owner, other, max } => match server.pair_table(kind) {
                     Some(table) => answer(table.hold_here(owner, other, max).await, "hold"),
-                    None => Err("no capped table of that kind".to_owned()),
+                    None => Err(HandlerError::Failed("no capped table of that kind".to_owned())),
                 },
                 SlotCall::PairRelease { kind, owner, other } => {
                     if let Some(table) = server.pair_table(kind) {
@@ -348,10 +345,10 @@ impl EngineHandler for Handler {
         })
     }
 
-    fn at_node(&self, _from: NodeId, body: Bytes) -> Answer {
+    fn at_node(&self, _from: NodeId, body: Bytes) -> EngineAnswer {
         let server = self.0.upgrade();
         Box::pin(async move {
-            let server = server.ok_or("the node is stopping")?;
+            let server = server.ok_or(HandlerError::Unready)?;
             let query: NodeQuery = postcard::from_bytes(&body).map_err(|e| format!("undecodable question: {e}"))?;
             match query {
                 NodeQuery::SessionsIn { slots } => answer(Ok(server.sessions_in(&slots)), "sessions"),
@@ -381,8 +378,8 @@ impl EngineHandler for Handler {
         }
     }
 
-    fn at_node_now(&self, _from: NodeId, body: Bytes) -> Result<Bytes, String> {
-        let server = self.0.upgrade().ok_or("the node is stopping")?;
+    fn at_node_now(&self, _from: NodeId, body: Bytes) -> Result<Bytes, HandlerError> {
+        let server = self.0.upgrade().ok_or(HandlerError::Unready)?;
         let call: NodeCall = postcard::from_bytes(&body).map_err(|e| format!("undecodable operation: {e}"))?;
         match call {
             NodeCall::Deliver(shipped) => {

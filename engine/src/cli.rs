@@ -44,9 +44,13 @@ enum ClusterCommand {
     /// Asks a node to leave the cluster for good: it hands its slots to the other members,
     /// then stops. Waits until it is done.
     Leave(crate::status::LeaveArgs),
-    /// Removes a member that is down for good: the others take its slots. With one copy
-    /// per slot its slots' data is lost, so that needs `--force`.
+    /// Removes members that are down for good: the others take their slots. With one copy
+    /// per slot their slots' data is lost, so that needs `--force`.
     Remove(crate::status::RemoveArgs),
+    /// Makes a stopped node the founder of a new cluster from its data dir: it keeps the
+    /// slots it owns with their data and owns every other one empty. For when most of a
+    /// cluster is gone for good; its old members are never heard again.
+    Found(crate::founding::FoundArgs),
 }
 
 /// Entry point of the `tim` binary.
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         (Command::Cluster(ClusterCommand::Slots(target)), _) => return crate::status::slots(target),
         (Command::Cluster(ClusterCommand::Leave(args)), _) => return crate::status::leave(args),
         (Command::Cluster(ClusterCommand::Remove(args)), _) => return crate::status::remove(args),
+        (Command::Cluster(ClusterCommand::Found(args)), _) => return crate::founding::found(args),
         (Command::Admin(command), _) => return tool("admin", tim_tools::admin::run(command, &admin_key)),
         (Command::Export(args), _) => return tool("export", tim_tools::dump::export(args, &admin_key)),
         (Command::Import(args), _) => return tool("import", tim_tools::dump::import(args, &admin_key)),

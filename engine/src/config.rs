@@ -244,6 +244,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TIM_GOSSIP_INTERVAL_MS", default_value_t = 500)]
     pub gossip_interval_ms: u64,
 
+    /// Milliseconds a member serves its slots after half of the members (itself counted) last
+    /// answered it: cut off from the others for longer, it refuses every request for its
+    /// slots (5102) until they answer again. `tim cluster remove` waits twice as long.
+    #[arg(long, env = "TIM_LEASE_MS", default_value_t = 4000)]
+    pub lease_ms: u64,
+
     /// Bytes per second this node sends when it hands slots to other nodes (all moves
     /// together; 0: unpaced). Clients' traffic goes first: a join never starves it.
     #[arg(long, env = "TIM_MIGRATION_RATE", default_value_t = 64 << 20)]
@@ -320,6 +326,9 @@ impl ServeConfig {
         }
         if self.gossip_interval_ms < 10 || self.gossip_interval_ms > 60_000 {
             return invalid("gossip_interval_ms", "must be between 10 and 60000");
+        }
+        if !(1000..=300_000).contains(&self.lease_ms) {
+            return invalid("lease_ms", "must be between 1000 and 300000");
         }
         if !(1..=64).contains(&self.migration_slots) {
             return invalid("migration_slots", "must be between 1 and 64");

@@ -14,6 +14,7 @@ mod config;
 mod delivery;
 mod directory;
 mod error;
+mod founding;
 mod group_chat;
 mod groups;
 mod ident;

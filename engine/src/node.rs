@@ -13,7 +13,7 @@ use anyhow::Context;
 use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_net::report::ErrorChain;
-use tim_shard::{Cluster, ClusterNode, JoinConfig, Load, Member, NodeId, Ownership, Placement, Timeouts};
+use tim_shard::{Cluster, ClusterNode, Ended, JoinConfig, Load, Member, NodeId, Ownership, Placement, Timeouts};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -73,11 +73,12 @@ impl NodeHandle {
         line
     }
 
-    /// Resolves once the node has left its cluster (`tim cluster leave`): it should stop
-    /// then. Pending forever for a node that runs alone or stays.
-    pub async fn left(&self) {
+    /// Resolves once the node stopped being a member of its cluster: it left (`tim cluster
+    /// leave`), or it must not go on (removed, or of another cluster); it should stop then.
+    /// Pending forever for a node that runs alone or stays.
+    pub async fn ended(&self) -> Ended {
         match &self.member {
-            Some(member) => member.node.left().await,
+            Some(member) => member.node.ended().await,
             None => std::future::pending().await,
         }
     }
@@ -122,12 +123,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     store_cfg.sync = cfg.sync;
     store_cfg.cache_bytes = cfg.cache_mb << 20;
     store_cfg.max_open_files = cfg.max_open_files;
-    let store = Arc::new(
-        RocksStore::open(&store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
-            .with_context(|| format!("opening the store in {}", store_cfg.path.display()))?,
-    );
+    let store = Arc::new(open_store(&store_cfg, &secret)?);
     let node_id = tim_shard::identity::load_or_create(&cfg.data_dir)
         .with_context(|| format!("reading the node id in {}", cfg.data_dir.display()))?;
+    let generation = tim_shard::identity::next_generation(&cfg.data_dir)
+        .with_context(|| format!("keeping the generation in {}", cfg.data_dir.display()))?;
     let ownership = Arc::new(Ownership::load(store.clone())?);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let client_addr = listener.local_addr()?;
@@ -142,25 +142,16 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         None => {
             // A node running alone owns every slot from its first start.
             if ownership.is_empty() {
-                ownership.bootstrap().await?;
+                ownership.bootstrap(Vec::new()).await?;
             }
             let placement = Placement::new([Member { id: node_id, weight: cfg.weight }], 1);
-            (
-                Arc::new(Cluster::new(
-                    node_id,
-                    tim_shard::identity::generation(),
-                    store.clone(),
-                    ownership,
-                    placement,
-                    None,
-                    Timeouts::default(),
-                )),
-                None,
-            )
+            let cluster =
+                Cluster::new(node_id, generation, store.clone(), ownership, placement, None, Timeouts::default())?;
+            (Arc::new(cluster), None)
         }
         Some(gossip_listen) => {
-            let (cluster, member) =
-                join(&cfg, &secret, node_id, gossip_listen, client_addr, store.clone(), ownership).await?;
+            let me = Identity { node: node_id, generation, client: client_addr };
+            let (cluster, member) = join(&cfg, &secret, me, gossip_listen, store.clone(), ownership).await?;
             (cluster, Some(member))
         }
     };
@@ -247,16 +238,29 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     Ok(NodeHandle { client_addr, admin_addr, server, store, serving, member })
 }
 
+/// Who a node is: its id, this start's generation, its client listener.
+struct Identity {
+    node: NodeId,
+    generation: u64,
+    client: SocketAddr,
+}
+
+/// Opens a node's store with its tables and sealing key.
+pub(crate) fn open_store(store_cfg: &StoreConfig, secret: &Secret) -> anyhow::Result<RocksStore> {
+    RocksStore::open(store_cfg, SealKey::new(&secret.derive("tim-rs seal")), tables::ALL)
+        .with_context(|| format!("opening the store in {}", store_cfg.path.display()))
+}
+
 /// Binds the node's gossip and link sockets and joins (or founds) the cluster.
 async fn join(
     cfg: &ServeConfig,
     secret: &Secret,
-    node: NodeId,
+    me: Identity,
     gossip_listen: SocketAddr,
-    client_addr: SocketAddr,
     store: Arc<dyn tim_kv::Store>,
     ownership: Arc<Ownership>,
 ) -> anyhow::Result<(Arc<Cluster>, Membership)> {
+    let Identity { node, generation, client: client_addr } = me;
     let gossip_socket =
         std::net::UdpSocket::bind(gossip_listen).with_context(|| format!("binding gossip to {gossip_listen}"))?;
     let gossip_addr = gossip_socket.local_addr()?;
@@ -272,9 +276,12 @@ async fn join(
             None => Ok(bound),
         }
     };
+    let interval = Duration::from_millis(cfg.gossip_interval_ms);
+    let legacy = secret.derive(&format!("tim-rs incarnation {}", cfg.cluster_id));
+    let legacy_incarnation = legacy.first_chunk::<8>().map_or(1, |b| u64::from_be_bytes(*b)).max(1);
     let join = JoinConfig {
         node,
-        generation: tim_shard::identity::generation(),
+        generation,
         cluster_id: cfg.cluster_id.clone(),
         weight: cfg.weight,
         gossip_socket,
@@ -285,34 +292,50 @@ async fn join(
         seeds: cfg.seeds.clone(),
         gossip_key: secret.derive("tim-rs gossip"),
         rpc_key: secret.derive("tim-rs rpc"),
-        gossip_interval: Duration::from_millis(cfg.gossip_interval_ms),
+        gossip_interval: interval,
         moves_at_once: cfg.migration_slots,
         migration_rate: NonZeroU64::new(cfg.migration_rate),
-        timeouts: Timeouts::default(),
+        timeouts: Timeouts { lease: Duration::from_millis(cfg.lease_ms), ..Timeouts::default() },
+        legacy_incarnation,
+        // Long enough that the members of a cluster this address belonged to gossip to it.
+        found_after: (interval * FOUND_AFTER_ROUNDS).max(FOUND_AFTER),
     };
     let (cluster_node, cluster) = ClusterNode::start(store, ownership, join).await?;
     info!(%node, rpc = %rpc_addr, gossip = %gossip_addr, seeds = ?cfg.seeds, "cluster member");
     Ok((cluster, Membership { node: cluster_node, rpc_addr, gossip_addr }))
 }
 
-/// Runs a node until SIGINT or SIGTERM, or until it has left its cluster (`tim serve`).
+/// How long a node that founds a cluster listens first, at least, and in gossip rounds.
+const FOUND_AFTER: Duration = Duration::from_secs(2);
+const FOUND_AFTER_ROUNDS: u32 = 6;
+
+/// Runs a node until SIGINT or SIGTERM, or until it has left its cluster (`tim serve`); an
+/// error when it had to stop as a member (removed, or of another cluster).
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let node = start(cfg).await?;
     // One line on stdout for scripts and tests: the bound address.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", node.ready_line())?;
     stdout.flush()?;
-    tokio::select! {
+    let ended = tokio::select! {
         _ = shutdown_signal() => {
             if node.server.cfg.drain_on_stop {
                 drain_then_stop(&node).await;
             } else {
                 info!("shutting down");
             }
+            None
         }
-        _ = node.left() => info!("left the cluster: shutting down"),
+        ended = node.ended() => {
+            info!("{ended}: shutting down");
+            Some(ended)
+        }
+    };
+    node.shutdown().await?;
+    match ended {
+        Some(ended) if ended.is_failure() => Err(anyhow::anyhow!(ended)),
+        _ => Ok(()),
     }
-    node.shutdown().await
 }
 
 /// `--drain-on-stop`: leaves the cluster, handing every slot over, before stopping; a second
@@ -325,7 +348,7 @@ async fn drain_then_stop(node: &NodeHandle) {
                 "draining before stopping: handing every slot to the other members (a second signal stops now)"
             );
             tokio::select! {
-                _ = node.left() => info!("drained: shutting down"),
+                _ = node.ended() => info!("drained: shutting down"),
                 _ = shutdown_signal() => warn!("stopping before drained: the node goes on leaving when started again"),
             }
         }

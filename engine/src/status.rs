@@ -48,12 +48,13 @@ pub struct LeaveArgs {
 
 #[derive(clap::Args)]
 pub struct RemoveArgs {
-    /// The id of the member to remove (as `tim cluster status` shows it). It must be down,
-    /// and every other member up.
-    node: tim_shard::NodeId,
+    /// The ids of the members to remove (as `tim cluster status` shows them). They must be
+    /// down, and a majority of the members (them counted) up.
+    #[arg(required = true)]
+    nodes: Vec<tim_shard::NodeId>,
     #[command(flatten)]
     target: Target,
-    /// Remove it even though the data of its slots is lost with it (one copy per slot).
+    /// Remove them even though the data of their slots is lost with them (one copy per slot).
     #[arg(long)]
     force: bool,
 }
@@ -171,14 +172,45 @@ fn short_bytes(bytes: u64) -> String {
     }
 }
 
-/// `tim cluster remove`: removes a member that is down for good; its slots go to the others.
+/// `tim cluster remove`: removes members that are down for good; their slots go to the
+/// others. Says what it cost.
 pub fn remove(args: RemoveArgs) -> ExitCode {
-    let (node, force) = (args.node, args.force);
+    let (nodes, force) = (args.nodes, args.force);
     args.target.run("remove", |addr, cluster_id, key| async move {
-        let slots = tim_shard::remove(addr, &cluster_id, key, node, force).await?;
-        println!("node {node} is removed: the other members took its {slots} slots");
+        let cost = tim_shard::remove(addr, &cluster_id, key, nodes.clone(), force).await?;
+        println!("{}", removal_report(&nodes, cost));
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// What `tim cluster remove` says it did.
+fn removal_report(nodes: &[tim_shard::NodeId], cost: tim_shard::Removed) -> String {
+    let names = nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let (node, its) = if nodes.len() == 1 { ("node", "its") } else { ("nodes", "their") };
+    let taken = cost.with_data + cost.empty;
+    let mut out = format!("{node} {names} removed: the other members took {its} {taken} slots");
+    if cost.empty > 0 {
+        out.push_str(&format!(
+            "; {} of them empty (their data was on {names} alone and is lost: accounts, friendships, groups and \
+             history stored there are gone)",
+            cost.empty
+        ));
+    }
+    if cost.with_data > 0 {
+        out.push_str(&format!(
+            "; {} of them with the data of a hand-over to {names} that never finished (what {names} took after it \
+             is lost)",
+            cost.with_data
+        ));
+    }
+    if cost.waiting > 0 {
+        out.push_str(&format!(
+            "\n{} slots may be on a member that is down and was not removed: they are not served until it is back, \
+             or removed too (then run this again to take them)",
+            cost.waiting
+        ));
+    }
+    out
 }
 
 fn table(members: &[MemberInfo]) -> String {

@@ -10,8 +10,8 @@ pub async fn standalone() -> Arc<Cluster> {
     let store =
         Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap());
     let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
-    ownership.bootstrap().await.unwrap();
+    ownership.bootstrap(Vec::new()).await.unwrap();
     let node = NodeId(1);
     let placement = Placement::new([Member { id: node, weight: 1 }], 1);
-    Arc::new(Cluster::new(node, 1, store, ownership, placement, None, Timeouts::default()))
+    Arc::new(Cluster::new(node, 1, store, ownership, placement, None, Timeouts::default()).unwrap())
 }

@@ -2,7 +2,8 @@
 //!
 //! - `rows`: `slot(2) ‖ table(4) ‖ row id(8)` → row record
 //! - `idx`:  `slot(2) ‖ table(4) ‖ column(2) ‖ esc(value) ‖ row id(8)` → empty
-//! - `meta`: `slot(2) ‖ table(4)` → last issued sequence of that slot (u64); and
+//! - `meta`: `slot(2) ‖ table(4)` → last issued sequence of that slot (u64); `slot(2) ‖ "era"`
+//!   → the slot's id era (u64); and
 //!   `GLOBAL ‖ "t" ‖ name` → table schema record; `GLOBAL ‖ "l" ‖ name` → node-local record
 //!
 //! Index values are escaped so that no value is a prefix of another's key: 0x00 becomes
@@ -82,6 +83,12 @@ pub(crate) fn index_key_id(key: &[u8]) -> Option<RowId> {
 
 pub(crate) fn counter_key(slot: Slot, table: TableId) -> [u8; 6] {
     table_prefix(slot, table)
+}
+
+/// The slot's id era: shorter than every counter key, so never one.
+pub(crate) fn era_key(slot: Slot) -> [u8; 5] {
+    let s = slot.0.to_be_bytes();
+    [s[0], s[1], b'e', b'r', b'a']
 }
 
 /// Every key of a slot starts with this.

@@ -484,7 +484,7 @@ impl Inner {
     /// The last sequence that may have been issued for `(slot, table)`: the stored counter (the
     /// end of the last reserved block, written in the same atomic batch as the insert that took
     /// it); the newest row is consulted too, so ids are never reissued even if the counter key
-    /// were lost.
+    /// were lost; and the slot's era, below which no sequence is issued.
     pub(crate) fn load_counter(&self, table: TableId, slot: Slot) -> Result<u64, StoreError> {
         let stored = self
             .db
@@ -492,6 +492,12 @@ impl Inner {
             .map_err(rocks)?
             .and_then(|raw| raw.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
+        let era = self
+            .db
+            .get_cf(self.cf(CF_META)?, keys::era_key(slot))
+            .map_err(rocks)?
+            .and_then(|raw| raw.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .map_or(0, |era| era.min(RowId::MAX_ERA) << 33);
         let prefix = keys::table_prefix(slot, table);
         let mut newest = 0;
         if let Some(end) = keys::prefix_end(&prefix) {
@@ -503,7 +509,7 @@ impl Inner {
                 }
             }
         }
-        Ok(stored.max(newest))
+        Ok(stored.max(newest).max(era))
     }
 }
 
@@ -645,6 +651,17 @@ impl Store for RocksStore {
 
     fn write_raw(&self, write: RawWrite) -> WriteFuture {
         self.submit(Work::Raw(write))
+    }
+
+    fn holds(&self, slot: Slot) -> Result<bool, StoreError> {
+        let prefix = keys::slot_prefix(slot);
+        let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
+        for region in Region::ALL {
+            if self.inner.may_hold(region, &prefix, &end)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn defer(&self, batch: Batch) -> Result<(), Batch> {

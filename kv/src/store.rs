@@ -15,25 +15,38 @@ pub struct Slot(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TableId(pub u32);
 
-/// A row id: `slot << 33 | sequence`. Unique per table across the whole store, increasing
-/// within a slot, and below 2^53 (JavaScript clients keep it exact).
+/// A row id: `era << 45 | slot << 33 | sequence`. Unique per table across the whole store,
+/// increasing within a slot, and below 2^53 (JavaScript clients keep it exact).
+///
+/// The era of a slot grows when its data had to start over on another node (the slot was
+/// adopted after its owner was removed): the ids issued from then on are above every id the
+/// slot issued before, on any node, although the counter that issued those is gone
+/// ([`era_entry`]). Within a slot, ids order by era, then sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RowId(pub u64);
 
 const SEQ_BITS: u32 = 33;
+const SLOT_MASK: u64 = 0xFFF;
+const ERA_SHIFT: u32 = 45;
 
 impl RowId {
-    /// Largest sequence number a slot can issue per table.
+    /// Largest sequence number a slot can issue per table and era.
     pub const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
+    /// Largest era: ids stay below 2^53.
+    pub const MAX_ERA: u64 = (1 << (53 - ERA_SHIFT)) - 1;
 
+    /// The id of sequence `seq` of `slot`, where `seq` is `era << 33 | sequence` (what
+    /// [`RowId::seq`] returns).
     pub fn new(slot: Slot, seq: u64) -> Self {
-        Self((u64::from(slot.0) << SEQ_BITS) | (seq & Self::MAX_SEQ))
+        let era = (seq >> SEQ_BITS) & Self::MAX_ERA;
+        Self((era << ERA_SHIFT) | ((u64::from(slot.0) & SLOT_MASK) << SEQ_BITS) | (seq & Self::MAX_SEQ))
     }
     pub fn slot(self) -> Slot {
-        Slot((self.0 >> SEQ_BITS) as u16)
+        Slot(((self.0 >> SEQ_BITS) & SLOT_MASK) as u16)
     }
+    /// The era and the sequence within it, as one number that orders the slot's ids.
     pub fn seq(self) -> u64 {
-        self.0 & Self::MAX_SEQ
+        (((self.0 >> ERA_SHIFT) & Self::MAX_ERA) << SEQ_BITS) | (self.0 & Self::MAX_SEQ)
     }
     pub fn to_be_bytes(self) -> [u8; 8] {
         self.0.to_be_bytes()
@@ -489,4 +502,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A node-local record written by [`Store::write_raw`].
     fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Whether the store holds any key of `slot`.
+    fn holds(&self, slot: Slot) -> Result<bool, StoreError>;
+}
+
+/// The entry that starts era `era` in `slot`, for a [`RawWrite`]: the ids the slot issues
+/// from then on, in every table, are above every id of earlier eras (`era << 33` is the
+/// least sequence [`RowId::seq`] gives them).
+pub fn era_entry(slot: Slot, era: u64) -> RawEntry {
+    RawEntry { region: Region::Meta, key: crate::keys::era_key(slot).to_vec(), value: era.to_be_bytes().to_vec() }
 }

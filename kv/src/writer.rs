@@ -489,13 +489,14 @@ impl Writer<'_> {
     ) -> Result<RowId, StoreError> {
         let counter = self.counter(table, slot)?;
         let seq = counter.last + 1;
-        if seq > RowId::MAX_SEQ {
+        // An era's sequences end where the next era's begin: that one belongs to an adoption.
+        if seq & RowId::MAX_SEQ == 0 || seq >> 33 > RowId::MAX_ERA {
             let name = self.inner.def(table)?.name;
             return Err(StoreError::SequenceExhausted { table: name, slot: slot.0 });
         }
         let mut next = Counter { last: seq, reserved: counter.reserved };
         if seq > counter.reserved {
-            next.reserved = (seq + ID_BLOCK - 1).min(RowId::MAX_SEQ);
+            next.reserved = (seq + ID_BLOCK - 1).min(seq | RowId::MAX_SEQ);
             let value = next.reserved.to_be_bytes().to_vec();
             staged.push(Staged::Put(Cf::Meta, keys::counter_key(slot, table).to_vec(), value));
         }

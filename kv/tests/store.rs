@@ -555,6 +555,55 @@ async fn a_slot_moves_between_stores_in_chunks() {
     assert_eq!(b.write_raw(raw).await, Err(StoreError::ShortIndexKey { slot: 3 }));
 }
 
+/// A slot that starts over empty in a new era (adopted after its owner was lost) issues ids
+/// above every id of the earlier eras, in every table, and keeps them below 2^53; its era
+/// moves with it; `holds` tells a slot with keys from one without.
+#[tokio::test]
+async fn a_new_era_issues_ids_above_every_earlier_one() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let (t, u) = (a.table("timmessage").unwrap(), a.table("timuser").unwrap());
+    let slot = Slot(4095);
+    assert!(!a.holds(slot).unwrap());
+    let mut before = Vec::new();
+    for i in 0..3000 {
+        let mut batch = Batch::new(slot);
+        batch.insert(t, msg(b"chat", &format!("m{i}")));
+        before.push(a.write(batch).await.unwrap()[0]);
+    }
+    assert!(a.holds(slot).unwrap() && !a.holds(Slot(4094)).unwrap());
+    // The slot starts over on B: empty, in era 1.
+    let era = tim_kv::era_entry(slot, 1);
+    b.write_raw(RawWrite { slot, clear: true, entries: vec![era], removed: vec![], local: vec![] }).await.unwrap();
+    let mut batch = Batch::new(slot);
+    batch.insert(t, msg(b"chat", "after")).insert(u, Row::new(2));
+    let after = b.write(batch).await.unwrap();
+    assert!(after[0] > *before.iter().max().unwrap(), "{:?} after {:?}", after[0], before.last());
+    assert!(after.iter().all(|id| id.slot() == slot && id.0 < 1 << 53 && id.seq() >> 33 == 1));
+    // The era travels with the slot's data.
+    let mut parts = Vec::new();
+    b.export_slot(slot, 1 << 20, &mut |entries| {
+        parts.push(entries);
+        true
+    })
+    .unwrap();
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = open(c_dir.path());
+    for entries in parts {
+        c.write_raw(RawWrite { slot, clear: true, entries, removed: vec![], local: vec![] }).await.unwrap();
+    }
+    let mut batch = Batch::new(slot);
+    batch.insert(u, Row::new(2));
+    assert!(c.write(batch).await.unwrap()[0] > after[1]);
+    // The last era's ids stay below 2^53.
+    let last = tim_kv::era_entry(slot, RowId::MAX_ERA);
+    c.write_raw(RawWrite { slot, clear: true, entries: vec![last], removed: vec![], local: vec![] }).await.unwrap();
+    let mut batch = Batch::new(slot);
+    batch.insert(t, msg(b"chat", "last era"));
+    let id = c.write(batch).await.unwrap()[0];
+    assert!(id.0 < 1 << 53 && id.slot() == slot, "{id:?}");
+}
+
 /// A clear writes a range deletion only where the slot holds keys; it finds a live key behind
 /// more deleted ones than its look skips (it clears when in doubt).
 #[tokio::test]

@@ -27,7 +27,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use handshake::{Transcript, NONCE};
+use handshake::{Challenge, Hello, Transcript, NONCE};
+
+/// The refusal of a peer of another cluster incarnation.
+fn other_cluster(peer: u64, transcript: &Transcript) -> RpcError {
+    let (ours, theirs) = if peer == transcript.server {
+        (transcript.client_incarnation, transcript.server_incarnation)
+    } else {
+        (transcript.server_incarnation, transcript.client_incarnation)
+    };
+    RpcError::Handshake(format!(
+        "node {peer:016x} belongs to cluster incarnation {theirs:016x}, this node to {ours:016x} (a node that founded \
+         its own cluster, or whose data dir belongs to another cluster): never linked"
+    ))
+}
+
+/// Connects to `addr`, from `bind` when given.
+async fn dial(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -71,6 +94,12 @@ pub struct RpcConfig {
     pub max_inflight: usize,
     /// Frames queued to a peer before callers wait.
     pub queue: usize,
+    /// The cluster incarnation this node belongs to, proved in the handshake; 0 while not
+    /// known (a joining node, an operator's tool).
+    pub incarnation: Arc<AtomicU64>,
+    /// The local address links to peers leave from (the node's own link address, so that a
+    /// peer, and a firewall, sees where a link comes from); `None`: the system's choice.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl RpcConfig {
@@ -83,7 +112,13 @@ impl RpcConfig {
             connect_timeout: Duration::from_secs(3),
             max_inflight: 1024,
             queue: 4096,
+            incarnation: Arc::default(),
+            bind: None,
         }
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     fn codec(&self) -> LengthDelimitedCodec {
@@ -230,7 +265,7 @@ impl RpcClient {
 
     async fn connect(&self, addr: SocketAddr, node: Option<u64>) -> Result<Arc<Link>, RpcError> {
         let connect_error = |reason: String| RpcError::Connect { addr, reason };
-        let tcp = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(self.cfg.connect_timeout, dial(addr, self.cfg.bind))
             .await
             .map_err(|_| connect_error("timed out".into()))?
             .map_err(|e| connect_error(e.to_string()))?;
@@ -258,23 +293,35 @@ impl RpcClient {
     ) -> Result<u64, RpcError> {
         let client_nonce: [u8; NONCE] = rand::random();
         let io = |e: std::io::Error| RpcError::Handshake(e.to_string());
-        framed.send(handshake::hello(self.cfg.node, &client_nonce, &self.cfg.cluster_id)).await.map_err(io)?;
+        let hello = Hello {
+            node: self.cfg.node,
+            incarnation: self.cfg.incarnation(),
+            nonce: client_nonce,
+            cluster_id: self.cfg.cluster_id.clone(),
+        };
+        framed.send(handshake::hello(&hello)).await.map_err(io)?;
         let raw = framed.next().await.ok_or_else(|| RpcError::Handshake("refused by the peer".into()))?.map_err(io)?;
-        let (server, server_nonce, proof) = handshake::parse_challenge(&raw)?;
+        let challenge = handshake::parse_challenge(&raw)?;
+        let server = challenge.node;
         if expect.is_some_and(|n| n != server) {
             return Err(RpcError::Handshake(format!("the peer is node {server:016x}, not the one expected")));
         }
         let transcript = Transcript {
-            cluster_id: self.cfg.cluster_id.clone(),
+            cluster_id: hello.cluster_id,
             client: self.cfg.node,
             server,
+            client_incarnation: hello.incarnation,
+            server_incarnation: challenge.incarnation,
             client_nonce,
-            server_nonce,
+            server_nonce: challenge.nonce,
         };
-        if !transcript.verify(&self.cfg.key, true, &proof) {
+        if !transcript.verify(&self.cfg.key, true, &challenge.proof) {
             return Err(RpcError::Handshake(
                 "the peer's proof is wrong (another deployment secret or cluster id?)".into(),
             ));
+        }
+        if transcript.other_clusters() {
+            return Err(other_cluster(server, &transcript));
         }
         framed.send(Bytes::copy_from_slice(&transcript.client_proof(&self.cfg.key))).await.map_err(io)?;
         match framed.next().await {
@@ -352,7 +399,7 @@ pub async fn serve(
                     debug!(%peer, node = format_args!("{node:016x}"), "node link accepted");
                     serve_link(framed, node, &cfg, handler, stop, calls).await;
                 }
-                Ok(Err(e)) => info!(%peer, error = %e, "node link refused"),
+                Ok(Err(e)) => warn!(%peer, error = %e, "node link refused"),
                 Err(_) => info!(%peer, "node link refused: handshake timed out"),
             }
         });
@@ -365,18 +412,37 @@ async fn server_handshake(
 ) -> Result<u64, RpcError> {
     let io = |e: std::io::Error| RpcError::Handshake(e.to_string());
     let raw = framed.next().await.ok_or_else(|| RpcError::Handshake("closed before hello".into()))?.map_err(io)?;
-    let (client, client_nonce, cluster_id) = handshake::parse_hello(&raw)?;
-    if cluster_id != cfg.cluster_id {
-        return Err(RpcError::Handshake(format!("cluster id `{cluster_id}`, this node is in `{}`", cfg.cluster_id)));
+    let hello = handshake::parse_hello(&raw)?;
+    if hello.cluster_id != cfg.cluster_id {
+        let theirs = hello.cluster_id;
+        return Err(RpcError::Handshake(format!("cluster id `{theirs}`, this node is in `{}`", cfg.cluster_id)));
     }
+    let client = hello.node;
     let server_nonce: [u8; NONCE] = rand::random();
-    let transcript = Transcript { cluster_id, client, server: cfg.node, client_nonce, server_nonce };
-    framed.send(handshake::challenge(cfg.node, &server_nonce, &transcript.server_proof(&cfg.key))).await.map_err(io)?;
+    let transcript = Transcript {
+        cluster_id: hello.cluster_id,
+        client,
+        server: cfg.node,
+        client_incarnation: hello.incarnation,
+        server_incarnation: cfg.incarnation(),
+        client_nonce: hello.nonce,
+        server_nonce,
+    };
+    let challenge = Challenge {
+        node: cfg.node,
+        incarnation: transcript.server_incarnation,
+        nonce: server_nonce,
+        proof: transcript.server_proof(&cfg.key),
+    };
+    framed.send(handshake::challenge(&challenge)).await.map_err(io)?;
     let proof = framed.next().await.ok_or_else(|| RpcError::Handshake("closed before proof".into()))?.map_err(io)?;
     if !transcript.verify(&cfg.key, false, &proof) {
         return Err(RpcError::Handshake(format!(
             "node {client:016x} failed to prove the deployment secret (another secret, or a forged or replayed handshake)"
         )));
+    }
+    if transcript.other_clusters() {
+        return Err(other_cluster(client, &transcript));
     }
     framed.send(Bytes::new()).await.map_err(io)?;
     Ok(client)

@@ -22,9 +22,13 @@ use tim_net::rpc::{Handler, RpcClient, RpcError};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::incarnation::Incarnation;
+use crate::lease::Leases;
+use crate::members::MemberSet;
 use crate::membership::{MemberState, Membership};
 use crate::ownership::{Ownership, Part, Refusal, SlotState};
 use crate::placement::{NodeId, Placement};
+use crate::routes::Routes;
 use crate::wire::{self, DataOp, Reply, Request};
 
 /// Why a call to a slot's owner failed.
@@ -64,14 +68,32 @@ impl RouteError {
     }
 }
 
+/// Why the engine did not answer a call from another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// The engine is starting or stopping: the caller tries again (clients get 5102).
+    Unready,
+    /// The operation failed (the engine logged why).
+    Failed(String),
+}
+
+impl From<String> for HandlerError {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+/// What the engine answers a call from another node with.
+pub type EngineAnswer = Pin<Box<dyn Future<Output = Result<Bytes, HandlerError>> + Send>>;
+
 /// The engine's side of calls from other nodes: an operation at a slot this node owns (run
 /// under the slot's guard), or at this node.
 pub trait EngineHandler: Send + Sync + 'static {
-    fn at_slot(&self, slot: Slot, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
-    fn at_node(&self, from: NodeId, body: Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+    fn at_slot(&self, slot: Slot, body: Bytes) -> EngineAnswer;
+    fn at_node(&self, from: NodeId, body: Bytes) -> EngineAnswer;
     /// An operation at this node that must run in the order the caller sent it (deliveries
     /// to sessions): at once, without waiting for anything.
-    fn at_node_now(&self, from: NodeId, body: Bytes) -> Result<Bytes, String>;
+    fn at_node_now(&self, from: NodeId, body: Bytes) -> Result<Bytes, HandlerError>;
     /// The in-memory state of a slot this node hands over (the session directory of its
     /// users), taken with the slot fenced: it travels with the last part of the copy.
     fn slot_state(&self, slot: Slot) -> Bytes;
@@ -91,13 +113,15 @@ pub struct Seen {
 pub struct Timeouts {
     /// One call to another node.
     pub call: Duration,
-    /// A slot being handed over, before the call fails as unavailable.
+    /// A slot being handed over (or a node starting), before the call fails as unavailable.
     pub moving: Duration,
+    /// A node's lease ([`crate::lease`]).
+    pub lease: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { call: Duration::from_secs(5), moving: Duration::from_secs(5) }
+        Self { call: Duration::from_secs(5), moving: Duration::from_secs(5), lease: Duration::from_secs(4) }
     }
 }
 
@@ -115,8 +139,13 @@ pub struct Cluster {
     store: Arc<dyn Store>,
     ownership: Arc<Ownership>,
     placement: RwLock<Arc<Placement>>,
-    /// Known owners of slots not owned here.
-    routes: Mutex<HashMap<Slot, (NodeId, u64)>>,
+    /// Where the slots are.
+    routes: Routes,
+    /// The member set, as the node's loop keeps it.
+    members: RwLock<MemberSet>,
+    leases: Leases,
+    /// The cluster incarnation of a member (none for a node that runs alone).
+    incarnation: OnceLock<Arc<Incarnation>>,
     /// The link addresses of the other members.
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     /// Every member's generation and liveness, as gossip shows them.
@@ -174,13 +203,16 @@ impl Cluster {
         placement: Placement,
         rpc: Option<RpcClient>,
         timeouts: Timeouts,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
             node,
+            routes: Routes::load(&*store)?,
+            members: RwLock::new(MemberSet::default()),
+            leases: Leases::new(timeouts.lease),
+            incarnation: OnceLock::new(),
             store,
             ownership,
             placement: RwLock::new(Arc::new(placement)),
-            routes: Mutex::new(HashMap::new()),
             peers: RwLock::new(HashMap::new()),
             seen: RwLock::new(HashMap::new()),
             generation,
@@ -193,6 +225,34 @@ impl Cluster {
             timeouts,
             exports: Default::default(),
             calls: Default::default(),
+        })
+    }
+
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub(crate) fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    pub(crate) fn set_incarnation(&self, incarnation: Arc<Incarnation>) {
+        let _ = self.incarnation.set(incarnation);
+    }
+
+    /// Sets the member set, as the node's loop keeps it.
+    pub(crate) fn set_members(&self, members: MemberSet) {
+        *write(&self.members) = members;
+    }
+
+    /// Whether this node may take a slot: a member must know (and keep) its cluster's
+    /// incarnation first.
+    fn may_take_slots(&self) -> Result<(), String> {
+        match self.incarnation.get() {
+            Some(incarnation) if !incarnation.is_saved() => {
+                Err("this node does not know its cluster incarnation yet: try again".into())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -229,11 +289,6 @@ impl Cluster {
 
     pub(crate) fn is_retired(&self, node: NodeId) -> bool {
         self.retired.borrow().contains(&node)
-    }
-
-    /// The slots this node's routes say `node` owns, with their epochs.
-    pub(crate) fn routes_to(&self, node: NodeId) -> Vec<(u16, u64)> {
-        lock(&self.routes).iter().filter(|(_, (n, _))| *n == node).map(|(slot, (_, epoch))| (slot.0, *epoch)).collect()
     }
 
     pub fn node(&self) -> NodeId {
@@ -329,7 +384,7 @@ impl Cluster {
     /// A slot fenced here is asked here (it answers *moving* until the hand-over ends); a
     /// slot given away goes where it was given, unless a newer route is known.
     pub fn owner_of(&self, slot: Slot) -> Option<NodeId> {
-        let route = || lock(&self.routes).get(&slot).copied();
+        let route = || self.routes.get(slot);
         match self.ownership.state(slot) {
             Some(SlotState::Owned { .. } | SlotState::Fenced { .. }) => Some(self.node),
             Some(SlotState::Given { to, epoch }) => match route().filter(|(_, known)| *known > epoch) {
@@ -416,7 +471,12 @@ impl Cluster {
     pub async fn write_here(&self, batches: Vec<Batch>) -> Result<Result<Vec<RowId>, RouteError>, Vec<Batch>> {
         let slots: Vec<Slot> = batches.iter().map(Batch::slot).collect();
         match self.ownership.hold(&slots).await {
-            Ok(held) => Ok(held.run(self.store.write_all(batches)).await.map_err(RouteError::Store)),
+            Ok(held) => Ok(match held.run(self.store.write_all(batches)).await {
+                Ok(written) => written.map_err(RouteError::Store),
+                Err(refusal) => {
+                    Err(RouteError::Unavailable { slot: refusal_slot(refusal), reason: refusal.to_string() })
+                }
+            }),
             Err(_) => Err(batches),
         }
     }
@@ -460,12 +520,11 @@ impl Cluster {
     /// to it ([`EngineHandler::at_node_now`]).
     pub async fn call_node_in_order(&self, node: NodeId, body: Bytes) -> Result<Bytes, RouteError> {
         if node == self.node {
-            let Some(engine) = self.engine.get() else { return Err(failed(node, not_ready())) };
-            return engine.at_node_now(node, body).map_err(|reason| RouteError::Remote {
-                node,
-                reason,
-                duplicate: false,
-            });
+            let Some(engine) = self.engine.get() else { return Err(failed(node, not_ready(0))) };
+            return match engine_reply(engine.at_node_now(node, body), 0) {
+                Reply::Engine(body) => Ok(body),
+                other => Err(failed(node, other)),
+            };
         }
         let (Some(rpc), Some(addr)) = (&self.rpc, self.peer_addr(node)) else {
             return Err(unknown_peer(node));
@@ -496,7 +555,8 @@ impl Cluster {
     }
 
     /// Learns every live member's owned slots from the member itself; the members whose
-    /// lists it got.
+    /// lists it got. A slot this node holds at a lower epoch than a member owns it at is
+    /// superseded here ([`Cluster::learn_owner`]).
     ///
     /// At most once per [`REFRESH_EVERY`]: callers that find a node down all at once ask once.
     pub async fn refresh_routes(&self) -> Vec<NodeId> {
@@ -513,9 +573,8 @@ impl Cluster {
         for node in peers.into_iter().filter(|n| seen.get(n).is_none_or(|s| s.live)) {
             match self.send(node, &Request::Owned).await {
                 Ok(Reply::Owned(slots)) => {
-                    let mut routes = lock(&self.routes);
                     for (slot, epoch) in slots {
-                        learn_route(&mut routes, Slot(slot), node, epoch);
+                        self.learn_owner(Slot(slot), node, epoch).await;
                     }
                     fetched.push(node);
                 }
@@ -524,6 +583,64 @@ impl Cluster {
             }
         }
         fetched
+    }
+
+    /// Learns that `node` owns (or owned) `slot` at `epoch`. A slot this node owns (or hands
+    /// over) at a lower epoch was taken without it (an adoption, or this node restarted from
+    /// an old copy of its data dir): it stops serving it before it answers another request
+    /// for it.
+    pub(crate) async fn learn_owner(&self, slot: Slot, node: NodeId, epoch: u64) {
+        if node == self.node {
+            return;
+        }
+        self.routes.learn(slot, node, epoch);
+        let lower = match self.ownership.state(slot) {
+            Some(SlotState::Owned { epoch: held } | SlotState::Fenced { epoch: held, .. }) => held < epoch,
+            _ => false,
+        };
+        if !lower {
+            return;
+        }
+        match self.ownership.supersede(slot, node, epoch).await {
+            Ok(true) => tracing::warn!(
+                slot = slot.0,
+                owner = %node,
+                epoch,
+                "slot superseded: another member owns it at a higher epoch (an adoption, or this node's data is an \
+                 old copy); this node no longer serves it"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(slot = slot.0, error = %tim_net::report::ErrorChain(&e), "a superseded slot was not given up")
+            }
+        }
+    }
+
+    /// Learns the owned slots and the newest owners `peer` knows, superseding what must be;
+    /// whether `peer` answered within `timeout`.
+    pub(crate) async fn learn_epochs(&self, peer: NodeId, timeout: Duration) -> bool {
+        match self.send_within(peer, &Request::Epochs, timeout).await {
+            Ok(Reply::Epochs { owned, newest }) => {
+                let owned = owned.into_iter().map(|(slot, epoch)| (slot, peer, epoch));
+                for (slot, node, epoch) in owned.chain(newest) {
+                    self.learn_owner(Slot(slot), node, epoch).await;
+                }
+                true
+            }
+            Ok(other) => {
+                debug!(%peer, reply = ?other, "unexpected answer to an epochs request");
+                false
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "epochs not fetched");
+                false
+            }
+        }
+    }
+
+    /// Pings `peer` for this node's lease; whether it answered.
+    pub(crate) async fn ping(&self, peer: NodeId, timeout: Duration) -> bool {
+        matches!(self.send_within(peer, &Request::Ping, timeout).await, Ok(Reply::Pong))
     }
 
     /// Runs `request` on the owner of `slot`, following refusals.
@@ -543,7 +660,7 @@ impl Cluster {
                     // restarted and this one does not know where its slots went): ask the
                     // members what they own.
                     Err(RouteError::Unreachable { source, .. }) if source.not_sent() && !refreshed => {
-                        lock(&self.routes).remove(&slot);
+                        self.routes.forget(slot);
                         refreshed = true;
                         self.refresh_routes().await;
                         continue;
@@ -555,20 +672,23 @@ impl Cluster {
             match reply {
                 Reply::Refused(Refusal::NotOwner { moved_to: Some((node, epoch)), .. }) if hops < MAX_HOPS => {
                     hops += 1;
-                    learn_route(&mut lock(&self.routes), slot, node, epoch);
+                    self.learn_owner(slot, node, epoch).await;
                 }
                 Reply::Refused(Refusal::NotOwner { moved_to: None, .. }) if !refreshed => {
                     // The guess was wrong (a new member that does not hold the slot yet):
                     // ask the members what they own.
                     refreshed = true;
-                    lock(&self.routes).remove(&slot);
+                    self.routes.forget(slot);
                     self.refresh_routes().await;
                 }
                 // Asked again after the members said what they own: nobody owns the slot
-                // now, so it is on its way (fenced on its sender, not yet owned by the next).
-                Reply::Refused(refusal @ (Refusal::Moving { .. } | Refusal::NotOwner { moved_to: None, .. }))
-                    if started.elapsed() < self.timeouts.moving =>
-                {
+                // now, so it is on its way (fenced on its sender, not yet owned by the next);
+                // or its owner is starting, or waits for its lease.
+                Reply::Refused(
+                    refusal @ (Refusal::Moving { .. }
+                    | Refusal::Unready { .. }
+                    | Refusal::NotOwner { moved_to: None, .. }),
+                ) if started.elapsed() < self.timeouts.moving => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                     if matches!(refusal, Refusal::NotOwner { .. }) {
@@ -589,6 +709,16 @@ impl Cluster {
 
     /// Sends a request to another node.
     pub(crate) async fn send(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
+        self.send_within(node, request, self.timeouts.call).await
+    }
+
+    /// Sends a request to another node, answered within `timeout`.
+    pub(crate) async fn send_within(
+        &self,
+        node: NodeId,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, RouteError> {
         let Some(rpc) = &self.rpc else {
             return Err(RouteError::Unavailable { slot: 0, reason: "this node runs alone".into() });
         };
@@ -597,7 +727,7 @@ impl Cluster {
         };
         let body = wire::encode(request).map_err(RouteError::Wire)?;
         let started = Instant::now();
-        let raw = rpc.call(addr, Some(node.0), body, self.timeouts.call).await;
+        let raw = rpc.call(addr, Some(node.0), body, timeout).await;
         self.calls.observe(started.elapsed());
         let raw = raw.map_err(|source| RouteError::Unreachable { node, source })?;
         wire::decode(&raw).map_err(RouteError::Wire)
@@ -645,19 +775,19 @@ impl Cluster {
                 served.unwrap_or_else(Reply::Refused)
             }
             Request::AtSlot { slot, body } => {
-                let Some(engine) = self.engine.get() else { return not_ready() };
+                let Some(engine) = self.engine.get() else { return not_ready(slot) };
                 match self.ownership.serve(Slot(slot), engine.at_slot(Slot(slot), body)).await {
-                    Ok(Ok(body)) => Reply::Engine(body),
-                    Ok(Err(reason)) => Reply::Failed { reason, duplicate: false },
+                    Ok(answer) => engine_reply(answer, slot),
                     Err(refusal) => Reply::Refused(refusal),
                 }
             }
             Request::AtNode { body } => {
-                let Some(engine) = self.engine.get() else { return not_ready() };
-                match engine.at_node(from, body).await {
-                    Ok(body) => Reply::Engine(body),
-                    Err(reason) => Reply::Failed { reason, duplicate: false },
-                }
+                let Some(engine) = self.engine.get() else { return not_ready(0) };
+                engine_reply(engine.at_node(from, body).await, 0)
+            }
+            Request::Import { .. } | Request::Adopt { .. } if self.may_take_slots().is_err() => {
+                let reason = self.may_take_slots().err().unwrap_or_default();
+                Reply::Failed { reason, duplicate: false }
             }
             Request::Import { slot, part, state } => {
                 let last = part.last;
@@ -669,7 +799,7 @@ impl Cluster {
                 match self.ownership.receive(Slot(slot), part, adopt).await {
                     Ok(imported) => {
                         if imported && last {
-                            lock(&self.routes).remove(&Slot(slot));
+                            self.routes.forget(Slot(slot));
                         }
                         Reply::Imported(imported)
                     }
@@ -685,11 +815,27 @@ impl Cluster {
                 Some(members) => Reply::Status(members),
                 None => Reply::Failed { reason: "this node runs alone".into(), duplicate: false },
             },
-            Request::Holdings { removed } => Reply::Holdings(self.holdings(removed)),
-            Request::Remove { node, force } => match self.remove(node, force).await {
-                Ok(slots) => Reply::Removed { slots },
+            Request::Holdings => Reply::Holdings(self.holdings()),
+            Request::Remove { nodes, force } => match self.remove(nodes, force).await {
+                Ok(cost) => Reply::Removed(cost),
                 Err(reason) => Reply::Failed { reason, duplicate: false },
             },
+            Request::Ping if self.is_retired(from) => {
+                Reply::Failed { reason: format!("node {from} was removed from the cluster"), duplicate: false }
+            }
+            Request::Ping => {
+                self.leases.answer(from);
+                Reply::Pong
+            }
+            Request::Silence { node } => Reply::Silence { ms: self.leases.silence(node).as_millis() as u64 },
+            Request::Epochs => Reply::Epochs {
+                owned: self.ownership.owned().into_iter().map(|(s, e)| (s.0, e)).collect(),
+                newest: self.routes.newest(),
+            },
+            Request::Members => {
+                let members = read(&self.members);
+                Reply::Members { members: members.members.clone(), retired: members.retired.iter().copied().collect() }
+            }
             Request::Adopt { slot, epoch, from: removed } => self.adopt(Slot(slot), epoch, removed).await,
             Request::Leave => match self.ask_to_leave().await {
                 Ok(slots) => Reply::Leaving { node: self.node, slots },
@@ -705,7 +851,7 @@ impl Cluster {
         }
         match self.ownership.adopt(slot, epoch, removed).await {
             Ok(()) => {
-                lock(&self.routes).remove(&slot);
+                self.routes.forget(slot);
                 Reply::Adopted
             }
             Err(e) => Reply::Failed { reason: tim_net::report::ErrorChain(&e).to_string(), duplicate: false },
@@ -738,24 +884,30 @@ fn unknown_peer(node: NodeId) -> RouteError {
 /// The reply of an engine operation at this node.
 fn now_reply(cluster: &Cluster, from: NodeId, body: Bytes) -> Reply {
     match cluster.engine.get() {
-        Some(engine) => match engine.at_node_now(from, body) {
-            Ok(body) => Reply::Engine(body),
-            Err(reason) => Reply::Failed { reason, duplicate: false },
-        },
-        None => not_ready(),
+        Some(engine) => engine_reply(engine.at_node_now(from, body), 0),
+        None => not_ready(0),
     }
 }
 
-fn not_ready() -> Reply {
-    Reply::Failed { reason: "the engine is not ready".into(), duplicate: false }
+/// The reply of an engine's answer about `slot` (0: about the node).
+fn engine_reply(answer: Result<Bytes, HandlerError>, slot: u16) -> Reply {
+    match answer {
+        Ok(body) => Reply::Engine(body),
+        Err(HandlerError::Unready) => not_ready(slot),
+        Err(HandlerError::Failed(reason)) => Reply::Failed { reason, duplicate: false },
+    }
 }
 
-/// Routes `slot` to `node`, which owns it at `epoch`, unless a newer owner is known.
-fn learn_route(routes: &mut HashMap<Slot, (NodeId, u64)>, slot: Slot, node: NodeId, epoch: u64) {
-    let known = routes.entry(slot).or_insert((node, epoch));
-    if epoch >= known.1 {
-        *known = (node, epoch);
+/// The slot a refusal names.
+fn refusal_slot(refusal: Refusal) -> u16 {
+    match refusal {
+        Refusal::NotOwner { slot, .. } | Refusal::Moving { slot } | Refusal::Unready { slot } => slot,
     }
+}
+
+/// The engine is starting or stopping: retryable.
+fn not_ready(slot: u16) -> Reply {
+    Reply::Refused(Refusal::Unready { slot })
 }
 
 /// The error of an answer that is not the one the call expects.

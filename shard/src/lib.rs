@@ -3,26 +3,36 @@
 
 mod cluster;
 mod export;
+mod founding;
 mod gossip;
 mod handover;
 pub mod identity;
+mod incarnation;
+mod lease;
+mod members;
 mod membership;
 mod node;
 mod operator;
 mod ownership;
 mod placement;
 mod removal;
+mod routes;
 mod slot_set;
 mod wire;
 
 use tim_kv::Slot;
 
-pub use cluster::{Calls, Cluster, ClusterFigures, EngineHandler, RouteError, Seen, Timeouts};
+pub use cluster::{
+    Calls, Cluster, ClusterFigures, EngineAnswer, EngineHandler, HandlerError, RouteError, Seen, Timeouts,
+};
+pub use founding::{found_again, Founded};
+pub use lease::Gate;
 pub use membership::{MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
-pub use node::{ClusterNode, JoinConfig, JoinError, Load};
+pub use node::{ClusterNode, Ended, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, remove, status, OperatorError};
 pub use ownership::{Held, Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
+pub use removal::Removed;
 pub use slot_set::SlotSet;
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
 use tokio::sync::watch;
 
-use crate::gossip::SealedUdp;
+use crate::gossip::{SealedUdp, Sender};
 use crate::placement::{NodeId, PlacementVersion};
 
 pub(crate) const KEY_RPC: &str = "rpc";
@@ -159,6 +159,8 @@ pub struct MembershipConfig {
     pub seeds: Vec<String>,
     /// Authenticates every datagram (derived from the deployment secret).
     pub key: [u8; 32],
+    /// The cluster incarnation every datagram carries and is checked against.
+    pub incarnation: std::sync::Arc<crate::incarnation::Incarnation>,
     pub interval: Duration,
     /// The keys this node starts with.
     pub initial: Vec<(&'static str, String)>,
@@ -197,7 +199,8 @@ impl Membership {
             })),
         };
         let initial = cfg.initial.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        let transport = SealedUdp::new(cfg.socket, cfg.key);
+        let sender = Sender { node: cfg.node.0, generation: cfg.generation, incarnation: cfg.incarnation };
+        let transport = SealedUdp::new(cfg.socket, cfg.key, sender);
         let handle = spawn_chitchat(chitchat_config, initial, &transport).await.map_err(MembershipError)?;
         Ok(Self { handle, node: cfg.node })
     }

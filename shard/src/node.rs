@@ -29,17 +29,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::cluster::{Calls, Cluster, Seen, Timeouts, LEAVING_RECORD};
+pub(crate) use crate::cluster::LEAVING_RECORD;
+use crate::cluster::{Calls, Cluster, Seen, Timeouts};
 use crate::handover::{MoveTotals, Mover, Plan};
+use crate::incarnation::{self, Incarnation};
+use crate::lease::{needed_for_lease, PING_EVERY};
+use crate::members::{MemberSet, Recorded};
 use crate::membership::{self, MemberInfo, MemberState, Membership, MembershipConfig, MembershipError};
 use crate::ownership::{Ownership, OwnershipError, SlotState};
-use crate::placement::{Member, NodeId, Placement};
+use crate::placement::{NodeId, Placement, PlacementVersion};
+use crate::wire::{Reply, Request};
 
 /// How often the loop looks at the members when nothing wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// Least time between two turns of the loop.
 const MIN_TURN: Duration = Duration::from_millis(50);
-/// How long a node started with seeds may hear nobody before it says so.
+/// How long a node started with seeds may hear nobody before it says so (and serves what
+/// it owns without having heard its cluster).
 const LONELY_AFTER: Duration = Duration::from_secs(10);
 /// Least time a leaving node stays drained (holding nothing, handed nothing) before it stops:
 /// a member that fenced a slot towards it just before it saw it leaving has gossiped that by
@@ -47,12 +53,14 @@ const LONELY_AFTER: Duration = Duration::from_secs(10);
 const LEFT_GRACE: Duration = Duration::from_secs(2);
 /// The same in gossip rounds, for slow gossip.
 const LEFT_GRACE_ROUNDS: u32 = 6;
-/// The store record of the member set.
-const MEMBERS_RECORD: &str = "members";
-/// The store record of the nodes that left the cluster.
-const RETIRED_RECORD: &str = "retired";
 /// The store record that says this node was removed from the cluster.
-const REMOVED_RECORD: &str = "removed";
+pub(crate) const REMOVED_RECORD: &str = "removed";
+/// How long a ping or a question at start may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the node looks for copies of slots that stopped coming, and how long one must
+/// have stopped.
+const PARTIAL_EVERY: Duration = Duration::from_secs(30);
+const PARTIAL_QUIET: Duration = Duration::from_secs(60);
 
 /// What a node gossips as its load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,6 +91,12 @@ pub struct JoinConfig {
     /// Bytes per second all hand-overs send together; `None`: unpaced.
     pub migration_rate: Option<NonZeroU64>,
     pub timeouts: Timeouts,
+    /// The incarnation of a data dir written before incarnations existed: the same on every
+    /// node of one deployment and cluster id (derived from the secret).
+    pub legacy_incarnation: u64,
+    /// How long a node that founds a cluster listens first: gossip of another incarnation
+    /// heard meanwhile (its address was a member of another cluster's) stops it instead.
+    pub found_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,19 +116,56 @@ pub enum JoinError {
     Removed,
 }
 
+/// Why a node stopped being a member: it left, or it must not go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    #[error("this node left the cluster")]
+    Left,
+    #[error(
+        "this node was removed from the cluster (`tim cluster remove`) while it was away: it stops, and stops again \
+         whenever started on this data dir"
+    )]
+    Removed,
+    #[error(
+        "the seed {seed} belongs to cluster incarnation {theirs:016x}, and this node's data dir to {ours:016x} (it \
+         founded or joined another cluster): it does not start into another cluster. To join the seed's cluster, \
+         start on an empty data dir"
+    )]
+    OtherCluster { ours: u64, theirs: u64, seed: SocketAddr },
+    #[error(
+        "members of cluster incarnation {theirs:016x} gossip to this node's address ({from} sent some): a member of \
+         theirs was here. This node does not found a new cluster over it: join theirs with --seeds (if this is that \
+         member with a new disk, remove its old id with `tim cluster remove`), or make another cluster on another \
+         address"
+    )]
+    FoundingRefused { theirs: u64, from: SocketAddr },
+    #[error("founding the cluster failed: {0}")]
+    Failed(String),
+}
+
+impl Ended {
+    /// Whether the node stops for a reason the operator must look at.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::Left)
+    }
+}
+
 /// A node in a cluster: stopped with [`ClusterNode::shutdown`].
 pub struct ClusterNode {
     cluster: Arc<Cluster>,
     membership: Arc<Membership>,
     stop: CancellationToken,
     tasks: TaskTracker,
-    left: watch::Receiver<bool>,
+    ended: watch::Receiver<Option<Ended>>,
 }
 
 impl ClusterNode {
     /// Joins (or, for the first node, founds) the cluster: loads the member set, serves the
-    /// node's links, starts gossip and the loop. A node that never held a slot and has no
-    /// seeds founds a new cluster and owns every slot; with seeds it waits for slots.
+    /// node's links, starts gossip, the loop and the lease. A node that never belonged to a
+    /// cluster and has no seeds founds a new one (after listening for
+    /// [`JoinConfig::found_after`]) and owns every slot; with seeds it takes its seeds'
+    /// incarnation and waits for slots. The node serves nothing until it knows what it owns
+    /// and holds its lease.
     pub async fn start(
         store: Arc<dyn Store>,
         ownership: Arc<Ownership>,
@@ -125,20 +176,32 @@ impl ClusterNode {
         }
         // A node that left never founds a cluster, whatever it holds.
         let leaving = store.local(LEAVING_RECORD)?.is_some();
-        if ownership.is_empty() && cfg.seeds.is_empty() && !leaving {
-            info!("no seeds and no slots: founding a new cluster");
-            ownership.bootstrap().await?;
+        let mut members = MemberSet::load(&*store)?;
+        let kept = match incarnation::load(&*store)? {
+            Some(kept) => kept,
+            // Written before incarnations existed: the deployment's legacy one.
+            None if !ownership.is_empty() || !members.members.is_empty() || leaving => {
+                incarnation::save(&*store, cfg.legacy_incarnation).await?;
+                cfg.legacy_incarnation
+            }
+            None => 0,
+        };
+        let founding = kept == 0 && cfg.seeds.is_empty() && !leaving;
+        let seeds = resolve(&cfg.seeds);
+        let incarnation = Arc::new(Incarnation::new(kept, seeds.iter().copied()));
+        // The node's own weight is the newest word on it.
+        let me = Recorded { id: cfg.node, weight: cfg.weight, since: cfg.generation };
+        if !leaving && members.merge([me], []) {
+            members.save(&*store).await?;
         }
-        let (mut members, retired) = load_members(&*store)?;
-        if !leaving && !members.iter().any(|m| m.id == cfg.node) {
-            members.push(Member { id: cfg.node, weight: cfg.weight });
-            save_members(&*store, &members, &retired).await?;
-        }
+        ownership.gate().close();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let rpc_cfg = RpcConfig::new(cfg.cluster_id.clone(), cfg.node.0, cfg.rpc_key);
+        let mut rpc_cfg = RpcConfig::new(cfg.cluster_id.clone(), cfg.node.0, cfg.rpc_key);
+        rpc_cfg.incarnation = incarnation.shared();
+        rpc_cfg.bind = Some(cfg.rpc_listener.local_addr()?.ip());
         let rpc = RpcClient::new(rpc_cfg.clone(), stop.clone(), tasks.clone());
-        let placement = Placement::new(members.iter().copied(), 1);
+        let placement = Placement::new(members.placement_members(), 1);
         let cluster = Arc::new(Cluster::new(
             cfg.node,
             cfg.generation,
@@ -147,12 +210,14 @@ impl ClusterNode {
             placement,
             Some(rpc),
             cfg.timeouts,
-        ));
+        )?);
+        cluster.set_incarnation(incarnation.clone());
+        cluster.set_members(members.clone());
         if leaving {
             info!("this node is leaving the cluster (its records say so): handing its slots over");
             cluster.resume_leaving();
         }
-        let state = if leaving { MemberState::Leaving } else { MemberState::Ready };
+        let state = if leaving { MemberState::Leaving } else { MemberState::Joining };
         tasks.spawn(rpc::serve(
             cfg.rpc_listener,
             rpc_cfg,
@@ -173,7 +238,7 @@ impl ClusterNode {
             (membership::KEY_SESSIONS, "0".to_owned()),
             (membership::KEY_MESSAGE_RATE, "0".to_owned()),
             (membership::KEY_LEAVING_SLOTS, "0".to_owned()),
-            (membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())),
+            (membership::KEY_RETIRED, membership::format_nodes(members.retired.iter().copied())),
         ];
         let membership = Arc::new(
             Membership::start(MembershipConfig {
@@ -184,49 +249,62 @@ impl ClusterNode {
                 advertise: cfg.gossip_advertise,
                 seeds: cfg.seeds.clone(),
                 key: cfg.gossip_key,
+                incarnation: incarnation.clone(),
                 interval: cfg.gossip_interval,
                 initial,
             })
             .await?,
         );
         cluster.set_membership(membership.clone());
-        cluster.retire_all(retired.iter().copied());
-        let (left_tx, left) = watch::channel(false);
+        cluster.retire_all(members.retired.iter().copied());
+        let (ended_tx, ended) = watch::channel(None);
+        let (ready_tx, ready) = watch::channel(false);
         let mover = Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate));
         let plan = Arc::new(Plan::default());
         for _ in 0..cfg.moves_at_once.max(1) {
             let (mover, plan, stop) = (mover.clone(), plan.clone(), stop.clone());
             tasks.spawn(mover.run(plan, stop).instrument(tracing::info_span!("mover", node = %cfg.node)));
         }
+        let span = tracing::info_span!("cluster", node = %cfg.node);
+        let lease = Lease { cluster: cluster.clone(), incarnation: incarnation.clone(), seeded: !seeds.is_empty() };
+        tasks.spawn(lease.keep(ready_tx, stop.clone()).instrument(span.clone()));
         let driver = Driver {
             cluster: cluster.clone(),
             membership: membership.clone(),
             store: store.clone(),
+            incarnation,
+            seeds,
+            founding: founding.then_some(cfg.found_after),
             members,
-            retired,
+            fetched_sets: HashMap::new(),
             leaving: false,
             fenced_to: BTreeSet::new(),
             drained_since: None,
             alone: false,
             grace: LEFT_GRACE.max(cfg.gossip_interval * LEFT_GRACE_ROUNDS),
-            left: Some(left_tx),
+            ended: ended_tx,
+            ready,
             seeded: !cfg.seeds.is_empty(),
             plan: plan.clone(),
             mover: mover.clone(),
             told_moves: (MoveTotals::default(), 0),
             moves_sampled: (MoveTotals::default(), Instant::now()),
+            partials_at: Instant::now(),
             stop: stop.clone(),
         };
-        tasks.spawn(driver.run().instrument(tracing::info_span!("cluster", node = %cfg.node)));
-        Ok((Self { cluster: cluster.clone(), membership, stop, tasks, left }, cluster))
+        tasks.spawn(driver.run().instrument(span));
+        Ok((Self { cluster: cluster.clone(), membership, stop, tasks, ended }, cluster))
     }
 
-    /// Resolves once this node has left the cluster: asked to leave, it handed every slot
-    /// over. Pending forever otherwise.
-    pub async fn left(&self) {
-        let mut left = self.left.clone();
-        if left.wait_for(|left| *left).await.is_err() {
-            std::future::pending::<()>().await;
+    /// Resolves once this node stopped being a member: asked to leave, it handed every slot
+    /// over; or it learned it must not go on (removed, or another cluster's). Pending forever
+    /// otherwise.
+    pub async fn ended(&self) -> Ended {
+        let mut ended = self.ended.clone();
+        let why = ended.wait_for(Option::is_some).await.map(|why| why.clone());
+        match why {
+            Ok(why) => why.unwrap_or(Ended::Left),
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -279,6 +357,12 @@ impl ClusterNode {
     }
 }
 
+/// The seeds' addresses, as far as they resolve now.
+fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    seeds.iter().filter_map(|seed| seed.to_socket_addrs().ok()).flatten().collect()
+}
+
 /// The newest generation of each node.
 pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
     let mut by_node: HashMap<NodeId, MemberInfo> = HashMap::new();
@@ -295,37 +379,78 @@ pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
     out
 }
 
-/// The member set and the retired nodes, from the store.
-fn load_members(store: &dyn Store) -> Result<(Vec<Member>, BTreeSet<NodeId>), StoreError> {
-    fn record<T: for<'de> serde::Deserialize<'de> + Default>(
-        store: &dyn Store,
-        name: &'static str,
-    ) -> Result<T, StoreError> {
-        match store.local(name)? {
-            Some(raw) => postcard::from_bytes(&raw).map_err(|_| StoreError::Corrupt { table: name, id: 0 }),
-            None => Ok(T::default()),
-        }
-    }
-    Ok((record(store, MEMBERS_RECORD)?, record(store, RETIRED_RECORD)?))
+/// Keeps this node's lease ([`crate::lease`]): pings the other members and opens the gate of
+/// its slots while half of them answer. First, before it serves anything, it learns from as
+/// many members what moved while it was away (a slot owned elsewhere at a higher
+/// epoch is given up: a data dir restored from an old copy serves nothing that moved since),
+/// and, started with seeds, it waits to hear its own cluster (a node whose seeds turn out to
+/// be another cluster's stops instead, in the loop).
+struct Lease {
+    cluster: Arc<Cluster>,
+    incarnation: Arc<Incarnation>,
+    seeded: bool,
 }
 
-/// Saves the member set and the retired nodes in one write.
-async fn save_members(store: &dyn Store, members: &[Member], retired: &BTreeSet<NodeId>) -> Result<(), StoreError> {
-    let corrupt = |table| move |_| StoreError::Corrupt { table, id: 0 };
-    let members = postcard::to_stdvec(members).map_err(corrupt("members"))?;
-    let retired = postcard::to_stdvec(retired).map_err(corrupt("retired"))?;
-    let records = vec![(MEMBERS_RECORD.to_owned(), Some(members)), (RETIRED_RECORD.to_owned(), Some(retired))];
-    store.write_raw(RawWrite::local(records)).await?;
-    Ok(())
+impl Lease {
+    async fn keep(self, ready: watch::Sender<bool>, stop: CancellationToken) {
+        let started = Instant::now();
+        let me = self.cluster.node();
+        let timeout = ASK_TIMEOUT.min(self.cluster.leases().length() / 2);
+        loop {
+            let round = tokio::time::Instant::now();
+            let voters: Vec<NodeId> = self.cluster.placement().members().iter().map(|m| m.id).collect();
+            let peers: Vec<NodeId> = voters.iter().copied().filter(|v| *v != me).collect();
+            let sent = Instant::now();
+            let cluster = &self.cluster;
+            let pings = peers.iter().map(|peer| async move { (*peer, cluster.ping(*peer, timeout).await) });
+            for (peer, answered) in futures_util::future::join_all(pings).await {
+                if answered {
+                    self.cluster.leases().acked(peer, sent);
+                }
+            }
+            if !*ready.borrow() && self.incarnation.is_saved() {
+                let waits = self.seeded && !self.incarnation.heard_own() && started.elapsed() < LONELY_AFTER;
+                if !waits && self.confirm(&peers, needed_for_lease(me, &voters), timeout).await {
+                    info!("this node knows what it owns: it serves its slots while most of the cluster answers it");
+                    ready.send_replace(true);
+                }
+            }
+            if *ready.borrow() {
+                let gate = self.cluster.ownership().gate();
+                match self.cluster.leases().until(me, &voters) {
+                    Ok(until) => gate.open_until(until),
+                    Err(()) => gate.close(),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(round + PING_EVERY) => {}
+            }
+        }
+    }
+
+    /// Learns the owned slots and the newest owners of `peers` (what moved while this node
+    /// was away is superseded here); whether `needed` of them answered, as many as its lease
+    /// needs.
+    async fn confirm(&self, peers: &[NodeId], needed: usize, timeout: Duration) -> bool {
+        let asks = peers.iter().map(|peer| self.cluster.learn_epochs(*peer, timeout));
+        let answered = futures_util::future::join_all(asks).await.into_iter().filter(|ok| *ok).count();
+        answered >= needed
+    }
 }
 
 struct Driver {
     cluster: Arc<Cluster>,
     membership: Arc<Membership>,
     store: Arc<dyn Store>,
-    members: Vec<Member>,
-    /// Nodes that left the cluster: never members again.
-    retired: BTreeSet<NodeId>,
+    incarnation: Arc<Incarnation>,
+    /// The seeds' addresses: gossip of another cluster from one stops this node.
+    seeds: Vec<SocketAddr>,
+    /// Founding a cluster, after listening this long.
+    founding: Option<Duration>,
+    members: MemberSet,
+    /// The placement version each member had when its member set was fetched.
+    fetched_sets: HashMap<NodeId, Option<PlacementVersion>>,
     /// Whether this node has started leaving (said so in gossip, retired itself).
     leaving: bool,
     /// The nodes this node holds slots fenced towards, as last gossiped.
@@ -336,8 +461,10 @@ struct Driver {
     grace: Duration,
     /// Leaving with no member left to take its slots (said once).
     alone: bool,
-    /// Set once this node has left; taken then.
-    left: Option<watch::Sender<bool>>,
+    /// Set once this node stops being a member.
+    ended: watch::Sender<Option<Ended>>,
+    /// Set once the node knows what it owns.
+    ready: watch::Receiver<bool>,
     seeded: bool,
     /// The hand-overs to make, taken by the movers.
     plan: Arc<Plan>,
@@ -346,19 +473,33 @@ struct Driver {
     told_moves: (MoveTotals, u64),
     /// The totals at the last rate sample, and when.
     moves_sampled: (MoveTotals, Instant),
+    /// When partial copies were last looked for.
+    partials_at: Instant,
     stop: CancellationToken,
 }
 
 impl Driver {
     async fn run(mut self) {
-        let mut changes = self.membership.changes().await;
+        // Subscribed first: founding changes the owned slots, which gossip then tells.
         let mut owned = self.cluster.ownership().version();
+        if let Some(after) = self.founding {
+            if let Err(why) = self.found(after).await {
+                tracing::error!(error = %why, "no cluster founded: this node stops");
+                self.end(why);
+                return;
+            }
+        }
+        let mut changes = self.membership.changes().await;
         let started = Instant::now();
         let mut heard = !self.seeded;
         let mut seen_owned: HashMap<NodeId, u64> = HashMap::new();
         let mut told_leaving = 0;
         let mut leave = self.cluster.leave_requests();
         let mut removals = self.cluster.retired();
+        let mut strangers = self.incarnation.strangers();
+        let mut learned = self.incarnation.learned();
+        let mut ready = self.ready.clone();
+        let mut told_ready = false;
         let mut turned: Option<tokio::time::Instant> = None;
         loop {
             // A turn looks at every slot, and every slot moved here or by a member wakes the
@@ -370,8 +511,25 @@ impl Driver {
                 }
             }
             turned = Some(tokio::time::Instant::now());
+            if let Some(stranger) = *strangers.borrow_and_update() {
+                if self.seeds.contains(&stranger.from) && !self.incarnation.heard_own() {
+                    let ended = Ended::OtherCluster {
+                        ours: self.incarnation.get(),
+                        theirs: stranger.incarnation,
+                        seed: stranger.from,
+                    };
+                    tracing::error!(error = %ended, "this node stops");
+                    self.end(ended);
+                    return;
+                }
+            }
+            self.save_incarnation().await;
             if *leave.borrow_and_update() && !self.leaving {
                 self.start_leaving().await;
+            }
+            if *ready.borrow_and_update() && !told_ready && !self.leaving {
+                self.membership.set(membership::KEY_STATE, MemberState::Ready.as_str().to_owned()).await;
+                told_ready = true;
             }
             let members = newest(self.membership.members().await);
             let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
@@ -384,12 +542,15 @@ impl Driver {
                 );
                 heard = true;
             }
-            if let Err(e) = self.learn(&members).await {
-                warn!(error = %ErrorChain(&e), "member set not saved");
+            match self.learn(&members).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => warn!(error = %ErrorChain(&e), "member set not saved"),
             }
             // A retired node is a peer only while it is leaving (it passes on the slots still
             // handed to it); one that was removed and came back is nobody's peer.
-            let peers = others.iter().filter(|m| !self.retired.contains(&m.node) || m.state == MemberState::Leaving);
+            let retired = &self.members.retired;
+            let peers = others.iter().filter(|m| !retired.contains(&m.node) || m.state == MemberState::Leaving);
             self.cluster.set_peers(peers.map(|m| (m.node, m.rpc)).collect());
             let seen = members.iter().map(|m| (m.node, Seen { generation: m.generation, live: m.live }));
             self.cluster.set_seen(seen.collect());
@@ -402,6 +563,10 @@ impl Driver {
                     seen_owned.insert(m.node, m.owned_version);
                 }
             }
+            if let Err(e) = self.cluster.routes().save(&*self.store).await {
+                warn!(error = %ErrorChain(&e), "the newest owners of the slots not saved");
+            }
+            self.drop_partial_copies().await;
             let (leaving, fenced_to) = self.hand_over(&members);
             if leaving != told_leaving {
                 self.membership.set(membership::KEY_LEAVING_SLOTS, leaving.to_string()).await;
@@ -417,6 +582,9 @@ impl Driver {
                 _ = changes.changed() => {}
                 _ = leave.changed() => {}
                 _ = removals.changed() => {}
+                _ = strangers.changed() => {}
+                _ = learned.changed() => {}
+                _ = ready.changed() => {}
                 _ = owned.changed() => {
                     let version = *owned.borrow_and_update();
                     self.membership.set(membership::KEY_OWNED, version.to_string()).await;
@@ -425,6 +593,52 @@ impl Driver {
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    fn end(&self, why: Ended) {
+        self.ended.send_replace(Some(why));
+    }
+
+    /// Founds a new cluster after listening for `after`: a new incarnation, kept with the
+    /// ownership of every slot. Refused when gossip of another incarnation arrives meanwhile.
+    async fn found(&mut self, after: Duration) -> Result<(), Ended> {
+        let mut strangers = self.incarnation.strangers();
+        let deadline = tokio::time::Instant::now() + after;
+        loop {
+            if let Some(stranger) = *strangers.borrow_and_update() {
+                return Err(Ended::FoundingRefused { theirs: stranger.incarnation, from: stranger.from });
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = strangers.changed() => {}
+            }
+        }
+        let id = incarnation::new_id();
+        let record = incarnation::record(id);
+        self.cluster
+            .ownership()
+            .bootstrap(vec![record])
+            .await
+            .map_err(|e| Ended::Failed(ErrorChain(&e).to_string()))?;
+        self.incarnation.set(id);
+        info!(incarnation = %format_args!("{id:016x}"), "no seeds and no data: founded a new cluster");
+        Ok(())
+    }
+
+    /// Keeps the incarnation this node took from its seeds, before it takes any slot.
+    async fn save_incarnation(&self) {
+        let id = self.incarnation.get();
+        if id == 0 || self.incarnation.is_saved() {
+            return;
+        }
+        match incarnation::save(&*self.store, id).await {
+            Ok(()) => {
+                self.incarnation.mark_saved();
+                info!(incarnation = %format_args!("{id:016x}"), "joined the cluster of the seeds");
+            }
+            Err(e) => warn!(error = %ErrorChain(&e), "the cluster incarnation not saved: tried again"),
         }
     }
 
@@ -440,15 +654,11 @@ impl Driver {
     /// others adopted its slots, so it must serve none of them. It records that, and stops
     /// (started again on this data, it refuses to start).
     async fn removed(&mut self) -> Result<(), StoreError> {
-        tracing::error!(
-            "this node was removed from the cluster (`tim cluster remove`) while it was away: it stops, and stops \
-             again whenever started on this data dir"
-        );
+        self.cluster.ownership().gate().close();
+        tracing::error!(error = %Ended::Removed, "this node stops");
         let record = RawWrite::local(vec![(REMOVED_RECORD.to_owned(), Some(Vec::new()))]);
         self.store.write_raw(record).await?;
-        if let Some(left) = self.left.take() {
-            left.send_replace(true);
-        }
+        self.end(Ended::Removed);
         Ok(())
     }
 
@@ -479,6 +689,21 @@ impl Driver {
         }
     }
 
+    /// Removes, now and then, what this node holds of slots whose copy to it stopped coming.
+    async fn drop_partial_copies(&mut self) {
+        if self.partials_at.elapsed() < PARTIAL_EVERY {
+            return;
+        }
+        self.partials_at = Instant::now();
+        match self.cluster.ownership().drop_partial_copies(PARTIAL_QUIET).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                info!(slots = dropped.len(), "removed copies of slots whose hand-over to this node stopped")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %ErrorChain(&e), "copies of slots whose hand-over stopped not removed"),
+        }
+    }
+
     /// A leaving node is drained once it owns nothing, has nothing to hand over, and no
     /// member (live or not: one that is down resumes its hand-over when back) holds a slot
     /// fenced towards it. It says so in gossip, and has left once it stayed drained for the
@@ -502,58 +727,75 @@ impl Driver {
                 self.drained_since = None;
                 self.membership.set(membership::KEY_DRAINED, "0".to_owned()).await;
             }
-            Some(since) if since.elapsed() >= self.grace => {
-                if let Some(left) = self.left.take() {
-                    info!("every slot is handed over: this node has left the cluster and stops");
-                    left.send_replace(true);
-                }
+            Some(since) if since.elapsed() >= self.grace && self.ended.borrow().is_none() => {
+                info!("every slot is handed over: this node has left the cluster and stops");
+                self.end(Ended::Left);
             }
             _ => {}
         }
     }
 
-    /// Brings the member set up to date with gossip: nodes seen for the first time join it,
-    /// nodes that leave (or that any member says left) are retired for good; placement is
-    /// recomputed when the set changed.
-    async fn learn(&mut self, seen: &[MemberInfo]) -> Result<(), StoreError> {
-        let mut retired = self.retired.clone();
+    /// Brings the member set up to date ([`crate::members`]): from gossip (members, their
+    /// weights, retirements), and from the member sets of live members that compute another
+    /// placement. Placement is recomputed when the set changed. `Ok(false)`: this node
+    /// learned it was removed, and stops.
+    async fn learn(&mut self, seen: &[MemberInfo]) -> Result<bool, StoreError> {
+        let me = self.cluster.node();
+        let mut set = self.members.clone();
+        // Nodes an operator removed through this node, nodes any member says left, and this
+        // node once it leaves.
+        let mut retired: Vec<NodeId> = self.cluster.retired().borrow().iter().copied().collect();
+        retired.extend(seen.iter().flat_map(|m| m.retired.iter().copied()));
         if self.leaving {
-            retired.insert(self.cluster.node());
+            retired.push(me);
         }
-        // Nodes an operator removed through this node.
-        retired.extend(self.cluster.retired().borrow().iter().copied());
-        // A leaving node lists itself: state `leaving` alone meant a restart, once.
-        for m in seen {
-            retired.extend(m.retired.iter().copied());
-        }
-        let mut members: Vec<Member> = self.members.iter().filter(|m| !retired.contains(&m.id)).copied().collect();
-        for m in seen {
-            if !retired.contains(&m.node) && !members.iter().any(|known| known.id == m.node) {
-                info!(member = %m.node, rpc = %m.rpc, "new member");
-                members.push(Member { id: m.node, weight: m.weight });
+        let gossiped = seen.iter().map(|m| Recorded { id: m.node, weight: m.weight, since: m.generation });
+        let mut changed = set.merge(gossiped, retired);
+        let version = Some(self.cluster.placement().version());
+        let differ: Vec<&MemberInfo> = seen
+            .iter()
+            .filter(|m| m.live && m.node != me && m.placement.is_some() && m.placement != version)
+            .filter(|m| self.fetched_sets.get(&m.node) != Some(&m.placement))
+            .collect();
+        for m in differ {
+            match self.cluster.send_within(m.node, &Request::Members, ASK_TIMEOUT).await {
+                Ok(Reply::Members { members, retired }) => {
+                    changed |= set.merge(members, retired);
+                    self.fetched_sets.insert(m.node, m.placement);
+                }
+                Ok(other) => {
+                    tracing::debug!(member = %m.node, reply = ?other, "unexpected answer to a member set request")
+                }
+                Err(e) => tracing::debug!(member = %m.node, error = %e, "member set not fetched"),
             }
         }
-        if members == self.members && retired == self.retired {
-            return Ok(());
+        if !changed {
+            return Ok(true);
         }
-        let me = self.cluster.node();
-        if retired.contains(&me) && !self.leaving {
+        if set.retired.contains(&me) && !self.leaving {
             self.removed().await?;
+            return Ok(false);
         }
-        for node in retired.difference(&self.retired) {
+        for m in set.members.iter().filter(|m| !self.members.contains(m.id)) {
+            info!(member = %m.id, weight = m.weight, "new member");
+        }
+        for node in set.retired.difference(&self.members.retired) {
             info!(member = %node, "member left the cluster");
         }
-        save_members(&*self.store, &members, &retired).await?;
-        self.cluster.retire_all(retired.iter().copied());
-        if retired != self.retired {
-            self.membership.set(membership::KEY_RETIRED, membership::format_nodes(retired.iter().copied())).await;
+        set.save(&*self.store).await?;
+        self.cluster.retire_all(set.retired.iter().copied());
+        if set.retired != self.members.retired {
+            self.membership.set(membership::KEY_RETIRED, membership::format_nodes(set.retired.iter().copied())).await;
         }
-        let placement = Placement::new(members.iter().copied(), 1);
-        info!(members = members.len(), version = %placement.version(), "placement changed");
-        self.membership.set(membership::KEY_PLACEMENT, placement.version().to_string()).await;
-        self.cluster.set_placement(placement);
-        (self.members, self.retired) = (members, retired);
-        Ok(())
+        let placement = Placement::new(set.placement_members(), 1);
+        if placement.version() != self.cluster.placement().version() {
+            info!(members = set.members.len(), version = %placement.version(), "placement changed");
+            self.membership.set(membership::KEY_PLACEMENT, placement.version().to_string()).await;
+            self.cluster.set_placement(placement);
+        }
+        self.cluster.set_members(set.clone());
+        self.members = set;
+        Ok(true)
     }
 
     /// Plans the hand-overs placement asks for (the movers make them, a few at a time):
@@ -570,7 +812,7 @@ impl Driver {
         // moves nothing until it settles.
         let agreed = members
             .iter()
-            .filter(|m| m.live && m.state != MemberState::Stopping && !self.retired.contains(&m.node))
+            .filter(|m| m.live && m.state != MemberState::Stopping && !self.members.retired.contains(&m.node))
             .all(|m| m.node == me || m.placement == Some(placement.version()));
         let takes = |node: NodeId, resumed: bool| {
             members.iter().any(|m| {

@@ -9,12 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::membership::MemberInfo;
 use crate::placement::NodeId;
+use crate::removal::Removed;
 use crate::wire::{self, Reply, Request};
 
 /// How long an operator's call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a removal may take: the members learn of it by gossip, then adopt its slots.
-const REMOVE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a removal may take: the members learn of it by gossip, fall silent to the removed
+/// nodes for twice their lease, then adopt their slots.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why an operator's call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +58,17 @@ pub async fn leave(addr: SocketAddr, cluster_id: &str, rpc_key: [u8; 32]) -> Res
     }
 }
 
-/// Asks the node at `addr` to remove `node`, a member that is down for good (`force`: even
-/// when its slots' data is lost with it). The number of its slots the others took.
+/// Asks the node at `addr` to remove `nodes`, members that are down for good (`force`: even
+/// when their slots' data is lost with them). What it cost.
 pub async fn remove(
     addr: SocketAddr,
     cluster_id: &str,
     rpc_key: [u8; 32],
-    node: NodeId,
+    nodes: Vec<NodeId>,
     force: bool,
-) -> Result<u32, OperatorError> {
-    match call_within(addr, cluster_id, rpc_key, &Request::Remove { node, force }, REMOVE_TIMEOUT).await? {
-        Reply::Removed { slots } => Ok(slots),
+) -> Result<Removed, OperatorError> {
+    match call_within(addr, cluster_id, rpc_key, &Request::Remove { nodes, force }, REMOVE_TIMEOUT).await? {
+        Reply::Removed(cost) => Ok(cost),
         other => Err(unexpected(addr, other)),
     }
 }

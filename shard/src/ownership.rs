@@ -13,17 +13,38 @@
 //! again (an engine operation reading its slot's rows) runs under the guard its task holds
 //! already: taking it twice would wait behind a queued hand-over that waits for the first.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
-use tim_kv::{RawWrite, Slot, SlotDelta, Store, StoreError};
+use tim_kv::{RawWrite, RowId, Slot, SlotDelta, Store, StoreError};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
+use crate::lease::Gate;
 use crate::placement::NodeId;
 use crate::{SlotSet, SLOTS};
+
+/// An epoch is `era << ERA_SHIFT | count`: a hand-over counts one up, an adoption (the slot
+/// starts over on another node, without its old owner) begins the next era. The era is also
+/// the slot's id era ([`tim_kv::era_entry`]), so ids issued after an adoption are above every
+/// id issued before, on any node.
+const ERA_SHIFT: u32 = 40;
+
+/// The era of an epoch.
+pub fn era(epoch: u64) -> u64 {
+    epoch >> ERA_SHIFT
+}
+
+/// The first epoch of the era after `epoch`'s, for an adoption; `None` once the slot's id
+/// eras are used up (ids must stay below 2^53).
+pub(crate) fn next_era(epoch: u64) -> Option<u64> {
+    let era = era(epoch) + 1;
+    (era <= RowId::MAX_ERA).then_some(era << ERA_SHIFT)
+}
 
 tokio::task_local! {
     /// The slots whose guards the current task holds.
@@ -57,6 +78,10 @@ pub enum Refusal {
     /// Being handed over: try again shortly.
     #[error("slot {slot} is moving")]
     Moving { slot: u16 },
+    /// This node serves nothing now: it is starting (not yet sure of what it owns), or it has
+    /// not heard from most of the cluster lately (its lease ended). Try again.
+    #[error("slot {slot} is not served now: its node is starting or cut off from most of the cluster")]
+    Unready { slot: u16 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +94,8 @@ pub enum OwnershipError {
     Record(u16),
     #[error("a part of slot {0} from a copy that is no longer the current one")]
     StalePart(u16),
+    #[error("slot {0} was adopted as often as its ids allow")]
+    ErasUsedUp(u16),
     #[error("store failed")]
     Store(#[from] StoreError),
 }
@@ -87,23 +114,32 @@ pub struct Held<'a> {
     _guards: Vec<RwLockReadGuard<'a, ()>>,
     /// Every slot the task holds with these guards, when they add any.
     slots: Option<Vec<Slot>>,
+    gate: &'a Gate,
+    /// The first slot held, named in a refusal.
+    first: Slot,
 }
 
 impl<'a> Held<'a> {
     /// Runs `work` under the guards; what it calls on these slots does not take them again.
+    /// Refused when this node's lease ended while it ran: its result is not given out (a
+    /// write may have been made; callers send writes again safely).
     ///
     /// Combinators rather than an `async fn`, here and in [`Ownership::serve`]: a future keeps
     /// its argument beside the future it moves it into, so each `async` layer would hold
     /// another copy of `work` (kilobytes, for the engine's operations).
-    pub fn run<F: Future>(self, work: F) -> impl Future<Output = F::Output> + use<'a, F> {
-        let Held { _guards: guards, slots } = self;
+    pub fn run<F: Future>(self, work: F) -> impl Future<Output = Result<F::Output, Refusal>> + use<'a, F> {
+        let Held { _guards: guards, slots, gate, first } = self;
         let work = match slots {
             Some(slots) => Either::Left(HELD.scope(slots, work)),
             None => Either::Right(work),
         };
         work.map(move |done| {
             drop(guards);
-            done
+            if gate.is_open() {
+                Ok(done)
+            } else {
+                Err(Refusal::Unready { slot: first.0 })
+            }
         })
     }
 }
@@ -132,9 +168,11 @@ pub struct Ownership {
     states: Mutex<States>,
     /// Counts changes of the owned set: gossiped, so peers know to fetch the new list.
     version_tx: watch::Sender<u64>,
-    /// The copy each slot being received here comes from: parts of an earlier copy that
-    /// arrive late (their sender gave up waiting and started over) are refused.
-    copies: Mutex<std::collections::HashMap<Slot, u64>>,
+    /// The copy each slot being received here comes from, and when its last part came:
+    /// parts of an earlier copy that arrive late (their sender gave up waiting and started
+    /// over) are refused, and a copy that stopped coming is removed.
+    copies: Mutex<HashMap<Slot, (u64, Instant)>>,
+    gate: Gate,
 }
 
 impl Ownership {
@@ -154,7 +192,13 @@ impl Ownership {
             states: Mutex::new(states),
             version_tx: watch::channel(0).0,
             copies: Mutex::default(),
+            gate: Gate::default(),
         })
+    }
+
+    /// Whether this node serves its slots now ([`crate::lease`]).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     fn states(&self) -> std::sync::MutexGuard<'_, States> {
@@ -207,15 +251,17 @@ impl Ownership {
         self.states().each.iter().all(Option::is_none)
     }
 
-    /// Makes this node the owner of every slot at epoch 1: the first node of a new cluster.
-    /// Refused unless the node never held a slot.
-    pub async fn bootstrap(&self) -> Result<(), OwnershipError> {
+    /// Makes this node the owner of every slot at epoch 1: the first node of a new cluster,
+    /// with `records` (its incarnation) in the same write. Refused unless the node never held
+    /// a slot.
+    pub async fn bootstrap(&self, records: Vec<(String, Option<Vec<u8>>)>) -> Result<(), OwnershipError> {
         if !self.is_empty() {
             return Err(OwnershipError::State { slot: 0, state: self.state(Slot(0)), wanted: "absent" });
         }
         let state = SlotState::Owned { epoch: 1 };
-        let records = (0..SLOTS).map(|s| record(Slot(s), state)).collect::<Result<Vec<_>, _>>()?;
-        self.store.write_raw(RawWrite::local(records)).await?;
+        let mut all = (0..SLOTS).map(|s| record(Slot(s), state)).collect::<Result<Vec<_>, _>>()?;
+        all.extend(records);
+        self.store.write_raw(RawWrite::local(all)).await?;
         let mut states = self.states();
         (0..SLOTS).for_each(|s| states.set(Slot(s), Some(state)));
         drop(states);
@@ -231,7 +277,7 @@ impl Ownership {
         work: F,
     ) -> impl Future<Output = Result<F::Output, Refusal>> + use<'_, F> {
         self.hold_one(slot).then(move |held| match held {
-            Ok(held) => Either::Left(held.run(work).map(Ok)),
+            Ok(held) => Either::Left(held.run(work)),
             Err(refusal) => Either::Right(std::future::ready(Err(refusal))),
         })
     }
@@ -249,6 +295,10 @@ impl Ownership {
     /// a task that waits, in turn, for a fence queued on one this task holds). It is refused
     /// as [`Refusal::Moving`] instead, which is what waiting behind that fence would end in.
     pub async fn hold(&self, slots: &[Slot]) -> Result<Held<'_>, Refusal> {
+        let first = slots.first().copied().unwrap_or(Slot(0));
+        if !self.gate.is_open() {
+            return Err(Refusal::Unready { slot: first.0 });
+        }
         let held = HELD.try_with(|h| h.clone()).unwrap_or_default();
         let mut wanted: Vec<Slot> = slots.iter().copied().filter(|s| !held.contains(s)).collect();
         wanted.sort_unstable();
@@ -273,7 +323,7 @@ impl Ownership {
         let fresh = !wanted.is_empty();
         let mut now_held = held;
         now_held.extend(wanted);
-        Ok(Held { _guards: guards, slots: fresh.then_some(now_held) })
+        Ok(Held { _guards: guards, slots: fresh.then_some(now_held), gate: &self.gate, first })
     }
 
     /// Fences an owned slot for a hand-over to `to`, after the requests in flight: from now
@@ -333,11 +383,14 @@ impl Ownership {
             _ => {}
         }
         {
-            let mut copies = self.copies.lock().unwrap_or_else(|p| p.into_inner());
+            let mut copies = self.copies();
             if part.first {
-                copies.insert(slot, part.copy);
-            } else if copies.get(&slot) != Some(&part.copy) {
-                return Err(OwnershipError::StalePart(slot.0));
+                copies.insert(slot, (part.copy, Instant::now()));
+            } else {
+                match copies.get_mut(&slot) {
+                    Some((copy, at)) if *copy == part.copy => *at = Instant::now(),
+                    _ => return Err(OwnershipError::StalePart(slot.0)),
+                }
             }
         }
         let owned = SlotState::Owned { epoch: part.epoch };
@@ -345,17 +398,18 @@ impl Ownership {
         let write = RawWrite { slot, clear: part.first, entries: part.data.entries, removed: part.data.removed, local };
         self.store.write_raw(write).await?;
         if part.last {
-            self.copies.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+            self.copies().remove(&slot);
             adopt();
             self.set(slot, Some(owned));
         }
         Ok(true)
     }
 
-    /// Takes a slot whose owner `from` was removed from the cluster: owned here at `epoch`.
-    /// Held fenced towards `from`, the slot keeps its data (the hand-over never ended);
-    /// otherwise what this node holds of it (an unfinished copy) is dropped. Done already,
-    /// nothing changes.
+    /// Takes a slot whose owner `from` was removed from the cluster: owned here at `epoch`,
+    /// the first of a new era, which the slot's ids start in. Held fenced towards `from`, the
+    /// slot keeps its data (the hand-over never ended, as far as anyone live knows); otherwise
+    /// what this node holds of it (an unfinished copy) is dropped. Done already, nothing
+    /// changes.
     pub async fn adopt(&self, slot: Slot, epoch: u64, from: NodeId) -> Result<(), OwnershipError> {
         let _held = self.guard(slot)?.write().await;
         let state = self.state(slot);
@@ -372,12 +426,92 @@ impl Ownership {
                 })
             }
         };
+        self.own_anew(slot, epoch, clear).await
+    }
+
+    /// Owns `slot` at `epoch`, in that epoch's id era, with or without the data held here;
+    /// the caller holds the slot's guard for writing.
+    async fn own_anew(&self, slot: Slot, epoch: u64, clear: bool) -> Result<(), OwnershipError> {
         let owned = SlotState::Owned { epoch };
-        let write =
-            RawWrite { slot, clear, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, owned)?] };
+        let write = RawWrite {
+            slot,
+            clear,
+            entries: vec![tim_kv::era_entry(slot, era(epoch))],
+            removed: Vec::new(),
+            local: vec![record(slot, owned)?],
+        };
         self.store.write_raw(write).await?;
+        self.copies().remove(&slot);
         self.set(slot, Some(owned));
         Ok(())
+    }
+
+    /// Makes this node the owner of every slot in a new cluster it founds from its data dir
+    /// (`tim cluster found`): the slots it owns keep their data and epochs, any other is owned
+    /// empty from the era after `known` (the newest epoch known for it), so its ids stay above
+    /// every id it issued anywhere. The slots taken empty.
+    pub async fn found_again(&self, known: impl Fn(Slot) -> u64) -> Result<Vec<Slot>, OwnershipError> {
+        let mut taken = Vec::new();
+        for slot in (0..SLOTS).map(Slot) {
+            let _held = self.guard(slot)?.write().await;
+            let epoch = match self.state(slot) {
+                Some(SlotState::Owned { .. }) => continue,
+                Some(SlotState::Fenced { epoch, .. } | SlotState::Given { epoch, .. }) => epoch,
+                None => 0,
+            };
+            let epoch = next_era(epoch.max(known(slot))).ok_or(OwnershipError::ErasUsedUp(slot.0))?;
+            self.own_anew(slot, epoch, true).await?;
+            taken.push(slot);
+        }
+        Ok(taken)
+    }
+
+    /// Stops serving `slot`, which `by` owns at `epoch`, above this node's own epoch for it
+    /// (a peer said so): recorded as given to `by`, and what this node holds of it deleted in
+    /// the same write, after the requests in flight. Whether it held the slot at a lower epoch.
+    pub async fn supersede(&self, slot: Slot, by: NodeId, epoch: u64) -> Result<bool, OwnershipError> {
+        let _held = self.guard(slot)?.write().await;
+        match self.state(slot) {
+            Some(SlotState::Owned { epoch: held } | SlotState::Fenced { epoch: held, .. }) if held < epoch => {}
+            _ => return Ok(false),
+        }
+        let given = SlotState::Given { to: by, epoch };
+        let write =
+            RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, given)?] };
+        self.store.write_raw(write).await?;
+        self.set(slot, Some(given));
+        Ok(true)
+    }
+
+    /// Deletes what this node holds of slots it does not own and no copy brings any more (a
+    /// hand-over to it that stopped more than `quiet` ago and will not resume: its sender
+    /// starts any copy over with its first part). The slots cleared.
+    pub async fn drop_partial_copies(&self, quiet: Duration) -> Result<Vec<Slot>, OwnershipError> {
+        let mut dropped = Vec::new();
+        for slot in (0..SLOTS).map(Slot) {
+            if !self.is_partial(slot, quiet) || !self.store.holds(slot)? {
+                continue;
+            }
+            let _held = self.guard(slot)?.write().await;
+            if !self.is_partial(slot, quiet) {
+                continue;
+            }
+            let clear = RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: Vec::new() };
+            self.store.write_raw(clear).await?;
+            self.copies().remove(&slot);
+            dropped.push(slot);
+        }
+        Ok(dropped)
+    }
+
+    /// Whether `slot` is not served here, and no part of a copy of it came within `quiet`.
+    fn is_partial(&self, slot: Slot, quiet: Duration) -> bool {
+        let receiving = self.copies().get(&slot).is_some_and(|(_, at)| at.elapsed() < quiet);
+        !receiving && matches!(self.state(slot), None | Some(SlotState::Given { .. }))
+    }
+
+    fn copies(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, (u64, Instant)>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -4,10 +4,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tim_kv::{Batch, Cursor, ExportedRow, Row, RowId, StoreError, TableId};
 
+use crate::members::Recorded;
 use crate::membership::MemberInfo;
 use crate::ownership::{Part, Refusal};
 use crate::placement::NodeId;
-use crate::removal::Holdings;
+use crate::removal::{Holdings, Removed};
 
 /// A call from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,15 +30,23 @@ pub(crate) enum Request {
     Status,
     /// The receiver leaves the cluster (`tim cluster leave`).
     Leave,
-    /// The receiver removes a member that is down for good (`tim cluster remove`).
-    Remove { node: NodeId, force: bool },
-    /// What the receiver holds, for the removal of `removed`.
-    Holdings { removed: NodeId },
+    /// The receiver removes members that are down for good (`tim cluster remove`).
+    Remove { nodes: Vec<NodeId>, force: bool },
+    /// What the receiver holds, for a removal.
+    Holdings,
     /// The receiver owns `slot` from `epoch` on: its owner `from` was removed.
     Adopt { slot: u16, epoch: u64, from: NodeId },
     /// Part `part` of an export stream over `slot` (part 0 opens it on the slot's owner).
-    /// (New variants go last: postcard numbers them by position.)
     Export { stream: u64, slot: u16, part: u32 },
+    /// The caller's lease: answered unless the caller was removed ([`crate::lease`]).
+    Ping,
+    /// How long the receiver has answered no ping of `node`.
+    Silence { node: NodeId },
+    /// The slots the receiver owns, and the newest owner it learned of every slot.
+    Epochs,
+    /// The member set as the receiver records it.
+    Members,
+    // New variants go last: postcard numbers them by position.
 }
 
 /// The store operations a node runs for another on a slot it owns.
@@ -66,10 +75,8 @@ pub(crate) enum Reply {
         node: NodeId,
         slots: u32,
     },
-    /// A member was removed; the number of its slots the others adopted.
-    Removed {
-        slots: u32,
-    },
+    /// Members were removed: what it cost.
+    Removed(Removed),
     Holdings(Holdings),
     Adopted,
     /// The slot is not served here.
@@ -86,6 +93,19 @@ pub(crate) enum Reply {
         node: NodeId,
         rows: Vec<ExportedRow>,
         last: bool,
+    },
+    Pong,
+    /// Milliseconds since the receiver last answered a ping of the node asked about.
+    Silence {
+        ms: u64,
+    },
+    Epochs {
+        owned: Vec<(u16, u64)>,
+        newest: Vec<(u16, NodeId, u64)>,
+    },
+    Members {
+        members: Vec<Recorded>,
+        retired: Vec<NodeId>,
     },
     /// A store error on this node, for a caller on this node: never encoded.
     #[serde(skip)]

@@ -267,7 +267,7 @@ async fn a_dead_member_is_removed_and_the_others_take_its_slots() {
     let removed = cluster.remove(1, &dead_id, true);
     let said = String::from_utf8_lossy(&removed.stdout).into_owned();
     assert!(removed.status.success(), "{said}{}", String::from_utf8_lossy(&removed.stderr));
-    assert!(said.contains("is removed"), "{said}");
+    assert!(said.contains("removed: the other members took its") && said.contains("empty"), "{said}");
     cluster.settle(2);
     cluster.assert_each_slot_owned_once();
     let again = cluster.remove(0, &dead_id, false);

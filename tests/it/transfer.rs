@@ -280,6 +280,7 @@ fn an_export_under_load_while_a_node_joins_reads_every_slot() {
     let secret = cluster.secret_file();
     let load = Load::start(&cluster);
     wait_for_traffic(&cluster);
+    let formed = moves(&cluster, 0).1;
     let mut joiner = BASE.to_vec();
     joiner.extend(["--migration-slots", "1"]);
     cluster.add(&joiner);
@@ -287,7 +288,7 @@ fn an_export_under_load_while_a_node_joins_reads_every_slot() {
     let deadline = std::time::Instant::now() + crate::cluster::SETTLE;
     let before = loop {
         let (leaving, moved) = moves(&cluster, 0);
-        if leaving > 0 && moved > 0 {
+        if leaving > 0 && moved > formed {
             break moved;
         }
         assert!(std::time::Instant::now() < deadline, "no hand-over started");

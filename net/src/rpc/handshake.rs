@@ -2,16 +2,21 @@
 //! cluster shares.
 //!
 //! ```text
-//! client → server  Hello     "TIMR" ‖ version ‖ client node ‖ client nonce (32) ‖ cluster id
-//! server → client  Challenge server node ‖ server nonce (32) ‖ HMAC(key, "server" ‖ transcript)
+//! client → server  Hello     "TIMR" ‖ version ‖ client node ‖ client incarnation (8)
+//!                            ‖ client nonce (32) ‖ cluster id
+//! server → client  Challenge server node ‖ server incarnation (8) ‖ server nonce (32)
+//!                            ‖ HMAC(key, "server" ‖ transcript)
 //! client → server  Proof     HMAC(key, "client" ‖ transcript)
 //! server → client  Welcome   empty (or the connection closes)
 //! ```
 //!
-//! The transcript holds the cluster id, both node ids and both nonces, so a proof is good for
-//! one connection only: replaying a recorded handshake fails against the server's fresh nonce,
-//! and neither side can answer without the key (derived from the secret). After the handshake
-//! the link carries frames in the clear: node links belong on a private network.
+//! The transcript holds the cluster id, both node ids, both cluster incarnations and both
+//! nonces, so a proof is good for one connection only: replaying a recorded handshake fails
+//! against the server's fresh nonce, and neither side can answer without the key (derived from
+//! the secret). Each side refuses a peer of another cluster incarnation (0, "not known yet",
+//! conflicts with none), after the proofs, so the refusal names a peer that proved the secret.
+//! After the handshake the link carries frames in the clear: node links belong on a private
+//! network.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -20,7 +25,7 @@ use sha2::Sha256;
 use super::RpcError;
 
 const MAGIC: &[u8; 4] = b"TIMR";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 pub(crate) const NONCE: usize = 32;
 const PROOF: usize = 32;
 /// Longest cluster id accepted in a hello.
@@ -33,6 +38,8 @@ pub(crate) struct Transcript {
     pub cluster_id: String,
     pub client: u64,
     pub server: u64,
+    pub client_incarnation: u64,
+    pub server_incarnation: u64,
     pub client_nonce: [u8; NONCE],
     pub server_nonce: [u8; NONCE],
 }
@@ -45,6 +52,8 @@ impl Transcript {
         mac.update(self.cluster_id.as_bytes());
         mac.update(&self.client.to_be_bytes());
         mac.update(&self.server.to_be_bytes());
+        mac.update(&self.client_incarnation.to_be_bytes());
+        mac.update(&self.server_incarnation.to_be_bytes());
         mac.update(&self.client_nonce);
         mac.update(&self.server_nonce);
         mac
@@ -63,6 +72,31 @@ impl Transcript {
         let label: &[u8] = if server_side { b"tim-rs rpc server" } else { b"tim-rs rpc client" };
         self.mac(key, label).verify_slice(proof).is_ok()
     }
+
+    /// Whether the two sides belong to two different incarnations of the cluster.
+    pub fn other_clusters(&self) -> bool {
+        self.client_incarnation != 0
+            && self.server_incarnation != 0
+            && self.client_incarnation != self.server_incarnation
+    }
+}
+
+/// A hello's content.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub node: u64,
+    pub incarnation: u64,
+    pub nonce: [u8; NONCE],
+    pub cluster_id: String,
+}
+
+/// A challenge's content.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    pub node: u64,
+    pub incarnation: u64,
+    pub nonce: [u8; NONCE],
+    pub proof: [u8; PROOF],
 }
 
 /// HMAC-SHA256 keyed with `key`. HMAC takes keys of any length, so `new_from_slice` cannot
@@ -74,18 +108,19 @@ fn hmac_with(key: &[u8; 32]) -> HmacSha256 {
     }
 }
 
-pub(crate) fn hello(node: u64, nonce: &[u8; NONCE], cluster_id: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(4 + 1 + 8 + NONCE + cluster_id.len());
+pub(crate) fn hello(hello: &Hello) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + 1 + 8 + 8 + NONCE + hello.cluster_id.len());
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
-    out.put_u64(node);
-    out.put_slice(nonce);
-    out.put_slice(cluster_id.as_bytes());
+    out.put_u64(hello.node);
+    out.put_u64(hello.incarnation);
+    out.put_slice(&hello.nonce);
+    out.put_slice(hello.cluster_id.as_bytes());
     out.freeze()
 }
 
-/// The client's node id, nonce and cluster id from a hello.
-pub(crate) fn parse_hello(raw: &[u8]) -> Result<(u64, [u8; NONCE], String), RpcError> {
+/// A hello's fields.
+pub(crate) fn parse_hello(raw: &[u8]) -> Result<Hello, RpcError> {
     let bad = || RpcError::Handshake("malformed hello (not a tim-rs node?)".into());
     let (magic, rest) = raw.split_first_chunk::<4>().ok_or_else(bad)?;
     if magic != MAGIC {
@@ -96,29 +131,42 @@ pub(crate) fn parse_hello(raw: &[u8]) -> Result<(u64, [u8; NONCE], String), RpcE
         return Err(RpcError::Handshake(format!("protocol version {version}, this node speaks {VERSION}")));
     }
     let (node, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (incarnation, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
     let (nonce, cluster) = rest.split_first_chunk::<NONCE>().ok_or_else(bad)?;
     if cluster.len() > MAX_CLUSTER_ID {
         return Err(bad());
     }
-    let cluster = std::str::from_utf8(cluster).map_err(|_| bad())?.to_owned();
-    Ok((u64::from_be_bytes(*node), *nonce, cluster))
+    let cluster_id = std::str::from_utf8(cluster).map_err(|_| bad())?.to_owned();
+    Ok(Hello {
+        node: u64::from_be_bytes(*node),
+        incarnation: u64::from_be_bytes(*incarnation),
+        nonce: *nonce,
+        cluster_id,
+    })
 }
 
-pub(crate) fn challenge(node: u64, nonce: &[u8; NONCE], proof: &[u8; PROOF]) -> Bytes {
-    let mut out = BytesMut::with_capacity(8 + NONCE + PROOF);
-    out.put_u64(node);
-    out.put_slice(nonce);
-    out.put_slice(proof);
+pub(crate) fn challenge(challenge: &Challenge) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 + 8 + NONCE + PROOF);
+    out.put_u64(challenge.node);
+    out.put_u64(challenge.incarnation);
+    out.put_slice(&challenge.nonce);
+    out.put_slice(&challenge.proof);
     out.freeze()
 }
 
-/// The server's node id, nonce and proof from a challenge.
-pub(crate) fn parse_challenge(raw: &[u8]) -> Result<(u64, [u8; NONCE], [u8; PROOF]), RpcError> {
+/// A challenge's fields.
+pub(crate) fn parse_challenge(raw: &[u8]) -> Result<Challenge, RpcError> {
     let bad = || RpcError::Handshake("malformed challenge".into());
     let (node, rest) = raw.split_first_chunk::<8>().ok_or_else(bad)?;
+    let (incarnation, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
     let (nonce, rest) = rest.split_first_chunk::<NONCE>().ok_or_else(bad)?;
     let proof: [u8; PROOF] = rest.try_into().map_err(|_| bad())?;
-    Ok((u64::from_be_bytes(*node), *nonce, proof))
+    Ok(Challenge {
+        node: u64::from_be_bytes(*node),
+        incarnation: u64::from_be_bytes(*incarnation),
+        nonce: *nonce,
+        proof,
+    })
 }
 
 #[cfg(test)]
@@ -126,7 +174,15 @@ mod tests {
     use super::*;
 
     fn transcript() -> Transcript {
-        Transcript { cluster_id: "c".into(), client: 1, server: 2, client_nonce: [3; NONCE], server_nonce: [4; NONCE] }
+        Transcript {
+            cluster_id: "c".into(),
+            client: 1,
+            server: 2,
+            client_incarnation: 5,
+            server_incarnation: 5,
+            client_nonce: [3; NONCE],
+            server_nonce: [4; NONCE],
+        }
     }
 
     #[test]
@@ -139,16 +195,22 @@ mod tests {
         assert!(!t.verify(&[8; 32], true, &t.server_proof(&key)), "another secret");
         let replayed = Transcript { server_nonce: [5; NONCE], ..transcript() };
         assert!(!replayed.verify(&key, false, &t.client_proof(&key)), "another connection's nonce");
+        let other = Transcript { server_incarnation: 6, ..transcript() };
+        assert!(!other.verify(&key, false, &t.client_proof(&key)), "the incarnations are proved too");
+        assert!(other.other_clusters());
+        assert!(!Transcript { client_incarnation: 0, ..other }.other_clusters(), "0: not known yet");
     }
 
     #[test]
     fn hellos_round_trip_and_junk_is_refused() {
-        let raw = hello(7, &[1; NONCE], "prod");
-        assert_eq!(parse_hello(&raw).unwrap(), (7, [1; NONCE], "prod".into()));
+        let sent = Hello { node: 7, incarnation: 9, nonce: [1; NONCE], cluster_id: "prod".into() };
+        let raw = hello(&sent);
+        assert_eq!(parse_hello(&raw).unwrap(), sent);
         assert!(parse_hello(b"GET / HTTP/1.1\r\n").is_err());
         assert!(parse_hello(&raw[..10]).is_err());
-        let raw = challenge(8, &[2; NONCE], &[3; PROOF]);
-        assert_eq!(parse_challenge(&raw).unwrap(), (8, [2; NONCE], [3; PROOF]));
+        let sent = Challenge { node: 8, incarnation: 9, nonce: [2; NONCE], proof: [3; PROOF] };
+        let raw = challenge(&sent);
+        assert_eq!(parse_challenge(&raw).unwrap(), sent);
         assert!(parse_challenge(&raw[..40]).is_err());
     }
 }

@@ -100,6 +100,26 @@ async fn another_secret_or_cluster_is_refused_on_both_sides() {
     assert_eq!(node.echo.calls.load(Ordering::Relaxed), 1);
 }
 
+/// Nodes of two incarnations of a cluster (same secret, same cluster id) never link, and
+/// both sides say why; a caller that does not know its incarnation yet (0) links to any.
+#[tokio::test]
+async fn nodes_of_another_cluster_incarnation_are_refused_both_ways() {
+    let with = |node: u64, incarnation: u64| {
+        let cfg = RpcConfig::new("c", node, [7; 32]);
+        cfg.incarnation.store(incarnation, Ordering::Relaxed);
+        cfg
+    };
+    let node = server(with(2, 5)).await;
+    let stranger = client(with(1, 6));
+    let err = stranger.call(node.addr, None, Bytes::from_static(b"x"), WAIT).await.unwrap_err();
+    assert!(matches!(&err, RpcError::Handshake(m) if m.contains("another cluster")), "{err}");
+    assert_eq!(node.echo.calls.load(Ordering::Relaxed), 0, "no call got through");
+    // Positive controls: the same incarnation, and one not known yet.
+    assert!(client(with(1, 5)).call(node.addr, None, Bytes::from_static(b"x"), WAIT).await.is_ok());
+    assert!(client(with(3, 0)).call(node.addr, None, Bytes::from_static(b"x"), WAIT).await.is_ok());
+    assert_eq!(node.echo.calls.load(Ordering::Relaxed), 2);
+}
+
 /// A recorded handshake, replayed byte for byte, fails: the server's nonce is new.
 #[tokio::test]
 async fn a_replayed_or_forged_handshake_is_refused() {
@@ -108,22 +128,31 @@ async fn a_replayed_or_forged_handshake_is_refused() {
     let cfg = RpcConfig::new("c", 1, key);
     let client_nonce = [1; NONCE];
     // The original: a genuine handshake whose proof is recorded.
+    let hello = || handshake::hello(&Hello { node: 1, incarnation: 0, nonce: client_nonce, cluster_id: "c".into() });
     let mut framed = Framed::new(TcpStream::connect(node.addr).await.unwrap(), cfg.codec());
-    framed.send(handshake::hello(1, &client_nonce, "c")).await.unwrap();
-    let (server, server_nonce, _) = handshake::parse_challenge(&framed.next().await.unwrap().unwrap()).unwrap();
-    let transcript = Transcript { cluster_id: "c".into(), client: 1, server, client_nonce, server_nonce };
+    framed.send(hello()).await.unwrap();
+    let challenge = handshake::parse_challenge(&framed.next().await.unwrap().unwrap()).unwrap();
+    let transcript = Transcript {
+        cluster_id: "c".into(),
+        client: 1,
+        server: challenge.node,
+        client_incarnation: 0,
+        server_incarnation: challenge.incarnation,
+        client_nonce,
+        server_nonce: challenge.nonce,
+    };
     let recorded = transcript.client_proof(&key);
     framed.send(Bytes::copy_from_slice(&recorded)).await.unwrap();
     assert_eq!(framed.next().await.unwrap().unwrap().len(), 0, "the genuine handshake is welcomed");
     // The replay: same hello, same proof, on a new connection.
     let mut replay = Framed::new(TcpStream::connect(node.addr).await.unwrap(), cfg.codec());
-    replay.send(handshake::hello(1, &client_nonce, "c")).await.unwrap();
+    replay.send(hello()).await.unwrap();
     replay.next().await.unwrap().unwrap();
     replay.send(Bytes::copy_from_slice(&recorded)).await.unwrap();
     assert!(!matches!(replay.next().await, Some(Ok(w)) if w.is_empty()), "a replayed proof is not welcomed");
     // A forgery: a proof made without the key.
     let mut forged = Framed::new(TcpStream::connect(node.addr).await.unwrap(), cfg.codec());
-    forged.send(handshake::hello(1, &client_nonce, "c")).await.unwrap();
+    forged.send(hello()).await.unwrap();
     forged.next().await.unwrap().unwrap();
     forged.send(Bytes::copy_from_slice(&[0u8; 32])).await.unwrap();
     assert!(!matches!(forged.next().await, Some(Ok(w)) if w.is_empty()), "a forged proof is not welcomed");

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 
 use super::*;
 use crate::handover::PART_BYTES;
+use crate::placement::Member;
 use crate::SLOTS;
 
 const T: TableDef = TableDef { id: 1, name: "t", columns: &[ColumnDef::indexed("k"), ColumnDef::plain("v")] };
@@ -121,6 +122,7 @@ async fn start_paced_node(id: u64, seeds: Vec<String>, rate: Option<NonZeroU64>)
     let rpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rpc = rpc_listener.local_addr().unwrap();
     let proxy = Proxy::start(rpc).await;
+    let founds = seeds.is_empty();
     let cfg = JoinConfig {
         node: NodeId(id),
         generation: 1,
@@ -137,11 +139,26 @@ async fn start_paced_node(id: u64, seeds: Vec<String>, rate: Option<NonZeroU64>)
         gossip_interval: Duration::from_millis(50),
         moves_at_once: 8,
         migration_rate: rate,
-        timeouts: Timeouts { call: Duration::from_secs(2), moving: Duration::from_millis(200) },
+        timeouts: Timeouts {
+            call: Duration::from_secs(2),
+            moving: Duration::from_millis(200),
+            lease: Duration::from_secs(4),
+        },
+        legacy_incarnation: 0x1e9,
+        found_after: Duration::from_millis(200),
     };
     let table = store.table("t").unwrap();
     let (node, cluster) = ClusterNode::start(store.clone(), ownership, cfg).await.unwrap();
-    (TestNode { node, cluster, store, table, gossip, rpc }, proxy)
+    let node = TestNode { node, cluster, store, table, gossip, rpc };
+    if founds {
+        let deadline = Instant::now() + SETTLE;
+        let ownership = node.cluster.ownership();
+        while ownership.owned().len() < usize::from(SLOTS) || !ownership.gate().is_open() {
+            assert!(Instant::now() < deadline, "the founder does not serve");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    (node, proxy)
 }
 
 /// The nodes that own `slot`, by their own records.
@@ -348,7 +365,7 @@ async fn a_node_that_leaves_mid_hand_over_passes_the_slot_on() {
     let (leaving, _) = crate::leave(b.rpc, "test", [4; 32]).await.unwrap();
     assert_eq!(leaving, NodeId(0xB));
     b_proxy.heal();
-    tokio::time::timeout(SETTLE, b.node.left()).await.expect("B has left");
+    assert_eq!(tokio::time::timeout(SETTLE, b.node.ended()).await.expect("B has left"), Ended::Left);
     b.node.shutdown().await;
     wait_owned_once(&[&a], |_| NodeId(0xA)).await;
     assert_eq!(rows(&a, big, b"big").await, before);

@@ -51,11 +51,11 @@ async fn a_new_node_serves_nothing_until_it_bootstraps() {
     let own = Ownership::load(open(dir.path())).unwrap();
     assert!(own.is_empty());
     assert_eq!(own.serve(Slot(3), async { 1 }).await, Err(Refusal::NotOwner { slot: 3, moved_to: None }));
-    own.bootstrap().await.unwrap();
+    own.bootstrap(Vec::new()).await.unwrap();
     assert_eq!(own.serve(Slot(3), async { 1 }).await, Ok(1));
     assert_eq!(own.owned().len(), usize::from(SLOTS));
     assert_eq!(own.owned_set().len(), usize::from(SLOTS));
-    assert!(own.bootstrap().await.is_err(), "a node that holds slots never bootstraps again");
+    assert!(own.bootstrap(Vec::new()).await.is_err(), "a node that holds slots never bootstraps again");
 }
 
 /// The whole hand-over between two stores, with a request in flight at the fence, a request
@@ -66,7 +66,7 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
     let (store_a, store_b) = (open(dir_a.path()), open(dir_b.path()));
     let a = Arc::new(Ownership::load(store_a.clone()).unwrap());
     let b = Ownership::load(store_b.clone()).unwrap();
-    a.bootstrap().await.unwrap();
+    a.bootstrap(Vec::new()).await.unwrap();
     let slot = Slot(7);
     for _ in 0..20 {
         put(&store_a, slot, b"row").await;
@@ -153,7 +153,7 @@ async fn a_hand_over_leaves_exactly_one_owner_at_every_step() {
 async fn slots_held_together_are_fenced_only_after_their_holder_lets_go() {
     let dir = tempfile::tempdir().unwrap();
     let a = Arc::new(Ownership::load(open(dir.path())).unwrap());
-    a.bootstrap().await.unwrap();
+    a.bootstrap(Vec::new()).await.unwrap();
     let fence_of = |slot| {
         let a = a.clone();
         tokio::spawn(async move { a.fence(Slot(slot), B).await })
@@ -173,7 +173,8 @@ async fn slots_held_together_are_fenced_only_after_their_holder_lets_go() {
         assert!(a.hold(&[Slot(5)]).await.is_ok(), "a holder takes a free slot more");
         assert_eq!(a.hold(&[Slot(5), Slot(7)]).await.err(), Some(Refusal::Moving { slot: 7 }));
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(fence_4.await.unwrap().unwrap(), 2);
     drop(other);
     assert_eq!(fence_7.await.unwrap().unwrap(), 2);
@@ -186,7 +187,7 @@ async fn a_hand_over_resumed_after_a_restart_keeps_its_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let own = Ownership::load(store.clone()).unwrap();
-    own.bootstrap().await.unwrap();
+    own.bootstrap(Vec::new()).await.unwrap();
     let epoch = own.fence(Slot(1), B).await.unwrap();
     drop(own);
     let own = Ownership::load(store).unwrap();
