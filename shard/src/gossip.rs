@@ -28,7 +28,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tracing::warn;
 
-use crate::incarnation::Incarnation;
+use crate::incarnation::{Admitted, Incarnation};
 
 const VERSION: u8 = 2;
 const HEAD: usize = 1 + 8 + 8 + 8 + 8;
@@ -189,10 +189,12 @@ struct SealedSocket {
 }
 
 impl SealedSocket {
-    fn warn_once(&mut self, from: SocketAddr, why: Dropped) {
+    /// Warns of a dropped datagram, at most once per sender per [`WARN_EVERY`]; whether it
+    /// did.
+    fn warn_once(&mut self, from: SocketAddr, why: Dropped) -> bool {
         let now = Instant::now();
         if self.warned.get(&from).is_some_and(|at| now.duration_since(*at) < WARN_EVERY) {
-            return;
+            return false;
         }
         if self.warned.len() >= MAX_WARNED {
             self.warned.clear();
@@ -215,19 +217,34 @@ impl SealedSocket {
             ),
             Dropped::Malformed | Dropped::Undecodable => warn!(%from, "gossip refused: not a tim-rs gossip datagram"),
         }
+        true
+    }
+
+    /// Tells a node of another cluster incarnation that it is not heard (a node that was
+    /// given a seed of another cluster learns it this way, and stops), as often as it is
+    /// warned of.
+    async fn answer_stranger(&mut self, to: SocketAddr) {
+        seal(&self.key, self.sent_now(), &ChitchatMessage::BadCluster, &mut self.send_buf);
+        if let Err(e) = self.socket.send_to(&self.send_buf, to).await {
+            tracing::debug!(%to, error = %e, "gossip refusal not sent");
+        }
+    }
+
+    /// This node as its next datagram names it.
+    fn sent_now(&self) -> Sent {
+        Sent {
+            incarnation: self.sender.incarnation.get(),
+            node: self.sender.node,
+            generation: self.sender.generation,
+            at_ms: self.started.elapsed().as_millis() as u64,
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Socket for SealedSocket {
     async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
-        let sent = Sent {
-            incarnation: self.sender.incarnation.get(),
-            node: self.sender.node,
-            generation: self.sender.generation,
-            at_ms: self.started.elapsed().as_millis() as u64,
-        };
-        seal(&self.key, sent, &message, &mut self.send_buf);
+        seal(&self.key, self.sent_now(), &message, &mut self.send_buf);
         if self.send_buf.len() > MAX_DATAGRAM {
             warn!(%to, bytes = self.send_buf.len(), "gossip message over the datagram limit, not sent");
             return Ok(());
@@ -248,14 +265,18 @@ impl Socket for SealedSocket {
                 Err(e) => return Err(e).context("gossip socket failed"),
             };
             let why = match open(&self.key, self.recv_buf.get(..len).unwrap_or_default()) {
-                Ok((sent, _)) if !self.sender.incarnation.admits(sent.incarnation, from) => {
-                    Dropped::OtherCluster(sent.incarnation)
-                }
-                Ok((sent, _)) if !self.newest.admits(sent) => Dropped::Stale,
-                Ok((_, message)) => return Ok((from, message)),
+                Ok((sent, message)) => match self.sender.incarnation.admits(sent.incarnation, from) {
+                    Admitted::Heard if self.newest.admits(sent) => return Ok((from, message)),
+                    Admitted::Heard => Dropped::Stale,
+                    Admitted::NotYet => continue,
+                    Admitted::Stranger => Dropped::OtherCluster(sent.incarnation),
+                },
                 Err(why) => why,
             };
-            self.warn_once(from, why);
+            let stranger = matches!(why, Dropped::OtherCluster(_));
+            if self.warn_once(from, why) && stranger {
+                self.answer_stranger(from).await;
+            }
         }
     }
 }

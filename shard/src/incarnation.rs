@@ -106,16 +106,16 @@ impl Incarnation {
     }
 
     /// Whether a datagram of incarnation `theirs` from `from` is heard: one of the same
-    /// incarnation, or of a node that does not know its own yet; and, by a node that does
-    /// not know its own, one from a seed, whose incarnation it takes. Any other is refused
-    /// and remembered.
-    pub fn admits(&self, theirs: u64, from: SocketAddr) -> bool {
+    /// incarnation, or of a node that does not know its own yet; and, by a joining node that
+    /// does not know its own, one from a seed, whose incarnation it takes (one from another
+    /// node it leaves unheard until then). Any other is a stranger's: refused and remembered.
+    pub fn admits(&self, theirs: u64, from: SocketAddr) -> Admitted {
         let own = self.get();
         if theirs == own || theirs == 0 {
             if own != 0 && theirs == own {
                 self.heard_own.store(true, Ordering::Release);
             }
-            return true;
+            return Admitted::Heard;
         }
         if own == 0 && self.seeds.contains(&from) {
             let taken = match self.own.compare_exchange(0, theirs, Ordering::AcqRel, Ordering::Acquire) {
@@ -127,12 +127,25 @@ impl Incarnation {
             };
             if taken {
                 self.heard_own.store(true, Ordering::Release);
-                return true;
+                return Admitted::Heard;
             }
         }
+        if own == 0 && !self.seeds.is_empty() {
+            return Admitted::NotYet;
+        }
         self.stranger.send_replace(Some(Stranger { incarnation: theirs, from }));
-        false
+        Admitted::Stranger
     }
+}
+
+/// What becomes of a datagram ([`Incarnation::admits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    Heard,
+    /// A joining node does not know its cluster yet: dropped, quietly.
+    NotYet,
+    /// Another cluster's: refused.
+    Stranger,
 }
 
 /// The incarnation kept in the store, if any.
@@ -166,10 +179,10 @@ mod tests {
     #[test]
     fn a_member_hears_its_own_incarnation_and_joiners_only() {
         let member = Incarnation::new(7, []);
-        assert!(member.admits(7, addr(1)));
+        assert_eq!(member.admits(7, addr(1)), Admitted::Heard);
         assert!(member.heard_own());
-        assert!(member.admits(0, addr(2)), "a joining node that does not know it yet");
-        assert!(!member.admits(8, addr(3)));
+        assert_eq!(member.admits(0, addr(2)), Admitted::Heard, "a joining node that does not know it yet");
+        assert_eq!(member.admits(8, addr(3)), Admitted::Stranger);
         assert_eq!(*member.strangers().borrow(), Some(Stranger { incarnation: 8, from: addr(3) }));
         assert_eq!(member.get(), 7);
     }
@@ -177,19 +190,19 @@ mod tests {
     #[test]
     fn a_joiner_takes_its_seeds_incarnation_and_no_other() {
         let joiner = Incarnation::new(0, [addr(1)]);
-        assert!(!joiner.admits(9, addr(2)), "not from a seed");
-        assert_eq!(joiner.get(), 0);
+        assert_eq!(joiner.admits(9, addr(2)), Admitted::NotYet, "not from a seed");
+        assert_eq!((joiner.get(), *joiner.strangers().borrow()), (0, None));
         assert!(!joiner.heard_own());
-        assert!(joiner.admits(7, addr(1)));
+        assert_eq!(joiner.admits(7, addr(1)), Admitted::Heard);
         assert_eq!((joiner.get(), *joiner.learned().borrow()), (7, 7));
-        assert!(!joiner.admits(9, addr(1)), "a seed of another cluster later on");
-        assert!(joiner.admits(7, addr(2)));
+        assert_eq!(joiner.admits(9, addr(1)), Admitted::Stranger, "a seed of another cluster later on");
+        assert_eq!(joiner.admits(7, addr(2)), Admitted::Heard);
     }
 
     #[test]
     fn a_founder_takes_none() {
         let founder = Incarnation::new(0, []);
-        assert!(!founder.admits(5, addr(1)));
+        assert_eq!(founder.admits(5, addr(1)), Admitted::Stranger);
         assert_eq!(founder.get(), 0);
         assert_eq!(founder.strangers().borrow().map(|s| s.incarnation), Some(5));
     }

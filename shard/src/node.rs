@@ -289,7 +289,7 @@ impl ClusterNode {
             mover: mover.clone(),
             told_moves: (MoveTotals::default(), 0),
             moves_sampled: (MoveTotals::default(), Instant::now()),
-            partials_at: Instant::now(),
+            partials_at: None,
             stop: stop.clone(),
         };
         tasks.spawn(driver.run().instrument(span));
@@ -473,8 +473,9 @@ struct Driver {
     told_moves: (MoveTotals, u64),
     /// The totals at the last rate sample, and when.
     moves_sampled: (MoveTotals, Instant),
-    /// When partial copies were last looked for.
-    partials_at: Instant,
+    /// When partial copies were last looked for (`None`: not yet; at start, any partial copy
+    /// is one that stopped: a copy that goes on starts over with its first part).
+    partials_at: Option<Instant>,
     stop: CancellationToken,
 }
 
@@ -691,10 +692,10 @@ impl Driver {
 
     /// Removes, now and then, what this node holds of slots whose copy to it stopped coming.
     async fn drop_partial_copies(&mut self) {
-        if self.partials_at.elapsed() < PARTIAL_EVERY {
+        if self.partials_at.is_some_and(|at| at.elapsed() < PARTIAL_EVERY) {
             return;
         }
-        self.partials_at = Instant::now();
+        self.partials_at = Some(Instant::now());
         match self.cluster.ownership().drop_partial_copies(PARTIAL_QUIET).await {
             Ok(dropped) if !dropped.is_empty() => {
                 info!(slots = dropped.len(), "removed copies of slots whose hand-over to this node stopped")

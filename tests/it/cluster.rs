@@ -22,15 +22,24 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     secret: tempfile::TempDir,
+    /// The first three bytes of the nodes' addresses (node `i` is on `.i+1`).
+    net: [u8; 3],
+    /// Nodes added so far, for the next address.
+    added: u8,
 }
 
 impl TestCluster {
     /// `n` nodes: the first founds the cluster, the others join through it; returns once
     /// every slot is owned by a live member that agrees on the placement.
     pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        Self::start_in([127, 0, 0], n, extra)
+    }
+
+    /// The same on addresses of `net` (a test that cuts links between them owns its `net`).
+    pub fn start_in(net: [u8; 3], n: usize, extra: &[&str]) -> TestCluster {
         let secret = tempfile::tempdir().expect("temp dir");
         std::fs::write(secret.path().join("secret.key"), [7u8; 32]).expect("secret");
-        let mut cluster = TestCluster { nodes: Vec::new(), secret };
+        let mut cluster = TestCluster { nodes: Vec::new(), secret, net, added: 0 };
         for _ in 0..n {
             cluster.add(extra);
         }
@@ -38,33 +47,46 @@ impl TestCluster {
         cluster
     }
 
-    pub fn secret_file(&self) -> String {
-        self.secret.path().join("secret.key").display().to_string()
+    /// The address of the next node added.
+    pub fn next_host(&self) -> IpAddr {
+        let [a, b, c] = self.net;
+        IpAddr::from([a, b, c, self.added + 1])
     }
 
-    /// Starts one more node (on the next loopback address), joining through the first.
-    pub fn add(&mut self, extra: &[&str]) -> &TestNode {
-        let host = IpAddr::from([127, 0, 0, self.nodes.len() as u8 + 1]);
-        let gossip = format!("{host}:0");
-        let rpc = format!("{host}:0");
-        let secret = self.secret_file();
-        let seeds = self.nodes.first().and_then(|n| n.gossip).map(|g| g.to_string());
-        let mut args = vec![
+    /// The arguments every node of this cluster takes, on `host`, joining through `seed`.
+    pub fn node_args(&self, host: IpAddr, seed: Option<std::net::SocketAddr>) -> Vec<String> {
+        let mut args: Vec<String> = [
             "--gossip-listen",
-            &gossip,
+            &format!("{host}:0"),
             "--rpc-listen",
-            &rpc,
+            &format!("{host}:0"),
             "--secret-file",
-            &secret,
+            &self.secret_file(),
             "--gossip-interval-ms",
             "50",
             "--argon2-memory-kib",
             "1024",
-        ];
-        if let Some(seeds) = &seeds {
-            args.extend(["--seeds", seeds]);
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        if let Some(seed) = seed {
+            args.extend(["--seeds".to_owned(), seed.to_string()]);
         }
-        args.extend_from_slice(extra);
+        args
+    }
+
+    pub fn secret_file(&self) -> String {
+        self.secret.path().join("secret.key").display().to_string()
+    }
+
+    /// Starts one more node (on the next address), joining through the first.
+    pub fn add(&mut self, extra: &[&str]) -> &TestNode {
+        let host = self.next_host();
+        self.added += 1;
+        let mut args = self.node_args(host, self.nodes.first().and_then(|n| n.gossip));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = TestNode::start_on(host, tempfile::tempdir().expect("temp dir"), &args);
         self.nodes.push(node);
         self.nodes.last().expect("a node")
@@ -211,8 +233,15 @@ impl TestCluster {
 
     /// `tim cluster remove NODE` asked of node `via`.
     pub fn remove(&self, via: usize, node: &str, force: bool) -> std::process::Output {
+        self.remove_all(via, &[node.to_owned()], force)
+    }
+
+    /// `tim cluster remove NODE…` asked of node `via`.
+    pub fn remove_all(&self, via: usize, nodes: &[String], force: bool) -> std::process::Output {
         let rpc = self.nodes[via].rpc.expect("a cluster member").to_string();
-        let mut args = vec!["cluster", "remove", node, "--server", &rpc];
+        let mut args = vec!["cluster", "remove"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--server", &rpc]);
         if force {
             args.push("--force");
         }

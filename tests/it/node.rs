@@ -177,6 +177,20 @@ impl TestNode {
 
     /// Starts a stopped node again on its data dir, at the same addresses.
     fn start_again(mut self) -> TestNode {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        self.start_again_in(dir)
+    }
+
+    /// SIGKILL, then a new node on an empty data dir at the same addresses with the same
+    /// arguments (a disk replaced, the command line kept).
+    pub fn kill9_and_start_wiped(mut self) -> TestNode {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.start_again_in(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts a stopped node on `dir` at its addresses.
+    fn start_again_in(&self, dir: tempfile::TempDir) -> TestNode {
         let mut args = self.args.clone();
         for (flag, bound) in [("--rpc-listen", self.rpc), ("--gossip-listen", self.gossip)] {
             let at = args.iter().position(|a| a == flag).map(|i| i + 1);
@@ -184,7 +198,6 @@ impl TestNode {
                 *value = bound.to_string();
             }
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         TestNode::start_at(self.addr, dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
