@@ -23,9 +23,10 @@ build: deps
 run: build
 	$(CARGO_TARGET_DIR)/debug/tim serve $(ARGS)
 
-# The tests also drive a headless Chromium (the chat page and the console).
+# The tests also drive a headless Chromium (the chat page and the console), cut links between
+# nodes with nftables and step a node's clock with libfaketime.
 test: deps
-	@scripts/deps.sh --browser
+	@scripts/deps.sh --tests
 	cargo test --workspace --all-targets
 
 check: deps

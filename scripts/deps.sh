@@ -3,8 +3,10 @@
 #
 #   scripts/deps.sh            check; install what is missing (Debian, as root); fail naming it
 #   scripts/deps.sh --check    check only: print what is missing, exit 1 if anything is
-#   --browser                  also what the tests need: Chromium and chromedriver (the browser
-#                              test of the chat page and the console drives them)
+#   --tests                    also what the tests need: Chromium and chromedriver (the browser
+#                              test of the chat page and the console drives them), nftables (the
+#                              cluster tests cut links between nodes) and libfaketime (they step
+#                              a node's clock)
 #   --root DIR                 look for libraries under DIR instead of / (for the self-test)
 #
 # The rocksdb crate generates its bindings with bindgen, which loads libclang at build time
@@ -16,12 +18,12 @@
 set -euo pipefail
 
 check_only=0
-browser=0
+tests=0
 root=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--check) check_only=1 ;;
-	--browser) browser=1 ;;
+	--tests) tests=1 ;;
 	--root)
 		root="${2:?--root needs a directory}"
 		shift
@@ -95,14 +97,27 @@ have_browser() {
 	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]
 }
 
+# The cluster tests' tools: nft, and the library that fakes a process's wall clock.
+have_nft() {
+	[ -n "$root" ] && return 0
+	command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]
+}
+
+have_faketime() {
+	[ -n "$root" ] && return 0
+	[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1 ]
+}
+
 missing() {
 	local list=()
 	have_libclang || list+=("libclang (libclang.so or libclang-N.so, Debian package libclang-dev)")
 	have_clang_headers || list+=("clang's builtin headers (stddef.h, Debian package libclang-common-N-dev)")
 	have_cxx || list+=("a C++ compiler with its standard library (${CXX:-c++}, Debian package g++)")
-	if [ "$browser" = 1 ] && ! have_browser; then
+	if [ "$tests" = 1 ] && ! have_browser; then
 		list+=("Chromium and chromedriver (/usr/bin/chromium, /usr/bin/chromedriver: Debian packages chromium and chromium-driver)")
 	fi
+	if [ "$tests" = 1 ] && ! have_nft; then list+=("nft (Debian package nftables)"); fi
+	if [ "$tests" = 1 ] && ! have_faketime; then list+=("libfaketime.so.1 (Debian package libfaketime)"); fi
 	if [ ${#list[@]} -gt 0 ]; then printf '%s\n' "${list[@]}"; fi
 }
 
@@ -111,7 +126,9 @@ packages() {
 	local list=()
 	if ! have_libclang || ! have_clang_headers; then list+=(libclang-dev); fi
 	have_cxx || list+=(g++)
-	if [ "$browser" = 1 ] && ! have_browser; then list+=(chromium chromium-driver); fi
+	if [ "$tests" = 1 ] && ! have_browser; then list+=(chromium chromium-driver); fi
+	if [ "$tests" = 1 ] && ! have_nft; then list+=(nftables); fi
+	if [ "$tests" = 1 ] && ! have_faketime; then list+=(libfaketime); fi
 	echo "${list[@]}"
 }
 

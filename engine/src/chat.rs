@@ -195,28 +195,29 @@ impl History {
         Ok(if recent { Some(mid_of(mid)?) } else { None })
     }
 
-    /// Stores a group message in the group's history and queues it for `absent` (members
-    /// without a session), in one commit when every slot is here; its `mid`.
+    /// Stores a group message in the group's history and queues it for every one of
+    /// `members`, in one commit when every slot is here: an online member's session acks
+    /// its entry away, and a member whose session is lost before that (its node killed) finds
+    /// it offline. Its `mid`, and the members' entries in their order.
     pub async fn append_to_group(
         &self,
         chat: [u8; 16],
         from: UserId,
         msg: &TimMessage,
-        absent: &[UserId],
+        members: &[UserId],
         offline: &OfflineQueue,
-    ) -> Result<i64, EngineError> {
+    ) -> Result<(i64, Vec<RowId>), EngineError> {
         let mut rows = Inserts::default();
         rows.add(partition::conversation(&chat), self.table, Self::row(chat, from, msg, None));
-        let entries: Vec<_> = absent.iter().map(|user| (0, *user, msg)).collect();
+        let entries: Vec<_> = members.iter().map(|user| (0, *user, msg)).collect();
         let (ids, queued) = self.store(rows, &entries, offline).await?;
         let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
-        if queued.is_some() {
-            return Ok(mid);
+        if let Some(queued) = queued {
+            return Ok((mid, queued));
         }
         let queued = TimMessage { mid: Some(mid), ..msg.clone() };
-        let entries: Vec<_> = absent.iter().map(|user| (*user, queued.clone())).collect();
-        offline.push_all(&entries).await?;
-        Ok(mid)
+        let entries: Vec<_> = members.iter().map(|user| (*user, queued.clone())).collect();
+        Ok((mid, offline.push_all(&entries).await?))
     }
 
     /// Stores normal messages of `from` in their conversations' histories, which gives each

@@ -1,10 +1,12 @@
 //! Group messages (msType 3 with `roomTid`), group history and group recall, and the checks
 //! of private messages inside a group (tim-protocol.md §3.4).
 //!
-//! A normal group message is stored in the group's history and, in the same write, in the
-//! offline queue of every member without a session; then it is pushed, encoded once, with ack
-//! requests to every session of the other members, the sender's included (that copy is the
-//! sender's echo). A member none of whose sessions acks gets it offline.
+//! A normal group message is stored in the group's history and, in the same write (when one
+//! node holds every slot involved, else right after it), in the offline queue of every
+//! member; then it is pushed, encoded once, with ack requests to every session of every
+//! member, the sender's included (that copy is the sender's echo). A session's ack removes its
+//! member's entry; a member none of whose sessions acks, or whose session's node is lost
+//! before it does, gets it offline.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use tim_net::FrameType;
 use crate::chat::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::error::EngineError;
 use crate::ident::{GroupId, UserId};
-use crate::push::{locate, push_frames, push_messages, Fallback};
+use crate::push::{push_frames, push_messages, Fallback};
 use crate::server::Server;
 
 /// The conversation id of a group: its id, then eight zero bytes (TIM's layout).
@@ -61,13 +63,13 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
     match msg.od_type {
         OD_NORMAL => {
             msg.mid = None;
-            let located = locate(server, &members).await?;
-            let (online, absent): (Vec<UserId>, Vec<UserId>) =
-                members.into_iter().partition(|m| located.get(m).is_some_and(|l| !l.is_empty()));
-            let mid = server.history.append_to_group(chat_of(group), from.user, &msg, &absent, &server.offline).await?;
+            let history = &server.history;
+            let (mid, entries) =
+                history.append_to_group(chat_of(group), from.user, &msg, &members, &server.offline).await?;
             crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
-            push_messages(server, online.into_iter().map(|m| (m, msg.clone(), Fallback::Store)).collect()).await;
+            let items = members.into_iter().zip(entries).map(|(m, entry)| (m, msg.clone(), Fallback::Queued(entry)));
+            push_messages(server, items.collect()).await;
             Ok(Next::Done)
         }
         OD_RECALL => recall(server, from.user, group, node, members, msg).await,

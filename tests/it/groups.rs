@@ -8,7 +8,7 @@ use crate::node::WAIT;
 use crate::roster::{batch, pushed, request_offline, user};
 use crate::topology::topology_test;
 
-async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
+pub async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
     let req = TimReq {
         rtype: Some(rtype),
         node: node.map(str::to_owned),
@@ -69,7 +69,7 @@ fn sorted(mut v: Vec<&String>) -> Vec<String> {
 }
 
 /// A pushed group notice: its bnType, sender and group.
-async fn notice(client: &mut Client) -> (i32, String, String) {
+pub async fn notice(client: &mut Client) -> (i32, String, String) {
     let msg = pushed(client, true).await;
     assert_eq!((msg.ms_type, msg.od_type), (2, 4));
     (msg.bn_type.unwrap(), msg.from_tid.unwrap().node, msg.room_tid.unwrap().node)
