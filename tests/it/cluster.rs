@@ -82,12 +82,18 @@ impl TestCluster {
 
     /// Starts one more node (on the next address), joining through the first.
     pub fn add(&mut self, extra: &[&str]) -> &TestNode {
+        self.add_with_env(extra, &[])
+    }
+
+    /// The same, with more environment variables for the node.
+    pub fn add_with_env(&mut self, extra: &[&str], envs: &[(String, String)]) -> &TestNode {
         let host = self.next_host();
         self.added += 1;
         let mut args = self.node_args(host, self.nodes.first().and_then(|n| n.gossip));
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = TestNode::start_on(host, tempfile::tempdir().expect("temp dir"), &args);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = TestNode::start_with_env(std::net::SocketAddr::new(host, 0), dir, &args, envs);
         self.nodes.push(node);
         self.nodes.last().expect("a node")
     }

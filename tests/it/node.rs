@@ -28,6 +28,8 @@ pub struct TestNode {
     pub id: Option<String>,
     /// The extra `serve` arguments it was started with.
     args: Vec<String>,
+    /// The environment variables it was started with, beyond the test's.
+    envs: Vec<(String, String)>,
 }
 
 /// The fields of the line `tim serve` prints when it is up: `tim ready listen=… rpc=… …`.
@@ -58,6 +60,16 @@ impl TestNode {
 
     /// A node whose client listener binds `listen`, on an existing data dir.
     pub fn start_at(listen: SocketAddr, dir: tempfile::TempDir, args: &[&str]) -> TestNode {
+        Self::start_with_env(listen, dir, args, &[])
+    }
+
+    /// The same with more environment variables (kept for a restart).
+    pub fn start_with_env(
+        listen: SocketAddr,
+        dir: tempfile::TempDir,
+        args: &[&str],
+        envs: &[(String, String)],
+    ) -> TestNode {
         let host = listen.ip();
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("tim.log")).expect("log file");
@@ -71,6 +83,7 @@ impl TestNode {
             .arg(SocketAddr::new(host, 0).to_string())
             .args(args)
             .env("TIM_LOG", "debug")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -85,6 +98,7 @@ impl TestNode {
             admin: None,
             id: None,
             args,
+            envs: envs.to_vec(),
         };
         let stdout = node.child.stdout.take().expect("stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -198,7 +212,7 @@ impl TestNode {
                 *value = bound.to_string();
             }
         }
-        TestNode::start_at(self.addr, dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        TestNode::start_with_env(self.addr, dir, &args.iter().map(String::as_str).collect::<Vec<_>>(), &self.envs)
     }
 
     pub async fn register(&self, name: &str, pwd: &str, encoding: Encoding) -> TimAck {

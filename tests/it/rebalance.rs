@@ -195,10 +195,10 @@ async fn whole_history(client: &mut Client, peer: &str) -> Vec<(i64, String)> {
 
 /// A conversation of 100,000 messages moves, paced, to a joining node that weighs 1000 to
 /// the founder's 1 (so it takes nearly every slot, that one with them), under a steady chat.
-/// The receiving node is killed (-9) mid-move and started again, then the sending one. The
-/// move completes: every slot has one owner, the conversation's history pages are what they
-/// were, read through either node, and the bench counts nothing lost, duplicated or
-/// reordered.
+/// The receiving node is killed (-9) mid-move and started again (it removes the part of the
+/// slot it held: the copy starts over), then the sending one. The move completes: every slot
+/// has one owner, the conversation's history pages are what they were, read through either
+/// node, and the bench counts nothing lost, duplicated or reordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_of_100000_messages_moves_across_kills_of_either_node() {
     // Unsynced writes survive a killed process (the kernel has them): the fill goes faster.
@@ -216,6 +216,7 @@ async fn a_slot_of_100000_messages_moves_across_kills_of_either_node() {
     let sent = wait_mid_move(&cluster, 0, 0, 1 << 20);
     let receiver = cluster.nodes.pop().unwrap();
     cluster.nodes.push(receiver.kill9_and_restart());
+    crate::split::logs(cluster.nodes.last().unwrap(), "removed copies of slots whose hand-over to this node stopped");
     wait_mid_move(&cluster, 0, sent, 1 << 20);
     let sender = cluster.nodes.remove(0);
     cluster.nodes.insert(0, sender.kill9_and_restart());

@@ -25,7 +25,7 @@ fn stops_refusing(node: &mut TestNode, why: &str) {
 }
 
 /// Waits until some node's log says `what`.
-fn logs(node: &TestNode, what: &str) {
+pub fn logs(node: &TestNode, what: &str) {
     let deadline = Instant::now() + SETTLE;
     while !node.log().contains(what) {
         assert!(Instant::now() < deadline, "no `{what}` in the log:\n{}", node.log());
@@ -320,6 +320,108 @@ async fn a_node_cut_off_stops_acknowledging_before_its_removal_returns() {
     let mut gone = cluster.nodes.pop().unwrap();
     stops_refusing(&mut gone, "was removed from the cluster");
     cluster.settle(2);
+    cluster.assert_each_slot_owned_once();
+}
+
+/// A slot adopted after its owner was removed issues ids above every id it issued before, on
+/// any node: conversations whose history was on the removed node go on with `mid`s above the
+/// ones their users saw (some do: their history is empty after the removal).
+#[tokio::test]
+async fn ids_keep_increasing_through_an_adoption() {
+    let mut cluster = TestCluster::start(3, &[BASE, &["--message-noauth", "true"]].concat());
+    let mut pairs = Vec::new();
+    for i in 0..32 {
+        let (mut a, _) = crate::roster::user(&cluster.nodes[0], &format!("a{i}"), Encoding::Compact).await;
+        let b_node = cluster.nodes[1].register(&format!("b{i}"), "pw", Encoding::Compact).await.n.unwrap();
+        let mut mids = Vec::new();
+        for m in 0..3 {
+            a.send(FrameType::Message, &text_to(&b_node, &format!("m{m}"), 1)).await.unwrap();
+            mids.push(crate::chat::echo(&mut a).await.mid.unwrap());
+        }
+        pairs.push((format!("a{i}"), b_node, mids));
+    }
+    let dead = cluster.nodes.pop().unwrap();
+    let dead_id = dead.id.clone().unwrap();
+    dead.kill9();
+    wait_dead(&cluster, std::slice::from_ref(&dead_id), 2);
+    let removed = cluster.remove(0, &dead_id, true);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let mut started_over = 0;
+    for (a, b_node, mids) in &pairs {
+        let (mut a, ack) = cluster.nodes[0].login(a, "pw", Encoding::Compact).await;
+        if !ack.ok {
+            continue; // its account was on the removed node
+        }
+        let forgotten = crate::chat::history(&mut a, b_node, 0, 10).await.is_empty();
+        a.send(FrameType::Message, &text_to(b_node, "after", 1)).await.unwrap();
+        let frame = a.recv_within(crate::node::WAIT).await.unwrap();
+        if frame.kind == FrameType::Ack {
+            let ack: TimAck = frame.decode(a.encoding()).unwrap();
+            assert_eq!(ack.error_code(), Some(4106), "only a recipient lost with the node: {ack:?}");
+            continue;
+        }
+        let mid = frame.decode::<TimMessage>(a.encoding()).unwrap().mid.unwrap();
+        assert!(mids.iter().all(|old| *old < mid), "mid {mid} after {mids:?}");
+        assert!(mid < 1 << 53);
+        started_over += usize::from(forgotten);
+    }
+    assert!(started_over > 0, "some conversations were on the removed node");
+}
+
+/// The shared library that fakes a process's wall clock (Debian's libfaketime).
+fn faketime() -> String {
+    let paths = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ];
+    let found = paths.into_iter().find(|p| std::path::Path::new(p).exists());
+    found.expect("libfaketime (Debian's package, which `make test` installs)").to_owned()
+}
+
+/// A member's wall clock steps ten minutes ahead while it runs: the others go on hearing it
+/// (what it gossips after the step reaches them), so it cannot be removed while it serves.
+/// Started again with its clock ten minutes behind, it is the same member, newer: the others
+/// take its new generation and it serves.
+#[tokio::test]
+async fn a_clock_step_of_minutes_neither_hides_a_node_nor_lets_it_be_removed() {
+    let mut cluster = TestCluster::start(2, &[]);
+    let clock = tempfile::tempdir().unwrap();
+    let offset = clock.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let envs: Vec<(String, String)> = [
+        ("LD_PRELOAD", faketime()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    cluster.add_with_env(&[], &envs);
+    cluster.settle(3);
+    let id = cluster.nodes[2].id.clone().unwrap();
+    let seen = |cluster: &TestCluster, key: &str| {
+        let status = cluster.status(0);
+        let me = status.as_array().unwrap().iter().find(|m| m["node"] == id.as_str()).cloned().unwrap();
+        (me["live"] == true, me[key].as_u64().unwrap_or(0))
+    };
+    let before = seen(&cluster, "generation").1;
+    std::fs::write(&offset, "+10m\n").unwrap();
+    // What the node gossips after the step (a session of its own) reaches the others.
+    let (_client, _) = crate::roster::user(&cluster.nodes[2], "clocked", Encoding::Compact).await;
+    let deadline = Instant::now() + SETTLE;
+    while seen(&cluster, "sessions") != (true, 1) {
+        assert!(Instant::now() < deadline, "the others do not hear the node after its clock step");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = cluster.remove(0, &id, true);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is live"), "{refused:?}");
+    std::fs::write(&offset, "-10m\n").unwrap();
+    let node = cluster.nodes.pop().unwrap();
+    cluster.nodes.push(node.restart());
+    cluster.settle(3);
+    assert!(seen(&cluster, "generation").1 > before, "a newer generation, although the clock went back");
     cluster.assert_each_slot_owned_once();
 }
 
