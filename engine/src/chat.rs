@@ -386,6 +386,19 @@ pub struct Accepted {
     dedup: Option<[u8; 24]>,
 }
 
+impl Accepted {
+    /// The message as accepted (stamped by the server: an `id` the client did not set is the
+    /// server's).
+    pub fn message(&self) -> &TimMessage {
+        &self.msg
+    }
+
+    /// Whether the client set the message's `id`.
+    pub fn sent_with_id(&self) -> bool {
+        self.dedup.is_some()
+    }
+}
+
 /// A stored 1:1 message.
 #[derive(Clone, Copy)]
 struct Stored {

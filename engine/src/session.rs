@@ -44,6 +44,7 @@ mod big_data;
 mod burst;
 mod dispatch;
 mod login;
+mod order;
 
 use acks::{next_expired, Pending};
 use big_data::Reassembly;
@@ -108,6 +109,9 @@ struct Session {
     ack_timers: Option<Box<DelayQueue<u32>>>,
     /// The virtual rooms this session is subscribed to, ended when it closes.
     rooms: Vec<String>,
+    /// Targets whose messages wait for one refused as retryable ([`order`]); boxed, and made
+    /// at the first such refusal.
+    holds: Option<Box<order::Holds>>,
 }
 
 /// The session of a new connection, as the future its task runs.
@@ -142,6 +146,7 @@ pub fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) -> impl Future<Ou
         burst: Vec::new(),
         ack_timers: None,
         rooms: Vec::new(),
+        holds: None,
     };
     async move { session.serve().await }.instrument(span)
 }
@@ -255,6 +260,29 @@ impl Session {
     /// Refuses with the code of an engine error, logging internal ones.
     async fn refuse_with(&mut self, tim_type: u8, encoding: Encoding, e: EngineError) -> Result<(), Close> {
         self.refuse(tim_type, encoding, e.answer("request")).await
+    }
+
+    /// Refuses a chat message with `code`; a retryable refusal holds the connection's later
+    /// messages to its target ([`order`]).
+    async fn refuse_message(
+        &mut self,
+        key: Option<order::Key>,
+        tim_type: u8,
+        encoding: Encoding,
+        code: ErrorCode,
+    ) -> Result<(), Close> {
+        if let (ErrorCode::BlockingOperation, Some(key)) = (code, key) {
+            self.holds.get_or_insert_with(Box::default).hold(key);
+        }
+        self.refuse(tim_type, encoding, code).await
+    }
+
+    /// Whether a chat message may go on now, or waits behind one refused before it.
+    fn passes(&mut self, key: Option<&order::Key>) -> bool {
+        match (self.holds.as_mut(), key) {
+            (Some(holds), Some(key)) => holds.pass(key),
+            _ => true,
+        }
     }
 
     /// Handles the WebSocket messages that have arrived, up to [`READ_BURST`] of them, so a

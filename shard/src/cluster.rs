@@ -160,6 +160,8 @@ pub struct Cluster {
     /// The nodes retired from the cluster, as far as this node knows (it only grows): kept
     /// by the loop, added to by a removal.
     retired: watch::Sender<BTreeSet<NodeId>>,
+    /// Those of them removed by an operator (`tim cluster remove`), not left: never answered.
+    removed: watch::Sender<BTreeSet<NodeId>>,
     /// When the members were last asked what they own.
     refreshed_at: Mutex<Option<Instant>>,
     timeouts: Timeouts,
@@ -221,6 +223,7 @@ impl Cluster {
             membership: OnceLock::new(),
             leave: watch::Sender::new(false),
             retired: watch::Sender::new(BTreeSet::new()),
+            removed: watch::Sender::new(BTreeSet::new()),
             refreshed_at: Mutex::new(None),
             timeouts,
             exports: Default::default(),
@@ -279,8 +282,22 @@ impl Cluster {
         });
     }
 
-    pub(crate) fn retire(&self, node: NodeId) {
-        self.retire_all([node]);
+    /// Adds nodes to the removed set, and so to the retired one (never removes any).
+    pub(crate) fn remove_all(&self, nodes: impl IntoIterator<Item = NodeId> + Clone) {
+        self.retire_all(nodes.clone());
+        self.removed.send_if_modified(|removed| {
+            let before = removed.len();
+            removed.extend(nodes);
+            removed.len() != before
+        });
+    }
+
+    pub(crate) fn removed(&self) -> watch::Receiver<BTreeSet<NodeId>> {
+        self.removed.subscribe()
+    }
+
+    pub(crate) fn is_removed(&self, node: NodeId) -> bool {
+        self.removed.borrow().contains(&node)
     }
 
     pub(crate) fn retired(&self) -> watch::Receiver<BTreeSet<NodeId>> {
@@ -820,7 +837,7 @@ impl Cluster {
                 Ok(cost) => Reply::Removed(cost),
                 Err(reason) => Reply::Failed { reason, duplicate: false },
             },
-            Request::Ping if self.is_retired(from) => {
+            Request::Ping if self.is_removed(from) => {
                 Reply::Failed { reason: format!("node {from} was removed from the cluster"), duplicate: false }
             }
             Request::Ping => {
@@ -834,7 +851,11 @@ impl Cluster {
             },
             Request::Members => {
                 let members = read(&self.members);
-                Reply::Members { members: members.members.clone(), retired: members.retired.iter().copied().collect() }
+                Reply::Members {
+                    members: members.members.clone(),
+                    retired: members.retired.iter().copied().collect(),
+                    removed: members.removed.iter().copied().collect(),
+                }
             }
             Request::Adopt { slot, epoch, from: removed } => self.adopt(Slot(slot), epoch, removed).await,
             Request::Leave => match self.ask_to_leave().await {
@@ -944,5 +965,70 @@ impl Handler for Calls {
             };
             wire::encode(&reply)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tim_kv::{RocksStore, SealKey, StoreConfig};
+
+    use super::*;
+    use crate::placement::Member;
+
+    /// A node that runs alone and owns every slot, without an engine yet.
+    async fn alone() -> Cluster {
+        let store: Arc<dyn Store> =
+            Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[1; 32]), &[]).unwrap());
+        let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
+        ownership.bootstrap(Vec::new()).await.unwrap();
+        let placement = Placement::new([Member { id: NodeId(1), weight: 1 }], 1);
+        let timeouts = Timeouts { moving: Duration::from_millis(50), ..Timeouts::default() };
+        Cluster::new(NodeId(1), 1, store, ownership, placement, None, timeouts).unwrap()
+    }
+
+    struct Stopping;
+
+    impl EngineHandler for Stopping {
+        fn at_slot(&self, _: Slot, _: Bytes) -> EngineAnswer {
+            Box::pin(std::future::ready(Err(HandlerError::Unready)))
+        }
+        fn at_node(&self, _: NodeId, _: Bytes) -> EngineAnswer {
+            Box::pin(std::future::ready(Err(HandlerError::Unready)))
+        }
+        fn at_node_now(&self, _: NodeId, _: Bytes) -> Result<Bytes, HandlerError> {
+            Err(HandlerError::Unready)
+        }
+        fn slot_state(&self, _: Slot) -> Bytes {
+            Bytes::new()
+        }
+        fn adopt_slot_state(&self, _: Slot, _: Bytes) {}
+    }
+
+    /// A node whose engine is not running yet (starting) or any more (stopping) answers
+    /// operations as retryable: clients get 5102, never a database error.
+    #[tokio::test]
+    async fn an_engine_that_is_not_running_is_a_retryable_condition() {
+        let cluster = alone().await;
+        let starting = cluster.call(Slot(3), Bytes::from_static(b"op")).await.unwrap_err();
+        assert!(starting.is_transient(), "{starting:?}");
+        let (node, body) = (cluster.node(), Bytes::from_static(b"op"));
+        assert!(cluster.call_node_in_order(node, body.clone()).await.unwrap_err().is_transient());
+        cluster.set_engine(Arc::new(Stopping));
+        let stopping = cluster.call(Slot(3), body.clone()).await.unwrap_err();
+        assert!(stopping.is_transient(), "{stopping:?}");
+        assert!(cluster.call_node(node, body.clone()).await.unwrap_err().is_transient());
+        assert!(cluster.call_node_in_order(node, body).await.unwrap_err().is_transient());
+    }
+
+    /// A node whose lease ended refuses its slots as retryable, and serves them again once
+    /// the gate opens.
+    #[tokio::test]
+    async fn a_closed_gate_refuses_every_slot_as_retryable() {
+        let cluster = alone().await;
+        cluster.ownership().gate().close();
+        let refused = cluster.get(TableId(1), RowId::new(Slot(5), 1)).await.unwrap_err();
+        assert!(refused.is_transient(), "{refused:?}");
+        cluster.ownership().gate().open_until(None);
+        assert!(matches!(cluster.get(TableId(1), RowId::new(Slot(5), 1)).await, Err(RouteError::Store(_))));
     }
 }

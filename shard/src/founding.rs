@@ -43,7 +43,7 @@ pub async fn found_again(store: Arc<dyn Store>, node: NodeId) -> Result<Founded,
     let me = old.members.iter().find(|m| m.id == node).copied();
     let me = me.unwrap_or(Recorded { id: node, weight: 1, since: 0 });
     let retired = old.members.iter().map(|m| m.id).filter(|id| *id != node).chain(old.retired.iter().copied());
-    let members = MemberSet { members: vec![me], retired: retired.collect() };
+    let members = MemberSet { members: vec![me], retired: retired.collect(), removed: old.removed };
     members.save(&*store).await?;
     let id = incarnation::new_id();
     let records = vec![

@@ -36,7 +36,10 @@ pub(crate) struct Recorded {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberSet {
     pub(crate) members: Vec<Recorded>,
+    /// Nodes that left or were removed: never members again.
     pub(crate) retired: BTreeSet<NodeId>,
+    /// Those of them an operator removed (`tim cluster remove`): nobody answers them.
+    pub(crate) removed: BTreeSet<NodeId>,
 }
 
 impl MemberSet {
@@ -54,7 +57,7 @@ impl MemberSet {
             None => BTreeSet::new(),
         };
         let members = members.into_iter().map(|m| Recorded { id: m.id, weight: m.weight, since: 0 }).collect();
-        Ok(Self { members, retired })
+        Ok(Self { members, retired, removed: BTreeSet::new() })
     }
 
     pub(crate) async fn save(&self, store: &dyn Store) -> Result<(), StoreError> {
@@ -71,14 +74,18 @@ impl MemberSet {
         self.members.iter().any(|m| m.id == node)
     }
 
-    /// Takes in members and retirements learned elsewhere; whether anything changed.
+    /// Takes in members, retirements and removals learned elsewhere; whether anything
+    /// changed.
     pub(crate) fn merge(
         &mut self,
         members: impl IntoIterator<Item = Recorded>,
         retired: impl IntoIterator<Item = NodeId>,
+        removed: impl IntoIterator<Item = NodeId>,
     ) -> bool {
         let before = self.clone();
         self.retired.extend(retired);
+        self.removed.extend(removed);
+        self.retired.extend(self.removed.iter().copied());
         for seen in members {
             match self.members.iter_mut().find(|m| m.id == seen.id) {
                 Some(known) if seen.since > known.since => *known = seen,
@@ -104,22 +111,24 @@ mod tests {
     #[test]
     fn merges_converge_whatever_the_order() {
         let views = [
-            (vec![rec(1, 1, 10), rec(2, 1, 5)], vec![]),
-            (vec![rec(2, 3, 7), rec(3, 1, 1)], vec![]),
-            (vec![rec(4, 1, 2)], vec![NodeId(3)]),
+            (vec![rec(1, 1, 10), rec(2, 1, 5)], vec![], vec![]),
+            (vec![rec(2, 3, 7), rec(3, 1, 1), rec(5, 1, 1)], vec![], vec![NodeId(5)]),
+            (vec![rec(4, 1, 2)], vec![NodeId(3)], vec![]),
         ];
         let mut results = Vec::new();
         for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
             let mut set = MemberSet::default();
             for i in order {
-                let (members, retired) = views[i].clone();
-                set.merge(members, retired);
+                let (members, retired, removed) = views[i].clone();
+                set.merge(members, retired, removed);
             }
             results.push(set);
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
         let set = &results[0];
         assert_eq!(set.members, vec![rec(1, 1, 10), rec(2, 3, 7), rec(4, 1, 2)], "newest weight, no retired member");
-        assert!(!set.clone().merge(set.members.clone(), set.retired.clone()), "nothing new: no change");
+        assert!(set.retired.contains(&NodeId(5)), "a removed node is retired");
+        let again = set.clone().merge(set.members.clone(), set.retired.clone(), set.removed.clone());
+        assert!(!again, "nothing new: no change");
     }
 }

@@ -33,6 +33,8 @@ pub(crate) const KEY_DRAINED: &str = "drained";
 pub(crate) const KEY_MOVES: &str = "moves";
 /// The nodes this node knows left the cluster for good, comma-separated.
 pub(crate) const KEY_RETIRED: &str = "retired";
+/// Those of them an operator removed, comma-separated.
+pub(crate) const KEY_REMOVED: &str = "removed";
 
 /// A member's part in the cluster, as it says itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -93,6 +95,8 @@ pub struct MemberInfo {
     pub msg_rate: u64,
     /// The nodes this one knows left the cluster for good.
     pub retired: Vec<NodeId>,
+    /// Those of them it knows an operator removed.
+    pub removed: Vec<NodeId>,
     /// The nodes this one is handing slots to now.
     pub fenced_to: Vec<NodeId>,
     /// Leaving, it holds nothing and is handed nothing: it stops soon.
@@ -127,6 +131,7 @@ impl MemberInfo {
             sessions: num(KEY_SESSIONS).unwrap_or(0),
             msg_rate: num(KEY_MESSAGE_RATE).unwrap_or(0),
             retired: state.get(KEY_RETIRED).map(parse_nodes).unwrap_or_default(),
+            removed: state.get(KEY_REMOVED).map(parse_nodes).unwrap_or_default(),
             fenced_to: state.get(KEY_FENCED_TO).map(parse_nodes).unwrap_or_default(),
             drained: state.get(KEY_DRAINED) == Some("1"),
             moved_slots: moves(0),

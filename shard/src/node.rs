@@ -191,7 +191,7 @@ impl ClusterNode {
         let incarnation = Arc::new(Incarnation::new(kept, seeds.iter().copied()));
         // The node's own weight is the newest word on it.
         let me = Recorded { id: cfg.node, weight: cfg.weight, since: cfg.generation };
-        if !leaving && members.merge([me], []) {
+        if !leaving && members.merge([me], [], []) {
             members.save(&*store).await?;
         }
         ownership.gate().close();
@@ -239,6 +239,7 @@ impl ClusterNode {
             (membership::KEY_MESSAGE_RATE, "0".to_owned()),
             (membership::KEY_LEAVING_SLOTS, "0".to_owned()),
             (membership::KEY_RETIRED, membership::format_nodes(members.retired.iter().copied())),
+            (membership::KEY_REMOVED, membership::format_nodes(members.removed.iter().copied())),
         ];
         let membership = Arc::new(
             Membership::start(MembershipConfig {
@@ -257,6 +258,7 @@ impl ClusterNode {
         );
         cluster.set_membership(membership.clone());
         cluster.retire_all(members.retired.iter().copied());
+        cluster.remove_all(members.removed.iter().copied());
         let (ended_tx, ended) = watch::channel(None);
         let (ready_tx, ready) = watch::channel(false);
         let mover = Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate));
@@ -743,15 +745,17 @@ impl Driver {
     async fn learn(&mut self, seen: &[MemberInfo]) -> Result<bool, StoreError> {
         let me = self.cluster.node();
         let mut set = self.members.clone();
-        // Nodes an operator removed through this node, nodes any member says left, and this
-        // node once it leaves.
+        // Nodes an operator removed through this node, nodes any member says left or were
+        // removed, and this node once it leaves.
         let mut retired: Vec<NodeId> = self.cluster.retired().borrow().iter().copied().collect();
         retired.extend(seen.iter().flat_map(|m| m.retired.iter().copied()));
         if self.leaving {
             retired.push(me);
         }
+        let mut removed: Vec<NodeId> = self.cluster.removed().borrow().iter().copied().collect();
+        removed.extend(seen.iter().flat_map(|m| m.removed.iter().copied()));
         let gossiped = seen.iter().map(|m| Recorded { id: m.node, weight: m.weight, since: m.generation });
-        let mut changed = set.merge(gossiped, retired);
+        let mut changed = set.merge(gossiped, retired, removed);
         let version = Some(self.cluster.placement().version());
         let differ: Vec<&MemberInfo> = seen
             .iter()
@@ -760,8 +764,8 @@ impl Driver {
             .collect();
         for m in differ {
             match self.cluster.send_within(m.node, &Request::Members, ASK_TIMEOUT).await {
-                Ok(Reply::Members { members, retired }) => {
-                    changed |= set.merge(members, retired);
+                Ok(Reply::Members { members, retired, removed }) => {
+                    changed |= set.merge(members, retired, removed);
                     self.fetched_sets.insert(m.node, m.placement);
                 }
                 Ok(other) => {
@@ -773,7 +777,9 @@ impl Driver {
         if !changed {
             return Ok(true);
         }
-        if set.retired.contains(&me) && !self.leaving {
+        // Removed (even while it was leaving: the others took its slots), or retired while
+        // it does not know it left (a data dir from before it left).
+        if set.removed.contains(&me) || (set.retired.contains(&me) && !self.leaving) {
             self.removed().await?;
             return Ok(false);
         }
@@ -785,8 +791,12 @@ impl Driver {
         }
         set.save(&*self.store).await?;
         self.cluster.retire_all(set.retired.iter().copied());
+        self.cluster.remove_all(set.removed.iter().copied());
         if set.retired != self.members.retired {
             self.membership.set(membership::KEY_RETIRED, membership::format_nodes(set.retired.iter().copied())).await;
+        }
+        if set.removed != self.members.removed {
+            self.membership.set(membership::KEY_REMOVED, membership::format_nodes(set.removed.iter().copied())).await;
         }
         let placement = Placement::new(set.placement_members(), 1);
         if placement.version() != self.cluster.placement().version() {

@@ -244,9 +244,7 @@ impl Cluster {
                 list(&removed),
             ));
         }
-        for node in &removed {
-            self.retire(*node);
-        }
+        self.remove_all(removed.iter().copied());
         let others: Vec<NodeId> = answering.iter().copied().filter(|m| *m != self.node()).collect();
         self.wait_retired(&removed, &others).await?;
         self.wait_silent(&removed, &answering).await?;
@@ -279,7 +277,7 @@ impl Cluster {
         Ok(cost)
     }
 
-    /// Waits until every member of `others` gossips every node of `nodes` as retired.
+    /// Waits until every member of `others` gossips every node of `nodes` as removed.
     async fn wait_retired(&self, nodes: &BTreeSet<NodeId>, others: &[NodeId]) -> Result<(), String> {
         let Some(membership) = self.membership() else { return Err("this node runs alone".into()) };
         let deadline = Instant::now() + RETIRE_WAIT;
@@ -287,7 +285,7 @@ impl Cluster {
         loop {
             let members = crate::node::newest(membership.members().await);
             let knows = |id: &NodeId| {
-                members.iter().any(|m: &MemberInfo| m.node == *id && nodes.iter().all(|n| m.retired.contains(n)))
+                members.iter().any(|m: &MemberInfo| m.node == *id && nodes.iter().all(|n| m.removed.contains(n)))
             };
             if others.iter().all(knows) {
                 info!(nodes = %list(nodes), "every member that answers knows the nodes are removed");

@@ -106,6 +106,7 @@ pub(crate) enum Reply {
     Members {
         members: Vec<Recorded>,
         retired: Vec<NodeId>,
+        removed: Vec<NodeId>,
     },
     /// A store error on this node, for a caller on this node: never encoded.
     #[serde(skip)]

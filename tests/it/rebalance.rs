@@ -24,12 +24,18 @@ impl Load {
     /// Pairs on different nodes, one message in flight per sender (so a message sent again
     /// cannot overtake the next), for up to ten minutes.
     pub fn start(cluster: &TestCluster) -> Load {
+        Self::start_with(cluster, &["--pairs", "12", "--rate", "120", "--window", "1"])
+    }
+
+    /// The same with other `tim bench chat` arguments.
+    pub fn start_with(cluster: &TestCluster, chat: &[&str]) -> Load {
         let servers: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
         let json = tempfile::tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tim"))
             .args(["bench", "--server", &servers.join(","), "--prefix", "load", "--json"])
             .arg(json.path().join("report.json"))
-            .args(["chat", "--pairs", "12", "--rate", "120", "--duration", "600", "--window", "1"])
+            .args(["chat", "--duration", "600"])
+            .args(chat)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -130,6 +136,29 @@ fn the_cluster_grows_shrinks_and_restarts_under_load_losing_nothing() {
     assert_eq!(figure("messages refused"), 0.0, "{figures:?}");
     assert_eq!(figure("messages echoed"), figure("messages sent"), "{figures:?}");
     assert!(figure("logins again") > 0.0, "clients of the stopped nodes logged in again: {figures:?}");
+}
+
+/// Senders keep up to 32 messages in flight (the bench's default window) while a fourth node
+/// joins and then a member leaves: every message is delivered once, in the order its sender
+/// sent it, and within seconds.
+#[test]
+fn messages_keep_their_order_through_a_join_and_a_leave() {
+    let mut cluster = TestCluster::start(3, BASE);
+    let load = Load::start_with(&cluster, &["--pairs", "24", "--rate", "400", "--window", "32"]);
+    wait_for_traffic(&cluster);
+    cluster.add(BASE);
+    cluster.settle(4);
+    let out = cluster.leave(1);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut left = cluster.nodes.remove(1);
+    assert!(left.exit_within(SETTLE).success(), "{}", left.log());
+    cluster.settle(3);
+    let figures = load.finish();
+    let figure = |name: &str| figures.get(name).copied().unwrap_or_else(|| panic!("no figure {name}: {figures:?}"));
+    assert!(figure("messages sent") > 1000.0, "{figures:?}");
+    let bad = ["messages lost", "messages duplicated", "messages reordered", "messages refused"].map(figure);
+    assert_eq!(bad, [0.0; 4], "{figures:?}");
+    assert!(figure("delivery latency max") < 10_000.0, "delivered within seconds: {figures:?}");
 }
 
 /// A figure of node `i`'s own line in the status.

@@ -2,6 +2,7 @@
 
 use tracing::warn;
 
+use super::order::Key;
 use super::{Close, Session};
 use crate::chat;
 
@@ -13,8 +14,10 @@ impl Session {
         if self.burst.is_empty() {
             return Ok(());
         }
-        let (refusals, accepted): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.burst).into_iter().map(|(code, encoding, a)| ((code, encoding), a)).unzip();
+        let (refusals, accepted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.burst)
+            .into_iter()
+            .map(|(code, encoding, a)| ((code, encoding, a.sent_with_id().then(|| Key::of(a.message())).flatten()), a))
+            .unzip();
         match chat::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
             Ok(echoes) => {
                 for echo in echoes {
@@ -25,8 +28,8 @@ impl Session {
             Err(e) => {
                 warn!(messages = refusals.len(), "storing messages failed");
                 let code = e.answer("store messages");
-                for (tim_type, encoding) in refusals {
-                    self.refuse(tim_type, encoding, code).await?;
+                for (tim_type, encoding, key) in refusals {
+                    self.refuse_message(key, tim_type, encoding, code).await?;
                 }
                 Ok(())
             }

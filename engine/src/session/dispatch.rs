@@ -9,6 +9,7 @@ use tim_net::{ClientFrame, DecodeError, FrameType};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::order::Key;
 use super::{Close, Reassembly, Session, READ_BURST};
 use crate::chat::{self, Next, Sender};
 use crate::vrooms::stream_push;
@@ -98,6 +99,10 @@ impl Session {
                 if !chat::joins_burst(&msg) {
                     self.store_burst().await?;
                 }
+                let key = Key::of(&msg);
+                if !self.passes(key.as_ref()) {
+                    return self.refuse(code, frame.encoding, ErrorCode::BlockingOperation).await;
+                }
                 let Some(login) = &self.login else { return Ok(()) };
                 let sender = Sender { user: login.user, tid: login.tid.clone() };
                 match chat::accept(&self.server, &sender, msg).await {
@@ -110,7 +115,7 @@ impl Session {
                     }
                     Ok(Next::Done) => Ok(()),
                     Ok(Next::Reply(ack)) => self.reply(FrameType::Ack, frame.encoding, &ack).await,
-                    Err(e) => self.refuse_with(code, frame.encoding, e).await,
+                    Err(e) => self.refuse_message(key, code, frame.encoding, e.answer("message")).await,
                 }
             }
             // Boxed: these handlers' futures (a business request's is about 6 KiB) would
