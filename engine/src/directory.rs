@@ -3,10 +3,13 @@
 //! "the user's last session ended" hold across the cluster.
 //!
 //! A session is a lease `(node, generation, connection)`: a node that restarts runs a new
-//! generation, and a node gossip shows down is out, so their leases no longer count and are
-//! dropped as they are met. When the slot moves, the new owner asks every node for the
-//! sessions of the slot's users ([`Directory::restore`]); until it has them, a push may find
-//! fewer sessions and falls back to the offline queue.
+//! generation, and a node that left, or that gossip has shown down for a while, is out, so
+//! their leases no longer count and are dropped as they are met ([`tim_shard::Cluster::runs`]).
+//! The directory moves with its slot (taken with the slot fenced, carried by the last part of
+//! the hand-over). A slot that arrives without it (adopted after its owner was removed), and
+//! every slot of a member that starts, is filled by asking every node for the sessions of its
+//! users ([`Directory::restore`]); until then, a push may find fewer sessions, and its message
+//! waits in the offline queue for the user's next drain.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -338,7 +341,7 @@ impl crate::server::Server {
     pub async fn restore_directory(&self, slots: &[Slot]) {
         let slots: Vec<u16> = slots.iter().map(|s| s.0).collect();
         let mut found = self.sessions_in(&slots);
-        for node in self.data.live_peers() {
+        for node in self.data.session_peers() {
             match self.ask_node::<Vec<(UserId, Lease)>>(node, NodeQuery::SessionsIn { slots: slots.clone() }).await {
                 Ok(sessions) => found.extend(sessions),
                 Err(e) => tracing::debug!(%node, error = %ErrorChain(&e), "sessions of arrived slots not fetched"),

@@ -360,15 +360,34 @@ async fn drain_then_stop(node: &NodeHandle) {
 /// changes a crash cut short there (friends, groups; a change cut short on the old owner came
 /// along with the data) and fills the directory with the sessions of its users; for each slot
 /// that leaves, drops its directory and the relation cache (it is valid only on the owner).
+/// A member that starts fills the directory of every slot it owns from the other members,
+/// once it knows what it owns: its users may be connected elsewhere.
 async fn follow_slots(server: Arc<Server>) {
     let ownership = server.data.ownership().clone();
     let mut changes = ownership.version();
     let mut held = tim_shard::SlotSet::default();
     let mut first = true;
+    let mut ready = server.data.ready();
+    if server.data.is_member() {
+        tokio::select! {
+            _ = server.shutdown.cancelled() => return,
+            _ = ready.wait_for(|ready| *ready) => {}
+        }
+        let owned: Vec<_> = ownership.owned().into_iter().map(|(slot, _)| slot).collect();
+        server.restore_directory(&owned).await;
+    }
     loop {
-        let owned = ownership.owned_set();
+        let mut owned = ownership.owned_set();
         let arrived: Vec<_> = owned.difference(&held).collect();
-        let left: Vec<_> = held.difference(&owned).collect();
+        // A slot fenced for its hand-over has not left yet: its directory goes with its last
+        // part (taken after the fence). Forgotten before, it would arrive empty, and its users'
+        // pushes would wait in their offline queues until they log in again.
+        let (fenced, left): (Vec<_>, Vec<_>) = held
+            .difference(&owned)
+            .partition(|slot| matches!(ownership.state(*slot), Some(tim_shard::SlotState::Fenced { .. })));
+        for slot in fenced {
+            owned.put(slot, true);
+        }
         if !left.is_empty() {
             for slot in &left {
                 server.directory.forget(*slot);
@@ -376,7 +395,8 @@ async fn follow_slots(server: Arc<Server>) {
             }
             server.rosters.forget_cache();
         }
-        // At start the directory is empty everywhere: nobody is connected yet.
+        // At start a member filled the directory from the others (above); on a node that runs
+        // alone nobody is connected yet.
         if !arrived.is_empty() && !first {
             server.rosters.forget_cache();
             // A slot that came with its directory needs nothing from the nodes.

@@ -189,23 +189,34 @@ pub async fn push_messages_located(
         }
     }
     deliver_here(server, here);
-    let calls = by_node.into_iter().map(|(node, shipped)| async move {
-        let fallbacks: Vec<_> = shipped.iter().map(|s| (s.user, s.msg.clone(), s.fallback)).collect();
-        if let Err(e) = server.call_node(node, NodeCall::Deliver(shipped)).await {
-            // The link broke: what the node did not take is stored (a message it did take
-            // and whose answer was lost may then come twice; clients drop duplicates by mid).
-            debug!(%node, error = %ErrorChain(&e), "delivery to a node failed; storing offline");
-            let stored = fallbacks
-                .into_iter()
-                .filter(|(_, _, f)| matches!(f, Fallback::Store))
-                .filter_map(|(user, raw, _)| decode_body::<TimMessage>(raw, Encoding::Compact).ok().map(|m| (user, m)))
-                .collect();
-            store_offline(server, stored).await;
-        }
-    });
+    // A node gossip shows down may still hold sessions (a view that lags): it is tried, in
+    // the background, so a caller never waits for a node that may be gone.
+    let (live, doubtful): (Vec<_>, Vec<_>) = by_node.into_iter().partition(|(node, _)| server.data.is_live(*node));
+    for (node, shipped) in doubtful {
+        let server_for_task = server.clone();
+        server.tasks.spawn(async move { deliver_to(&server_for_task, node, shipped).await });
+    }
+    let calls = live.into_iter().map(|(node, shipped)| deliver_to(server, node, shipped));
     // An absent user's message is queued before this returns: whoever was answered (a recall's
     // sender, say) may log the user in next, and the drain must find it.
     futures_util::future::join(store_offline(server, absent), join_all(calls)).await;
+}
+
+/// Hands messages to the sessions of one other node; what it did not take is stored offline,
+/// as each message's fallback says.
+async fn deliver_to(server: &Server, node: NodeId, shipped: Vec<Shipped>) {
+    let fallbacks: Vec<_> = shipped.iter().map(|s| (s.user, s.msg.clone(), s.fallback)).collect();
+    if let Err(e) = server.call_node(node, NodeCall::Deliver(shipped)).await {
+        // The link broke: what the node did not take is stored (a message it did take and
+        // whose answer was lost may then come twice; clients drop duplicates by mid).
+        debug!(%node, error = %ErrorChain(&e), "delivery to a node failed; storing offline");
+        let stored = fallbacks
+            .into_iter()
+            .filter(|(_, _, f)| matches!(f, Fallback::Store))
+            .filter_map(|(user, raw, _)| decode_body::<TimMessage>(raw, Encoding::Compact).ok().map(|m| (user, m)))
+            .collect();
+        store_offline(server, stored).await;
+    }
 }
 
 /// [`push_messages`] of one message.

@@ -128,6 +128,10 @@ impl Default for Timeouts {
 /// The store record that says this node is leaving the cluster.
 pub(crate) const LEAVING_RECORD: &str = "leaving";
 
+/// How long sessions of a node that gossip shows down (or that this node has not heard of
+/// yet) still count ([`Cluster::runs`]).
+pub const SESSION_GRACE: Duration = Duration::from_secs(10);
+
 /// Least time between two rounds of asking the members what they own.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
@@ -150,6 +154,10 @@ pub struct Cluster {
     peers: RwLock<HashMap<NodeId, SocketAddr>>,
     /// Every member's generation and liveness, as gossip shows them.
     seen: RwLock<HashMap<NodeId, Seen>>,
+    /// Since when each member gossip shows down has been down, as this node saw it.
+    down_since: Mutex<HashMap<NodeId, Instant>>,
+    /// When this node started (a member it has not heard of yet may be up).
+    started: Instant,
     /// This node's generation.
     generation: u64,
     rpc: Option<RpcClient>,
@@ -157,6 +165,8 @@ pub struct Cluster {
     membership: OnceLock<Arc<Membership>>,
     /// Set once an operator asked this node to leave the cluster.
     leave: watch::Sender<bool>,
+    /// Set once this node knows what it owns (a member learns it from its peers at start).
+    ready: watch::Sender<bool>,
     /// The nodes retired from the cluster, as far as this node knows (it only grows): kept
     /// by the loop, added to by a removal.
     retired: watch::Sender<BTreeSet<NodeId>>,
@@ -208,6 +218,7 @@ impl Cluster {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             node,
+            ready: watch::Sender::new(rpc.is_none()),
             routes: Routes::load(&*store)?,
             members: RwLock::new(MemberSet::default()),
             leases: Leases::new(timeouts.lease),
@@ -217,6 +228,8 @@ impl Cluster {
             placement: RwLock::new(Arc::new(placement)),
             peers: RwLock::new(HashMap::new()),
             seen: RwLock::new(HashMap::new()),
+            down_since: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             generation,
             rpc,
             engine: OnceLock::new(),
@@ -229,6 +242,16 @@ impl Cluster {
             exports: Default::default(),
             calls: Default::default(),
         })
+    }
+
+    /// Resolves once this node knows what it owns: a member, once it learned from its peers
+    /// what moved while it was away (a node that runs alone, at once).
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub(crate) fn set_ready(&self) {
+        self.ready.send_replace(true);
     }
 
     pub(crate) fn routes(&self) -> &Routes {
@@ -267,6 +290,11 @@ impl Cluster {
     /// Sets the node's gossip (once, at start-up), for status requests.
     pub(crate) fn set_membership(&self, membership: Arc<Membership>) {
         let _ = self.membership.set(membership);
+    }
+
+    /// Whether this node is a cluster member (it has node links), not a node that runs alone.
+    pub fn is_member(&self) -> bool {
+        self.rpc.is_some()
     }
 
     pub(crate) fn membership(&self) -> Option<&Arc<Membership>> {
@@ -366,6 +394,15 @@ impl Cluster {
 
     /// Sets what gossip shows of the members.
     pub fn set_seen(&self, seen: HashMap<NodeId, Seen>) {
+        {
+            let mut down = lock(&self.down_since);
+            down.retain(|node, _| seen.get(node).is_some_and(|s| !s.live));
+            for (node, s) in &seen {
+                if !s.live {
+                    down.entry(*node).or_insert_with(Instant::now);
+                }
+            }
+        }
         *write(&self.seen) = seen;
     }
 
@@ -373,18 +410,41 @@ impl Cluster {
         self.generation
     }
 
-    /// Whether `node` runs `generation` and is live (this node always is): sessions it
-    /// reported in an earlier generation, or while it is down, are gone.
+    /// Whether the sessions `node` reported in `generation` may still run: not once it runs
+    /// a newer generation, left the cluster, or has been down (or unheard of) for longer than
+    /// [`SESSION_GRACE`]. The grace keeps a session through a moment in which this node's
+    /// view of its node lags (a node that joined, gossip that hiccups): a session dropped
+    /// from a directory by mistake would miss its pushes until it logs in again.
     pub fn runs(&self, node: NodeId, generation: u64) -> bool {
         if node == self.node {
             return generation == self.generation;
         }
-        read(&self.seen).get(&node).is_some_and(|s| s.live && s.generation == generation)
+        if self.is_retired(node) {
+            return false;
+        }
+        match read(&self.seen).get(&node) {
+            Some(s) if s.generation > generation => false,
+            Some(s) if s.live => true,
+            Some(_) => lock(&self.down_since).get(&node).is_none_or(|since| since.elapsed() < SESSION_GRACE),
+            None => self.started.elapsed() < SESSION_GRACE,
+        }
+    }
+
+    /// Whether gossip shows `node` live now (this node always is).
+    pub fn is_live(&self, node: NodeId) -> bool {
+        node == self.node || read(&self.seen).get(&node).is_some_and(|s| s.live)
     }
 
     /// The other members that are live.
     pub fn live_peers(&self) -> Vec<NodeId> {
         read(&self.seen).iter().filter(|(n, s)| s.live && **n != self.node).map(|(n, _)| *n).collect()
+    }
+
+    /// The other members whose sessions may still run ([`Cluster::runs`]), live or not.
+    pub fn session_peers(&self) -> Vec<NodeId> {
+        let seen = read(&self.seen).clone();
+        let peers: Vec<NodeId> = read(&self.peers).keys().copied().collect();
+        peers.into_iter().filter(|n| seen.get(n).is_none_or(|s| self.runs(*n, s.generation))).collect()
     }
 
     pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {

@@ -260,7 +260,7 @@ impl ClusterNode {
         cluster.retire_all(members.retired.iter().copied());
         cluster.remove_all(members.removed.iter().copied());
         let (ended_tx, ended) = watch::channel(None);
-        let (ready_tx, ready) = watch::channel(false);
+        let ready = cluster.ready();
         let mover = Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate));
         let plan = Arc::new(Plan::default());
         for _ in 0..cfg.moves_at_once.max(1) {
@@ -269,7 +269,7 @@ impl ClusterNode {
         }
         let span = tracing::info_span!("cluster", node = %cfg.node);
         let lease = Lease { cluster: cluster.clone(), incarnation: incarnation.clone(), seeded: !seeds.is_empty() };
-        tasks.spawn(lease.keep(ready_tx, stop.clone()).instrument(span.clone()));
+        tasks.spawn(lease.keep(stop.clone()).instrument(span.clone()));
         let driver = Driver {
             cluster: cluster.clone(),
             membership: membership.clone(),
@@ -394,7 +394,7 @@ struct Lease {
 }
 
 impl Lease {
-    async fn keep(self, ready: watch::Sender<bool>, stop: CancellationToken) {
+    async fn keep(self, stop: CancellationToken) {
         let started = Instant::now();
         let me = self.cluster.node();
         let timeout = ASK_TIMEOUT.min(self.cluster.leases().length() / 2);
@@ -410,14 +410,15 @@ impl Lease {
                     self.cluster.leases().acked(peer, sent);
                 }
             }
-            if !*ready.borrow() && self.incarnation.is_saved() {
+            let ready = *self.cluster.ready().borrow();
+            if !ready && self.incarnation.is_saved() {
                 let waits = self.seeded && !self.incarnation.heard_own() && started.elapsed() < LONELY_AFTER;
                 if !waits && self.confirm(&peers, needed_for_lease(me, &voters), timeout).await {
-                    info!("this node knows what it owns: it serves its slots while most of the cluster answers it");
-                    ready.send_replace(true);
+                    info!("this node knows what it owns: it serves its slots while half of the members answer it");
+                    self.cluster.set_ready();
                 }
             }
-            if *ready.borrow() {
+            if *self.cluster.ready().borrow() {
                 let gate = self.cluster.ownership().gate();
                 match self.cluster.leases().until(me, &voters) {
                     Ok(until) => gate.open_until(until),
