@@ -317,7 +317,10 @@ impl Sending {
             let undelivered = (seq as u64).saturating_sub(self.log.delivered.load(Ordering::Acquire));
             let waits_for_peer = undelivered >= self.window as u64;
             let may_send = sending && unechoed.len() < self.window && !waits_for_peer;
+            // Biased: messages to send again go before new ones (after a new login, the server
+            // keeps a connection's messages in the order they arrive on it).
             tokio::select! {
+                biased;
                 _ = self.log.progress.notified(), if sending && waits_for_peer => {}
                 _ = sleep_until(resend_at.unwrap_or(now)), if resend_at.is_some() => {
                     resend_at = None;
