@@ -365,7 +365,7 @@ async fn drain_then_stop(node: &NodeHandle) {
 async fn follow_slots(server: Arc<Server>) {
     let ownership = server.data.ownership().clone();
     let mut changes = ownership.version();
-    let mut held = tim_shard::SlotSet::default();
+    let (mut owned, mut held) = (tim_shard::SlotSet::default(), tim_shard::SlotSet::default());
     let mut first = true;
     let mut ready = server.data.ready();
     if server.data.is_member() {
@@ -377,17 +377,13 @@ async fn follow_slots(server: Arc<Server>) {
         server.restore_directory(&owned).await;
     }
     loop {
-        let mut owned = ownership.owned_set();
-        let arrived: Vec<_> = owned.difference(&held).collect();
-        // A slot fenced for its hand-over has not left yet: its directory goes with its last
-        // part (taken after the fence). Forgotten before, it would arrive empty, and its users'
+        // A slot arrives when it is owned (a fenced one adopted back included); it leaves once
+        // it is no longer held: fenced for its hand-over, its directory goes with the last part
+        // (taken after the fence). Forgotten at the fence, it would arrive empty, and its users'
         // pushes would wait in their offline queues until they log in again.
-        let (fenced, left): (Vec<_>, Vec<_>) = held
-            .difference(&owned)
-            .partition(|slot| matches!(ownership.state(*slot), Some(tim_shard::SlotState::Fenced { .. })));
-        for slot in fenced {
-            owned.put(slot, true);
-        }
+        let (owned_now, held_now) = (ownership.owned_set(), ownership.held_set());
+        let arrived: Vec<_> = owned_now.difference(&owned).collect();
+        let left: Vec<_> = held.difference(&held_now).collect();
         if !left.is_empty() {
             for slot in &left {
                 server.directory.forget(*slot);
@@ -420,7 +416,7 @@ async fn follow_slots(server: Arc<Server>) {
         if repaired > 0 {
             info!(repaired, "finished relation changes cut short");
         }
-        held = owned;
+        (owned, held) = (owned_now, held_now);
         first = false;
         tokio::select! {
             _ = server.shutdown.cancelled() => return,

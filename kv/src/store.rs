@@ -381,6 +381,11 @@ impl RawWrite {
     pub fn local(records: Vec<(String, Option<Vec<u8>>)>) -> Self {
         Self { slot: Slot(0), clear: false, entries: Vec::new(), removed: Vec::new(), local: records }
     }
+
+    /// Deletes everything the store holds of `slot`, with node-local records.
+    pub fn clearing(slot: Slot, records: Vec<(String, Option<Vec<u8>>)>) -> Self {
+        Self { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: records }
+    }
 }
 
 /// The result of [`Store::write`]: the ids of the inserted rows, in insert order, once the

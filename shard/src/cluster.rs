@@ -250,6 +250,10 @@ impl Cluster {
         self.ready.subscribe()
     }
 
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     pub(crate) fn set_ready(&self) {
         self.ready.send_replace(true);
     }
@@ -273,13 +277,8 @@ impl Cluster {
 
     /// Whether this node may take a slot: a member must know (and keep) its cluster's
     /// incarnation first.
-    fn may_take_slots(&self) -> Result<(), String> {
-        match self.incarnation.get() {
-            Some(incarnation) if !incarnation.is_saved() => {
-                Err("this node does not know its cluster incarnation yet: try again".into())
-            }
-            _ => Ok(()),
-        }
+    fn may_take_slots(&self) -> bool {
+        self.incarnation.get().is_none_or(|incarnation| incarnation.is_saved())
     }
 
     /// Sets the engine's handler of calls from other nodes (once, at start-up).
@@ -550,9 +549,7 @@ impl Cluster {
         match self.ownership.hold(&slots).await {
             Ok(held) => Ok(match held.run(self.store.write_all(batches)).await {
                 Ok(written) => written.map_err(RouteError::Store),
-                Err(refusal) => {
-                    Err(RouteError::Unavailable { slot: refusal_slot(refusal), reason: refusal.to_string() })
-                }
+                Err(refusal) => Err(RouteError::Unavailable { slot: refusal.slot(), reason: refusal.to_string() }),
             }),
             Err(_) => Err(batches),
         }
@@ -671,13 +668,6 @@ impl Cluster {
             return;
         }
         self.routes.learn(slot, node, epoch);
-        let lower = match self.ownership.state(slot) {
-            Some(SlotState::Owned { epoch: held } | SlotState::Fenced { epoch: held, .. }) => held < epoch,
-            _ => false,
-        };
-        if !lower {
-            return;
-        }
         match self.ownership.supersede(slot, node, epoch).await {
             Ok(true) => tracing::warn!(
                 slot = slot.0,
@@ -862,10 +852,10 @@ impl Cluster {
                 let Some(engine) = self.engine.get() else { return not_ready(0) };
                 engine_reply(engine.at_node(from, body).await, 0)
             }
-            Request::Import { .. } | Request::Adopt { .. } if self.may_take_slots().is_err() => {
-                let reason = self.may_take_slots().err().unwrap_or_default();
-                Reply::Failed { reason, duplicate: false }
-            }
+            Request::Import { .. } | Request::Adopt { .. } if !self.may_take_slots() => Reply::Failed {
+                reason: "this node does not know its cluster incarnation yet: try again".into(),
+                duplicate: false,
+            },
             Request::Import { slot, part, state } => {
                 let last = part.last;
                 let adopt = || {
@@ -979,13 +969,6 @@ fn engine_reply(answer: Result<Bytes, HandlerError>, slot: u16) -> Reply {
     }
 }
 
-/// The slot a refusal names.
-fn refusal_slot(refusal: Refusal) -> u16 {
-    match refusal {
-        Refusal::NotOwner { slot, .. } | Refusal::Moving { slot } | Refusal::Unready { slot } => slot,
-    }
-}
-
 /// The engine is starting or stopping: retryable.
 fn not_ready(slot: u16) -> Reply {
     Reply::Refused(Refusal::Unready { slot })
@@ -996,7 +979,7 @@ pub(crate) fn failed(node: NodeId, reply: Reply) -> RouteError {
     match reply {
         Reply::Failed { reason, duplicate } => RouteError::Remote { node, reason, duplicate },
         Reply::StoreFailed(e) => RouteError::Store(e),
-        Reply::Refused(refusal) => RouteError::Unavailable { slot: 0, reason: refusal.to_string() },
+        Reply::Refused(refusal) => RouteError::Unavailable { slot: refusal.slot(), reason: refusal.to_string() },
         other => RouteError::Wire(format!("unexpected answer {other:?}")),
     }
 }

@@ -61,6 +61,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// have stopped.
 const PARTIAL_EVERY: Duration = Duration::from_secs(30);
 const PARTIAL_QUIET: Duration = Duration::from_secs(60);
+/// Least time between two writes of the newest owners of the slots.
+const ROUTES_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node gossips as its load.
 #[derive(Debug, Clone, Copy, Default)]
@@ -260,7 +262,6 @@ impl ClusterNode {
         cluster.retire_all(members.retired.iter().copied());
         cluster.remove_all(members.removed.iter().copied());
         let (ended_tx, ended) = watch::channel(None);
-        let ready = cluster.ready();
         let mover = Arc::new(Mover::new(cluster.clone(), store.clone(), cfg.migration_rate));
         let plan = Arc::new(Plan::default());
         for _ in 0..cfg.moves_at_once.max(1) {
@@ -285,13 +286,13 @@ impl ClusterNode {
             alone: false,
             grace: LEFT_GRACE.max(cfg.gossip_interval * LEFT_GRACE_ROUNDS),
             ended: ended_tx,
-            ready,
             seeded: !cfg.seeds.is_empty(),
             plan: plan.clone(),
             mover: mover.clone(),
             told_moves: (MoveTotals::default(), 0),
             moves_sampled: (MoveTotals::default(), Instant::now()),
             partials_at: None,
+            routes_at: None,
             stop: stop.clone(),
         };
         tasks.spawn(driver.run().instrument(span));
@@ -410,15 +411,14 @@ impl Lease {
                     self.cluster.leases().acked(peer, sent);
                 }
             }
-            let ready = *self.cluster.ready().borrow();
-            if !ready && self.incarnation.is_saved() {
+            if !self.cluster.is_ready() && self.incarnation.is_saved() {
                 let waits = self.seeded && !self.incarnation.heard_own() && started.elapsed() < LONELY_AFTER;
                 if !waits && self.confirm(&peers, needed_for_lease(me, &voters), timeout).await {
                     info!("this node knows what it owns: it serves its slots while half of the members answer it");
                     self.cluster.set_ready();
                 }
             }
-            if *self.cluster.ready().borrow() {
+            if self.cluster.is_ready() {
                 let gate = self.cluster.ownership().gate();
                 match self.cluster.leases().until(me, &voters) {
                     Ok(until) => gate.open_until(until),
@@ -466,8 +466,6 @@ struct Driver {
     alone: bool,
     /// Set once this node stops being a member.
     ended: watch::Sender<Option<Ended>>,
-    /// Set once the node knows what it owns.
-    ready: watch::Receiver<bool>,
     seeded: bool,
     /// The hand-overs to make, taken by the movers.
     plan: Arc<Plan>,
@@ -479,6 +477,8 @@ struct Driver {
     /// When partial copies were last looked for (`None`: not yet; at start, any partial copy
     /// is one that stopped: a copy that goes on starts over with its first part).
     partials_at: Option<Instant>,
+    /// When the newest owners of the slots were last kept.
+    routes_at: Option<Instant>,
     stop: CancellationToken,
 }
 
@@ -502,7 +502,7 @@ impl Driver {
         let mut removals = self.cluster.retired();
         let mut strangers = self.incarnation.strangers();
         let mut learned = self.incarnation.learned();
-        let mut ready = self.ready.clone();
+        let mut ready = self.cluster.ready();
         let mut told_ready = false;
         let mut turned: Option<tokio::time::Instant> = None;
         loop {
@@ -567,9 +567,7 @@ impl Driver {
                     seen_owned.insert(m.node, m.owned_version);
                 }
             }
-            if let Err(e) = self.cluster.routes().save(&*self.store).await {
-                warn!(error = %ErrorChain(&e), "the newest owners of the slots not saved");
-            }
+            self.save_routes().await;
             self.drop_partial_copies().await;
             let (leaving, fenced_to) = self.hand_over(&members);
             if leaving != told_leaving {
@@ -690,6 +688,19 @@ impl Driver {
             let value = format!("{},{},{}", now.slots, now.bytes, rate);
             self.membership.set(membership::KEY_MOVES, value).await;
             self.told_moves = (now, rate);
+        }
+    }
+
+    /// Keeps the newest owners of the slots, at most once per [`ROUTES_EVERY`] (a synced
+    /// write of the whole table, while slots move every turn): a node that restarts learns
+    /// the last moments again from its peers.
+    async fn save_routes(&mut self) {
+        if self.routes_at.is_some_and(|at| at.elapsed() < ROUTES_EVERY) {
+            return;
+        }
+        self.routes_at = Some(Instant::now());
+        if let Err(e) = self.cluster.routes().save(&*self.store).await {
+            warn!(error = %ErrorChain(&e), "the newest owners of the slots not saved");
         }
     }
 

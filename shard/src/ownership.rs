@@ -84,6 +84,15 @@ pub enum Refusal {
     Unready { slot: u16 },
 }
 
+impl Refusal {
+    /// The slot refused.
+    pub fn slot(&self) -> u16 {
+        match *self {
+            Self::NotOwner { slot, .. } | Self::Moving { slot } | Self::Unready { slot } => slot,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OwnershipError {
     #[error("slot {slot} is in state {state:?}, not {wanted}")]
@@ -144,10 +153,12 @@ impl<'a> Held<'a> {
     }
 }
 
-/// Every slot's state, and the set of those owned, kept together.
+/// Every slot's state, and the sets of those owned and held, kept together.
 struct States {
     each: Vec<Option<SlotState>>,
     owned: SlotSet,
+    /// Owned, or fenced for a hand-over that has not ended.
+    held: SlotSet,
 }
 
 impl States {
@@ -155,6 +166,7 @@ impl States {
         if let Some(s) = self.each.get_mut(usize::from(slot.0)) {
             *s = state;
             self.owned.put(slot, matches!(state, Some(SlotState::Owned { .. })));
+            self.held.put(slot, matches!(state, Some(SlotState::Owned { .. } | SlotState::Fenced { .. })));
         }
     }
 }
@@ -178,7 +190,8 @@ pub struct Ownership {
 impl Ownership {
     /// Loads the states recorded in the store.
     pub fn load(store: Arc<dyn Store>) -> Result<Self, OwnershipError> {
-        let mut states = States { each: vec![None; usize::from(SLOTS)], owned: SlotSet::default() };
+        let mut states =
+            States { each: vec![None; usize::from(SLOTS)], owned: SlotSet::default(), held: SlotSet::default() };
         for slot in (0..SLOTS).map(Slot) {
             let state = match store.local(&record_name(slot))? {
                 Some(raw) => Some(postcard::from_bytes(&raw).map_err(|_| OwnershipError::Record(slot.0))?),
@@ -234,6 +247,13 @@ impl Ownership {
     /// The slots owned here, as a set.
     pub fn owned_set(&self) -> SlotSet {
         self.states().owned.clone()
+    }
+
+    /// The slots owned here or fenced for a hand-over that has not ended: the slots whose
+    /// in-memory state (the session directory) this node still keeps, to carry with the last
+    /// part of the hand-over.
+    pub fn held_set(&self) -> SlotSet {
+        self.states().held.clone()
     }
 
     /// Every slot this node holds any state of.
@@ -351,10 +371,14 @@ impl Ownership {
         if state != Some(SlotState::Fenced { to, epoch }) {
             return Err(OwnershipError::State { slot: slot.0, state, wanted: "fenced" });
         }
+        self.let_go(slot, to, epoch).await
+    }
+
+    /// Records `slot` as given to `to` at `epoch` and deletes what this node holds of it, in
+    /// one write; the caller holds the slot's guard for writing.
+    async fn let_go(&self, slot: Slot, to: NodeId, epoch: u64) -> Result<(), OwnershipError> {
         let given = SlotState::Given { to, epoch };
-        let write =
-            RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, given)?] };
-        self.store.write_raw(write).await?;
+        self.store.write_raw(RawWrite::clearing(slot, vec![record(slot, given)?])).await?;
         self.set(slot, Some(given));
         Ok(())
     }
@@ -466,20 +490,23 @@ impl Ownership {
         Ok(taken)
     }
 
-    /// Stops serving `slot`, which `by` owns at `epoch`, above this node's own epoch for it
+    /// Stops serving `slot` when `by` owns it at `epoch`, above this node's own epoch for it
     /// (a peer said so): recorded as given to `by`, and what this node holds of it deleted in
-    /// the same write, after the requests in flight. Whether it held the slot at a lower epoch.
+    /// the same write, after the requests in flight. Whether it held the slot at a lower epoch
+    /// (checked first without the guard: callers pass every slot a peer owns).
     pub async fn supersede(&self, slot: Slot, by: NodeId, epoch: u64) -> Result<bool, OwnershipError> {
-        let _held = self.guard(slot)?.write().await;
-        match self.state(slot) {
-            Some(SlotState::Owned { epoch: held } | SlotState::Fenced { epoch: held, .. }) if held < epoch => {}
-            _ => return Ok(false),
+        let below = || match self.state(slot) {
+            Some(SlotState::Owned { epoch: held } | SlotState::Fenced { epoch: held, .. }) => held < epoch,
+            _ => false,
+        };
+        if !below() {
+            return Ok(false);
         }
-        let given = SlotState::Given { to: by, epoch };
-        let write =
-            RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: vec![record(slot, given)?] };
-        self.store.write_raw(write).await?;
-        self.set(slot, Some(given));
+        let _held = self.guard(slot)?.write().await;
+        if !below() {
+            return Ok(false);
+        }
+        self.let_go(slot, by, epoch).await?;
         Ok(true)
     }
 
@@ -487,17 +514,21 @@ impl Ownership {
     /// hand-over to it that stopped more than `quiet` ago and will not resume: its sender
     /// starts any copy over with its first part). The slots cleared.
     pub async fn drop_partial_copies(&self, quiet: Duration) -> Result<Vec<Slot>, OwnershipError> {
+        let candidates: Vec<Slot> = (0..SLOTS).map(Slot).filter(|slot| self.is_partial(*slot, quiet)).collect();
+        // Thousands of look-ups in the store: on the blocking pool.
+        let store = self.store.clone();
+        let holding = tokio::task::spawn_blocking(move || -> Result<Vec<Slot>, StoreError> {
+            let held = candidates.into_iter().map(|slot| store.holds(slot).map(|holds| holds.then_some(slot)));
+            held.filter_map(Result::transpose).collect()
+        });
+        let holding: Vec<Slot> = holding.await.map_err(|_| StoreError::Interrupted)??;
         let mut dropped = Vec::new();
-        for slot in (0..SLOTS).map(Slot) {
-            if !self.is_partial(slot, quiet) || !self.store.holds(slot)? {
-                continue;
-            }
+        for slot in holding {
             let _held = self.guard(slot)?.write().await;
             if !self.is_partial(slot, quiet) {
                 continue;
             }
-            let clear = RawWrite { slot, clear: true, entries: Vec::new(), removed: Vec::new(), local: Vec::new() };
-            self.store.write_raw(clear).await?;
+            self.store.write_raw(RawWrite::clearing(slot, Vec::new())).await?;
             self.copies().remove(&slot);
             dropped.push(slot);
         }

@@ -330,12 +330,14 @@ async fn a_node_cut_off_stops_acknowledging_before_its_removal_returns() {
 
 /// A slot adopted after its owner was removed issues ids above every id it issued before, on
 /// any node: conversations whose history was on the removed node go on with `mid`s above the
-/// ones their users saw (some do: their history is empty after the removal).
+/// ones their users saw (some do: their history is empty after the removal). A pair counts
+/// when both accounts survive and the conversation did not, about one pair in seven: of 64
+/// pairs, none counts once in 30,000 runs.
 #[tokio::test]
 async fn ids_keep_increasing_through_an_adoption() {
     let mut cluster = TestCluster::start(3, &[BASE, &["--message-noauth", "true"]].concat());
     let mut pairs = Vec::new();
-    for i in 0..32 {
+    for i in 0..64 {
         let (mut a, _) = crate::roster::user(&cluster.nodes[0], &format!("a{i}"), Encoding::Compact).await;
         let b_node = cluster.nodes[1].register(&format!("b{i}"), "pw", Encoding::Compact).await.n.unwrap();
         let mut mids = Vec::new();
