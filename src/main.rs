@@ -4,5 +4,5 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    tim_engine::cli::main()
+    tim_tools::cli::main()
 }

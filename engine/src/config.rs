@@ -9,8 +9,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::ident::IdScheme;
-use crate::limits::Rate;
+use crate::model::ident::IdScheme;
+use crate::session::limits::Rate;
 
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,7 +178,7 @@ pub struct ServeConfig {
     pub node_ids: IdScheme,
 
     /// Salt of the `tim` id scheme (TIM's `salt` setting).
-    #[arg(long, env = "TIM_SALT", default_value = crate::ident::TIM_DEFAULT_SALT)]
+    #[arg(long, env = "TIM_SALT", default_value = crate::model::ident::TIM_DEFAULT_SALT)]
     pub tim_salt: String,
 
     /// argon2id memory cost per password hash, in KiB.
@@ -318,7 +318,7 @@ impl ServeConfig {
         if self.device_limit == 0 {
             return invalid("device_limit", "must be at least 1");
         }
-        if crate::admin::listen_addr(&self.admin_listen).is_err() {
+        if admin_listen_addr(&self.admin_listen).is_err() {
             return invalid("admin_listen", "must be `off` or an address (host:port)");
         }
         if !(1..=1000).contains(&self.weight) {
@@ -359,7 +359,7 @@ impl ServeConfig {
             ("max_groups_per_user", self.max_groups_per_user),
             ("max_roster", self.max_roster),
         ] {
-            if !(1..=crate::pairs::MAX_LIST).contains(&value) {
+            if !(1..=crate::services::pairs::MAX_LIST).contains(&value) {
                 return invalid(field, "must be between 1 and 10000 (the longest list a reply carries)");
             }
         }
@@ -408,6 +408,14 @@ impl ServeConfig {
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout)
+    }
+}
+
+/// The admin listener's address from `--admin-listen` (`off`: none).
+pub fn admin_listen_addr(setting: &str) -> Result<Option<SocketAddr>, String> {
+    match setting {
+        "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|e| format!("{addr:?} is not `off` or an address: {e}")),
     }
 }
 

@@ -1,48 +1,24 @@
-//! The IM engine of tim-rs: accounts, sessions and the client listeners, and the `tim`
-//! command line.
+//! The IM engine of tim-rs: the services that own TIM's data and their slot operations, the
+//! flows that compose them, the sessions of clients and the listeners. engine/README.md is
+//! the map.
 
-mod accounts;
 mod admin;
-mod admins;
-mod bans;
-mod big_data;
-mod business;
-mod calls;
-mod chat;
-pub mod cli;
 mod config;
-mod delivery;
-mod directory;
 mod error;
-mod founding;
-mod group_chat;
-mod groups;
-mod ident;
-mod inbound;
-mod limits;
-mod listener;
+mod flows;
+pub mod founding;
+mod listeners;
 mod metrics;
+mod model;
 mod node;
-mod offline;
-mod outbound;
-mod pairs;
-mod partition;
-mod presence;
-mod profiles;
-mod push;
-mod restore;
-mod roster;
-mod secret;
+mod seam;
+pub mod secret;
 mod server;
+mod services;
 mod session;
-mod sessions;
-mod status;
-mod tables;
 #[cfg(test)]
 mod testing;
-mod tokens;
-mod vrooms;
-mod web;
 
+pub use admin::wire as export_wire;
 pub use config::ServeConfig;
-pub use node::{start, NodeHandle};
+pub use node::{run, start, NodeHandle};

@@ -12,8 +12,7 @@ use std::sync::Mutex;
 
 use tim_kv::{LatencySnapshot, BOUNDS_US};
 use tim_net::FrameType;
-
-use crate::server::Server;
+use tim_shard::Cluster;
 
 /// Frame types are 7 bits.
 const FRAME_TYPES: usize = 128;
@@ -75,12 +74,18 @@ impl Metrics {
     }
 }
 
+/// What a scrape reads besides the counts: gauges of the node's services.
+pub struct Gauges<'a> {
+    pub sessions: u64,
+    pub offline_queued: u64,
+    pub data: &'a Cluster,
+}
+
 /// The text of one scrape.
-pub async fn render(server: &Server) -> String {
-    let m = &server.metrics;
+pub async fn render(m: &Metrics, gauges: Gauges<'_>) -> String {
     let mut out = String::with_capacity(16 << 10);
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    gauge(&mut out, "tim_sessions", "client sessions logged in on this node", server.sessions.online() as u64);
+    gauge(&mut out, "tim_sessions", "client sessions logged in on this node", gauges.sessions);
     counter(&mut out, "tim_connections_total", "client connections accepted", load(&m.connections));
     counter(&mut out, "tim_logins_total", "logins accepted", load(&m.logins));
     head(&mut out, "tim_login_failures_total", "counter", "logins refused, by the TIM error code answered");
@@ -104,10 +109,10 @@ pub async fn render(server: &Server) -> String {
     counter(&mut out, "tim_messages_stored_total", "messages accepted and stored (1:1 and group)", load(&m.messages));
     counter(&mut out, "tim_deliveries_acked_total", "pushes a session acked", load(&m.delivered));
     counter(&mut out, "tim_ack_timeouts_total", "pushes that ran out of ack tries", load(&m.ack_timeouts));
-    counter(&mut out, "tim_offline_queued_total", "entries written to offline queues", load(&server.offline.queued));
+    counter(&mut out, "tim_offline_queued_total", "entries written to offline queues", gauges.offline_queued);
     counter(&mut out, "tim_rate_limited_total", "message frames refused by a rate limit (5104)", load(&m.rate_limited));
 
-    let store = server.data.store_figures();
+    let store = gauges.data.store_figures();
     histogram(
         &mut out,
         "tim_store_commit_seconds",
@@ -138,7 +143,7 @@ pub async fn render(server: &Server) -> String {
     gauge(&mut out, "tim_rocksdb_live_data_bytes", "estimated bytes of live data", store.live_data_bytes);
     gauge(&mut out, "tim_rocksdb_block_cache_bytes", "bytes in the block cache", store.block_cache_bytes);
 
-    let cluster = server.data.figures().await;
+    let cluster = gauges.data.figures().await;
     gauge(&mut out, "tim_cluster_members", "members this node knows", cluster.members);
     gauge(&mut out, "tim_cluster_live_members", "members this node sees live", cluster.live);
     gauge(&mut out, "tim_slots_owned", "slots this node owns", cluster.slots_owned);

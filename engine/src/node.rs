@@ -20,21 +20,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::accounts::Accounts;
-use crate::chat::History;
 use crate::config::ServeConfig;
-use crate::directory::{DeviceLimits, Directory};
-use crate::groups::{GroupLimits, Groups};
-use crate::ident::Ids;
-use crate::inbound::{LargeFrames, MeteredListener};
-use crate::offline::{OfflineLimits, OfflineQueue};
-use crate::roster::Rosters;
+use crate::listeners::inbound::{LargeFrames, MeteredListener};
+use crate::model::ident::Ids;
+use crate::model::tables;
+use crate::seam::{Dispatch, Service};
 use crate::secret::Secret;
 use crate::server::Server;
-use crate::sessions::{Limits, Sessions};
-use crate::tables;
-use crate::tokens::Tokens;
-use crate::vrooms::Rooms;
+use crate::services::accounts::Accounts;
+use crate::services::directory::{DeviceLimits, Directory};
+use crate::services::groups::{GroupLimits, Groups};
+use crate::services::history::History;
+use crate::services::offline::{OfflineLimits, OfflineQueue};
+use crate::services::push::Push;
+use crate::services::restore::Restorer;
+use crate::services::rooms::Rooms;
+use crate::services::rosters::Rosters;
+use crate::services::tokens::Tokens;
+use crate::session::registry::{Limits, Sessions};
 
 /// A running node.
 pub struct NodeHandle {
@@ -131,7 +134,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let ownership = Arc::new(Ownership::load(store.clone())?);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let client_addr = listener.local_addr()?;
-    let admin_listener = match crate::admin::listen_addr(&cfg.admin_listen).map_err(|e| anyhow::anyhow!(e))? {
+    let admin_listener = match crate::config::admin_listen_addr(&cfg.admin_listen).map_err(|e| anyhow::anyhow!(e))? {
         Some(addr) => {
             Some(TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener to {addr}"))?)
         }
@@ -163,24 +166,44 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         n => n,
     };
     let tokens = Tokens::new(Duration::from_secs(cfg.token_timeout), cfg.max_tokens);
-    let accounts = Accounts::new(data.clone(), ids, argon2, hash_concurrency, tokens)?;
-    let offline = OfflineQueue::new(
+    let tasks = TaskTracker::new();
+    let accounts = Arc::new(Accounts::new(data.clone(), ids, argon2, hash_concurrency, tokens)?);
+    let offline = Arc::new(OfflineQueue::new(
         data.clone(),
         OfflineLimits { max_entries: cfg.offline_max_entries, max_age: Duration::from_secs(cfg.offline_max_age) },
-    )?;
-    let rosters = Rosters::new(data.clone(), cfg.max_roster)?;
-    let groups = Groups::new(
+    )?);
+    let rosters = Arc::new(Rosters::new(data.clone(), cfg.max_roster)?);
+    let groups = Arc::new(Groups::new(
         data.clone(),
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
-    )?;
-    let history = History::new(data.clone())?;
-    let bans = crate::bans::Bans::new(data.clone())?;
-    let sessions = Sessions::new(Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() });
-    let directory = Directory::new(DeviceLimits {
+    )?);
+    let history = Arc::new(History::new(data.clone(), offline.clone())?);
+    let bans = crate::services::bans::Bans::new(data.clone())?;
+    let limits = Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() };
+    let sessions = Arc::new(Sessions::new(limits, data.node(), data.generation()));
+    let device_limits = DeviceLimits {
         device_limit: cfg.device_limit,
         devicetype_limit: cfg.devicetype_limit,
         auth_min: Duration::from_secs(cfg.auth_min_unix),
-    });
+    };
+    let directory = Arc::new(Directory::new(data.clone(), sessions.clone(), device_limits, tasks.clone()));
+    let push = Arc::new(Push::new(data.clone(), directory.clone(), sessions.clone(), offline.clone(), tasks.clone()));
+    let rooms = Arc::new(Rooms::new(data.clone(), sessions.clone(), Duration::from_secs(cfg.vroom_idle)));
+    let restorer = Arc::new(Restorer::new(data.clone(), offline.clone(), rosters.clone(), groups.clone()));
+    let dispatch = Dispatch::default()
+        .serve(Service::History, &history)
+        .serve(Service::Push, &push)
+        .serve(Service::Rosters, &rosters)
+        .serve(Service::Groups, &groups)
+        .serve(Service::FriendPlaces, rosters.roster_table())
+        .serve(Service::MemberPlaces, groups.member_table())
+        .serve(Service::Directory, &directory)
+        .serve(Service::Accounts, &accounts)
+        .serve(Service::Rooms, &rooms)
+        .serve(Service::Restore, &restorer)
+        .serve(Service::Sessions, &sessions)
+        .carry(&directory);
+    data.set_engine(Arc::new(dispatch));
     let mut rng = rand::rngs::OsRng;
     let server = Arc::new(Server {
         data,
@@ -191,11 +214,13 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         offline,
         rosters,
         groups,
-        rooms: Rooms::new(Duration::from_secs(cfg.vroom_idle)),
+        rooms,
         history,
+        push,
+        restorer,
         metrics: Default::default(),
         shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        tasks,
         next_conn: AtomicU64::new(0),
         messages: AtomicU64::new(0),
         next_ack: AtomicU32::new(1),
@@ -208,11 +233,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let large_frames = LargeFrames::new(server.cfg.large_frames, Duration::from_secs(server.cfg.large_frame_timeout));
     let listener = MeteredListener::new(listener, large_frames);
 
-    server.data.set_engine(Arc::new(crate::calls::Handler(Arc::downgrade(&server))));
     server.tasks.spawn(follow_slots(server.clone()));
     // Idle rooms are looked for every tenth of the idle time (at least every second).
     let sweep_every = Duration::from_secs(server.cfg.vroom_idle / 10).max(Duration::from_secs(1));
-    server.tasks.spawn(crate::vrooms::sweep_every(Arc::downgrade(&server), sweep_every, server.shutdown.clone()));
+    server.tasks.spawn(crate::services::rooms::sweep_every(
+        Arc::downgrade(&server.rooms),
+        sweep_every,
+        server.shutdown.clone(),
+    ));
     if let Some(member) = &member {
         let counted = Arc::downgrade(&server);
         member.node.gossip_load(Duration::from_secs(2), move || {
@@ -223,8 +251,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         });
     }
     if let Some(admin_listener) = admin_listener {
-        let fingerprint = tim_tools::hex::encode(secret.derive("tim-rs fingerprint").get(..8).unwrap_or_default());
-        let admins = crate::admins::Admins::new(server.data.clone(), secret.derive("tim-rs admin tokens"))?;
+        let fingerprint = tim_net::hex::encode(secret.derive("tim-rs fingerprint").get(..8).unwrap_or_default());
+        let admins = crate::admin::admins::Admins::new(server.data.clone(), secret.derive("tim-rs admin tokens"))?;
         let key = secret.derive("tim-rs admin");
         let proofs = Default::default();
         let admin = Arc::new(crate::admin::Admin { server: server.clone(), key, fingerprint, admins, proofs });
@@ -234,7 +262,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
             }
         });
     }
-    let serving = tokio::spawn(crate::listener::serve(server.clone(), listener));
+    let serving = tokio::spawn(crate::listeners::serve(server.clone(), listener));
     Ok(NodeHandle { client_addr, admin_addr, server, store, serving, member })
 }
 
@@ -374,7 +402,7 @@ async fn follow_slots(server: Arc<Server>) {
             _ = ready.wait_for(|ready| *ready) => {}
         }
         let owned: Vec<_> = ownership.owned().into_iter().map(|(slot, _)| slot).collect();
-        server.restore_directory(&owned).await;
+        server.directory.restore(&owned).await;
     }
     loop {
         // A slot arrives when it is owned (a fenced one adopted back included); it leaves once
@@ -398,7 +426,7 @@ async fn follow_slots(server: Arc<Server>) {
             // A slot that came with its directory needs nothing from the nodes.
             let asked: Vec<_> = arrived.iter().copied().filter(|s| !server.directory.take_carried(*s)).collect();
             if !asked.is_empty() {
-                server.restore_directory(&asked).await;
+                server.directory.restore(&asked).await;
             }
         }
         let mut repaired = 0;

@@ -6,31 +6,33 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::accounts::Accounts;
-use crate::chat::History;
 use crate::config::ServeConfig;
-use crate::groups::Groups;
-use crate::ident::encode_base58;
-use crate::offline::OfflineQueue;
-use crate::roster::Rosters;
-use crate::sessions::Sessions;
-use crate::vrooms::Rooms;
+use crate::model::ident::encode_base58;
+use crate::services::accounts::Accounts;
+use crate::services::groups::Groups;
+use crate::services::history::History;
+use crate::services::offline::OfflineQueue;
+use crate::services::rooms::Rooms;
+use crate::services::rosters::Rosters;
+use crate::session::registry::Sessions;
 
 /// What every connection of the node shares.
 pub struct Server {
     pub cfg: ServeConfig,
     /// Data and calls, routed to the owners of slots.
     pub data: Arc<tim_shard::Cluster>,
-    pub accounts: Accounts,
-    pub bans: crate::bans::Bans,
-    pub sessions: Sessions,
+    pub accounts: Arc<Accounts>,
+    pub bans: crate::services::bans::Bans,
+    pub sessions: Arc<Sessions>,
     /// The sessions of the users whose slots this node owns, wherever they are connected.
-    pub directory: crate::directory::Directory,
-    pub offline: OfflineQueue,
-    pub rosters: Rosters,
-    pub groups: Groups,
-    pub rooms: Rooms,
-    pub history: History,
+    pub directory: Arc<crate::services::directory::Directory>,
+    pub offline: Arc<OfflineQueue>,
+    pub rosters: Arc<Rosters>,
+    pub groups: Arc<Groups>,
+    pub rooms: Arc<Rooms>,
+    pub history: Arc<History>,
+    pub push: Arc<crate::services::push::Push>,
+    pub restorer: Arc<crate::services::restore::Restorer>,
     pub metrics: crate::metrics::Metrics,
     /// Cancelled at shutdown; every session's token is a child of it.
     pub shutdown: CancellationToken,

@@ -7,8 +7,9 @@ use tim_shard::{Cluster, Member, NodeId, Ownership, Placement, Timeouts};
 
 /// A node that runs alone on an in-memory store and owns every slot.
 pub async fn standalone() -> Arc<Cluster> {
-    let store =
-        Arc::new(RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[3; 32]), crate::tables::ALL).unwrap());
+    let store = Arc::new(
+        RocksStore::open(&StoreConfig::in_memory(), SealKey::new(&[3; 32]), crate::model::tables::ALL).unwrap(),
+    );
     let ownership = Arc::new(Ownership::load(store.clone()).unwrap());
     ownership.bootstrap(Vec::new()).await.unwrap();
     let node = NodeId(1);

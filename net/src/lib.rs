@@ -1,9 +1,11 @@
 //! TIM's client protocol: the frame codec (thrift compact and JSON), and a Rust client that
 //! tests and the load generator use to talk to a server.
 
+pub mod admin_auth;
 pub mod client;
 pub mod codec;
 pub mod frame;
+pub mod hex;
 pub mod proto;
 pub mod report;
 pub mod rpc;

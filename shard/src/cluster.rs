@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tim_kv::{Batch, Cursor, RawWrite, Row, RowId, Slot, Store, StoreError, TableId};
+use tim_kv::{Batch, Cursor, ExportedRow, RawWrite, Row, RowId, Slot, Store, StoreError, TableId};
 use tim_net::rpc::{Handler, RpcClient, RpcError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use crate::incarnation::Incarnation;
@@ -127,6 +127,9 @@ impl Default for Timeouts {
 
 /// The store record that says this node is leaving the cluster.
 pub(crate) const LEAVING_RECORD: &str = "leaving";
+
+/// Times a part of an export is asked again after its node did not answer.
+const EXPORT_RETRIES: u32 = 3;
 
 /// How long sessions of a node that gossip shows down (or that this node has not heard of
 /// yet) still count ([`Cluster::runs`]).
@@ -350,7 +353,7 @@ impl Cluster {
     pub async fn ask_to_leave(&self) -> Result<u32, String> {
         let Some(membership) = self.membership.get() else { return Err("this node runs alone".into()) };
         if !self.leaving() {
-            let members = crate::node::newest(membership.members().await);
+            let members = crate::membership::newest(membership.members().await);
             let others = || members.iter().filter(|m| m.node != self.node && m.live);
             if let Some(m) = others().find(|m| m.state == MemberState::Leaving) {
                 return Err(format!("member {} is leaving now: ask again once it has left", m.node));
@@ -628,6 +631,54 @@ impl Cluster {
         self.engine.get().map(|engine| engine.slot_state(slot)).unwrap_or_default()
     }
 
+    /// Reads `slot` for an export: its rows as one snapshot on its owner, sent into `rows`
+    /// in parts (sealed columns opened). Returns the number of rows.
+    pub async fn export_slot<T: From<Vec<ExportedRow>>>(
+        &self,
+        slot: Slot,
+        rows: &mpsc::Sender<T>,
+    ) -> Result<u64, RouteError> {
+        let stream = rand::random::<u64>();
+        let (mut node, mut count) = (None, 0u64);
+        for part in 0u32.. {
+            let request = Request::Export { stream, slot: slot.0, part };
+            let reply = match node {
+                None => self.at(slot, request).await?,
+                Some(node) => self.ask_again(node, &request).await?,
+            };
+            let Reply::Exported { node: from, rows: part_rows, last } = reply else {
+                return Err(failed(node.unwrap_or(self.node()), reply));
+            };
+            node = Some(from);
+            count += part_rows.len() as u64;
+            if !part_rows.is_empty() && rows.send(T::from(part_rows)).await.is_err() {
+                return Err(RouteError::Unavailable { slot: slot.0, reason: "the export was cancelled".into() });
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends `request` to `node` (this one included), asking again when it went unanswered.
+    async fn ask_again(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
+        let mut tries = 0;
+        loop {
+            let result = if node == self.node() {
+                Ok(self.run(node, request.clone()).await)
+            } else {
+                self.send(node, request).await
+            };
+            match result {
+                Err(RouteError::Unreachable { .. }) if tries < EXPORT_RETRIES => tries += 1,
+                Ok(Reply::StoreFailed(e)) => return Err(RouteError::Store(e)),
+                Ok(Reply::Failed { reason, duplicate }) => return Err(RouteError::Remote { node, reason, duplicate }),
+                other => return other,
+            }
+        }
+    }
+
     /// Learns every live member's owned slots from the member itself; the members whose
     /// lists it got. A slot this node holds at a lower epoch than a member owns it at is
     /// superseded here ([`Cluster::learn_owner`]).
@@ -808,7 +859,7 @@ impl Cluster {
     /// The members as gossip shows them (the newest generation of each); `None` for a node
     /// that runs alone, without membership.
     pub async fn members(&self) -> Option<Vec<crate::membership::MemberInfo>> {
-        Some(crate::node::newest(self.membership.get()?.members().await))
+        Some(crate::membership::newest(self.membership.get()?.members().await))
     }
 
     /// The cluster as this node sees it, for `/metrics`.
@@ -819,7 +870,7 @@ impl Cluster {
             return ClusterFigures { members: 1, live: 1, slots_owned, moved_slots: 0, moved_bytes: 0, calls };
         };
         let retired = self.retired.borrow().clone();
-        let members: Vec<_> = crate::node::newest(membership.members().await)
+        let members: Vec<_> = crate::membership::newest(membership.members().await)
             .into_iter()
             .filter(|m| !retired.contains(&m.node))
             .collect();

@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use tim_kv::{ExportedRow, Slot, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cluster::{Cluster, RouteError};
 use crate::ownership::Ownership;
 use crate::placement::NodeId;
-use crate::wire::{Reply, Request};
+use crate::wire::Reply;
 
 /// Bytes of rows per part.
 const PART_BYTES: usize = 1 << 20;
@@ -29,8 +28,6 @@ const PART_BYTES: usize = 1 << 20;
 const MAX_STREAMS: usize = 64;
 /// A stream nobody asked for in this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
-/// Times a part is asked again after its node did not answer.
-const RETRIES: u32 = 3;
 
 type Item = Result<(Vec<ExportedRow>, bool), StoreError>;
 
@@ -193,54 +190,4 @@ fn read(store: &dyn Store, slot: Slot, tx: mpsc::Sender<Item>, taken: oneshot::S
 
 fn failed(reason: String) -> Reply {
     Reply::Failed { reason, duplicate: false }
-}
-
-impl Cluster {
-    /// Reads `slot` for an export: its rows as one snapshot on its owner, sent into `rows`
-    /// in parts (sealed columns opened). Returns the number of rows.
-    pub async fn export_slot<T: From<Vec<ExportedRow>>>(
-        &self,
-        slot: Slot,
-        rows: &mpsc::Sender<T>,
-    ) -> Result<u64, RouteError> {
-        let stream = rand::random::<u64>();
-        let (mut node, mut count) = (None, 0u64);
-        for part in 0u32.. {
-            let request = Request::Export { stream, slot: slot.0, part };
-            let reply = match node {
-                None => self.at(slot, request).await?,
-                Some(node) => self.ask_again(node, &request).await?,
-            };
-            let Reply::Exported { node: from, rows: part_rows, last } = reply else {
-                return Err(crate::cluster::failed(node.unwrap_or(self.node()), reply));
-            };
-            node = Some(from);
-            count += part_rows.len() as u64;
-            if !part_rows.is_empty() && rows.send(T::from(part_rows)).await.is_err() {
-                return Err(RouteError::Unavailable { slot: slot.0, reason: "the export was cancelled".into() });
-            }
-            if last {
-                break;
-            }
-        }
-        Ok(count)
-    }
-
-    /// Sends `request` to `node` (this one included), asking again when it went unanswered.
-    async fn ask_again(&self, node: NodeId, request: &Request) -> Result<Reply, RouteError> {
-        let mut tries = 0;
-        loop {
-            let result = if node == self.node() {
-                Ok(self.run(node, request.clone()).await)
-            } else {
-                self.send(node, request).await
-            };
-            match result {
-                Err(RouteError::Unreachable { .. }) if tries < RETRIES => tries += 1,
-                Ok(Reply::StoreFailed(e)) => return Err(RouteError::Store(e)),
-                Ok(Reply::Failed { reason, duplicate }) => return Err(RouteError::Remote { node, reason, duplicate }),
-                other => return other,
-            }
-        }
-    }
 }

@@ -32,8 +32,8 @@ pub use node::{ClusterNode, Ended, JoinConfig, JoinError, Load};
 pub use operator::{leave, owned, remove, status, OperatorError};
 pub use ownership::{Held, Ownership, OwnershipError, Part, Refusal, SlotState};
 pub use placement::{Member, NodeId, Placement, PlacementVersion};
-pub use removal::Removed;
 pub use slot_set::SlotSet;
+pub use wire::Removed;
 
 /// Number of slots. Fixed for the life of a deployment: it is part of every stored key.
 pub const SLOTS: u16 = 4096;

@@ -5,6 +5,7 @@
 //! its load. Never sessions or per-slot data. Gossip is a bus, not an authority: the right to
 //! serve a slot comes from [`crate::Ownership`], never from what gossip says.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -140,6 +141,22 @@ impl MemberInfo {
             live,
         })
     }
+}
+
+/// The newest generation of each node.
+pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
+    let mut by_node: HashMap<NodeId, MemberInfo> = HashMap::new();
+    for m in members {
+        match by_node.get(&m.node) {
+            Some(known) if known.generation >= m.generation => {}
+            _ => {
+                by_node.insert(m.node, m);
+            }
+        }
+    }
+    let mut out: Vec<_> = by_node.into_values().collect();
+    out.sort_by_key(|m| m.node);
+    out
 }
 
 /// A list of node ids as [`KEY_RETIRED`] carries it.

@@ -317,7 +317,7 @@ impl ClusterNode {
 
     /// The members as gossip shows them.
     pub async fn members(&self) -> Vec<MemberInfo> {
-        newest(self.membership.members().await)
+        crate::membership::newest(self.membership.members().await)
     }
 
     /// Gossips this node's load every `every`, until the node stops: its sessions, and the
@@ -364,22 +364,6 @@ impl ClusterNode {
 fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
     use std::net::ToSocketAddrs;
     seeds.iter().filter_map(|seed| seed.to_socket_addrs().ok()).flatten().collect()
-}
-
-/// The newest generation of each node.
-pub(crate) fn newest(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
-    let mut by_node: HashMap<NodeId, MemberInfo> = HashMap::new();
-    for m in members {
-        match by_node.get(&m.node) {
-            Some(known) if known.generation >= m.generation => {}
-            _ => {
-                by_node.insert(m.node, m);
-            }
-        }
-    }
-    let mut out: Vec<_> = by_node.into_values().collect();
-    out.sort_by_key(|m| m.node);
-    out
 }
 
 /// Keeps this node's lease ([`crate::lease`]): pings the other members and opens the gate of
@@ -535,7 +519,7 @@ impl Driver {
                 self.membership.set(membership::KEY_STATE, MemberState::Ready.as_str().to_owned()).await;
                 told_ready = true;
             }
-            let members = newest(self.membership.members().await);
+            let members = crate::membership::newest(self.membership.members().await);
             let others: Vec<&MemberInfo> = members.iter().filter(|m| m.node != self.cluster.node()).collect();
             if !heard && others.iter().any(|m| m.live) {
                 heard = true;

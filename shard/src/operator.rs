@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::membership::MemberInfo;
 use crate::placement::NodeId;
-use crate::removal::Removed;
+use crate::wire::Removed;
 use crate::wire::{self, Reply, Request};
 
 /// How long an operator's call may take.

@@ -32,7 +32,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tim_kv::Slot;
 use tracing::{info, warn};
 
@@ -41,35 +40,13 @@ use crate::lease::majority;
 use crate::membership::MemberInfo;
 use crate::ownership::{next_era, SlotState};
 use crate::placement::{NodeId, Placement};
-use crate::wire::{Reply, Request};
+use crate::wire::{Holdings, Removed, Reply, Request};
 use crate::SLOTS;
 
 /// How long the members get to learn that the nodes are retired.
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
 /// How long, past twice the lease, the members get to fall silent to the removed nodes.
 const SILENCE_SLACK: Duration = Duration::from_secs(30);
-
-/// What one member holds: every slot state it records, and the newest owner it learned of
-/// every slot.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Holdings {
-    pub(crate) states: Vec<(u16, SlotState)>,
-    pub(crate) newest: Vec<(u16, NodeId, u64)>,
-}
-
-/// What a removal did, and what it cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removed {
-    /// Slots adopted with the data a member held of them (a hand-over to a removed node that
-    /// never finished: the writes the removed node took after it, if it got the slot, are
-    /// lost).
-    pub with_data: u32,
-    /// Slots adopted empty: their data was on the removed nodes alone, and is lost.
-    pub empty: u32,
-    /// Slots that may be on a member that is down and was not removed: not adopted, and not
-    /// served until that member is back (or removed too, and this removal run again).
-    pub waiting: u32,
-}
 
 /// A slot of the removed nodes, and who takes it at which epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +162,7 @@ impl Cluster {
             return Err("a node cannot remove itself: ask it to leave (`tim cluster leave`)".into());
         }
         let placement = self.placement();
-        let gossip = crate::node::newest(membership.members().await);
+        let gossip = crate::membership::newest(membership.members().await);
         for node in &removed {
             if !self.is_retired(*node) && !placement.members().iter().any(|m| m.id == *node) {
                 return Err(format!("node {node} is not a member of this cluster"));
@@ -283,7 +260,7 @@ impl Cluster {
         let deadline = Instant::now() + RETIRE_WAIT;
         let mut changes = membership.changes().await;
         loop {
-            let members = crate::node::newest(membership.members().await);
+            let members = crate::membership::newest(membership.members().await);
             let knows = |id: &NodeId| {
                 members.iter().any(|m: &MemberInfo| m.node == *id && nodes.iter().all(|n| m.removed.contains(n)))
             };

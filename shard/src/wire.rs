@@ -6,9 +6,9 @@ use tim_kv::{Batch, Cursor, ExportedRow, Row, RowId, StoreError, TableId};
 
 use crate::members::Recorded;
 use crate::membership::MemberInfo;
+use crate::ownership::SlotState;
 use crate::ownership::{Part, Refusal};
 use crate::placement::NodeId;
-use crate::removal::{Holdings, Removed};
 
 /// A call from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,4 +119,26 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
     postcard::from_bytes(raw).map_err(|e| format!("undecodable message: {e}"))
+}
+
+/// What one member holds: every slot state it records, and the newest owner it learned of
+/// every slot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Holdings {
+    pub(crate) states: Vec<(u16, SlotState)>,
+    pub(crate) newest: Vec<(u16, NodeId, u64)>,
+}
+
+/// What a removal did, and what it cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// Slots adopted with the data a member held of them (a hand-over to a removed node that
+    /// never finished: the writes the removed node took after it, if it got the slot, are
+    /// lost).
+    pub with_data: u32,
+    /// Slots adopted empty: their data was on the removed nodes alone, and is lost.
+    pub empty: u32,
+    /// Slots that may be on a member that is down and was not removed: not adopted, and not
+    /// served until that member is back (or removed too, and this removal run again).
+    pub waiting: u32,
 }

@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::admin_auth;
-use crate::dump::wire::{ExportFrame, ImportOutcome, ImportRequest, Source, MAX_FRAME, MAX_IMPORT_BODY};
+use tim_engine::export_wire::{ExportFrame, ImportOutcome, ImportRequest, Source, MAX_FRAME, MAX_IMPORT_BODY};
+use tim_net::admin_auth;
 
 /// How long connecting and a call without a stream may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);

@@ -7,7 +7,6 @@
 
 pub mod format;
 mod progress;
-pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::admin_client::{Admin, AdminKey, Target};
 use format::{Block, DumpReader, DumpWriter, Header, Summary, FORMAT};
 use progress::{human, Progress};
-use wire::{ExportFrame, ImportOutcome, ImportRequest};
+use tim_engine::export_wire::{ExportFrame, ImportOutcome, ImportRequest};
 
 /// Import requests in flight at once.
 const IMPORTS_IN_FLIGHT: usize = 4;

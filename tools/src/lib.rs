@@ -1,11 +1,13 @@
-//! Operator tools of tim-rs, run as subcommands of the one `tim` binary.
+//! The `tim` command line: `tim serve` (the engine) and the operator tools, its other
+//! subcommands.
 
 pub mod admin;
-pub mod admin_auth;
 pub mod admin_client;
 pub mod bench;
+pub mod cli;
+mod cluster;
 pub mod dump;
-pub mod hex;
+mod found;
 
 /// The commit this binary was built from (stamped by `build.rs`), or "unknown".
 pub const COMMIT: &str = env!("TIM_COMMIT");

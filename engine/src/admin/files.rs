@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use super::Admin;
-use crate::web::{Asset, CSS, HTML, JS, JSON};
+use crate::listeners::web::{Asset, CSS, HTML, JS, JSON};
 
 const CONSOLE: &[Asset] = &[
     Asset { path: "/", kind: HTML, body: include_str!("../../web/console/index.html") },
@@ -17,7 +17,7 @@ const CONSOLE: &[Asset] = &[
 ];
 
 pub(super) fn routes() -> Router<Arc<Admin>> {
-    crate::web::routes(CONSOLE)
+    crate::listeners::web::routes(CONSOLE)
 }
 
 #[cfg(test)]
@@ -28,7 +28,7 @@ mod tests {
     /// `.route("path", method(handler).other(handler))` line.
     fn routed() -> BTreeSet<String> {
         let sources = [
-            include_str!("../admin.rs"),
+            include_str!("mod.rs"),
             include_str!("users.rs"),
             include_str!("ops.rs"),
             include_str!("reads.rs"),

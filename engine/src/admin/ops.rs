@@ -23,11 +23,11 @@ use tracing::info;
 use super::{
     engine_failed, existing_user, from_tim_json, json, parse, refuse, registered, tim_json, Admin, Named, Writer,
 };
-use crate::business::Reply;
-use crate::chat::{Next, Sender, OD_NORMAL};
-use crate::ident::UserId;
-use crate::push::{push_encoded, push_frames, push_messages, Fallback};
+use crate::flows::business::Reply;
+use crate::flows::message::{Next, Sender, OD_NORMAL};
+use crate::model::ident::UserId;
 use crate::server::Server;
+use crate::services::push::Fallback;
 
 type Answer = Result<Response, Response>;
 
@@ -83,7 +83,7 @@ async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer,
     let mut msg: TimMessage = from_tim_json(&message)?;
     msg.mid = None;
     msg.from_tid = None;
-    msg.timestamp = Some(crate::chat::now_ns());
+    msg.timestamp = Some(crate::services::history::now_ns());
     msg.id = Some(rand::random());
     let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     fits(&admin.server, &msg, users.len())?;
@@ -94,7 +94,7 @@ async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer,
     let queued =
         admin.server.offline.push_all(&entries).await.map_err(|e| engine_failed(&e, "admin system message"))?;
     let pushes = entries.into_iter().zip(queued).map(|((u, m), entry)| (u, m, Fallback::Queued(entry))).collect();
-    push_messages(&admin.server, pushes).await;
+    admin.server.push.messages(pushes).await;
     info!(users = sent, by = caller.who(), "system message sent");
     Ok(json(&serde_json::json!({ "sent": sent, "unknown": unknown })))
 }
@@ -119,7 +119,7 @@ async fn presence(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> An
     };
     let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     fits(&admin.server, &presence, 1)?;
-    let sessions = push_frames(&admin.server, &users, FrameType::Presence, &presence, None).await;
+    let sessions = admin.server.push.frames(&users, FrameType::Presence, &presence, None).await;
     Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
 }
 
@@ -134,7 +134,7 @@ async fn ping(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer
     let request: Users = parse(&body)?;
     let (users, unknown) = registered(&admin.server, &request.nodes).await?;
     let frame = encode_server_empty(FrameType::Ping);
-    let sessions = push_encoded(&admin.server, &users, frame.clone(), frame, None).await;
+    let sessions = admin.server.push.encoded(&users, frame.clone(), frame, None).await;
     Ok(json(&serde_json::json!({ "sessions": sessions, "unknown": unknown })))
 }
 
@@ -148,9 +148,9 @@ struct NewVroom {
 async fn new_vroom(State(admin): State<Arc<Admin>>, _: Writer, body: Bytes) -> Answer {
     let request: NewVroom = parse(&body)?;
     let owner = existing_user(&admin.server, &request.owner).await?;
-    let req = TimReq { rtype: Some(crate::vrooms::NEW), ..TimReq::default() };
+    let req = TimReq { rtype: Some(crate::services::rooms::NEW), ..TimReq::default() };
     // Made without a session: none is subscribed.
-    let ack = crate::vrooms::handle(&admin.server, owner, 0, None, &req).await;
+    let ack = admin.server.rooms.handle(owner, 0, None, &req).await;
     Ok(json(&tim_json(&ack)))
 }
 
@@ -171,10 +171,10 @@ async fn as_message(
     let msg: TimMessage = from_tim_json(&parse(&body)?)?;
     fits(server, &msg, 1)?;
     let failed = |e| engine_failed(&e, "admin message");
-    let stored = match crate::chat::accept(server, &sender(user), msg).await.map_err(failed)? {
+    let stored = match crate::flows::message::accept(server, &sender(user), msg).await.map_err(failed)? {
         Next::Store(accepted) => {
             // No session sends it: the sender's sessions all get the copy (conn 0 is none).
-            let echoes = crate::chat::store_and_push(server, user, 0, Encoding::Json, vec![*accepted]).await;
+            let echoes = crate::flows::message::store_and_push(server, user, 0, Encoding::Json, vec![*accepted]).await;
             let echo = echoes.map_err(failed)?.into_iter().next().unwrap_or_default();
             // The echo is the frame type, then the message in TIM's JSON.
             serde_json::from_slice(echo.get(1..).unwrap_or_default()).unwrap_or(serde_json::Value::Null)
@@ -204,11 +204,11 @@ async fn as_business(
 ) -> Answer {
     let req: TimReq = from_tim_json(&parse(&body)?)?;
     info!(user = %user.node(), rtype = ?req.rtype, by = caller.who(), "business request as a user");
-    Ok(reply_json(crate::business::handle(&admin.server, user, &req).await))
+    Ok(reply_json(crate::flows::business::handle(&admin.server, user, &req).await))
 }
 
 /// A NODES request (profiles of users and groups) as a user.
 async fn as_nodes(State(admin): State<Arc<Admin>>, _: Writer, Named(user): Named, body: Bytes) -> Answer {
     let req: TimNodes = from_tim_json(&parse(&body)?)?;
-    Ok(reply_json(crate::profiles::handle(&admin.server, user, req).await))
+    Ok(reply_json(crate::flows::profiles::handle(&admin.server, user, req).await))
 }

@@ -19,7 +19,7 @@ use tracing::info;
 use super::MAX_PAGE;
 use super::{engine_failed, group_node, json, parse, refuse, tim_json, user_node, Admin, Named, Reader, Writer};
 use crate::error::EngineError;
-use crate::ident::{pair_id, GroupId, UserId};
+use crate::model::ident::{pair_id, GroupId, UserId};
 
 type Answer = Result<Response, Response>;
 
@@ -140,7 +140,7 @@ async fn group_history(
     Query(page): Query<HistoryPage>,
 ) -> Answer {
     let group = existing_group(&admin, &node).await?;
-    history(&admin, crate::group_chat::chat_of(group), page).await
+    history(&admin, crate::model::ident::group_chat_id(group), page).await
 }
 
 #[derive(Deserialize)]

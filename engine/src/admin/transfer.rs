@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use super::wire::{self, ExportFrame, ImportOutcome, ImportRequest, Skipped, Source};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -15,13 +16,12 @@ use axum::Router;
 use futures_util::StreamExt;
 use tim_kv::{ExportedRow, Slot};
 use tim_net::report::ErrorChain;
-use tim_tools::dump::wire::{self, ExportFrame, ImportOutcome, ImportRequest, Skipped, Source};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{json, refuse, Admin, SecretHolder};
 use crate::error::EngineError;
-use crate::tables;
+use crate::model::tables;
 
 pub(super) fn routes() -> Router<Arc<Admin>> {
     Router::new()
@@ -135,7 +135,7 @@ async fn import(State(admin): State<Arc<Admin>>, _: SecretHolder, body: Bytes) -
     let mut restores = futures_util::stream::iter(by_slot)
         .map(|(slot, rows)| {
             let server = server.clone();
-            async move { server.restore(Slot(slot), rows).await }
+            async move { server.restorer.restore(Slot(slot), rows).await }
         })
         .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
     while let Some(result) = restores.next().await {
@@ -167,7 +167,7 @@ async fn finish_import(State(admin): State<Arc<Admin>>, _: SecretHolder) -> Resp
     let mut repairs = futures_util::stream::iter(0..tim_shard::SLOTS)
         .map(|slot| {
             let server = server.clone();
-            async move { server.finish_restore(Slot(slot)).await }
+            async move { server.restorer.finish(Slot(slot)).await }
         })
         .buffer_unordered(IMPORT_SLOTS_AT_ONCE);
     let mut repaired = 0;

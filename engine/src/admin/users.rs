@@ -20,9 +20,9 @@ use super::MAX_PAGE;
 use super::{
     engine_failed, from_tim_json, json, parse, refuse, registered, tim_json, user_node, Admin, Named, Reader, Writer,
 };
-use crate::calls::NodeQuery;
-use crate::ident::UserId;
-use crate::push::locate;
+use crate::model::ident::UserId;
+use crate::seam::ask_node;
+use crate::session::registry::SessionsQuery;
 
 type Answer = Result<Response, Response>;
 
@@ -84,7 +84,7 @@ async fn user_info(admin: &Admin, user: UserId) -> Answer {
     let server = &admin.server;
     let failed = |e| engine_failed(&e, "admin lookup");
     let profile = server.accounts.profile(user).await.map_err(failed)?;
-    let sessions = locate(server, &[user]).await.map_err(failed)?;
+    let sessions = server.directory.locate(&[user]).await.map_err(failed)?;
     let sessions: Vec<SessionView> = sessions
         .get(&user)
         .into_iter()
@@ -183,7 +183,7 @@ async fn ban(State(admin): State<Arc<Admin>>, Writer(caller): Writer, body: Byte
     }
     // Banned first, then logged out: a login racing the ban reads it, or is closed here. The
     // users banned before a failure are logged out too.
-    let closed = crate::push::log_out(server, &banned).await.map_err(|e| engine_failed(&e, "admin ban"))?;
+    let closed = server.push.log_out(&banned).await.map_err(|e| engine_failed(&e, "admin ban"))?;
     if let Some(e) = failed {
         return Err(engine_failed(&e, "admin ban"));
     }
@@ -238,7 +238,7 @@ async fn online(State(admin): State<Arc<Admin>>, _: Reader, Query(page): Query<O
     let mut nodes = server.data.live_peers();
     nodes.push(server.data.node());
     let asked = nodes.into_iter().map(|node| async move {
-        (node, server.ask_node::<Vec<(UserId, usize)>>(node, NodeQuery::Online { after, limit }).await)
+        (node, ask_node::<Vec<(UserId, usize)>, _>(&server.data, node, SessionsQuery::Online { after, limit }).await)
     });
     let (mut users, mut more, mut missing) = (BTreeMap::<UserId, usize>::new(), false, Vec::new());
     for (node, answer) in futures_util::future::join_all(asked).await {

@@ -10,7 +10,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 use tracing::warn;
 
 use super::{Close, Session};
-use crate::delivery::Delivery;
+use crate::session::delivery::Delivery;
 
 /// A frame sent with an ack request, waiting for the client's ack.
 pub(super) struct Pending {

@@ -4,7 +4,7 @@ use tracing::warn;
 
 use super::order::Key;
 use super::{Close, Session};
-use crate::chat;
+use crate::flows::message;
 
 impl Session {
     /// Stores the burst's accepted chat messages in one write, then echoes and pushes them;
@@ -18,7 +18,7 @@ impl Session {
             .into_iter()
             .map(|(code, encoding, a)| ((code, encoding, a.sent_with_id().then(|| Key::of(a.message())).flatten()), a))
             .unzip();
-        match chat::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
+        match message::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
             Ok(echoes) => {
                 for echo in echoes {
                     self.feed(echo).await?;

@@ -11,8 +11,8 @@ use tracing::debug;
 
 use super::order::Key;
 use super::{Close, Reassembly, Session, READ_BURST};
-use crate::chat::{self, Next, Sender};
-use crate::vrooms::stream_push;
+use crate::flows::message::{self, Next, Sender};
+use crate::services::rooms::stream_push;
 
 impl Session {
     pub(super) async fn on_message(&mut self, data: Bytes) -> Result<(), Close> {
@@ -96,7 +96,7 @@ impl Session {
                 let Ok(msg) = frame.decode::<TimMessage>() else {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
-                if !chat::joins_burst(&msg) {
+                if !message::joins_burst(&msg) {
                     self.store_burst().await?;
                 }
                 let key = Key::of(&msg);
@@ -105,7 +105,7 @@ impl Session {
                 }
                 let Some(login) = &self.login else { return Ok(()) };
                 let sender = Sender { user: login.user, tid: login.tid.clone() };
-                match chat::accept(&self.server, &sender, msg).await {
+                match message::accept(&self.server, &sender, msg).await {
                     Ok(Next::Store(accepted)) => {
                         self.burst.push((code, frame.encoding, *accepted));
                         if self.burst.len() >= READ_BURST {
@@ -131,7 +131,7 @@ impl Session {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                let reply = crate::business::handle(&self.server, login.user, &req).await;
+                let reply = crate::flows::business::handle(&self.server, login.user, &req).await;
                 self.answer(reply, frame.encoding).await
             }
             FrameType::Presence | FrameType::BroadPresence => {
@@ -139,9 +139,9 @@ impl Session {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
                 let result = if frame.kind == FrameType::Presence {
-                    crate::presence::send(&self.server, &login.tid, presence).await
+                    crate::flows::presence::send(&self.server, &login.tid, presence).await
                 } else {
-                    crate::presence::broadcast(&self.server, login.user, &login.tid, presence).await
+                    crate::flows::presence::broadcast(&self.server, login.user, &login.tid, presence).await
                 };
                 match result {
                     Ok(()) => Ok(()),
@@ -154,14 +154,15 @@ impl Session {
                 };
                 let (user, termtyp, room) = (login.user, login.tid.termtyp, req.node.clone().unwrap_or_default());
                 let rtype = req.rtype.unwrap_or(0);
-                if rtype == crate::vrooms::SUB && self.rooms.len() >= crate::vrooms::MAX_SUBSCRIPTIONS {
+                if rtype == crate::services::rooms::SUB && self.rooms.len() >= crate::services::rooms::MAX_SUBSCRIPTIONS
+                {
                     return self.refuse(code, frame.encoding, ErrorCode::HeavyLoad).await;
                 }
-                let ack = crate::vrooms::handle(&self.server, user, self.conn_id, termtyp, &req).await;
+                let ack = self.server.rooms.handle(user, self.conn_id, termtyp, &req).await;
                 // Subscriptions end with the session: remember them.
-                if ack.ok && rtype == crate::vrooms::SUB && !self.rooms.contains(&room) {
+                if ack.ok && rtype == crate::services::rooms::SUB && !self.rooms.contains(&room) {
                     self.rooms.push(room);
-                } else if ack.ok && matches!(rtype, crate::vrooms::UNSUB | crate::vrooms::REMOVE) {
+                } else if ack.ok && matches!(rtype, crate::services::rooms::UNSUB | crate::services::rooms::REMOVE) {
                     self.rooms.retain(|r| *r != room);
                 }
                 self.reply(FrameType::Ack, frame.encoding, &ack).await
@@ -171,7 +172,7 @@ impl Session {
                     return self.refuse(code, frame.encoding, ErrorCode::FormatError).await;
                 };
                 let room = stream.vnode.clone();
-                match crate::vrooms::push(&self.server, login.user, &room, stream_push(&stream)).await {
+                match self.server.rooms.push(login.user, &room, stream_push(&stream)).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let ack = TimAck { n: Some(room), ..TimAck::error(code, e.answer("stream")) };
@@ -183,14 +184,14 @@ impl Session {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimNodes>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                let reply = crate::profiles::handle(&self.server, login.user, req).await;
+                let reply = crate::flows::profiles::handle(&self.server, login.user, req).await;
                 self.answer(reply, frame.encoding).await
             }
             FrameType::PullMessage => {
                 let (Some(login), Ok(req)) = (&self.login, frame.decode::<TimReq>()) else {
                     return self.refuse(code, frame.encoding, ErrorCode::ParamIncorrect).await;
                 };
-                match crate::chat::pull(&self.server, login.user, &req).await {
+                match crate::flows::message::pull(&self.server, login.user, &req).await {
                     Ok(messages) => {
                         let list = TimMessageList { id: None, message_list: Some(messages) };
                         self.reply(FrameType::PullMessage, frame.encoding, &list).await

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use tracing::{info, Span};
 
 use super::{Close, Login, Session};
-use crate::delivery::{deliver, Payload};
 use crate::error::EngineError;
-use crate::ident::UserId;
+use crate::model::ident::UserId;
 use crate::server::Server;
-use crate::sessions::{Outbound, SessionHandle};
+use crate::session::delivery::{deliver, Payload};
+use crate::session::outbound::{Outbound, SessionHandle};
 
 impl Session {
     pub(super) async fn on_auth(&mut self, frame: &ClientFrame) -> Result<(), Close> {
@@ -36,7 +36,7 @@ impl Session {
             return Err(Close::NodeFull);
         }
         // The device limits hold across the cluster: the directory of the user's slot decides.
-        let replaced = match self.server.admit(user, self.conn_id, auth.termtyp).await {
+        let replaced = match self.server.directory.admit(user, self.conn_id, auth.termtyp).await {
             Ok(replaced) => replaced,
             Err(e) => {
                 self.server.sessions.remove(user, self.conn_id);
@@ -49,12 +49,12 @@ impl Session {
         // no session.
         if let Err(e) = self.server.bans.check_login(user).await {
             self.server.sessions.remove(user, self.conn_id);
-            if let Err(left) = self.server.leave(user, self.conn_id).await {
+            if let Err(left) = self.server.directory.leave(user, self.conn_id).await {
                 let _ = left.answer("banned login");
             }
             return self.refuse_login(frame.encoding, e.answer("login")).await;
         }
-        self.server.kick(user, replaced).await;
+        self.server.directory.kick(user, replaced).await;
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
         crate::metrics::add(&self.server.metrics.logins, 1);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tim_kv::ExportedRow;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use super::wire::{table_name, Source};
+use tim_engine::export_wire::{table_name, Source};
 
 pub const MAGIC: &[u8; 8] = b"TIMDUMP\0";
 /// The format this tool writes, and the newest it reads.
@@ -108,7 +108,7 @@ impl Sealer {
         if sealing.cipher != "aes-256-gcm" || sealing.kdf != "argon2id" {
             return Err(bad(format!("unknown sealing {} with {}", sealing.cipher, sealing.kdf)));
         }
-        let salt = crate::hex::decode(&sealing.salt).ok_or_else(|| bad("the header's salt is not hex".into()))?;
+        let salt = tim_net::hex::decode(&sealing.salt).ok_or_else(|| bad("the header's salt is not hex".into()))?;
         let params = argon2::Params::new(sealing.memory_kib, sealing.passes, 1, Some(32))
             .map_err(|e| bad(format!("the header's key settings: {e}")))?;
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -150,7 +150,7 @@ pub fn new_sealing() -> Sealing {
         kdf: "argon2id".into(),
         memory_kib: KDF_MEMORY_KIB,
         passes: KDF_PASSES,
-        salt: crate::hex::encode(&rand::random::<[u8; 16]>()),
+        salt: tim_net::hex::encode(&rand::random::<[u8; 16]>()),
     }
 }
 
@@ -399,7 +399,7 @@ mod tests {
     use tim_kv::{Row, RowId, Slot, TableId};
 
     use super::*;
-    use crate::dump::wire::TableSchema;
+    use tim_engine::export_wire::TableSchema;
 
     fn header(sealing: Option<Sealing>) -> Header {
         let tables = vec![TableSchema {
