@@ -56,6 +56,18 @@ pub async fn sign_in(addr: SocketAddr, name: &str, password: &str) -> (u16, Opti
     (status, token)
 }
 
+/// A token of a read-only admin account made for it, to scrape any node's `/metrics` with.
+pub async fn read_token(admin: SocketAddr, secret: &str) -> String {
+    let out = tim_admin(&["create-user", "scraper", "--role", "read"], admin, secret, Some("scraper password"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sign_in(admin, "scraper", "scraper password").await.1.expect("a token")
+}
+
+/// One figure of a node's `/metrics` (0 while it has none).
+pub async fn figure(admin: SocketAddr, token: &str, name: &str) -> f64 {
+    scrape(admin, token).await.get(name).copied().unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_are_created_with_the_secret_and_sign_in_anywhere_with_their_role() {
     let cluster = TestCluster::start(2, &[]);

@@ -3,12 +3,14 @@
 use std::collections::HashSet;
 
 use tim_net::client::Client;
-use tim_net::proto::{Tid, TimMessage, TimMessageList, TimReq};
+use tim_net::proto::{Tid, TimMessage, TimMessageList, TimPresence, TimReq};
 use tim_net::{Encoding, FrameType, ServerFrame};
 
+use crate::admin::figure;
 use crate::node::{TestNode, WAIT};
 use crate::roster::{batch, business, pushed, request_offline, user};
 use crate::topology::topology_test;
+use crate::wait::until;
 
 pub fn text_to(to: &str, text: &str, od_type: i8) -> TimMessage {
     TimMessage {
@@ -242,6 +244,8 @@ topology_test!(async fn streams_reach_online_sessions_only_and_custom_kinds_skip
 
     let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
     let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
+    // Friends, so that alice is told when bob's session ends.
+    befriend(&mut alice, &alice_node, &mut bob, &bob_node).await;
 
     alice.send(FrameType::Message, &text_to(&bob_node, "live", 5)).await.unwrap();
     let frame = bob.recv_within(WAIT).await.unwrap();
@@ -252,12 +256,16 @@ topology_test!(async fn streams_reach_online_sessions_only_and_custom_kinds_skip
     assert!(history(&mut bob, &alice_node, 0, 10).await.is_empty(), "neither is in history");
 
     drop(bob);
-    // Let the server see bob's session end.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Bob is offline now: a stream is dropped, a custom message waits offline.
+    // The server saw bob's session end once his offline presence, sent then, reaches alice.
+    let frame = alice.recv_within(WAIT).await.unwrap();
+    assert_eq!(frame.kind, FrameType::Presence, "{frame:?}");
+    let gone: TimPresence = frame.decode(alice.encoding()).unwrap();
+    assert_eq!((gone.offline, gone.from_tid.unwrap().node), (Some(true), bob_node.clone()));
+    // Bob is offline now: a stream is dropped, a custom message waits offline. Alice's next
+    // request is answered once both were handled.
     alice.send(FrameType::Message, &text_to(&bob_node, "lost", 5)).await.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "kept", 31)).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(history(&mut alice, &bob_node, 0, 10).await.is_empty(), "neither is in history");
     let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     let queued = batch(&mut bob, true).await;
@@ -371,12 +379,17 @@ topology_test!(async fn a_message_never_acked_is_queued_once_and_history_honours
 
     let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Json).await;
     let (mut bob, bob_node) = user(servers.at(1), "bob", Encoding::Compact).await;
+    let (token, bobs) = (servers.read_token().await, servers.at(1).admin.unwrap());
+    let given_up = figure(bobs, &token, "tim_ack_timeouts_total").await;
     alice.send(FrameType::Message, &text_to(&bob_node, "unacked", 1)).await.unwrap();
     let sent = echo(&mut alice).await;
-    // Two attempts, never acked.
+    // Two attempts, never acked; then bob's session gives the push up.
     let (a, b) = (pushed(&mut bob, false).await, pushed(&mut bob, false).await);
     assert_eq!((a.mid, b.mid), (sent.mid, sent.mid));
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    until("bob's session to give the push up", WAIT, async || {
+        (figure(bobs, &token, "tim_ack_timeouts_total").await > given_up).then_some(())
+    })
+    .await;
     request_offline(&mut bob).await;
     let queued = batch(&mut bob, true).await;
     assert_eq!(queued.iter().map(|m| m.mid).collect::<Vec<_>>(), [sent.mid], "exactly one offline copy");
@@ -448,8 +461,14 @@ topology_test!(async fn offline_queues_are_capped_by_age(servers, &["--message-n
     let (mut alice, _) = user(servers.at(0), "alice", Encoding::Compact).await;
     let bob_node = servers.at(1).register("bob", "pw", Encoding::Compact).await.n.unwrap();
     alice.send(FrameType::Message, &text_to(&bob_node, "stale", 1)).await.unwrap();
-    echo(&mut alice).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let stamped = echo(&mut alice).await.timestamp.unwrap();
+    // Past the cap once this clock is more than a second past the message's time (the server
+    // reads the same clock, later).
+    until("the message to be older than the age cap", WAIT, async || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        (i64::try_from(now.as_nanos()).unwrap() - stamped > 1_000_000_000).then_some(())
+    })
+    .await;
     let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Compact).await;
     request_offline(&mut bob).await;
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd, "expired entries dropped");

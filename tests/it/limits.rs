@@ -1,7 +1,7 @@
 //! Abuse limits: message rates per connection and per account, the node's connection limit,
 //! group and roster capacities.
 
-use tim_net::proto::{Tid, TimMessage, TimReq};
+use tim_net::proto::{Tid, TimAck, TimMessage, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::chat::befriend;
@@ -136,19 +136,38 @@ topology_test!(async fn the_groups_per_user_cap_holds_under_concurrent_joins(ser
     for k in 1..5 {
         sessions.push(servers.at(5 + k).login("joiner", "pw", Encoding::Compact).await.0);
     }
-    // Five sessions of one user join five groups at once: two may succeed.
+    // Five sessions of one user join five groups at once: two may succeed. Each session waits
+    // for its answer: the notice of its own group (every session gets those of the user's
+    // joins), or a refusal.
     let joins = sessions.into_iter().zip(&groups).map(|(mut session, group)| {
         let group = group.clone();
         tokio::spawn(async move {
             business(&mut session, 9, Some(&group), Some("hi")).await;
-            session
+            let joined = loop {
+                let frame = session.recv_within(WAIT).await.unwrap();
+                if frame.kind == FrameType::Ack {
+                    let refused: TimAck = frame.decode(Encoding::Compact).unwrap();
+                    assert_eq!((refused.t, refused.error_code()), (Some(9), Some(4105)), "{refused:?}");
+                    break false;
+                }
+                assert_eq!(frame.kind, FrameType::Message, "{frame:?}");
+                session.ack(frame.ack_id.unwrap()).await.unwrap();
+                let notice: TimMessage = frame.decode(Encoding::Compact).unwrap();
+                if notice.room_tid.as_ref().map(|t| &t.node) == Some(&group) {
+                    assert_eq!(notice.bn_type, Some(10), "{notice:?}");
+                    break true;
+                }
+            };
+            (session, joined)
         })
     });
-    let mut sessions = Vec::new();
+    let (mut sessions, mut joined) = (Vec::new(), 0);
     for join in joins.collect::<Vec<_>>() {
-        sessions.push(join.await.unwrap());
+        let (session, ok) = join.await.unwrap();
+        sessions.push(session);
+        joined += usize::from(ok);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(joined, 2, "as many joins succeed as the cap allows");
     let (mut check, _) = servers.at(5).login("joiner", "pw", Encoding::Compact).await;
     check.send(FrameType::Business, &TimReq { rtype: Some(2), ..TimReq::default() }).await.unwrap();
     let listed = loop {

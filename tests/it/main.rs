@@ -25,3 +25,4 @@ mod split;
 mod topology;
 mod transfer;
 mod vrooms;
+mod wait;

@@ -1,13 +1,12 @@
 //! Friends and blocks, their pushes, and the offline queue those pushes fall back to.
 
-use std::time::Duration;
-
 use tim_net::client::Client;
 use tim_net::proto::{TimMessage, TimMessageList, TimNodes, TimReq};
-use tim_net::{Encoding, FrameType};
+use tim_net::{Encoding, FrameType, ServerFrame};
 
 use crate::node::{TestNode, WAIT};
 use crate::topology::topology_test;
+use crate::wait::until;
 
 pub async fn business(client: &mut Client, rtype: i32, node: Option<&str>, text: Option<&str>) {
     let req = TimReq {
@@ -98,6 +97,11 @@ topology_test!(async fn friend_request_accept_block_and_remove(servers, &[]) {
 /// The next frame must be an offline batch; it is acked when `ack`.
 pub async fn batch(client: &mut Client, ack: bool) -> Vec<TimMessage> {
     let frame = client.recv_within(WAIT).await.unwrap();
+    batch_in(client, frame, ack).await
+}
+
+/// `frame` must be an offline batch; it is acked when `ack`.
+pub async fn batch_in(client: &mut Client, frame: ServerFrame, ack: bool) -> Vec<TimMessage> {
     assert_eq!(frame.kind, FrameType::OfflineMsg, "{frame:?}");
     let id = frame.ack_id.expect("an offline batch asks for an ack");
     if ack {
@@ -117,11 +121,12 @@ topology_test!(async fn pushes_to_an_offline_user_wait_in_the_offline_queue(serv
     let (mut dave, dave_node) = user(servers.at(1), "dave", Encoding::Json).await;
     let carol_node = servers.at(2).register("carol", "pw", Encoding::Json).await.n.unwrap();
 
-    // Pushes from different sessions are not ordered among themselves: space them out.
+    // Pushes from different sessions are not ordered among themselves: each sender's next
+    // request is answered once its friend request was handled, the push to carol queued.
     business(&mut alice, 4, Some(&carol_node), Some("from alice")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(roster_of(&mut alice, 1).await.is_empty());
     business(&mut dave, 4, Some(&carol_node), Some("from dave")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(roster_of(&mut dave, 1).await.is_empty());
 
     let (mut carol, _) = servers.at(2).login("carol", "pw", Encoding::Json).await;
     request_offline(&mut carol).await;
@@ -131,10 +136,25 @@ topology_test!(async fn pushes_to_an_offline_user_wait_in_the_offline_queue(serv
     assert!(first.iter().all(|m| m.is_offline == Some(true) && m.bn_type == Some(4)));
     let senders: Vec<_> = first.iter().map(|m| m.from_tid.clone().unwrap().node).collect();
     assert_eq!(senders, [alice_node.clone(), dave_node.clone()], "oldest first");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    request_offline(&mut carol).await;
-    assert_eq!(batch(&mut carol, true).await, first, "the unacked batch comes again");
+    // Asked again while the drain still waits for the ack, the request is ignored; once the
+    // drain gave up, the batch comes again. A ping after each request tells when it was (no
+    // batch before the ping's answer); a batch that comes after it is read by the next round.
+    let again = until("the unacked batch to be sent again", WAIT, async || {
+        request_offline(&mut carol).await;
+        carol.ping().await.unwrap();
+        let mut sent = None;
+        loop {
+            let frame = carol.recv_within(WAIT).await.unwrap();
+            match frame.kind {
+                FrameType::Ping => return sent,
+                FrameType::OfflineMsg if sent.is_none() => sent = Some(frame),
+                _ => panic!("unexpected {frame:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(batch_in(&mut carol, again, true).await, first, "the unacked batch comes again");
     let end = carol.recv_within(WAIT).await.unwrap();
     assert_eq!((end.kind, end.body.len()), (FrameType::OfflineMsgEnd, 0));
     request_offline(&mut carol).await;
@@ -151,10 +171,14 @@ topology_test!(async fn a_push_never_acked_is_retried_then_queued_once(servers, 
     assert_eq!((first.kind, second.kind), (FrameType::Message, FrameType::Message));
     assert_ne!(first.ack_id, second.ack_id, "each attempt has its own ack id");
     assert_eq!(first.body, second.body);
-    // Given up: now in the offline queue, exactly once.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    request_offline(&mut bob).await;
-    let queued = batch(&mut bob, true).await;
+    // Given up, then in the offline queue, exactly once (a drain before finds it empty).
+    let queued = until("the given-up push to be queued", WAIT, async || {
+        request_offline(&mut bob).await;
+        let frame = bob.recv_within(WAIT).await.unwrap();
+        (frame.kind != FrameType::OfflineMsgEnd).then_some(frame)
+    })
+    .await;
+    let queued = batch_in(&mut bob, queued, true).await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].data_string.as_deref(), Some("ping me"));
     assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);

@@ -27,6 +27,19 @@ impl Servers {
         }
     }
 
+    /// The deployment secret's file.
+    pub fn secret_file(&self) -> String {
+        match self {
+            Servers::One(node) => node.dir.path().join("data").join("secret.key").display().to_string(),
+            Servers::Three(cluster) => cluster.secret_file(),
+        }
+    }
+
+    /// A token to read any node's `/metrics` with.
+    pub async fn read_token(&self) -> String {
+        crate::admin::read_token(self.at(0).admin.expect("an admin listener"), &self.secret_file()).await
+    }
+
     /// The logs of every node.
     pub fn log(&self) -> String {
         match self {

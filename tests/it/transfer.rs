@@ -3,7 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use tim_net::client::Client;
 use tim_net::proto::{TimMessage, TimMessageList, TimNodes, TimUserBean};
@@ -16,6 +21,7 @@ use crate::node::{TestNode, WAIT};
 use crate::profiles::{modify_user, nodes_request};
 use crate::rebalance::{own, wait_for_traffic, Load, BASE};
 use crate::roster::{business, pushed, request_offline, roster_of, user};
+use crate::wait::until;
 
 fn tim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tim")).args(args).output().expect("run tim")
@@ -37,6 +43,38 @@ fn import(admin: SocketAddr, secret: &str, from: &Path, extra: &[&str]) -> Outpu
     let mut args = vec!["import", "--from", &from, "--server", &admin, "--secret-file", secret];
     args.extend_from_slice(extra);
     tim(&args)
+}
+
+/// `export` as a child process, waited for on the blocking pool.
+fn export_in_background(admin: SocketAddr, secret: &str, to: &Path) -> JoinHandle<Output> {
+    let (admin, to) = (admin.to_string(), to.display().to_string());
+    let child = Command::new(env!("CARGO_BIN_EXE_tim"))
+        .args(["export", "--to", &to, "--server", &admin, "--secret-file", secret])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tim");
+    tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait for tim"))
+}
+
+/// A relay for one connection to `node`: the request goes through at once, the answer once
+/// `release` is sent, and only its first `limit` bytes before the relay closes. Its task ends
+/// with the number of bytes of the answer passed on.
+async fn relay(node: SocketAddr, limit: u64) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_node, mut to_node) = TcpStream::connect(node).await.unwrap().into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_client, &mut to_node).await });
+        if released.await.is_err() {
+            return 0;
+        }
+        tokio::io::copy(&mut (&mut from_node).take(limit), &mut to_client).await.unwrap_or(0)
+    });
+    (addr, release, task)
 }
 
 /// The number after `label` in a tool's output.
@@ -167,6 +205,27 @@ async fn a_cluster_exported_and_imported_elsewhere_answers_every_client_alike() 
     let out = export(source.nodes[0].admin.unwrap(), &secret, &sealed, &["--passphrase-file", &pass]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!files.path().join("plain.timdump.partial").exists());
+
+    // A file appears under its name only once complete: while the node's answer is held back,
+    // the export writes `.partial` alone; released, the file is renamed; an answer cut short
+    // leaves neither.
+    let (held, partial) = (files.path().join("held.timdump"), files.path().join("held.timdump.partial"));
+    let (through, release, relayed) = relay(source.nodes[0].admin.unwrap(), u64::MAX).await;
+    let run = export_in_background(through, &secret, &held);
+    until("the held export's .partial file", WAIT, async || partial.exists().then_some(())).await;
+    assert!(!held.exists(), "no file under its name before the end");
+    release.send(()).unwrap();
+    let out = run.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(held.exists() && !partial.exists(), "renamed once complete");
+    let answer = tokio::time::timeout(WAIT, relayed).await.expect("the relay ends").unwrap();
+    let (through, release, _) = relay(source.nodes[0].admin.unwrap(), answer / 2).await;
+    std::fs::remove_file(&held).unwrap();
+    let run = export_in_background(through, &secret, &held);
+    release.send(()).unwrap();
+    let out = run.await.unwrap();
+    assert!(!out.status.success(), "an answer cut short fails the export: {}", text(&out));
+    assert!(!held.exists() && !partial.exists(), "a failed export leaves nothing: {}", text(&out));
     let bytes = std::fs::read(&plain).unwrap();
     assert!(bytes.windows(8).any(|w| w == b"hi ben 0"), "plain files hold the bodies opened");
     assert!(!std::fs::read(&sealed).unwrap().windows(8).any(|w| w == b"hi ben 0"), "sealed files hide bodies");
