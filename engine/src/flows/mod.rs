@@ -5,6 +5,7 @@
 pub mod big_data;
 pub mod business;
 pub mod group_message;
+pub mod login;
 pub mod message;
 pub mod presence;
 pub mod profiles;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::{info, Span};
 
 use super::{Close, Login, Session};
-use crate::error::EngineError;
+use crate::flows::login::Refused;
 use crate::model::ident::UserId;
 use crate::server::Server;
 use crate::session::delivery::{deliver, Payload};
@@ -25,36 +25,16 @@ impl Session {
         let Ok(auth) = frame.decode::<TimAuth>() else {
             return self.refuse(AUTH, frame.encoding, ErrorCode::ParamIncorrect).await;
         };
-        let user = match authenticate(&self.server, &auth).await {
-            Ok(user) => user,
-            Err(e) => return self.refuse_login(frame.encoding, e.answer("login")).await,
-        };
         let handle =
             SessionHandle::new(self.conn_id, auth.termtyp, frame.encoding, self.outlet.clone(), self.kick.clone());
-        if self.server.sessions.add(user, handle.clone()).is_err() {
-            self.refuse_login(frame.encoding, ErrorCode::HeavyLoad).await?;
-            return Err(Close::NodeFull);
-        }
-        // The device limits hold across the cluster: the directory of the user's slot decides.
-        let replaced = match self.server.directory.admit(user, self.conn_id, auth.termtyp).await {
-            Ok(replaced) => replaced,
-            Err(e) => {
-                self.server.sessions.remove(user, self.conn_id);
-                return self.refuse_login(frame.encoding, e.answer("login")).await;
+        let user = match crate::flows::login::log_in(&self.server, &auth, handle.clone()).await {
+            Ok(user) => user,
+            Err(Refused::NodeFull) => {
+                self.refuse_login(frame.encoding, ErrorCode::HeavyLoad).await?;
+                return Err(Close::NodeFull);
             }
+            Err(Refused::Failed(e)) => return self.refuse_login(frame.encoding, e.answer("login")).await,
         };
-        // Banned users get 4105. Checked once the session is in the directory: a ban writes
-        // its row, then logs out the sessions the directory lists, so a login racing it is
-        // either listed there or reads the row here. Before the kick: a banned login replaces
-        // no session.
-        if let Err(e) = self.server.bans.check_login(user).await {
-            self.server.sessions.remove(user, self.conn_id);
-            if let Err(left) = self.server.directory.leave(user, self.conn_id).await {
-                let _ = left.answer("banned login");
-            }
-            return self.refuse_login(frame.encoding, e.answer("login")).await;
-        }
-        self.server.directory.kick(user, replaced).await;
         Span::current().record("uid", user.node());
         self.inflight.logged_in();
         crate::metrics::add(&self.server.metrics.logins, 1);
@@ -128,15 +108,5 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle, draini
         if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list), ids).await {
             return;
         }
-    }
-}
-
-/// A token login when a token is given, else a password login.
-async fn authenticate(server: &Server, auth: &TimAuth) -> Result<UserId, EngineError> {
-    let name = auth.name.as_deref().unwrap_or_default();
-    let domain = auth.domain.as_deref().unwrap_or_default();
-    match auth.token.as_deref() {
-        Some(token) if !token.is_empty() => server.accounts.consume_token(token, name, domain).await,
-        _ => server.accounts.verify(name, auth.pwd.as_deref().unwrap_or_default(), domain).await,
     }
 }

@@ -193,27 +193,8 @@ impl Session {
                 warn!(limit = self.server.cfg.connect_limit, "closing: login over the node's connect limit")
             }
         }
-        if !self.rooms.is_empty() {
-            let (server, conn, rooms) = (self.server.clone(), self.conn_id, std::mem::take(&mut self.rooms));
-            self.server.tasks.spawn(async move { server.rooms.leave_all(conn, rooms).await });
-        }
-        if let Some(login) = &self.login {
-            self.server.sessions.remove(login.user, self.conn_id);
-            // The directory says whether this was the user's last session anywhere; a session
-            // closed for a newer login was replaced already, and tells nobody.
-            let (server, user, conn) = (self.server.clone(), login.user, self.conn_id);
-            self.server.tasks.spawn(async move {
-                match server.directory.leave(user, conn).await {
-                    Ok(true) if !server.cfg.presence_offline_block => {
-                        crate::flows::presence::spawn_offline(&server, user)
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = e.answer("logout");
-                    }
-                }
-            });
-        }
+        let user = self.login.as_ref().map(|login| login.user);
+        crate::flows::login::log_out(&self.server, self.conn_id, user, std::mem::take(&mut self.rooms));
         // Best effort: a peer that stopped reading does not hold the task past the timeout.
         let _ = tokio::time::timeout(self.server.cfg.write_timeout(), self.ws.send(Message::Close(None))).await;
     }
