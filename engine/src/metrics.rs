@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Deliveries that ran out of ack tries (they stay or go to the offline queue).
     pub ack_timeouts: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Message-class frames clients sent to this node (its load, as gossip carries it).
+    pub load: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -46,6 +48,7 @@ impl Default for Metrics {
             delivered: AtomicU64::new(0),
             ack_timeouts: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            load: AtomicU64::new(0),
         }
     }
 }

@@ -5,12 +5,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rand::RngCore;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_net::report::ErrorChain;
 use tim_shard::{Cluster, ClusterNode, Ended, JoinConfig, Load, Member, NodeId, Ownership, Placement, Timeouts};
@@ -204,7 +203,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         .serve(Service::Sessions, &sessions)
         .carry(&directory);
     data.set_engine(Arc::new(dispatch));
-    let mut rng = rand::rngs::OsRng;
     let server = Arc::new(Server {
         data,
         accounts,
@@ -221,11 +219,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         metrics: Default::default(),
         shutdown: CancellationToken::new(),
         tasks,
-        next_conn: AtomicU64::new(0),
-        messages: AtomicU64::new(0),
-        next_ack: AtomicU32::new(1),
-        conn_mask: rng.next_u64(),
-        instance_tag: i64::from(rng.next_u32() as i32),
         cfg,
     });
 
@@ -246,7 +239,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         member.node.gossip_load(Duration::from_secs(2), move || {
             counted.upgrade().map_or(Load::default(), |server| Load {
                 sessions: server.sessions.online() as u64,
-                messages: server.messages.load(Ordering::Relaxed),
+                messages: server.metrics.load.load(Ordering::Relaxed),
             })
         });
     }

@@ -9,7 +9,7 @@
 //! Index values are escaped so that no value is a prefix of another's key: 0x00 becomes
 //! 0x00 0xFF and the value ends with 0x00 0x01 (memcomparable, keeps bytewise order).
 
-use crate::store::{RowId, Slot, TableId};
+use crate::store::{RawEntry, Region, RowId, Slot, TableId};
 
 /// Slot prefix of keys that belong to no slot (schema records).
 pub(crate) const GLOBAL: [u8; 2] = [0xFF, 0xFF];
@@ -89,6 +89,13 @@ pub(crate) fn counter_key(slot: Slot, table: TableId) -> [u8; 6] {
 pub(crate) fn era_key(slot: Slot) -> [u8; 5] {
     let s = slot.0.to_be_bytes();
     [s[0], s[1], b'e', b'r', b'a']
+}
+
+/// The entry that starts era `era` in `slot`, for a [`crate::RawWrite`]: the ids the slot issues
+/// from then on, in every table, are above every id of earlier eras (`era << 33` is the
+/// least sequence [`RowId::seq`] gives them).
+pub fn era_entry(slot: Slot, era: u64) -> RawEntry {
+    RawEntry { region: Region::Meta, key: era_key(slot).to_vec(), value: era.to_be_bytes().to_vec() }
 }
 
 /// Every key of a slot starts with this.

@@ -16,12 +16,13 @@ mod seal;
 mod store;
 mod writer;
 
+pub use keys::era_entry;
 pub use latency::{Latency, LatencySnapshot, BOUNDS_US};
 pub use read::read;
 pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
-    era_entry, Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store,
-    StoreError, StoreFigures, TableId, WriteFuture, DEFER_FOR,
+    Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
+    StoreFigures, TableId, WriteFuture, DEFER_FOR,
 };

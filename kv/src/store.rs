@@ -21,7 +21,7 @@ pub struct TableId(pub u32);
 /// The era of a slot grows when its data had to start over on another node (the slot was
 /// adopted after its owner was removed): the ids issued from then on are above every id the
 /// slot issued before, on any node, although the counter that issued those is gone
-/// ([`era_entry`]). Within a slot, ids order by era, then sequence.
+/// ([`era_entry`](crate::era_entry)). Within a slot, ids order by era, then sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RowId(pub u64);
 
@@ -510,11 +510,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store holds any key of `slot`.
     fn holds(&self, slot: Slot) -> Result<bool, StoreError>;
-}
-
-/// The entry that starts era `era` in `slot`, for a [`RawWrite`]: the ids the slot issues
-/// from then on, in every table, are above every id of earlier eras (`era << 33` is the
-/// least sequence [`RowId::seq`] gives them).
-pub fn era_entry(slot: Slot, era: u64) -> RawEntry {
-    RawEntry { region: Region::Meta, key: crate::keys::era_key(slot).to_vec(), value: era.to_be_bytes().to_vec() }
 }

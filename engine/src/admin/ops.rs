@@ -24,7 +24,7 @@ use super::{
     engine_failed, existing_user, from_tim_json, json, parse, refuse, registered, tim_json, Admin, Named, Writer,
 };
 use crate::flows::business::Reply;
-use crate::flows::message::{Next, Sender, OD_NORMAL};
+use crate::flows::sending::{Next, Sender, OD_NORMAL};
 use crate::model::ident::UserId;
 use crate::server::Server;
 use crate::services::push::Fallback;

@@ -14,7 +14,7 @@ use tim_net::proto::{ErrorCode, TimAck, TimMessage};
 use tim_net::FrameType;
 
 use crate::error::EngineError;
-use crate::flows::message::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
+use crate::flows::sending::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::model::ident::{group_chat_id, GroupId, UserId};
 use crate::server::Server;
 use crate::services::push::Fallback;

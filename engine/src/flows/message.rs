@@ -15,42 +15,21 @@ use bytes::Bytes;
 use rand::Rng;
 use tim_net::codec::{body_bytes, Encoding};
 use tim_net::frame::encode_server;
-use tim_net::proto::{ErrorCode, Tid, TimAck, TimMessage, TimReq};
+use tim_net::proto::{ErrorCode, TimMessage, TimReq};
 use tim_net::report::ErrorChain;
 use tim_net::FrameType;
 use tracing::warn;
 
 use crate::error::EngineError;
+use crate::flows::sending::{
+    Next, Sender, MS_ROOM, MS_USER, OD_BURN, OD_CUSTOM_ABOVE, OD_NORMAL, OD_RECALL, OD_STREAM,
+};
 use crate::model::ident::{pair_id, UserId};
 use crate::server::Server;
 use crate::services::directory::Located;
 use crate::services::history::{now_ns, set, Accepted, Stored};
 use crate::services::push::Fallback;
 use crate::session::registry::Known;
-
-const MS_USER: i8 = 2;
-const MS_ROOM: i8 = 3;
-pub(crate) const OD_NORMAL: i8 = 1;
-pub(crate) const OD_RECALL: i8 = 2;
-pub(crate) const OD_BURN: i8 = 3;
-pub(crate) const OD_STREAM: i8 = 5;
-/// `odType`s above this are application-defined.
-pub(crate) const OD_CUSTOM_ABOVE: i8 = 30;
-
-/// The sender as the server states it.
-pub struct Sender {
-    pub user: UserId,
-    pub tid: Tid,
-}
-/// What became of an accepted message frame.
-pub enum Next {
-    /// A normal 1:1 message, to be stored with the others of the burst ([`store_and_push`]).
-    Store(Box<Accepted>),
-    /// Handled.
-    Done,
-    /// Handled; the sending session gets this ack (a group recall).
-    Reply(TimAck),
-}
 
 /// Checks and stamps a message frame; `Err` carries the code for the sender's error ack.
 /// Normal 1:1 messages are returned for [`store_and_push`]; other kinds are handled here, so

@@ -9,3 +9,4 @@ pub mod login;
 pub mod message;
 pub mod presence;
 pub mod profiles;
+pub mod sending;

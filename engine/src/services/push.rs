@@ -31,7 +31,8 @@ use crate::model::partition;
 use crate::seam::{self, at_node, at_slot, Arrivals, NodeOp, Service, SlotOp};
 use crate::services::directory::{Directory, Located};
 use crate::services::offline::{OfflineQueue, Stanza};
-use crate::session::delivery::{start_with, Body, Payload};
+use crate::session::delivery::{Body, Payload};
+use crate::session::outbound::start;
 use crate::session::registry::{Frames, Sessions, SessionsOp};
 
 /// Where an undelivered message ends up.
@@ -258,11 +259,11 @@ impl Push {
             let sessions = self.sessions.handles(user, &conns);
             match fallback {
                 Fallback::Queued(entry) => {
-                    start_with(&sessions, FrameType::Message, body, vec![entry]);
+                    start(&sessions, FrameType::Message, body, vec![entry]);
                 }
                 Fallback::Store if sessions.is_empty() => absent.push((user, body)),
                 Fallback::Store => {
-                    let outcome = start_with(&sessions, FrameType::Message, body.clone(), Vec::new());
+                    let outcome = start(&sessions, FrameType::Message, body.clone(), Vec::new());
                     watched.push(async move { (user, body, outcome.acked().await) });
                 }
             }

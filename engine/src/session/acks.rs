@@ -35,7 +35,7 @@ impl Session {
         if self.pending.len() >= self.server.cfg.outbound_queue {
             return Err(Close::TooManyUnacked);
         }
-        let id = self.server.next_ack_id();
+        let id = self.server.sessions.next_ack_id();
         let frame = delivery.frame(id, login.encoding);
         let timer = self.ack_timers.get_or_insert_with(Box::default).insert(id, self.server.cfg.ack_timeout());
         self.pending.insert(id, Pending { delivery, attempt, timer });

@@ -1,7 +1,8 @@
 //! Frames that ask the client for an ack (tim-protocol.md §2.3): chat deliveries and offline
-//! batches. A [`Delivery`] is handed to each target session; each session sends it with a fresh
-//! ack id per attempt, retries on timeout, and reports whether the client acked. [`deliver`]
-//! waits for the first ack, or for every session to give up (or to end, which drops its copy).
+//! batches. A [`Delivery`] is handed to each target session
+//! ([`crate::session::outbound::start`]); each session sends it with a fresh ack id per
+//! attempt, retries on timeout, and reports whether the client acked. Its [`Outcome`] waits
+//! for the first ack, or for every session to give up (or to end, which drops its copy).
 
 use std::sync::{Arc, OnceLock};
 
@@ -12,8 +13,6 @@ use tim_net::frame::ack_frame;
 use tim_net::proto::{TimMessage, TimMessageList};
 use tim_net::FrameType;
 use tokio::sync::mpsc;
-
-use crate::session::outbound::SessionHandle;
 
 /// What a delivery carries.
 pub enum Payload {
@@ -80,6 +79,13 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery for `targets` sessions, and its outcome: once each session has reported (or
+    /// dropped its copy), the outcome is decided.
+    pub fn new(kind: FrameType, body: Arc<Body>, offline_entries: Vec<RowId>, targets: usize) -> (Arc<Self>, Outcome) {
+        let (report_tx, reports) = mpsc::channel(targets.max(1));
+        (Arc::new(Self { kind, body, offline_entries, report_tx }), Outcome { reports })
+    }
+
     /// The frame for one attempt: type with the ack bit, the ack id, the body.
     pub fn frame(&self, ack_id: u32, encoding: Encoding) -> Bytes {
         ack_frame(self.kind, ack_id, self.body.encoded(encoding))
@@ -113,41 +119,6 @@ impl Outcome {
         }
         false
     }
-}
-
-/// Hands `payload` to `sessions` to send with ack requests, now: deliveries started in order
-/// reach each session's queue in that order. An ack deletes `offline_entries` from the
-/// offline queue.
-pub fn start(sessions: &[SessionHandle], kind: FrameType, payload: Payload, offline_entries: Vec<RowId>) -> Outcome {
-    start_with(sessions, kind, Body::new(payload), offline_entries)
-}
-
-/// [`start`] with a body shared with other deliveries.
-pub fn start_with(
-    sessions: &[SessionHandle],
-    kind: FrameType,
-    body: Arc<Body>,
-    offline_entries: Vec<RowId>,
-) -> Outcome {
-    let (report_tx, reports) = mpsc::channel(sessions.len().max(1));
-    let delivery = Arc::new(Delivery { kind, body, offline_entries, report_tx });
-    for session in sessions {
-        // A session whose queue is full is cut off; it simply does not report.
-        let _ = session.push_delivery(delivery.clone());
-    }
-    // From here only the sessions hold the delivery: when the last one reports or drops it,
-    // the channel closes.
-    Outcome { reports }
-}
-
-/// [`start`], then waits for the outcome.
-pub async fn deliver(
-    sessions: &[SessionHandle],
-    kind: FrameType,
-    payload: Payload,
-    offline_entries: Vec<RowId>,
-) -> bool {
-    start(sessions, kind, payload, offline_entries).acked().await
 }
 
 #[cfg(test)]

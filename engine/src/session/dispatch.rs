@@ -11,7 +11,8 @@ use tracing::debug;
 
 use super::order::Key;
 use super::{Close, Reassembly, Session, READ_BURST};
-use crate::flows::message::{self, Next, Sender};
+use crate::flows::message;
+use crate::flows::sending::{Next, Sender};
 use crate::services::rooms::stream_push;
 
 impl Session {
@@ -210,7 +211,7 @@ impl Session {
     /// account's rate (it then gets 5104); takes a token from both otherwise. Counts the frame
     /// in the node's load.
     pub(super) fn over_rate(&mut self) -> bool {
-        self.server.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::add(&self.server.metrics.load, 1);
         let Some(login) = &self.login else { return false };
         !(self.bucket.take(self.server.cfg.connection_rate(), Instant::now().into_std())
             && self.server.sessions.take_token(login.user))

@@ -13,8 +13,8 @@ use super::{Close, Login, Session};
 use crate::flows::login::Refused;
 use crate::model::ident::UserId;
 use crate::server::Server;
-use crate::session::delivery::{deliver, Payload};
-use crate::session::outbound::{Outbound, SessionHandle};
+use crate::session::delivery::{Body, Payload};
+use crate::session::outbound::{start, Outbound, SessionHandle};
 
 impl Session {
     pub(super) async fn on_auth(&mut self, frame: &ClientFrame) -> Result<(), Close> {
@@ -49,9 +49,9 @@ impl Session {
         self.login = Some(Login { user, tid, encoding: frame.encoding, handle, draining: Arc::default() });
         self.deadline = Instant::now() + self.server.cfg.ping_timeout();
         let ack = TimAck {
-            t: Some(self.server.instance_tag),
+            t: Some(self.server.sessions.instance_tag()),
             n: Some(user.node()),
-            n2: Some(self.server.public_session_id(self.conn_id)),
+            n2: Some(self.server.sessions.public_session_id(self.conn_id)),
             ..TimAck::ok(AUTH)
         };
         self.reply(FrameType::Ack, frame.encoding, &ack).await
@@ -105,7 +105,8 @@ async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle, draini
         let batch_id = ids.first().map(|id| id.0 as i64);
         let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
         let list = TimMessageList { id: batch_id, message_list: Some(messages) };
-        if !deliver(std::slice::from_ref(me), FrameType::OfflineMsg, Payload::Batch(list), ids).await {
+        let body = Body::new(Payload::Batch(list));
+        if !start(std::slice::from_ref(me), FrameType::OfflineMsg, body, ids).acked().await {
             return;
         }
     }

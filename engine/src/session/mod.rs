@@ -126,7 +126,7 @@ struct Session {
 /// two or three times.
 pub fn run(server: Arc<Server>, ws: WebSocket, conn: ConnInfo) -> impl Future<Output = ()> {
     crate::metrics::add(&server.metrics.connections, 1);
-    let conn_id = server.next_conn_id();
+    let conn_id = server.sessions.next_conn_id();
     let span = info_span!("conn", id = conn_id, peer = %conn.peer, uid = tracing::field::Empty);
     conn.inflight.arm();
     let kick = server.shutdown.child_token();

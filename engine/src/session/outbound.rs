@@ -12,10 +12,11 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tim_net::Encoding;
+use tim_kv::RowId;
+use tim_net::{Encoding, FrameType};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::delivery::Delivery;
+use crate::session::delivery::{Body, Delivery, Outcome};
 
 /// What other tasks hand a session to send.
 pub enum Outbound {
@@ -74,6 +75,20 @@ impl SessionHandle {
     pub fn close(&self) {
         self.kick.cancel();
     }
+}
+
+/// Hands `body` to `sessions` to send as a frame of `kind` with ack requests, now: deliveries
+/// started in order reach each session's queue in that order. An ack deletes
+/// `offline_entries` from the offline queue.
+pub fn start(sessions: &[SessionHandle], kind: FrameType, body: Arc<Body>, offline_entries: Vec<RowId>) -> Outcome {
+    let (delivery, outcome) = Delivery::new(kind, body, offline_entries, sessions.len());
+    for session in sessions {
+        // A session whose queue is full is cut off; it simply does not report.
+        let _ = session.push_delivery(delivery.clone());
+    }
+    // From here only the sessions hold the delivery: when the last one reports or drops it,
+    // the outcome is decided.
+    outcome
 }
 
 /// Bytes an item holds in the queue: encoded frames count, deliveries (encoded when sent,

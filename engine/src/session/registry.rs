@@ -11,15 +11,17 @@
 //! again after [`KNOWN_FOR`] anyway, in case a change was not told (a link that broke).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tim_net::Encoding;
 use tim_shard::{EngineAnswer, HandlerError, NodeId};
 
-use crate::model::ident::UserId;
+use crate::model::ident::{encode_base58, UserId};
 use crate::model::lease::Lease;
 use crate::model::partition;
 use crate::seam::{self, Arrivals, NodeOp, Service};
@@ -143,11 +145,52 @@ pub struct Sessions {
     /// This node and its generation: the leases of its sessions.
     node: NodeId,
     generation: u64,
+    next_conn: AtomicU64,
+    next_ack: AtomicU32,
+    /// Connection ids are shown to clients masked, so they do not reveal the connection count.
+    conn_mask: u64,
+    /// Opaque per-process value sent as `t` in login acks.
+    instance_tag: i64,
 }
 
 impl Sessions {
     pub fn new(limits: Limits, node: NodeId, generation: u64) -> Self {
-        Self { accounts: Mutex::new(HashMap::new()), limits, node, generation }
+        let mut rng = rand::rngs::OsRng;
+        Self {
+            accounts: Mutex::new(HashMap::new()),
+            limits,
+            node,
+            generation,
+            next_conn: AtomicU64::new(0),
+            next_ack: AtomicU32::new(1),
+            conn_mask: rng.next_u64(),
+            instance_tag: i64::from(rng.next_u32() as i32),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A fresh ack id (never 0), for one send attempt of a frame that asks for an ack.
+    pub fn next_ack_id(&self) -> u32 {
+        loop {
+            let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// The session id shown to the client (`n2` of the login ack).
+    pub fn public_session_id(&self, conn_id: u64) -> String {
+        encode_base58(conn_id ^ self.conn_mask)
+    }
+
+    /// Opaque per-process value sent as `t` in login acks.
+    pub fn instance_tag(&self) -> i64 {
+        self.instance_tag
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Account>> {
