@@ -109,8 +109,9 @@ impl TestCluster {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
-    /// Waits until `n` members are live, agree on the placement, own every slot, and have no
-    /// slot left to hand over.
+    /// Waits until `n` members are live and ready (a member that starts says `joining` until it
+    /// learned from its peers what moved and serves), agree on the placement, own every slot,
+    /// and have no slot left to hand over.
     pub fn settle(&self, n: usize) {
         let deadline = Instant::now() + SETTLE;
         loop {
@@ -120,7 +121,8 @@ impl TestCluster {
             let slots: u64 = live.iter().map(|m| m["slots"].as_u64().unwrap_or(0)).sum();
             let versions: std::collections::HashSet<_> = live.iter().map(|m| m["placement"].to_string()).collect();
             let moving: u64 = live.iter().map(|m| m["leaving_slots"].as_u64().unwrap_or(0)).sum();
-            if live.len() == n && slots == SLOTS && versions.len() == 1 && moving == 0 {
+            let ready = live.iter().all(|m| m["state"] == "ready");
+            if live.len() == n && ready && slots == SLOTS && versions.len() == 1 && moving == 0 {
                 return;
             }
             assert!(Instant::now() < deadline, "the cluster did not settle: {status:#}");

@@ -27,7 +27,9 @@ use crate::flows::business::Reply;
 use crate::flows::sending::{Next, Sender, OD_NORMAL};
 use crate::model::ident::UserId;
 use crate::server::Server;
+use crate::services::offline::Stanza;
 use crate::services::push::Fallback;
+use crate::session::delivery::Body;
 
 type Answer = Result<Response, Response>;
 
@@ -90,10 +92,11 @@ async fn system_message(State(admin): State<Arc<Admin>>, Writer(caller): Writer,
     let sent = users.len();
     // Queued for everyone before it is pushed, as a chat message is: the answer means stored,
     // and a session's ack removes its user's entry.
-    let entries: Vec<(UserId, TimMessage)> = users.into_iter().map(|u| (u, msg.clone())).collect();
+    let body = Body::message(msg);
+    let entries: Vec<Stanza> = users.iter().map(|u| (*u, body.compact().clone(), body.mid())).collect();
     let queued =
         admin.server.offline.push_all(&entries).await.map_err(|e| engine_failed(&e, "admin system message"))?;
-    let pushes = entries.into_iter().zip(queued).map(|((u, m), entry)| (u, m, Fallback::Queued(entry))).collect();
+    let pushes = users.into_iter().zip(queued).map(|(u, entry)| (u, body.clone(), Fallback::Queued(entry))).collect();
     admin.server.push.messages(pushes).await;
     info!(users = sent, by = caller.who(), "system message sent");
     Ok(json(&serde_json::json!({ "sent": sent, "unknown": unknown })))

@@ -18,6 +18,7 @@ use crate::flows::sending::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::model::ident::{group_chat_id, GroupId, UserId};
 use crate::server::Server;
 use crate::services::push::Fallback;
+use crate::session::delivery::Body;
 
 /// The group named by `node`, for one of its members: malformed or unknown 4106, cancelled
 /// 4108, not a member 4105.
@@ -59,7 +60,8 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
             let (mid, entries) = history.append_to_group(group_chat_id(group), from.user, &msg, &members).await?;
             crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
-            let items = members.into_iter().zip(entries).map(|(m, entry)| (m, msg.clone(), Fallback::Queued(entry)));
+            let body = Body::message(msg);
+            let items = members.into_iter().zip(entries).map(|(m, entry)| (m, body.clone(), Fallback::Queued(entry)));
             server.push.messages(items.collect()).await;
             Ok(Next::Done)
         }
@@ -90,7 +92,8 @@ async fn recall(
     for member in &members {
         server.offline.remove_message(*member, mid).await?;
     }
-    server.push.messages(members.into_iter().map(|m| (m, msg.clone(), Fallback::Store)).collect()).await;
+    let body = Body::message(msg);
+    server.push.messages(members.into_iter().map(|m| (m, body.clone(), Fallback::Store)).collect()).await;
     let ack = TimAck { n: Some(node), t: Some(3), t2: Some(mid), ..TimAck::ok(FrameType::RevokeMessage as u8) };
     Ok(Next::Reply(ack))
 }

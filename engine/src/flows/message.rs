@@ -29,6 +29,7 @@ use crate::server::Server;
 use crate::services::directory::Located;
 use crate::services::history::{now_ns, set, Accepted, Stored};
 use crate::services::push::Fallback;
+use crate::session::delivery::Body;
 use crate::session::registry::Known;
 
 /// Checks and stamps a message frame; `Err` carries the code for the sender's error ack.
@@ -189,7 +190,7 @@ pub async fn store_and_push(
         }
         // A repeat still queued was pushed when it came first: it waits in the queue.
         if !repeat {
-            pushes.push((to, msg, Fallback::Queued(entry)));
+            pushes.push((to, Body::message(msg), Fallback::Queued(entry)));
         }
     }
     server.push.messages_located(pushes, &located).await;
@@ -242,7 +243,8 @@ async fn recall_or_burn(server: &Arc<Server>, from: &Sender, to: UserId, msg: Ti
     let (author, holder) = if msg.od_type == OD_RECALL { (from.user, to) } else { (to, from.user) };
     server.history.remove(pair_id(from.user, to), author, mid).await?;
     server.offline.remove_message(holder, mid).await?;
-    server.push.messages(vec![(from.user, msg.clone(), Fallback::Store), (to, msg, Fallback::Store)]).await;
+    let body = Body::message(msg);
+    server.push.messages(vec![(from.user, body.clone(), Fallback::Store), (to, body, Fallback::Store)]).await;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::model::ident::{pair_id, UserId};
 use crate::model::partition::{self, Inserts};
 use crate::model::tables::timmessage;
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
-use crate::services::offline::OfflineQueue;
+use crate::services::offline::{OfflineQueue, Stanza};
 
 /// How long a message sent again with the same client `id` and content counts as the same.
 const DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
@@ -240,8 +240,8 @@ impl History {
         if let Some(queued) = queued {
             return Ok((mid, queued));
         }
-        let queued = TimMessage { mid: Some(mid), ..msg.clone() };
-        let entries: Vec<_> = members.iter().map(|user| (*user, queued.clone())).collect();
+        let queued = body_bytes(&TimMessage { mid: Some(mid), ..msg.clone() }, Encoding::Compact);
+        let entries: Vec<Stanza> = members.iter().map(|user| (*user, queued.clone(), Some(mid))).collect();
         Ok((mid, self.offline.push_all(&entries).await?))
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tim_kv::{Batch, Cursor, Row, RowId, StoreError, TableId};
-use tim_net::codec::{body_bytes, decode_body, Encoding};
+use tim_net::codec::{decode_body, Encoding};
 use tim_net::proto::TimMessage;
 use tim_net::report::ErrorChain;
 use tim_shard::Cluster;
@@ -90,17 +90,10 @@ impl OfflineQueue {
         Ok(ids)
     }
 
-    /// Appends each message to its user's queue, one write per user slot, all at once; the
-    /// entries' ids, in order. A queue over `max_entries` loses its oldest entries.
-    pub async fn push_all(&self, entries: &[(UserId, TimMessage)]) -> Result<Vec<RowId>, EngineError> {
-        let stanzas: Vec<Stanza> =
-            entries.iter().map(|(user, msg)| (*user, body_bytes(msg, Encoding::Compact), msg.mid)).collect();
-        self.push_stanzas(&stanzas).await
-    }
-
-    /// [`OfflineQueue::push_all`] of messages encoded already (thrift-compact), with their
-    /// `mid`s.
-    pub async fn push_stanzas(&self, entries: &[Stanza]) -> Result<Vec<RowId>, EngineError> {
+    /// Appends each message (encoded, with its `mid`) to its user's queue, one write per user
+    /// slot, all at once; the entries' ids, in order. A queue over `max_entries` loses its
+    /// oldest entries.
+    pub async fn push_all(&self, entries: &[Stanza]) -> Result<Vec<RowId>, EngineError> {
         let mut inserts = Inserts::default();
         for (user, stanza, mid) in entries {
             inserts.add(partition::user(*user), self.table, Self::entry(*user, stanza.clone(), *mid));

@@ -31,7 +31,7 @@ use crate::model::partition;
 use crate::seam::{self, at_node, at_slot, Arrivals, NodeOp, Service, SlotOp};
 use crate::services::directory::{Directory, Located};
 use crate::services::offline::{OfflineQueue, Stanza};
-use crate::session::delivery::{Body, Payload};
+use crate::session::delivery::Body;
 use crate::session::outbound::start;
 use crate::session::registry::{Frames, Sessions, SessionsOp};
 
@@ -176,7 +176,7 @@ impl Push {
     /// [`Push::queue`] on the owner of the users' slot: the entries written, then the sessions
     /// looked up (a session that starts after the look-up drains the queue and finds them).
     async fn queue_here(&self, entries: Vec<Stanza>) -> Result<Queued, EngineError> {
-        let ids = self.offline.push_stanzas(&entries).await?;
+        let ids = self.offline.push_all(&entries).await?;
         let mut users: Vec<UserId> = entries.into_iter().map(|(user, _, _)| user).collect();
         users.sort_unstable();
         users.dedup();
@@ -185,8 +185,8 @@ impl Push {
     }
 
     /// Pushes messages with ack requests, in order: to each user's sessions everywhere,
-    /// falling back as each says.
-    pub async fn messages(&self, items: Vec<(UserId, TimMessage, Fallback)>) {
+    /// falling back as each says. A message several users get is one [`Body`], encoded once.
+    pub async fn messages(&self, items: Vec<(UserId, Arc<Body>, Fallback)>) {
         let users: Vec<UserId> = items.iter().map(|(u, _, _)| *u).collect();
         let located = match self.directory.locate(&users).await {
             Ok(located) => located,
@@ -201,13 +201,12 @@ impl Push {
 
     /// [`Push::messages`] to sessions located already: a user missing from `located` has none.
     /// Each message is encoded once, for this node's sessions and every other node alike.
-    pub async fn messages_located(&self, items: Vec<(UserId, TimMessage, Fallback)>, located: &Located) {
+    pub async fn messages_located(&self, items: Vec<(UserId, Arc<Body>, Fallback)>, located: &Located) {
         let me = self.data.node();
         let mut here = Vec::new();
         let mut by_node: HashMap<NodeId, Vec<Item>> = HashMap::new();
         let mut absent = Vec::new();
-        for (user, msg, fallback) in items {
-            let body = Body::new(Payload::Message(Box::new(msg)));
+        for (user, body, fallback) in items {
             let leases = located.get(&user).map(Vec::as_slice).unwrap_or_default();
             if leases.is_empty() {
                 if let Fallback::Store = fallback {
@@ -247,7 +246,7 @@ impl Push {
 
     /// [`Push::messages`] of one message.
     pub async fn to_user(&self, user: UserId, msg: TimMessage, fallback: Fallback) {
-        self.messages(vec![(user, msg, fallback)]).await;
+        self.messages(vec![(user, Body::message(msg), fallback)]).await;
     }
 
     /// Hands messages to this node's sessions now, in order; a message none of whose sessions
@@ -394,7 +393,7 @@ async fn deliver_to(data: &Cluster, offline: &OfflineQueue, node: NodeId, items:
 /// Stores messages for users who got none of them, in order, as they are encoded.
 async fn store_offline(offline: &OfflineQueue, messages: Vec<(UserId, Arc<Body>)>) {
     for (user, body) in messages {
-        if let Err(e) = offline.push_stanzas(&[(user, body.compact().clone(), body.mid())]).await {
+        if let Err(e) = offline.push_all(&[(user, body.compact().clone(), body.mid())]).await {
             warn!(error = %ErrorChain(&e), uid = %user.node(), "message lost: not delivered and not stored offline");
         }
     }

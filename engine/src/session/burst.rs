@@ -1,6 +1,6 @@
 //! Chat messages that arrive together are stored together: one write for an inbound burst.
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::order::Key;
 use super::{Close, Session};
@@ -14,21 +14,27 @@ impl Session {
         if self.burst.is_empty() {
             return Ok(());
         }
-        let (refusals, accepted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.burst)
+        let (sent, accepted): (Vec<_>, Vec<_>) = std::mem::take(&mut self.burst)
             .into_iter()
             .map(|(code, encoding, a)| ((code, encoding, a.sent_with_id().then(|| Key::of(a.message())).flatten()), a))
             .unzip();
         match message::store_and_push(&self.server, login.user, self.conn_id, login.encoding, accepted).await {
             Ok(echoes) => {
+                debug!(messages = echoes.len(), "messages stored");
+                for (_, _, key) in &sent {
+                    if let Some(key) = key {
+                        self.holds.get_or_insert_with(Box::default).stored(key);
+                    }
+                }
                 for echo in echoes {
                     self.feed(echo).await?;
                 }
                 self.flush().await
             }
             Err(e) => {
-                warn!(messages = refusals.len(), "storing messages failed");
+                warn!(messages = sent.len(), "storing messages failed");
                 let code = e.answer("store messages");
-                for (tim_type, encoding, key) in refusals {
+                for (tim_type, encoding, key) in sent {
                     self.refuse_message(key, tim_type, encoding, code).await?;
                 }
                 Ok(())

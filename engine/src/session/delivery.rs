@@ -33,6 +33,11 @@ impl Body {
         Arc::new(Self { payload, compact: OnceLock::new(), json: OnceLock::new() })
     }
 
+    /// A message, for its users' sessions (one body however many users get it).
+    pub fn message(msg: TimMessage) -> Arc<Self> {
+        Self::new(Payload::Message(Box::new(msg)))
+    }
+
     /// A message that arrived encoded (thrift-compact) from another node: compact sessions
     /// get those bytes as they came.
     pub fn arrived(msg: TimMessage, compact: Bytes) -> Arc<Self> {

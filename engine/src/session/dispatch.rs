@@ -102,6 +102,7 @@ impl Session {
                 }
                 let key = Key::of(&msg);
                 if !self.passes(key.as_ref()) {
+                    debug!(id = ?msg.id, "message held behind one refused before it: refused as retryable");
                     return self.refuse(code, frame.encoding, ErrorCode::BlockingOperation).await;
                 }
                 let Some(login) = &self.login else { return Ok(()) };

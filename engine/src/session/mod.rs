@@ -259,6 +259,7 @@ impl Session {
         code: ErrorCode,
     ) -> Result<(), Close> {
         if let (ErrorCode::BlockingOperation, Some(key)) = (code, key) {
+            debug!(id = key.id(), "message refused as retryable: later ones to its target wait for it");
             self.holds.get_or_insert_with(Box::default).hold(key);
         }
         self.refuse(tim_type, encoding, code).await

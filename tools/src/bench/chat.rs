@@ -304,6 +304,8 @@ impl Sending {
         let mut backoff = RESEND_AFTER;
         let (mut seq, mut next) = (0usize, Instant::now());
         let mut until = self.deadline + GRACE;
+        // When the sender's server last sent it a frame (shown for messages never echoed).
+        let mut last_frame = Instant::now();
         loop {
             let now = Instant::now();
             let stopped = self.stopped.load(Ordering::Acquire);
@@ -347,7 +349,10 @@ impl Sending {
                 }
                 frame = session.client.recv() => {
                     let frame = match frame {
-                        Ok(Some(frame)) => frame,
+                        Ok(Some(frame)) => {
+                            last_frame = Instant::now();
+                            frame
+                        }
                         Ok(None) | Err(_) => {
                             session.again(until, &mut part.tally).await?;
                             resend_at = Some(Instant::now());
@@ -393,7 +398,14 @@ impl Sending {
         }
         part.tally.sent = seq as u64;
         if !unechoed.is_empty() {
-            eprintln!("pair {}: messages never echoed: {unechoed:?}", self.pair);
+            eprintln!(
+                "pair {}: messages never echoed: {unechoed:?} (sender on server {} after {} logins again, \
+                 last frame from it {:?} ago)",
+                self.pair,
+                session.at,
+                part.tally.relogins,
+                last_frame.elapsed()
+            );
         }
         self.log.done.store(true, Ordering::Release);
         Ok(part)
