@@ -2,7 +2,7 @@
 //! that restarts runs a new generation, so the leases of its earlier sessions no longer count.
 
 use serde::{Deserialize, Serialize};
-use tim_shard::NodeId;
+use tim_shard::{Cluster, NodeId};
 
 /// One session, wherever it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -11,4 +11,11 @@ pub struct Lease {
     pub generation: u64,
     pub conn: u64,
     pub termtyp: Option<i8>,
+}
+
+impl Lease {
+    /// The lease of this node's session `conn`.
+    pub fn here(data: &Cluster, conn: u64, termtyp: Option<i8>) -> Self {
+        Self { node: data.node(), generation: data.generation(), conn, termtyp }
+    }
 }

@@ -371,22 +371,19 @@ impl Push {
 /// Hands messages to the sessions of one other node; what it did not take is stored offline,
 /// as each message's fallback says.
 async fn deliver_to(data: &Cluster, offline: &OfflineQueue, node: NodeId, items: Vec<Item>) {
-    let shipped = items
-        .iter()
-        .map(|(user, conns, body, fallback)| Shipped {
-            user: *user,
-            conns: conns.clone(),
-            msg: body.compact().clone(),
-            fallback: *fallback,
-        })
-        .collect();
+    let mut unqueued = Vec::new();
+    let mut shipped = Vec::with_capacity(items.len());
+    for (user, conns, body, fallback) in items {
+        shipped.push(Shipped { user, conns, msg: body.compact().clone(), fallback });
+        if let Fallback::Store = fallback {
+            unqueued.push((user, body));
+        }
+    }
     if let Err(e) = at_node(data, node, Deliver(shipped)).await {
         // The link broke: what the node did not take is stored (a message it did take and
         // whose answer was lost may then come twice; clients drop duplicates by mid).
         debug!(%node, error = %ErrorChain(&e), "delivery to a node failed; storing offline");
-        let stored =
-            items.into_iter().filter(|(_, _, _, f)| matches!(f, Fallback::Store)).map(|(u, _, body, _)| (u, body));
-        store_offline(offline, stored.collect()).await;
+        store_offline(offline, unqueued).await;
     }
 }
 

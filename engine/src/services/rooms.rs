@@ -286,7 +286,7 @@ impl Rooms {
         let rtype = req.rtype.unwrap_or(0);
         let node = req.node.clone();
         let done = TimAck { t: Some(i64::from(rtype)), n: node.clone(), ..TimAck::ok(VROOM) };
-        let lease = Lease { node: self.data.node(), generation: self.data.generation(), conn, termtyp };
+        let lease = Lease::here(&self.data, conn, termtyp);
         let result = match (rtype, node.as_deref()) {
             (NEW, _) => self.create_room(me).await.map(|room| TimAck { n: Some(room), ..done.clone() }),
             (REMOVE, Some(room)) => self.at_room(room, RoomCall::Remove { me }).await.map(|_| done.clone()),

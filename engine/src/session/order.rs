@@ -27,13 +27,13 @@ const RECENT: usize = 64;
 /// connection's latest stored messages (target hash, client id).
 pub(super) struct Holds {
     held: HashMap<String, (i64, Instant)>,
-    stored: [(u64, i64); RECENT],
+    stored: [Option<(u64, i64)>; RECENT],
     next: usize,
 }
 
 impl Default for Holds {
     fn default() -> Self {
-        Self { held: HashMap::new(), stored: [(0, 0); RECENT], next: 0 }
+        Self { held: HashMap::new(), stored: [None; RECENT], next: 0 }
     }
 }
 
@@ -70,7 +70,7 @@ impl Holds {
     /// The message of `key` was refused as retryable: its target's later messages wait for
     /// it, unless a copy of it was stored on this connection already.
     pub(super) fn hold(&mut self, key: Key) {
-        if self.held.contains_key(&key.target) || self.stored.contains(&(target_hash(&key.target), key.id)) {
+        if self.held.contains_key(&key.target) || self.stored.contains(&Some((target_hash(&key.target), key.id))) {
             return;
         }
         if self.held.len() >= MAX_HELD {
@@ -85,7 +85,7 @@ impl Holds {
     /// The message of `key` was stored (and echoed).
     pub(super) fn stored(&mut self, key: &Key) {
         if let Some(slot) = self.stored.get_mut(self.next % RECENT) {
-            *slot = (target_hash(&key.target), key.id);
+            *slot = Some((target_hash(&key.target), key.id));
         }
         self.next = self.next.wrapping_add(1);
     }

@@ -113,11 +113,6 @@ impl Directory {
         |l: &Lease| self.data.runs(l.node, l.generation)
     }
 
-    /// The lease of this node's session `conn`.
-    pub fn lease(&self, conn: u64, termtyp: Option<i8>) -> Lease {
-        Lease { node: self.data.node(), generation: self.data.generation(), conn, termtyp }
-    }
-
     /// The nodes of `user`'s sessions but `node`.
     fn other_nodes(&self, user: UserId, node: NodeId) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> =
@@ -151,7 +146,7 @@ impl Directory {
     /// Admits a login of this node's session `conn` (wherever the user's directory is): the
     /// sessions it replaces.
     pub async fn admit(&self, user: UserId, conn: u64, termtyp: Option<i8>) -> Result<Vec<Lease>, EngineError> {
-        let lease = self.lease(conn, termtyp);
+        let lease = Lease::here(&self.data, conn, termtyp);
         let here = async { self.admit_here(user, lease) };
         let admitted: Admitted =
             at_slot(&self.data, partition::user(user), here, DirectoryOp::Admit { user, lease }).await?;
