@@ -41,6 +41,12 @@ fn connect_and_chat_scenarios_report_every_message() {
     assert_eq!(figure(&chat, "messages echoed"), sent);
     assert_eq!(figure(&chat, "messages lost") + figure(&chat, "messages duplicated"), 0.0);
     assert_eq!(figure(&chat, "messages reordered"), 0.0, "a conversation is delivered in order");
+    // The first second warms up: its messages are checked but not measured.
+    let measured = figure(&chat, "messages measured");
+    assert!(measured > 100.0 && measured < sent - 100.0, "{measured} of {sent} measured after a warm-up of 1 s");
+    let cold = ["chat", "--pairs", "3", "--duration", "1", "--rate", "300", "--warmup", "0"];
+    let cold = bench(&node, &dir.path().join("cold.json"), &cold);
+    assert_eq!(figure(&cold, "messages measured"), figure(&cold, "messages delivered"), "no warm-up: all measured");
     let offline = bench(&node, &dir.path().join("offline.json"), &["offline", "--users", "4", "--messages", "25"]);
     assert_eq!(figure(&offline, "messages queued"), 100.0);
     assert_eq!(figure(&offline, "messages drained"), 100.0);

@@ -58,11 +58,18 @@ pub struct ChatArgs {
     /// n`); without it, the sender and the receiver are on different servers.
     #[arg(long)]
     pub together: bool,
+    /// Seconds of sending before the measured `duration`: messages sent then are checked for
+    /// loss and order but not measured (the server's first messages find cold caches and
+    /// sessions that allocate as they go), and the server's CPU is counted from its end.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
 }
 
 /// What one pair's sender and receiver share: when each sequence number was sent.
 struct PairLog {
     origin: Instant,
+    /// Messages sent from this long after `origin` on are measured.
+    warmup: Duration,
     /// Nanoseconds since `origin` + 1; 0 = not sent.
     sent_at: Vec<AtomicU64>,
     sent: AtomicU64,
@@ -73,9 +80,11 @@ struct PairLog {
 }
 
 impl PairLog {
-    fn sent_elapsed(&self, seq: usize) -> Option<Duration> {
+    /// How long ago message `seq` was sent, if it was sent after the warm-up.
+    fn measured_elapsed(&self, seq: usize) -> Option<Duration> {
         let at = self.sent_at.get(seq)?.load(Ordering::Acquire);
-        (at > 0).then(|| self.origin.elapsed().saturating_sub(Duration::from_nanos(at - 1)))
+        let sent = Duration::from_nanos(at.checked_sub(1)?);
+        (sent >= self.warmup).then(|| self.origin.elapsed().saturating_sub(sent))
     }
 }
 
@@ -92,6 +101,8 @@ struct Tally {
     relogins: u64,
     /// Messages refused with another code than 5102 (given up).
     refused: u64,
+    /// Messages sent after the warm-up and delivered.
+    measured: u64,
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -128,12 +139,22 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
 
     let duration = Duration::from_secs(c.duration);
     let per_pair = if c.rate > 0 { c.rate as f64 / c.pairs.max(1) as f64 } else { 0.0 };
-    let cap = if c.rate > 0 { ((per_pair * c.duration as f64) as usize + 16).min(MAX_PER_PAIR) } else { MAX_PER_PAIR };
+    let seconds = (c.duration + c.warmup) as f64;
+    let cap = if c.rate > 0 { ((per_pair * seconds) as usize + 16).min(MAX_PER_PAIR) } else { MAX_PER_PAIR };
     let text = "x".repeat(c.size);
     let server = args.server_process();
-    let before = server.as_ref().map(|s| s.sample()).transpose()?;
     let start = Instant::now();
-    let deadline = start + duration;
+    let warmup = Duration::from_secs(c.warmup);
+    let measured_from = start + warmup;
+    let deadline = measured_from + duration;
+    // The server's CPU from the end of the warm-up.
+    let before = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            sleep_until(measured_from).await;
+            server.as_ref().map(|s| s.sample()).transpose()
+        })
+    };
     // SIGTERM ends the sending early; the run finishes as at its deadline.
     let stopped = Arc::new(AtomicBool::new(false));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -148,6 +169,7 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     {
         let log = Arc::new(PairLog {
             origin: start,
+            warmup,
             sent_at: (0..cap).map(|_| AtomicU64::new(0)).collect(),
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -158,7 +180,8 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
         let window = c.window.max(1);
         let (to, text, stopped) = (r_node, text.clone(), stopped.clone());
         let pair = tasks.len() / 2;
-        let send = Sending { log: log.clone(), to, text, interval, window, deadline, stopped, pair };
+        let first = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(pair as f64 / c.pairs.max(1) as f64));
+        let send = Sending { log: log.clone(), to, text, interval, first, window, deadline, stopped, pair };
         tasks.spawn(send.run(Session { client: sender, relogin: s_login, at: s_at }));
         tasks.spawn(receive(Session { client: receiver, relogin: r_login, at: r_at }, log, deadline, pair));
     }
@@ -176,9 +199,10 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
         tally.resent += part.tally.resent;
         tally.relogins += part.tally.relogins;
         tally.refused += part.tally.refused;
+        tally.measured += part.tally.measured;
         last_delivery = last_delivery.max(part.last);
     }
-    let window = last_delivery.duration_since(start).as_secs_f64().max(1e-9);
+    let window = last_delivery.saturating_duration_since(measured_from).as_secs_f64().max(1e-9);
     report.add("messages sent", tally.sent as f64, "");
     report.add("messages echoed", tally.echoed as f64, "");
     report.add("messages delivered", tally.delivered as f64, "");
@@ -188,18 +212,19 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     report.add("messages sent again", tally.resent as f64, "");
     report.add("logins again", tally.relogins as f64, "");
     report.add("messages refused", tally.refused as f64, "");
-    report.add("delivered per second", tally.delivered as f64 / window, "msg/s");
+    report.add("messages measured", tally.measured as f64, "");
+    report.add("delivered per second", tally.measured as f64 / window, "msg/s");
     for (name, h) in [("echo", &echo), ("delivery", &delivery)] {
         for (label, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
             report.add(format!("{name} latency {label}"), h.value_at_quantile(q) as f64 / 1000.0, "ms");
         }
         report.add(format!("{name} latency max"), h.max() as f64 / 1000.0, "ms");
     }
-    if let (Some(server), Some(before)) = (server, before) {
+    if let (Some(server), Some(before)) = (server, before.await??) {
         let after = server.sample()?;
         let cpu = after.cpu_secs - before.cpu_secs;
         report.add("server cpu time", cpu, "s");
-        report.add("server cpu per delivered message", cpu / (tally.delivered.max(1) as f64) * 1e6, "us");
+        report.add("server cpu per delivered message", cpu / (tally.measured.max(1) as f64) * 1e6, "us");
         report.add("server rss after", after.rss_kib as f64, "KiB");
     }
     Ok(report)
@@ -251,6 +276,9 @@ struct Sending {
     to: String,
     text: String,
     interval: Option<Duration>,
+    /// When the first message goes out: at a set rate the pairs' first sends are spread over
+    /// one interval, so the offered load is even rather than every pair sending at once.
+    first: Instant,
     window: usize,
     deadline: Instant,
     /// Set when the run is ended early.
@@ -302,7 +330,7 @@ impl Sending {
         let mut resend_at: Option<Instant> = None;
         // Grows while messages are refused, back to the start once one is echoed.
         let mut backoff = RESEND_AFTER;
-        let (mut seq, mut next) = (0usize, Instant::now());
+        let (mut seq, mut next) = (0usize, self.first);
         let mut until = self.deadline + GRACE;
         // When the sender's server last sent it a frame (shown for messages never echoed).
         let mut last_frame = Instant::now();
@@ -388,7 +416,7 @@ impl Sending {
                     *first = true;
                     unechoed.remove(&s);
                     backoff = RESEND_AFTER;
-                    if let Some(sent) = self.log.sent_elapsed(s) {
+                    if let Some(sent) = self.log.measured_elapsed(s) {
                         part.echo.record(micros(sent))?;
                     }
                     part.tally.echoed += 1;
@@ -493,8 +521,9 @@ async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant, pai
             let Some(seq) = received.take(msg, &mut part.tally) else { continue };
             log.delivered.fetch_add(1, Ordering::Release);
             log.progress.notify_one();
-            if let Some(sent) = log.sent_elapsed(seq) {
+            if let Some(sent) = log.measured_elapsed(seq) {
                 part.delivery.record(micros(sent))?;
+                part.tally.measured += 1;
             }
             part.last = Instant::now();
         }

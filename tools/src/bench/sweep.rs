@@ -57,6 +57,9 @@ pub struct SweepArgs {
     /// Seconds of sending per step.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Chat: seconds of sending before each step's measured `duration` (see `tim bench chat`).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
     /// Bytes of text per message.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -197,6 +200,7 @@ async fn step(args: &BenchArgs, s: &SweepArgs, offered: u64, pid: u32) -> anyhow
                 size: s.size,
                 window: 32,
                 together: false,
+                warmup: s.warmup,
             };
             args.scenario = Scenario::Chat(c.clone());
             (super::chat::run(&args, &c).await?, offered)
