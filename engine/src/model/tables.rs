@@ -60,9 +60,13 @@ pub mod timoffline {
     pub const UUID: usize = 0;
     /// The message, thrift-compact encoded.
     pub const STANZA: usize = 2;
-    /// The message's `mid`, when it has one (8 bytes big-endian): recall and burn find the
-    /// queued copies by it.
-    pub const MID: usize = 3;
+    /// The message's `mid` (8 bytes big-endian) in entries written before issue 27, indexed:
+    /// recall and burn found the queued copies by it. Read still, never written.
+    pub const INDEXED_MID: usize = 3;
+    /// The message's `mid`, when it has one (8 bytes big-endian). Not indexed: an entry is its
+    /// row and its queue's index entry, two keys to write and to delete; recall and burn find
+    /// the queued copies by reading the queue.
+    pub const MID: usize = 4;
     pub const DEF: TableDef = TableDef {
         id: 3,
         name: "timoffline",
@@ -71,6 +75,7 @@ pub mod timoffline {
             ColumnDef::plain("chatid"),
             ColumnDef::sealed("stanza"),
             ColumnDef::indexed("mid"),
+            ColumnDef::plain("msgmid"),
         ],
     };
 }

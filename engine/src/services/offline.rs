@@ -37,6 +37,16 @@ fn trim_slack(max: usize) -> usize {
 const MAX_COPIES: usize = 64;
 /// Most users whose queue length is cached; past it the cache starts over.
 const MAX_TRACKED: usize = 100_000;
+/// Entries read at a time while looking for a message's copies.
+const COPIES_PAGE: usize = 256;
+
+/// The `mid` an entry holds in its row (the stanza of a message stored with its entry has
+/// none), in the column of either layout.
+fn entry_mid(row: &Row) -> Option<i64> {
+    [timoffline::MID, timoffline::INDEXED_MID]
+        .into_iter()
+        .find_map(|column| row.get(column).and_then(|m| m.as_ref().try_into().ok()).map(i64::from_be_bytes))
+}
 
 /// A message for a user's queue, encoded (thrift-compact), with its `mid` when it has one.
 pub type Stanza = (UserId, Bytes, Option<i64>);
@@ -200,8 +210,8 @@ impl OfflineQueue {
         let mut out = Vec::with_capacity(rows.len());
         let (mut expired, mut broken) = (Vec::new(), Vec::new());
         for (id, row) in rows {
-            // A message stored in history with its entry has its mid in the MID column only.
-            let mid = row.get(timoffline::MID).and_then(|m| m.as_ref().try_into().ok()).map(i64::from_be_bytes);
+            // A message stored in history with its entry has its mid in the entry's row only.
+            let mid = entry_mid(&row);
             let decoded = row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact));
             match decoded.map(|d| d.map(|msg| TimMessage { mid: msg.mid.or(mid), ..msg })) {
                 Some(Ok(msg)) if msg.timestamp.is_some_and(|t| t < oldest_kept) => expired.push(id),
@@ -227,19 +237,24 @@ impl OfflineQueue {
         self.remove(user, &ids).await
     }
 
-    /// The entries of `user`'s queue that hold message `mid`.
+    /// The entries of `user`'s queue that hold message `mid`, read page by page from the
+    /// oldest (no index by `mid`: recall, burn and a message sent again are rare, and a queue
+    /// is short but for users long away).
     pub async fn copies(&self, user: UserId, mid: i64) -> Result<Vec<RowId>, EngineError> {
-        let table = self.table;
-        let rows = self
-            .data
-            .page(table, partition::user(user), timoffline::MID, &mid.to_be_bytes(), Cursor::OLDEST, MAX_COPIES)
-            .await?;
-        let owner = user.to_be_bytes();
-        Ok(rows
-            .into_iter()
-            .filter(|(_, row)| row.get(timoffline::UUID).is_some_and(|u| u.as_ref() == owner))
-            .map(|(id, _)| id)
-            .collect())
+        let (table, slot, key) = (self.table, partition::user(user), user.to_be_bytes());
+        let most = self.limits.max_entries.saturating_add(trim_slack(self.limits.max_entries) + MAX_COPIES);
+        let (mut found, mut read, mut from) = (Vec::new(), 0, RowId(0));
+        loop {
+            let page = self.data.page(table, slot, timoffline::UUID, &key, Cursor::Asc(from), COPIES_PAGE).await?;
+            read += page.len();
+            let Some(next) = page.last().and_then(|(id, _)| id.0.checked_add(1)) else { break };
+            found.extend(page.iter().filter(|(_, row)| entry_mid(row) == Some(mid)).map(|(id, _)| *id));
+            if page.len() < COPIES_PAGE || read >= most || found.len() >= MAX_COPIES {
+                break;
+            }
+            from = RowId(next);
+        }
+        Ok(found)
     }
 
     /// Deletes those of `ids` that are entries of `user`'s queue (an operator names them);
@@ -313,5 +328,83 @@ impl OfflineQueue {
         let mut batch = self.deletion(user, ids);
         batch.relaxed();
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn queue() -> OfflineQueue {
+        let limits = OfflineLimits { max_entries: 1_000, max_age: Duration::from_secs(3_600) };
+        OfflineQueue::new(crate::testing::standalone().await, limits).unwrap()
+    }
+
+    fn user(n: u64) -> UserId {
+        UserId::from_be_bytes((n << 8).to_be_bytes())
+    }
+
+    fn message(mid: i64) -> Bytes {
+        let msg = TimMessage { mid: Some(mid), timestamp: Some(now_ns()), ..TimMessage::default() };
+        tim_net::codec::body_bytes(&msg, Encoding::Compact)
+    }
+
+    /// The ids of `queue`'s entries indexed under `mid` in the earlier layout's column.
+    async fn indexed_by(queue: &OfflineQueue, user: UserId, mid: i64) -> Vec<RowId> {
+        let slot = partition::user(user);
+        let key = mid.to_be_bytes();
+        queue.data.ids(queue.table, slot, timoffline::INDEXED_MID, &key, Cursor::OLDEST, 8).await.unwrap()
+    }
+
+    fn now_ns() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    }
+
+    /// An entry is its row and the queue's index entry: nothing is indexed by `mid`, and the
+    /// copies of a message are found by reading the queue, past a page of others.
+    #[tokio::test]
+    async fn entries_are_not_indexed_by_mid_and_copies_are_found_in_the_queue() {
+        let queue = queue().await;
+        let ann = user(7);
+        let others: Vec<Stanza> = (1..=300).map(|mid| (ann, message(mid), Some(mid))).collect();
+        queue.push_all(&others).await.unwrap();
+        let copy = queue.push_all(&[(ann, message(999), Some(999))]).await.unwrap();
+        assert!(indexed_by(&queue, ann, 999).await.is_empty(), "no index entry by mid");
+        assert_eq!(queue.copies(ann, 999).await.unwrap(), copy, "found after more than a page of others");
+        assert_eq!(queue.copies(ann, 150).await.unwrap().len(), 1);
+        assert!(queue.copies(user(8), 999).await.unwrap().is_empty(), "only the user's own queue");
+
+        queue.remove_message(ann, 999).await.unwrap();
+        assert!(queue.copies(ann, 999).await.unwrap().is_empty());
+        assert_eq!(queue.oldest(ann, 1_000).await.unwrap().len(), 300, "the others stay");
+    }
+
+    /// A data dir written before: entries with their `mid` in the indexed column are drained
+    /// with it, and recall finds and removes them.
+    #[tokio::test]
+    async fn entries_of_the_earlier_layout_are_drained_and_recalled() {
+        let queue = queue().await;
+        let ann = user(7);
+        let mut row = Row::new(timoffline::DEF.columns.len());
+        let stanza = tim_net::codec::body_bytes(
+            &TimMessage { timestamp: Some(now_ns()), ..TimMessage::default() },
+            Encoding::Compact,
+        );
+        row.set(timoffline::UUID, Bytes::copy_from_slice(&ann.to_be_bytes()))
+            .set(timoffline::STANZA, stanza)
+            .set(timoffline::INDEXED_MID, Bytes::copy_from_slice(&42i64.to_be_bytes()));
+        let mut batch = Batch::new(partition::user(ann));
+        batch.insert(queue.table, row);
+        let old = queue.data.write(batch).await.unwrap();
+        queue.push_all(&[(ann, message(43), Some(43))]).await.unwrap();
+
+        let drained = queue.oldest(ann, 10).await.unwrap();
+        let mids: Vec<_> = drained.iter().map(|(_, msg)| msg.mid).collect();
+        assert_eq!(mids, [Some(42), Some(43)], "the earlier entry keeps its mid");
+        assert_eq!(indexed_by(&queue, ann, 42).await, old, "the earlier layout is indexed by mid");
+        assert_eq!(queue.copies(ann, 42).await.unwrap(), old);
+        queue.remove_message(ann, 42).await.unwrap();
+        assert!(indexed_by(&queue, ann, 42).await.is_empty(), "its index entry went with it");
+        assert_eq!(queue.oldest(ann, 10).await.unwrap().len(), 1);
     }
 }
