@@ -636,11 +636,15 @@ impl Store for RocksStore {
                 .filter_map(|cf| db.property_int_value_cf(cf, name).ok().flatten())
                 .sum()
         };
+        let (entries, deletes) =
+            (property("rocksdb.num-entries-active-mem-table"), property("rocksdb.num-deletes-active-mem-table"));
         StoreFigures {
             commits: self.inner.commits.snapshot(),
             synced_commits: self.inner.synced_commits.load(Ordering::Relaxed),
             writes: self.inner.writes.snapshot(),
             memtable_bytes: property("rocksdb.cur-size-all-mem-tables"),
+            memtable_puts: entries.saturating_sub(deletes),
+            memtable_deletes: deletes,
             pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes"),
             running_compactions: db.property_int_value("rocksdb.num-running-compactions").ok().flatten().unwrap_or(0),
             running_flushes: db.property_int_value("rocksdb.num-running-flushes").ok().flatten().unwrap_or(0),

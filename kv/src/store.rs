@@ -303,6 +303,10 @@ pub struct StoreFigures {
     /// Writes from their callers' side: queued, grouped and committed.
     pub writes: crate::latency::LatencySnapshot,
     pub memtable_bytes: u64,
+    /// Keys put into the active memtables (of every family) and deletions there: what each
+    /// write costs in skip-list inserts, counted until a memtable is switched for a flush.
+    pub memtable_puts: u64,
+    pub memtable_deletes: u64,
     pub pending_compaction_bytes: u64,
     pub running_compactions: u64,
     pub running_flushes: u64,

@@ -438,3 +438,48 @@ pub fn set<T>(items: &mut [Option<T>], i: usize, value: T) {
 fn mid_of(id: RowId) -> Result<i64, EngineError> {
     i64::try_from(id.0).map_err(|_| EngineError::Internal("a message id is out of the wire's range"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::services::offline::OfflineLimits;
+
+    fn user(n: u64) -> UserId {
+        UserId::from_be_bytes((n << 8).to_be_bytes())
+    }
+
+    /// What a delivered 1:1 message costs the store, counted in its memtables: its history row
+    /// with the conversation's and the client id's index entries, and its recipient's offline
+    /// entry (row and queue index), in one commit; the ack deletes the entry's two keys. (Issue
+    /// 27 aims at three keys and no deletion.)
+    #[tokio::test]
+    async fn a_message_and_its_ack_put_five_keys_and_delete_two() {
+        let data = crate::testing::standalone().await;
+        let limits = OfflineLimits { max_entries: 1_000, max_age: Duration::from_secs(3_600) };
+        let offline = Arc::new(OfflineQueue::new(data.clone(), limits).unwrap());
+        let history = History::new(data.clone(), offline.clone()).unwrap();
+        let (ann, ben) = (user(7), user(9));
+        let before = data.store_figures();
+        const N: u64 = 100;
+        for n in 0..N {
+            let msg =
+                TimMessage { timestamp: Some(now_ns()), data_string: Some(format!("{n}")), ..TimMessage::default() };
+            let mut dedup = [0u8; 24];
+            dedup[..8].copy_from_slice(&n.to_be_bytes());
+            let (stored, unqueued) =
+                history.append(ann, &[Accepted { to: ben, msg, dedup: Some(dedup) }]).await.unwrap();
+            assert!(unqueued.iter().all(Option::is_none), "stored with its entry in one commit");
+            let entry = stored.first().copied().flatten().unwrap().entry;
+            offline.remove_acked(ben, &[entry]).await.unwrap();
+        }
+        assert!(offline.oldest(ben, 10).await.unwrap().is_empty(), "every entry acked away");
+        let after = data.store_figures();
+        let puts = after.memtable_puts - before.memtable_puts;
+        let deletes = after.memtable_deletes - before.memtable_deletes;
+        // Besides: the id counters of the two tables' slots, reserved a block at a time.
+        assert!((5 * N..=5 * N + 4).contains(&puts), "{puts} keys put for {N} messages");
+        assert_eq!(deletes, 2 * N, "the ack deletes the entry's row and its queue index entry");
+    }
+}
