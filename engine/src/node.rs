@@ -28,6 +28,7 @@ use crate::secret::Secret;
 use crate::server::Server;
 use crate::services::accounts::Accounts;
 use crate::services::directory::{DeviceLimits, Directory};
+use crate::services::group_log::GroupLog;
 use crate::services::groups::{GroupLimits, Groups};
 use crate::services::history::History;
 use crate::services::offline::{OfflineLimits, OfflineQueue};
@@ -177,6 +178,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
     )?);
     let history = Arc::new(History::new(data.clone(), offline.clone())?);
+    let group_log =
+        Arc::new(GroupLog::new(data.clone(), cfg.offline_max_entries, Duration::from_secs(cfg.offline_max_age))?);
     let bans = crate::services::bans::Bans::new(data.clone())?;
     let limits = Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() };
     let sessions = Arc::new(Sessions::new(limits, data.node(), data.generation()));
@@ -188,9 +191,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let directory = Arc::new(Directory::new(data.clone(), sessions.clone(), device_limits, tasks.clone()));
     let push = Arc::new(Push::new(data.clone(), directory.clone(), sessions.clone(), offline.clone(), tasks.clone()));
     let rooms = Arc::new(Rooms::new(data.clone(), sessions.clone(), Duration::from_secs(cfg.vroom_idle)));
-    let restorer = Arc::new(Restorer::new(data.clone(), offline.clone(), rosters.clone(), groups.clone()));
+    let restorer =
+        Arc::new(Restorer::new(data.clone(), offline.clone(), group_log.clone(), rosters.clone(), groups.clone()));
     let dispatch = Dispatch::default()
         .serve(Service::History, &history)
+        .serve(Service::GroupLog, &group_log)
         .serve(Service::Push, &push)
         .serve(Service::Rosters, &rosters)
         .serve(Service::Groups, &groups)
@@ -214,6 +219,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         groups,
         rooms,
         history,
+        group_log,
         push,
         restorer,
         metrics: Default::default(),

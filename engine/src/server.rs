@@ -29,6 +29,8 @@ pub struct Server {
     pub groups: Arc<Groups>,
     pub rooms: Arc<Rooms>,
     pub history: Arc<History>,
+    /// Group messages and how far each member has them.
+    pub group_log: Arc<crate::services::group_log::GroupLog>,
     pub push: Arc<crate::services::push::Push>,
     pub restorer: Arc<crate::services::restore::Restorer>,
     pub metrics: crate::metrics::Metrics,

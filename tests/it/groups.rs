@@ -5,7 +5,7 @@ use tim_net::proto::{Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::node::WAIT;
-use crate::roster::{batch, pushed, request_offline, user};
+use crate::roster::{batch, batch_in, pushed, request_offline, user};
 use crate::topology::topology_test;
 
 pub async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
@@ -264,4 +264,75 @@ topology_test!(async fn group_messages_reach_members_online_and_offline_and_can_
     assert_eq!((told_ann.unwrap().od_type, pushed(&mut ben, true).await.od_type), (2, 2));
     assert_eq!(pushed(&mut cid, true).await.mid, Some(mid), "the recall reaches every member");
     assert!(group_history(&mut ben, &group).await.is_empty());
+});
+
+/// The next group message pushed to `client`, acked; other pushes (notices) on the way are
+/// acked and passed over.
+async fn next_group_message(client: &mut Client) -> TimMessage {
+    loop {
+        let frame = client.recv_within(WAIT).await.unwrap();
+        if let Some(id) = frame.ack_id {
+            client.ack(id).await.unwrap();
+        }
+        if frame.kind == FrameType::Message {
+            let msg: TimMessage = frame.decode(client.encoding()).unwrap();
+            if msg.ms_type == 3 {
+                return msg;
+            }
+        }
+    }
+}
+
+/// The texts of everything the offline drain sends `client`, to its end.
+async fn drain_texts(client: &mut Client) -> Vec<String> {
+    request_offline(client).await;
+    let mut texts = Vec::new();
+    loop {
+        let frame = client.recv_within(WAIT).await.unwrap();
+        match frame.kind {
+            FrameType::OfflineMsgEnd => return texts,
+            FrameType::OfflineMsg => {
+                texts.extend(batch_in(client, frame, true).await.into_iter().filter_map(|m| m.data_string))
+            }
+            other => panic!("{other:?} during the offline drain"),
+        }
+    }
+}
+
+// A member's place in a group's messages: what was sent while it was away comes from the
+// drain, in order, with a message acked live meanwhile neither skipping the older ones nor
+// coming twice; a member who left and came back gets what was sent after it came back, and
+// nothing of the time it was out.
+topology_test!(async fn a_member_gets_what_was_sent_while_away_but_not_while_out(servers, &[]) {
+    let (mut ann, _) = user(servers.at(0), "ann", Encoding::Compact).await;
+    let (mut cid, _) = user(servers.at(1), "cid", Encoding::Compact).await;
+    let group = new_group(&mut ann, "cursors", false).await;
+    request(&mut cid, 9, Some(&group), None, None).await;
+    assert_eq!(notice(&mut cid).await.0, 10);
+    drop(cid);
+    let send = |text: &str| TimMessage { id: Some(1), ..to_group(&group, text, 1, None) };
+    for text in ["one", "two"] {
+        ann.send(FrameType::Message, &send(text)).await.unwrap();
+        assert_eq!(next_group_message(&mut ann).await.data_string.as_deref(), Some(text), "the echo");
+    }
+
+    // Back, but not draining yet: a message acked live leaves the older two waiting.
+    let (mut cid, _) = servers.at(1).login("cid", "pw", Encoding::Compact).await;
+    ann.send(FrameType::Message, &send("three")).await.unwrap();
+    next_group_message(&mut ann).await;
+    assert_eq!(next_group_message(&mut cid).await.data_string.as_deref(), Some("three"));
+    assert_eq!(drain_texts(&mut cid).await, ["one", "two"], "the older ones, once, in order");
+    assert!(drain_texts(&mut cid).await.is_empty(), "the cursor is past all three");
+
+    // Out of the group while "four" is sent, back for "five", away when it comes.
+    ok(&mut cid, 16, &group, None).await;
+    ann.send(FrameType::Message, &send("four")).await.unwrap();
+    next_group_message(&mut ann).await;
+    request(&mut cid, 9, Some(&group), None, None).await;
+    assert_eq!(notice(&mut cid).await.0, 10);
+    drop(cid);
+    ann.send(FrameType::Message, &send("five")).await.unwrap();
+    next_group_message(&mut ann).await;
+    let (mut cid, _) = servers.at(1).login("cid", "pw", Encoding::Compact).await;
+    assert_eq!(drain_texts(&mut cid).await, ["five"], "what was sent while out of the group never comes");
 });

@@ -1,12 +1,11 @@
 //! Group messages (msType 3 with `roomTid`), group history and group recall, and the checks
 //! of private messages inside a group (tim-protocol.md §3.4).
 //!
-//! A normal group message is stored in the group's history and, in the same write (when one
-//! node holds every slot involved, else right after it), in the offline queue of every
-//! member; then it is pushed, encoded once, with ack requests to every session of every
-//! member, the sender's included (that copy is the sender's echo). A session's ack removes its
-//! member's entry; a member none of whose sessions acks, or whose session's node is lost
-//! before it does, gets it offline.
+//! A normal group message is stored in the group's log (its history, where each member has a
+//! cursor: `services::group_log`); then it is pushed, encoded once, with ack requests to every
+//! session of every member, the sender's included (that copy is the sender's echo). A
+//! session's ack moves its member's cursor past it; a member none of whose sessions acks, or
+//! whose session's node is lost before it does, gets it offline from the log.
 
 use std::sync::Arc;
 
@@ -17,6 +16,8 @@ use crate::error::EngineError;
 use crate::flows::sending::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::model::ident::{group_chat_id, GroupId, UserId};
 use crate::server::Server;
+use crate::services::group_log::{Appended, Span};
+use crate::services::history::History;
 use crate::services::push::Fallback;
 use crate::session::delivery::Body;
 
@@ -52,17 +53,18 @@ pub async fn history_of(server: &Server, node: &str, me: UserId) -> Result<[u8; 
 pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> Result<Next, EngineError> {
     let node = msg.room_tid.as_ref().map(|t| t.node.clone()).ok_or(ErrorCode::ParamIncorrect)?;
     let group = member_of(server, &node, from.user).await?;
-    let members = server.groups.members_of(group).await?;
+    let memberships = server.groups.memberships(group).await?;
+    let members: Vec<UserId> = memberships.iter().map(|(member, _)| *member).collect();
     match msg.od_type {
         OD_NORMAL => {
             msg.mid = None;
-            let history = &server.history;
-            let (mid, entries) = history.append_to_group(group_chat_id(group), from.user, &msg, &members).await?;
+            let stored = History::stored_form(&msg);
+            let Appended { mid, prev } = server.group_log.append(group, from.user, stored, memberships).await?;
             crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
             let body = Body::message(msg);
-            let items = members.into_iter().zip(entries).map(|(m, entry)| (m, body.clone(), Fallback::Queued(entry)));
-            server.push.messages(items.collect()).await;
+            let span = Fallback::Logged(Span { group, prev, mid });
+            server.push.messages(members.into_iter().map(|m| (m, body.clone(), span)).collect()).await;
             Ok(Next::Done)
         }
         OD_RECALL => recall(server, from.user, group, node, members, msg).await,

@@ -199,6 +199,31 @@ pub mod timban {
         TableDef { id: 12, name: "timban", columns: &[ColumnDef::unique("uuid"), ColumnDef::plain("until")] };
 }
 
+/// How far each member of a group has the group's messages, in the slot of the group's
+/// conversation (`services::group_log`).
+pub mod timgroupcursor {
+    use super::*;
+    /// The group.
+    pub const GID: usize = 0;
+    /// The member.
+    pub const UID: usize = 1;
+    /// The member's row of the group (`timmucroster`, group side) when the cursor was made:
+    /// a cursor belongs to one membership.
+    pub const MEMBERSHIP: usize = 2;
+    /// The smallest `mid` of the group the member may not have had (8 bytes big-endian).
+    pub const NEXT: usize = 3;
+    pub const DEF: TableDef = TableDef {
+        id: 13,
+        name: "timgroupcursor",
+        columns: &[
+            ColumnDef::indexed("gid"),
+            ColumnDef::plain("uid"),
+            ColumnDef::plain("membership"),
+            ColumnDef::plain("next"),
+        ],
+    };
+}
+
 /// Every table the engine declares at open. The ids are those the first release allocated in
 /// this order, so existing stores keep their keys.
 pub const ALL: &[TableDef] = &[
@@ -214,4 +239,5 @@ pub const ALL: &[TableDef] = &[
     timgrouprelate::DEF,
     timadmin::DEF,
     timban::DEF,
+    timgroupcursor::DEF,
 ];

@@ -42,10 +42,11 @@ pub enum Service {
     Rooms,
     Restore,
     Sessions,
+    GroupLog,
 }
 
 impl Service {
-    const ALL: [Service; 11] = [
+    const ALL: [Service; 12] = [
         Self::History,
         Self::Push,
         Self::Rosters,
@@ -57,6 +58,7 @@ impl Service {
         Self::Rooms,
         Self::Restore,
         Self::Sessions,
+        Self::GroupLog,
     ];
 
     fn of(tag: u8) -> Option<Self> {

@@ -689,6 +689,16 @@ impl Groups {
         self.members.list(id.party()).await
     }
 
+    /// The members of a group, each with its row of the group (a new one at every join).
+    pub async fn memberships(&self, id: GroupId) -> Result<Vec<(UserId, RowId)>, EngineError> {
+        self.members.list_rows(id.party()).await
+    }
+
+    /// `user`'s row of the group, while a member.
+    pub async fn membership(&self, id: GroupId, user: UserId) -> Result<Option<RowId>, EngineError> {
+        self.members.row(id.party(), user).await
+    }
+
     /// MODIFYROOM: merges the profile fields `changes` sets (cover, topic, label, kind, extend,
     /// extra) for the founder or a manager; the managers list, members only (else 4104), for
     /// the founder only (4105).

@@ -18,7 +18,7 @@ use crate::model::ident::{pair_id, UserId};
 use crate::model::partition::{self, Inserts};
 use crate::model::tables::timmessage;
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
-use crate::services::offline::{OfflineQueue, Stanza};
+use crate::services::offline::OfflineQueue;
 
 /// How long a message sent again with the same client `id` and content counts as the same.
 const DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
@@ -185,7 +185,7 @@ impl History {
 
     /// `msg` as history keeps it, thrift-compact: the sender reduced to its node, no client
     /// id (TIM keeps the same).
-    fn stored_form(msg: &TimMessage) -> Bytes {
+    pub fn stored_form(msg: &TimMessage) -> Bytes {
         let stored = TimMessage {
             id: None,
             from_tid: msg.from_tid.as_ref().map(|t| Tid { node: t.node.clone(), ..Tid::default() }),
@@ -219,30 +219,6 @@ impl History {
             .unwrap_or(0);
         let recent = now_ns().saturating_sub(sent) < DEDUP_WINDOW.as_nanos() as i64;
         Ok(if recent { Some(mid_of(mid)?) } else { None })
-    }
-
-    /// Stores a group message in the group's history and queues it for every one of
-    /// `members`, in one commit when every slot is here: an online member's session acks
-    /// its entry away, and a member whose session is lost before that (its node killed) finds
-    /// it offline. Its `mid`, and the members' entries in their order.
-    pub async fn append_to_group(
-        &self,
-        chat: [u8; 16],
-        from: UserId,
-        msg: &TimMessage,
-        members: &[UserId],
-    ) -> Result<(i64, Vec<RowId>), EngineError> {
-        let mut rows = Inserts::default();
-        rows.add(partition::conversation(&chat), self.table, Self::row(chat, from, Self::stored_form(msg), None));
-        let entries: Vec<_> = members.iter().map(|user| (0, *user)).collect();
-        let (ids, queued) = self.store(rows, &entries, |_| body_bytes(msg, Encoding::Compact)).await?;
-        let mid = mid_of(*ids.first().ok_or(EngineError::Internal("a message write returned no id"))?)?;
-        if let Some(queued) = queued {
-            return Ok((mid, queued));
-        }
-        let queued = body_bytes(&TimMessage { mid: Some(mid), ..msg.clone() }, Encoding::Compact);
-        let entries: Vec<Stanza> = members.iter().map(|user| (*user, queued.clone(), Some(mid))).collect();
-        Ok((mid, self.offline.push_all(&entries).await?))
     }
 
     /// Stores normal messages of `from` in their conversations' histories, which gives each

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod bans;
 pub mod directory;
+pub mod group_log;
 pub mod groups;
 pub mod history;
 pub mod offline;

@@ -193,6 +193,11 @@ impl PairTable {
 
     /// The others of `owner`'s rows, oldest first, at most [`MAX_LIST`].
     pub async fn list(&self, owner: UserId) -> Result<Vec<UserId>, EngineError> {
+        Ok(self.list_rows(owner).await?.into_iter().map(|(other, _)| other).collect())
+    }
+
+    /// [`PairTable::list`], with each pair's row.
+    pub async fn list_rows(&self, owner: UserId) -> Result<Vec<(UserId, RowId)>, EngineError> {
         let table = self.table;
         let rows = self
             .data
@@ -200,8 +205,9 @@ impl PairTable {
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(_, row)| {
-                row.get(pair::TUUID).and_then(|v| v.as_ref().try_into().ok()).map(UserId::from_be_bytes)
+            .filter_map(|(id, row)| {
+                let other = row.get(pair::TUUID).and_then(|v| v.as_ref().try_into().ok()).map(UserId::from_be_bytes)?;
+                Some((other, id))
             })
             .collect())
     }

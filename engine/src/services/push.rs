@@ -30,8 +30,9 @@ use crate::model::lease::Lease;
 use crate::model::partition;
 use crate::seam::{self, at_node, at_slot, Arrivals, NodeOp, Service, SlotOp};
 use crate::services::directory::{Directory, Located};
+use crate::services::group_log::Span;
 use crate::services::offline::{OfflineQueue, Stanza};
-use crate::session::delivery::Body;
+use crate::session::delivery::{Body, Stands};
 use crate::session::outbound::start;
 use crate::session::registry::{Frames, Sessions, SessionsOp};
 
@@ -43,6 +44,8 @@ pub enum Fallback {
     /// Already in the offline queue (written before the sender was told the message was
     /// accepted): the acking session removes it.
     Queued(RowId),
+    /// In a group's log: the acking session moves its member's cursor over the span.
+    Logged(Span),
 }
 
 /// A message for one user's sessions on one node, as it travels.
@@ -258,11 +261,14 @@ impl Push {
             let sessions = self.sessions.handles(user, &conns);
             match fallback {
                 Fallback::Queued(entry) => {
-                    start(&sessions, FrameType::Message, body, vec![entry]);
+                    start(&sessions, FrameType::Message, body, Stands::entries(vec![entry]));
+                }
+                Fallback::Logged(span) => {
+                    start(&sessions, FrameType::Message, body, Stands::span(span));
                 }
                 Fallback::Store if sessions.is_empty() => absent.push((user, body)),
                 Fallback::Store => {
-                    let outcome = start(&sessions, FrameType::Message, body.clone(), Vec::new());
+                    let outcome = start(&sessions, FrameType::Message, body.clone(), Stands::default());
                     watched.push(async move { (user, body, outcome.acked().await) });
                 }
             }

@@ -18,6 +18,7 @@ use tim_shard::{Cluster, EngineAnswer, RouteError};
 use crate::error::EngineError;
 use crate::model::tables;
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
+use crate::services::group_log::GroupLog;
 use crate::services::groups::Groups;
 use crate::services::offline::OfflineQueue;
 use crate::services::rosters::Rosters;
@@ -52,6 +53,7 @@ impl Arrivals for Restorer {
 pub struct Restorer {
     data: Arc<Cluster>,
     offline: Arc<OfflineQueue>,
+    group_log: Arc<GroupLog>,
     rosters: Arc<Rosters>,
     groups: Arc<Groups>,
 }
@@ -83,8 +85,14 @@ fn refusal(e: &EngineError) -> Option<String> {
 }
 
 impl Restorer {
-    pub fn new(data: Arc<Cluster>, offline: Arc<OfflineQueue>, rosters: Arc<Rosters>, groups: Arc<Groups>) -> Self {
-        Self { data, offline, rosters, groups }
+    pub fn new(
+        data: Arc<Cluster>,
+        offline: Arc<OfflineQueue>,
+        group_log: Arc<GroupLog>,
+        rosters: Arc<Rosters>,
+        groups: Arc<Groups>,
+    ) -> Self {
+        Self { data, offline, group_log, rosters, groups }
     }
 
     /// Writes `rows` of `slot` back, on the slot's owner.
@@ -132,6 +140,9 @@ impl Restorer {
         let has = |name: &str| self.data.table(name).is_some_and(|t| rows.iter().any(|r| r.table == t));
         if has(tables::timoffline::DEF.name) {
             self.offline.forget_counts();
+        }
+        if has(tables::timgroupcursor::DEF.name) {
+            self.group_log.forget();
         }
         if has(tables::timrelate::DEF.name) {
             self.rosters.forget_cache();

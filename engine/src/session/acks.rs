@@ -57,10 +57,16 @@ impl Session {
             return;
         }
         let acked = std::mem::take(&mut self.acked);
-        let entries: Vec<_> = acked.iter().flat_map(|d| d.offline_entries()).copied().collect();
-        if let (false, Some(login)) = (entries.is_empty(), &self.login) {
-            if let Err(e) = self.server.offline.remove_acked(login.user, &entries).await {
-                warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
+        let entries: Vec<_> = acked.iter().flat_map(|d| &d.stands().entries).copied().collect();
+        let spans: Vec<_> = acked.iter().filter_map(|d| d.stands().span).collect();
+        if let Some(login) = &self.login {
+            if !entries.is_empty() {
+                if let Err(e) = self.server.offline.remove_acked(login.user, &entries).await {
+                    warn!(error = %ErrorChain(&e), "deleting acked offline entries failed");
+                }
+            }
+            if !spans.is_empty() {
+                self.server.group_log.acked(login.user, spans).await;
             }
         }
         crate::metrics::add(&self.server.metrics.delivered, acked.len() as u64);

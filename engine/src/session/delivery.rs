@@ -14,6 +14,8 @@ use tim_net::proto::{TimMessage, TimMessageList};
 use tim_net::FrameType;
 use tokio::sync::mpsc;
 
+use crate::services::group_log::Span;
+
 /// What a delivery carries.
 pub enum Payload {
     Message(Box<TimMessage>),
@@ -73,22 +75,39 @@ impl Body {
     }
 }
 
+/// What a delivery's ack settles besides itself, before the acking session reads the client's
+/// next frame (so an ack followed by an offline request cannot get the same message twice).
+#[derive(Debug, Default)]
+pub struct Stands {
+    /// Offline-queue entries, deleted.
+    pub entries: Vec<RowId>,
+    /// A span of a group's messages: the member's cursor moves over it.
+    pub span: Option<Span>,
+}
+
+impl Stands {
+    pub fn entries(entries: Vec<RowId>) -> Self {
+        Self { entries, span: None }
+    }
+
+    pub fn span(span: Span) -> Self {
+        Self { entries: Vec::new(), span: Some(span) }
+    }
+}
+
 pub struct Delivery {
     kind: FrameType,
     body: Arc<Body>,
-    /// Offline-queue entries this delivery stands for: the acking session deletes them before
-    /// it reads the client's next frame, so an ack followed by an offline request cannot get
-    /// the same message twice.
-    offline_entries: Vec<RowId>,
+    stands: Stands,
     report_tx: mpsc::Sender<bool>,
 }
 
 impl Delivery {
     /// A delivery for `targets` sessions, and its outcome: once each session has reported (or
     /// dropped its copy), the outcome is decided.
-    pub fn new(kind: FrameType, body: Arc<Body>, offline_entries: Vec<RowId>, targets: usize) -> (Arc<Self>, Outcome) {
+    pub fn new(kind: FrameType, body: Arc<Body>, stands: Stands, targets: usize) -> (Arc<Self>, Outcome) {
         let (report_tx, reports) = mpsc::channel(targets.max(1));
-        (Arc::new(Self { kind, body, offline_entries, report_tx }), Outcome { reports })
+        (Arc::new(Self { kind, body, stands, report_tx }), Outcome { reports })
     }
 
     /// The frame for one attempt: type with the ack bit, the ack id, the body.
@@ -96,8 +115,8 @@ impl Delivery {
         ack_frame(self.kind, ack_id, self.body.encoded(encoding))
     }
 
-    pub fn offline_entries(&self) -> &[RowId] {
-        &self.offline_entries
+    pub fn stands(&self) -> &Stands {
+        &self.stands
     }
 
     /// A session's outcome: acked, or given up after its last attempt.

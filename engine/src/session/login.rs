@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
 use tim_net::{ClientFrame, FrameType};
@@ -10,10 +11,11 @@ use tokio::time::Instant;
 use tracing::{info, Span};
 
 use super::{Close, Login, Session};
+use crate::error::EngineError;
 use crate::flows::login::Refused;
 use crate::model::ident::UserId;
 use crate::server::Server;
-use crate::session::delivery::{Body, Payload};
+use crate::session::delivery::{Body, Payload, Stands};
 use crate::session::outbound::{start, Outbound, SessionHandle};
 
 impl Session {
@@ -82,32 +84,74 @@ impl Session {
 /// Most messages in one offline batch (TIM's batch size).
 const OFFLINE_BATCH: usize = 10;
 
-/// Drains `user`'s queue to the session. The drain counts as over (`draining` cleared) before
-/// its last frame goes out: a client that asks again as soon as it reads the end frame starts
-/// a new drain rather than finding this one still marked running and being ignored.
+/// Drains `user`'s queue, then the messages of each of its groups past its cursor, to the
+/// session. The drain counts as over (`draining` cleared) before its last frame goes out: a
+/// client that asks again as soon as it reads the end frame starts a new drain rather than
+/// finding this one still marked running and being ignored.
 async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle, draining: &AtomicBool) {
-    loop {
-        let rows = match server.offline.oldest(user, OFFLINE_BATCH).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
-                draining.store(false, Ordering::Release);
-                let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
-                return;
-            }
-        };
-        if rows.is_empty() {
+    let drained = match drain_queue(server, user, me).await {
+        Ok(true) => drain_groups(server, user, me).await,
+        other => other,
+    };
+    match drained {
+        // Stopped: a batch was not acked; the rest waits for the next request.
+        Ok(false) => {}
+        Ok(true) => {
             draining.store(false, Ordering::Release);
             let _ = me.push(Outbound::Frame(encode_server_empty(FrameType::OfflineMsgEnd)));
-            return;
+        }
+        Err(e) => {
+            let ack = TimAck::error(FrameType::OfflineMsg as u8, e.answer("offline drain"));
+            draining.store(false, Ordering::Release);
+            let _ = me.push(Outbound::Frame(encode_server(FrameType::Ack, me.encoding(), &ack)));
+        }
+    }
+}
+
+/// Sends a batch of offline messages and waits for its ack.
+async fn send_batch(me: &SessionHandle, batch_id: Option<i64>, messages: Vec<TimMessage>, stands: Stands) -> bool {
+    let list = TimMessageList { id: batch_id, message_list: Some(messages) };
+    start(std::slice::from_ref(me), FrameType::OfflineMsg, Body::new(Payload::Batch(list)), stands).acked().await
+}
+
+/// The user's offline queue, batch by batch: whether it was drained to its end.
+async fn drain_queue(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
+    loop {
+        let rows = server.offline.oldest(user, OFFLINE_BATCH).await?;
+        if rows.is_empty() {
+            return Ok(true);
         }
         let ids: Vec<_> = rows.iter().map(|(id, _)| *id).collect();
         let batch_id = ids.first().map(|id| id.0 as i64);
         let messages = rows.into_iter().map(|(_, msg)| TimMessage { is_offline: Some(true), ..msg }).collect();
-        let list = TimMessageList { id: batch_id, message_list: Some(messages) };
-        let body = Body::new(Payload::Batch(list));
-        if !start(std::slice::from_ref(me), FrameType::OfflineMsg, body, ids).acked().await {
-            return;
+        if !send_batch(me, batch_id, messages, Stands::entries(ids)).await {
+            return Ok(false);
         }
     }
+}
+
+/// The messages of the user's groups past its cursors, batch by batch: whether every group
+/// was drained to its end.
+async fn drain_groups(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
+    for group in server.groups.groups_of(user).await? {
+        let Some(membership) = server.groups.membership(group, user).await? else { continue };
+        loop {
+            let waiting = server.group_log.waiting(group, user, membership, OFFLINE_BATCH).await?;
+            let Some(span) = waiting.span else { break };
+            if waiting.messages.is_empty() {
+                // Only the member's own messages, or expired ones: passed over.
+                server.group_log.acked(user, vec![span]).await;
+                break;
+            }
+            let messages = waiting
+                .messages
+                .iter()
+                .filter_map(|m| decode_body::<TimMessage>(m.clone(), Encoding::Compact).ok())
+                .collect();
+            if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }

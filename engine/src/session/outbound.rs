@@ -12,11 +12,10 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use tim_kv::RowId;
 use tim_net::{Encoding, FrameType};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::delivery::{Body, Delivery, Outcome};
+use crate::session::delivery::{Body, Delivery, Outcome, Stands};
 
 /// What other tasks hand a session to send.
 pub enum Outbound {
@@ -78,10 +77,10 @@ impl SessionHandle {
 }
 
 /// Hands `body` to `sessions` to send as a frame of `kind` with ack requests, now: deliveries
-/// started in order reach each session's queue in that order. An ack deletes
-/// `offline_entries` from the offline queue.
-pub fn start(sessions: &[SessionHandle], kind: FrameType, body: Arc<Body>, offline_entries: Vec<RowId>) -> Outcome {
-    let (delivery, outcome) = Delivery::new(kind, body, offline_entries, sessions.len());
+/// started in order reach each session's queue in that order. An ack settles what the
+/// delivery `stands` for.
+pub fn start(sessions: &[SessionHandle], kind: FrameType, body: Arc<Body>, stands: Stands) -> Outcome {
+    let (delivery, outcome) = Delivery::new(kind, body, stands, sessions.len());
     for session in sessions {
         // A session whose queue is full is cut off; it simply does not report.
         let _ = session.push_delivery(delivery.clone());
