@@ -355,10 +355,7 @@ impl GroupLog {
             self.load(group, &mut cursors).await?;
             let Some(cursor) = cursors.members.get_mut(&user) else { continue };
             if cursor.advance(spans) {
-                let next = Bytes::copy_from_slice(&(cursor.next as u64).to_be_bytes());
-                let mut batch = Batch::new(Self::slot(group));
-                batch.update(self.cursors, cursor.row, vec![(timgroupcursor::NEXT, Some(next))]);
-                self.persist(batch).await?;
+                self.persist(group, cursor).await?;
             }
         }
         Ok(())
@@ -366,8 +363,10 @@ impl GroupLog {
 
     /// Writes a cursor's move with the writer's next group (an ack lost in a power failure
     /// costs a message delivered again).
-    async fn persist(&self, mut batch: Batch) -> Result<(), EngineError> {
-        batch.relaxed();
+    async fn persist(&self, group: GroupId, cursor: &MemberCursor) -> Result<(), EngineError> {
+        let next = Bytes::copy_from_slice(&(cursor.next as u64).to_be_bytes());
+        let mut batch = Batch::new(Self::slot(group));
+        batch.update(self.cursors, cursor.row, vec![(timgroupcursor::NEXT, Some(next))]).relaxed();
         if let Err(batch) = self.data.defer_here(batch).await {
             self.data.write(batch).await?;
         }
@@ -470,10 +469,7 @@ impl GroupLog {
         let mut cursors = lock.lock().await;
         let Some(cursor) = cursors.members.get_mut(&user) else { return Ok(next) };
         if cursor.advance([(cursor.next.saturating_sub(1), oldest_kept.saturating_sub(1))]) {
-            let mut batch = Batch::new(slot);
-            let moved = Bytes::copy_from_slice(&(cursor.next as u64).to_be_bytes());
-            batch.update(self.cursors, cursor.row, vec![(timgroupcursor::NEXT, Some(moved))]);
-            self.persist(batch).await?;
+            self.persist(group, cursor).await?;
         }
         Ok(cursor.next)
     }
