@@ -316,6 +316,9 @@ impl GroupLog {
             batch.insert_with_id(self.cursors, cursor, timgroupcursor::NEXT, 0);
             made.push((*member, *membership));
         }
+        // Until the cursors made are in memory, the group's are read again at next use: a write
+        // that fails, or whose caller goes away, may still have made them.
+        let loaded = cursors.loaded.take();
         let ids = self.data.write(batch).await?;
         let mid = ids.first().map(|id| id.0 as i64).ok_or(EngineError::Internal("a group append returned no id"))?;
         for ((member, membership), row) in made.into_iter().zip(ids.into_iter().skip(1)) {
@@ -326,6 +329,7 @@ impl GroupLog {
                 .members
                 .insert(member, MemberCursor { row, membership, next: mid, waiting: Vec::new(), capped: None });
         }
+        cursors.loaded = loaded;
         Ok(Appended { mid, prev })
     }
 

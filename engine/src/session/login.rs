@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
@@ -130,14 +131,28 @@ async fn drain_queue(server: &Server, user: UserId, me: &SessionHandle) -> Resul
     }
 }
 
+/// Groups whose first batch is looked for at once: a user in many groups, with nothing
+/// waiting in most, pays a few round trips to their owners rather than one per group in turn.
+const GROUPS_AT_ONCE: usize = 16;
+
 /// The messages of the user's groups past its cursors, batch by batch: whether every group
 /// was drained to its end.
 async fn drain_groups(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
-    for group in server.groups.groups_of(user).await? {
-        let Some(membership) = server.groups.membership(group, user).await? else { continue };
-        loop {
+    let groups = server.groups.groups_of(user).await?;
+    // Every look-up finishes before a batch goes out: one paused mid-way could hold its
+    // group's lock while the client takes its time to ack.
+    let first: Vec<_> = futures_util::stream::iter(groups)
+        .map(|group| async move {
+            let Some(membership) = server.groups.membership(group, user).await? else { return Ok(None) };
             let waiting = server.group_log.waiting(group, user, membership, OFFLINE_BATCH).await?;
-            let Some(span) = waiting.span else { break };
+            Ok::<_, EngineError>(Some((group, membership, waiting)))
+        })
+        .buffered(GROUPS_AT_ONCE)
+        .collect()
+        .await;
+    for found in first {
+        let Some((group, membership, mut waiting)) = found? else { continue };
+        while let Some(span) = waiting.span {
             if waiting.messages.is_empty() {
                 // Only the member's own messages, or expired ones: passed over.
                 server.group_log.acked(user, vec![span]).await;
@@ -151,6 +166,7 @@ async fn drain_groups(server: &Server, user: UserId, me: &SessionHandle) -> Resu
             if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
                 return Ok(false);
             }
+            waiting = server.group_log.waiting(group, user, membership, OFFLINE_BATCH).await?;
         }
     }
     Ok(true)
