@@ -418,6 +418,10 @@ async fn follow_slots(server: Arc<Server>) {
             }
             server.rosters.forget_cache();
         }
+        // Another owner may have moved or made group cursors while a slot was away.
+        if !arrived.is_empty() {
+            server.group_log.forget();
+        }
         // At start a member filled the directory from the others (above); on a node that runs
         // alone nobody is connected yet.
         if !arrived.is_empty() && !first {

@@ -133,10 +133,8 @@ impl MemberCursor {
             }
         }
         self.waiting.retain(|(_, mid)| *mid >= self.next);
-        if self.waiting.len() > MAX_WAITING {
-            let excess = self.waiting.len() - MAX_WAITING;
-            self.waiting.drain(..excess);
-        }
+        // Past the bound, the acks farthest from the cursor go: they are the last to apply.
+        self.waiting.truncate(MAX_WAITING);
         self.next != before
     }
 }
@@ -230,13 +228,14 @@ impl GroupLog {
                     continue;
                 };
                 let cursor = MemberCursor { row: *row_id, membership, next, waiting: Vec::new(), capped: None };
-                // Two rows of one member (a cache that missed a row made by another owner):
-                // the one behind wins, so nothing is skipped.
-                match members.get(&user) {
-                    Some(kept) if kept.membership == membership && kept.next <= next => {}
-                    _ => {
-                        members.insert(user, cursor);
-                    }
+                // Two rows of one member (a cache that missed a row made by another owner): the
+                // newest membership's, and of one membership the one behind, so nothing is
+                // skipped.
+                let keep = members.get(&user).is_some_and(|kept| {
+                    kept.membership > membership || (kept.membership == membership && kept.next <= next)
+                });
+                if !keep {
+                    members.insert(user, cursor);
                 }
             }
             match page.last().map(|(id, _)| id.0.checked_add(1)) {
@@ -283,9 +282,9 @@ impl GroupLog {
         let mut cursors = lock.lock().await;
         self.load(group, &mut cursors).await?;
         let prev = self.newest(group).await?;
-        // A cursor of another membership: read the store again once, in case another owner
-        // made this membership's cursor while this one held the slot's cursors in memory.
-        let stale = |c: &Cursors| members.iter().any(|(m, r)| c.members.get(m).is_some_and(|c| c.membership != *r));
+        // A member without a cursor of this membership: read the store again once, in case
+        // another owner made it while this one held the group's cursors in memory.
+        let stale = |c: &Cursors| members.iter().any(|(m, r)| c.members.get(m).is_none_or(|c| c.membership != *r));
         if stale(&cursors) {
             cursors.loaded = None;
             self.load(group, &mut cursors).await?;
@@ -301,7 +300,9 @@ impl GroupLog {
         let mut made = Vec::new();
         for (member, membership) in members {
             match cursors.members.get(member) {
-                Some(c) if c.membership == *membership => continue,
+                // This membership's cursor, or a newer one's (the member left and came back
+                // after the sender read the members).
+                Some(c) if c.membership >= *membership => continue,
                 Some(c) => {
                     batch.delete(self.cursors, c.row);
                 }
@@ -418,7 +419,7 @@ impl GroupLog {
         let acked = |mid: i64| acked.iter().any(|(prev, through)| *prev < mid && mid <= *through);
         let (chat, slot) = (group_chat_id(group), Self::slot(group));
         if check_cap {
-            next = self.cap(group, user, next).await?;
+            next = self.cap(group, user, membership, next).await?;
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let oldest_kept = i64::try_from(now.saturating_sub(self.max_age).as_nanos()).unwrap_or(i64::MAX);
@@ -458,7 +459,7 @@ impl GroupLog {
 
     /// Where `user`'s cursor must be for at most the queue cap of the group's messages to wait:
     /// when more do, the oldest are passed over (logged) and the cursor moved past them.
-    async fn cap(&self, group: GroupId, user: UserId, next: i64) -> Result<i64, EngineError> {
+    async fn cap(&self, group: GroupId, user: UserId, membership: RowId, next: i64) -> Result<i64, EngineError> {
         let (chat, slot, max) = (group_chat_id(group), Self::slot(group), self.max_entries);
         let from = Cursor::Asc(RowId(u64::try_from(next).unwrap_or(0)));
         if self.data.ids(self.history, slot, timmessage::CHATID, &chat, from, max + 1).await?.len() <= max {
@@ -471,7 +472,9 @@ impl GroupLog {
         warn!(uid = %user.node(), why = "over the entry cap", "group messages passed over for a member");
         let lock = self.group(group);
         let mut cursors = lock.lock().await;
-        let Some(cursor) = cursors.members.get_mut(&user) else { return Ok(next) };
+        let Some(cursor) = cursors.members.get_mut(&user).filter(|c| c.membership == membership) else {
+            return Ok(next);
+        };
         if cursor.advance([(cursor.next.saturating_sub(1), oldest_kept.saturating_sub(1))]) {
             self.persist(group, cursor).await?;
         }
@@ -521,10 +524,6 @@ mod tests {
         let log = GroupLog::new(data.clone(), 1_000, Duration::from_secs(3_600)).unwrap();
         let group = GroupId::from_party(user(5));
         let members: Vec<(UserId, RowId)> = (10..110).map(|n| (user(n), RowId(n))).collect();
-        let stored = |text: &str| {
-            let msg = TimMessage { ms_type: 3, data_string: Some(text.into()), ..TimMessage::default() };
-            tim_net::codec::body_bytes(&msg, Encoding::Compact)
-        };
         let first = log.append(group, user(10), stored("first"), members.clone()).await.unwrap();
         assert_eq!(first.prev, 0);
         let before = data.store_figures();
@@ -546,6 +545,64 @@ mod tests {
         assert!(waiting.messages.is_empty() && waiting.span.is_none(), "nothing waits: {waiting:?}");
         let other = log.waiting(group, user(11), RowId(99), 10).await.unwrap();
         assert!(other.span.is_none(), "a cursor of another membership is no one's");
+    }
+
+    fn stored(text: &str) -> Bytes {
+        let msg = TimMessage { ms_type: 3, data_string: Some(text.into()), ..TimMessage::default() };
+        tim_net::codec::body_bytes(&msg, Encoding::Compact)
+    }
+
+    fn texts(waiting: &Waiting) -> Vec<String> {
+        let decoded = waiting.messages.iter().map(|m| decode_body::<TimMessage>(m.clone(), Encoding::Compact).unwrap());
+        decoded.filter_map(|m| m.data_string).collect()
+    }
+
+    /// A cursor another owner made while this one held the group's cursors in memory (the
+    /// group's slot went away and came back): the next message finds it rather than making
+    /// one that starts after the messages the member has not had.
+    #[tokio::test]
+    async fn a_cursor_made_behind_the_cache_is_found() {
+        let data = crate::testing::standalone().await;
+        let log = GroupLog::new(data.clone(), 1_000, Duration::from_secs(3_600)).unwrap();
+        let group = GroupId::from_party(user(5));
+        let (ann, vic) = (user(10), user(11));
+        log.append(group, ann, stored("one"), vec![(ann, RowId(1))]).await.unwrap();
+
+        // Behind the cache: "two", and vic's cursor made with it.
+        let chat = group_chat_id(group);
+        let mut batch = Batch::new(GroupLog::slot(group));
+        let mut row = Row::new(timmessage::DEF.columns.len());
+        row.set(timmessage::CHATID, Bytes::copy_from_slice(&chat))
+            .set(timmessage::FID, Bytes::copy_from_slice(&ann.to_be_bytes()))
+            .set(timmessage::STANZA, stored("two"));
+        batch.insert(log.history, row);
+        let mut cursor = Row::new(timgroupcursor::DEF.columns.len());
+        cursor
+            .set(timgroupcursor::GID, Bytes::copy_from_slice(&group.to_be_bytes()))
+            .set(timgroupcursor::UID, Bytes::copy_from_slice(&vic.to_be_bytes()))
+            .set(timgroupcursor::MEMBERSHIP, Bytes::copy_from_slice(&2u64.to_be_bytes()));
+        batch.insert_with_id(log.cursors, cursor, timgroupcursor::NEXT, 0);
+        data.write(batch).await.unwrap();
+
+        log.append(group, ann, stored("three"), vec![(ann, RowId(1)), (vic, RowId(2))]).await.unwrap();
+        let waiting = log.waiting(group, vic, RowId(2), 10).await.unwrap();
+        assert_eq!(texts(&waiting), ["two", "three"], "nothing vic has not had is skipped");
+    }
+
+    /// A message whose sender read the members before one of them left and came back does not
+    /// put that member's cursor back to the earlier membership.
+    #[tokio::test]
+    async fn an_earlier_membership_never_replaces_a_later_one() {
+        let data = crate::testing::standalone().await;
+        let log = GroupLog::new(data, 1_000, Duration::from_secs(3_600)).unwrap();
+        let group = GroupId::from_party(user(5));
+        let (ann, vic) = (user(10), user(11));
+        log.append(group, ann, stored("after the rejoin"), vec![(ann, RowId(1)), (vic, RowId(3))]).await.unwrap();
+        log.append(group, ann, stored("read before"), vec![(ann, RowId(1)), (vic, RowId(2))]).await.unwrap();
+        let waiting = log.waiting(group, vic, RowId(3), 10).await.unwrap();
+        assert_eq!(texts(&waiting), ["after the rejoin", "read before"]);
+        let earlier = log.waiting(group, vic, RowId(2), 10).await.unwrap();
+        assert!(earlier.span.is_none(), "the earlier membership has no cursor");
     }
 
     /// A drained batch covers from where the cursor was; the live acks that waited for it
