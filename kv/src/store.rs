@@ -80,6 +80,12 @@ impl Row {
         self.cols.get(column).and_then(Option::as_ref)
     }
 
+    /// A column of 8 bytes, big-endian (ids, times, counters); `None` when it is absent or of
+    /// another length.
+    pub fn u64_at(&self, column: usize) -> Option<u64> {
+        self.get(column).and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes)
+    }
+
     /// Bytes of its values.
     pub fn size(&self) -> usize {
         self.cols.iter().flatten().map(Bytes::len).sum()
@@ -96,6 +102,13 @@ pub enum Cursor {
 impl Cursor {
     pub const OLDEST: Cursor = Cursor::Asc(RowId(0));
     pub const NEWEST: Cursor = Cursor::Desc(RowId(u64::MAX));
+
+    /// Where an ascending read goes on after `page`, read with a limit of `limit`: `None` when
+    /// the page was not full (it held the last rows) or ended at the highest id.
+    pub fn after<T>(page: &[(RowId, T)], limit: usize) -> Option<Cursor> {
+        let (last, _) = page.last().filter(|_| page.len() >= limit)?;
+        last.0.checked_add(1).map(|next| Cursor::Asc(RowId(next)))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

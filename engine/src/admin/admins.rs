@@ -179,8 +179,7 @@ impl Admins {
             accounts.hash(password).await?;
             return Ok(None);
         };
-        let (Some(info), Some(stored), Some(epoch)) =
-            (info(&row), row.get(timadmin::PWD), row.get(timadmin::EPOCH).and_then(be_u64))
+        let (Some(info), Some(stored), Some(epoch)) = (info(&row), row.get(timadmin::PWD), row.u64_at(timadmin::EPOCH))
         else {
             return Ok(None);
         };
@@ -209,7 +208,7 @@ impl Admins {
             return Ok(None);
         }
         let Some((_, row)) = self.row(&claims.name).await? else { return Ok(None) };
-        let current = row.get(timadmin::EPOCH).and_then(be_u64);
+        let current = row.u64_at(timadmin::EPOCH);
         let role = info(&row).map(|i| i.role);
         Ok((current == Some(claims.epoch) && role == Some(claims.role)).then_some((claims.name, claims.role)))
     }
@@ -226,13 +225,9 @@ impl Admins {
     }
 }
 
-fn be_u64(raw: &Bytes) -> Option<u64> {
-    <[u8; 8]>::try_from(raw.as_ref()).ok().map(u64::from_be_bytes)
-}
-
 fn info(row: &Row) -> Option<AdminInfo> {
     let name = String::from_utf8(row.get(timadmin::NAME)?.to_vec()).ok()?;
     let role = Role::from_byte(*row.get(timadmin::ROLE)?.first()?)?;
-    let created_unix = row.get(timadmin::CREATETIME).and_then(be_u64).unwrap_or(0);
+    let created_unix = row.u64_at(timadmin::CREATETIME).unwrap_or(0);
     Some(AdminInfo { name, role, created_unix })
 }

@@ -70,7 +70,7 @@ impl Bans {
     /// When the user's ban ends (seconds since the epoch), if one holds now.
     pub async fn until(&self, user: UserId) -> Result<Option<u64>, EngineError> {
         let Some((_, row)) = self.row(user).await? else { return Ok(None) };
-        let until = row.get(timban::UNTIL).and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
+        let until = row.u64_at(timban::UNTIL);
         Ok(until.filter(|until| *until > now()))
     }
 

@@ -216,14 +216,14 @@ impl GroupLog {
         self.data.settle().await?;
         let (slot, key) = (Self::slot(group), group.to_be_bytes());
         let mut members: HashMap<UserId, MemberCursor> = HashMap::new();
-        let mut from = RowId(0);
-        loop {
-            let page = self.data.page(self.cursors, slot, timgroupcursor::GID, &key, Cursor::Asc(from), PAGE).await?;
+        let mut from = Some(Cursor::OLDEST);
+        while let Some(at) = from {
+            let page = self.data.page(self.cursors, slot, timgroupcursor::GID, &key, at, PAGE).await?;
             for (row_id, row) in &page {
                 let (Some(user), Some(membership), Some(next)) = (
-                    be_u64(row, timgroupcursor::UID).map(|u| UserId::from_be_bytes(u.to_be_bytes())),
-                    be_u64(row, timgroupcursor::MEMBERSHIP).map(RowId),
-                    be_u64(row, timgroupcursor::NEXT).and_then(|n| i64::try_from(n).ok()),
+                    row.u64_at(timgroupcursor::UID).map(|u| UserId::from_be_bytes(u.to_be_bytes())),
+                    row.u64_at(timgroupcursor::MEMBERSHIP).map(RowId),
+                    row.u64_at(timgroupcursor::NEXT).and_then(|n| i64::try_from(n).ok()),
                 ) else {
                     continue;
                 };
@@ -238,10 +238,7 @@ impl GroupLog {
                     members.insert(user, cursor);
                 }
             }
-            match page.last().map(|(id, _)| id.0.checked_add(1)) {
-                Some(Some(next)) if page.len() == PAGE => from = RowId(next),
-                _ => break,
-            }
+            from = Cursor::after(&page, PAGE);
         }
         self.cached.fetch_sub(cursors.members.len(), Ordering::Relaxed);
         self.cached.fetch_add(members.len(), Ordering::Relaxed);
@@ -426,9 +423,9 @@ impl GroupLog {
         let me = user.to_be_bytes();
         let mut out = Waiting::default();
         let mut through = None;
-        let mut from = RowId(u64::try_from(next).unwrap_or(0));
-        'pages: loop {
-            let page = self.data.page(self.history, slot, timmessage::CHATID, &chat, Cursor::Asc(from), PAGE).await?;
+        let mut from = Some(Cursor::Asc(RowId(u64::try_from(next).unwrap_or(0))));
+        'pages: while let Some(at) = from {
+            let page = self.data.page(self.history, slot, timmessage::CHATID, &chat, at, PAGE).await?;
             for (id, row) in &page {
                 if out.messages.len() >= limit {
                     break 'pages;
@@ -448,10 +445,7 @@ impl GroupLog {
                 let msg = TimMessage { mid: Some(id.0 as i64), is_offline: Some(true), ..msg };
                 out.messages.push(tim_net::codec::body_bytes(&msg, Encoding::Compact));
             }
-            match page.last().map(|(id, _)| id.0.checked_add(1)) {
-                Some(Some(after)) if page.len() == PAGE => from = RowId(after),
-                _ => break,
-            }
+            from = Cursor::after(&page, PAGE);
         }
         out.span = through.map(|mid| Span { group, prev: next.saturating_sub(1), mid });
         Ok(out)
@@ -480,11 +474,6 @@ impl GroupLog {
         }
         Ok(cursor.next)
     }
-}
-
-/// An 8-byte big-endian column.
-fn be_u64(row: &Row, column: usize) -> Option<u64> {
-    row.get(column).and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes)
 }
 
 #[cfg(test)]

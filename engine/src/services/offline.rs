@@ -43,9 +43,7 @@ const COPIES_PAGE: usize = 256;
 /// The `mid` an entry holds in its row (the stanza of a message stored with its entry has
 /// none), in the column of either layout.
 fn entry_mid(row: &Row) -> Option<i64> {
-    [timoffline::MID, timoffline::INDEXED_MID]
-        .into_iter()
-        .find_map(|column| row.get(column).and_then(|m| m.as_ref().try_into().ok()).map(i64::from_be_bytes))
+    [timoffline::MID, timoffline::INDEXED_MID].into_iter().find_map(|column| row.u64_at(column)).map(|mid| mid as i64)
 }
 
 /// A message for a user's queue, encoded (thrift-compact), with its `mid` when it has one.
@@ -243,16 +241,12 @@ impl OfflineQueue {
     pub async fn copies(&self, user: UserId, mid: i64) -> Result<Vec<RowId>, EngineError> {
         let (table, slot, key) = (self.table, partition::user(user), user.to_be_bytes());
         let most = self.limits.max_entries.saturating_add(trim_slack(self.limits.max_entries) + MAX_COPIES);
-        let (mut found, mut read, mut from) = (Vec::new(), 0, RowId(0));
-        loop {
-            let page = self.data.page(table, slot, timoffline::UUID, &key, Cursor::Asc(from), COPIES_PAGE).await?;
+        let (mut found, mut read, mut from) = (Vec::new(), 0, Some(Cursor::OLDEST));
+        while let Some(at) = from.filter(|_| read < most && found.len() < MAX_COPIES) {
+            let page = self.data.page(table, slot, timoffline::UUID, &key, at, COPIES_PAGE).await?;
             read += page.len();
-            let Some(next) = page.last().and_then(|(id, _)| id.0.checked_add(1)) else { break };
             found.extend(page.iter().filter(|(_, row)| entry_mid(row) == Some(mid)).map(|(id, _)| *id));
-            if page.len() < COPIES_PAGE || read >= most || found.len() >= MAX_COPIES {
-                break;
-            }
-            from = RowId(next);
+            from = Cursor::after(&page, COPIES_PAGE);
         }
         Ok(found)
     }
