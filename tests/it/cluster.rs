@@ -9,7 +9,7 @@ use tim_net::{Encoding, FrameType};
 
 use crate::chat::{echo, history, text_to};
 use crate::node::{TestNode, WAIT};
-use crate::roster::{pushed, request_offline};
+use crate::roster::{drain_offline, pushed};
 use crate::topology::topology_test;
 
 /// Slots of a cluster (tim_shard::SLOTS).
@@ -168,24 +168,6 @@ async fn users_on_different_nodes_chat_as_on_one() {
     assert_eq!(page.len(), 20, "history read through another node");
     let mids: Vec<i64> = page.iter().map(|m| m.mid.unwrap()).collect();
     assert!(mids.windows(2).all(|w| w[0] > w[1]), "newest first, strictly decreasing mids: {mids:?}");
-}
-
-/// Everything in the client's offline queue, batch by batch, each acked.
-async fn drain_offline(client: &mut Client) -> Vec<TimMessage> {
-    let mut all = Vec::new();
-    request_offline(client).await;
-    loop {
-        let frame = client.recv_within(WAIT).await.unwrap();
-        match frame.kind {
-            FrameType::OfflineMsgEnd => return all,
-            FrameType::OfflineMsg => {
-                client.ack(frame.ack_id.expect("a batch asks for an ack")).await.unwrap();
-                let list: tim_net::proto::TimMessageList = frame.decode(client.encoding()).unwrap();
-                all.extend(list.message_list.unwrap_or_default());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 }
 
 topology_test!(

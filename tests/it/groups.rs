@@ -5,7 +5,7 @@ use tim_net::proto::{Tid, TimAck, TimMessage, TimMessageList, TimNodes, TimReq};
 use tim_net::{Encoding, FrameType};
 
 use crate::node::WAIT;
-use crate::roster::{batch, batch_in, pushed, request_offline, user};
+use crate::roster::{batch, drain_offline, pushed, request_offline, user};
 use crate::topology::topology_test;
 
 pub async fn request(client: &mut Client, rtype: i32, node: Option<&str>, node2: Option<&str>, int: Option<i64>) {
@@ -285,18 +285,7 @@ async fn next_group_message(client: &mut Client) -> TimMessage {
 
 /// The texts of everything the offline drain sends `client`, to its end.
 async fn drain_texts(client: &mut Client) -> Vec<String> {
-    request_offline(client).await;
-    let mut texts = Vec::new();
-    loop {
-        let frame = client.recv_within(WAIT).await.unwrap();
-        match frame.kind {
-            FrameType::OfflineMsgEnd => return texts,
-            FrameType::OfflineMsg => {
-                texts.extend(batch_in(client, frame, true).await.into_iter().filter_map(|m| m.data_string))
-            }
-            other => panic!("{other:?} during the offline drain"),
-        }
-    }
+    drain_offline(client).await.into_iter().filter_map(|m| m.data_string).collect()
 }
 
 // A member's place in a group's messages: what was sent while it was away comes from the

@@ -115,6 +115,20 @@ pub async fn request_offline(client: &mut Client) {
     client.send_empty(FrameType::OfflineMsg).await.unwrap();
 }
 
+/// Everything the offline drain sends `client`, to its end frame, each batch acked.
+pub async fn drain_offline(client: &mut Client) -> Vec<TimMessage> {
+    request_offline(client).await;
+    let mut all = Vec::new();
+    loop {
+        let frame = client.recv_within(WAIT).await.unwrap();
+        match frame.kind {
+            FrameType::OfflineMsgEnd => return all,
+            FrameType::OfflineMsg => all.extend(batch_in(client, frame, true).await),
+            other => panic!("unexpected {other:?} while draining"),
+        }
+    }
+}
+
 topology_test!(async fn pushes_to_an_offline_user_wait_in_the_offline_queue(servers, &["--ack-timeout", "1", "--ack-tries", "1"]) {
 
     let (mut alice, alice_node) = user(servers.at(0), "alice", Encoding::Compact).await;

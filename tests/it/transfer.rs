@@ -10,8 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use tim_net::client::Client;
-use tim_net::proto::{TimMessage, TimMessageList, TimNodes, TimUserBean};
+use tim_net::proto::{TimMessage, TimNodes, TimUserBean};
 use tim_net::{Encoding, FrameType};
 
 use crate::chat::{befriend, echo, history, text_to};
@@ -20,7 +19,7 @@ use crate::groups::{group_history, new_group, nodes, to_group};
 use crate::node::{TestNode, WAIT};
 use crate::profiles::{modify_user, nodes_request};
 use crate::rebalance::{own, wait_for_traffic, Load, BASE};
-use crate::roster::{business, pushed, request_offline, roster_of, user};
+use crate::roster::{business, drain_offline, pushed, roster_of, user};
 use crate::wait::until;
 
 fn tim(args: &[&str]) -> Output {
@@ -113,26 +112,8 @@ async fn view(node: &TestNode, name: &str, peers: &[String], groups: &[String]) 
     }
     let profile = nodes_request(&mut c, TimNodes { ntype: 4, nodelist: Some(vec![me]), ..TimNodes::default() }).await;
     v.push(format!("profile {:?}", profile.map(|p| p.usermap)));
-    v.extend(drain(&mut c).await.iter().map(|m| format!("offline {}", seen(m))));
+    v.extend(drain_offline(&mut c).await.iter().map(|m| format!("offline {}", seen(m))));
     v
-}
-
-/// The whole offline queue, acked batch by batch.
-async fn drain(c: &mut Client) -> Vec<TimMessage> {
-    request_offline(c).await;
-    let mut all = Vec::new();
-    loop {
-        let frame = c.recv_within(WAIT).await.unwrap();
-        match frame.kind {
-            FrameType::OfflineMsgEnd => return all,
-            FrameType::OfflineMsg => {
-                c.ack(frame.ack_id.expect("a batch asks for an ack")).await.unwrap();
-                let list: TimMessageList = frame.decode(c.encoding()).unwrap();
-                all.extend(list.message_list.unwrap_or_default());
-            }
-            other => panic!("unexpected {other:?} while draining"),
-        }
-    }
 }
 
 /// Users with friends, a block, a group with its messages, 1:1 history, a profile and
