@@ -27,10 +27,11 @@ use crate::seam::{Dispatch, Service};
 use crate::secret::Secret;
 use crate::server::Server;
 use crate::services::accounts::Accounts;
+use crate::services::chat_log::ChatLog;
 use crate::services::directory::{DeviceLimits, Directory};
-use crate::services::group_log::GroupLog;
 use crate::services::groups::{GroupLimits, Groups};
 use crate::services::history::History;
+use crate::services::inbox::Inbox;
 use crate::services::offline::{OfflineLimits, OfflineQueue};
 use crate::services::push::Push;
 use crate::services::restore::Restorer;
@@ -177,9 +178,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         data.clone(),
         GroupLimits { max_members: cfg.max_group_members, max_groups_per_user: cfg.max_groups_per_user },
     )?);
-    let history = Arc::new(History::new(data.clone(), offline.clone())?);
-    let group_log =
-        Arc::new(GroupLog::new(data.clone(), cfg.offline_max_entries, Duration::from_secs(cfg.offline_max_age))?);
+    let history = Arc::new(History::new(data.clone())?);
+    let offline_max_age = Duration::from_secs(cfg.offline_max_age);
+    let chat_log = Arc::new(ChatLog::new(data.clone(), cfg.offline_max_entries, offline_max_age)?);
+    let inbox = Arc::new(Inbox::new(data.clone(), offline_max_age)?);
     let bans = crate::services::bans::Bans::new(data.clone())?;
     let limits = Limits { connect_limit: cfg.connect_limit, account_rate: cfg.account_rate() };
     let sessions = Arc::new(Sessions::new(limits, data.node(), data.generation()));
@@ -191,11 +193,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
     let directory = Arc::new(Directory::new(data.clone(), sessions.clone(), device_limits, tasks.clone()));
     let push = Arc::new(Push::new(data.clone(), directory.clone(), sessions.clone(), offline.clone(), tasks.clone()));
     let rooms = Arc::new(Rooms::new(data.clone(), sessions.clone(), Duration::from_secs(cfg.vroom_idle)));
-    let restorer =
-        Arc::new(Restorer::new(data.clone(), offline.clone(), group_log.clone(), rosters.clone(), groups.clone()));
+    let restorer = Arc::new(Restorer::new(
+        data.clone(),
+        offline.clone(),
+        chat_log.clone(),
+        inbox.clone(),
+        rosters.clone(),
+        groups.clone(),
+    ));
     let dispatch = Dispatch::default()
-        .serve(Service::History, &history)
-        .serve(Service::GroupLog, &group_log)
+        .serve(Service::Inbox, &inbox)
+        .serve(Service::ChatLog, &chat_log)
         .serve(Service::Push, &push)
         .serve(Service::Rosters, &rosters)
         .serve(Service::Groups, &groups)
@@ -219,7 +227,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<NodeHandle> {
         groups,
         rooms,
         history,
-        group_log,
+        chat_log,
+        inbox,
         push,
         restorer,
         metrics: Default::default(),
@@ -418,9 +427,9 @@ async fn follow_slots(server: Arc<Server>) {
             }
             server.rosters.forget_cache();
         }
-        // Another owner may have moved or made group cursors while a slot was away.
+        // Another owner may have moved or made cursors while a slot was away.
         if !arrived.is_empty() {
-            server.group_log.forget();
+            server.chat_log.forget();
         }
         // At start a member filled the directory from the others (above); on a node that runs
         // alone nobody is connected yet.

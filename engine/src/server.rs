@@ -30,7 +30,8 @@ pub struct Server {
     pub rooms: Arc<Rooms>,
     pub history: Arc<History>,
     /// Group messages and how far each member has them.
-    pub group_log: Arc<crate::services::group_log::GroupLog>,
+    pub chat_log: Arc<crate::services::chat_log::ChatLog>,
+    pub inbox: Arc<crate::services::inbox::Inbox>,
     pub push: Arc<crate::services::push::Push>,
     pub restorer: Arc<crate::services::restore::Restorer>,
     pub metrics: crate::metrics::Metrics,

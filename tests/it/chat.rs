@@ -367,12 +367,11 @@ topology_test!(async fn a_recalled_message_never_reaches_an_offline_recipient(se
     assert_eq!(pushed(&mut alice, true).await.od_type, 2);
 
     let (mut bob, _) = servers.at(1).login("bob", "pw", Encoding::Json).await;
-    request_offline(&mut bob).await;
-    let queued = batch(&mut bob, true).await;
-    let kinds: Vec<_> = queued.iter().map(|m| (m.od_type, m.data_string.clone())).collect();
-    assert_eq!(kinds, [(1, Some("keep".to_owned())), (2, None)], "the original is gone, the notice remains");
-    assert_eq!(queued[1].from_tid.clone().unwrap().node, alice_node);
-    assert_eq!(bob.recv_within(WAIT).await.unwrap().kind, FrameType::OfflineMsgEnd);
+    let drained = crate::roster::drain_offline(&mut bob).await;
+    let kinds: Vec<_> = drained.iter().map(|m| (m.od_type, m.data_string.clone())).collect();
+    // The notice waits in bob's queue, drained before the conversations.
+    assert_eq!(kinds, [(2, None), (1, Some("keep".to_owned()))], "the original is gone, the notice remains");
+    assert_eq!(drained[0].from_tid.clone().unwrap().node, alice_node);
 });
 
 topology_test!(async fn a_message_never_acked_is_queued_once_and_history_honours_a_time_bound(servers, &["--message-noauth", "true", "--ack-timeout", "1", "--ack-tries", "2"]) {

@@ -2,7 +2,7 @@
 //! of private messages inside a group (tim-protocol.md §3.4).
 //!
 //! A normal group message is stored in the group's log (its history, where each member has a
-//! cursor: `services::group_log`); then it is pushed, encoded once, with ack requests to every
+//! cursor: `services::chat_log`); then it is pushed, encoded once, with ack requests to every
 //! session of every member, the sender's included (that copy is the sender's echo). A
 //! session's ack moves its member's cursor past it; a member none of whose sessions acks, or
 //! whose session's node is lost before it does, gets it offline from the log.
@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::flows::sending::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::model::ident::{group_chat_id, GroupId, UserId};
 use crate::server::Server;
-use crate::services::group_log::{Appended, Span};
+use crate::services::chat_log::{Entry, Log, Span};
 use crate::services::history::History;
 use crate::services::push::Fallback;
 use crate::session::delivery::Body;
@@ -59,11 +59,14 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
         OD_NORMAL => {
             msg.mid = None;
             let stored = History::stored_form(&msg);
-            let Appended { mid, prev } = server.group_log.append(group, from.user, stored, memberships).await?;
+            let entry =
+                Entry { log: Log::Group(group), from: from.user, stored, id: msg.id, to: memberships, dedup: None };
+            let appended = server.chat_log.append(vec![entry]).await?;
+            let (mid, prev) = appended.first().map(|a| (a.mid, a.prev)).ok_or(EngineError::Internal("no append"))?;
             crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
             let body = Body::message(msg);
-            let span = Fallback::Logged(Span { group, prev, mid });
+            let span = Fallback::Logged(Span { log: Log::Group(group), prev, mid });
             server.push.messages(members.into_iter().map(|m| (m, body.clone(), span)).collect()).await;
             Ok(Next::Done)
         }

@@ -1,11 +1,12 @@
 //! 1:1 messages (frame 90; 92 and 93 are aliases: `odType` decides), as tim-server.md §2.3.4
 //! describes them.
 //!
-//! A normal message (odType 1) is stored in the conversation's history, which assigns its
-//! `mid`, and in the recipient's offline queue; only then is it echoed, without ack request,
-//! to every session of the sender (the sender's proof of acceptance), so an echoed message
-//! survives a crash. It is then pushed to the recipient with ack requests; an ack removes the
-//! offline entry. Streams (5) reach online sessions only;
+//! A normal message (odType 1) is stored in the conversation's log (`services::chat_log`),
+//! which assigns its `mid`, after the recipient's inbox names the conversation; only then is
+//! it echoed, without ack request, to every session of the sender (the sender's proof of
+//! acceptance), so an echoed message survives a crash. It is then pushed to the recipient with
+//! ack requests; an ack moves the recipient's cursor past it, and a recipient none of whose
+//! sessions acks gets it from the log when it drains. Streams (5) reach online sessions only;
 //! custom kinds (> 30) are pushed like normal messages but not kept in history; recall (2)
 //! and burn (3) delete a stored message.
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::Rng;
+use tim_kv::RowId;
 use tim_net::codec::{body_bytes, Encoding};
 use tim_net::frame::encode_server;
 use tim_net::proto::{ErrorCode, TimMessage, TimReq};
@@ -26,8 +28,9 @@ use crate::flows::sending::{
 };
 use crate::model::ident::{pair_id, UserId};
 use crate::server::Server;
+use crate::services::chat_log::{Appended, Entry, Log, Span};
 use crate::services::directory::Located;
-use crate::services::history::{now_ns, set, Accepted, Stored};
+use crate::services::history::{now_ns, Accepted, History};
 use crate::services::push::Fallback;
 use crate::session::delivery::Body;
 use crate::session::registry::Known;
@@ -132,10 +135,12 @@ pub fn joins_burst(msg: &TimMessage) -> bool {
     msg.od_type == OD_NORMAL && msg.ms_type == MS_USER
 }
 
-/// Stores accepted messages of one sender in one write, then echoes each to the sender's
-/// sessions and pushes it to its recipient, in order. Durable before the echo: the history
-/// row (which gives the mid) and the recipient's offline entry, which an ack removes. A failed
-/// write refuses all of them.
+/// Stores accepted messages of one sender, one commit per conversation slot, then echoes each
+/// to the sender's sessions and pushes it to its recipient, in order. Durable before the echo:
+/// the recipient's inbox mark (written once in a while per conversation), the history row
+/// (which gives the mid) and, for a recipient's first message, its cursor. A failed write
+/// refuses all of them. A message sent again (same client id and content) is echoed with its
+/// first `mid` and not pushed again.
 ///
 /// The sending session (`own`, in `encoding`) gets its echoes back to write itself rather than
 /// through its own outbound queue, which it does not drain while it handles a burst.
@@ -146,18 +151,32 @@ pub async fn store_and_push(
     encoding: Encoding,
     accepted: Vec<Accepted>,
 ) -> Result<Vec<Bytes>, EngineError> {
-    let (stored, unqueued) = server.history.append(from, &accepted).await?;
-    let (stored, mut located) = queue_rest(server, &accepted, stored, unqueued).await?;
-    let fresh = stored.iter().filter(|s| !s.repeat).count();
+    let marks: Vec<(UserId, UserId)> = accepted.iter().map(|a| (a.to, from)).collect();
+    server.inbox.ensure(&marks).await?;
+    let entries = accepted
+        .iter()
+        .map(|a| Entry {
+            log: Log::pair(from, a.to),
+            from,
+            stored: History::stored_form(&a.msg),
+            id: a.msg.id,
+            to: vec![(a.to, RowId(0))],
+            dedup: a.dedup,
+        })
+        .collect();
+    let appended = server.chat_log.append(entries).await?;
+    let fresh = appended.iter().filter(|a| a.fresh).count();
     crate::metrics::add(&server.metrics.messages, fresh as u64);
     // The sender's sessions (its other sessions get a copy, like the echo, without ack), as
-    // this node knows them or else looked up, and the recipients' that queueing did not tell,
-    // in one look-up.
-    let mut wanted: Vec<UserId> = accepted.iter().map(|a| a.to).filter(|to| !located.contains_key(to)).collect();
+    // this node knows them or else looked up, and the recipients', in one look-up.
+    let mut wanted: Vec<UserId> = accepted.iter().map(|a| a.to).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut located = Located::new();
     let ticket = match server.sessions.known(from) {
         Known::Sessions(mut leases) => {
             leases.retain(server.directory.live());
-            located.entry(from).or_insert(leases);
+            located.insert(from, leases);
             None
         }
         Known::Ask(ticket) => {
@@ -165,11 +184,9 @@ pub async fn store_and_push(
             Some(ticket)
         }
     };
-    if !wanted.is_empty() {
-        match server.directory.locate(&wanted).await {
-            Ok(found) => located.extend(found),
-            Err(e) => warn!(error = %ErrorChain(&e), "sessions not found; messages wait in the offline queue"),
-        }
+    match server.directory.locate(&wanted).await {
+        Ok(found) => located.extend(found),
+        Err(e) => warn!(error = %ErrorChain(&e), "sessions not found; messages wait for the recipients' drains"),
     }
     if let (Some(ticket), Some(leases)) = (ticket, located.get(&from)) {
         server.sessions.remember(from, ticket, leases.clone());
@@ -178,7 +195,7 @@ pub async fn store_and_push(
     let mine: Located = located.get(&from).map(|l| (from, l.clone())).into_iter().collect();
     let mut echoes = Vec::with_capacity(accepted.len());
     let mut pushes = Vec::with_capacity(accepted.len());
-    for (Accepted { to, mut msg, .. }, Stored { mid, entry, repeat }) in accepted.into_iter().zip(stored) {
+    for (Accepted { to, mut msg, .. }, Appended { mid, prev, fresh }) in accepted.into_iter().zip(appended) {
         msg.mid = Some(mid);
         echoes.push(encode_server(FrameType::Message, encoding, &msg));
         if others {
@@ -188,55 +205,21 @@ pub async fn store_and_push(
             );
             server.push.encoded_located(&mine, compact, json, Some(own)).await;
         }
-        // A repeat still queued was pushed when it came first: it waits in the queue.
-        if !repeat {
-            pushes.push((to, Body::message(msg), Fallback::Queued(entry)));
+        // A repeat was pushed when it came first, and waits in the log until acked.
+        if fresh {
+            let span = Span { log: Log::pair(from, to), prev, mid };
+            pushes.push((to, Body::message(msg), Fallback::Logged(span)));
         }
     }
     server.push.messages_located(pushes, &located).await;
     Ok(echoes)
 }
 
-/// Writes the offline entries of messages stored in history only (`unqueued`: the mid, and
-/// whether it is a repeat) through their recipients' owners ([`queue`]), which also say
-/// where those recipients' sessions are. Every message's [`Stored`], in order, and the
-/// sessions learned.
-async fn queue_rest(
-    server: &Server,
-    accepted: &[Accepted],
-    mut out: Vec<Option<Stored>>,
-    unqueued: Vec<Option<(i64, bool)>>,
-) -> Result<(Vec<Stored>, Located), EngineError> {
-    let mut entries = Vec::new();
-    let mut queued_for = Vec::new();
-    for (i, (Accepted { to, msg, .. }, stored)) in accepted.iter().zip(&unqueued).enumerate() {
-        let Some((mid, repeat)) = *stored else { continue };
-        if repeat {
-            if let Some(entry) = server.offline.copies(*to, mid).await?.first() {
-                set(&mut out, i, Stored { mid, entry: *entry, repeat: true });
-                continue;
-            }
-        }
-        entries.push((*to, TimMessage { mid: Some(mid), ..msg.clone() }));
-        queued_for.push((i, mid));
-    }
-    let mut located = Located::new();
-    if !entries.is_empty() {
-        let (ids, found) = server.push.queue(entries).await?;
-        located = found;
-        for (entry, (i, mid)) in ids.into_iter().zip(queued_for) {
-            set(&mut out, i, Stored { mid, entry, repeat: false });
-        }
-    }
-    let stored: Result<Vec<Stored>, _> =
-        out.into_iter().map(|o| o.ok_or(EngineError::Internal("a message was not queued"))).collect();
-    Ok((stored?, located))
-}
-
 /// Recall (odType 2, by the message's sender) and burn-after-reading (odType 3, by its
-/// recipient): the stored message is deleted, along with copies still waiting in the
-/// recipient's offline queue (who then never receives it), and both sides are told with the
-/// same frame, offline sides included.
+/// recipient): the stored message is deleted (a recipient who has not had it never gets it:
+/// its drain reads the history), along with copies still waiting in the recipient's offline
+/// queue from before the logs, and both sides are told with the same frame, offline sides
+/// included.
 async fn recall_or_burn(server: &Arc<Server>, from: &Sender, to: UserId, msg: TimMessage) -> Result<(), EngineError> {
     let mid = msg.mid.filter(|m| *m > 0).ok_or(ErrorCode::ParamIncorrect)?;
     // Recall: I sent it and the peer holds it; burn: the peer sent it and I hold it.

@@ -68,22 +68,6 @@ pub struct Inserts {
 
 impl Inserts {
     pub fn add(&mut self, slot: Slot, table: TableId, row: Row) {
-        self.add_to(slot, |batch| {
-            batch.insert(table, row);
-        });
-    }
-
-    /// Adds a row whose `column` the writer sets to the id of another write's row, the
-    /// `earlier`-th id that write returns ([`Batch::insert_with_id`]): for inserts committed
-    /// after that write's batches, in one [`Cluster::write_here`].
-    pub fn add_with_id(&mut self, slot: Slot, table: TableId, row: Row, column: usize, earlier: usize) {
-        self.add_to(slot, |batch| {
-            batch.insert_with_id(table, row, column, earlier);
-        });
-    }
-
-    /// Adds a row to the batch of `slot` with `add`.
-    fn add_to(&mut self, slot: Slot, add: impl FnOnce(&mut Batch)) {
         let at = match self.batches.iter().position(|(b, _)| b.slot() == slot) {
             Some(at) => at,
             None => {
@@ -92,7 +76,7 @@ impl Inserts {
             }
         };
         if let Some((batch, order)) = self.batches.get_mut(at) {
-            add(batch);
+            batch.insert(table, row);
             order.push(self.rows);
             self.rows += 1;
         }
@@ -131,6 +115,20 @@ pub async fn write_batches(data: &Arc<Cluster>, batches: Vec<Batch>, rows: usize
         return Err(EngineError::Internal("a write returned fewer ids than it inserted"));
     }
     Ok(ids)
+}
+
+/// The positions of `items` by the slot `slot_of` gives each, slots in order of first
+/// appearance and positions in order within each.
+pub fn by_slot<T>(items: &[T], slot_of: impl Fn(&T) -> Slot) -> Vec<(Slot, Vec<usize>)> {
+    let mut by_slot: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let slot = slot_of(item);
+        match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, at)) => at.push(i),
+            None => by_slot.push((slot, vec![i])),
+        }
+    }
+    by_slot
 }
 
 /// The ids at positions `at` of a write's `ids`.

@@ -40,6 +40,10 @@ pub mod timmessage {
     /// For a message whose client set its `id`: the sender, the id and a digest of what the
     /// client sent (24 bytes), so a message sent again after a lost echo is stored once.
     pub const DEDUP: usize = 4;
+    /// The message's `id` (its client's, or the one the server gave it), 8 bytes big-endian:
+    /// not in the stanza, which keeps what TIM's history does, but given back with the
+    /// message in an offline drain. Absent in rows written before it.
+    pub const ID: usize = 5;
     pub const DEF: TableDef = TableDef {
         id: 2,
         name: "timmessage",
@@ -49,6 +53,7 @@ pub mod timmessage {
             ColumnDef::sealed("stanza"),
             ColumnDef::plain("timeseries"),
             ColumnDef::indexed("dedup"),
+            ColumnDef::plain("id"),
         ],
     };
 }
@@ -200,7 +205,7 @@ pub mod timban {
 }
 
 /// How far each member of a group has the group's messages, in the slot of the group's
-/// conversation (`services::group_log`).
+/// conversation (`services::chat_log`).
 pub mod timgroupcursor {
     use super::*;
     /// The group.
@@ -224,6 +229,41 @@ pub mod timgroupcursor {
     };
 }
 
+/// How far each side of a 1:1 conversation has the other's messages, in the slot of the
+/// conversation (`services::chat_log`).
+pub mod timchatcursor {
+    use super::*;
+    /// The conversation (`timmessage::CHATID`).
+    pub const CHATID: usize = 0;
+    /// The side whose cursor it is.
+    pub const UID: usize = 1;
+    /// The smallest `mid` of the other side's messages this side may not have had (8 bytes
+    /// big-endian).
+    pub const NEXT: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        id: 14,
+        name: "timchatcursor",
+        columns: &[ColumnDef::indexed("chatid"), ColumnDef::plain("uid"), ColumnDef::plain("next")],
+    };
+}
+
+/// The peers whose 1:1 messages a user may not have had, in the slot of the user
+/// (`services::inbox`).
+pub mod timinbox {
+    use super::*;
+    /// The user.
+    pub const UID: usize = 0;
+    /// The user then the peer (8 bytes each).
+    pub const PAIR: usize = 1;
+    /// When the peer was last marked: ns since the epoch, 8 bytes big-endian.
+    pub const MARKED: usize = 2;
+    pub const DEF: TableDef = TableDef {
+        id: 15,
+        name: "timinbox",
+        columns: &[ColumnDef::indexed("uid"), ColumnDef::unique("pair"), ColumnDef::plain("marked")],
+    };
+}
+
 /// Every table the engine declares at open. The ids are those the first release allocated in
 /// this order, so existing stores keep their keys.
 pub const ALL: &[TableDef] = &[
@@ -240,4 +280,6 @@ pub const ALL: &[TableDef] = &[
     timadmin::DEF,
     timban::DEF,
     timgroupcursor::DEF,
+    timchatcursor::DEF,
+    timinbox::DEF,
 ];

@@ -31,7 +31,7 @@ use crate::error::EngineError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Service {
-    History = 1,
+    Inbox = 1,
     Push,
     Rosters,
     Groups,
@@ -42,12 +42,12 @@ pub enum Service {
     Rooms,
     Restore,
     Sessions,
-    GroupLog,
+    ChatLog,
 }
 
 impl Service {
     const ALL: [Service; 12] = [
-        Self::History,
+        Self::Inbox,
         Self::Push,
         Self::Rosters,
         Self::Groups,
@@ -58,7 +58,7 @@ impl Service {
         Self::Rooms,
         Self::Restore,
         Self::Sessions,
-        Self::GroupLog,
+        Self::ChatLog,
     ];
 
     fn of(tag: u8) -> Option<Self> {

@@ -5,10 +5,11 @@
 
 pub mod accounts;
 pub mod bans;
+pub mod chat_log;
 pub mod directory;
-pub mod group_log;
 pub mod groups;
 pub mod history;
+pub mod inbox;
 pub mod offline;
 pub mod pairs;
 pub mod push;

@@ -111,20 +111,6 @@ impl OfflineQueue {
         Ok(ids)
     }
 
-    /// Adds to `inserts` an entry of `user`'s queue for a message (`stanza`, thrift-compact)
-    /// whose `mid` is the id of the history row written before it in the same commit, that
-    /// write's `earlier`-th id ([`Inserts::add_with_id`]). The caller reports the entry
-    /// [`OfflineQueue::written`].
-    pub fn add_for_row(&self, inserts: &mut Inserts, user: UserId, stanza: Bytes, earlier: usize) {
-        inserts.add_with_id(
-            partition::user(user),
-            self.table,
-            Self::entry(user, stanza, None),
-            timoffline::MID,
-            earlier,
-        );
-    }
-
     /// The row of `user`'s entry for a message (its `mid`, when it has one, in the MID column).
     fn entry(user: UserId, stanza: Bytes, mid: Option<i64>) -> Row {
         let mut row = Row::new(timoffline::DEF.columns.len());
@@ -136,7 +122,7 @@ impl OfflineQueue {
     }
 
     /// Counts entries written to the queues of `users` (one per entry).
-    pub async fn written(&self, users: impl Iterator<Item = UserId>) {
+    async fn written(&self, users: impl Iterator<Item = UserId>) {
         for user in users {
             self.queued.fetch_add(1, Ordering::Relaxed);
             self.pushed(user).await;

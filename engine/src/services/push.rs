@@ -2,36 +2,33 @@
 //! of each user's slot owner ([`Directory::locate`]), then each node that holds some gets one
 //! ordered call with everything for it, in order; this node's sessions get theirs directly.
 //! Messages ask for acks: when none of a user's sessions acks (or the user has none), the
-//! message waits in the user's offline queue, once. Frames without ack (presence, echoes to
-//! other devices, streams, big data) are best effort. Offline entries written through a user's
-//! owner come back with the user's sessions ([`Push::queue`]), so a message queued on another
-//! node needs no look-up of its own.
+//! message waits in the user's offline queue, once, or in its conversation's log past the
+//! user's cursor. Frames without ack (presence, echoes to other devices, streams, big data)
+//! are best effort.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
-use tim_kv::{RowId, Slot};
-use tim_net::codec::{body_bytes, decode_body, TimStruct};
+use tim_kv::RowId;
+use tim_net::codec::{decode_body, TimStruct};
 use tim_net::frame::encode_server;
 use tim_net::proto::{TimAck, TimMessage};
 use tim_net::report::ErrorChain;
 use tim_net::{Encoding, FrameType};
-use tim_shard::{Cluster, EngineAnswer, HandlerError, NodeId};
+use tim_shard::{Cluster, HandlerError, NodeId};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::error::EngineError;
 use crate::model::ident::UserId;
-use crate::model::lease::Lease;
-use crate::model::partition;
-use crate::seam::{self, at_node, at_slot, Arrivals, NodeOp, Service, SlotOp};
+use crate::seam::{self, at_node, Arrivals, NodeOp, Service};
+use crate::services::chat_log::Span;
 use crate::services::directory::{Directory, Located};
-use crate::services::group_log::Span;
-use crate::services::offline::{OfflineQueue, Stanza};
+use crate::services::offline::OfflineQueue;
 use crate::session::delivery::{Body, Stands};
 use crate::session::outbound::start;
 use crate::session::registry::{Frames, Sessions, SessionsOp};
@@ -44,7 +41,7 @@ pub enum Fallback {
     /// Already in the offline queue (written before the sender was told the message was
     /// accepted): the acking session removes it.
     Queued(RowId),
-    /// In a group's log: the acking session moves its member's cursor over the span.
+    /// In a conversation's log: the acking session moves its cursor over the span.
     Logged(Span),
 }
 
@@ -58,21 +55,6 @@ struct Shipped {
     fallback: Fallback,
 }
 
-/// The operations of pushes on the owner of users' slots.
-#[derive(Debug, Serialize, Deserialize)]
-enum PushOp {
-    /// Messages (thrift-compact, with their `mid`s) for the offline queues of users of the
-    /// slot, written as they came; answered with the entries' ids and the users' sessions
-    /// ([`Queued`]).
-    Queue { entries: Vec<Stanza> },
-}
-
-impl SlotOp for PushOp {
-    fn service(&self) -> Service {
-        Service::Push
-    }
-}
-
 /// Messages handed to a node's sessions, in order with the other calls to it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Deliver(Vec<Shipped>);
@@ -84,13 +66,6 @@ impl NodeOp for Deliver {
 }
 
 impl Arrivals for Push {
-    fn at_slot(self: Arc<Self>, _slot: Slot, op: Bytes) -> EngineAnswer {
-        Box::pin(async move {
-            let PushOp::Queue { entries } = seam::decode(&op)?;
-            seam::answer(self.queue_here(entries).await, "queue")
-        })
-    }
-
     fn at_node_now(&self, op: Bytes) -> Result<Bytes, HandlerError> {
         let Deliver(shipped) = seam::decode(&op)?;
         // Decoded for the sessions that read JSON; the others get the bytes as they came.
@@ -109,13 +84,6 @@ impl Arrivals for Push {
 /// A message for one user's sessions on one node: the user, the sessions' connections, the
 /// message, and where it goes when none acks.
 type Item = (UserId, Vec<u64>, Arc<Body>, Fallback);
-
-/// Entries written to the queues of users of one slot, and where those users' sessions are.
-#[derive(Debug, Serialize, Deserialize)]
-struct Queued {
-    ids: Vec<RowId>,
-    sessions: Vec<(UserId, Vec<Lease>)>,
-}
 
 /// Pushes to users' sessions, wherever they are, falling back to their offline queues.
 pub struct Push {
@@ -136,55 +104,6 @@ impl Push {
         tasks: TaskTracker,
     ) -> Self {
         Self { data, directory, sessions, offline, tasks }
-    }
-
-    /// Writes messages to their users' offline queues, through the owner of each user slot
-    /// (one call per slot, all at once), which also says where those users' sessions are: one
-    /// round trip where a write and a look-up took two. The entries' ids in order, and the
-    /// sessions.
-    pub async fn queue(&self, entries: Vec<(UserId, TimMessage)>) -> Result<(Vec<RowId>, Located), EngineError> {
-        let mut by_slot: Vec<(Slot, Vec<usize>)> = Vec::new();
-        for (i, (user, _)) in entries.iter().enumerate() {
-            let slot = partition::user(*user);
-            match by_slot.iter_mut().find(|(s, _)| *s == slot) {
-                Some((_, at)) => at.push(i),
-                None => by_slot.push((slot, vec![i])),
-            }
-        }
-        let calls = by_slot.iter().map(|(slot, at)| {
-            let part: Vec<Stanza> = at
-                .iter()
-                .filter_map(|i| entries.get(*i))
-                .map(|(user, msg)| (*user, body_bytes(msg, Encoding::Compact), msg.mid))
-                .collect();
-            at_slot(&self.data, *slot, self.queue_here(part.clone()), PushOp::Queue { entries: part })
-        });
-        let answers: Vec<Queued> = try_join_all(calls).await?;
-        let mut ids = vec![RowId(0); entries.len()];
-        let mut located = Located::new();
-        for ((_, at), answer) in by_slot.iter().zip(answers) {
-            if answer.ids.len() != at.len() {
-                return Err(EngineError::Internal("a queue write returned fewer ids than it inserted"));
-            }
-            for (i, id) in at.iter().zip(answer.ids) {
-                if let Some(slot) = ids.get_mut(*i) {
-                    *slot = id;
-                }
-            }
-            located.extend(answer.sessions);
-        }
-        Ok((ids, located))
-    }
-
-    /// [`Push::queue`] on the owner of the users' slot: the entries written, then the sessions
-    /// looked up (a session that starts after the look-up drains the queue and finds them).
-    async fn queue_here(&self, entries: Vec<Stanza>) -> Result<Queued, EngineError> {
-        let ids = self.offline.push_all(&entries).await?;
-        let mut users: Vec<UserId> = entries.into_iter().map(|(user, _, _)| user).collect();
-        users.sort_unstable();
-        users.dedup();
-        let leases = self.directory.locate_here(users.clone());
-        Ok(Queued { ids, sessions: users.into_iter().zip(leases).collect() })
     }
 
     /// Pushes messages with ack requests, in order: to each user's sessions everywhere,

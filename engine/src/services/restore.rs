@@ -18,8 +18,9 @@ use tim_shard::{Cluster, EngineAnswer, RouteError};
 use crate::error::EngineError;
 use crate::model::tables;
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
-use crate::services::group_log::GroupLog;
+use crate::services::chat_log::ChatLog;
 use crate::services::groups::Groups;
+use crate::services::inbox::Inbox;
 use crate::services::offline::OfflineQueue;
 use crate::services::rosters::Rosters;
 
@@ -53,7 +54,8 @@ impl Arrivals for Restorer {
 pub struct Restorer {
     data: Arc<Cluster>,
     offline: Arc<OfflineQueue>,
-    group_log: Arc<GroupLog>,
+    chat_log: Arc<ChatLog>,
+    inbox: Arc<Inbox>,
     rosters: Arc<Rosters>,
     groups: Arc<Groups>,
 }
@@ -88,11 +90,12 @@ impl Restorer {
     pub fn new(
         data: Arc<Cluster>,
         offline: Arc<OfflineQueue>,
-        group_log: Arc<GroupLog>,
+        chat_log: Arc<ChatLog>,
+        inbox: Arc<Inbox>,
         rosters: Arc<Rosters>,
         groups: Arc<Groups>,
     ) -> Self {
-        Self { data, offline, group_log, rosters, groups }
+        Self { data, offline, chat_log, inbox, rosters, groups }
     }
 
     /// Writes `rows` of `slot` back, on the slot's owner.
@@ -141,8 +144,11 @@ impl Restorer {
         if has(tables::timoffline::DEF.name) {
             self.offline.forget_counts();
         }
-        if has(tables::timgroupcursor::DEF.name) {
-            self.group_log.forget();
+        if has(tables::timgroupcursor::DEF.name) || has(tables::timchatcursor::DEF.name) {
+            self.chat_log.forget();
+        }
+        if has(tables::timinbox::DEF.name) {
+            self.inbox.forget();
         }
         if has(tables::timrelate::DEF.name) {
             self.rosters.forget_cache();

@@ -66,7 +66,7 @@ impl Session {
                 }
             }
             if !spans.is_empty() {
-                self.server.group_log.acked(login.user, spans).await;
+                self.server.chat_log.acked(login.user, spans).await;
             }
         }
         crate::metrics::add(&self.server.metrics.delivered, acked.len() as u64);

@@ -14,7 +14,7 @@ use tim_net::proto::{TimMessage, TimMessageList};
 use tim_net::FrameType;
 use tokio::sync::mpsc;
 
-use crate::services::group_log::Span;
+use crate::services::chat_log::Span;
 
 /// What a delivery carries.
 pub enum Payload {
@@ -81,7 +81,7 @@ impl Body {
 pub struct Stands {
     /// Offline-queue entries, deleted.
     pub entries: Vec<RowId>,
-    /// A span of a group's messages: the member's cursor moves over it.
+    /// A span of a conversation's messages: the recipient's cursor moves over it.
     pub span: Option<Span>,
 }
 

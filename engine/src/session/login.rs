@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use tim_kv::RowId;
 use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
@@ -16,6 +17,7 @@ use crate::error::EngineError;
 use crate::flows::login::Refused;
 use crate::model::ident::UserId;
 use crate::server::Server;
+use crate::services::chat_log::Log;
 use crate::session::delivery::{Body, Payload, Stands};
 use crate::session::outbound::{start, Outbound, SessionHandle};
 
@@ -85,13 +87,13 @@ impl Session {
 /// Most messages in one offline batch (TIM's batch size).
 const OFFLINE_BATCH: usize = 10;
 
-/// Drains `user`'s queue, then the messages of each of its groups past its cursor, to the
-/// session. The drain counts as over (`draining` cleared) before its last frame goes out: a
-/// client that asks again as soon as it reads the end frame starts a new drain rather than
-/// finding this one still marked running and being ignored.
+/// Drains `user`'s queue, then the messages of each of its conversations past its cursors,
+/// to the session. The drain counts as over (`draining` cleared) before its last frame goes
+/// out: a client that asks again as soon as it reads the end frame starts a new drain rather
+/// than finding this one still marked running and being ignored.
 async fn drain_offline(server: &Server, user: UserId, me: &SessionHandle, draining: &AtomicBool) {
     let drained = match drain_queue(server, user, me).await {
-        Ok(true) => drain_groups(server, user, me).await,
+        Ok(true) => drain_logs(server, user, me).await,
         other => other,
     };
     match drained {
@@ -131,31 +133,41 @@ async fn drain_queue(server: &Server, user: UserId, me: &SessionHandle) -> Resul
     }
 }
 
-/// Groups whose first batch is looked for at once: a user in many groups, with nothing
-/// waiting in most, pays a few round trips to their owners rather than one per group in turn.
-const GROUPS_AT_ONCE: usize = 16;
+/// Conversations whose first batch is looked for at once: a user in many, with nothing
+/// waiting in most, pays a few round trips to their owners rather than one per conversation
+/// in turn.
+const LOGS_AT_ONCE: usize = 16;
 
-/// The messages of the user's groups past its cursors, batch by batch: whether every group
-/// was drained to its end.
-async fn drain_groups(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
+/// The messages of the user's 1:1 conversations (those its inbox names) and groups past its
+/// cursors, batch by batch: whether every conversation was drained to its end.
+async fn drain_logs(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
+    let peers = server.inbox.peers(user).await?;
     let groups = server.groups.groups_of(user).await?;
+    let pairs = peers.into_iter().map(|peer| (Log::pair(user, peer), None));
+    let logs = pairs.chain(groups.into_iter().map(|group| (Log::Group(group), Some(group))));
     // Every look-up finishes before a batch goes out: one paused mid-way could hold its
-    // group's lock while the client takes its time to ack.
-    let first: Vec<_> = futures_util::stream::iter(groups)
-        .map(|group| async move {
-            let Some(membership) = server.groups.membership(group, user).await? else { return Ok(None) };
-            let waiting = server.group_log.waiting(group, user, membership, OFFLINE_BATCH).await?;
-            Ok::<_, EngineError>(Some((group, membership, waiting)))
+    // conversation's lock while the client takes its time to ack.
+    let first: Vec<_> = futures_util::stream::iter(logs)
+        .map(|(log, group)| async move {
+            let membership = match group {
+                Some(group) => match server.groups.membership(group, user).await? {
+                    Some(membership) => membership,
+                    None => return Ok(None),
+                },
+                None => RowId(0),
+            };
+            let waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
+            Ok::<_, EngineError>(Some((log, membership, waiting)))
         })
-        .buffered(GROUPS_AT_ONCE)
+        .buffered(LOGS_AT_ONCE)
         .collect()
         .await;
     for found in first {
-        let Some((group, membership, mut waiting)) = found? else { continue };
+        let Some((log, membership, mut waiting)) = found? else { continue };
         while let Some(span) = waiting.span {
             if waiting.messages.is_empty() {
-                // Only the member's own messages, or expired ones: passed over.
-                server.group_log.acked(user, vec![span]).await;
+                // Only the user's own messages, or expired ones: passed over.
+                server.chat_log.acked(user, vec![span]).await;
                 break;
             }
             let messages = waiting
@@ -166,7 +178,7 @@ async fn drain_groups(server: &Server, user: UserId, me: &SessionHandle) -> Resu
             if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
                 return Ok(false);
             }
-            waiting = server.group_log.waiting(group, user, membership, OFFLINE_BATCH).await?;
+            waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
         }
     }
     Ok(true)

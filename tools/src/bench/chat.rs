@@ -68,6 +68,10 @@ pub struct ChatArgs {
 /// What one pair's sender and receiver share: when each sequence number was sent.
 struct PairLog {
     origin: Instant,
+    /// The client `id` of message 0; message `seq` has `ids_from + seq`. Random per run, so a
+    /// run that repeats an earlier one's pairs sends new messages, not repeats the server
+    /// stores once, and takes nothing the earlier run left for its own.
+    ids_from: i64,
     /// Messages sent from this long after `origin` on are measured.
     warmup: Duration,
     /// Nanoseconds since `origin` + 1; 0 = not sent.
@@ -80,6 +84,15 @@ struct PairLog {
 }
 
 impl PairLog {
+    fn id_of(&self, seq: usize) -> i64 {
+        self.ids_from + seq as i64
+    }
+
+    /// The sequence number of a message of this run with client `id`.
+    fn seq_of(&self, id: Option<i64>) -> Option<usize> {
+        id.and_then(|id| usize::try_from(id.checked_sub(self.ids_from)?).ok()).filter(|s| *s < self.sent_at.len())
+    }
+
     /// How long ago message `seq` was sent, if it was sent after the warm-up.
     fn measured_elapsed(&self, seq: usize) -> Option<Duration> {
         let at = self.sent_at.get(seq)?.load(Ordering::Acquire);
@@ -142,6 +155,7 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     let seconds = (c.duration + c.warmup) as f64;
     let cap = if c.rate > 0 { ((per_pair * seconds) as usize + 16).min(MAX_PER_PAIR) } else { MAX_PER_PAIR };
     let text = "x".repeat(c.size);
+    let ids_from = i64::from(rand::random::<u32>()) * MAX_PER_PAIR as i64;
     let server = args.server_process();
     let start = Instant::now();
     let warmup = Duration::from_secs(c.warmup);
@@ -169,6 +183,7 @@ pub async fn run(args: &BenchArgs, c: &ChatArgs) -> anyhow::Result<Report> {
     {
         let log = Arc::new(PairLog {
             origin: start,
+            ids_from,
             warmup,
             sent_at: (0..cap).map(|_| AtomicU64::new(0)).collect(),
             sent: AtomicU64::new(0),
@@ -355,7 +370,7 @@ impl Sending {
                 _ = sleep_until(resend_at.unwrap_or(now)), if resend_at.is_some() => {
                     resend_at = None;
                     for &again in &unechoed {
-                        message.id = Some(again as i64);
+                        message.id = Some(self.log.id_of(again));
                         if session.client.send(FrameType::Message, &message).await.is_err() {
                             break;
                         }
@@ -363,7 +378,7 @@ impl Sending {
                     }
                 }
                 _ = sleep_until(next), if may_send => {
-                    message.id = Some(seq as i64);
+                    message.id = Some(self.log.id_of(seq));
                     let at = self.log.origin.elapsed().as_nanos() as u64 + 1;
                     if let Some(slot) = self.log.sent_at.get(seq) {
                         slot.store(at, Ordering::Release);
@@ -411,7 +426,7 @@ impl Sending {
                         continue;
                     }
                     let echo: TimMessage = frame.decode(session.client.encoding())?;
-                    let Some(s) = echo.id.and_then(|id| usize::try_from(id).ok()) else { continue };
+                    let Some(s) = self.log.seq_of(echo.id) else { continue };
                     let Some(first) = echoed.get_mut(s).filter(|e| !**e) else { continue };
                     *first = true;
                     unechoed.remove(&s);
@@ -443,13 +458,13 @@ impl Sending {
 /// What the receiver saw of each message: its `mid` by sequence number.
 struct Received {
     mids: BTreeMap<usize, i64>,
-    cap: usize,
+    log: Arc<PairLog>,
 }
 
 impl Received {
     /// Counts one delivered message; whether it is new.
     fn take(&mut self, msg: &TimMessage, tally: &mut Tally) -> Option<usize> {
-        let seq = msg.id.and_then(|id| usize::try_from(id).ok()).filter(|s| *s < self.cap)?;
+        let seq = self.log.seq_of(msg.id)?;
         let mid = msg.mid.unwrap_or(0);
         match self.mids.get(&seq) {
             Some(seen) if *seen == mid => return None,
@@ -472,7 +487,7 @@ impl Received {
 
 async fn receive(mut session: Session, log: Arc<PairLog>, deadline: Instant, pair: usize) -> anyhow::Result<Part> {
     let mut part = Part { echo: histogram()?, delivery: histogram()?, tally: Tally::default(), last: log.origin };
-    let mut received = Received { mids: BTreeMap::new(), cap: log.sent_at.len() };
+    let mut received = Received { mids: BTreeMap::new(), log: log.clone() };
     let mut until = deadline + GRACE;
     // When the offline queue was last asked for, while a drain is under way.
     let mut draining: Option<Instant> = None;
