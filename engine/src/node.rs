@@ -427,10 +427,6 @@ async fn follow_slots(server: Arc<Server>) {
             }
             server.rosters.forget_cache();
         }
-        // Another owner may have moved or made cursors while a slot was away.
-        if !arrived.is_empty() {
-            server.chat_log.forget();
-        }
         // At start a member filled the directory from the others (above); on a node that runs
         // alone nobody is connected yet.
         if !arrived.is_empty() && !first {

@@ -31,7 +31,7 @@ use tim_kv::{Batch, Cursor, Row, RowId, Slot, StoreError, TableId};
 use tim_net::codec::{decode_body, Encoding};
 use tim_net::proto::TimMessage;
 use tim_net::report::ErrorChain;
-use tim_shard::{Cluster, EngineAnswer};
+use tim_shard::{Cluster, EngineAnswer, SlotState};
 use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
@@ -165,11 +165,21 @@ struct RecipientCursor {
 }
 
 impl RecipientCursor {
-    /// Applies the acks that continue the cursor; whether it moved.
+    /// Applies the acks that continue the cursor; whether it moved. An ack `(prev, mid)` says
+    /// the recipient has every message for it after `prev` through `mid`: acks that touch are
+    /// kept as one (a gap followed by a run of live acks is one entry, however long the run).
     fn advance(&mut self, spans: impl IntoIterator<Item = (i64, i64)>) -> bool {
         let before = self.next;
         self.waiting.extend(spans);
         self.waiting.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(self.waiting.len());
+        for (prev, mid) in self.waiting.drain(..) {
+            match merged.last_mut() {
+                Some((_, through)) if prev <= *through => *through = (*through).max(mid),
+                _ => merged.push((prev, mid)),
+            }
+        }
+        self.waiting = merged;
         loop {
             let next = self.next;
             let Some(reach) = self.waiting.iter().filter(|(prev, _)| *prev < next).map(|(_, mid)| *mid).max() else {
@@ -191,8 +201,10 @@ impl RecipientCursor {
 /// One conversation's cursors, loaded from the store on first use.
 #[derive(Default)]
 struct Cursors {
-    /// The [`ChatLog::forget`] generation they were read under; `None` before.
-    loaded: Option<u64>,
+    /// What they were read under: the [`ChatLog::forget`] generation and the epoch of this
+    /// node's ownership of the slot (a slot that left and came back may have had messages
+    /// and acks elsewhere); `None` before, and while a write that may change them is open.
+    loaded: Option<(u64, u64)>,
     recipients: HashMap<UserId, RecipientCursor>,
     /// In a 1:1 conversation, the newest message each side sent, where known.
     last_from: HashMap<UserId, i64>,
@@ -305,18 +317,24 @@ impl ChatLog {
         logs.entry(log).or_default().clone()
     }
 
-    /// Forgets every conversation's cursors (rows were written behind them: an import, or
-    /// slots that arrived): each is read again at its next use.
+    /// Forgets every conversation's cursors (rows were written behind them: an import): each
+    /// is read again at its next use.
     pub fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Reads the conversation's cursor rows: at first use, after [`ChatLog::forget`], and when
-    /// a message finds no cursor of its recipient's membership (another owner may have made
-    /// one).
+    /// Reads the conversation's cursor rows: at first use, after [`ChatLog::forget`], after
+    /// the slot came back to this node, after a write that may have changed them failed, and
+    /// when a message finds no cursor of its recipient's membership (another owner may have
+    /// made one).
     async fn load(&self, log: Log, cursors: &mut Cursors) -> Result<(), EngineError> {
         let generation = self.generation.load(Ordering::Acquire);
-        if cursors.loaded == Some(generation) {
+        let epoch = match self.data.ownership().state(log.slot()) {
+            Some(SlotState::Owned { epoch }) => Some(epoch),
+            _ => None,
+        };
+        let under = epoch.map(|epoch| (generation, epoch));
+        if under.is_some() && cursors.loaded == under {
             return Ok(());
         }
         self.data.settle().await?;
@@ -354,7 +372,7 @@ impl ChatLog {
         self.cached.fetch_add(recipients.len(), Ordering::Relaxed);
         cursors.recipients = recipients;
         cursors.last_from.clear();
-        cursors.loaded = Some(generation);
+        cursors.loaded = under;
         Ok(())
     }
 
@@ -498,20 +516,14 @@ impl ChatLog {
             outcomes.push(Outcome::Stored { row: at, prev });
         }
         let ids = if rows > 0 {
-            // Until the cursors made are in memory, their conversations' are read again at next
-            // use: a write that fails, or whose caller goes away, may still have made them.
-            let mut loaded = HashMap::new();
-            for (log, ..) in &made {
-                if let Some(cursors) = held.get_mut(log) {
-                    if let Some(generation) = cursors.loaded.take() {
-                        loaded.insert(*log, generation);
-                    }
-                }
-            }
+            // Until the write's cursors and messages are in memory, the conversations are read
+            // again at next use: a write that fails, or whose caller goes away, may still have
+            // made cursors and stored messages their senders' next ones must follow.
+            let loaded: Vec<_> = held.iter_mut().map(|(log, cursors)| (*log, cursors.loaded.take())).collect();
             let ids = self.data.write(batch).await?;
-            for (log, generation) in loaded {
+            for (log, under) in loaded {
                 if let Some(cursors) = held.get_mut(&log) {
-                    cursors.loaded = Some(generation);
+                    cursors.loaded = under;
                 }
             }
             ids
@@ -847,6 +859,22 @@ mod tests {
         assert_eq!(texts(&waiting), ["after the rejoin", "read before"]);
         let earlier = log.waiting(Log::Group(group), vic, RowId(2), 10).await.unwrap();
         assert!(earlier.span.is_none(), "the earlier membership has no cursor");
+    }
+
+    /// A gap followed by a long run of live acks: the run is kept as one entry, not cut at
+    /// the bound, and the cursor passes all of it once the gap is acked.
+    #[test]
+    fn a_run_of_acks_after_a_gap_is_one_entry() {
+        let mut c = cursor(5);
+        for mid in 11..1_000 {
+            assert!(!c.advance([(mid - 1, mid)]));
+        }
+        assert_eq!(c.waiting, [(10, 999)]);
+        assert!(c.advance([(4, 10)]));
+        assert_eq!(c.next, 1_000);
+        // Positive control: acks that do not touch stay apart.
+        assert!(!c.advance([(1_001, 1_002), (1_003, 1_004)]));
+        assert_eq!(c.waiting.len(), 2);
     }
 
     /// A drained batch covers from where the cursor was; the live acks that waited for it

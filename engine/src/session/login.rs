@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::future::try_join_all;
 use tim_kv::RowId;
 use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
@@ -135,7 +135,7 @@ async fn drain_queue(server: &Server, user: UserId, me: &SessionHandle) -> Resul
 
 /// Conversations whose first batch is looked for at once: a user in many, with nothing
 /// waiting in most, pays a few round trips to their owners rather than one per conversation
-/// in turn.
+/// in turn, and holds no more than this many batches at a time.
 const LOGS_AT_ONCE: usize = 16;
 
 /// The messages of the user's 1:1 conversations (those its inbox names) and groups past its
@@ -144,11 +144,11 @@ async fn drain_logs(server: &Server, user: UserId, me: &SessionHandle) -> Result
     let peers = server.inbox.peers(user).await?;
     let groups = server.groups.groups_of(user).await?;
     let pairs = peers.into_iter().map(|peer| (Log::pair(user, peer), None));
-    let logs = pairs.chain(groups.into_iter().map(|group| (Log::Group(group), Some(group))));
-    // Every look-up finishes before a batch goes out: one paused mid-way could hold its
-    // conversation's lock while the client takes its time to ack.
-    let first: Vec<_> = futures_util::stream::iter(logs)
-        .map(|(log, group)| async move {
+    let logs: Vec<_> = pairs.chain(groups.into_iter().map(|group| (Log::Group(group), Some(group)))).collect();
+    for chunk in logs.chunks(LOGS_AT_ONCE) {
+        // Every look-up of a chunk finishes before a batch goes out: one paused mid-way could
+        // hold its conversation's lock while the client takes its time to ack.
+        let first = try_join_all(chunk.iter().map(|&(log, group)| async move {
             let membership = match group {
                 Some(group) => match server.groups.membership(group, user).await? {
                     Some(membership) => membership,
@@ -158,27 +158,25 @@ async fn drain_logs(server: &Server, user: UserId, me: &SessionHandle) -> Result
             };
             let waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
             Ok::<_, EngineError>(Some((log, membership, waiting)))
-        })
-        .buffered(LOGS_AT_ONCE)
-        .collect()
-        .await;
-    for found in first {
-        let Some((log, membership, mut waiting)) = found? else { continue };
-        while let Some(span) = waiting.span {
-            if waiting.messages.is_empty() {
-                // Only the user's own messages, or expired ones: passed over.
-                server.chat_log.acked(user, vec![span]).await;
-                break;
+        }))
+        .await?;
+        for (log, membership, mut waiting) in first.into_iter().flatten() {
+            while let Some(span) = waiting.span {
+                if waiting.messages.is_empty() {
+                    // Only the user's own messages, or expired ones: passed over.
+                    server.chat_log.acked(user, vec![span]).await;
+                    break;
+                }
+                let messages = waiting
+                    .messages
+                    .iter()
+                    .filter_map(|m| decode_body::<TimMessage>(m.clone(), Encoding::Compact).ok())
+                    .collect();
+                if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
+                    return Ok(false);
+                }
+                waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
             }
-            let messages = waiting
-                .messages
-                .iter()
-                .filter_map(|m| decode_body::<TimMessage>(m.clone(), Encoding::Compact).ok())
-                .collect();
-            if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
-                return Ok(false);
-            }
-            waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
         }
     }
     Ok(true)
