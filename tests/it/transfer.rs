@@ -287,11 +287,12 @@ async fn damaged_files_and_other_deployments_are_refused() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("at byte") && text(&out).contains("truncated"), "{}", text(&out));
 
-    // A byte flipped in the middle: the import writes the blocks before it, nothing of the
-    // damaged one, and says where it stopped.
+    // A byte flipped in the last rows block (the byte before the end block, whose JSON body
+    // starts with `{"rows"` 5 bytes after its start): the import writes the blocks before it,
+    // nothing of the damaged one, and says where it stopped.
     let mut flipped = bytes.clone();
-    let middle = bytes.len() / 2;
-    flipped[middle] ^= 0x40;
+    let end_body = bytes.windows(7).rposition(|w| w == b"{\"rows\"").expect("the end block");
+    flipped[end_body - 6] ^= 0x40;
     let broken = files.path().join("broken.timdump");
     std::fs::write(&broken, &flipped).unwrap();
     let target = TestNode::start(&["--secret-file", &secret]);

@@ -13,7 +13,7 @@ use tim_net::proto::{ErrorCode, TimAck, TimMessage};
 use tim_net::FrameType;
 
 use crate::error::EngineError;
-use crate::flows::sending::{Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
+use crate::flows::sending::{still_serving, Next, Sender, OD_NORMAL, OD_RECALL, OD_STREAM};
 use crate::model::ident::{group_chat_id, GroupId, UserId};
 use crate::server::Server;
 use crate::services::chat_log::{Entry, Log, Span};
@@ -63,6 +63,7 @@ pub async fn send(server: &Arc<Server>, from: &Sender, mut msg: TimMessage) -> R
                 Entry { log: Log::Group(group), from: from.user, stored, id: msg.id, to: memberships, dedup: None };
             let appended = server.chat_log.append(vec![entry]).await?;
             let (mid, prev) = appended.first().map(|a| (a.mid, a.prev)).ok_or(EngineError::Internal("no append"))?;
+            still_serving(server)?;
             crate::metrics::add(&server.metrics.messages, 1);
             msg.mid = Some(mid);
             let body = Body::message(msg);

@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::error::EngineError;
 use crate::flows::sending::{
-    Next, Sender, MS_ROOM, MS_USER, OD_BURN, OD_CUSTOM_ABOVE, OD_NORMAL, OD_RECALL, OD_STREAM,
+    still_serving, Next, Sender, MS_ROOM, MS_USER, OD_BURN, OD_CUSTOM_ABOVE, OD_NORMAL, OD_RECALL, OD_STREAM,
 };
 use crate::model::ident::{pair_id, UserId};
 use crate::server::Server;
@@ -191,6 +191,7 @@ pub async fn store_and_push(
     if let (Some(ticket), Some(leases)) = (ticket, located.get(&from)) {
         server.sessions.remember(from, ticket, leases.clone());
     }
+    still_serving(server)?;
     let others = located.get(&from).is_some_and(|l| l.iter().any(|l| l.node != server.data.node() || l.conn != own));
     let mine: Located = located.get(&from).map(|l| (from, l.clone())).into_iter().collect();
     let mut echoes = Vec::with_capacity(accepted.len());
