@@ -257,7 +257,7 @@ async fn messages_presence_pings_rooms_and_operations_as_a_user() {
     let before = synced().await;
     assert_eq!(api(a, "DELETE", &offline, &root, ids).await.1, json!({ "deleted": 1 }));
     assert!(synced().await > before, "the deletion waited for a sync");
-    assert_eq!(api(b, "GET", &offline, &viewer, Value::Null).await.1, json!({ "entries": [] }));
+    assert_eq!(api(b, "GET", &offline, &viewer, Value::Null).await.1, json!({ "entries": [], "waiting": [] }));
     let (mut cat, ack) = cluster.nodes[0].login("cat", "pw", Encoding::Json).await;
     assert!(ack.ok);
     request_offline(&mut cat).await;
@@ -334,4 +334,40 @@ async fn messages_presence_pings_rooms_and_operations_as_a_user() {
     let request = json!({ "nodes": [ann_node], "message": { "dataString": "x" } });
     assert_eq!(api(a, "POST", "/v1/system-messages", &viewer, request).await.0, 403);
     assert_eq!(http(a, "GET", &format!("/v1/users/{ann_node}/roster"), None, "").await.0, 401);
+}
+
+/// A user's offline messages as an operator sees them: queue entries, and the 1:1 and group
+/// messages waiting in their conversations past the user's place, left in place until the
+/// user drains them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_the_messages_waiting_for_a_user_without_taking_them() {
+    let cluster = TestCluster::start(2, &[]);
+    let (_, viewer) = tokens(&cluster).await;
+    let (mut ann, ann_node) = user(&cluster.nodes[0], "ann", Encoding::Json).await;
+    let (mut ben, ben_node) = user(&cluster.nodes[1], "ben", Encoding::Compact).await;
+    crate::chat::befriend(&mut ann, &ann_node, &mut ben, &ben_node).await;
+    drop(ben);
+    assert_eq!(ann.recv_within(WAIT).await.unwrap().kind, FrameType::Presence, "ann sees ben go");
+    let mut mids = Vec::new();
+    for text in ["one", "two"] {
+        ann.send(FrameType::Message, &text_to(&ben_node, text, 1)).await.unwrap();
+        mids.push(crate::chat::echo(&mut ann).await.mid);
+    }
+    let offline = format!("/v1/users/{ben_node}/offline?limit=10");
+    let look = || async {
+        let (status, answer) = api(cluster.nodes[0].admin.unwrap(), "GET", &offline, &viewer, Value::Null).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["waiting"].as_array().unwrap().clone()
+    };
+    let waiting = look().await;
+    let seen: Vec<_> = waiting.iter().map(|w| (w["conversation"].clone(), w["message"]["mid"].as_i64())).collect();
+    assert_eq!(seen, [(json!(ann_node), mids[0]), (json!(ann_node), mids[1])], "{waiting:?}");
+    assert_eq!(waiting[0]["message"]["dataString"], json!("one"));
+    assert_eq!(look().await, waiting, "a look takes nothing");
+
+    let (mut ben, ack) = cluster.nodes[1].login("ben", "pw", Encoding::Compact).await;
+    assert!(ack.ok);
+    let drained = crate::roster::drain_offline(&mut ben).await;
+    assert_eq!(drained.iter().map(|m| m.mid).collect::<Vec<_>>(), mids, "drained after the looks");
+    assert!(look().await.is_empty(), "nothing waits once drained");
 }

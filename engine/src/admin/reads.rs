@@ -14,11 +14,14 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 use tim_kv::RowId;
+use tim_net::codec::{decode_body, Encoding};
+use tim_net::proto::TimMessage;
 use tracing::info;
 
 use super::MAX_PAGE;
 use super::{engine_failed, group_node, json, parse, refuse, tim_json, user_node, Admin, Named, Reader, Writer};
 use crate::error::EngineError;
+use crate::flows::offline;
 use crate::model::ident::{pair_id, GroupId, UserId};
 
 type Answer = Result<Response, Response>;
@@ -148,7 +151,8 @@ struct OfflinePage {
     limit: Option<usize>,
 }
 
-/// The oldest entries of a user's offline queue, left in place.
+/// The oldest entries of a user's offline queue, and the oldest messages waiting for it in
+/// its conversations, each up to `limit`, left in place.
 async fn offline(
     State(admin): State<Arc<Admin>>,
     _: Reader,
@@ -159,7 +163,25 @@ async fn offline(
     let entries = admin.server.offline.oldest(user, limit).await.map_err(|e| engine_failed(&e, "admin offline"))?;
     let entries: Vec<_> =
         entries.iter().map(|(id, msg)| serde_json::json!({ "id": id.0, "message": tim_json(msg) })).collect();
-    Ok(json(&serde_json::json!({ "entries": entries })))
+    let waiting = waiting(&admin, user, limit).await.map_err(|e| engine_failed(&e, "admin offline"))?;
+    Ok(json(&serde_json::json!({ "entries": entries, "waiting": waiting })))
+}
+
+/// Up to `limit` messages waiting for `user` in its conversations (past its cursors), as
+/// `{conversation, message}`, conversation by conversation.
+async fn waiting(admin: &Admin, user: UserId, limit: usize) -> Result<Vec<serde_json::Value>, EngineError> {
+    let mut out = Vec::new();
+    for with in offline::conversations_of(&admin.server, user).await? {
+        let Some(left) = limit.checked_sub(out.len()).filter(|left| *left > 0) else { break };
+        let Some(membership) = offline::membership(&admin.server, user, with).await? else { continue };
+        let found = admin.server.chat_log.look(with.log(user), user, membership, left).await?;
+        for bytes in found.messages {
+            let msg: TimMessage = decode_body(bytes, Encoding::Compact)
+                .map_err(|_| EngineError::Internal("a stored message does not decode"))?;
+            out.push(serde_json::json!({ "conversation": with.node(), "message": tim_json(&msg) }));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ pub mod business;
 pub mod group_message;
 pub mod login;
 pub mod message;
+pub mod offline;
 pub mod presence;
 pub mod profiles;
 pub mod sending;

@@ -128,7 +128,15 @@ pub struct Entry {
 enum ChatLogOp {
     Append { entries: Vec<Entry> },
     Acked { user: UserId, spans: Vec<Span> },
-    Waiting { log: Log, user: UserId, membership: RowId, limit: usize },
+    Waiting { log: Log, user: UserId, membership: RowId, limit: usize, read: Read },
+}
+
+/// A drain's read of what waits, which may pass over what is over the cap, or a look, which
+/// changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Read {
+    Drain,
+    Look,
 }
 
 impl SlotOp for ChatLogOp {
@@ -143,8 +151,8 @@ impl Arrivals for ChatLog {
             match seam::decode(&op)? {
                 ChatLogOp::Append { entries } => seam::answer(self.append_here(entries).await, "log append"),
                 ChatLogOp::Acked { user, spans } => seam::answer(self.acked_here(user, spans).await, "log ack"),
-                ChatLogOp::Waiting { log, user, membership, limit } => {
-                    seam::answer(self.waiting_here(log, user, membership, limit).await, "log drain")
+                ChatLogOp::Waiting { log, user, membership, limit, read } => {
+                    seam::answer(self.waiting_here(log, user, membership, limit, read).await, "log drain")
                 }
             }
         })
@@ -626,9 +634,9 @@ impl ChatLog {
     }
 
     /// Up to `limit` messages of the conversation that `user` (whose row of the group is
-    /// `membership`; 0 in a 1:1) has not had: its own, and those past the age cap, are
-    /// skipped but covered by the span; when more than the queue cap wait, the oldest are
-    /// dropped.
+    /// `membership`; 0 in a 1:1) has not had, for its drain: its own, and those past the age
+    /// cap, are skipped but covered by the span; when more than the queue cap wait, the
+    /// oldest are passed over.
     pub async fn waiting(
         &self,
         log: Log,
@@ -636,8 +644,25 @@ impl ChatLog {
         membership: RowId,
         limit: usize,
     ) -> Result<Waiting, EngineError> {
-        let here = self.waiting_here(log, user, membership, limit);
-        at_slot(&self.data, log.slot(), here, ChatLogOp::Waiting { log, user, membership, limit }).await
+        self.read(log, user, membership, limit, Read::Drain).await
+    }
+
+    /// [`ChatLog::waiting`] for a look that changes nothing (an operator's): nothing is passed
+    /// over.
+    pub async fn look(&self, log: Log, user: UserId, membership: RowId, limit: usize) -> Result<Waiting, EngineError> {
+        self.read(log, user, membership, limit, Read::Look).await
+    }
+
+    async fn read(
+        &self,
+        log: Log,
+        user: UserId,
+        membership: RowId,
+        limit: usize,
+        read: Read,
+    ) -> Result<Waiting, EngineError> {
+        let here = self.waiting_here(log, user, membership, limit, read);
+        at_slot(&self.data, log.slot(), here, ChatLogOp::Waiting { log, user, membership, limit, read }).await
     }
 
     async fn waiting_here(
@@ -646,6 +671,7 @@ impl ChatLog {
         user: UserId,
         membership: RowId,
         limit: usize,
+        read: Read,
     ) -> Result<Waiting, EngineError> {
         let lock = self.log(log);
         let (mut next, acked, check_cap) = {
@@ -653,7 +679,7 @@ impl ChatLog {
             self.load(log, &mut cursors).await?;
             match cursors.recipients.get_mut(&user) {
                 Some(c) if c.membership == membership => {
-                    let check = c.capped.is_none_or(|at| at.elapsed() > CAP_CHECK_EVERY);
+                    let check = read == Read::Drain && c.capped.is_none_or(|at| at.elapsed() > CAP_CHECK_EVERY);
                     if check {
                         c.capped = Some(Instant::now());
                     }
@@ -704,7 +730,7 @@ impl ChatLog {
             }
             from = Cursor::after(&page, PAGE);
         }
-        if expired > 0 {
+        if expired > 0 && read == Read::Drain {
             // Passed over by the span: logged by each drain that reads them until an ack moves
             // the cursor past them.
             warn!(uid = %user.node(), dropped = expired, why = "older than the age cap", "offline entries dropped");

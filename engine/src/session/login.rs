@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::try_join_all;
-use tim_kv::RowId;
 use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
@@ -15,9 +14,9 @@ use tracing::{info, Span};
 use super::{Close, Login, Session};
 use crate::error::EngineError;
 use crate::flows::login::Refused;
+use crate::flows::offline;
 use crate::model::ident::UserId;
 use crate::server::Server;
-use crate::services::chat_log::Log;
 use crate::session::delivery::{Body, Payload, Stands};
 use crate::session::outbound::{start, Outbound, SessionHandle};
 
@@ -141,21 +140,13 @@ const LOGS_AT_ONCE: usize = 16;
 /// The messages of the user's 1:1 conversations (those its inbox names) and groups past its
 /// cursors, batch by batch: whether every conversation was drained to its end.
 async fn drain_logs(server: &Server, user: UserId, me: &SessionHandle) -> Result<bool, EngineError> {
-    let peers = server.inbox.peers(user).await?;
-    let groups = server.groups.groups_of(user).await?;
-    let pairs = peers.into_iter().map(|peer| (Log::pair(user, peer), None));
-    let logs: Vec<_> = pairs.chain(groups.into_iter().map(|group| (Log::Group(group), Some(group)))).collect();
-    for chunk in logs.chunks(LOGS_AT_ONCE) {
+    let conversations = offline::conversations_of(server, user).await?;
+    for chunk in conversations.chunks(LOGS_AT_ONCE) {
         // Every look-up of a chunk finishes before a batch goes out: one paused mid-way could
         // hold its conversation's lock while the client takes its time to ack.
-        let first = try_join_all(chunk.iter().map(|&(log, group)| async move {
-            let membership = match group {
-                Some(group) => match server.groups.membership(group, user).await? {
-                    Some(membership) => membership,
-                    None => return Ok(None),
-                },
-                None => RowId(0),
-            };
+        let first = try_join_all(chunk.iter().map(|&with| async move {
+            let Some(membership) = offline::membership(server, user, with).await? else { return Ok(None) };
+            let log = with.log(user);
             let waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
             Ok::<_, EngineError>(Some((log, membership, waiting)))
         }))
