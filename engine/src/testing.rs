@@ -5,6 +5,11 @@ use std::sync::Arc;
 use tim_kv::{RocksStore, SealKey, StoreConfig};
 use tim_shard::{Cluster, Member, NodeId, Ownership, Placement, Timeouts};
 
+/// A user id of the tests: `n` in its high bytes.
+pub fn user(n: u64) -> crate::model::ident::UserId {
+    crate::model::ident::UserId::from_be_bytes((n << 8).to_be_bytes())
+}
+
 /// A node that runs alone on an in-memory store and owns every slot.
 pub async fn standalone() -> Arc<Cluster> {
     let store = Arc::new(

@@ -14,8 +14,6 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 use tim_kv::RowId;
-use tim_net::codec::{decode_body, Encoding};
-use tim_net::proto::TimMessage;
 use tracing::info;
 
 use super::MAX_PAGE;
@@ -175,9 +173,7 @@ async fn waiting(admin: &Admin, user: UserId, limit: usize) -> Result<Vec<serde_
         let Some(left) = limit.checked_sub(out.len()).filter(|left| *left > 0) else { break };
         let Some(membership) = offline::membership(&admin.server, user, with).await? else { continue };
         let found = admin.server.chat_log.look(with.log(user), user, membership, left).await?;
-        for bytes in found.messages {
-            let msg: TimMessage = decode_body(bytes, Encoding::Compact)
-                .map_err(|_| EngineError::Internal("a stored message does not decode"))?;
+        for msg in found.decoded() {
             out.push(serde_json::json!({ "conversation": with.node(), "message": tim_json(&msg) }));
         }
     }

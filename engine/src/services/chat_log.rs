@@ -19,7 +19,7 @@
 //! per-recipient offline entries), in the same commit as that message. A 1:1 recipient's drain
 //! finds its conversations through `services::inbox`, marked before the message commits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -40,7 +40,7 @@ use crate::model::ident::{group_chat_id, pair_id, GroupId, UserId};
 use crate::model::partition;
 use crate::model::tables::{timchatcursor, timgroupcursor, timmessage};
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
-use crate::services::history::{now_ns, set, History};
+use crate::services::history::{now_ns, History};
 
 /// Most acks kept per recipient while its cursor has not reached them.
 const MAX_WAITING: usize = 64;
@@ -80,6 +80,14 @@ impl Log {
     fn slot(self) -> Slot {
         partition::conversation(&self.chat())
     }
+
+    /// The value of its cursor rows' indexed column.
+    fn cursor_key(self) -> Vec<u8> {
+        match self {
+            Self::Group(group) => group.to_be_bytes().to_vec(),
+            Self::Pair(chat) => chat.to_vec(),
+        }
+    }
 }
 
 /// A message stored: its `mid`, its predecessor (0: none), and whether it was stored now
@@ -107,6 +115,13 @@ pub struct Waiting {
     pub messages: Vec<Bytes>,
     /// `None` when nothing waits.
     pub span: Option<Span>,
+}
+
+impl Waiting {
+    /// The messages decoded (each was encoded from a decoded one on the log's owner).
+    pub fn decoded(&self) -> Vec<TimMessage> {
+        self.messages.iter().filter_map(|m| decode_body(m.clone(), Encoding::Compact).ok()).collect()
+    }
 }
 
 /// A message for a conversation's log.
@@ -230,6 +245,13 @@ struct CursorRows {
     columns: usize,
 }
 
+/// Sets `items[i]`, which exists.
+fn set<T>(items: &mut [Option<T>], i: usize, value: T) {
+    if let Some(item) = items.get_mut(i) {
+        *item = Some(value);
+    }
+}
+
 /// Where the predecessor of a message stored in a batch is.
 #[derive(Clone, Copy)]
 enum Prev {
@@ -297,11 +319,11 @@ impl ChatLog {
         })
     }
 
-    /// Where `log` keeps its cursors, and the value of their indexed column.
-    fn rows(&self, log: Log) -> (&CursorRows, Vec<u8>) {
+    /// Where `log` keeps its cursors.
+    fn rows(&self, log: Log) -> &CursorRows {
         match log {
-            Log::Group(group) => (&self.groups, group.to_be_bytes().to_vec()),
-            Log::Pair(chat) => (&self.pairs, chat.to_vec()),
+            Log::Group(_) => &self.groups,
+            Log::Pair(_) => &self.pairs,
         }
     }
 
@@ -346,7 +368,7 @@ impl ChatLog {
             return Ok(());
         }
         self.data.settle().await?;
-        let (rows, key) = self.rows(log);
+        let (rows, key) = (self.rows(log), log.cursor_key());
         let mut recipients: HashMap<UserId, RecipientCursor> = HashMap::new();
         let mut from = Some(Cursor::OLDEST);
         while let Some(at) = from {
@@ -469,6 +491,7 @@ impl ChatLog {
         let mut keys: HashMap<[u8; 24], usize> = HashMap::new();
         // Cursors made: conversation, recipient, membership, their row, the message's row.
         let mut made: Vec<(Log, UserId, RowId, usize, usize)> = Vec::new();
+        let mut making: HashSet<(Log, UserId)> = HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
             let cursors = held.get(&entry.log).ok_or(EngineError::Internal("an append lost a lock"))?;
             if let Some(key) = entry.dedup {
@@ -496,9 +519,9 @@ impl ChatLog {
             let at = rows;
             rows += 1;
             chains.insert(chain, at);
-            let (cursor_rows, key) = self.rows(entry.log);
+            let cursor_rows = self.rows(entry.log);
             for (to, membership) in &entry.to {
-                if made.iter().any(|(log, user, ..)| *log == entry.log && user == to) {
+                if making.contains(&(entry.log, *to)) {
                     continue;
                 }
                 match cursors.recipients.get(to) {
@@ -511,13 +534,14 @@ impl ChatLog {
                     None => {}
                 }
                 let mut cursor = Row::new(cursor_rows.columns);
-                cursor.set(cursor_rows.key, Bytes::copy_from_slice(&key));
+                cursor.set(cursor_rows.key, entry.log.cursor_key());
                 cursor.set(cursor_rows.uid, Bytes::copy_from_slice(&to.to_be_bytes()));
                 if let Some(column) = cursor_rows.membership {
                     cursor.set(column, Bytes::copy_from_slice(&membership.0.to_be_bytes()));
                 }
                 // The cursor starts at this message: the writer puts its id in `next`.
                 batch.insert_with_id(cursor_rows.table, cursor, cursor_rows.next, at);
+                making.insert((entry.log, *to));
                 made.push((entry.log, *to, *membership, rows, at));
                 rows += 1;
             }
@@ -623,7 +647,7 @@ impl ChatLog {
     /// Writes a cursor's move with the writer's next group (an ack lost in a power failure
     /// costs a message delivered again).
     async fn persist(&self, log: Log, cursor: &RecipientCursor) -> Result<(), EngineError> {
-        let (rows, _) = self.rows(log);
+        let rows = self.rows(log);
         let next = Bytes::copy_from_slice(&(cursor.next as u64).to_be_bytes());
         let mut batch = Batch::new(log.slot());
         batch.update(rows.table, cursor.row, vec![(rows.next, Some(next))]).relaxed();
@@ -770,6 +794,7 @@ impl ChatLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::user;
 
     fn cursor(next: i64) -> RecipientCursor {
         RecipientCursor { row: RowId(1), membership: RowId(1), next, waiting: Vec::new(), capped: None }
@@ -789,10 +814,6 @@ mod tests {
         assert!(c.waiting.is_empty());
         assert!(!c.advance([(3, 7)]), "an ack behind the cursor changes nothing");
         assert_eq!(c.next, 21);
-    }
-
-    fn user(n: u64) -> UserId {
-        UserId::from_be_bytes((n << 8).to_be_bytes())
     }
 
     /// What a group message costs the store, counted in its memtables: its history row and

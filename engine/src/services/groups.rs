@@ -18,7 +18,6 @@
 //! manager cannot kick or block another manager.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -33,6 +32,7 @@ use crate::model::ident::{directed_pair_id, GroupId, UserId};
 use crate::model::partition;
 use crate::model::tables::{pair, timgroup, timgrouprelate};
 use crate::seam::{self, at_slot, Arrivals, Service, SlotOp};
+use crate::services::history::now_ns;
 use crate::services::pairs::PairTable;
 
 /// The group's side (high nibble) and the user's side (low nibble) of a relation byte.
@@ -206,10 +206,6 @@ struct Locked<'a> {
     key: [u8; 16],
     row: Option<RowId>,
     status: u8,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 impl Groups {

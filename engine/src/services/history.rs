@@ -149,10 +149,3 @@ impl Accepted {
         self.dedup.is_some()
     }
 }
-
-/// Sets `items[i]`, which exists.
-pub fn set<T>(items: &mut [Option<T>], i: usize, value: T) {
-    if let Some(item) = items.get_mut(i) {
-        *item = Some(value);
-    }
-}

@@ -203,10 +203,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(n: u64) -> UserId {
-        UserId::from_be_bytes((n << 8).to_be_bytes())
-    }
+    use crate::testing::user;
 
     /// A conversation is marked once while the mark is fresh, whichever node sends; a row past
     /// the prune age goes when the user's peers are read, and a fresh one stays.

@@ -194,7 +194,8 @@ impl OfflineQueue {
         let mut out = Vec::with_capacity(rows.len());
         let (mut expired, mut broken) = (Vec::new(), Vec::new());
         for (id, row) in rows {
-            // A message stored in history with its entry has its mid in the entry's row only.
+            // An entry written in one commit with its message's history row (before the
+            // conversations had logs) has its mid in the entry's row only.
             let mid = entry_mid(&row);
             let decoded = row.get(timoffline::STANZA).map(|s| decode_body::<TimMessage>(s.clone(), Encoding::Compact));
             match decoded.map(|d| d.map(|msg| TimMessage { mid: msg.mid.or(mid), ..msg })) {
@@ -314,14 +315,12 @@ impl OfflineQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::history::now_ns;
+    use crate::testing::user;
 
     async fn queue() -> OfflineQueue {
         let limits = OfflineLimits { max_entries: 1_000, max_age: Duration::from_secs(3_600) };
         OfflineQueue::new(crate::testing::standalone().await, limits).unwrap()
-    }
-
-    fn user(n: u64) -> UserId {
-        UserId::from_be_bytes((n << 8).to_be_bytes())
     }
 
     fn message(mid: i64) -> Bytes {
@@ -334,10 +333,6 @@ mod tests {
         let slot = partition::user(user);
         let key = mid.to_be_bytes();
         queue.data.ids(queue.table, slot, timoffline::INDEXED_MID, &key, Cursor::OLDEST, 8).await.unwrap()
-    }
-
-    fn now_ns() -> i64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
     }
 
     /// An entry is its row and the queue's index entry: nothing is indexed by `mid`, and the

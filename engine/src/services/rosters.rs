@@ -423,13 +423,10 @@ impl Rosters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::user;
 
     async fn rosters() -> Rosters {
         Rosters::new(crate::testing::standalone().await, 100).unwrap()
-    }
-
-    fn user(n: u64) -> UserId {
-        UserId::from_be_bytes((n << 8).to_be_bytes())
     }
 
     /// A friendship whose change stopped after its first step (the relation row, marked

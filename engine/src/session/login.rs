@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::try_join_all;
-use tim_net::codec::{decode_body, Encoding};
 use tim_net::frame::{encode_server, encode_server_empty};
 use tim_net::proto::{ErrorCode, Tid, TimAck, TimAuth, TimMessage, TimMessageList};
 use tim_net::{ClientFrame, FrameType};
@@ -158,12 +157,7 @@ async fn drain_logs(server: &Server, user: UserId, me: &SessionHandle) -> Result
                     server.chat_log.acked(user, vec![span]).await;
                     break;
                 }
-                let messages = waiting
-                    .messages
-                    .iter()
-                    .filter_map(|m| decode_body::<TimMessage>(m.clone(), Encoding::Compact).ok())
-                    .collect();
-                if !send_batch(me, Some(span.mid), messages, Stands::span(span)).await {
+                if !send_batch(me, Some(span.mid), waiting.decoded(), Stands::span(span)).await {
                     return Ok(false);
                 }
                 waiting = server.chat_log.waiting(log, user, membership, OFFLINE_BATCH).await?;
