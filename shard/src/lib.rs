@@ -16,6 +16,7 @@ mod operator;
 mod ownership;
 mod placement;
 mod removal;
+pub mod replica;
 mod routes;
 mod slot_set;
 mod wire;
