@@ -2,6 +2,7 @@
 //!
 //! - `rows`: `slot(2) ‖ table(4) ‖ row id(8)` → row record
 //! - `idx`:  `slot(2) ‖ table(4) ‖ column(2) ‖ esc(value) ‖ row id(8)` → empty
+//! - `log`: `slot(2) ‖ index(8)` → a replication log entry (opaque here)
 //! - `meta`: `slot(2) ‖ table(4)` → last issued sequence of that slot (u64); `slot(2) ‖ "era"`
 //!   → the slot's id era (u64); and
 //!   `GLOBAL ‖ "t" ‖ name` → table schema record; `GLOBAL ‖ "l" ‖ name` → node-local record
@@ -96,6 +97,20 @@ pub(crate) fn era_key(slot: Slot) -> [u8; 5] {
 /// least sequence [`RowId::seq`] gives them).
 pub fn era_entry(slot: Slot, era: u64) -> RawEntry {
     RawEntry { region: Region::Meta, key: era_key(slot).to_vec(), value: era.to_be_bytes().to_vec() }
+}
+
+/// A replication log entry of `slot` (in the `log` family).
+pub(crate) fn log_key(slot: Slot, index: u64) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    let (head, tail) = key.split_at_mut(2);
+    head.copy_from_slice(&slot.0.to_be_bytes());
+    tail.copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The index of a log entry's key.
+pub(crate) fn log_index(key: &[u8]) -> Option<u64> {
+    key.get(2..).and_then(|tail| <[u8; 8]>::try_from(tail).ok()).map(u64::from_be_bytes)
 }
 
 /// Every key of a slot starts with this.

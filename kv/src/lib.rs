@@ -23,6 +23,6 @@ pub use rocks::{RocksStore, StoreConfig};
 pub use schema::{ColumnDef, IndexKind, TableDef};
 pub use seal::SealKey;
 pub use store::{
-    Batch, Cursor, ExportedRow, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
-    StoreFigures, TableId, WriteFuture, DEFER_FOR,
+    Applied, Batch, Cursor, ExportedRow, LogWrite, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta,
+    StageFuture, StagedWrite, Store, StoreError, StoreFigures, TableId, WriteFuture, DEFER_FOR,
 };

@@ -19,14 +19,57 @@ use crate::latency::Latency;
 use crate::schema::{IndexKind, TableDef};
 use crate::seal::SealKey;
 use crate::store::{
-    Batch, Cursor, ExportedRow, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, Store, StoreError,
-    StoreFigures, TableId, WriteFuture, DEFER_FOR,
+    Batch, Cursor, ExportedRow, LogWrite, RawEntry, RawWrite, Region, Row, RowId, Slot, SlotDelta, StageFuture, Store,
+    StoreError, StoreFigures, TableId, WriteFuture, DEFER_FOR,
 };
 use crate::writer::{self, Work, WriteRequest};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_ROWS: &str = "rows";
 pub(crate) const CF_IDX: &str = "idx";
+pub(crate) const CF_LOG: &str = "log";
+
+/// A column family: a region of the slots' data, or the replication log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    Meta,
+    Rows,
+    Idx,
+    Log,
+}
+
+impl Family {
+    pub(crate) const ALL: [Family; 4] = [Family::Meta, Family::Rows, Family::Idx, Family::Log];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Family::Meta => CF_META,
+            Family::Rows => CF_ROWS,
+            Family::Idx => CF_IDX,
+            Family::Log => CF_LOG,
+        }
+    }
+
+    /// The data region it holds; `None` for the log.
+    pub(crate) fn region(self) -> Option<Region> {
+        match self {
+            Family::Meta => Some(Region::Meta),
+            Family::Rows => Some(Region::Rows),
+            Family::Idx => Some(Region::Idx),
+            Family::Log => None,
+        }
+    }
+}
+
+impl From<Region> for Family {
+    fn from(region: Region) -> Self {
+        match region {
+            Region::Meta => Family::Meta,
+            Region::Rows => Family::Rows,
+            Region::Idx => Family::Idx,
+        }
+    }
+}
 
 /// Name of the `idx` family's prefix extractor, kept in every table file it filtered: a file
 /// written under another name (or none) is read without its prefix filter, never wrongly.
@@ -221,8 +264,9 @@ impl RocksStore {
         db_opts.set_env(&env);
         let cfs = [
             ColumnFamilyDescriptor::new(CF_META, cf_opts.clone()),
-            ColumnFamilyDescriptor::new(CF_ROWS, cf_opts),
+            ColumnFamilyDescriptor::new(CF_ROWS, cf_opts.clone()),
             ColumnFamilyDescriptor::new(CF_IDX, idx_opts),
+            ColumnFamilyDescriptor::new(CF_LOG, cf_opts),
         ];
         let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs).map_err(rocks)?;
 
@@ -252,8 +296,8 @@ impl RocksStore {
     /// Writes memtables and the WAL to disk (at shutdown, and before files are inspected).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush_wal(true).map_err(rocks)?;
-        for name in [CF_META, CF_ROWS, CF_IDX] {
-            self.inner.db.flush_cf(self.inner.cf(name)?).map_err(rocks)?;
+        for family in Family::ALL {
+            self.inner.db.flush_cf(self.inner.cf(family.name())?).map_err(rocks)?;
         }
         Ok(())
     }
@@ -441,12 +485,12 @@ impl Inner {
 
     /// Whether `region` may hold a key in `[from, to)`; `false` only when it surely holds
     /// none.
-    pub(crate) fn may_hold(&self, region: Region, from: &[u8], to: &[u8]) -> Result<bool, StoreError> {
+    pub(crate) fn may_hold(&self, family: Family, from: &[u8], to: &[u8]) -> Result<bool, StoreError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(to.to_vec());
         opts.set_total_order_seek(true);
         opts.set_max_skippable_internal_keys(MAX_SKIPPED_KEYS);
-        let mut iter = self.db.raw_iterator_cf_opt(self.cf(cf_name(region))?, opts);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(family.name())?, opts);
         iter.seek(from);
         // An error here is mostly "too many deleted keys to skip": held, as far as it knows.
         Ok(iter.valid() || iter.status().is_err())
@@ -660,8 +704,8 @@ impl Store for RocksStore {
     fn holds(&self, slot: Slot) -> Result<bool, StoreError> {
         let prefix = keys::slot_prefix(slot);
         let end = keys::prefix_end(&prefix).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })?;
-        for region in Region::ALL {
-            if self.inner.may_hold(region, &prefix, &end)? {
+        for family in Family::ALL {
+            if self.inner.may_hold(family, &prefix, &end)? {
                 return Ok(true);
             }
         }
@@ -724,6 +768,41 @@ impl Store for RocksStore {
     fn local(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.db.get_cf(self.inner.cf(CF_META)?, keys::local_key(name)).map_err(rocks)
     }
+
+    fn stage(&self, batches: Vec<Batch>) -> StageFuture {
+        let write_tx = self.write_tx.clone();
+        Box::pin(async move {
+            let write_tx = write_tx.ok_or(StoreError::Closed)?;
+            let (reply, done) = oneshot::channel();
+            write_tx
+                .send(WriteRequest { work: Work::Stage(batches, reply), reply: None })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            done.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn write_log(&self, write: LogWrite) -> WriteFuture {
+        self.submit(Work::Log(write))
+    }
+
+    fn log_entries(&self, slot: Slot, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let inner = &*self.inner;
+        let prefix = keys::slot_prefix(slot);
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let start = keys::log_key(slot, from);
+        let iter = inner.db.iterator_cf_opt(inner.cf(CF_LOG)?, opts, IteratorMode::From(&start, Direction::Forward));
+        let mut entries = Vec::new();
+        for item in iter.take(max) {
+            let (key, value) = item.map_err(rocks)?;
+            let index = keys::log_index(&key).ok_or(StoreError::Corrupt { table: "log", id: 0 })?;
+            entries.push((index, value.into_vec()));
+        }
+        Ok(entries)
+    }
 }
 
 /// A scan's visitor: region, key and value; `false` to stop.
@@ -764,11 +843,7 @@ impl<'a, T> Parts<'a, T> {
 }
 
 fn cf_name(region: Region) -> &'static str {
-    match region {
-        Region::Meta => CF_META,
-        Region::Rows => CF_ROWS,
-        Region::Idx => CF_IDX,
-    }
+    Family::from(region).name()
 }
 
 impl RocksStore {

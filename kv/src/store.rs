@@ -275,6 +275,10 @@ pub enum StoreError {
     ChangesLost { slot: u16 },
     #[error("a read on the blocking pool did not finish (shutdown or a panic)")]
     Interrupted,
+    #[error("slot {slot} has staged effects that are not applied yet")]
+    StagedAlready { slot: u16 },
+    #[error("batches of one staging belong to slot {slot}, one of them to another")]
+    StagedSlots { slot: u16 },
 }
 
 /// The column family of a raw entry.
@@ -409,6 +413,47 @@ impl RawWrite {
 /// batch is committed (and synced, when the store syncs).
 pub type WriteFuture = Pin<Box<dyn Future<Output = Result<Vec<RowId>, StoreError>> + Send>>;
 
+/// The result of [`Store::stage`].
+pub type StageFuture = Pin<Box<dyn Future<Output = Result<StagedWrite, StoreError>> + Send>>;
+
+/// Batches of one slot staged but not written ([`Store::stage`]): what each batch gets (its
+/// ids, or why it failed), and the keys the successful ones change, with their values after
+/// them (`removed` for keys they delete).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StagedWrite {
+    pub results: Vec<Result<Vec<RowId>, StoreError>>,
+    pub delta: SlotDelta,
+}
+
+/// Effects of a slot applied to its data ([`LogWrite::applied`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub slot: Slot,
+    pub delta: SlotDelta,
+    /// Staged by this store ([`Store::stage`]): its ids were issued here, and the slot may be
+    /// staged again. Otherwise (effects of another node) the ids the slot issues next are
+    /// read again from the data.
+    pub staged_here: bool,
+}
+
+/// One atomic write of replication state, for any number of slots: log entries appended,
+/// dropped from an index on (never committed), or dropped up to an index (compacted);
+/// committed effects applied to the slots' data; node-local records. Synced unless relaxed.
+/// Log entries are opaque to the store, and never part of a slot's data (an export or a
+/// hand-over does not carry them), but clearing a slot drops them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogWrite {
+    pub truncated: Vec<(Slot, u64)>,
+    pub appended: Vec<(Slot, u64, Vec<u8>)>,
+    pub compacted: Vec<(Slot, u64)>,
+    pub applied: Vec<Applied>,
+    /// Slots whose staged effects were given up (their entries will never be applied here):
+    /// the slot may be staged again, and its next ids are read again from the data.
+    pub forgotten: Vec<Slot>,
+    pub local: Vec<(String, Option<Vec<u8>>)>,
+    pub relaxed: bool,
+}
+
 /// Longest a deferred batch waits for the writer when nothing else is written
 /// ([`Store::defer`]).
 pub const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(5);
@@ -527,4 +572,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store holds any key of `slot`.
     fn holds(&self, slot: Slot) -> Result<bool, StoreError>;
+
+    /// Stages batches of one slot as the writer would commit them, in order with the writes
+    /// queued before, and writes nothing: for a replicated slot, whose effects are written
+    /// once its replicas agree ([`Store::write_log`] applies them). Nothing else of the slot
+    /// is staged until they are applied or forgotten ([`StoreError::StagedAlready`]), so each
+    /// staging sees every effect before it.
+    fn stage(&self, batches: Vec<Batch>) -> StageFuture;
+
+    /// Writes replication state atomically, in order with the batches.
+    fn write_log(&self, write: LogWrite) -> WriteFuture;
+
+    /// Up to `max` log entries of `slot` from index `from`, in index order.
+    fn log_entries(&self, slot: Slot, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 }

@@ -7,7 +7,7 @@
 //! may have been issued, written when a block is taken rather than with every insert. A
 //! restart continues after the block, so ids are never reissued (a restart may skip some).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -17,27 +17,36 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::keys;
-use crate::rocks::{Inner, CF_IDX, CF_META, CF_ROWS};
+use crate::rocks::{Family as Cf, Inner};
 use crate::schema::IndexKind;
-use crate::store::{Batch, Op, RawWrite, Row, RowId, Slot, StoreError, TableId};
+use crate::store::{
+    Batch, LogWrite, Op, RawEntry, RawKey, RawWrite, Region, Row, RowId, Slot, SlotDelta, StagedWrite, StoreError,
+    TableId,
+};
 
 pub(crate) struct WriteRequest {
     pub(crate) work: Work,
     /// `None` for a deferred batch ([`crate::Store::defer`]), whose failure is logged here.
-    pub(crate) reply: Option<oneshot::Sender<Result<Vec<RowId>, StoreError>>>,
+    pub(crate) reply: Option<Reply>,
 }
+
+type Reply = oneshot::Sender<Result<Vec<RowId>, StoreError>>;
 
 impl WriteRequest {
     fn answer(self, result: Result<Vec<RowId>, StoreError>) {
-        match self.reply {
-            // A caller that stopped waiting does not undo the write.
-            Some(reply) => {
-                let _ = reply.send(result);
-            }
-            None => {
-                if let Err(e) = result {
-                    warn!(error = %e, "a deferred write failed");
-                }
+        answer(self.reply, result);
+    }
+}
+
+fn answer(reply: Option<Reply>, result: Result<Vec<RowId>, StoreError>) {
+    match reply {
+        // A caller that stopped waiting does not undo the write.
+        Some(reply) => {
+            let _ = reply.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                warn!(error = %e, "a deferred write failed");
             }
         }
     }
@@ -52,9 +61,18 @@ pub(crate) enum Work {
     /// Batches of one or several slots, committed together.
     Batches(Vec<Batch>),
     Raw(RawWrite),
+    /// Batches of one slot staged, not written ([`crate::Store::stage`]).
+    Stage(Vec<Batch>, oneshot::Sender<Result<StagedWrite, StoreError>>),
+    Log(LogWrite),
 }
 
-use crate::store::Region as Cf;
+impl Work {
+    /// Work that goes alone, after the group before it: it writes slot data outside a group
+    /// (and drops what the writer caches of the slot), or must see every write before it.
+    fn alone(&self) -> bool {
+        !matches!(self, Work::Batches(_))
+    }
+}
 
 /// A write staged by one request, applied to the group's batch only if the request succeeds.
 enum Staged {
@@ -98,6 +116,8 @@ struct Counter {
 struct Writer<'a> {
     inner: &'a Inner,
     counters: HashMap<(TableId, Slot), Counter>,
+    /// Slots whose staged effects are not applied yet.
+    staged: HashSet<Slot>,
     /// Whether a commit that is not relaxed waits for the WAL's fsync (`--sync`).
     sync: bool,
     synced: WriteOptions,
@@ -120,7 +140,7 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
     synced.set_sync(true);
     let mut relaxed = WriteOptions::default();
     relaxed.set_sync(false);
-    let mut writer = Writer { inner: &inner, counters: HashMap::new(), sync, synced, relaxed };
+    let mut writer = Writer { inner: &inner, counters: HashMap::new(), staged: HashSet::new(), sync, synced, relaxed };
     // A raw write that ended the previous group starts the next one.
     let mut held: Option<WriteRequest> = None;
     loop {
@@ -132,17 +152,15 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
             writer.commit_group(group);
             break;
         };
-        if let Work::Raw(raw) = &first.work {
+        if first.work.alone() {
             writer.commit_group(group);
-            let result = writer.raw(raw).map(|()| Vec::new());
-            first.answer(result);
+            writer.alone(first);
             continue;
         }
         group.push(first);
         while group.len() < max_group {
             match requests.try_recv() {
-                // A raw write drops what the writer caches of its slot: it goes alone.
-                Ok(request) if matches!(request.work, Work::Raw(_)) => {
+                Ok(request) if request.work.alone() => {
                     held = Some(request);
                     break;
                 }
@@ -155,6 +173,49 @@ pub(crate) fn run(inner: Arc<Inner>, mut requests: mpsc::Receiver<WriteRequest>,
 }
 
 impl Writer<'_> {
+    /// Carries out work that goes alone and answers it.
+    fn alone(&mut self, request: WriteRequest) {
+        let WriteRequest { work, reply } = request;
+        let result = match work {
+            Work::Stage(batches, staged) => {
+                // A caller that stopped waiting forgets nothing: its driver does that.
+                let _ = staged.send(self.stage(&batches));
+                return;
+            }
+            Work::Raw(raw) => self.raw(&raw),
+            Work::Log(log) => self.log(&log),
+            Work::Batches(_) => Ok(()),
+        };
+        answer(reply, result.map(|()| Vec::new()));
+    }
+
+    /// Stages one request's batches after the group's earlier ones (`overlay`): its ids, its
+    /// writes added to `staged`; on failure, nothing of it stays.
+    fn stage_request(
+        &mut self,
+        batches: &[Batch],
+        overlay: &mut Overlay,
+        staged: &mut Vec<Staged>,
+    ) -> Result<Vec<RowId>, StoreError> {
+        if let Some(batch) = batches.iter().find(|b| self.staged.contains(&b.slot())) {
+            return Err(StoreError::StagedAlready { slot: batch.slot().0 });
+        }
+        let mut undo = Undo::default();
+        let mut mine = Vec::new();
+        let mut ids = Vec::new();
+        let applied = batches.iter().try_for_each(|batch| self.apply(batch, overlay, &mut undo, &mut mine, &mut ids));
+        match applied {
+            Ok(()) => {
+                staged.append(&mut mine);
+                Ok(ids)
+            }
+            Err(e) => {
+                self.revert(undo, overlay);
+                Err(e)
+            }
+        }
+    }
+
     /// Applies a group's requests in order and commits what succeeded as one write: synced
     /// unless every batch is relaxed. Each request gets its ids or its error.
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
@@ -165,26 +226,9 @@ impl Writer<'_> {
         let mut staged = Vec::new();
         let results: Vec<_> = group
             .iter()
-            .map(|request| {
-                let Work::Batches(batches) = &request.work else {
-                    return Err(StoreError::Interrupted);
-                };
-                let mut undo = Undo::default();
-                let mut mine = Vec::new();
-                let mut ids = Vec::new();
-                let applied = batches
-                    .iter()
-                    .try_for_each(|batch| self.apply(batch, &mut overlay, &mut undo, &mut mine, &mut ids));
-                match applied {
-                    Ok(()) => {
-                        staged.append(&mut mine);
-                        Ok(ids)
-                    }
-                    Err(e) => {
-                        self.revert(undo, &mut overlay);
-                        Err(e)
-                    }
-                }
+            .map(|request| match &request.work {
+                Work::Batches(batches) => self.stage_request(batches, &mut overlay, &mut staged),
+                _ => Err(StoreError::Interrupted),
             })
             .collect();
         let all_relaxed = group.iter().all(|r| matches!(&r.work, Work::Batches(b) if b.iter().all(Batch::is_relaxed)));
@@ -209,15 +253,22 @@ impl Writer<'_> {
         }
         if self.inner.changes.active() {
             self.inner.changes.record(staged.iter().filter_map(|s| match s {
-                Staged::Put(c, k, _) | Staged::Delete(c, k) => Some((*c, k.as_slice())),
+                Staged::Put(c, k, _) | Staged::Delete(c, k) => c.region().map(|r| (r, k.as_slice())),
                 Staged::DeleteRange(..) => None,
             }));
         }
-        let (meta, rows, idx) = (self.inner.cf(CF_META)?, self.inner.cf(CF_ROWS)?, self.inner.cf(CF_IDX)?);
+        let handles = [
+            self.inner.cf(Cf::Meta.name())?,
+            self.inner.cf(Cf::Rows.name())?,
+            self.inner.cf(Cf::Idx.name())?,
+            self.inner.cf(Cf::Log.name())?,
+        ];
+        let [meta, rows, idx, log] = handles;
         let cf = |c: Cf| match c {
             Cf::Meta => meta,
             Cf::Rows => rows,
             Cf::Idx => idx,
+            Cf::Log => log,
         };
         let mut batch = WriteBatch::default();
         for s in staged {
@@ -258,37 +309,83 @@ impl Writer<'_> {
                 }
             }
         }
-        // Slot keys only: a raw write cannot reach schema records or another slot. An index
-        // key ends with a row id: the index filters take the value part before it.
-        let check = |region: Cf, key: &[u8]| {
-            if !(key.starts_with(&prefix) && key.len() > prefix.len()) {
-                Err(StoreError::OtherSlot { slot: raw.slot.0, id: 0 })
-            } else if region == Cf::Idx && !keys::is_index_key(key) {
-                Err(StoreError::ShortIndexKey { slot: raw.slot.0 })
-            } else {
-                Ok(())
-            }
-        };
-        for removed in &raw.removed {
-            check(removed.region, &removed.key)?;
-            staged.push(Staged::Delete(removed.region, removed.key.clone()));
-        }
-        for entry in &raw.entries {
-            check(entry.region, &entry.key)?;
-            staged.push(Staged::Put(entry.region, entry.key.clone(), entry.value.clone()));
-        }
-        for (name, value) in &raw.local {
-            let key = keys::local_key(name);
-            staged.push(match value {
-                Some(v) => Staged::Put(Cf::Meta, key, v.clone()),
-                None => Staged::Delete(Cf::Meta, key),
-            });
-        }
+        stage_delta(raw.slot, &raw.removed, &raw.entries, &mut staged)?;
+        stage_local(&raw.local, &mut staged);
         if touches_slot {
-            self.counters.retain(|(_, slot), _| *slot != raw.slot);
+            self.forget(raw.slot);
             self.inner.changes.replaced(raw.slot);
         }
         self.commit(staged, Durability::Synced)
+    }
+
+    /// Forgets what the writer caches of a slot's ids and staging.
+    fn forget(&mut self, slot: Slot) {
+        self.counters.retain(|(_, s), _| *s != slot);
+        self.staged.remove(&slot);
+    }
+
+    /// Stages batches of one slot without writing them; the slot's effects, to be applied by
+    /// [`Writer::log`].
+    fn stage(&mut self, batches: &[Batch]) -> Result<StagedWrite, StoreError> {
+        let Some(slot) = batches.first().map(Batch::slot) else { return Ok(StagedWrite::default()) };
+        if batches.iter().any(|b| b.slot() != slot) {
+            return Err(StoreError::StagedSlots { slot: slot.0 });
+        }
+        if self.staged.contains(&slot) {
+            return Err(StoreError::StagedAlready { slot: slot.0 });
+        }
+        let mut overlay = Overlay::default();
+        let mut staged = Vec::new();
+        let results: Vec<_> = batches
+            .iter()
+            .map(|batch| self.stage_request(std::slice::from_ref(batch), &mut overlay, &mut staged))
+            .collect();
+        let delta = effects(staged);
+        if !delta.is_empty() {
+            self.staged.insert(slot);
+        }
+        Ok(StagedWrite { results, delta })
+    }
+
+    /// Writes replication state: log entries, applied effects and records, in one commit.
+    fn log(&mut self, write: &LogWrite) -> Result<(), StoreError> {
+        let mut staged = Vec::new();
+        for (slot, from) in &write.truncated {
+            staged.push(Staged::DeleteRange(Cf::Log, keys::log_key(*slot, *from).to_vec(), log_end(*slot)?));
+        }
+        for (slot, index, entry) in &write.appended {
+            staged.push(Staged::Put(Cf::Log, keys::log_key(*slot, *index).to_vec(), entry.clone()));
+        }
+        for (slot, upto) in &write.compacted {
+            let end = match upto.checked_add(1) {
+                Some(next) => keys::log_key(*slot, next).to_vec(),
+                None => log_end(*slot)?,
+            };
+            staged.push(Staged::DeleteRange(Cf::Log, keys::log_key(*slot, 0).to_vec(), end));
+        }
+        for applied in &write.applied {
+            stage_delta(applied.slot, &applied.delta.removed, &applied.delta.entries, &mut staged)?;
+        }
+        stage_local(&write.local, &mut staged);
+        let durability = if write.relaxed { Durability::Relaxed } else { Durability::Synced };
+        let result = self.commit(staged, durability);
+        for applied in &write.applied {
+            if applied.staged_here {
+                self.staged.remove(&applied.slot);
+            } else {
+                self.forget(applied.slot);
+            }
+        }
+        for slot in &write.forgotten {
+            self.forget(*slot);
+        }
+        if result.is_err() {
+            // What was applied may not be there: read the ids again.
+            for applied in &write.applied {
+                self.forget(applied.slot);
+            }
+        }
+        result
     }
 
     /// Stages a batch; the ids it issues are added to `ids`, the write's ids so far.
@@ -540,6 +637,82 @@ impl Writer<'_> {
             };
         }
     }
+}
+
+/// Stages a slot's deleted keys, then its entries; each key must be of the slot and of its
+/// data (an index key long enough to end with a row id: the index filters take the value
+/// part before it).
+fn stage_delta(
+    slot: Slot,
+    removed: &[RawKey],
+    entries: &[RawEntry],
+    staged: &mut Vec<Staged>,
+) -> Result<(), StoreError> {
+    let prefix = keys::slot_prefix(slot);
+    let check = |region: Region, key: &[u8]| {
+        if !(key.starts_with(&prefix) && key.len() > prefix.len()) || prefix == keys::GLOBAL {
+            Err(StoreError::OtherSlot { slot: slot.0, id: 0 })
+        } else if region == Region::Idx && !keys::is_index_key(key) {
+            Err(StoreError::ShortIndexKey { slot: slot.0 })
+        } else {
+            Ok(())
+        }
+    };
+    for removed in removed {
+        check(removed.region, &removed.key)?;
+        staged.push(Staged::Delete(removed.region.into(), removed.key.clone()));
+    }
+    for entry in entries {
+        check(entry.region, &entry.key)?;
+        staged.push(Staged::Put(entry.region.into(), entry.key.clone(), entry.value.clone()));
+    }
+    Ok(())
+}
+
+/// Stages node-local records set (`Some`) or deleted (`None`).
+fn stage_local(records: &[(String, Option<Vec<u8>>)], staged: &mut Vec<Staged>) {
+    for (name, value) in records {
+        let key = keys::local_key(name);
+        staged.push(match value {
+            Some(v) => Staged::Put(Cf::Meta, key, v.clone()),
+            None => Staged::Delete(Cf::Meta, key),
+        });
+    }
+}
+
+/// The end of a slot's log entries.
+fn log_end(slot: Slot) -> Result<Vec<u8>, StoreError> {
+    keys::prefix_end(&keys::slot_prefix(slot)).ok_or(StoreError::OtherSlot { slot: slot.0, id: 0 })
+}
+
+/// What staged writes leave: each key's last write, as entries with their values and keys
+/// removed.
+fn effects(staged: Vec<Staged>) -> SlotDelta {
+    let mut last: BTreeMap<(Region, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+    for write in staged {
+        match write {
+            Staged::Put(c, key, value) => {
+                if let Some(region) = c.region() {
+                    last.insert((region, key), Some(value));
+                }
+            }
+            Staged::Delete(c, key) => {
+                if let Some(region) = c.region() {
+                    last.insert((region, key), None);
+                }
+            }
+            // Batches stage no ranges.
+            Staged::DeleteRange(..) => {}
+        }
+    }
+    let mut delta = SlotDelta::default();
+    for ((region, key), value) in last {
+        match value {
+            Some(value) => delta.entries.push(RawEntry { region, key, value }),
+            None => delta.removed.push(RawKey { region, key }),
+        }
+    }
+    delta
 }
 
 /// Whether two rows hold the same values (a row read back may be wider or narrower by absent

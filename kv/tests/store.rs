@@ -760,3 +760,128 @@ async fn a_deferred_deletion_is_committed_before_later_writes_by_its_timer_and_a
     assert!(!present(&store, t, ids[2]), "committed at close");
     assert_eq!(bodies(&store.page(t, Slot(4), 0, b"q", Cursor::OLDEST, 10).unwrap()), Vec::<String>::new());
 }
+
+fn user(name: &str) -> Row {
+    let mut row = Row::new(2);
+    row.set(0, Bytes::copy_from_slice(name.as_bytes())).set(1, Bytes::from_static(b"h"));
+    row
+}
+
+fn inserting(slot: Slot, table: tim_kv::TableId, row: Row) -> Batch {
+    let mut b = Batch::new(slot);
+    b.insert(table, row);
+    b
+}
+
+fn applied(slot: Slot, delta: SlotDelta, staged_here: bool) -> tim_kv::LogWrite {
+    tim_kv::LogWrite { applied: vec![tim_kv::Applied { slot, delta, staged_here }], ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_staged_write_is_invisible_until_applied_and_ids_go_on_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let u = store.table("timuser").unwrap();
+    let slot = Slot(9);
+    // Two batches in one staging: the second takes the unique value the first took.
+    let staged = store.stage(vec![inserting(slot, u, user("ann")), inserting(slot, u, user("ann"))]).await.unwrap();
+    let id = staged.results[0].clone().unwrap()[0];
+    assert_eq!(staged.results[1], Err(StoreError::Duplicate { table: "timuser", column: "uuid" }));
+    assert!(store.get(u, id).unwrap().is_none(), "nothing is written while staged");
+    assert!(store.find(u, slot, 0, b"ann").unwrap().is_none());
+    // Nothing else of the slot goes through before it is applied; other slots do.
+    assert_eq!(
+        store.stage(vec![inserting(slot, u, user("bo"))]).await.err(),
+        Some(StoreError::StagedAlready { slot: 9 })
+    );
+    assert_eq!(store.write(inserting(slot, u, user("bo"))).await, Err(StoreError::StagedAlready { slot: 9 }));
+    store.write(inserting(Slot(10), u, user("bo"))).await.unwrap();
+
+    store.write_log(applied(slot, staged.delta, true)).await.unwrap();
+    assert_eq!(store.find(u, slot, 0, b"ann").unwrap().unwrap().0, id);
+    // The next staging sees it and goes on with the next id.
+    let next = store.stage(vec![inserting(slot, u, user("ann")), inserting(slot, u, user("cy"))]).await.unwrap();
+    assert_eq!(next.results[0], Err(StoreError::Duplicate { table: "timuser", column: "uuid" }));
+    assert_eq!(next.results[1].clone().unwrap()[0], RowId(id.0 + 1));
+    // Given up, the slot is staged afresh, its ids read again from the data: above every id
+    // applied (the ids given up were never visible).
+    store.write_log(tim_kv::LogWrite { forgotten: vec![slot], ..Default::default() }).await.unwrap();
+    let again = store.stage(vec![inserting(slot, u, user("cy"))]).await.unwrap();
+    assert!(again.results[0].clone().unwrap()[0] > id);
+    assert!(store.stage(vec![inserting(slot, u, user("dee")), inserting(Slot(11), u, user("eve"))]).await.is_err());
+}
+
+#[tokio::test]
+async fn effects_staged_on_one_store_apply_on_another_as_they_were() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(dir_a.path()), open(dir_b.path()));
+    let (t, u) = (a.table("timmessage").unwrap(), a.table("timuser").unwrap());
+    let slot = Slot(5);
+    let mut first = Batch::new(slot);
+    first.insert(t, msg(b"chat", "one")).insert(t, msg(b"chat", "two")).insert(u, user("ann"));
+    let staged = a.stage(vec![first]).await.unwrap();
+    let ids = staged.results[0].clone().unwrap();
+    a.write_log(applied(slot, staged.delta.clone(), true)).await.unwrap();
+    b.write_log(applied(slot, staged.delta, false)).await.unwrap();
+    // An update and a delete travel as their effects too.
+    let mut second = Batch::new(slot);
+    second.update(t, ids[0], vec![(2, Some(Bytes::from_static(b"one, edited")))]).delete(t, ids[1]);
+    second.update(u, ids[2], vec![(0, Some(Bytes::from_static(b"anne")))]);
+    let staged = a.stage(vec![second]).await.unwrap();
+    assert!(!staged.delta.removed.is_empty(), "a deleted row and a moved index entry are removed keys");
+    a.write_log(applied(slot, staged.delta.clone(), true)).await.unwrap();
+    b.write_log(applied(slot, staged.delta, false)).await.unwrap();
+    assert_eq!(slot_entries(&a, slot), slot_entries(&b, slot));
+    assert_eq!(bodies(&b.page(t, slot, 0, b"chat", Cursor::OLDEST, 10).unwrap()), vec!["one, edited"]);
+    assert!(b.find(u, slot, 0, b"ann").unwrap().is_none() && b.find(u, slot, 0, b"anne").unwrap().is_some());
+    // The store that applied them issues ids after them.
+    let next = b.write(inserting(slot, t, msg(b"chat", "three"))).await.unwrap()[0];
+    assert!(next > ids[1]);
+    // Effects stay inside their slot's data.
+    let stray = SlotDelta {
+        entries: vec![RawEntry {
+            region: Region::Rows,
+            key: vec![0, 6, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+            value: vec![1],
+        }],
+        removed: vec![],
+    };
+    assert!(matches!(b.write_log(applied(slot, stray, false)).await, Err(StoreError::OtherSlot { .. })));
+}
+
+#[tokio::test]
+async fn log_entries_are_appended_dropped_and_compacted_apart_from_the_slots_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s3, s4) = (Slot(3), Slot(4));
+    {
+        let store = open(dir.path());
+        let mut write = tim_kv::LogWrite::default();
+        write.appended.extend((1..=5).map(|i| (s3, i, vec![i as u8; 3])));
+        write.appended.extend((1..=2).map(|i| (s4, i, vec![9])));
+        write.local.push(("rep/3".into(), Some(b"promise".to_vec())));
+        store.write_log(write).await.unwrap();
+        assert_eq!(store.log_entries(s3, 1, 10).unwrap().len(), 5);
+        assert_eq!(store.log_entries(s3, 4, 10).unwrap(), vec![(4, vec![4; 3]), (5, vec![5; 3])]);
+        assert_eq!(store.log_entries(s3, 1, 2).unwrap().len(), 2);
+        // Dropped from 4 on, then up to 2, with a new entry 4 in the same write.
+        let write = tim_kv::LogWrite {
+            truncated: vec![(s3, 4)],
+            appended: vec![(s3, 4, vec![40])],
+            compacted: vec![(s3, 2)],
+            ..Default::default()
+        };
+        store.write_log(write).await.unwrap();
+        assert_eq!(store.log_entries(s3, 0, 10).unwrap(), vec![(3, vec![3; 3]), (4, vec![40])]);
+        assert_eq!(store.log_entries(s4, 0, 10).unwrap().len(), 2, "another slot's log is its own");
+        assert!(slot_entries(&store, s3).is_empty(), "the log is no part of the slot's data");
+        assert!(store.holds(s3).unwrap(), "a slot with a log is held");
+    }
+    // Durable, and cleared with the slot.
+    let store = open(dir.path());
+    assert_eq!(store.log_entries(s3, 0, 10).unwrap().len(), 2);
+    assert_eq!(store.local("rep/3").unwrap(), Some(b"promise".to_vec()));
+    store.write_raw(RawWrite::clearing(s3, Vec::new())).await.unwrap();
+    assert!(store.log_entries(s3, 0, 10).unwrap().is_empty());
+    assert!(!store.holds(s3).unwrap());
+    assert_eq!(store.log_entries(s4, 0, 10).unwrap().len(), 2);
+}
