@@ -434,6 +434,8 @@ pub struct Applied {
     /// staged again. Otherwise (effects of another node) the ids the slot issues next are
     /// read again from the data.
     pub staged_here: bool,
+    /// The effects replace the slot's data (a snapshot): what it held is deleted first.
+    pub replaces: bool,
 }
 
 /// One atomic write of replication state, for any number of slots: log entries appended,

@@ -364,6 +364,14 @@ impl Writer<'_> {
             staged.push(Staged::DeleteRange(Cf::Log, keys::log_key(*slot, 0).to_vec(), end));
         }
         for applied in &write.applied {
+            if applied.replaces {
+                let prefix = keys::slot_prefix(applied.slot).to_vec();
+                let end = log_end(applied.slot)?;
+                for family in [Cf::Meta, Cf::Rows, Cf::Idx] {
+                    staged.push(Staged::DeleteRange(family, prefix.clone(), end.clone()));
+                }
+                self.inner.changes.replaced(applied.slot);
+            }
             stage_delta(applied.slot, &applied.delta.removed, &applied.delta.entries, &mut staged)?;
         }
         stage_local(&write.local, &mut staged);

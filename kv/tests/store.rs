@@ -774,7 +774,10 @@ fn inserting(slot: Slot, table: tim_kv::TableId, row: Row) -> Batch {
 }
 
 fn applied(slot: Slot, delta: SlotDelta, staged_here: bool) -> tim_kv::LogWrite {
-    tim_kv::LogWrite { applied: vec![tim_kv::Applied { slot, delta, staged_here }], ..Default::default() }
+    tim_kv::LogWrite {
+        applied: vec![tim_kv::Applied { slot, delta, staged_here, replaces: false }],
+        ..Default::default()
+    }
 }
 
 #[tokio::test]

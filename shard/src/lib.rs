@@ -17,6 +17,7 @@ mod ownership;
 mod placement;
 mod removal;
 pub mod replica;
+pub mod replication;
 mod routes;
 mod slot_set;
 mod wire;

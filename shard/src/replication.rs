@@ -1,0 +1,707 @@
+//! The replicas this node holds, driven: the protocol of [`crate::replica`] fed with the
+//! clock, the frames of other nodes and the writes of the engine, its decisions carried out
+//! on the store and the links.
+//!
+//! One task owns every replica of the node. Each turn it takes what arrived, steps the
+//! replicas, and ends with one write of everything they decided (log entries, promises,
+//! effects applied) and one frame per peer: the replicas of many slots share each fsync and
+//! each frame. Messages that vouch for a write (a promise, an acceptance) leave once it is
+//! durable; a primary's appends leave at once, while its own copy is being written.
+//!
+//! A write of the engine is staged by the store (ids, unique checks, against the applied
+//! data) without being written; its effects are the entry the primary proposes. Once a quorum
+//! holds the entry, the primary applies it and only then answers: nothing is visible before it
+//! commits. A slot has one staged write at a time; the writes that arrive meanwhile are staged
+//! together next, after it, so each staging sees every effect before it, and a write sent again
+//! (its client id) finds the first attempt, committed, or truly gone.
+
+mod record;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tim_kv::{Applied, Batch, LogWrite, RawEntry, RowId, Slot, SlotDelta, StagedWrite, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::placement::NodeId;
+use crate::replica::{Ballot, Conf, Index, Kind, Message, Position, Replica, RoleKind, Timing, Write};
+pub use record::{Effects, Links, RecordError};
+use record::{Frame, ReplicaRecord, Snapshot};
+
+/// Why a write or a change was not done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("slot {slot} has no serving primary here")]
+    NotPrimary { slot: u16 },
+    #[error("slot {slot} could not commit in time: its replicas do not answer")]
+    Unavailable { slot: u16 },
+    #[error("slot {slot} has a replica here already")]
+    Exists { slot: u16 },
+    #[error("slot {slot}: {reason}")]
+    Refused { slot: u16, reason: String },
+    #[error("store failed")]
+    Store(#[from] StoreError),
+    #[error("replication stopped")]
+    Closed,
+}
+
+/// A slot's replica as others may look at it without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub role: RoleKind,
+    pub promised: Ballot,
+    pub commit: Index,
+    pub applied: Index,
+}
+
+/// Sizes and times of the driver.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicationConfig {
+    pub timing: Timing,
+    /// How often the replicas' clocks advance.
+    pub tick: Duration,
+    /// A write not committed within this is answered as unavailable.
+    pub commit_wait: Duration,
+    /// Inputs queued for the driver.
+    pub queue: usize,
+    /// Most writes of one slot staged together.
+    pub max_staged: usize,
+    /// Largest snapshot sent in one frame.
+    pub max_snapshot: usize,
+    /// Applied entries a replica keeps in its log for replicas that lag (more lag gets a
+    /// snapshot); the log is compacted when it holds twice as many.
+    pub keep: Index,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            timing: Timing::default(),
+            tick: Duration::from_millis(20),
+            commit_wait: Duration::from_secs(2),
+            queue: 16_384,
+            max_staged: 512,
+            max_snapshot: 15 << 20,
+            keep: 1024,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<RowId>, ReplicationError>>;
+
+enum Input {
+    Write {
+        batch: Batch,
+        reply: Reply,
+    },
+    Frame {
+        from: NodeId,
+        frame: Frame,
+    },
+    Create {
+        slot: Slot,
+        conf: Conf,
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
+    },
+    Change {
+        slot: Slot,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
+    },
+    Staged {
+        slot: Slot,
+        result: Result<StagedWrite, StoreError>,
+        replies: Vec<Reply>,
+    },
+    Written(Box<Written>),
+}
+
+/// A turn's write, done: what it made durable, and what waited for that.
+struct Written {
+    result: Result<(), StoreError>,
+    persisted: Vec<(Slot, Position)>,
+    applied: Vec<(Slot, Index)>,
+    messages: Vec<(NodeId, Slot, Message<Effects>)>,
+}
+
+/// The replicas of this node.
+pub struct Replication {
+    inputs: mpsc::Sender<Input>,
+    status: Arc<Mutex<HashMap<Slot, SlotStatus>>>,
+}
+
+impl Replication {
+    /// Loads the replicas the store holds and starts driving them.
+    pub fn start(
+        me: NodeId,
+        store: Arc<dyn Store>,
+        links: Arc<dyn Links>,
+        config: ReplicationConfig,
+    ) -> Result<Self, RecordError> {
+        let started = Instant::now();
+        let mut slots = HashMap::new();
+        for slot in (0..crate::SLOTS).map(Slot) {
+            if let Some(loaded) = record::load(&*store, slot)? {
+                let machine =
+                    Replica::new(me, loaded.promised, loaded.log, loaded.applied, config.timing, Duration::ZERO);
+                slots.insert(slot, SlotReplica::new(machine, loaded.applied));
+            }
+        }
+        let (inputs, inputs_rx) = mpsc::channel(config.queue);
+        let status = Arc::new(Mutex::new(HashMap::new()));
+        let actor = Actor {
+            me,
+            store,
+            links,
+            config,
+            started,
+            slots,
+            inputs: inputs.downgrade(),
+            outbox: BTreeMap::new(),
+            turn: Turn::default(),
+            status: Arc::clone(&status),
+            dirty: BTreeSet::new(),
+            failed: false,
+        };
+        tokio::spawn(actor.run(inputs_rx));
+        Ok(Self { inputs, status })
+    }
+
+    /// Writes a batch through its slot's replicas: its ids once a quorum holds it and it is
+    /// applied here.
+    pub async fn write(&self, batch: Batch) -> Result<Vec<RowId>, ReplicationError> {
+        let (reply, done) = oneshot::channel();
+        self.inputs.send(Input::Write { batch, reply }).await.map_err(|_| ReplicationError::Closed)?;
+        done.await.map_err(|_| ReplicationError::Closed)?
+    }
+
+    /// Takes a frame from `from`; dropped when the driver is behind (the protocol sends
+    /// again).
+    pub fn receive(&self, from: NodeId, raw: &[u8]) -> Result<(), postcard::Error> {
+        let frame = postcard::from_bytes(raw)?;
+        if self.inputs.try_send(Input::Frame { from, frame }).is_err() {
+            warn!(from = %from, "a replication frame was dropped: the driver is behind");
+        }
+        Ok(())
+    }
+
+    /// Creates the replica of a slot this node has none of, with its first configuration.
+    pub async fn create(&self, slot: Slot, conf: Conf) -> Result<(), ReplicationError> {
+        let (reply, done) = oneshot::channel();
+        self.inputs.send(Input::Create { slot, conf, reply }).await.map_err(|_| ReplicationError::Closed)?;
+        done.await.map_err(|_| ReplicationError::Closed)?
+    }
+
+    /// Starts changing a slot's voters (its primary must be here).
+    pub async fn change(&self, slot: Slot, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), ReplicationError> {
+        let (reply, done) = oneshot::channel();
+        let input = Input::Change { slot, voters, learners, reply };
+        self.inputs.send(input).await.map_err(|_| ReplicationError::Closed)?;
+        done.await.map_err(|_| ReplicationError::Closed)?
+    }
+
+    /// The slot's replica here, as of the driver's last turn.
+    pub fn status(&self, slot: Slot) -> Option<SlotStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).get(&slot).copied()
+    }
+}
+
+/// The write of the engine a slot's primary proposed and has not answered.
+struct InFlight {
+    index: Index,
+    ballot: Ballot,
+    replies: Vec<(Reply, Vec<RowId>)>,
+    since: Duration,
+}
+
+struct SlotReplica {
+    machine: Replica<Effects>,
+    /// Applied durably.
+    applied: Index,
+    /// Applied by a write issued.
+    applying: Index,
+    waiting: VecDeque<(Batch, Reply)>,
+    staging: bool,
+    in_flight: Option<InFlight>,
+}
+
+impl SlotReplica {
+    fn new(machine: Replica<Effects>, applied: Index) -> Self {
+        Self { machine, applied, applying: applied, waiting: VecDeque::new(), staging: false, in_flight: None }
+    }
+
+    fn status(&self) -> SlotStatus {
+        SlotStatus {
+            role: self.machine.role(),
+            promised: self.machine.promised(),
+            commit: self.machine.commit(),
+            applied: self.applied,
+        }
+    }
+}
+
+/// What a turn collects for its one write, and what waits for it.
+#[derive(Default)]
+struct Turn {
+    write: LogWrite,
+    persisted: BTreeMap<Slot, Position>,
+    applied: BTreeMap<Slot, Index>,
+    messages: Vec<(NodeId, Slot, Message<Effects>)>,
+}
+
+impl Turn {
+    fn is_empty(&self) -> bool {
+        self.write == LogWrite::default() && self.messages.is_empty()
+    }
+}
+
+struct Actor {
+    me: NodeId,
+    store: Arc<dyn Store>,
+    links: Arc<dyn Links>,
+    config: ReplicationConfig,
+    started: Instant,
+    slots: HashMap<Slot, SlotReplica>,
+    /// For the tasks that report back; the driver ends when every handle is dropped.
+    inputs: mpsc::WeakSender<Input>,
+    /// Messages that may leave at the end of the turn.
+    outbox: BTreeMap<NodeId, Vec<(Slot, Message<Effects>)>>,
+    turn: Turn,
+    status: Arc<Mutex<HashMap<Slot, SlotStatus>>>,
+    /// Slots whose state changed this turn.
+    dirty: BTreeSet<Slot>,
+    /// A write of the store failed: the driver stops.
+    failed: bool,
+}
+
+/// Most inputs taken in one turn.
+const TURN_INPUTS: usize = 512;
+
+impl Actor {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(),
+            }
+            for _ in 0..TURN_INPUTS {
+                match inputs.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            if self.failed {
+                break;
+            }
+            self.end_turn();
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Write { batch, reply } => self.write(batch, reply),
+            Input::Frame { from, frame } => self.frame(from, frame),
+            Input::Create { slot, conf, reply } => {
+                let _ = reply.send(self.create(slot, conf));
+            }
+            Input::Change { slot, voters, learners, reply } => {
+                let now = self.now();
+                let result = match self.slots.get_mut(&slot) {
+                    Some(replica) => replica
+                        .machine
+                        .change(voters, learners, now)
+                        .map(drop)
+                        .map_err(|e| ReplicationError::Refused { slot: slot.0, reason: e.to_string() }),
+                    None => Err(ReplicationError::NotPrimary { slot: slot.0 }),
+                };
+                self.after_step(slot);
+                let _ = reply.send(result);
+            }
+            Input::Staged { slot, result, replies } => self.staged(slot, result, replies),
+            Input::Written(written) => self.written(*written),
+        }
+    }
+
+    fn create(&mut self, slot: Slot, conf: Conf) -> Result<(), ReplicationError> {
+        if self.slots.contains_key(&slot) {
+            return Err(ReplicationError::Exists { slot: slot.0 });
+        }
+        let log = crate::replica::Log::new(Position::START, conf.clone());
+        let machine = Replica::new(self.me, Ballot::ZERO, log, 0, self.config.timing, self.now());
+        let record = ReplicaRecord { promised: Ballot::ZERO, base: Position::START, base_conf: conf };
+        let record = record::record(slot, &record)
+            .map_err(|e| ReplicationError::Refused { slot: slot.0, reason: e.to_string() })?;
+        self.turn.write.local.push(record);
+        self.slots.insert(slot, SlotReplica::new(machine, 0));
+        self.after_step(slot);
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        let slots: Vec<Slot> = self.slots.keys().copied().collect();
+        for slot in slots {
+            let Some(replica) = self.slots.get_mut(&slot) else { continue };
+            replica.machine.tick(now);
+            // Writes that did not commit in time are answered: the client sends them again.
+            if let Some(in_flight) = &mut replica.in_flight {
+                if now.saturating_sub(in_flight.since) > self.config.commit_wait && !in_flight.replies.is_empty() {
+                    for (reply, _) in in_flight.replies.drain(..) {
+                        let _ = reply.send(Err(ReplicationError::Unavailable { slot: slot.0 }));
+                    }
+                }
+            }
+            self.after_step(slot);
+        }
+    }
+
+    fn write(&mut self, batch: Batch, reply: Reply) {
+        let slot = batch.slot();
+        let now = self.now();
+        match self.slots.get_mut(&slot) {
+            Some(replica) if replica.machine.has_lease(now) => {
+                if replica.waiting.len() >= self.config.queue {
+                    let _ = reply.send(Err(ReplicationError::Unavailable { slot: slot.0 }));
+                    return;
+                }
+                replica.waiting.push_back((batch, reply));
+                self.stage_next(slot);
+            }
+            _ => {
+                let _ = reply.send(Err(ReplicationError::NotPrimary { slot: slot.0 }));
+            }
+        }
+    }
+
+    /// Stages the slot's waiting writes when nothing of it is staged or in flight.
+    fn stage_next(&mut self, slot: Slot) {
+        let max = self.config.max_staged;
+        let Some(replica) = self.slots.get_mut(&slot) else { return };
+        if replica.staging || replica.in_flight.is_some() || replica.waiting.is_empty() {
+            return;
+        }
+        let take = replica.waiting.len().min(max);
+        let (batches, replies): (Vec<Batch>, Vec<Reply>) = replica.waiting.drain(..take).unzip();
+        replica.staging = true;
+        let (store, inputs) = (Arc::clone(&self.store), self.inputs.clone());
+        tokio::spawn(async move {
+            let result = store.stage(batches).await;
+            if let Some(inputs) = inputs.upgrade() {
+                let _ = inputs.send(Input::Staged { slot, result, replies }).await;
+            }
+        });
+    }
+
+    fn staged(&mut self, slot: Slot, result: Result<StagedWrite, StoreError>, replies: Vec<Reply>) {
+        let now = self.now();
+        let Some(replica) = self.slots.get_mut(&slot) else { return };
+        replica.staging = false;
+        let staged = match result {
+            Ok(staged) => staged,
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone().into()));
+                }
+                return self.stage_next(slot);
+            }
+        };
+        let mut done = Vec::new();
+        for (reply, result) in replies.into_iter().zip(staged.results) {
+            match result {
+                Ok(ids) => done.push((reply, ids)),
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+        if staged.delta.is_empty() {
+            for (reply, ids) in done {
+                let _ = reply.send(Ok(ids));
+            }
+            return self.stage_next(slot);
+        }
+        let ballot = replica.machine.leads();
+        match (replica.machine.propose(staged.delta, now), ballot) {
+            (Ok(index), Some(ballot)) => {
+                replica.in_flight = Some(InFlight { index, ballot, replies: done, since: now });
+            }
+            _ => {
+                for (reply, _) in done {
+                    let _ = reply.send(Err(ReplicationError::NotPrimary { slot: slot.0 }));
+                }
+                self.turn.write.forgotten.push(slot);
+            }
+        }
+        self.after_step(slot);
+    }
+
+    fn frame(&mut self, from: NodeId, frame: Frame) {
+        let now = self.now();
+        match frame {
+            Frame::Messages(messages) => {
+                for (slot, message) in messages {
+                    let Some(replica) = self.slots.get_mut(&slot) else {
+                        // A replica this node does not hold yet: it is made on the first
+                        // append of a primary that counts it as a member, empty (a snapshot
+                        // follows).
+                        if let Message::Append { .. } = message {
+                            self.join(slot, from, message, now);
+                        }
+                        continue;
+                    };
+                    replica.machine.step(from, message, now);
+                    self.after_step(slot);
+                }
+            }
+            Frame::Snapshot(snapshot) => self.install(from, *snapshot, now),
+        }
+    }
+
+    /// Takes the first append of a slot this node holds nothing of: a learner with an empty
+    /// log, which asks for a snapshot.
+    fn join(&mut self, slot: Slot, from: NodeId, message: Message<Effects>, now: Duration) {
+        let conf = Conf { gen: 0, voters: Vec::new(), next: None, learners: vec![self.me] };
+        let log = crate::replica::Log::new(Position::START, conf);
+        let mut machine = Replica::new(self.me, Ballot::ZERO, log, 0, self.config.timing, now);
+        machine.step(from, message, now);
+        self.slots.insert(slot, SlotReplica::new(machine, 0));
+        self.after_step(slot);
+    }
+
+    fn install(&mut self, from: NodeId, snapshot: Snapshot, now: Duration) {
+        let Snapshot { slot, ballot, base, conf, data, sent } = snapshot;
+        let Some(replica) = self.slots.get_mut(&slot) else { return };
+        if !replica.machine.install(from, ballot, base, conf, sent, now) {
+            return self.after_step(slot);
+        }
+        // The log starts over at the snapshot: what this turn wrote of it before is void.
+        let turn = &mut self.turn;
+        turn.write.appended.retain(|(s, _, _)| *s != slot);
+        turn.write.applied.retain(|a| a.slot != slot);
+        turn.write.truncated.push((slot, 0));
+        turn.write.applied.push(Applied {
+            slot,
+            delta: SlotDelta { entries: data, removed: Vec::new() },
+            staged_here: false,
+            replaces: true,
+        });
+        turn.write.local.push(record::applied(slot, base.index));
+        turn.applied.insert(slot, base.index);
+        replica.applied = base.index;
+        replica.applying = base.index;
+        self.after_step(slot);
+    }
+
+    /// Carries out what the slot's replica decided: its writes into the turn's write, its
+    /// messages out (now, or once the write is durable), its commits applied, its snapshots
+    /// sent; and answers the engine's writes that can be answered.
+    fn after_step(&mut self, slot: Slot) {
+        let now = self.now();
+        let Some(replica) = self.slots.get_mut(&slot) else { return };
+        self.dirty.insert(slot);
+        // Entries applied durably and kept long enough are dropped from the log.
+        let (base, keep) = (replica.machine.log().base().index, self.config.keep);
+        let compact = replica.applied > base + 2 * keep;
+        if compact {
+            replica.machine.compact(replica.applied - keep);
+            self.turn.write.compacted.push((slot, replica.applied - keep));
+        }
+        let ready = replica.machine.take_ready();
+        let mut record_changed = compact;
+        for write in ready.writes {
+            match write {
+                Write::Promise(_) | Write::Install(..) => record_changed = true,
+                Write::Truncate(from) => self.turn.write.truncated.push((slot, from)),
+                Write::Append(index, entry) => match record::encode_entry(slot, index, &entry) {
+                    Ok(raw) => {
+                        self.turn.write.appended.push((slot, index, raw));
+                        let position = Position { ballot: entry.ballot, index };
+                        self.turn.persisted.insert(slot, position);
+                    }
+                    Err(e) => error!(error = %e, "a log entry does not encode"),
+                },
+            }
+        }
+        if record_changed {
+            let log = replica.machine.log();
+            let record = ReplicaRecord {
+                promised: replica.machine.promised(),
+                base: log.base(),
+                base_conf: log.base_conf().clone(),
+            };
+            match record::record(slot, &record) {
+                Ok(record) => self.turn.write.local.push(record),
+                Err(e) => error!(error = %e, "a replica record does not encode"),
+            }
+        }
+        for (to, message) in ready.messages {
+            if message.needs_durable_writes() {
+                self.turn.messages.push((to, slot, message));
+            } else {
+                self.outbox.entry(to).or_default().push((slot, message));
+            }
+        }
+        // Committed entries are applied (after their own appends, in the same write or an
+        // earlier one).
+        let commit = replica.machine.commit();
+        if commit > replica.applying {
+            let log = replica.machine.log();
+            let in_flight = replica.in_flight.as_ref().map(|f| f.index);
+            for index in replica.applying + 1..=commit {
+                match log.entry(index).map(|e| &e.kind) {
+                    Some(Kind::Data(delta)) => self.turn.write.applied.push(Applied {
+                        slot,
+                        delta: delta.clone(),
+                        staged_here: in_flight == Some(index),
+                        replaces: false,
+                    }),
+                    Some(_) => {}
+                    None => break,
+                }
+                replica.applying = index;
+            }
+            self.turn.write.local.push(record::applied(slot, replica.applying));
+            self.turn.applied.insert(slot, replica.applying);
+        }
+        // A primary that lost its ballot gives up its write in flight.
+        if let Some(in_flight) = &replica.in_flight {
+            if replica.machine.leads() != Some(in_flight.ballot) && in_flight.index > replica.applying {
+                if let Some(in_flight) = replica.in_flight.take() {
+                    for (reply, _) in in_flight.replies {
+                        let _ = reply.send(Err(ReplicationError::Unavailable { slot: slot.0 }));
+                    }
+                }
+                self.turn.write.forgotten.push(slot);
+            }
+        }
+        if !replica.machine.has_lease(now) && !matches!(replica.machine.role(), RoleKind::Primary { .. }) {
+            for (_, reply) in replica.waiting.drain(..) {
+                let _ = reply.send(Err(ReplicationError::NotPrimary { slot: slot.0 }));
+            }
+        }
+        for to in ready.snapshots {
+            self.send_snapshot(slot, to, now);
+        }
+    }
+
+    fn send_snapshot(&mut self, slot: Slot, to: NodeId, now: Duration) {
+        let Some(replica) = self.slots.get(&slot) else { return };
+        let Some(ballot) = replica.machine.leads() else { return };
+        let (base, conf) = replica.machine.snapshot_point(replica.applied);
+        let (store, links, max) = (Arc::clone(&self.store), Arc::clone(&self.links), self.config.max_snapshot);
+        // The data may be ahead of `base` when it is read: replaying the entries after `base`
+        // on it ends in the same state, since an entry's effects are the values its keys take.
+        tokio::task::spawn_blocking(move || {
+            let mut data: Vec<RawEntry> = Vec::new();
+            let mut size = 0;
+            let read = store.export_slot(slot, 1 << 20, &mut |part| {
+                size += part.iter().map(|e| e.key.len() + e.value.len()).sum::<usize>();
+                data.extend(part);
+                size <= max
+            });
+            if let Err(e) = read {
+                return warn!(slot = slot.0, error = %e, "a snapshot of the slot could not be read");
+            }
+            if size > max {
+                return warn!(slot = slot.0, size, "the slot is too large for a snapshot in one frame");
+            }
+            let frame = Frame::Snapshot(Box::new(Snapshot { slot, ballot, base, conf, data, sent: now }));
+            match postcard::to_stdvec(&frame) {
+                Ok(raw) => links.send(to, Bytes::from(raw)),
+                Err(e) => warn!(slot = slot.0, error = %e, "a snapshot does not encode"),
+            }
+        });
+    }
+
+    /// Ends a turn: sends what may leave now, issues the turn's write, and publishes the
+    /// replicas' states.
+    fn end_turn(&mut self) {
+        for (to, messages) in std::mem::take(&mut self.outbox) {
+            self.send_frame(to, messages);
+        }
+        let turn = std::mem::take(&mut self.turn);
+        if !turn.is_empty() {
+            let store = Arc::clone(&self.store);
+            let inputs = self.inputs.clone();
+            let Turn { write, persisted, applied, messages } = turn;
+            tokio::spawn(async move {
+                let result = if write == LogWrite::default() { Ok(()) } else { store.write_log(write).await.map(drop) };
+                let written = Written {
+                    result,
+                    persisted: persisted.into_iter().collect(),
+                    applied: applied.into_iter().collect(),
+                    messages,
+                };
+                if let Some(inputs) = inputs.upgrade() {
+                    let _ = inputs.send(Input::Written(Box::new(written))).await;
+                }
+            });
+        }
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in std::mem::take(&mut self.dirty) {
+            match self.slots.get(&slot) {
+                Some(replica) => status.insert(slot, replica.status()),
+                None => status.remove(&slot),
+            };
+        }
+    }
+
+    fn send_frame(&self, to: NodeId, messages: Vec<(Slot, Message<Effects>)>) {
+        match postcard::to_stdvec(&Frame::Messages(messages)) {
+            Ok(raw) => self.links.send(to, Bytes::from(raw)),
+            Err(e) => error!(to = %to, error = %e, "a replication frame does not encode"),
+        }
+    }
+
+    fn written(&mut self, written: Written) {
+        let now = self.now();
+        if let Err(e) = &written.result {
+            // What the replicas decided is not durable: they must not act on it. A store that
+            // fails writes fails the node's replicas; the writes waiting get `Closed`.
+            error!(error = %tim_net::report::ErrorChain(e), "a replication write failed: replication stops on this node");
+            self.failed = true;
+            return;
+        }
+        let mut out: BTreeMap<NodeId, Vec<(Slot, Message<Effects>)>> = BTreeMap::new();
+        for (to, slot, message) in written.messages {
+            out.entry(to).or_default().push((slot, message));
+        }
+        for (to, messages) in out {
+            self.send_frame(to, messages);
+        }
+        for (slot, position) in written.persisted {
+            if let Some(replica) = self.slots.get_mut(&slot) {
+                replica.machine.persisted(position, now);
+            }
+            self.after_step(slot);
+        }
+        for (slot, index) in written.applied {
+            let Some(replica) = self.slots.get_mut(&slot) else { continue };
+            replica.applied = replica.applied.max(index);
+            if replica.in_flight.as_ref().is_some_and(|f| f.index <= replica.applied) {
+                if let Some(in_flight) = replica.in_flight.take() {
+                    for (reply, ids) in in_flight.replies {
+                        let _ = reply.send(Ok(ids));
+                    }
+                }
+            }
+            self.stage_next(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+//! Replicas of real stores in one process, linked through a network that can be cut.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tim_kv::{Batch, ColumnDef, RocksStore, Row, RowId, SealKey, Slot, Store, StoreConfig, TableDef};
+
+use super::*;
+
+const MSG: TableDef = TableDef { id: 1, name: "msg", columns: &[ColumnDef::indexed("chat"), ColumnDef::plain("body")] };
+
+#[derive(Default)]
+struct Net {
+    nodes: Mutex<HashMap<NodeId, Weak<Replication>>>,
+    cut: Mutex<HashSet<(NodeId, NodeId)>>,
+}
+
+struct NodeLinks {
+    me: NodeId,
+    net: Arc<Net>,
+}
+
+impl Links for NodeLinks {
+    fn send(&self, to: NodeId, frame: Bytes) {
+        if self.net.cut.lock().unwrap().contains(&(self.me, to)) {
+            return;
+        }
+        let node = self.net.nodes.lock().unwrap().get(&to).and_then(Weak::upgrade);
+        if let Some(node) = node {
+            node.receive(self.me, &frame).unwrap();
+        }
+    }
+}
+
+struct Node {
+    id: NodeId,
+    store: Arc<RocksStore>,
+    replication: Option<Arc<Replication>>,
+    _dir: tempfile::TempDir,
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    nodes: Vec<Node>,
+}
+
+fn config() -> ReplicationConfig {
+    ReplicationConfig {
+        timing: Timing {
+            heartbeat: Duration::from_millis(40),
+            lease: Duration::from_millis(200),
+            margin: Duration::from_millis(20),
+            election: Duration::from_millis(300),
+            rank_step: Duration::from_millis(60),
+            step_down: Duration::from_millis(400),
+            snapshot_wait: Duration::from_secs(2),
+            max_batch: 64,
+        },
+        tick: Duration::from_millis(5),
+        commit_wait: Duration::from_millis(500),
+        keep: 8,
+        ..ReplicationConfig::default()
+    }
+}
+
+impl Cluster {
+    async fn new(n: u64) -> Cluster {
+        let net = Arc::new(Net::default());
+        let mut nodes = Vec::new();
+        for id in (1..=n).map(NodeId) {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                Arc::new(RocksStore::open(&StoreConfig::new(dir.path()), SealKey::new(&[7; 32]), &[MSG]).unwrap());
+            nodes.push(Node { id, store, replication: None, _dir: dir });
+        }
+        let mut cluster = Cluster { net, nodes };
+        for k in 0..cluster.nodes.len() {
+            cluster.start(k);
+        }
+        cluster
+    }
+
+    fn start(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        let links = Arc::new(NodeLinks { me: node.id, net: Arc::clone(&self.net) });
+        let replication = Arc::new(Replication::start(node.id, node.store.clone(), links, config()).unwrap());
+        self.net.nodes.lock().unwrap().insert(node.id, Arc::downgrade(&replication));
+        node.replication = Some(replication);
+    }
+
+    fn stop(&mut self, k: usize) {
+        self.nodes[k].replication = None;
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    async fn create(&self, slot: Slot) {
+        let conf = Conf::new(self.ids(), vec![]).unwrap();
+        for node in &self.nodes {
+            node.replication.as_ref().unwrap().create(slot, conf.clone()).await.unwrap();
+        }
+    }
+
+    /// The node whose replica of `slot` serves, waiting up to 10 s for one.
+    async fn primary(&self, slot: Slot) -> usize {
+        for _ in 0..1000 {
+            let serving = self.nodes.iter().position(|n| {
+                n.replication
+                    .as_ref()
+                    .and_then(|r| r.status(slot))
+                    .is_some_and(|s| s.role == RoleKind::Primary { serving: true })
+            });
+            if let Some(k) = serving {
+                return k;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no primary of slot {slot:?} within 10 s");
+    }
+
+    /// Writes a message through the primary of `slot`, trying again while there is none.
+    async fn send(&self, slot: Slot, body: &str) -> RowId {
+        for _ in 0..100 {
+            let k = self.primary(slot).await;
+            let mut batch = Batch::new(slot);
+            let mut row = Row::new(2);
+            row.set(0, Bytes::from_static(b"chat")).set(1, Bytes::copy_from_slice(body.as_bytes()));
+            batch.insert(tim_kv::TableId(1), row);
+            match self.nodes[k].replication.as_ref().unwrap().write(batch).await {
+                Ok(ids) => return ids[0],
+                Err(ReplicationError::NotPrimary { .. } | ReplicationError::Unavailable { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("write failed: {e}"),
+            }
+        }
+        panic!("no write of {body} went through");
+    }
+
+    fn bodies(&self, k: usize, slot: Slot) -> Vec<String> {
+        let rows =
+            self.nodes[k].store.page(tim_kv::TableId(1), slot, 0, b"chat", tim_kv::Cursor::OLDEST, 10_000).unwrap();
+        rows.iter().map(|(_, r)| String::from_utf8(r.get(1).unwrap().to_vec()).unwrap()).collect()
+    }
+
+    /// Waits until every running node applied exactly `bodies`.
+    async fn converged(&self, slot: Slot, bodies: &[String]) {
+        for _ in 0..1000 {
+            let running = self.nodes.iter().enumerate().filter(|(_, n)| n.replication.is_some());
+            if running.map(|(k, _)| k).all(|k| self.bodies(k, slot) == bodies) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen: Vec<_> = (0..self.nodes.len()).map(|k| self.bodies(k, slot)).collect();
+        panic!("replicas did not converge on {bodies:?}: {seen:?}");
+    }
+
+    fn cut_off(&self, k: usize) {
+        let me = self.nodes[k].id;
+        let mut cut = self.net.cut.lock().unwrap();
+        for other in self.ids().into_iter().filter(|o| *o != me) {
+            cut.insert((me, other));
+            cut.insert((other, me));
+        }
+    }
+
+    fn heal(&self) {
+        self.net.cut.lock().unwrap().clear();
+    }
+}
+
+#[tokio::test]
+async fn a_write_is_answered_once_a_majority_holds_it_and_every_replica_applies_it() {
+    let cluster = Cluster::new(3).await;
+    let slot = Slot(7);
+    cluster.create(slot).await;
+    let mut sent = Vec::new();
+    let mut last = RowId(0);
+    for i in 0..50 {
+        let body = format!("m{i}");
+        let id = cluster.send(slot, &body).await;
+        assert!(id > last, "ids increase");
+        last = id;
+        sent.push(body);
+        // Answered means applied on the primary.
+        let k = cluster.primary(slot).await;
+        assert_eq!(cluster.bodies(k, slot).last(), sent.last());
+    }
+    cluster.converged(slot, &sent).await;
+}
+
+#[tokio::test]
+async fn a_killed_primary_is_replaced_and_nothing_answered_is_lost() {
+    let mut cluster = Cluster::new(3).await;
+    let slot = Slot(3);
+    cluster.create(slot).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(format!("a{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    let first = cluster.primary(slot).await;
+    let before = cluster.send(slot, "a20").await;
+    sent.push("a20".into());
+    cluster.stop(first);
+    let second = cluster.primary(slot).await;
+    assert_ne!(first, second);
+    for i in 21..40 {
+        sent.push(format!("a{i}"));
+        let id = cluster.send(slot, sent.last().unwrap()).await;
+        assert!(id > before, "ids go on above the ones issued before the fail-over");
+    }
+    cluster.converged(slot, &sent).await;
+    // The old primary comes back from its disk and catches up.
+    cluster.start(first);
+    cluster.converged(slot, &sent).await;
+}
+
+#[tokio::test]
+async fn a_primary_cut_off_stops_answering_and_the_majority_goes_on() {
+    let cluster = Cluster::new(3).await;
+    let slot = Slot(11);
+    cluster.create(slot).await;
+    cluster.send(slot, "before").await;
+    let cut = cluster.primary(slot).await;
+    cluster.cut_off(cut);
+    // The minority primary answers no write.
+    let mut batch = Batch::new(slot);
+    batch.insert(tim_kv::TableId(1), Row::new(2));
+    let refused = cluster.nodes[cut].replication.as_ref().unwrap().write(batch).await;
+    assert!(
+        matches!(refused, Err(ReplicationError::Unavailable { .. } | ReplicationError::NotPrimary { .. })),
+        "{refused:?}"
+    );
+    // The others elect and serve.
+    let mut sent = vec!["before".to_string()];
+    for i in 0..10 {
+        sent.push(format!("b{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    assert_ne!(cluster.primary(slot).await, cut);
+    cluster.heal();
+    cluster.converged(slot, &sent).await;
+}
+
+#[tokio::test]
+async fn a_replica_back_after_the_log_moved_on_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::new(3).await;
+    let slot = Slot(21);
+    cluster.create(slot).await;
+    let mut sent = vec!["first".to_string()];
+    cluster.send(slot, "first").await;
+    let primary = cluster.primary(slot).await;
+    let away = (primary + 1) % 3;
+    cluster.stop(away);
+    // Far more than the logs keep.
+    for i in 0..60 {
+        sent.push(format!("c{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    // The primary's log starts after everything the stopped replica applied: only a
+    // snapshot brings that replica up to date.
+    let k = cluster.primary(slot).await;
+    let oldest = cluster.nodes[k].store.log_entries(slot, 0, 1).unwrap()[0].0;
+    let applied = applied(&cluster.nodes[away].store, slot);
+    assert!(oldest > applied + 1, "log from {oldest}, the replica applied {applied}");
+    cluster.start(away);
+    cluster.converged(slot, &sent).await;
+    assert!(self::applied(&cluster.nodes[away].store, slot) >= oldest);
+}
+
+fn applied(store: &RocksStore, slot: Slot) -> u64 {
+    let raw = store.local(&record::applied_name(slot)).unwrap().unwrap();
+    u64::from_be_bytes(raw.try_into().unwrap())
+}
+
+#[tokio::test]
+async fn concurrent_writes_of_one_slot_commit_together_in_order_of_their_ids() {
+    let cluster = Arc::new(Cluster::new(3).await);
+    let slot = Slot(30);
+    cluster.create(slot).await;
+    cluster.send(slot, "start").await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let cluster = Arc::clone(&cluster);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                ids.push(cluster.send(slot, &format!("t{t}-{i}")).await);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        let ids = task.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each sender's ids increase");
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 200, "every write got its own id");
+    let k = cluster.primary(slot).await;
+    let bodies = cluster.bodies(k, slot);
+    assert_eq!(bodies.len(), 201);
+    cluster.converged(slot, &bodies).await;
+}
