@@ -39,7 +39,7 @@ pub use ballot::{Ballot, Index, Position};
 pub use conf::{Conf, ConfError};
 pub use log::{Entry, Kind, Log};
 pub use machine::{ProposeError, Replica, RoleKind, Timing};
-pub use message::{Message, Ready, Write};
+pub use message::{Ask, Message, Ready, Write};
 
 #[cfg(test)]
 mod sim;

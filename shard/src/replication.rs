@@ -26,7 +26,7 @@ use tim_kv::{Applied, Batch, LogWrite, RawEntry, RowId, Slot, SlotDelta, StagedW
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use crate::placement::NodeId;
+use crate::placement::{NodeId, Placement};
 use crate::replica::{Ballot, Conf, Index, Kind, Message, Position, Replica, RoleKind, Timing, Write};
 pub use record::{Effects, Links, RecordError};
 use record::{Frame, ReplicaRecord, Snapshot};
@@ -55,6 +55,11 @@ pub struct SlotStatus {
     pub promised: Ballot,
     pub commit: Index,
     pub applied: Index,
+    /// The configuration in force: its voters (of the set it moves to, while joint) and
+    /// learners.
+    pub voters: usize,
+    pub learners: usize,
+    pub joint: bool,
 }
 
 /// Sizes and times of the driver.
@@ -74,6 +79,8 @@ pub struct ReplicationConfig {
     /// Applied entries a replica keeps in its log for replicas that lag (more lag gets a
     /// snapshot); the log is compacted when it holds twice as many.
     pub keep: Index,
+    /// How often the primaries here move their slots' configurations towards the placement.
+    pub reconcile_every: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -86,6 +93,7 @@ impl Default for ReplicationConfig {
             max_staged: 512,
             max_snapshot: 15 << 20,
             keep: 1024,
+            reconcile_every: Duration::from_millis(500),
         }
     }
 }
@@ -118,6 +126,7 @@ enum Input {
         replies: Vec<Reply>,
     },
     Written(Box<Written>),
+    Placement(Arc<Placement>),
 }
 
 /// A turn's write, done: what it made durable, and what waited for that.
@@ -166,6 +175,8 @@ impl Replication {
             status: Arc::clone(&status),
             dirty: BTreeSet::new(),
             failed: false,
+            placement: None,
+            placed: Duration::ZERO,
         };
         tokio::spawn(actor.run(inputs_rx));
         Ok(Self { inputs, status })
@@ -204,6 +215,13 @@ impl Replication {
         done.await.map_err(|_| ReplicationError::Closed)?
     }
 
+    /// Where the slots' replicas should be: each primary here moves its slot's configuration
+    /// towards the slot's preference list (learners first, voters once they caught up, the
+    /// list's first as primary).
+    pub async fn place(&self, placement: Arc<Placement>) -> Result<(), ReplicationError> {
+        self.inputs.send(Input::Placement(placement)).await.map_err(|_| ReplicationError::Closed)
+    }
+
     /// The slot's replica here, as of the driver's last turn.
     pub fn status(&self, slot: Slot) -> Option<SlotStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).get(&slot).copied()
@@ -235,11 +253,15 @@ impl SlotReplica {
     }
 
     fn status(&self) -> SlotStatus {
+        let conf = self.machine.log().conf();
         SlotStatus {
             role: self.machine.role(),
             promised: self.machine.promised(),
             commit: self.machine.commit(),
             applied: self.applied,
+            voters: conf.next.as_ref().unwrap_or(&conf.voters).len(),
+            learners: conf.learners.len(),
+            joint: conf.is_joint(),
         }
     }
 }
@@ -276,6 +298,9 @@ struct Actor {
     dirty: BTreeSet<Slot>,
     /// A write of the store failed: the driver stops.
     failed: bool,
+    /// Where the replicas should be, and when the primaries here last moved towards it.
+    placement: Option<Arc<Placement>>,
+    placed: Duration,
 }
 
 /// Most inputs taken in one turn.
@@ -332,6 +357,56 @@ impl Actor {
             }
             Input::Staged { slot, result, replies } => self.staged(slot, result, replies),
             Input::Written(written) => self.written(*written),
+            Input::Placement(placement) => {
+                self.placement = Some(placement);
+                self.reconcile_all();
+            }
+        }
+    }
+
+    /// Moves the configuration of every slot served here one step towards its placement.
+    fn reconcile_all(&mut self) {
+        self.placed = self.now();
+        let Some(placement) = self.placement.clone() else { return };
+        let serving: Vec<Slot> = self
+            .slots
+            .iter()
+            .filter(|(_, r)| r.machine.role() == RoleKind::Primary { serving: true })
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in serving {
+            self.reconcile(slot, placement.preference(slot));
+            self.after_step(slot);
+        }
+    }
+
+    /// One step towards `target` (voters, the primary first), when no change is under way:
+    /// missing replicas are added as learners; once they caught up, the voters change
+    /// (through a joint configuration); learners no longer wanted are dropped; last, the slot
+    /// is handed to the list's first when that one is caught up. A step refused (a change
+    /// under way, a replica still catching up) is tried again next round.
+    fn reconcile(&mut self, slot: Slot, target: &[NodeId]) {
+        let now = self.now();
+        let Some(replica) = self.slots.get_mut(&slot) else { return };
+        let machine = &mut replica.machine;
+        let Some(first) = target.first().copied() else { return };
+        let conf = machine.log().conf().clone();
+        let mut voters = target.to_vec();
+        voters.sort_unstable();
+        if conf.voters != voters {
+            let missing: Vec<NodeId> = voters.iter().filter(|n| !conf.voters.contains(n)).copied().collect();
+            if missing.iter().all(|n| conf.learners.contains(n)) {
+                let learners = conf.learners.iter().filter(|n| !voters.contains(n)).copied().collect();
+                let _ = machine.change(voters, learners, now);
+            } else {
+                let mut learners = conf.learners.clone();
+                learners.extend(missing);
+                let _ = machine.change(conf.voters.clone(), learners, now);
+            }
+        } else if !conf.learners.is_empty() {
+            let _ = machine.change(voters, Vec::new(), now);
+        } else if first != self.me && machine.is_caught_up(first, now) {
+            let _ = machine.transfer(first, now);
         }
     }
 
@@ -352,6 +427,9 @@ impl Actor {
 
     fn tick(&mut self) {
         let now = self.now();
+        if now.saturating_sub(self.placed) >= self.config.reconcile_every {
+            self.reconcile_all();
+        }
         let slots: Vec<Slot> = self.slots.keys().copied().collect();
         for slot in slots {
             let Some(replica) = self.slots.get_mut(&slot) else { continue };

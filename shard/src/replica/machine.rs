@@ -12,7 +12,7 @@ use tracing::error;
 use super::ballot::{Ballot, Index, Position};
 use super::conf::{Conf, ConfError};
 use super::log::{Entry, Kind, Log};
-use super::message::{Message, Ready, Write};
+use super::message::{Ask, Message, Ready, Write};
 use crate::placement::NodeId;
 
 /// How long things take.
@@ -97,6 +97,8 @@ struct Lead {
     peers: BTreeMap<NodeId, Peer>,
     /// When it became primary: it counts as heard from a quorum then.
     since: Duration,
+    /// The replica it hands the slot to, since when, and whether it was told to stand.
+    handing: Option<(NodeId, Duration, bool)>,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,16 @@ impl<P: Clone> Replica<P> {
         }
     }
 
+    /// Whether `node` holds this primary's whole log and answered within a lease: the replica
+    /// a slot may be handed to, or that may vote.
+    pub fn is_caught_up(&self, node: NodeId, now: Duration) -> bool {
+        let Role::Primary(lead) = &self.role else { return false };
+        lead.peers.get(&node).is_some_and(|p| {
+            p.matched == self.log.last().index
+                && p.answered.is_some_and(|at| now.saturating_sub(at) < self.timing.lease)
+        })
+    }
+
     /// What the last steps asked for.
     pub fn take_ready(&mut self) -> Ready<P> {
         std::mem::take(&mut self.ready)
@@ -277,7 +289,9 @@ impl<P: Clone> Replica<P> {
             }
             Role::Primary(lead) => {
                 let heard = self.quorum_heard(lead, now).unwrap_or(lead.since);
-                if now.saturating_sub(heard) > self.timing.step_down {
+                let handing_failed =
+                    lead.handing.is_some_and(|(_, since, _)| now.saturating_sub(since) > self.timing.election);
+                if now.saturating_sub(heard) > self.timing.step_down || handing_failed {
                     self.follow(None, now);
                     return;
                 }
@@ -326,16 +340,29 @@ impl<P: Clone> Replica<P> {
         let ballot = Ballot::above(self.seen.max(self.promised).max(self.log.last().ballot), self.me);
         self.role = Role::Candidate { ballot, probe: true, promises: BTreeSet::from([self.me]) };
         self.wake = now + self.timing.election;
-        self.ask(ballot, true);
+        self.ask(ballot, Ask::Probe);
         self.count_promises(now);
     }
 
-    fn ask(&mut self, ballot: Ballot, probe: bool) {
+    /// Stands at once for the promises, handed the slot by its primary.
+    fn stand_handed(&mut self, now: Duration) {
+        if !self.log.conf().is_voter(self.me) {
+            return;
+        }
+        let ballot = Ballot::above(self.seen.max(self.promised).max(self.log.last().ballot), self.me);
+        self.promise(ballot);
+        self.role = Role::Candidate { ballot, probe: false, promises: BTreeSet::from([self.me]) };
+        self.wake = now + self.timing.election;
+        self.ask(ballot, Ask::Transfer);
+        self.count_promises(now);
+    }
+
+    fn ask(&mut self, ballot: Ballot, ask: Ask) {
         let conf = self.log.conf().clone();
         let last = self.log.last();
         let me = self.me;
         for voter in conf.members().into_iter().filter(|n| *n != me && conf.is_voter(*n)) {
-            self.send(voter, Message::Prepare { ballot, last, probe });
+            self.send(voter, Message::Prepare { ballot, last, ask });
         }
     }
 
@@ -353,7 +380,7 @@ impl<P: Clone> Replica<P> {
             }
             self.promise(ballot);
             self.role = Role::Candidate { ballot, probe: false, promises: BTreeSet::from([self.me]) };
-            self.ask(ballot, false);
+            self.ask(ballot, Ask::Promise);
             self.count_promises(now);
         } else {
             self.lead(ballot, now);
@@ -364,7 +391,7 @@ impl<P: Clone> Replica<P> {
     fn lead(&mut self, ballot: Ballot, now: Duration) {
         let start = self.append(Entry { ballot, kind: Kind::Start });
         let peers = self.peers_for(start, &BTreeMap::new());
-        self.role = Role::Primary(Lead { ballot, start, serving: false, peers, since: now });
+        self.role = Role::Primary(Lead { ballot, start, serving: false, peers, since: now, handing: None });
         self.broadcast(now);
     }
 
@@ -424,7 +451,13 @@ impl<P: Clone> Replica<P> {
     /// Takes what `from` sent.
     pub fn step(&mut self, from: NodeId, message: Message<P>, now: Duration) {
         match message {
-            Message::Prepare { ballot, last, probe } => self.on_prepare(from, ballot, last, probe, now),
+            Message::Prepare { ballot, last, ask } => self.on_prepare(from, ballot, last, ask, now),
+            Message::StandNow { ballot } => {
+                let from_primary = matches!(self.role, Role::Follower { primary: Some(p), .. } if p == from);
+                if from_primary && ballot == self.promised {
+                    self.stand_handed(now);
+                }
+            }
             Message::Promise { ballot, probe } => {
                 if let Role::Candidate { ballot: mine, probe: probing, promises } = &mut self.role {
                     if *mine == ballot && *probing == probe {
@@ -454,7 +487,8 @@ impl<P: Clone> Replica<P> {
         }
     }
 
-    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, last: Position, probe: bool, now: Duration) {
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, last: Position, ask: Ask, now: Duration) {
+        let probe = ask == Ask::Probe;
         if !probe {
             self.seen = self.seen.max(ballot);
         }
@@ -463,16 +497,19 @@ impl<P: Clone> Replica<P> {
             let promised = this.promised;
             this.send(from, Message::Refuse { ballot, promised, last: mine });
         };
-        if ballot <= self.promised || !self.log.conf().is_voter(from) || now < self.quiet_until {
+        // A handed slot: its primary serves no more, so no lease holds the voter back.
+        let handed = ask == Ask::Transfer;
+        if ballot <= self.promised || !self.log.conf().is_voter(from) || (now < self.quiet_until && !handed) {
             return refuse(self);
         }
         // A live primary keeps its slot: a voter that heard it within the lease promises
         // nobody else, which is what the primary's own lease counts on.
-        let lease_holds = match &self.role {
-            Role::Follower { primary: Some(p), heard: Some(at) } => *p != from && now < *at + self.timing.lease,
-            Role::Primary(_) => self.has_lease(now),
-            _ => false,
-        };
+        let lease_holds = !handed
+            && match &self.role {
+                Role::Follower { primary: Some(p), heard: Some(at) } => *p != from && now < *at + self.timing.lease,
+                Role::Primary(_) => self.has_lease(now),
+                _ => false,
+            };
         if lease_holds {
             return refuse(self);
         }
@@ -564,6 +601,38 @@ impl<P: Clone> Replica<P> {
         if behind {
             self.send_append(from, now);
         }
+        self.hand_over();
+    }
+
+    /// Hands the slot to `to`, a voter: the primary serves no more at its ballot, catches `to`
+    /// up, and tells it to stand. Given up (the primary steps down) when `to` has not stood
+    /// within an election timeout; the voters then elect as after any primary's loss.
+    pub fn transfer(&mut self, to: NodeId, now: Duration) -> Result<(), ProposeError> {
+        let voter = self.log.conf().is_voter(to) && to != self.me;
+        match &mut self.role {
+            Role::Primary(lead) if lead.serving && voter => {
+                lead.serving = false;
+                lead.handing = Some((to, now, false));
+            }
+            _ => return Err(ProposeError::NotServing),
+        }
+        self.send_append(to, now);
+        self.hand_over();
+        Ok(())
+    }
+
+    /// Tells the replica the slot is handed to to stand, once it holds the whole log.
+    fn hand_over(&mut self) {
+        let last = self.log.last().index;
+        let Role::Primary(lead) = &mut self.role else { return };
+        let ballot = lead.ballot;
+        let Some((to, _, told)) = &mut lead.handing else { return };
+        let to = *to;
+        if *told || lead.peers.get(&to).is_none_or(|p| p.matched < last) {
+            return;
+        }
+        *told = true;
+        self.send(to, Message::StandNow { ballot });
     }
 
     fn on_mismatch(&mut self, from: NodeId, ballot: Ballot, at: Position, sent: Duration, now: Duration) {
@@ -601,7 +670,7 @@ impl<P: Clone> Replica<P> {
         }
         self.set_commit(reached);
         if let Role::Primary(lead) = &mut self.role {
-            lead.serving |= self.commit >= lead.start;
+            lead.serving |= self.commit >= lead.start && lead.handing.is_none();
         }
         self.finish_change(now);
     }

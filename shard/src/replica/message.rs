@@ -14,17 +14,19 @@ use crate::placement::NodeId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<P> {
     /// A candidate asks for a promise: nothing under a lower ballot is accepted any more.
-    /// A probe only asks whether the voter would promise, and changes nothing there: a
-    /// candidate cut off from most voters never raises a ballot that would unseat the
-    /// primary when it returns.
     Prepare {
         ballot: Ballot,
         last: Position,
-        probe: bool,
+        ask: Ask,
     },
     Promise {
         ballot: Ballot,
         probe: bool,
+    },
+    /// The primary hands the slot to the receiver, caught up: it serves no more, so the
+    /// receiver's candidacy need not wait for the primary's lease to end.
+    StandNow {
+        ballot: Ballot,
     },
     /// A ballot refused: the sender promised `promised` (at least this ballot), or it hears a
     /// live primary, or its log (ending at `last`) is ahead of the candidate's.
@@ -63,6 +65,18 @@ impl<P> Message<P> {
     pub fn needs_durable_writes(&self) -> bool {
         matches!(self, Message::Promise { .. } | Message::Accepted { .. } | Message::Refuse { .. })
     }
+}
+
+/// What a candidate asks of a voter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ask {
+    /// Whether it would promise; nothing changes there. A candidate cut off from most voters
+    /// never raises a ballot that would unseat the primary when it returns.
+    Probe,
+    Promise,
+    /// A promise for the replica the primary hands the slot to: the primary's lease does
+    /// not hold it back.
+    Transfer,
 }
 
 /// A change to a replica's durable state, written in order, atomically per step.

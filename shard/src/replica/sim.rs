@@ -114,6 +114,7 @@ struct Stats {
     truncations: usize,
     snapshots: usize,
     changes: usize,
+    transfers: usize,
 }
 
 impl Stats {
@@ -123,6 +124,7 @@ impl Stats {
         self.truncations += other.truncations;
         self.snapshots += other.snapshots;
         self.changes += other.changes;
+        self.transfers += other.transfers;
     }
 
     fn assert_exercised(&self, changes: bool) {
@@ -132,6 +134,7 @@ impl Stats {
         assert!(self.truncations > 10, "uncommitted entries truncated: {self:?}");
         assert!(self.snapshots > 10, "snapshots installed: {self:?}");
         assert!(!changes || self.changes > 10, "voter changes committed: {self:?}");
+        assert!(self.transfers > 20, "primaries handed over: {self:?}");
     }
 }
 
@@ -360,7 +363,7 @@ impl Sim {
         let n = self.nodes.len();
         let k = self.rng.gen_range(0..n);
         let id = self.nodes[k].id;
-        match self.rng.gen_range(0..6) {
+        match self.rng.gen_range(0..7) {
             0 if self.nodes[k].replica.is_some() => {
                 let for_ms = self.rng.gen_range(10..3000);
                 self.crash(k, for_ms);
@@ -383,6 +386,15 @@ impl Sim {
                 // Paused (SIGSTOP), past the lease sometimes.
                 let for_ms = self.rng.gen_range(100..2500);
                 self.nodes[k].paused_until = self.now + ms(for_ms);
+            }
+            5 if self.nodes[k].replica.is_some() => {
+                // The primary hands the slot to another replica.
+                let to = self.nodes[self.rng.gen_range(0..n)].id;
+                let now = self.now;
+                if self.nodes[k].replica.as_mut().unwrap().transfer(to, now).is_ok() {
+                    self.stats.transfers += 1;
+                }
+                self.drain(k);
             }
             _ => {
                 let voters = self.nodes.len().min(3);
@@ -665,6 +677,26 @@ fn a_restarted_voter_keeps_the_lease_it_gave() {
     assert!(sim.replica(N2).leads().is_none(), "n2 got no promise while n1's lease lasted");
     // Later n2 wins, once n1's lease is over.
     sim.stand(N2, serving(N2));
+    sim.heal_and_check();
+}
+
+/// A primary hands its slot to a caught-up voter: that voter leads at once (no election
+/// timeout, no lease to wait out), and the old primary serves no more.
+#[test]
+fn a_primary_hands_its_slot_to_another_replica_without_two_leases() {
+    let mut sim = Sim::scripted(3);
+    sim.stand(N1, |sim| sim.replica(N1).has_lease(sim.now) && sim.nodes.iter().all(|n| n.disk.applied_index == 1));
+    let x = sim.propose_at(N1);
+    sim.wait(100, |sim| sim.acked.contains(&x));
+    let now = sim.now;
+    let k1 = sim.index_of(N1);
+    sim.nodes[k1].replica.as_mut().unwrap().transfer(N3, now).unwrap();
+    sim.drain(k1);
+    assert!(!sim.replica(N1).has_lease(sim.now), "a primary handing over serves no more");
+    // Well within an election timeout: n3 stood on n1's word.
+    sim.wait(100, serving(N3));
+    let y = sim.propose_at(N3);
+    sim.wait(100, |sim| sim.acked.contains(&y));
     sim.heal_and_check();
 }
 

@@ -61,6 +61,7 @@ fn config() -> ReplicationConfig {
         tick: Duration::from_millis(5),
         commit_wait: Duration::from_millis(500),
         keep: 8,
+        reconcile_every: Duration::from_millis(50),
         ..ReplicationConfig::default()
     }
 }
@@ -99,10 +100,28 @@ impl Cluster {
     }
 
     async fn create(&self, slot: Slot) {
-        let conf = Conf::new(self.ids(), vec![]).unwrap();
-        for node in &self.nodes {
+        self.create_on(slot, &self.ids()).await;
+    }
+
+    /// Creates `slot` with `voters` on those nodes alone.
+    async fn create_on(&self, slot: Slot, voters: &[NodeId]) {
+        let conf = Conf::new(voters.to_vec(), vec![]).unwrap();
+        for node in self.nodes.iter().filter(|n| voters.contains(&n.id)) {
             node.replication.as_ref().unwrap().create(slot, conf.clone()).await.unwrap();
         }
+    }
+
+    /// Gives every running node the placement of `members` with three replicas per slot.
+    async fn place(&self, members: &[NodeId]) -> Arc<Placement> {
+        let placement = Arc::new(Placement::new(members.iter().map(|id| crate::Member { id: *id, weight: 1 }), 3));
+        for node in self.nodes.iter().filter_map(|n| n.replication.as_ref()) {
+            node.place(Arc::clone(&placement)).await.unwrap();
+        }
+        placement
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap()
     }
 
     /// The node whose replica of `slot` serves, waiting up to 10 s for one.
@@ -309,4 +328,78 @@ async fn concurrent_writes_of_one_slot_commit_together_in_order_of_their_ids() {
     let bodies = cluster.bodies(k, slot);
     assert_eq!(bodies.len(), 201);
     cluster.converged(slot, &bodies).await;
+}
+
+#[tokio::test]
+async fn a_slot_of_one_replica_grows_to_its_placement_and_its_primary_moves_to_the_first() {
+    let mut cluster = Cluster::new(3).await;
+    let members = cluster.ids();
+    let placement = Placement::new(members.iter().map(|id| crate::Member { id: *id, weight: 1 }), 3);
+    // A slot whose preferred primary is not the node that holds it now.
+    let slot = (0..crate::SLOTS).map(Slot).find(|s| placement.owner(*s) != Some(NodeId(1))).unwrap();
+    cluster.create_on(slot, &[NodeId(1)]).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(format!("d{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    cluster.place(&members).await;
+    let first = cluster.index(placement.owner(slot).unwrap());
+    for _ in 0..500 {
+        if cluster.primary(slot).await == first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.primary(slot).await, first, "the slot moved to its preferred primary");
+    sent.push("after".into());
+    cluster.send(slot, "after").await;
+    cluster.converged(slot, &sent).await;
+    // The others are voters now: without node 1 a majority remains.
+    cluster.stop(0);
+    sent.push("without 1".into());
+    cluster.send(slot, "without 1").await;
+    cluster.converged(slot, &sent).await;
+}
+
+#[tokio::test]
+async fn a_dead_replica_is_replaced_by_the_one_the_placement_names_and_nothing_is_lost() {
+    let mut cluster = Cluster::new(4).await;
+    let slot = Slot(40);
+    let three = [NodeId(1), NodeId(2), NodeId(3)];
+    cluster.create_on(slot, &three).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(format!("e{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    cluster.stop(2);
+    cluster.place(&[NodeId(1), NodeId(2), NodeId(4)]).await;
+    sent.push("while replacing".into());
+    cluster.send(slot, "while replacing").await;
+    // Node 4 holds the slot once it caught up, and votes: with node 1 gone too, 2 and 4
+    // are a majority.
+    for _ in 0..500 {
+        if cluster.bodies(3, slot) == sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.bodies(3, slot), sent);
+    let mut voting = false;
+    for _ in 0..100 {
+        // The joint change ends once node 4 caught up; until then node 1 is needed.
+        let k = cluster.primary(slot).await;
+        let status = cluster.nodes[k].replication.as_ref().unwrap().status(slot).unwrap();
+        if status.voters == 3 && !status.joint && status.learners == 0 {
+            voting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(voting, "the configuration settled on three voters");
+    cluster.stop(0);
+    sent.push("without 1 and 3".into());
+    cluster.send(slot, "without 1 and 3").await;
+    cluster.converged(slot, &sent).await;
 }
