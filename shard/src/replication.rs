@@ -28,6 +28,7 @@ use tracing::{error, warn};
 
 use crate::placement::{NodeId, Placement};
 use crate::replica::{Ballot, Conf, Index, Kind, Message, Position, Replica, RoleKind, Timing, Write};
+use crate::SlotSet;
 pub use record::{Effects, Links, RecordError};
 use record::{Frame, ReplicaRecord, Snapshot};
 
@@ -86,7 +87,8 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         Self {
-            timing: Timing::default(),
+            // Idle replicas are kept by beats (one message per peer for every slot).
+            timing: Timing { idle_heartbeat: Duration::from_secs(5), ..Timing::default() },
             tick: Duration::from_millis(20),
             commit_wait: Duration::from_secs(2),
             queue: 16_384,
@@ -177,6 +179,7 @@ impl Replication {
             failed: false,
             placement: None,
             placed: Duration::ZERO,
+            beaten: Duration::ZERO,
         };
         tokio::spawn(actor.run(inputs_rx));
         Ok(Self { inputs, status })
@@ -245,11 +248,14 @@ struct SlotReplica {
     waiting: VecDeque<(Batch, Reply)>,
     staging: bool,
     in_flight: Option<InFlight>,
+    /// The role last published.
+    role: RoleKind,
 }
 
 impl SlotReplica {
     fn new(machine: Replica<Effects>, applied: Index) -> Self {
-        Self { machine, applied, applying: applied, waiting: VecDeque::new(), staging: false, in_flight: None }
+        let role = machine.role();
+        Self { machine, applied, applying: applied, waiting: VecDeque::new(), staging: false, in_flight: None, role }
     }
 
     fn status(&self) -> SlotStatus {
@@ -301,6 +307,8 @@ struct Actor {
     /// Where the replicas should be, and when the primaries here last moved towards it.
     placement: Option<Arc<Placement>>,
     placed: Duration,
+    /// When the peers were last told which slots this node leads.
+    beaten: Duration,
 }
 
 /// Most inputs taken in one turn.
@@ -430,10 +438,20 @@ impl Actor {
         if now.saturating_sub(self.placed) >= self.config.reconcile_every {
             self.reconcile_all();
         }
+        if now.saturating_sub(self.beaten) >= self.config.timing.heartbeat {
+            self.beat(now);
+        }
         let slots: Vec<Slot> = self.slots.keys().copied().collect();
         for slot in slots {
             let Some(replica) = self.slots.get_mut(&slot) else { continue };
+            let busy = replica.in_flight.is_some() || !replica.waiting.is_empty();
+            if !busy && !replica.machine.is_due(now) {
+                continue;
+            }
             replica.machine.tick(now);
+            if !busy && !replica.machine.has_ready() && replica.machine.role() == replica.role {
+                continue;
+            }
             // Writes that did not commit in time are answered: the client sends them again.
             if let Some(in_flight) = &mut replica.in_flight {
                 if now.saturating_sub(in_flight.since) > self.config.commit_wait && !in_flight.replies.is_empty() {
@@ -545,6 +563,46 @@ impl Actor {
                 }
             }
             Frame::Snapshot(snapshot) => self.install(from, *snapshot, now),
+            Frame::Beat { sent, slots } => {
+                let mut following = SlotSet::default();
+                for slot in SlotSet::from_words(&slots).iter() {
+                    if self.slots.get_mut(&slot).is_some_and(|r| r.machine.heard(from, now)) {
+                        following.put(slot, true);
+                    }
+                }
+                self.send(to_frame(from, Frame::BeatAck { sent, slots: following.to_words() }));
+            }
+            Frame::BeatAck { sent, slots } => {
+                for slot in SlotSet::from_words(&slots).iter() {
+                    if let Some(replica) = self.slots.get_mut(&slot) {
+                        replica.machine.answered(from, sent);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells each peer, in one message, which slots this node leads for it: the peer's
+    /// replicas go on hearing their primary, and their answers keep the primaries' leases.
+    fn beat(&mut self, now: Duration) {
+        self.beaten = now;
+        let mut beats: BTreeMap<NodeId, SlotSet> = BTreeMap::new();
+        for (slot, replica) in &self.slots {
+            if replica.machine.leads().is_none() {
+                continue;
+            }
+            for peer in replica.machine.log().conf().members().into_iter().filter(|n| *n != self.me) {
+                beats.entry(peer).or_default().put(*slot, true);
+            }
+        }
+        for (peer, slots) in beats {
+            self.send(to_frame(peer, Frame::Beat { sent: now, slots: slots.to_words() }));
+        }
+    }
+
+    fn send(&self, frame: Option<(NodeId, Bytes)>) {
+        if let Some((to, raw)) = frame {
+            self.links.send(to, raw);
         }
     }
 
@@ -590,6 +648,7 @@ impl Actor {
         let now = self.now();
         let Some(replica) = self.slots.get_mut(&slot) else { return };
         self.dirty.insert(slot);
+        replica.role = replica.machine.role();
         // Entries applied durably and kept long enough are dropped from the log.
         let (base, keep) = (replica.machine.log().base().index, self.config.keep);
         let compact = replica.applied > base + 2 * keep;
@@ -738,10 +797,7 @@ impl Actor {
     }
 
     fn send_frame(&self, to: NodeId, messages: Vec<(Slot, Message<Effects>)>) {
-        match postcard::to_stdvec(&Frame::Messages(messages)) {
-            Ok(raw) => self.links.send(to, Bytes::from(raw)),
-            Err(e) => error!(to = %to, error = %e, "a replication frame does not encode"),
-        }
+        self.send(to_frame(to, Frame::Messages(messages)));
     }
 
     fn written(&mut self, written: Written) {
@@ -777,6 +833,17 @@ impl Actor {
                 }
             }
             self.stage_next(slot);
+        }
+    }
+}
+
+/// A frame for `to`, encoded; `None` (logged) when it does not encode.
+fn to_frame(to: NodeId, frame: Frame) -> Option<(NodeId, Bytes)> {
+    match postcard::to_stdvec(&frame) {
+        Ok(raw) => Some((to, Bytes::from(raw))),
+        Err(e) => {
+            error!(to = %to, error = %e, "a replication frame does not encode");
+            None
         }
     }
 }

@@ -39,6 +39,35 @@ impl SlotSet {
         self.0.iter().all(|word| *word == 0)
     }
 
+    /// The slots of the set, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, word)| {
+            let mut left = *word;
+            std::iter::from_fn(move || {
+                if left == 0 {
+                    return None;
+                }
+                let bit = left.trailing_zeros();
+                left &= left - 1;
+                Some(Slot(i as u16 * 64 + bit as u16))
+            })
+        })
+    }
+
+    /// The set as words of 64 slots each, for a message.
+    pub fn to_words(&self) -> Vec<u64> {
+        self.0.to_vec()
+    }
+
+    /// A set from words of 64 slots each; words past the slots of a cluster are ignored.
+    pub fn from_words(words: &[u64]) -> Self {
+        let mut set = Self::default();
+        for (mine, word) in set.0.iter_mut().zip(words) {
+            *mine = *word;
+        }
+        set
+    }
+
     /// The slots of `self` that `other` lacks, in order.
     pub fn difference<'a>(&'a self, other: &'a SlotSet) -> impl Iterator<Item = Slot> + 'a {
         self.0.iter().zip(other.0.iter()).enumerate().flat_map(|(i, (mine, theirs))| {
@@ -80,6 +109,8 @@ mod tests {
         let mut c = b.clone();
         c.put(Slot(64), false);
         assert_eq!(c.difference(&SlotSet::default()).collect::<Vec<_>>(), [Slot(1), Slot(701)]);
+        assert_eq!(a.iter().collect::<Vec<_>>(), [0, 1, 63, 64, 700, SLOTS - 1].map(Slot));
+        assert!(SlotSet::from_words(&a.to_words()) == a);
         let mut outside = SlotSet::default();
         outside.put(Slot(SLOTS), true);
         assert!(outside.is_empty());

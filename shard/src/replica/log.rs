@@ -32,12 +32,15 @@ pub struct Log<P> {
     /// The configuration in force at the base.
     base_conf: Conf,
     entries: VecDeque<Entry<P>>,
+    /// The indexes of the configuration entries, in order (a few at most): the configuration
+    /// in force is looked up on every commit and tick.
+    confs: Vec<Index>,
 }
 
 impl<P: Clone> Log<P> {
     /// An empty log at `base` (a slot's first configuration, or a snapshot).
     pub fn new(base: Position, base_conf: Conf) -> Self {
-        Self { base, base_conf, entries: VecDeque::new() }
+        Self { base, base_conf, entries: VecDeque::new(), confs: Vec::new() }
     }
 
     pub fn base(&self) -> Position {
@@ -84,14 +87,20 @@ impl<P: Clone> Log<P> {
     }
 
     pub fn push(&mut self, entry: Entry<P>) -> Index {
+        let is_conf = matches!(entry.kind, Kind::Conf(_));
         self.entries.push_back(entry);
-        self.last().index
+        let index = self.last().index;
+        if is_conf {
+            self.confs.push(index);
+        }
+        index
     }
 
     /// Drops the entries from `index` on.
     pub fn truncate_from(&mut self, index: Index) {
         if let Some(keep) = self.offset(index) {
             self.entries.truncate(keep);
+            self.confs.retain(|at| *at < index);
         }
     }
 
@@ -124,16 +133,20 @@ impl<P: Clone> Log<P> {
 
     /// The configuration in force after the entry at `index` (at least the base).
     pub fn conf_at(&self, index: Index) -> &Conf {
-        let upto = self.offset(index).map_or(0, |k| k + 1);
-        self.entries
+        self.confs
             .iter()
-            .take(upto)
             .rev()
-            .find_map(|e| match &e.kind {
-                Kind::Conf(conf) => Some(conf),
+            .filter(|at| **at <= index)
+            .find_map(|at| match self.entry(*at).map(|e| &e.kind) {
+                Some(Kind::Conf(conf)) => Some(conf),
                 _ => None,
             })
             .unwrap_or(&self.base_conf)
+    }
+
+    /// The index of the configuration in force (the base's counts as the base).
+    pub fn conf_index(&self) -> Index {
+        self.confs.last().copied().unwrap_or(self.base.index)
     }
 
     /// Drops the entries up to `index` (applied, and no replica needs them): the base moves
@@ -143,6 +156,7 @@ impl<P: Clone> Log<P> {
         self.base_conf = self.conf_at(index).clone();
         let drop = self.offset(index).map_or(0, |k| k + 1);
         self.entries.drain(..drop);
+        self.confs.retain(|at| *at > index);
         self.base = Position { ballot, index };
     }
 }

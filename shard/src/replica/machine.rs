@@ -18,8 +18,13 @@ use crate::placement::NodeId;
 /// How long things take.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// A primary sends to each replica at least this often.
+    /// A primary sends to each replica it has something for (entries, a commit index, a
+    /// resend) at least this often.
     pub heartbeat: Duration,
+    /// A primary sends an empty append to a replica it has nothing for this often. A driver
+    /// that refreshes leases for many slots at once ([`Replica::heard`], [`Replica::answered`])
+    /// sets it long; without one it equals `heartbeat`.
+    pub idle_heartbeat: Duration,
     /// A voter promises no new ballot for this long after it heard its primary; the primary
     /// serves for this long, less `margin`, after a quorum answered what it sent.
     pub lease: Duration,
@@ -40,6 +45,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_millis(250),
+            idle_heartbeat: Duration::from_millis(250),
             lease: Duration::from_millis(1000),
             margin: Duration::from_millis(100),
             election: Duration::from_millis(1500),
@@ -84,6 +90,8 @@ struct Peer {
     /// The send time of the newest append it answered.
     answered: Option<Duration>,
     last_send: Option<Duration>,
+    /// The commit index last sent to it.
+    told: Index,
     /// When a snapshot was asked for, until the replica answers.
     snapshot: Option<Duration>,
 }
@@ -129,7 +137,7 @@ pub struct Replica<P> {
     role: Role,
     /// This replica's place among the slot's voters for standing: 0 stands first.
     rank: u32,
-    /// A follower stands then; a candidate gives up then.
+    /// A follower stands then; a candidate gives up then; a primary looks at its timers then.
     wake: Duration,
     /// The highest ballot seen anywhere: a new one is chosen above it.
     seen: Ballot,
@@ -222,6 +230,33 @@ impl<P: Clone> Replica<P> {
         })
     }
 
+    /// Whether the last steps asked for anything.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Records that `from` was heard as this replica's primary, by a message that stands for
+    /// many slots' appends: whether it is this replica's primary (then its lease goes on).
+    pub fn heard(&mut self, from: NodeId, now: Duration) -> bool {
+        let Role::Follower { primary: Some(primary), heard } = &mut self.role else { return false };
+        if *primary != from {
+            return false;
+        }
+        *heard = Some(now);
+        self.wake = now + self.timing.election + self.timing.rank_step * self.rank;
+        true
+    }
+
+    /// Records that `peer` answered, as this primary's follower, a message sent at `sent`
+    /// that stands for many slots' appends ([`Replica::heard`] on its side).
+    pub fn answered(&mut self, peer: NodeId, sent: Duration) {
+        if let Role::Primary(lead) = &mut self.role {
+            if let Some(p) = lead.peers.get_mut(&peer) {
+                p.answered = p.answered.max(Some(sent));
+            }
+        }
+    }
+
     /// What the last steps asked for.
     pub fn take_ready(&mut self) -> Ready<P> {
         std::mem::take(&mut self.ready)
@@ -295,10 +330,18 @@ impl<P: Clone> Replica<P> {
                     self.follow(None, now);
                     return;
                 }
+                let (last, commit) = (self.log.last().index, self.commit);
                 let due: Vec<NodeId> = lead
                     .peers
                     .iter()
-                    .filter(|(_, p)| p.last_send.is_none_or(|at| now.saturating_sub(at) >= self.timing.heartbeat))
+                    .filter(|(_, p)| {
+                        let every = if p.matched < last || p.told < commit {
+                            self.timing.heartbeat
+                        } else {
+                            self.timing.idle_heartbeat
+                        };
+                        p.last_send.is_none_or(|at| now.saturating_sub(at) >= every)
+                    })
                     .map(|(n, _)| *n)
                     .collect();
                 let wait = self.timing.snapshot_wait;
@@ -314,9 +357,15 @@ impl<P: Clone> Replica<P> {
                     }
                     self.send_append(node, now);
                 }
+                self.wake = now + self.timing.heartbeat / 4;
             }
             _ => {}
         }
+    }
+
+    /// Whether a tick would do anything now: drivers of many replicas tick only those.
+    pub fn is_due(&self, now: Duration) -> bool {
+        now >= self.wake
     }
 
     /// The newest send time that a quorum of voters (this one counted as now) answered.
@@ -389,6 +438,7 @@ impl<P: Clone> Replica<P> {
 
     /// Becomes primary at `ballot`: appends its start entry and sends the log to everyone.
     fn lead(&mut self, ballot: Ballot, now: Duration) {
+        self.wake = now;
         let start = self.append(Entry { ballot, kind: Kind::Start });
         let peers = self.peers_for(start, &BTreeMap::new());
         self.role = Role::Primary(Lead { ballot, start, serving: false, peers, since: now, handing: None });
@@ -401,7 +451,7 @@ impl<P: Clone> Replica<P> {
         for node in self.log.conf().members().into_iter().filter(|n| *n != self.me) {
             let peer = match known.get(&node) {
                 Some(p) => Peer { ..*p },
-                None => Peer { next, matched: 0, answered: None, last_send: None, snapshot: None },
+                None => Peer { next, matched: 0, answered: None, last_send: None, told: 0, snapshot: None },
             };
             peers.insert(node, peer);
         }
@@ -444,6 +494,7 @@ impl<P: Clone> Replica<P> {
         let entries = self.log.entries_from(peer.next, self.timing.max_batch);
         peer.next = (peer.next + entries.len() as Index).min(last + 1);
         peer.last_send = Some(now);
+        peer.told = commit;
         let prev = Position { ballot: prev_ballot, index: prev_index };
         self.send(node, Message::Append { ballot, prev, entries, commit, sent: now });
     }
@@ -679,7 +730,7 @@ impl<P: Clone> Replica<P> {
     /// ends in; a primary that is not a voter of a settled one steps down.
     fn finish_change(&mut self, now: Duration) {
         let conf = self.log.conf().clone();
-        if self.conf_index() > self.commit {
+        if self.log.conf_index() > self.commit {
             return;
         }
         if let Some(settled) = conf.settled() {
@@ -691,15 +742,6 @@ impl<P: Clone> Replica<P> {
         } else if !conf.is_voter(self.me) {
             self.follow(None, now);
         }
-    }
-
-    /// The index of the configuration in force (the base's counts as the base).
-    fn conf_index(&self) -> Index {
-        let base = self.log.base().index;
-        (base + 1..=self.log.last().index)
-            .rev()
-            .find(|i| matches!(self.log.entry(*i).map(|e| &e.kind), Some(Kind::Conf(_))))
-            .unwrap_or(base)
     }
 
     fn refresh_peers(&mut self) {
@@ -749,7 +791,7 @@ impl<P: Clone> Replica<P> {
             _ => return Err(ProposeError::NotServing),
         };
         let conf = self.log.conf();
-        if conf.is_joint() || self.conf_index() > self.commit {
+        if conf.is_joint() || self.log.conf_index() > self.commit {
             return Err(ProposeError::ChangeUnderWay);
         }
         let mut wanted = voters.clone();

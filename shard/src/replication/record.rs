@@ -101,6 +101,16 @@ pub(crate) enum Frame {
     /// A slot's data as of `base`, for a replica whose next entries the primary's log no
     /// longer holds.
     Snapshot(Box<Snapshot>),
+    /// The sender leads these slots (a [`crate::SlotSet`]'s words): one message instead of an
+    /// empty append per slot, answered with the slots whose replica follows the sender.
+    Beat {
+        sent: std::time::Duration,
+        slots: Vec<u64>,
+    },
+    BeatAck {
+        sent: std::time::Duration,
+        slots: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

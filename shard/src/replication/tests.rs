@@ -50,6 +50,7 @@ fn config() -> ReplicationConfig {
     ReplicationConfig {
         timing: Timing {
             heartbeat: Duration::from_millis(40),
+            idle_heartbeat: Duration::from_secs(1),
             lease: Duration::from_millis(200),
             margin: Duration::from_millis(20),
             election: Duration::from_millis(300),
@@ -402,4 +403,35 @@ async fn a_dead_replica_is_replaced_by_the_one_the_placement_names_and_nothing_i
     sent.push("without 1 and 3".into());
     cluster.send(slot, "without 1 and 3").await;
     cluster.converged(slot, &sent).await;
+}
+
+#[tokio::test]
+async fn idle_slots_keep_their_primaries_through_beats_alone() {
+    let cluster = Cluster::new(3).await;
+    let slots: Vec<Slot> = (100..140).map(Slot).collect();
+    for slot in &slots {
+        cluster.create(*slot).await;
+    }
+    for slot in &slots {
+        cluster.send(*slot, "x").await;
+    }
+    let promised = |cluster: &Cluster| -> Vec<Ballot> {
+        slots.iter().map(|s| cluster.nodes[0].replication.as_ref().unwrap().status(*s).unwrap().promised).collect()
+    };
+    let before = promised(&cluster);
+    // Five leases long, shorter than the idle appends' interval: only the beats speak.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(promised(&cluster), before, "no election while the primaries live");
+    for slot in &slots {
+        let k = cluster.primary(*slot).await;
+        let status = cluster.nodes[k].replication.as_ref().unwrap().status(*slot).unwrap();
+        assert_eq!(status.role, RoleKind::Primary { serving: true });
+    }
+    // And a write goes through at once, under the lease the beats kept.
+    for slot in &slots {
+        let k = cluster.primary(*slot).await;
+        let mut batch = Batch::new(*slot);
+        batch.insert(tim_kv::TableId(1), Row::new(2));
+        cluster.nodes[k].replication.as_ref().unwrap().write(batch).await.unwrap();
+    }
 }
