@@ -127,7 +127,6 @@ enum Input {
         result: Result<StagedWrite, StoreError>,
         replies: Vec<Reply>,
     },
-    Written(Box<Written>),
     Placement(Arc<Placement>),
 }
 
@@ -163,6 +162,11 @@ impl Replication {
             }
         }
         let (inputs, inputs_rx) = mpsc::channel(config.queue);
+        // Room for every turn queued and the one being written: the turn writer never waits
+        // for the driver, which may be waiting for it.
+        let (turns, turns_rx) = mpsc::channel(TURNS_QUEUED);
+        let (written, written_rx) = mpsc::channel(TURNS_QUEUED + 2);
+        tokio::spawn(write_turns(Arc::clone(&store), turns_rx, written));
         let status = Arc::new(Mutex::new(HashMap::new()));
         let actor = Actor {
             me,
@@ -172,6 +176,7 @@ impl Replication {
             started,
             slots,
             inputs: inputs.downgrade(),
+            turns,
             outbox: BTreeMap::new(),
             turn: Turn::default(),
             status: Arc::clone(&status),
@@ -181,7 +186,7 @@ impl Replication {
             placed: Duration::ZERO,
             beaten: Duration::ZERO,
         };
-        tokio::spawn(actor.run(inputs_rx));
+        tokio::spawn(actor.run(inputs_rx, written_rx));
         Ok(Self { inputs, status })
     }
 
@@ -296,6 +301,8 @@ struct Actor {
     slots: HashMap<Slot, SlotReplica>,
     /// For the tasks that report back; the driver ends when every handle is dropped.
     inputs: mpsc::WeakSender<Input>,
+    /// To the task that writes the turns, in order.
+    turns: mpsc::Sender<Turn>,
     /// Messages that may leave at the end of the turn.
     outbox: BTreeMap<NodeId, Vec<(Slot, Message<Effects>)>>,
     turn: Turn,
@@ -315,7 +322,7 @@ struct Actor {
 const TURN_INPUTS: usize = 512;
 
 impl Actor {
-    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut written: mpsc::Receiver<Written>) {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -324,7 +331,14 @@ impl Actor {
                     Some(input) => self.handle(input),
                     None => break,
                 },
+                Some(done) = written.recv() => self.written(done),
                 _ = tick.tick() => self.tick(),
+            }
+            for _ in 0..TURN_INPUTS {
+                match written.try_recv() {
+                    Ok(done) => self.written(done),
+                    Err(_) => break,
+                }
             }
             for _ in 0..TURN_INPUTS {
                 match inputs.try_recv() {
@@ -335,7 +349,7 @@ impl Actor {
             if self.failed {
                 break;
             }
-            self.end_turn();
+            self.end_turn().await;
         }
     }
 
@@ -364,7 +378,6 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Input::Staged { slot, result, replies } => self.staged(slot, result, replies),
-            Input::Written(written) => self.written(*written),
             Input::Placement(placement) => {
                 self.placement = Some(placement);
                 self.reconcile_all();
@@ -765,27 +778,14 @@ impl Actor {
 
     /// Ends a turn: sends what may leave now, issues the turn's write, and publishes the
     /// replicas' states.
-    fn end_turn(&mut self) {
+    async fn end_turn(&mut self) {
         for (to, messages) in std::mem::take(&mut self.outbox) {
             self.send_frame(to, messages);
         }
         let turn = std::mem::take(&mut self.turn);
-        if !turn.is_empty() {
-            let store = Arc::clone(&self.store);
-            let inputs = self.inputs.clone();
-            let Turn { write, persisted, applied, messages } = turn;
-            tokio::spawn(async move {
-                let result = if write == LogWrite::default() { Ok(()) } else { store.write_log(write).await.map(drop) };
-                let written = Written {
-                    result,
-                    persisted: persisted.into_iter().collect(),
-                    applied: applied.into_iter().collect(),
-                    messages,
-                };
-                if let Some(inputs) = inputs.upgrade() {
-                    let _ = inputs.send(Input::Written(Box::new(written))).await;
-                }
-            });
+        // The turn writer stops only when the driver does.
+        if !turn.is_empty() && self.turns.send(turn).await.is_err() {
+            self.failed = true;
         }
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         for slot in std::mem::take(&mut self.dirty) {
@@ -844,6 +844,28 @@ fn to_frame(to: NodeId, frame: Frame) -> Option<(NodeId, Bytes)> {
         Err(e) => {
             error!(to = %to, error = %e, "a replication frame does not encode");
             None
+        }
+    }
+}
+
+/// Turns written at once, at most, before the driver waits for the store.
+const TURNS_QUEUED: usize = 16;
+
+/// Writes the turns one after the other, each once the one before is durable: a turn's
+/// messages may vouch for what an earlier turn wrote (an acceptance covers every entry up to
+/// an index), and a turn may apply an entry an earlier one appended.
+async fn write_turns(store: Arc<dyn Store>, mut turns: mpsc::Receiver<Turn>, written: mpsc::Sender<Written>) {
+    while let Some(turn) = turns.recv().await {
+        let Turn { write, persisted, applied, messages } = turn;
+        let result = if write == LogWrite::default() { Ok(()) } else { store.write_log(write).await.map(drop) };
+        let done = Written {
+            result,
+            persisted: persisted.into_iter().collect(),
+            applied: applied.into_iter().collect(),
+            messages,
+        };
+        if written.send(done).await.is_err() {
+            break;
         }
     }
 }
