@@ -5,6 +5,10 @@
 //! starts with its slot (big-endian `u16`), so one slot is one contiguous key range; sealed
 //! columns are encrypted with AES-256-GCM. Writes go through one writer thread that commits
 //! concurrent batches together (group commit), so a synced write costs one fsync per group.
+//!
+//! For replication, the writer also stages a slot's batches without writing them (their ids
+//! and effects, to be applied once the slot's replicas agree), and a `log` column family keeps
+//! replication log entries by slot and index, apart from the slots' data.
 
 mod changes;
 mod keys;
