@@ -742,9 +742,33 @@ impl Actor {
                 let _ = reply.send(Err(ReplicationError::NotPrimary { slot: slot.0 }));
             }
         }
+        let dropped = replica.machine.is_dropped() && replica.machine.leads().is_none();
         for to in ready.snapshots {
             self.send_snapshot(slot, to, now);
         }
+        if dropped {
+            self.drop_replica(slot);
+        }
+    }
+
+    /// Removes the replica of a slot whose configuration no longer has it: its data, log and
+    /// records, in this turn's write.
+    fn drop_replica(&mut self, slot: Slot) {
+        let Some(replica) = self.slots.remove(&slot) else { return };
+        for (_, reply) in replica.waiting {
+            let _ = reply.send(Err(ReplicationError::NotPrimary { slot: slot.0 }));
+        }
+        let write = &mut self.turn.write;
+        write.appended.retain(|(s, _, _)| *s != slot);
+        write.applied.retain(|a| a.slot != slot);
+        write.truncated.push((slot, 0));
+        write.applied.push(Applied { slot, delta: SlotDelta::default(), staged_here: false, replaces: true });
+        write.local.push((record::record_name(slot), None));
+        write.local.push((record::applied_name(slot), None));
+        self.turn.persisted.remove(&slot);
+        self.turn.applied.remove(&slot);
+        self.dirty.insert(slot);
+        tracing::info!(slot = slot.0, "this node's replica of the slot was removed from its configuration: dropped");
     }
 
     fn send_snapshot(&mut self, slot: Slot, to: NodeId, now: Duration) {

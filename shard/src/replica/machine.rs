@@ -230,6 +230,12 @@ impl<P: Clone> Replica<P> {
         })
     }
 
+    /// Whether this replica is out of its slot: the configuration in force, committed, counts
+    /// it neither as a voter nor as a learner. Its state may be removed.
+    pub fn is_dropped(&self) -> bool {
+        !self.log.conf().members().contains(&self.me) && self.log.conf_index() <= self.commit
+    }
+
     /// Whether the last steps asked for anything.
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
@@ -446,6 +452,8 @@ impl<P: Clone> Replica<P> {
     }
 
     /// A peer entry for every other member of the configuration in force, keeping those known.
+    /// A replica the configuration dropped stays a peer until it holds the configuration and
+    /// knows it committed: it then removes its replica of the slot.
     fn peers_for(&self, next: Index, known: &BTreeMap<NodeId, Peer>) -> BTreeMap<NodeId, Peer> {
         let mut peers = BTreeMap::new();
         for node in self.log.conf().members().into_iter().filter(|n| *n != self.me) {
@@ -454,6 +462,12 @@ impl<P: Clone> Replica<P> {
                 None => Peer { next, matched: 0, answered: None, last_send: None, told: 0, snapshot: None },
             };
             peers.insert(node, peer);
+        }
+        let changed_at = self.log.conf_index();
+        for (node, peer) in known {
+            if !peers.contains_key(node) && (peer.matched < changed_at || peer.told < changed_at) {
+                peers.insert(*node, Peer { ..*peer });
+            }
         }
         peers
     }
@@ -741,6 +755,8 @@ impl<P: Clone> Replica<P> {
             self.broadcast(now);
         } else if !conf.is_voter(self.me) {
             self.follow(None, now);
+        } else {
+            self.refresh_peers();
         }
     }
 

@@ -435,3 +435,43 @@ async fn idle_slots_keep_their_primaries_through_beats_alone() {
         cluster.nodes[k].replication.as_ref().unwrap().write(batch).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_replica_the_placement_drops_while_it_runs_removes_its_copy_of_the_slot() {
+    let cluster = Cluster::new(4).await;
+    let slot = Slot(50);
+    cluster.create_on(slot, &[NodeId(1), NodeId(2), NodeId(3)]).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        sent.push(format!("f{i}"));
+        cluster.send(slot, sent.last().unwrap()).await;
+    }
+    cluster.place(&[NodeId(1), NodeId(2), NodeId(4)]).await;
+    let dropped = |cluster: &Cluster| cluster.nodes[2].replication.as_ref().unwrap().status(slot).is_none();
+    for _ in 0..500 {
+        if dropped(&cluster) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dropped(&cluster), "node 3 keeps no replica of the slot");
+    let store = &cluster.nodes[2].store;
+    for _ in 0..100 {
+        if !store.holds(slot).unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.holds(slot).unwrap(), "nor its data and log");
+    assert!(store.local(&record::record_name(slot)).unwrap().is_none());
+    // The others go on with node 4.
+    sent.push("after".into());
+    cluster.send(slot, "after").await;
+    for _ in 0..500 {
+        if cluster.bodies(3, slot) == sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.bodies(3, slot), sent);
+}
