@@ -41,17 +41,7 @@ impl SlotSet {
 
     /// The slots of the set, in order.
     pub fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
-        self.0.iter().enumerate().flat_map(|(i, word)| {
-            let mut left = *word;
-            std::iter::from_fn(move || {
-                if left == 0 {
-                    return None;
-                }
-                let bit = left.trailing_zeros();
-                left &= left - 1;
-                Some(Slot(i as u16 * 64 + bit as u16))
-            })
-        })
+        slots_of(self.0.iter().copied())
     }
 
     /// The set as words of 64 slots each, for a message.
@@ -70,18 +60,23 @@ impl SlotSet {
 
     /// The slots of `self` that `other` lacks, in order.
     pub fn difference<'a>(&'a self, other: &'a SlotSet) -> impl Iterator<Item = Slot> + 'a {
-        self.0.iter().zip(other.0.iter()).enumerate().flat_map(|(i, (mine, theirs))| {
-            let mut only = mine & !theirs;
-            std::iter::from_fn(move || {
-                if only == 0 {
-                    return None;
-                }
-                let bit = only.trailing_zeros();
-                only &= only - 1;
-                Some(Slot(i as u16 * 64 + bit as u16))
-            })
-        })
+        slots_of(self.0.iter().zip(other.0.iter()).map(|(mine, theirs)| mine & !theirs))
     }
+}
+
+/// The slots whose bits are set in `words` (word `i` holds slots `64 i ..`), in order.
+fn slots_of(words: impl Iterator<Item = u64>) -> impl Iterator<Item = Slot> {
+    words.enumerate().flat_map(|(i, word)| {
+        let mut left = word;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let bit = left.trailing_zeros();
+            left &= left - 1;
+            Some(Slot(i as u16 * 64 + bit as u16))
+        })
+    })
 }
 
 impl FromIterator<Slot> for SlotSet {

@@ -180,6 +180,17 @@ impl Cluster {
         panic!("replicas did not converge on {bodies:?}: {seen:?}");
     }
 
+    /// Waits until node `k` applied exactly `bodies` (its replica may be new).
+    async fn holds(&self, k: usize, slot: Slot, bodies: &[String]) {
+        for _ in 0..500 {
+            if self.bodies(k, slot) == bodies {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(self.bodies(k, slot), bodies);
+    }
+
     fn cut_off(&self, k: usize) {
         let me = self.nodes[k].id;
         let mut cut = self.net.cut.lock().unwrap();
@@ -380,13 +391,7 @@ async fn a_dead_replica_is_replaced_by_the_one_the_placement_names_and_nothing_i
     cluster.send(slot, "while replacing").await;
     // Node 4 holds the slot once it caught up, and votes: with node 1 gone too, 2 and 4
     // are a majority.
-    for _ in 0..500 {
-        if cluster.bodies(3, slot) == sent {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(cluster.bodies(3, slot), sent);
+    cluster.holds(3, slot, &sent).await;
     let mut voting = false;
     for _ in 0..100 {
         // The joint change ends once node 4 caught up; until then node 1 is needed.
@@ -467,11 +472,5 @@ async fn a_replica_the_placement_drops_while_it_runs_removes_its_copy_of_the_slo
     // The others go on with node 4.
     sent.push("after".into());
     cluster.send(slot, "after").await;
-    for _ in 0..500 {
-        if cluster.bodies(3, slot) == sent {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(cluster.bodies(3, slot), sent);
+    cluster.holds(3, slot, &sent).await;
 }
