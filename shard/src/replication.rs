@@ -103,30 +103,10 @@ impl Default for ReplicationConfig {
 type Reply = oneshot::Sender<Result<Vec<RowId>, ReplicationError>>;
 
 enum Input {
-    Write {
-        batch: Batch,
-        reply: Reply,
-    },
-    Frame {
-        from: NodeId,
-        frame: Frame,
-    },
-    Create {
-        slot: Slot,
-        conf: Conf,
-        reply: oneshot::Sender<Result<(), ReplicationError>>,
-    },
-    Change {
-        slot: Slot,
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
-        reply: oneshot::Sender<Result<(), ReplicationError>>,
-    },
-    Staged {
-        slot: Slot,
-        result: Result<StagedWrite, StoreError>,
-        replies: Vec<Reply>,
-    },
+    Write { batch: Batch, reply: Reply },
+    Frame { from: NodeId, frame: Frame },
+    Create { slot: Slot, conf: Conf, reply: oneshot::Sender<Result<(), ReplicationError>> },
+    Staged { slot: Slot, result: Result<StagedWrite, StoreError>, replies: Vec<Reply> },
     Placement(Arc<Placement>),
 }
 
@@ -212,14 +192,6 @@ impl Replication {
     pub async fn create(&self, slot: Slot, conf: Conf) -> Result<(), ReplicationError> {
         let (reply, done) = oneshot::channel();
         self.inputs.send(Input::Create { slot, conf, reply }).await.map_err(|_| ReplicationError::Closed)?;
-        done.await.map_err(|_| ReplicationError::Closed)?
-    }
-
-    /// Starts changing a slot's voters (its primary must be here).
-    pub async fn change(&self, slot: Slot, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), ReplicationError> {
-        let (reply, done) = oneshot::channel();
-        let input = Input::Change { slot, voters, learners, reply };
-        self.inputs.send(input).await.map_err(|_| ReplicationError::Closed)?;
         done.await.map_err(|_| ReplicationError::Closed)?
     }
 
@@ -363,19 +335,6 @@ impl Actor {
             Input::Frame { from, frame } => self.frame(from, frame),
             Input::Create { slot, conf, reply } => {
                 let _ = reply.send(self.create(slot, conf));
-            }
-            Input::Change { slot, voters, learners, reply } => {
-                let now = self.now();
-                let result = match self.slots.get_mut(&slot) {
-                    Some(replica) => replica
-                        .machine
-                        .change(voters, learners, now)
-                        .map(drop)
-                        .map_err(|e| ReplicationError::Refused { slot: slot.0, reason: e.to_string() }),
-                    None => Err(ReplicationError::NotPrimary { slot: slot.0 }),
-                };
-                self.after_step(slot);
-                let _ = reply.send(result);
             }
             Input::Staged { slot, result, replies } => self.staged(slot, result, replies),
             Input::Placement(placement) => {

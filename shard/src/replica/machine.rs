@@ -289,6 +289,12 @@ impl<P: Clone> Replica<P> {
         self.ready.messages.push((to, message));
     }
 
+    /// Tells `to` its ballot is refused, with this replica's promise and the end of its log.
+    fn refuse(&mut self, to: NodeId, ballot: Ballot) {
+        let (promised, last) = (self.promised, self.log.last());
+        self.send(to, Message::Refuse { ballot, promised, last });
+    }
+
     fn promise(&mut self, ballot: Ballot) {
         if ballot > self.promised {
             self.promised = ballot;
@@ -558,10 +564,7 @@ impl<P: Clone> Replica<P> {
             self.seen = self.seen.max(ballot);
         }
         let mine = self.log.last();
-        let refuse = |this: &mut Self| {
-            let promised = this.promised;
-            this.send(from, Message::Refuse { ballot, promised, last: mine });
-        };
+        let refuse = |this: &mut Self| this.refuse(from, ballot);
         // A handed slot: its primary serves no more, so no lease holds the voter back.
         let handed = ask == Ask::Transfer;
         if ballot <= self.promised || !self.log.conf().is_voter(from) || (now < self.quiet_until && !handed) {
@@ -610,8 +613,7 @@ impl<P: Clone> Replica<P> {
         now: Duration,
     ) {
         if ballot < self.promised {
-            let (promised, last) = (self.promised, self.log.last());
-            return self.send(from, Message::Refuse { ballot, promised, last });
+            return self.refuse(from, ballot);
         }
         self.promise(ballot);
         self.follow(Some(from), now);
@@ -845,8 +847,7 @@ impl<P: Clone> Replica<P> {
         now: Duration,
     ) -> bool {
         if ballot < self.promised {
-            let (promised, last) = (self.promised, self.log.last());
-            self.send(from, Message::Refuse { ballot, promised, last });
+            self.refuse(from, ballot);
             return false;
         }
         self.promise(ballot);
