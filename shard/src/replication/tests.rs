@@ -46,6 +46,20 @@ struct Cluster {
     nodes: Vec<Node>,
 }
 
+/// Looks at `done` every 10 ms for up to `limit`: whether it came true.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn config() -> ReplicationConfig {
     ReplicationConfig {
         timing: Timing {
@@ -125,21 +139,25 @@ impl Cluster {
         self.nodes.iter().position(|n| n.id == id).unwrap()
     }
 
+    /// The node whose replica of `slot` serves now, if any.
+    fn serving(&self, slot: Slot) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.replication
+                .as_ref()
+                .and_then(|r| r.status(slot))
+                .is_some_and(|s| s.role == RoleKind::Primary { serving: true })
+        })
+    }
+
     /// The node whose replica of `slot` serves, waiting up to 10 s for one.
     async fn primary(&self, slot: Slot) -> usize {
-        for _ in 0..1000 {
-            let serving = self.nodes.iter().position(|n| {
-                n.replication
-                    .as_ref()
-                    .and_then(|r| r.status(slot))
-                    .is_some_and(|s| s.role == RoleKind::Primary { serving: true })
-            });
-            if let Some(k) = serving {
-                return k;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no primary of slot {slot:?} within 10 s");
+        let mut found = None;
+        eventually(Duration::from_secs(10), || {
+            found = self.serving(slot);
+            found.is_some()
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no primary of slot {slot:?} within 10 s"))
     }
 
     /// Writes a message through the primary of `slot`, trying again while there is none.
@@ -169,12 +187,9 @@ impl Cluster {
 
     /// Waits until every running node applied exactly `bodies`.
     async fn converged(&self, slot: Slot, bodies: &[String]) {
-        for _ in 0..1000 {
-            let running = self.nodes.iter().enumerate().filter(|(_, n)| n.replication.is_some());
-            if running.map(|(k, _)| k).all(|k| self.bodies(k, slot) == bodies) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|k| self.nodes[*k].replication.is_some()).collect();
+        if eventually(Duration::from_secs(10), || running.iter().all(|k| self.bodies(*k, slot) == bodies)).await {
+            return;
         }
         let seen: Vec<_> = (0..self.nodes.len()).map(|k| self.bodies(k, slot)).collect();
         panic!("replicas did not converge on {bodies:?}: {seen:?}");
@@ -182,12 +197,7 @@ impl Cluster {
 
     /// Waits until node `k` applied exactly `bodies` (its replica may be new).
     async fn holds(&self, k: usize, slot: Slot, bodies: &[String]) {
-        for _ in 0..500 {
-            if self.bodies(k, slot) == bodies {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(Duration::from_secs(5), || self.bodies(k, slot) == bodies).await;
         assert_eq!(self.bodies(k, slot), bodies);
     }
 
@@ -357,12 +367,7 @@ async fn a_slot_of_one_replica_grows_to_its_placement_and_its_primary_moves_to_t
     }
     cluster.place(&members).await;
     let first = cluster.index(placement.owner(slot).unwrap());
-    for _ in 0..500 {
-        if cluster.primary(slot).await == first {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), || cluster.serving(slot) == Some(first)).await;
     assert_eq!(cluster.primary(slot).await, first, "the slot moved to its preferred primary");
     sent.push("after".into());
     cluster.send(slot, "after").await;
@@ -392,17 +397,12 @@ async fn a_dead_replica_is_replaced_by_the_one_the_placement_names_and_nothing_i
     // Node 4 holds the slot once it caught up, and votes: with node 1 gone too, 2 and 4
     // are a majority.
     cluster.holds(3, slot, &sent).await;
-    let mut voting = false;
-    for _ in 0..100 {
-        // The joint change ends once node 4 caught up; until then node 1 is needed.
-        let k = cluster.primary(slot).await;
-        let status = cluster.nodes[k].replication.as_ref().unwrap().status(slot).unwrap();
-        if status.voters == 3 && !status.joint && status.learners == 0 {
-            voting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The joint change ends once node 4 caught up; until then node 1 is needed.
+    let settled = || {
+        let status = cluster.serving(slot).and_then(|k| cluster.nodes[k].replication.as_ref().unwrap().status(slot));
+        status.is_some_and(|s| s.voters == 3 && !s.joint && s.learners == 0)
+    };
+    let voting = eventually(Duration::from_secs(10), settled).await;
     assert!(voting, "the configuration settled on three voters");
     cluster.stop(0);
     sent.push("without 1 and 3".into());
@@ -452,21 +452,11 @@ async fn a_replica_the_placement_drops_while_it_runs_removes_its_copy_of_the_slo
         cluster.send(slot, sent.last().unwrap()).await;
     }
     cluster.place(&[NodeId(1), NodeId(2), NodeId(4)]).await;
-    let dropped = |cluster: &Cluster| cluster.nodes[2].replication.as_ref().unwrap().status(slot).is_none();
-    for _ in 0..500 {
-        if dropped(&cluster) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(dropped(&cluster), "node 3 keeps no replica of the slot");
+    let dropped = || cluster.nodes[2].replication.as_ref().unwrap().status(slot).is_none();
+    eventually(Duration::from_secs(5), dropped).await;
+    assert!(dropped(), "node 3 keeps no replica of the slot");
     let store = &cluster.nodes[2].store;
-    for _ in 0..100 {
-        if !store.holds(slot).unwrap() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(1), || !store.holds(slot).unwrap()).await;
     assert!(!store.holds(slot).unwrap(), "nor its data and log");
     assert!(store.local(&record::record_name(slot)).unwrap().is_none());
     // The others go on with node 4.
