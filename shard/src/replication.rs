@@ -521,6 +521,10 @@ impl Actor {
         match frame {
             Frame::Messages(messages) => {
                 for (slot, message) in messages {
+                    if slot.0 >= crate::SLOTS {
+                        warn!(from = %from, slot = slot.0, "a replication message for a slot past the cluster's: dropped");
+                        continue;
+                    }
                     let Some(replica) = self.slots.get_mut(&slot) else {
                         // A replica this node does not hold yet: it is made on the first
                         // append of a primary that counts it as a member, empty (a snapshot
