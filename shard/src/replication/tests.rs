@@ -464,3 +464,25 @@ async fn a_replica_the_placement_drops_while_it_runs_removes_its_copy_of_the_slo
     cluster.send(slot, "after").await;
     cluster.holds(3, slot, &sent).await;
 }
+
+#[tokio::test]
+async fn an_append_for_a_slot_past_the_clusters_makes_no_replica() {
+    let cluster = Cluster::new(1).await;
+    let node = cluster.nodes[0].replication.as_ref().unwrap();
+    let append = |slot: u16| {
+        let message = Message::Append {
+            ballot: Ballot { epoch: 1, node: NodeId(9) },
+            prev: Position::START,
+            entries: Vec::new(),
+            commit: 0,
+            sent: Duration::ZERO,
+        };
+        postcard::to_stdvec(&record::Frame::Messages(vec![(Slot(slot), message)])).unwrap()
+    };
+    node.receive(NodeId(9), &append(crate::SLOTS)).unwrap();
+    node.receive(NodeId(9), &append(7)).unwrap();
+    // The slot of the cluster gets an empty learner (the positive control); the other nothing.
+    assert!(eventually(Duration::from_secs(5), || node.status(Slot(7)).is_some()).await);
+    assert!(node.status(Slot(crate::SLOTS)).is_none());
+    assert!(cluster.nodes[0].store.local(&record::record_name(Slot(crate::SLOTS))).unwrap().is_none());
+}
